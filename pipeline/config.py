@@ -1,0 +1,504 @@
+"""Typed model of ``config.yml``: the one place every threshold and default lives.
+
+Every knob the pipeline has is a field here with its documented default, so the
+code never carries magic numbers. Loading turns every pydantic error into one
+line naming the key path (``datasets[2].resampling: 'avg' is not one of ...``)
+with a "did you mean" hint for misspelt keys, because users fix configs from the
+terminal, not from a traceback.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import psutil
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+#: Names users pick (datasets, run names, output names, table names) must be
+#: plain identifiers: they become file names, column names and SQL identifiers,
+#: so nothing that could traverse a path or reach a shell is accepted.
+NAME_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]{0,62}$")
+SQL_IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+
+_SIZE_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1024,
+    "kb": 1024,
+    "kib": 1024,
+    "m": 1024**2,
+    "mb": 1024**2,
+    "mib": 1024**2,
+    "g": 1024**3,
+    "gb": 1024**3,
+    "gib": 1024**3,
+    "t": 1024**4,
+    "tb": 1024**4,
+    "tib": 1024**4,
+}
+
+
+class ConfigError(ValueError):
+    """A config problem, already phrased as one line for the user."""
+
+
+class Resampling(StrEnum):
+    """Resampling methods, named as gdalwarp names them (``-r``)."""
+
+    average = "average"
+    sum = "sum"
+    mode = "mode"
+    min = "min"
+    max = "max"
+    med = "med"
+    q1 = "q1"
+    q3 = "q3"
+    nearest = "nearest"
+    bilinear = "bilinear"
+    cubic = "cubic"
+
+
+class AnalysisMethod(StrEnum):
+    """Analysis methods: a closed set, never interpolated into code or a shell."""
+
+    som = "som"
+    gwpca = "gwpca"
+    combined = "combined"
+    test = "test"
+
+
+class ExportFormat(StrEnum):
+    parquet = "parquet"
+    csv = "csv"
+    postgres = "postgres"
+
+
+def parse_size(value: Any) -> int | float:
+    """Parse ``4GiB``/``512 MB``/``50%``/bytes. A fraction of RAM stays a float < 1."""
+    if isinstance(value, bool):
+        raise ValueError("expected a size such as 4GiB or 50%")
+    if isinstance(value, int | float):
+        return value
+    text = str(value).strip().lower().replace(" ", "")
+    if text.endswith("%"):
+        percent = float(text[:-1])
+        if not 0 < percent <= 100:
+            raise ValueError(f"{value!r} is not a percentage in (0, 100]")
+        return percent / 100.0
+    match = re.fullmatch(r"([0-9]*\.?[0-9]+)([a-z]*)", text)
+    if not match or match.group(2) not in _SIZE_UNITS:
+        raise ValueError(f"{value!r} is not a size such as 4GiB, 512MB or 50%")
+    return int(float(match.group(1)) * _SIZE_UNITS[match.group(2)])
+
+
+Size = Annotated[int | float, BeforeValidator(parse_size)]
+
+
+class StrictModel(BaseModel):
+    """Unknown keys are errors: a misspelt key silently ignored costs hours."""
+
+    model_config = ConfigDict(extra="forbid", validate_default=True, frozen=False)
+
+
+def _check_name(value: str, what: str) -> str:
+    if not NAME_PATTERN.fullmatch(value):
+        raise ValueError(
+            f"{value!r} is not a valid {what}: use letters, digits, '_' or '-', "
+            "starting with a letter or '_' (at most 63 characters)"
+        )
+    return value
+
+
+class DatasetConfig(StrictModel):
+    """One input raster and how it reaches the target grid."""
+
+    name: str = Field(description="Column name in the merged table; a plain identifier.")
+    path: Path = Field(description="Raster file (any GDAL format), relative to the config file.")
+    resampling: Resampling = Field(
+        default=Resampling.average, description="gdalwarp -r method for this dataset."
+    )
+    band: int | None = Field(
+        default=None, ge=1, description="Band to read; required for multi-band inputs."
+    )
+    nodata: float | None = Field(
+        default=None, description="Overrides the file's nodata value when set."
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        return _check_name(value, "dataset name")
+
+
+class GridConfig(StrictModel):
+    """The target grid every dataset is resampled onto (snapped like gdalwarp -tap)."""
+
+    crs: str = Field(default="EPSG:4326", description="Target CRS, any string GDAL accepts.")
+    resolution: tuple[float, float] = Field(
+        default=(1 / 60, 1 / 60),
+        description="Pixel size (x, y) in CRS units; default 1 arc-minute.",
+    )
+    bounds: tuple[float, float, float, float] = Field(
+        default=(-180.0, -90.0, 180.0, 90.0),
+        description="west, south, east, north; snapped outwards to the resolution.",
+    )
+
+    @field_validator("resolution", mode="before")
+    @classmethod
+    def _scalar_resolution(cls, value: Any) -> Any:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return (value, value)
+        return value
+
+    @field_validator("resolution")
+    @classmethod
+    def _positive(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if value[0] <= 0 or value[1] <= 0:
+            raise ValueError("resolution must be positive")
+        return value
+
+    @field_validator("bounds")
+    @classmethod
+    def _ordered(cls, value: tuple[float, float, float, float]) -> tuple[float, ...]:
+        west, south, east, north = value
+        if west >= east or south >= north:
+            raise ValueError("bounds must be west < east and south < north")
+        return value
+
+
+class CatalogConfig(StrictModel):
+    timeout: float = Field(
+        default=30.0, gt=0, description="Seconds one header inspection may take before it fails."
+    )
+    max_cells: int = Field(
+        default=2**36, ge=1, description="Largest width × height accepted (rejects bogus headers)."
+    )
+
+
+class ResamplingConfig(StrictModel):
+    window_size: int = Field(
+        default=2048, ge=64, description="Output window edge in pixels (one store chunk group)."
+    )
+    threads: int = Field(default=1, ge=1, le=256, description="GDAL warp threads per worker.")
+    margin: int = Field(
+        default=2, ge=0, le=64, description="Extra source pixels read around each window."
+    )
+
+
+class MemoryConfig(StrictModel):
+    budget: Size = Field(
+        default=0.5, description="Worker memory budget: bytes, '4GiB', or '50%' of total RAM."
+    )
+    warning: float = Field(default=0.80, gt=0, lt=1, description="Fraction of budget: halve.")
+    critical: float = Field(default=0.90, gt=0, le=1, description="Fraction: drop to minimum.")
+    min_window: int = Field(default=256, ge=64, description="Smallest window under pressure.")
+    reduced_window: int = Field(
+        default=512, ge=64, description="Floor for halving at the warning level."
+    )
+    calm_windows: int = Field(
+        default=4, ge=1, description="Calm windows before the window size doubles back."
+    )
+    gdal_cache_fraction: float = Field(
+        default=0.10, gt=0, lt=1, description="Share of the budget given to GDAL's block cache."
+    )
+
+    @model_validator(mode="after")
+    def _levels(self) -> MemoryConfig:
+        if self.warning >= self.critical:
+            raise ValueError("memory.warning must be below memory.critical")
+        if self.min_window > self.reduced_window:
+            raise ValueError("memory.min_window must not exceed memory.reduced_window")
+        return self
+
+    def budget_bytes(self) -> int:
+        """The budget in bytes; a fraction is taken of total physical memory."""
+        if isinstance(self.budget, float) and self.budget <= 1.0:
+            return int(psutil.virtual_memory().total * self.budget)
+        return int(self.budget)
+
+
+class PathsConfig(StrictModel):
+    work_dir: Path = Field(
+        default=Path("runs/work"), description="Layer store and checkpoints (relative to config)."
+    )
+    output_dir: Path = Field(default=Path("output"), description="Exported tables and maps.")
+
+
+class MergeConfig(StrictModel):
+    skip_all_nodata: bool = Field(default=True, description="Drop rows where every layer is nodata.")
+    require: list[str] = Field(
+        default_factory=list, description="Datasets that must be valid for a row to be kept."
+    )
+    bounds: tuple[float, float, float, float] | None = Field(
+        default=None, description="Optional west, south, east, north subset of the grid."
+    )
+    include_row_col: bool = Field(default=False, description="Add grid row/col columns.")
+    chunk_rows: int = Field(
+        default=512, ge=16, description="Grid rows per merge chunk (halved under pressure)."
+    )
+
+
+class ParquetOptions(StrictModel):
+    compression: Literal["zstd", "snappy", "gzip", "lz4", "none"] = "zstd"
+    row_group_size: int = Field(default=100_000, ge=1_000)
+    geoparquet: bool = Field(default=False, description="Add a WKB point geometry + 'geo' key.")
+
+
+class CsvOptions(StrictModel):
+    float_precision: int = Field(default=6, ge=1, le=17)
+
+
+class PostgresExportOptions(StrictModel):
+    table: str = Field(default="geod_merged", description="Target table (plain identifier).")
+    schema_name: str = Field(default="public", alias="schema")
+    url: str | None = Field(default=None, description="Defaults to the telemetry database.")
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    @field_validator("table", "schema_name")
+    @classmethod
+    def _identifier(cls, value: str) -> str:
+        if not SQL_IDENTIFIER.fullmatch(value):
+            raise ValueError(f"{value!r} is not a plain lower-case SQL identifier")
+        return value
+
+
+class ExportConfig(StrictModel):
+    formats: list[ExportFormat] = Field(default_factory=lambda: [ExportFormat.parquet])
+    name: str = Field(default="merged", description="Base name of the exported files.")
+    parquet: ParquetOptions = Field(default_factory=ParquetOptions)
+    csv: CsvOptions = Field(default_factory=CsvOptions)
+    postgres: PostgresExportOptions = Field(default_factory=PostgresExportOptions)
+    validate_samples: int = Field(
+        default=200, ge=0, description="Random cells spot-checked after export."
+    )
+    seed: int = Field(default=0, description="Seed for choosing the spot-checked cells.")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        return _check_name(value, "export name")
+
+
+class SomConfig(StrictModel):
+    rows: int = Field(default=6, ge=1)
+    cols: int = Field(default=6, ge=1)
+    sigma: float = Field(default=1.0, gt=0)
+    learning_rate: float = Field(default=0.5, gt=0)
+    iterations: int = Field(default=5_000, ge=1)
+    sample_size: int = Field(default=100_000, ge=10, description="Rows sampled for training.")
+    batch_rows: int = Field(default=200_000, ge=1_000, description="Rows per BMU batch.")
+    seed: int = 0
+    missing: Literal["drop", "mean"] = Field(
+        default="drop", description="Rows with missing values: drop them or fill with the mean."
+    )
+
+
+class GwpcaConfig(StrictModel):
+    kernel: Literal["bisquare", "gaussian"] = "bisquare"
+    adaptive: bool = Field(default=True, description="Bandwidth as k nearest neighbours.")
+    bandwidth: float = Field(default=200, gt=0, description="k (adaptive) or a distance (km).")
+    components: int = Field(default=2, ge=1)
+    subsample: int = Field(default=1, ge=1, description="Evaluate every n-th cell (grid stride).")
+    max_points: int | None = Field(default=None, ge=1, description="Cap on evaluation points.")
+    batch_points: int = Field(default=2_000, ge=1)
+    select_bandwidth: bool = Field(default=False, description="Cross-validate the bandwidth.")
+    workers: int = Field(default=1, ge=1)
+
+
+class AnalysisConfig(StrictModel):
+    methods: list[AnalysisMethod] = Field(default_factory=list)
+    columns: list[str] | None = Field(default=None, description="Datasets analysed (all).")
+    som: SomConfig = Field(default_factory=SomConfig)
+    gwpca: GwpcaConfig = Field(default_factory=GwpcaConfig)
+
+
+class TelemetryConfig(StrictModel):
+    enabled: bool = True
+    memory_interval: float = Field(default=1.0, gt=0, description="Seconds between samples.")
+    flush_interval: float = Field(default=1.0, gt=0, description="Seconds between DB flushes.")
+    batch_size: int = Field(default=5_000, ge=1)
+    retention_days: int = Field(default=30, ge=1)
+
+
+class RestartConfig(StrictModel):
+    policy: Literal["never", "on-failure"] = "on-failure"
+    max_retries: int = Field(default=3, ge=0)
+    backoff: float = Field(default=2.0, gt=0, description="First retry delay; doubles each try.")
+    max_backoff: float = Field(default=300.0, gt=0)
+
+
+class DaskConfig(StrictModel):
+    scheduler: str | None = Field(default=None, description="tcp://host:port of a scheduler.")
+
+
+class PipelineConfig(StrictModel):
+    """The whole ``config.yml``."""
+
+    name: str = Field(default="run", description="Human name of the run.")
+    datasets: list[DatasetConfig] = Field(min_length=1)
+    grid: GridConfig = Field(default_factory=GridConfig)
+    catalog: CatalogConfig = Field(default_factory=CatalogConfig)
+    resampling: ResamplingConfig = Field(default_factory=ResamplingConfig)
+    memory: MemoryConfig = Field(default_factory=MemoryConfig)
+    paths: PathsConfig = Field(default_factory=PathsConfig)
+    merge: MergeConfig = Field(default_factory=MergeConfig)
+    export: ExportConfig = Field(default_factory=ExportConfig)
+    analysis: AnalysisConfig = Field(default_factory=AnalysisConfig)
+    telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
+    restart: RestartConfig = Field(default_factory=RestartConfig)
+    executor: Literal["local", "dask"] = "local"
+    dask: DaskConfig = Field(default_factory=DaskConfig)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        return _check_name(value, "run name")
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> PipelineConfig:
+        names = [d.name for d in self.datasets]
+        for index, name in enumerate(names):
+            if name in names[:index]:
+                raise ValueError(f"datasets[{index}].name: {name!r} is used twice")
+        for key, listed in (("merge.require", self.merge.require),
+                            ("analysis.columns", self.analysis.columns or [])):
+            for item in listed:
+                if item not in names:
+                    raise ValueError(f"{key}: {item!r} is not a dataset ({', '.join(names)})")
+        if self.executor == "dask" and not self.dask.scheduler:
+            raise ValueError("executor: dask needs dask.scheduler")
+        return self
+
+    def dataset(self, name: str) -> DatasetConfig:
+        return next(d for d in self.datasets if d.name == name)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _loc_to_path(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out
+
+
+def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The model class that owns the last key of ``loc`` (for did-you-mean hints)."""
+    model: Any = PipelineConfig
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(part)
+        if field is None:
+            return None
+        annotation = field.annotation
+        args = getattr(annotation, "__args__", None)
+        candidates = [annotation, *(args or ())]
+        model = next(
+            (c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None
+        )
+        if model is None:
+            return None
+    return model
+
+
+def _describe(error: dict[str, Any]) -> str:
+    loc = tuple(error["loc"])
+    path = _loc_to_path(loc)
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        owner = _model_at(loc)
+        known = []
+        if owner is not None:
+            for name, field in owner.model_fields.items():
+                known.append(field.alias or name)
+        hint = difflib.get_close_matches(str(loc[-1]), known, n=1)
+        suffix = f" (did you mean {hint[0]!r}?)" if hint else ""
+        return f"{path}: unknown key{suffix}"
+    if kind == "enum":
+        expected = error.get("ctx", {}).get("expected", "")
+        expected = expected.replace("'", "").replace(" or ", ", ")
+        return f"{path}: {error['input']!r} is not one of {expected}"
+    if kind == "missing":
+        return f"{path}: required key is missing"
+    message = error["msg"].removeprefix("Value error, ")
+    if message.startswith(tuple(f"{p}" for p in ("datasets[", "merge.", "analysis.", "executor"))):
+        return message
+    return f"{path}: {message}" if path else message
+
+
+def format_validation_error(exc: ValidationError, source: str) -> str:
+    """One line per problem, prefixed by the config file; the first line leads."""
+    return "; ".join(f"{source}: {_describe(e)}" for e in exc.errors())
+
+
+def _resolve_paths(config: PipelineConfig, base: Path) -> PipelineConfig:
+    for dataset in config.datasets:
+        dataset.path = (base / dataset.path).resolve()
+    config.paths.work_dir = (base / config.paths.work_dir).resolve()
+    config.paths.output_dir = (base / config.paths.output_dir).resolve()
+    return config
+
+
+def parse_config(data: Any, source: str = "config", base: Path | None = None) -> PipelineConfig:
+    """Validate a mapping; relative paths resolve against ``base`` (the config's folder)."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping at the top level")
+    try:
+        config = PipelineConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, source)) from None
+    return _resolve_paths(config, base or Path.cwd())
+
+
+def load_config(path: str | os.PathLike[str], check_files: bool = True) -> PipelineConfig:
+    """Read and validate ``config.yml``; with ``check_files``, every input must exist."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a directory, expected a YAML file") from None
+    except PermissionError:
+        raise ConfigError(f"{path}: permission denied") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise ConfigError(f"{path}:{where}: {problem}") from None
+    config = parse_config(data, str(path), path.resolve().parent)
+    if check_files:
+        for index, dataset in enumerate(config.datasets):
+            if not dataset.path.exists():
+                raise ConfigError(
+                    f"{path}: datasets[{index}].path: {dataset.path} does not exist"
+                )
+    return config
+
+
+def dump_config(config: PipelineConfig) -> str:
+    """YAML of a resolved config (absolute paths), as frozen into a run directory."""
+    data = config.model_dump(mode="json", by_alias=True)
+    return yaml.safe_dump(data, sort_keys=False)

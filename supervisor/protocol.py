@@ -1,0 +1,156 @@
+"""The daemon's wire protocol: JSON-RPC 2.0, one JSON object per line, Unix socket.
+
+This module is the contract between the daemon, the ``geod`` CLI and the TUI:
+one typed params model per method (as pueue has one request type per verb),
+the run selection shared by every control verb, error codes and framing
+limits. It imports nothing from the daemon so clients stay light.
+"""
+
+from __future__ import annotations
+
+import json
+from enum import IntEnum
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+PROTOCOL_VERSION = 1
+#: Lines longer than this are answered with ``LINE_TOO_LONG`` and discarded.
+MAX_LINE_BYTES = 1024 * 1024
+
+RunState = Literal[
+    "queued", "running", "paused", "stopping", "done", "failed", "killed", "interrupted"
+]
+#: States a run never leaves without a user action.
+FINAL_STATES: frozenset[str] = frozenset({"done", "failed", "killed"})
+
+
+class ErrorCode(IntEnum):
+    PARSE_ERROR = -32700
+    INVALID_REQUEST = -32600
+    METHOD_NOT_FOUND = -32601
+    INVALID_PARAMS = -32602
+    INTERNAL_ERROR = -32603
+    LINE_TOO_LONG = -32001
+    UNKNOWN_RUN = -32002
+    BAD_STATE = -32003
+    BAD_CONFIG = -32004
+    VERSION_MISMATCH = -32005
+    NOT_SUBSCRIBED = -32006
+
+
+class _Params(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Selection(_Params):
+    """``RUN|--all``: every control verb takes either one run id or all runs."""
+
+    run: str | None = None
+    all: bool = False
+
+    @model_validator(mode="after")
+    def _one_of(self) -> Selection:
+        if (self.run is None) == (not self.all):
+            return self
+        raise ValueError("give either a run id or all=true, not both or neither")
+
+
+class HelloParams(_Params):
+    protocol: int = PROTOCOL_VERSION
+    client: str = "geod"
+
+
+class EmptyParams(_Params):
+    pass
+
+
+class RunParams(_Params):
+    run: str
+
+
+class SubmitParams(_Params):
+    config_path: str = Field(description="Absolute path of a config.yml the daemon can read.")
+    name: str | None = None
+
+
+class KillParams(Selection):
+    force: bool = False
+
+
+class LogsTailParams(_Params):
+    run: str
+    limit: int = Field(default=200, ge=1, le=100_000)
+    before_seq: int | None = Field(default=None, description="Page backwards from here.")
+    level: str | None = None
+
+
+class MemoryHistoryParams(_Params):
+    run: str
+    since: float | None = Field(default=None, description="Unix time; None = whole history.")
+
+
+class SubscribeParams(_Params):
+    runs: list[str] | None = Field(default=None, description="None = every run, new ones too.")
+    events: bool = True
+
+
+#: method name → params model. The daemon dispatches on this table; unknown
+#: names are METHOD_NOT_FOUND.
+METHODS: dict[str, type[BaseModel]] = {
+    "hello": HelloParams,
+    "status": EmptyParams,
+    "runs.list": EmptyParams,
+    "runs.get": RunParams,
+    "runs.submit": SubmitParams,
+    "runs.pause": Selection,
+    "runs.resume": Selection,
+    "runs.kill": KillParams,
+    "runs.retry": RunParams,
+    "logs.tail": LogsTailParams,
+    "memory.history": MemoryHistoryParams,
+    "subscribe": SubscribeParams,
+    "unsubscribe": EmptyParams,
+    "daemon.stop": EmptyParams,
+}
+
+#: Notification method carrying one run event (params: the event dict with run+seq).
+NOTIFY_EVENT = "event"
+#: Notification for a run's summary change (state, progress, rss).
+NOTIFY_RUN = "run"
+
+
+class ProtocolError(Exception):
+    """A JSON-RPC error, raised by clients and turned into a response by the daemon."""
+
+    def __init__(self, code: int, message: str, data: Any = None) -> None:
+        super().__init__(message)
+        self.code = int(code)
+        self.message = message
+        self.data = data
+
+
+def request(method: str, params: dict[str, Any] | None, request_id: int | str | None) -> bytes:
+    message: dict[str, Any] = {"jsonrpc": "2.0", "method": method, "params": params or {}}
+    if request_id is not None:
+        message["id"] = request_id
+    return encode_line(message)
+
+
+def result(request_id: int | str | None, value: Any) -> bytes:
+    return encode_line({"jsonrpc": "2.0", "id": request_id, "result": value})
+
+
+def error(request_id: int | str | None, code: int, message: str, data: Any = None) -> bytes:
+    body: dict[str, Any] = {"code": int(code), "message": message}
+    if data is not None:
+        body["data"] = data
+    return encode_line({"jsonrpc": "2.0", "id": request_id, "error": body})
+
+
+def notification(method: str, params: dict[str, Any]) -> bytes:
+    return encode_line({"jsonrpc": "2.0", "method": method, "params": params})
+
+
+def encode_line(message: dict[str, Any]) -> bytes:
+    return json.dumps(message, separators=(",", ":"), default=str).encode() + b"\n"

