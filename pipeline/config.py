@@ -191,7 +191,9 @@ class CatalogConfig(StrictModel):
 
 class ResamplingConfig(StrictModel):
     window_size: int = Field(
-        default=2048, ge=64, description="Output window edge in pixels (one store chunk group)."
+        default=2048,
+        ge=64,
+        description="Output window edge in pixels; a multiple of memory.min_window (store chunk).",
     )
     threads: int = Field(default=1, ge=1, le=256, description="GDAL warp threads per worker.")
     margin: int = Field(
@@ -239,7 +241,9 @@ class PathsConfig(StrictModel):
 
 
 class MergeConfig(StrictModel):
-    skip_all_nodata: bool = Field(default=True, description="Drop rows where every layer is nodata.")
+    skip_all_nodata: bool = Field(
+        default=True, description="Drop rows where every layer is nodata."
+    )
     require: list[str] = Field(
         default_factory=list, description="Datasets that must be valid for a row to be kept."
     )
@@ -375,11 +379,18 @@ class PipelineConfig(StrictModel):
         for index, name in enumerate(names):
             if name in names[:index]:
                 raise ValueError(f"datasets[{index}].name: {name!r} is used twice")
-        for key, listed in (("merge.require", self.merge.require),
-                            ("analysis.columns", self.analysis.columns or [])):
+        for key, listed in (
+            ("merge.require", self.merge.require),
+            ("analysis.columns", self.analysis.columns or []),
+        ):
             for item in listed:
                 if item not in names:
                     raise ValueError(f"{key}: {item!r} is not a dataset ({', '.join(names)})")
+        if self.resampling.window_size % self.memory.min_window:
+            raise ValueError(
+                f"resampling.window_size: {self.resampling.window_size} is not a multiple of "
+                f"memory.min_window ({self.memory.min_window})"
+            )
         if self.executor == "dask" and not self.dask.scheduler:
             raise ValueError("executor: dask needs dask.scheduler")
         return self
@@ -441,7 +452,9 @@ def _describe(error: dict[str, Any]) -> str:
     if kind == "missing":
         return f"{path}: required key is missing"
     message = error["msg"].removeprefix("Value error, ")
-    if message.startswith(tuple(f"{p}" for p in ("datasets[", "merge.", "analysis.", "executor"))):
+    if message.startswith(
+        tuple(f"{p}" for p in ("datasets[", "merge.", "analysis.", "executor", "resampling."))
+    ):
         return message
     return f"{path}: {message}" if path else message
 
@@ -492,9 +505,7 @@ def load_config(path: str | os.PathLike[str], check_files: bool = True) -> Pipel
     if check_files:
         for index, dataset in enumerate(config.datasets):
             if not dataset.path.exists():
-                raise ConfigError(
-                    f"{path}: datasets[{index}].path: {dataset.path} does not exist"
-                )
+                raise ConfigError(f"{path}: datasets[{index}].path: {dataset.path} does not exist")
     return config
 
 

@@ -48,8 +48,14 @@ class StageNode:
             )
         )
 
-    def child(self, key: str, kind: StageKind, name: str | None = None, total: int = 0,
-              unit: str = "windows") -> StageNode:
+    def child(
+        self,
+        key: str,
+        kind: StageKind,
+        name: str | None = None,
+        total: int = 0,
+        unit: str = "windows",
+    ) -> StageNode:
         node = StageNode(self.events, f"{self.id}/{key}", self.id, kind, name or key, total, unit)
         node._emit()
         return node

@@ -8,6 +8,7 @@ field is added here once and every consumer sees it typed.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import threading
@@ -194,10 +195,8 @@ class EventSink:
     def close(self) -> None:
         with self._lock:
             if self._fd is not None:
-                try:
+                with contextlib.suppress(OSError):
                     os.close(self._fd)
-                except OSError:
-                    pass
                 self._fd = None
 
 

@@ -25,6 +25,32 @@ RunState = Literal[
 FINAL_STATES: frozenset[str] = frozenset({"done", "failed", "killed"})
 
 
+class RunSummary(BaseModel):
+    """What ``runs.list``/``runs.get`` return per run and the ``run`` notification carries."""
+
+    model_config = ConfigDict(extra="allow")
+
+    id: str
+    name: str
+    state: RunState
+    paused_hard: bool = Field(default=False, description="Paused by SIGSTOP (no ack in time).")
+    progress: float = Field(default=0.0, description="0..1 over all stages.")
+    stage: str | None = Field(default=None, description="Id of the deepest running stage.")
+    config_path: str | None = None
+    run_dir: str | None = None
+    submitted: float | None = None
+    started: float | None = None
+    finished: float | None = None
+    eta: float | None = Field(default=None, description="Seconds left, if known.")
+    rss: int | None = None
+    peak_rss: int | None = None
+    retries: int = 0
+    exit_code: int | None = None
+    error: str | None = None
+    last_seq: int = 0
+    outputs: list[dict[str, Any]] = Field(default_factory=list)
+
+
 class ErrorCode(IntEnum):
     PARSE_ERROR = -32700
     INVALID_REQUEST = -32600
