@@ -1,0 +1,188 @@
+"""Adaptive memory governor: shrink the window size under memory pressure, grow it back slowly.
+
+Resampling and merging work in windows (or row chunks) whose size drives the
+worker's memory. Rather than guessing a safe size up front, the worker asks the
+governor after every window: it samples the process's own RSS and compares it
+with the budget (``memory.budget``):
+
+* at or above ``warning`` × budget it halves the window, but not below
+  ``reduced_window`` (halving further rarely helps and costs throughput);
+* at or above ``critical`` × budget it drops straight to ``min_window`` and runs
+  ``gc.collect()`` (the next window must be the cheapest possible);
+* after ``calm_windows`` consecutive readings below ``warning`` it doubles the
+  window, up to the size the run started with. Requiring several calm readings
+  is the hysteresis that keeps the size from flapping around the threshold.
+
+Every size is a multiple of ``min_window`` so windows always cover whole store
+chunks. Each reading is a :class:`~pipeline.events.MemoryEvent`; each change is
+a :class:`~pipeline.events.GovernorEvent` plus one log record on the
+``geod.memory`` logger ("window 2048 → 1024: RSS 3.3 GiB ≥ 80 % of 4 GiB").
+The log record goes through Python logging only (never a hand-built LogEvent):
+the worker installs the handler that turns records into LogEvents, so there is
+exactly one path and no duplicate lines.
+
+Stages that do not work in square windows (merge row chunks) scale their own
+base size with :meth:`MemoryGovernor.chunk_rows`, which applies the same
+pressure ratio (current window / initial window).
+
+RSS only: USS would be the better measure but costs a full ``/proc/PID/smaps``
+walk, too slow between every window; the daemon samples USS for the whole
+process tree on its own schedule.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+from collections.abc import Callable
+from typing import Literal
+
+import psutil
+
+from pipeline.config import MemoryConfig
+from pipeline.events import EventSink, GovernorEvent, MemoryEvent
+
+log = logging.getLogger("geod.memory")
+
+Level = Literal["normal", "warning", "critical"]
+
+_GIB = 1024**3
+_MIB = 1024**2
+
+
+def format_bytes(value: int) -> str:
+    """Human size for log lines: GiB from one GiB up, MiB below."""
+    if value >= _GIB:
+        return f"{value / _GIB:.1f} GiB"
+    return f"{value / _MIB:.0f} MiB"
+
+
+def _own_rss() -> int:
+    return psutil.Process().memory_info().rss
+
+
+def _system_available() -> int:
+    return psutil.virtual_memory().available
+
+
+class MemoryGovernor:
+    """Decides the window size between windows from the worker's own RSS.
+
+    ``rss_reader`` is injectable so the policy can be driven by a scripted
+    sequence of readings in tests; production uses psutil on this process.
+    """
+
+    def __init__(
+        self,
+        config: MemoryConfig,
+        events: EventSink,
+        initial_window: int,
+        rss_reader: Callable[[], int] | None = None,
+    ) -> None:
+        if initial_window <= 0 or initial_window % config.min_window:
+            raise ValueError(
+                f"initial window {initial_window} is not a positive multiple of "
+                f"memory.min_window ({config.min_window})"
+            )
+        self._config = config
+        self._events = events
+        self._read_rss = rss_reader or _own_rss
+        self.initial_window = initial_window
+        self.window_size = initial_window
+        self.budget = config.budget_bytes()
+        self._calm = 0
+
+    # -- readings -----------------------------------------------------------------
+
+    def rss(self) -> int:
+        """Current resident set size of this worker, in bytes."""
+        return self._read_rss()
+
+    def level(self, rss: int) -> Level:
+        """Pressure level of an RSS reading against the budget."""
+        if rss >= self._config.critical * self.budget:
+            return "critical"
+        if rss >= self._config.warning * self.budget:
+            return "warning"
+        return "normal"
+
+    def gdal_cache_bytes(self) -> int:
+        """GDAL block-cache cap: its share of the budget (GDAL's default is 5 % of RAM)."""
+        return int(self._config.gdal_cache_fraction * self.budget)
+
+    @property
+    def scale(self) -> float:
+        """Current pressure ratio: window size / initial window size (1.0 = no pressure)."""
+        return self.window_size / self.initial_window
+
+    def chunk_rows(self, base: int, floor: int = 1) -> int:
+        """``base`` scaled by :attr:`scale`, for stages that size work in rows (merge).
+
+        Under pressure a 512-row merge chunk halves whenever the window halves,
+        and never drops below ``floor``.
+        """
+        return max(floor, int(base * self.scale))
+
+    # -- policy -------------------------------------------------------------------
+
+    def after_window(self, stage: str | None = None) -> int:
+        """Sample RSS, adapt the window size, report; returns the size for the next window."""
+        rss = self.rss()
+        level = self.level(rss)
+        old = self.window_size
+        new, reason = self._decide(rss, level)
+        self.window_size = new
+        self._events.emit(
+            MemoryEvent(
+                rss=rss,
+                system_available=_system_available(),
+                window_size=new,
+                budget=self.budget,
+                stage=stage,
+            )
+        )
+        if new != old:
+            self._events.emit(
+                GovernorEvent(
+                    old_size=old,
+                    new_size=new,
+                    rss=rss,
+                    budget=self.budget,
+                    level=level,
+                    reason=reason,
+                )
+            )
+            log_level = logging.INFO if new > old else logging.WARNING
+            log.log(log_level, "window %d → %d: %s", old, new, reason)
+        return new
+
+    def _decide(self, rss: int, level: Level) -> tuple[int, str]:
+        """Next window size and the human reason for a change ("" when unchanged)."""
+        config = self._config
+        used = format_bytes(rss)
+        budget = format_bytes(self.budget)
+        if level == "critical":
+            self._calm = 0
+            gc.collect()
+            reason = f"RSS {used} ≥ {_percent(config.critical)} of {budget}; ran GC"
+            return config.min_window, reason
+        if level == "warning":
+            self._calm = 0
+            halved = self.window_size // 2 // config.min_window * config.min_window
+            # Never grow here: a window already below the floor (after a critical
+            # drop) stays where it is.
+            new = min(self.window_size, max(halved, config.reduced_window))
+            return new, f"RSS {used} ≥ {_percent(config.warning)} of {budget}"
+        self._calm += 1
+        if self._calm >= config.calm_windows and self.window_size < self.initial_window:
+            self._calm = 0
+            reason = (
+                f"RSS {used} < {_percent(config.warning)} of {budget} "
+                f"for {config.calm_windows} windows"
+            )
+            return min(self.window_size * 2, self.initial_window), reason
+        return self.window_size, ""
+
+
+def _percent(fraction: float) -> str:
+    return f"{fraction * 100:.0f} %"
