@@ -254,6 +254,12 @@ class MergeConfig(StrictModel):
     chunk_rows: int = Field(
         default=512, ge=16, description="Grid rows per merge chunk (halved under pressure)."
     )
+    max_chunk_cells: int = Field(
+        default=4_194_304,
+        ge=65_536,
+        description="Cells per merge chunk at most: wider bands are split into column blocks "
+        "(a 512-row global 1-arcmin band is 11 M cells, ~0.5 GiB of columns).",
+    )
 
 
 class ParquetOptions(StrictModel):
