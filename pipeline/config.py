@@ -397,6 +397,10 @@ class PipelineConfig(StrictModel):
                 f"resampling.window_size: {self.resampling.window_size} is not a multiple of "
                 f"memory.min_window ({self.memory.min_window})"
             )
+        if self.analysis.methods and ExportFormat.parquet not in self.export.formats:
+            raise ValueError(
+                "analysis.methods: analysis reads the Parquet export; add parquet to export.formats"
+            )
         if self.executor == "dask" and not self.dask.scheduler:
             raise ValueError("executor: dask needs dask.scheduler")
         return self

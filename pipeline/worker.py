@@ -1,0 +1,109 @@
+"""Worker process entry point: ``python -m pipeline.worker CONFIG [options]``.
+
+The daemon and ``geod run`` both start the pipeline through this module, so a
+run behaves the same in the foreground and under supervision. Events go to the
+descriptor named by ``GEOD_EVENTS_FD``; without it, log records go to stderr.
+
+Exit codes (the daemon's restart policy keys on them):
+  0  finished, or stopped cleanly at a checkpoint (the last StateEvent says which)
+  1  failed at run time (worth a retry)
+  2  invalid config or input (a retry cannot help)
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from pipeline import logs
+from pipeline.catalog import CatalogError
+from pipeline.config import ConfigError, ExportFormat, load_config
+from pipeline.context import RunContext
+from pipeline.control import Controller, StopRequested
+from pipeline.events import EVENTS_FD_ENV, EventSink, StateEvent
+from pipeline.memory import MemoryGovernor
+from pipeline.runner import STAGES, parse_stages, run_pipeline
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_INPUT = 2
+
+log = logging.getLogger("geod.worker")
+
+
+def _parse_formats(text: str | None) -> list[ExportFormat] | None:
+    if not text:
+        return None
+    try:
+        return [ExportFormat(part.strip()) for part in text.split(",")]
+    except ValueError:
+        choices = ", ".join(f.value for f in ExportFormat)
+        raise ValueError(f"--formats: {text!r} must be a comma list of {choices}") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline.worker",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("config", type=Path, help="config.yml of the run")
+    parser.add_argument("--work-dir", type=Path, help="overrides paths.work_dir")
+    parser.add_argument("--stages", help=f"comma list of {', '.join(STAGES)} (default: all)")
+    parser.add_argument("--formats", help="comma list of export formats (default: config's)")
+    return parser
+
+
+def _fail(events: EventSink, message: str, code: int) -> int:
+    """Report a failure once: as a StateEvent, or on stderr when nobody reads events."""
+    events.emit(StateEvent(state="failed", reason=message))
+    if os.environ.get(EVENTS_FD_ENV) is None:
+        print(f"geod worker: {message}", file=sys.stderr)
+    return code
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    events = EventSink.from_env()
+    if events_enabled := os.environ.get(EVENTS_FD_ENV) is not None:
+        logs.install(events)
+    else:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    try:
+        config = load_config(args.config)
+        if args.work_dir is not None:
+            config.paths.work_dir = args.work_dir.resolve()
+        stages = parse_stages(args.stages)
+        formats = _parse_formats(args.formats)
+    except (ConfigError, ValueError) as exc:
+        return _fail(events, str(exc), EXIT_INPUT)
+
+    control = Controller(events)
+    control.install_signal_handlers()
+    governor = MemoryGovernor(config.memory, events, config.resampling.window_size)
+    ctx = RunContext(config, events, control, governor)
+    events.emit(StateEvent(state="running"))
+    try:
+        run_pipeline(ctx, stages, formats, os.environ.get("GEOD_DATABASE_URL"))
+    except StopRequested:
+        log.info("stopped at a checkpoint; rerun or resume to continue")
+        events.emit(StateEvent(state="stopped", reason="stop requested"))
+        return EXIT_OK
+    except (CatalogError, ConfigError) as exc:
+        return _fail(events, str(exc), EXIT_INPUT)
+    except Exception as exc:
+        log.exception("run failed: %s", exc)
+        return _fail(events, f"{type(exc).__name__}: {exc}", EXIT_FAILED)
+    finally:
+        if not events_enabled:
+            logging.shutdown()
+    events.emit(StateEvent(state="done"))
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,157 @@
+"""``geod run``, ``geod check`` and ``geod demo-data``: the pipeline without a daemon.
+
+Each spawns the same worker the daemon would (``python -m pipeline.worker``) and
+renders its event stream, so the foreground path exercises exactly the code a
+supervised run does and the supervisor never imports pipeline internals.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from types import FrameType
+
+import click
+
+from pipeline.config import ConfigError, load_config
+from pipeline.events import EVENTS_FD_ENV, Event, LogEvent, SourceEvent, StateEvent, decode
+from supervisor.cli.main import EXIT_FAILED, EXIT_OK, EXIT_USAGE, cli
+from supervisor.cli.progress_view import ProgressView
+
+#: Exit status of a run stopped with Ctrl-C (128 + SIGINT), as shells expect.
+EXIT_INTERRUPTED = 130
+#: Where ``geod demo-data`` writes when no directory is given: what config.yml uses.
+DEFAULT_DEMO_DIR = Path("demo")
+#: Worker exit code for bad config/input (see pipeline.worker).
+WORKER_EXIT_INPUT = 2
+
+
+def _validate(config_path: Path) -> None:
+    try:
+        load_config(config_path)
+    except ConfigError as exc:
+        click.echo(f"geod: {exc}", err=True)
+        sys.exit(EXIT_USAGE)
+
+
+def run_worker(args: list[str], view: ProgressView | None) -> tuple[int, str | None]:
+    """Run ``python -m pipeline.worker ARGS``, feeding its events to ``view``.
+
+    Returns the worker's exit code and its last lifecycle state. The first
+    Ctrl-C asks the worker to stop at the next checkpoint (it gets SIGINT from
+    the terminal as well); a second one kills it.
+    """
+    read_fd, write_fd = os.pipe()
+    env = dict(os.environ, **{EVENTS_FD_ENV: str(write_fd)})
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pipeline.worker", *args], env=env, pass_fds=(write_fd,)
+    )
+    os.close(write_fd)
+    interrupts = 0
+
+    def on_interrupt(_signum: int, _frame: FrameType | None) -> None:
+        nonlocal interrupts
+        interrupts += 1
+        if interrupts == 1:
+            click.echo("\nstopping after the current window (Ctrl-C again to kill)…", err=True)
+            process.send_signal(signal.SIGINT)
+        else:
+            process.kill()
+
+    previous = signal.signal(signal.SIGINT, on_interrupt)
+    last_state: str | None = None
+    try:
+        with os.fdopen(read_fd, "rb") as stream:
+            for line in stream:
+                event = decode(line)
+                if isinstance(event, StateEvent):
+                    last_state = event.state
+                if view is not None:
+                    view.handle(event)
+        code = process.wait()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    return code, last_state
+
+
+@cli.command()
+@click.argument("config_path", metavar="CONFIG", type=click.Path(path_type=Path))
+@click.option("--work-dir", type=click.Path(path_type=Path), help="Override paths.work_dir.")
+@click.option(
+    "--stages",
+    help="Comma list of catalog,resample,export,analysis (default: all; 'merge' = export).",
+)
+@click.option("--formats", help="Comma list of export formats (default: the config's).")
+def run(config_path: Path, work_dir: Path | None, stages: str | None, formats: str | None) -> None:
+    """Run CONFIG in the foreground with live progress; rerun to resume."""
+    _validate(config_path)
+    args = [str(config_path)]
+    if work_dir is not None:
+        args += ["--work-dir", str(work_dir)]
+    if stages:
+        args += ["--stages", stages]
+    if formats:
+        args += ["--formats", formats]
+    with ProgressView() as view:
+        code, state = run_worker(args, view)
+    failure = view.failure
+    if state == "stopped":
+        click.echo("geod: stopped at a checkpoint; run the same command again to resume", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    if code != EXIT_OK or state != "done":
+        click.echo(f"geod: run failed: {failure or f'worker exit code {code}'}", err=True)
+        sys.exit(EXIT_USAGE if code == WORKER_EXIT_INPUT else EXIT_FAILED)
+    for output in view.outputs:
+        click.echo(f"wrote {output}")
+
+
+@cli.command()
+@click.argument("config_path", metavar="CONFIG", type=click.Path(path_type=Path))
+def check(config_path: Path) -> None:
+    """Validate CONFIG and inspect every input's header; runs nothing."""
+    _validate(config_path)
+    code, _state = run_worker([str(config_path), "--stages", "catalog"], view=_CheckView())
+    if code != EXIT_OK:
+        sys.exit(EXIT_USAGE if code == WORKER_EXIT_INPUT else EXIT_FAILED)
+    click.echo(f"{config_path}: ok")
+
+
+class _CheckView(ProgressView):
+    """Prints catalog findings and errors only."""
+
+    def __init__(self) -> None:
+        super().__init__(live=False)
+
+    def handle(self, event: Event) -> None:
+        if isinstance(event, StateEvent) and event.state == "failed":
+            click.echo(f"geod: {event.reason}", err=True)
+        elif isinstance(event, LogEvent) and event.level in ("WARNING", "ERROR", "CRITICAL"):
+            click.echo(f"{event.level.lower()}: {event.message}", err=True)
+        elif isinstance(event, SourceEvent):
+            click.echo(f"  {event.dataset}: {event.width}×{event.height} {event.dtype} {event.crs}")
+
+
+@cli.command("demo-data")
+@click.argument(
+    "directory", required=False, default=DEFAULT_DEMO_DIR, type=click.Path(path_type=Path)
+)
+@click.option(
+    "--size", type=click.Choice(["small", "medium", "large"]), default="small", show_default=True
+)
+@click.option("--seed", type=int, default=0, show_default=True)
+def demo_data(directory: Path, size: str, seed: int) -> None:
+    """Write synthetic global demo layers into DIRECTORY (default: ./demo)."""
+    command = [
+        sys.executable,
+        "-m",
+        "pipeline.demo",
+        str(directory),
+        "--size",
+        size,
+        "--seed",
+        str(seed),
+    ]
+    sys.exit(subprocess.call(command))
