@@ -66,3 +66,31 @@ def gdalwarp() -> str:
             pytest.fail("gdalwarp is required (GEOD_REQUIRE_GDALWARP is set) but not installed")
         pytest.skip("gdalwarp not installed (apt-get install gdal-bin)")
     return path
+
+
+@pytest.fixture(scope="session")
+def demo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The small synthetic demo layers, generated once per test session."""
+    from pipeline.demo import generate
+
+    directory = tmp_path_factory.mktemp("demo")
+    generate(directory, "small", seed=0)
+    return directory
+
+
+def write_demo_config(directory: Path, demo: Path, **sections: object) -> Path:
+    """A config.yml in ``directory`` that reads the demo layers from ``demo``.
+
+    It is the root config.yml with its paths pointed at ``demo`` and ``directory``;
+    keyword arguments replace whole top-level sections.
+    """
+    import yaml
+
+    data = yaml.safe_load((REPO / "config.yml").read_text())
+    for dataset in data["datasets"]:
+        dataset["path"] = str(demo / Path(dataset["path"]).name)
+    data["paths"] = {"work_dir": str(directory / "work"), "output_dir": str(directory / "out")}
+    data.update(sections)
+    path = directory / "config.yml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path

@@ -1,0 +1,104 @@
+"""A real worker process: pause/resume/stop by signal, and resume after SIGKILL."""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from pipeline.events import OutputEvent, StageEvent, StateEvent
+from tests.conftest import write_demo_config
+from tests.workerproc import WorkerProcess
+
+#: Small windows so the demo has many window boundaries to act on.
+SMALL_WINDOWS = {"window_size": 256, "threads": 1}
+
+
+def _window_progress(event: object) -> bool:
+    return isinstance(event, StageEvent) and event.kind == "dataset" and event.done > 0
+
+
+def _state(name: str):
+    return lambda event: isinstance(event, StateEvent) and event.state == name
+
+
+def test_pause_resume_stop_at_window_boundaries(tmp_path: Path, demo_dir: Path) -> None:
+    config = write_demo_config(tmp_path, demo_dir, resampling=SMALL_WINDOWS)
+    worker = WorkerProcess(config)
+    worker.wait_for(_window_progress)
+
+    worker.process.send_signal(signal.SIGUSR1)
+    paused = worker.wait_for(_state("paused"), timeout=5)
+    progress_at_pause = len(worker.of_type(StageEvent))
+    time.sleep(1.0)
+    assert worker.process.poll() is None, "a paused worker stays alive"
+    assert len(worker.of_type(StageEvent)) == progress_at_pause, "no progress while paused"
+
+    worker.process.send_signal(signal.SIGUSR2)
+    resumed = worker.wait_for(_state("resumed"), timeout=5)
+    assert resumed.time >= paused.time
+    worker.wait_for(lambda e: isinstance(e, StageEvent) and e.time > resumed.time)
+
+    worker.process.send_signal(signal.SIGTERM)
+    worker.wait_for(_state("stopped"), timeout=30)
+    assert worker.finish() == 0
+
+
+def _store_arrays(work: Path) -> dict[str, np.ndarray]:
+    import zarr
+
+    group = zarr.open_group(str(work / "layers.zarr"), mode="r")
+    return {name: np.asarray(array[:]) for name, array in group.arrays()}
+
+
+def test_sigkill_mid_run_then_resume_gives_identical_outputs(
+    tmp_path: Path, demo_dir: Path
+) -> None:
+    reference_dir = tmp_path / "reference"
+    reference_dir.mkdir()
+    reference = WorkerProcess(write_demo_config(reference_dir, demo_dir, resampling=SMALL_WINDOWS))
+    assert reference.finish() == 0, reference.process.stderr.read()
+
+    crashed_dir = tmp_path / "crashed"
+    crashed_dir.mkdir()
+    config = write_demo_config(crashed_dir, demo_dir, resampling=SMALL_WINDOWS)
+    victim = WorkerProcess(config)
+    victim.wait_for(lambda e: isinstance(e, StageEvent) and e.kind == "dataset" and e.done >= 3)
+    victim.process.kill()
+    victim.finish()
+
+    resumed = WorkerProcess(config)
+    assert resumed.finish() == 0, resumed.process.stderr.read()
+    skipped = [e for e in resumed.of_type(StageEvent) if e.kind == "dataset"]
+    assert skipped, "the resumed run reports dataset progress"
+
+    expected, actual = _store_arrays(reference_dir / "work"), _store_arrays(crashed_dir / "work")
+    assert expected.keys() == actual.keys()
+    for name in expected:
+        np.testing.assert_array_equal(actual[name], expected[name], err_msg=name)
+
+    outputs = [Path(e.path) for e in resumed.of_type(OutputEvent) if e.path.endswith(".parquet")]
+    assert outputs
+    for path in outputs:
+        twin = reference_dir / "out" / path.name
+        assert pq.read_table(path).equals(pq.read_table(twin))
+
+
+def test_bad_config_exits_2_with_one_line(tmp_path: Path) -> None:
+    config = tmp_path / "config.yml"
+    config.write_text("datasets:\n  - name: a\n    path: a.tif\n    resampling: avg\n")
+    worker = WorkerProcess(config)
+    assert worker.finish() == 2
+    failed = worker.wait_for(_state("failed"))
+    assert "datasets[0]" in failed.reason and "\n" not in failed.reason
+
+
+def test_catalog_only_writes_nothing(tmp_path: Path, demo_dir: Path) -> None:
+    config = write_demo_config(tmp_path, demo_dir)
+    worker = WorkerProcess(config, "--stages", "catalog")
+    assert worker.finish() == 0
+    assert not (tmp_path / "work").exists()
+    worker.wait_for(_state("done"))
