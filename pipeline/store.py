@@ -1,0 +1,337 @@
+"""Resampled layers in one chunked Zarr v3 store, with a completion manifest as checkpoint.
+
+Layout (``root`` is e.g. ``runs/work/layers.zarr``)::
+
+    zarr.json                  group: grid CRS (WKT), geotransform, size, chunk
+    x/, y/                     1-D cell-centre coordinates (xarray opens the store as is)
+    <layer>/zarr.json          one 2-D array per dataset, dims (y, x), chunk × chunk
+    <layer>/c/<row>/<col>      chunk files (zstd), absent where all nodata
+    <layer>/geod-manifest.tsv  "row col checksum" per completed chunk, append-only
+
+Why a manifest rather than "the chunk file exists": zarr writes each chunk to a
+temporary name and renames it (atomic against a crash of this process), but it
+does not fsync, and an all-nodata chunk has no file at all. A chunk counts as
+complete only once its file (or its absence) has been fsynced and *then* its
+line, with a checksum of the file's bytes, has been appended and fsynced. A
+chunk whose line is missing is recomputed; a crash can therefore cost at most
+the window in flight, never publish a partial one.
+
+A manifest line that does not parse (a torn append, a damaged disk) makes the
+store re-verify that layer (:meth:`LayerStore.verify`): every listed chunk is
+re-read, its checksum compared and its data decoded, and the manifest is
+rewritten atomically with only the good chunks.
+
+Each layer records the fingerprint of what produced it (dataset config, source
+header, grid, chunk). A different fingerprint means the checkpoint describes
+other data, so the layer is reset rather than trusted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import zarr
+from rasterio.windows import Window
+from zarr.storage import LocalStore
+
+from pipeline.grid import TargetGrid
+
+log = logging.getLogger("geod.store")
+
+MANIFEST_NAME = "geod-manifest.tsv"
+#: Attribute keys on each layer array.
+FINGERPRINT_ATTR = "geod_fingerprint"
+NODATA_ATTR = "geod_nodata"
+#: Coordinate arrays in the group; no layer may take these names.
+COORDINATE_NAMES = ("x", "y")
+#: Checksum recorded for a chunk zarr did not write because it is all fill value.
+EMPTY_CHUNK = "-"
+#: blake2b digest size: 16 bytes is ample to catch torn or foreign chunk files.
+DIGEST_BYTES = 16
+
+
+def _fsync_path(path: Path) -> None:
+    """fsync a file or a directory (a directory fsync makes renames in it durable)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.blake2b(data, digest_size=DIGEST_BYTES).hexdigest()
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` via a temporary file, fsync, rename, fsync the directory."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+    _fsync_path(path.parent)
+
+
+class LayerStore:
+    """Chunked layers on a :class:`TargetGrid`; ``chunk`` is ``memory.min_window``."""
+
+    def __init__(self, root: Path, grid: TargetGrid, chunk: int) -> None:
+        self.root = Path(root)
+        self.grid = grid
+        self.chunk = chunk
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._group = zarr.open_group(store=LocalStore(self.root), mode="a", zarr_format=3)
+        self._done: dict[str, dict[tuple[int, int], str]] = {}
+        self._ensure_grid()
+
+    # -- grid metadata --------------------------------------------------------------
+
+    def _grid_attrs(self) -> dict[str, object]:
+        t = self.grid.transform
+        return {
+            "crs_wkt": self.grid.crs.to_wkt(),
+            "geotransform": [t.c, t.a, t.b, t.f, t.d, t.e],
+            "width": self.grid.width,
+            "height": self.grid.height,
+            "chunk": self.chunk,
+        }
+
+    def _ensure_grid(self) -> None:
+        """Record the grid and write x/y coordinates once (again if the grid changed)."""
+        attrs = self._grid_attrs()
+        if dict(self._group.attrs).get("geod_grid") == attrs:
+            return
+        full = Window(0, 0, self.grid.width, self.grid.height)
+        xs, ys = self.grid.cell_centers(full)
+        for name, values in (("x", xs), ("y", ys)):
+            array = self._group.create_array(
+                name,
+                shape=values.shape,
+                dtype="float64",
+                chunks=values.shape,
+                dimension_names=(name,),
+                overwrite=True,
+            )
+            array[:] = values
+        self._group.attrs["geod_grid"] = attrs
+
+    # -- layers ---------------------------------------------------------------------
+
+    def _array(self, name: str) -> zarr.Array:
+        return self._group[name]  # type: ignore[return-value]
+
+    def _manifest(self, name: str) -> Path:
+        return self.root / name / MANIFEST_NAME
+
+    def ensure_layer(self, name: str, dtype: str, nodata: float | None, fingerprint: str) -> None:
+        """Open a layer, creating or resetting it when its fingerprint differs."""
+        if name in COORDINATE_NAMES:
+            raise ValueError(f"layer name {name!r} is reserved for grid coordinates")
+        if name in self._group:
+            array = self._array(name)
+            if (
+                array.attrs.get(FINGERPRINT_ATTR) == fingerprint
+                and np.dtype(array.dtype) == np.dtype(dtype)
+                and array.shape == (self.grid.height, self.grid.width)
+            ):
+                self._load_manifest(name)
+                return
+            log.warning(
+                "layer %s was produced from other inputs or settings; discarding its %d chunks",
+                name,
+                len(self._read_manifest(name)[0]),
+                extra={"dataset": name},
+            )
+        # Drop the old completion record before the data, so a crash in between
+        # can never leave old checksums next to a new array.
+        self._manifest(name).unlink(missing_ok=True)
+        fill = float("nan") if np.dtype(dtype).kind == "f" else nodata
+        self._group.create_array(
+            name,
+            shape=(self.grid.height, self.grid.width),
+            chunks=(self.chunk, self.chunk),
+            dtype=dtype,
+            fill_value=fill if fill is not None else 0,
+            dimension_names=("y", "x"),
+            attributes={FINGERPRINT_ATTR: fingerprint, NODATA_ATTR: fill},
+            overwrite=True,
+        )
+        _write_atomic(self._manifest(name), "")
+        self._done[name] = {}
+
+    def layer_names(self) -> list[str]:
+        """Layers in this store (arrays written by :meth:`ensure_layer`), sorted."""
+        return sorted(
+            key
+            for key, member in self._group.members()
+            if isinstance(member, zarr.Array) and FINGERPRINT_ATTR in member.attrs
+        )
+
+    def layer_info(self, name: str) -> tuple[str, float | None]:
+        """dtype and nodata of a layer (NaN for float layers)."""
+        array = self._array(name)
+        nodata = array.attrs.get(NODATA_ATTR)
+        return str(np.dtype(array.dtype)), None if nodata is None else float(nodata)
+
+    # -- chunks ---------------------------------------------------------------------
+
+    def _chunks_of(self, window: Window) -> list[tuple[int, int]]:
+        c = self.chunk
+        row0, col0 = int(window.row_off), int(window.col_off)
+        row1, col1 = row0 + int(window.height), col0 + int(window.width)
+        return [
+            (r, k) for r in range(row0 // c, -(-row1 // c)) for k in range(col0 // c, -(-col1 // c))
+        ]
+
+    def _check_window(self, window: Window) -> None:
+        """Windows written must cover whole chunks (clipped only at the grid edge)."""
+        c = self.chunk
+        row0, col0 = int(window.row_off), int(window.col_off)
+        row1, col1 = row0 + int(window.height), col0 + int(window.width)
+        ok = (
+            row0 % c == 0
+            and col0 % c == 0
+            and (row1 % c == 0 or row1 == self.grid.height)
+            and (col1 % c == 0 or col1 == self.grid.width)
+            and 0 <= row0 < row1 <= self.grid.height
+            and 0 <= col0 < col1 <= self.grid.width
+        )
+        if not ok:
+            raise ValueError(f"window {window} is not aligned to {c}-pixel store chunks")
+
+    def _chunk_path(self, name: str, key: tuple[int, int]) -> Path:
+        return self.root / name / "c" / str(key[0]) / str(key[1])
+
+    def is_complete(self, name: str, window: Window) -> bool:
+        done = self._done[name]
+        return all(key in done for key in self._chunks_of(window))
+
+    def write_window(self, name: str, window: Window, data: np.ndarray) -> None:
+        """Write a window, make its chunks durable, then mark them complete."""
+        self._check_window(window)
+        shape = (int(window.height), int(window.width))
+        if data.shape != shape:
+            raise ValueError(f"data of shape {data.shape} does not fit window {window}")
+        row0, col0 = int(window.row_off), int(window.col_off)
+        self._array(name)[row0 : row0 + shape[0], col0 : col0 + shape[1]] = data
+        lines = []
+        directories = {self.root / name, self.root / name / "c"}
+        for key in self._chunks_of(window):
+            path = self._chunk_path(name, key)
+            if path.exists():
+                with open(path, "rb") as handle:
+                    checksum = _digest(handle.read())
+                    os.fsync(handle.fileno())
+                directories.add(path.parent)
+            else:
+                checksum = EMPTY_CHUNK
+            lines.append((key, checksum))
+        for directory in sorted(directories):
+            if directory.exists():
+                _fsync_path(directory)
+        with open(self._manifest(name), "a") as handle:
+            handle.write("".join(f"{r} {k} {checksum}\n" for (r, k), checksum in lines))
+            handle.flush()
+            os.fsync(handle.fileno())
+        self._done[name].update(lines)
+
+    def read_window(self, name: str, window: Window) -> np.ndarray:
+        """The window's values (nodata where never written); reads only its chunks."""
+        row0, col0 = int(window.row_off), int(window.col_off)
+        return np.asarray(
+            self._array(name)[row0 : row0 + int(window.height), col0 : col0 + int(window.width)]
+        )
+
+    def completed(self, name: str) -> int:
+        return len(self._done.get(name, {}))
+
+    def total_chunks(self) -> int:
+        rows, cols = self.grid.chunk_grid(self.chunk)
+        return rows * cols
+
+    # -- manifest -------------------------------------------------------------------
+
+    def _read_manifest(self, name: str) -> tuple[dict[tuple[int, int], str], int]:
+        """Parsed entries and the number of lines that did not parse."""
+        path = self._manifest(name)
+        if not path.exists():
+            return {}, 0
+        rows, cols = self.grid.chunk_grid(self.chunk)
+        entries: dict[tuple[int, int], str] = {}
+        bad = 0
+        text = path.read_bytes().decode("utf-8", errors="replace")
+        lines = text.split("\n")
+        # Everything after the last newline is a torn append (or empty).
+        complete, tail = lines[:-1], lines[-1]
+        bad += 1 if tail else 0
+        for line in complete:
+            parts = line.split(" ")
+            try:
+                row, col, checksum = int(parts[0]), int(parts[1]), parts[2]
+                valid = (
+                    len(parts) == 3
+                    and 0 <= row < rows
+                    and 0 <= col < cols
+                    and (checksum == EMPTY_CHUNK or len(checksum) == 2 * DIGEST_BYTES)
+                )
+                if checksum != EMPTY_CHUNK:
+                    int(checksum, 16)
+            except (ValueError, IndexError):
+                valid = False
+            if valid:
+                entries[(row, col)] = checksum
+            else:
+                bad += 1
+        return entries, bad
+
+    def _load_manifest(self, name: str) -> None:
+        entries, bad = self._read_manifest(name)
+        if bad:
+            log.warning(
+                "layer %s: %d damaged line(s) in the chunk manifest; re-verifying chunks",
+                name,
+                bad,
+                extra={"dataset": name},
+            )
+            self._done[name] = entries
+            self.verify(name)
+            return
+        self._done[name] = entries
+
+    def _chunk_ok(self, name: str, key: tuple[int, int], checksum: str) -> bool:
+        path = self._chunk_path(name, key)
+        if checksum == EMPTY_CHUNK:
+            return not path.exists()
+        try:
+            if _digest(path.read_bytes()) != checksum:
+                return False
+            c = self.chunk
+            self._array(name)[key[0] * c : (key[0] + 1) * c, key[1] * c : (key[1] + 1) * c]
+        except Exception:  # any read or decode failure means the chunk is not usable
+            return False
+        return True
+
+    def verify(self, name: str) -> int:
+        """Re-check every chunk the manifest lists; keep the good ones; return their count."""
+        entries, bad = self._read_manifest(name)
+        good = {key: value for key, value in entries.items() if self._chunk_ok(name, key, value)}
+        dropped = len(entries) - len(good)
+        if bad or dropped:
+            log.warning(
+                "layer %s: kept %d verified chunks, dropped %d bad chunk(s) and %d bad line(s)",
+                name,
+                len(good),
+                dropped,
+                bad,
+                extra={"dataset": name},
+            )
+        text = "".join(f"{r} {k} {checksum}\n" for (r, k), checksum in sorted(good.items()))
+        _write_atomic(self._manifest(name), text)
+        self._done[name] = good
+        return len(good)
