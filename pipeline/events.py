@@ -66,6 +66,8 @@ class MemoryEvent(_Event):
     system_available: int | None = None
     window_size: int | None = None
     budget: int | None = None
+    warning: float | None = Field(default=None, description="Warning level, fraction of budget.")
+    critical: float | None = Field(default=None, description="Critical level, fraction.")
     stage: str | None = None
     operation: str | None = None
 

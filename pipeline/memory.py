@@ -138,6 +138,8 @@ class MemoryGovernor:
                 system_available=_system_available(),
                 window_size=new,
                 budget=self.budget,
+                warning=self._config.warning,
+                critical=self._config.critical,
                 stage=stage,
             )
         )
