@@ -1,0 +1,82 @@
+"""Write a file under a temporary name next to its destination, then rename it into place.
+
+Readers of the output directory must never see half a table under its final
+name: a worker can be killed at any moment and a disk can fill up mid-write. So
+every exported file is written as ``NAME.partial-XXXXXXXX`` in the destination
+directory (same filesystem, so the rename is atomic), flushed and fsynced, then
+renamed over ``NAME`` and the directory fsynced so the rename itself survives a
+crash. Leftover partial files from a killed run are removed by
+:func:`clean_partials` at the start of the next export.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import secrets
+import shutil
+from pathlib import Path
+
+#: Separator between the final name and the random token of a temporary file.
+PARTIAL_MARKER = ".partial-"
+#: Random hex digits in a temporary name: enough that two writers never collide.
+_TOKEN_BYTES = 4
+
+
+class ExportError(RuntimeError):
+    """An export failed; the message is one line naming the file and the reason."""
+
+
+def describe_os_error(path: Path, exc: OSError) -> str:
+    """One line for an OS error while writing ``path`` (disk full gets the free space)."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        try:
+            free = shutil.disk_usage(path.parent).free
+        except OSError:
+            return f"{path}: disk full while writing"
+        return f"{path}: disk full while writing ({free} bytes free in {path.parent})"
+    return f"{path}: {exc.strerror or exc}"
+
+
+def partial_path(final: Path) -> Path:
+    """A fresh temporary name for ``final`` in the same directory."""
+    return final.with_name(f"{final.name}{PARTIAL_MARKER}{secrets.token_hex(_TOKEN_BYTES)}")
+
+
+def clean_partials(final: Path) -> list[Path]:
+    """Remove leftovers ``final.partial-*`` of earlier killed runs; return what was removed."""
+    removed = []
+    if not final.parent.is_dir():
+        return removed
+    for leftover in final.parent.glob(f"{final.name}{PARTIAL_MARKER}*"):
+        with contextlib.suppress(FileNotFoundError):
+            leftover.unlink()
+            removed.append(leftover)
+    return removed
+
+
+def fsync_path(path: Path) -> None:
+    """fsync a file (or directory) by path."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def commit(partial: Path, final: Path) -> None:
+    """Make ``partial`` durable and atomically visible as ``final``."""
+    try:
+        fsync_path(partial)
+        os.replace(partial, final)
+        fsync_path(final.parent)
+    except OSError as exc:
+        discard(partial)
+        raise ExportError(describe_os_error(final, exc)) from None
+
+
+def discard(partial: Path) -> None:
+    """Remove a temporary file if it is still there."""
+    with contextlib.suppress(FileNotFoundError):
+        partial.unlink()

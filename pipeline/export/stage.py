@@ -1,0 +1,139 @@
+"""The export stage: one merge pass streamed into every configured format at once.
+
+Resume policy: *restart export only*. A stopped or killed export leaves no
+output under a final name (partial files are discarded, the Postgres
+transaction rolls back) and the next run re-merges from the layer store, which
+is complete and checkpointed; the expensive resampling is never redone. Per-chunk
+Parquet part files would let export resume mid-way, but publishing them as one
+file costs a second full write and read of the table, while re-merging from the
+local store costs about the same as the write itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.config import ExportFormat, PipelineConfig
+from pipeline.context import RunContext, StageNode
+from pipeline.events import OutputEvent
+from pipeline.export.atomic import ExportError, clean_partials
+from pipeline.export.base import Exporter
+from pipeline.export.csv_text import CsvExporter
+from pipeline.export.parquet import ParquetExporter
+from pipeline.export.postgres import PostgresExporter
+from pipeline.export.validate import ExportedSampler, validate_exports
+from pipeline.grid import TargetGrid
+from pipeline.merge import MergeStream
+from pipeline.store import LayerStore
+
+log = logging.getLogger("geod.export")
+
+#: Environment variable consulted last for the Postgres export's database.
+DATABASE_URL_ENV = "GEOD_DATABASE_URL"
+STAGE = "export"
+
+
+def output_path(config: PipelineConfig, fmt: ExportFormat) -> Path:
+    """Final path of a file format's output: ``output_dir/NAME.parquet`` / ``.csv``."""
+    return config.paths.output_dir / f"{config.export.name}.{fmt.value}"
+
+
+def resolve_database_url(config: PipelineConfig, database_url: str | None) -> str:
+    """export.postgres.url, else the run's database, else ``GEOD_DATABASE_URL``."""
+    url = config.export.postgres.url or database_url or os.environ.get(DATABASE_URL_ENV)
+    if not url:
+        raise ExportError(
+            "export.formats includes postgres but no database is configured: set "
+            f"export.postgres.url, database.url or {DATABASE_URL_ENV}"
+        )
+    return url
+
+
+def open_exporters(
+    stream: MergeStream, formats: list[ExportFormat], database_url: str | None
+) -> list[Exporter]:
+    """One exporter per format; if one fails to open, those already open are aborted."""
+    config = stream.config
+    opened: list[Exporter] = []
+    try:
+        for fmt in formats:
+            if fmt is ExportFormat.postgres:
+                url = resolve_database_url(config, database_url)
+                opened.append(PostgresExporter(url, stream.schema, config.export.postgres))
+                continue
+            path = output_path(config, fmt)
+            for leftover in clean_partials(path):
+                log.info("removed leftover %s of an earlier run", leftover, extra={"stage": STAGE})
+            if fmt is ExportFormat.parquet:
+                opened.append(
+                    ParquetExporter(path, stream.schema, config.export.parquet, stream.grid)
+                )
+            else:
+                opened.append(CsvExporter(path, stream.schema, config.export.csv))
+    except BaseException:
+        for exporter in opened:
+            exporter.abort()
+        raise
+    return opened
+
+
+def run_merge_export(
+    ctx: RunContext,
+    store: LayerStore,
+    grid: TargetGrid,
+    node: StageNode,
+    formats: list[ExportFormat] | None = None,
+    database_url: str | None = None,
+) -> list[Path]:
+    """Merge the run's layers once and write every format; returns the files published.
+
+    The node advances once per merge unit; the controller is consulted after
+    each unit (a stop discards the partial outputs, see the module docstring).
+    Each published output is reported as an OutputEvent.
+    """
+    config = ctx.config
+    formats = list(dict.fromkeys(formats or config.export.formats))
+    if ExportFormat.postgres in formats:
+        resolve_database_url(config, database_url)  # fail before any heavy work
+    stream = MergeStream(store, grid, config)
+    config.paths.output_dir.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(config.export.seed)
+    samples = config.export.validate_samples
+    sampler = ExportedSampler(samples // 2, rng, grid)
+    exporters = open_exporters(stream, formats, database_url)
+    node.start(total=stream.plan.total)
+    node.unit = "chunks"
+    try:
+        for chunk in stream.chunks(ctx.governor):
+            for exporter in exporters:
+                exporter.write(chunk.batch)
+            sampler.observe(chunk.batch)
+            if chunk.last:
+                node.advance()
+                ctx.control.checkpoint()
+        for exporter in exporters:
+            exporter.close()
+        checked = validate_exports(exporters, stream, sampler.keys, samples, rng)
+        published: list[Path] = []
+        for exporter in exporters:
+            detail = exporter.commit()
+            detail["validated_cells"] = checked
+            ctx.events.emit(
+                OutputEvent(
+                    kind=exporter.format.value, path=exporter.target, stage=STAGE, detail=detail
+                )
+            )
+            log.info(
+                "exported %d rows to %s", exporter.rows, exporter.target, extra={"stage": STAGE}
+            )
+            if exporter.format is not ExportFormat.postgres:
+                published.append(Path(exporter.target))
+    except BaseException:
+        for exporter in exporters:
+            exporter.abort()
+        raise
+    return published
