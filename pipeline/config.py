@@ -327,7 +327,15 @@ class GwpcaConfig(StrictModel):
     max_points: int | None = Field(default=None, ge=1, description="Cap on evaluation points.")
     batch_points: int = Field(default=2_000, ge=1)
     select_bandwidth: bool = Field(default=False, description="Cross-validate the bandwidth.")
-    workers: int = Field(default=1, ge=1)
+    workers: int = Field(default=1, ge=1, description="Threads computing batches of points.")
+    standardize: bool = Field(
+        default=True, description="z-score every column first (PCA on the correlation matrix)."
+    )
+    max_neighbours: int = Field(
+        default=5_000,
+        ge=8,
+        description="Cap on neighbours per point (fixed bandwidths, CV search upper bound).",
+    )
 
 
 class AnalysisConfig(StrictModel):
@@ -335,6 +343,9 @@ class AnalysisConfig(StrictModel):
     columns: list[str] | None = Field(default=None, description="Datasets analysed (all).")
     som: SomConfig = Field(default_factory=SomConfig)
     gwpca: GwpcaConfig = Field(default_factory=GwpcaConfig)
+    read_batch_rows: int = Field(
+        default=100_000, ge=1_000, description="Rows per Parquet read batch (stats, loading)."
+    )
 
 
 class TelemetryConfig(StrictModel):

@@ -1,0 +1,672 @@
+"""Geographically weighted PCA (Harris, Brunsdon & Charlton 2011), batched and resumable.
+
+At every evaluation point a PCA of the data is computed with each observation
+weighted by a kernel of its distance to the point; where the loadings and the
+share of variance change across space is the result. The definitions follow
+GWmodel's ``gwpca``:
+
+* weights: bisquare ``(1 − (d/h)²)²`` for ``d < h`` (0 beyond) or gaussian
+  ``exp(−½ (d/h)²)``; ``h`` is a distance in km (fixed) or, adaptive, the
+  distance to the k-th nearest observation (the point itself counts as the
+  first), so with bisquare the k-th neighbour gets weight 0 exactly as in
+  GWmodel; k larger than the data stretches the farthest distance by k / n;
+* local PCA: eigen-decomposition of the weighted covariance
+  ``Σ wᵢ (xᵢ − x̄_w)(xᵢ − x̄_w)ᵀ / Σ wᵢ``; its eigenvalues are the local
+  variances (GWmodel's ``var``), the first k as % of their sum its
+  ``local.PV``, and the variable with the largest |loading| on PC1 its
+  ``win_var_PC1``; locations with fewer than :data:`MIN_LOCAL_POINTS`
+  positive weights have no result (GWmodel skips ≤ 5);
+* bandwidth cross-validation (``bw.gwpca``/``gwpca.cv``): leave observation i
+  out (weight 0), fit the local PCA, reconstruct xᵢ from the first k loadings
+  V: ``x̂ᵢ = xᵢ V Vᵀ``; the score is ``Σᵢ ‖xᵢ − x̂ᵢ‖²`` (Harris et al. 2011),
+  minimised by golden-section search over [2, n] neighbours or
+  [extent / 5000, extent] km like GWmodel's ``gold``. (GWmodel's R code writes
+  ``sum(r)**2``, which R parses as the square of the summed residuals; we use
+  the sum of squares the paper defines — the two rank bandwidths differently
+  only through cancelling residual signs.)
+
+Distances. For a geographic CRS the points are placed on the unit sphere in
+3-D, where the Euclidean chord is monotone in the great-circle angle, so a
+``cKDTree`` finds true great-circle neighbours (no seam at ±180°, no polar
+distortion); chords are converted to great-circle km for the kernel. A
+projected CRS uses its own coordinates scaled to km.
+
+Speed and memory. Neighbours come from one tree query per batch (fixed shape:
+k for adaptive, the batch's largest count for fixed bandwidths, padded with
+weight 0), then the weighted covariances of the whole batch are one batched
+matrix product and one batched ``eigh``. Batches are split into sub-chunks
+sized by the memory governor and run on ``gwpca.workers`` threads (numpy's
+BLAS and LAPACK release the GIL). Every batch of evaluation points is a part
+file; a killed run resumes at the first missing part.
+
+Data points. All complete rows of the table are the observations, held in
+memory with the KD-tree; if they would exceed :data:`DATA_BUDGET_SHARE` of the
+memory budget they are thinned to a regular stride (every 2nd, 4th, … complete
+row), which is logged and recorded in the metrics.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from rasterio.crs import CRS
+from scipy.spatial import cKDTree
+
+from pipeline.analysis.io import (
+    AnalysisError,
+    ColumnStats,
+    PartStore,
+    RasterSpec,
+    batch_count,
+    file_identity,
+    fingerprint,
+    iter_table,
+    standardize,
+    table_rows,
+    write_geotiff,
+    write_json_atomic,
+)
+from pipeline.analysis.runtime import MethodRun
+from pipeline.config import GwpcaConfig
+
+log = logging.getLogger("geod.analysis.gwpca")
+
+#: Mean Earth radius (IUGG), km: great-circle distances on the sphere.
+EARTH_RADIUS_KM = 6371.0088
+#: GWmodel gives no result where ≤ 5 observations have positive weight.
+MIN_LOCAL_POINTS = 6
+#: A fixed gaussian kernel is cut at this many bandwidths, where its weight
+#: (exp(−4.5) ≈ 1.1 % of the centre's) no longer moves the covariance visibly;
+#: without a cut every point would need every observation.
+GAUSSIAN_REACH = 3.0
+#: Share of the memory budget the observations and their KD-tree may take.
+DATA_BUDGET_SHARE = 0.25
+#: Share of the memory budget one sub-chunk's neighbour arrays may take.
+CHUNK_BUDGET_SHARE = 0.05
+#: Bytes per neighbour slot per variable during a sub-chunk: the gathered
+#: values, their centred and weighted copies (float64), with headroom.
+BYTES_PER_SLOT = 8 * 4
+#: Bytes per observation held besides its values: 3-D coordinates, the tree's
+#: own copy of them and its index.
+BYTES_PER_POINT = 8 * 3 * 2 + 8
+#: GWmodel's fixed-bandwidth search starts at the extent divided by this.
+FIXED_SEARCH_LOWER_RATIO = 5000
+#: Golden-section search stops when the bracket is this fraction of its start
+#: (fixed bandwidth) or one neighbour wide (adaptive).
+GOLDEN_TOLERANCE = 1e-3
+_GOLDEN = (math.sqrt(5) - 1) / 2
+#: Winner-map nodata (uint8): no result at this cell.
+WINNER_NODATA = 255
+
+
+# --------------------------------------------------------------------------- geometry
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """How table coordinates become tree coordinates and km."""
+
+    geographic: bool
+    unit_km: float = 1.0
+
+    @classmethod
+    def of(cls, crs: object) -> Geometry:
+        parsed = CRS.from_user_input(crs)
+        if parsed.is_geographic:
+            return cls(True)
+        _name, metres = parsed.linear_units_factor
+        return cls(False, metres / 1000.0)
+
+    def embed(self, xy: np.ndarray) -> np.ndarray:
+        if not self.geographic:
+            return np.asarray(xy, float) * self.unit_km
+        lon, lat = np.radians(xy[:, 0]), np.radians(xy[:, 1])
+        cos_lat = np.cos(lat)
+        return np.column_stack([cos_lat * np.cos(lon), cos_lat * np.sin(lon), np.sin(lat)])
+
+    def to_km(self, tree_distance: np.ndarray) -> np.ndarray:
+        if not self.geographic:
+            return tree_distance
+        chord = np.clip(tree_distance, 0.0, 2.0)
+        return 2.0 * EARTH_RADIUS_KM * np.arcsin(chord / 2.0)
+
+    def from_km(self, km: float) -> float:
+        if not self.geographic:
+            return km
+        angle = min(km / EARTH_RADIUS_KM, math.pi)
+        return 2.0 * math.sin(angle / 2.0)
+
+    def extent_km(self, coords: np.ndarray) -> float:
+        """Upper bound of the distance between two observations (the CV search's top)."""
+        span = coords.max(axis=0) - coords.min(axis=0)
+        return float(self.to_km(np.array([np.sqrt((span**2).sum())]))[0])
+
+
+# --------------------------------------------------------------------------- model
+
+
+@dataclass
+class Observations:
+    """The data points: tree coordinates, (standardized) values, and their KD-tree."""
+
+    geometry: Geometry
+    coords: np.ndarray
+    values: np.ndarray
+    tree: cKDTree
+
+    @classmethod
+    def build(cls, geometry: Geometry, xy: np.ndarray, values: np.ndarray) -> Observations:
+        coords = geometry.embed(xy)
+        # One zero row after the data: padded neighbour slots index it with weight 0.
+        padded = np.vstack([values, np.zeros((1, values.shape[1]))])
+        return cls(geometry, coords, padded, cKDTree(coords))
+
+    @property
+    def n(self) -> int:
+        return len(self.coords)
+
+
+@dataclass
+class LocalPca:
+    """Results at a batch of points; rows without a result are NaN (winner −1)."""
+
+    eigenvalues: np.ndarray  # (B, p), descending
+    loadings: np.ndarray  # (B, p, p), column j = component j
+    used: np.ndarray  # (B,), observations with positive weight
+
+    @property
+    def valid(self) -> np.ndarray:
+        return self.used >= MIN_LOCAL_POINTS
+
+    def percent_variance(self, k: int) -> np.ndarray:
+        total = self.eigenvalues.sum(axis=1, keepdims=True)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return self.eigenvalues[:, :k] / total * 100.0
+
+    def winner(self) -> np.ndarray:
+        index = np.abs(self.loadings[:, :, 0]).argmax(axis=1)
+        return np.where(self.valid, index, -1)
+
+
+def kernel_weights(distance_km: np.ndarray, h_km: np.ndarray, kernel: str) -> np.ndarray:
+    """GWmodel's kernels; ``h_km`` broadcasts against ``distance_km`` (B, K)."""
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        ratio = distance_km / h_km
+        if kernel == "bisquare":
+            weights = np.where(ratio < 1.0, (1.0 - ratio**2) ** 2, 0.0)
+        else:
+            weights = np.exp(-0.5 * ratio**2)
+    return np.where(np.isfinite(distance_km), weights, 0.0)
+
+
+def local_pca(values: np.ndarray, weights: np.ndarray) -> LocalPca:
+    """Weighted PCA of each point's neighbours: ``values`` (B, K, p), ``weights`` (B, K).
+
+    Loadings are sign-normalised (largest |element| of each component
+    positive) so that results are reproducible and comparable between runs.
+    """
+    used = (weights > 0).sum(axis=1)
+    total = weights.sum(axis=1)
+    safe = np.where(total > 0, total, 1.0)
+    mean = np.einsum("bk,bkp->bp", weights, values) / safe[:, None]
+    centred = (values - mean[:, None, :]) * np.sqrt(weights)[:, :, None]
+    cov = np.matmul(centred.transpose(0, 2, 1), centred) / safe[:, None, None]
+    eigenvalues, vectors = np.linalg.eigh(cov)
+    eigenvalues = np.clip(eigenvalues[:, ::-1], 0.0, None)
+    vectors = vectors[:, :, ::-1]
+    rows = np.arange(len(vectors))[:, None]
+    biggest = np.abs(vectors).argmax(axis=1)
+    signs = np.sign(vectors[rows, biggest, np.arange(vectors.shape[2])[None, :]])
+    vectors = vectors * np.where(signs == 0, 1.0, signs)[:, None, :]
+    invalid = used < MIN_LOCAL_POINTS
+    eigenvalues[invalid] = np.nan
+    vectors[invalid] = np.nan
+    return LocalPca(eigenvalues, vectors, used)
+
+
+@dataclass(frozen=True)
+class Bandwidth:
+    """A kernel and its bandwidth: k neighbours (adaptive) or km (fixed)."""
+
+    kernel: str
+    adaptive: bool
+    value: float
+
+    @classmethod
+    def of(cls, config: GwpcaConfig, value: float | None = None) -> Bandwidth:
+        return cls(config.kernel, config.adaptive, config.bandwidth if value is None else value)
+
+
+def neighbours(
+    obs: Observations, points: np.ndarray, bw: Bandwidth, max_neighbours: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Neighbour indices (B, K; padding = n), distances in km, and h in km (B, 1)."""
+    if bw.adaptive:
+        k = max(1, round(bw.value))
+        slots = min(k, obs.n)
+        dist, idx = obs.tree.query(points, k=slots)
+        dist, idx = dist.reshape(len(points), slots), idx.reshape(len(points), slots)
+        km = obs.geometry.to_km(dist)
+        h = km[:, -1:] * (k / slots)
+        return idx, km, h
+    reach = bw.value * (GAUSSIAN_REACH if bw.kernel == "gaussian" else 1.0)
+    radius = obs.geometry.from_km(reach)
+    counts = obs.tree.query_ball_point(points, radius, return_length=True)
+    most = int(np.max(counts)) if len(counts) else 0
+    slots = max(1, min(most, max_neighbours, obs.n))
+    if most > slots:
+        log.warning(
+            "fixed bandwidth %.6g km reaches %d observations; using the nearest %d "
+            "(gwpca.max_neighbours)",
+            bw.value,
+            most,
+            slots,
+        )
+    dist, idx = obs.tree.query(points, k=slots, distance_upper_bound=radius * (1 + 1e-12))
+    dist, idx = dist.reshape(len(points), slots), idx.reshape(len(points), slots)
+    km = obs.geometry.to_km(np.where(np.isfinite(dist), dist, np.inf))
+    km[~np.isfinite(dist)] = np.inf
+    h = np.full((len(points), 1), float(bw.value))
+    return idx, km, h
+
+
+def evaluate(
+    obs: Observations,
+    points: np.ndarray,
+    bw: Bandwidth,
+    max_neighbours: int,
+    exclude: np.ndarray | None = None,
+) -> LocalPca:
+    """Local PCA at ``points`` (tree coordinates); ``exclude`` = own index (leave-one-out)."""
+    idx, km, h = neighbours(obs, points, bw, max_neighbours)
+    weights = kernel_weights(km, h, bw.kernel)
+    if exclude is not None:
+        weights = np.where(idx == exclude[:, None], 0.0, weights)
+    weights = np.where(idx >= obs.n, 0.0, weights)
+    return local_pca(obs.values[idx], weights)
+
+
+def evaluate_parallel(
+    obs: Observations,
+    points: np.ndarray,
+    bw: Bandwidth,
+    max_neighbours: int,
+    chunk: int,
+    workers: int,
+    exclude: np.ndarray | None = None,
+) -> LocalPca:
+    """:func:`evaluate` over sub-chunks of ``chunk`` points on ``workers`` threads."""
+    starts = range(0, len(points), max(1, chunk))
+
+    def one(start: int) -> LocalPca:
+        part = slice(start, start + chunk)
+        return evaluate(
+            obs, points[part], bw, max_neighbours, None if exclude is None else exclude[part]
+        )
+
+    if workers > 1 and len(starts) > 1:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            results = list(pool.map(one, starts))
+    else:
+        results = [one(start) for start in starts]
+    return LocalPca(
+        np.concatenate([r.eigenvalues for r in results]),
+        np.concatenate([r.loadings for r in results]),
+        np.concatenate([r.used for r in results]),
+    )
+
+
+# --------------------------------------------------------------------------- bandwidth
+
+
+def cv_score(
+    obs: Observations,
+    at: np.ndarray,
+    bw: Bandwidth,
+    components: int,
+    max_neighbours: int,
+    chunk: int,
+    workers: int = 1,
+) -> float:
+    """Leave-one-out reconstruction error at observations ``at`` (see the module docstring)."""
+    result = evaluate_parallel(obs, obs.coords[at], bw, max_neighbours, chunk, workers, exclude=at)
+    if not result.valid.all():
+        return math.inf
+    x = obs.values[at]
+    v = result.loadings[:, :, :components]
+    reconstructed = np.einsum("bp,bpk,bqk->bq", x, v, v)
+    return float(((x - reconstructed) ** 2).sum())
+
+
+def golden_section(
+    score: Callable[[float], float], lower: float, upper: float, integer: bool
+) -> tuple[float, list[tuple[float, float]]]:
+    """Minimise ``score`` on [lower, upper] like GWmodel's ``gold``; returns (best, trace)."""
+    trace: list[tuple[float, float]] = []
+    cache: dict[float, float] = {}
+
+    def f(x: float) -> float:
+        key = float(round(x)) if integer else x
+        if key not in cache:
+            cache[key] = score(key)
+            trace.append((key, cache[key]))
+        return cache[key]
+
+    tolerance = 1.0 if integer else (upper - lower) * GOLDEN_TOLERANCE
+    a, b = lower, upper
+    c, d = b - _GOLDEN * (b - a), a + _GOLDEN * (b - a)
+    fc, fd = f(c), f(d)
+    while b - a > tolerance:
+        if fc <= fd:
+            b, d, fd = d, c, fc
+            c = b - _GOLDEN * (b - a)
+            fc = f(c)
+        else:
+            a, c, fc = c, d, fd
+            d = a + _GOLDEN * (b - a)
+            fd = f(d)
+    best = min(cache, key=lambda key: (cache[key], key))
+    return best, trace
+
+
+def search_bounds(obs: Observations, config: GwpcaConfig, variables: int) -> tuple[float, float]:
+    if config.adaptive:
+        lower = max(MIN_LOCAL_POINTS + 1, variables + 1)
+        return float(lower), float(max(lower, min(obs.n, config.max_neighbours)))
+    upper = obs.geometry.extent_km(obs.coords)
+    return upper / FIXED_SEARCH_LOWER_RATIO, upper
+
+
+# --------------------------------------------------------------------------- stage
+
+
+@dataclass
+class Loaded:
+    xy: np.ndarray
+    values: np.ndarray
+    stride: int
+
+
+def load_observations(
+    run: MethodRun,
+    batch_rows: int,
+    max_points: int,
+    on_batch: Callable[[], None],
+) -> Loaded:
+    """Complete rows of the table, thinned to a regular stride if more than ``max_points``."""
+    xy_parts: list[np.ndarray] = []
+    value_parts: list[np.ndarray] = []
+    stride, held, seen = 1, 0, 0
+    for batch in iter_table(run.table, run.columns, batch_rows):
+        complete = np.isfinite(batch.values).all(axis=1)
+        ranks = seen + np.arange(int(complete.sum()))
+        keep = ranks % stride == 0
+        xy_parts.append(batch.xy[complete][keep])
+        value_parts.append(batch.values[complete][keep])
+        held += int(keep.sum())
+        seen += int(complete.sum())
+        while held > max_points:
+            stride *= 2
+            xy_all, val_all = np.concatenate(xy_parts), np.concatenate(value_parts)
+            # Rows held so far are those with rank % (stride/2) == 0; keep every other one.
+            xy_parts, value_parts = [xy_all[::2]], [val_all[::2]]
+            held = len(xy_parts[0])
+        on_batch()
+    if not xy_parts or held == 0:
+        raise AnalysisError(f"{run.table}: no complete rows in {', '.join(run.columns)}")
+    return Loaded(np.concatenate(xy_parts), np.concatenate(value_parts), stride)
+
+
+def evaluation_points(xy: np.ndarray, run: MethodRun, config: GwpcaConfig) -> np.ndarray:
+    """Indices of the observations evaluated: cells on the ``subsample`` lattice, capped."""
+    chosen = np.arange(len(xy))
+    if config.subsample > 1:
+        rows, cols = run.grid.cell_index(xy[:, 0], xy[:, 1])
+        on = (rows >= 0) & (rows % config.subsample == 0) & (cols % config.subsample == 0)
+        chosen = chosen[on]
+    if config.max_points is not None and len(chosen) > config.max_points:
+        picks = np.linspace(0, len(chosen) - 1, config.max_points).round().astype(np.int64)
+        chosen = chosen[np.unique(picks)]
+    return chosen
+
+
+def result_table(xy: np.ndarray, result: LocalPca, columns: list[str], components: int) -> pa.Table:
+    """One row per evaluation point: eigenvalues, % variance, loadings, winner."""
+    data: dict[str, pa.Array] = {"x": pa.array(xy[:, 0]), "y": pa.array(xy[:, 1])}
+    data["neighbours"] = pa.array(result.used.astype(np.int32))
+    for j in range(len(columns)):
+        data[f"eigenvalue_{j + 1}"] = pa.array(result.eigenvalues[:, j], from_pandas=True)
+    pv = result.percent_variance(components)
+    for j in range(components):
+        data[f"pv_pc{j + 1}"] = pa.array(pv[:, j], from_pandas=True)
+    data["pv_cumulative"] = pa.array(pv.sum(axis=1), from_pandas=True)
+    for j in range(components):
+        for v, name in enumerate(columns):
+            data[f"pc{j + 1}_{name}"] = pa.array(result.loadings[:, v, j], from_pandas=True)
+    winner = result.winner()
+    names = pa.array([columns[w] if w >= 0 else None for w in winner], pa.string())
+    data["winner"] = names
+    data["winner_index"] = pa.array(
+        np.where(winner >= 0, winner, 0).astype(np.int16), mask=winner < 0
+    )
+    return pa.table(data)
+
+
+def run_gwpca(run: MethodRun) -> list[Path]:
+    """The ``gwpca`` method: local PCA table, metrics and maps under ``run.prefix``."""
+    ctx, config = run.ctx, run.ctx.config.analysis.gwpca
+    p = len(run.columns)
+    if config.components > p:
+        raise AnalysisError(
+            f"analysis.gwpca.components: {config.components} exceeds the {p} analysed columns"
+        )
+    batch_rows = run.scaled(ctx.config.analysis.read_batch_rows, floor=1_000)
+    rows = table_rows(run.table)
+    load_node = run.node.child(
+        "load", "window_group", total=batch_count(rows, batch_rows), unit="batches"
+    )
+    load_node.start()
+    budget = ctx.governor.budget
+    max_points = max(MIN_LOCAL_POINTS, int(DATA_BUDGET_SHARE * budget / (BYTES_PER_POINT + 8 * p)))
+
+    def loaded_batch() -> None:
+        load_node.advance()
+        run.boundary()
+
+    loaded = load_observations(run, batch_rows, max_points, loaded_batch)
+    load_node.finish()
+    if loaded.stride > 1:
+        log.warning(
+            "gwpca: observations thinned to every %d-th complete row to fit the memory budget",
+            loaded.stride,
+        )
+    stats = ColumnStats.empty(run.columns)
+    stats.update(loaded.values)
+    values = standardize(loaded.values, stats) if config.standardize else loaded.values
+    geometry = Geometry.of(run.grid.crs)
+    obs = Observations.build(geometry, loaded.xy, values)
+    eval_index = evaluation_points(loaded.xy, run, config)
+    if not len(eval_index):
+        raise AnalysisError(f"{run.table}: no evaluation points on the subsample lattice")
+
+    digest = fingerprint(
+        run.prefix,
+        run.columns,
+        config.model_dump(mode="json"),
+        file_identity(run.table),
+        run.grid.width,
+        run.grid.height,
+        loaded.stride,
+    )
+    store = PartStore(run.work_root, run.prefix, digest)
+    chunk_base = max(
+        1, int(CHUNK_BUDGET_SHARE * budget / (BYTES_PER_SLOT * p * _slots(config, obs)))
+    )
+    bandwidth = _bandwidth(run, obs, eval_index, store, chunk_base, p)
+
+    batches = math.ceil(len(eval_index) / config.batch_points)
+    local_node = run.node.child("local", "window_group", total=batches, unit="batches")
+    local_node.start(done=len(store.done))
+    for index in range(batches):
+        if index in store.done:
+            continue
+        part = eval_index[index * config.batch_points : (index + 1) * config.batch_points]
+        chunk = run.scaled(min(chunk_base, config.batch_points))
+        chunk = min(chunk, math.ceil(len(part) / config.workers))
+        result = evaluate_parallel(
+            obs, obs.coords[part], bandwidth, config.max_neighbours, chunk, config.workers
+        )
+        store.record(index, result_table(loaded.xy[part], result, run.columns, config.components))
+        local_node.advance()
+        run.boundary()
+    local_node.finish()
+    outputs = _finalize(run, store, batches, bandwidth, stats, values, loaded, eval_index)
+    store.remove()
+    return outputs
+
+
+def _slots(config: GwpcaConfig, obs: Observations) -> int:
+    if config.adaptive:
+        return max(1, min(round(config.bandwidth), obs.n))
+    return max(1, min(config.max_neighbours, obs.n))
+
+
+def _bandwidth(
+    run: MethodRun,
+    obs: Observations,
+    eval_index: np.ndarray,
+    store: PartStore,
+    chunk_base: int,
+    variables: int,
+) -> Bandwidth:
+    """The configured bandwidth, or the CV-selected one (remembered across a resume)."""
+    config = run.ctx.config.analysis.gwpca
+    if not config.select_bandwidth:
+        return Bandwidth.of(config)
+    saved = store.load_array("bandwidth")
+    if saved is not None:
+        return Bandwidth.of(config, float(saved[0]))
+    lower, upper = search_bounds(obs, config, variables)
+    node = run.node.child("bandwidth", "window_group", unit="scores")
+    node.start()
+
+    def score(value: float) -> float:
+        bw = Bandwidth.of(config, value)
+        chunk = run.scaled(chunk_base)
+        result = cv_score(
+            obs, eval_index, bw, config.components, config.max_neighbours, chunk, config.workers
+        )
+        node.advance()
+        run.boundary()
+        return result
+
+    best, trace = golden_section(score, lower, upper, integer=config.adaptive)
+    node.finish()
+    store.save_array("bandwidth", np.array([best]))
+    store.save_array("cv_trace", np.array(trace))
+    log.info(
+        "gwpca: cross-validated bandwidth %s (%s)", best, "neighbours" if config.adaptive else "km"
+    )
+    return Bandwidth.of(config, best)
+
+
+def _finalize(
+    run: MethodRun,
+    store: PartStore,
+    batches: int,
+    bandwidth: Bandwidth,
+    stats: ColumnStats,
+    values: np.ndarray,
+    loaded: Loaded,
+    eval_index: np.ndarray,
+) -> list[Path]:
+    config = run.ctx.config.analysis.gwpca
+    k = config.components
+    node = run.node.child("write", "window_group", total=4, unit="files")
+    node.start()
+    table_path = store.assemble(run.output("local.parquet"), batches)
+    outputs = [run.emit_output("table", table_path, rows=len(eval_index))]
+    node.advance()
+
+    global_pca = local_pca(values[None, :, :], np.ones((1, len(values))))
+    cv_trace = store.load_array("cv_trace")
+    metrics = {
+        "method": run.prefix,
+        "columns": run.columns,
+        "kernel": bandwidth.kernel,
+        "adaptive": bandwidth.adaptive,
+        "bandwidth": bandwidth.value,
+        "bandwidth_unit": "neighbours" if bandwidth.adaptive else "km",
+        "bandwidth_selected": config.select_bandwidth,
+        "cv_trace": [] if cv_trace is None else cv_trace.tolist(),
+        "components": k,
+        "standardized": config.standardize,
+        "observations": len(values),
+        "observation_stride": loaded.stride,
+        "evaluation_points": len(eval_index),
+        "subsample": config.subsample,
+        "column_mean": stats.mean.tolist(),
+        "column_std": stats.std.tolist(),
+        "global_eigenvalues": global_pca.eigenvalues[0].tolist(),
+        "global_loadings": global_pca.loadings[0].tolist(),
+    }
+    outputs.append(
+        run.emit_output("report", write_json_atomic(run.output("metrics.json"), metrics))
+    )
+    node.advance()
+    grid = run.grid.strided(config.subsample)
+    scratch = run.work_root / run.prefix
+    pv_bands = [f"pv_pc{j + 1}" for j in range(k)] + ["pv_cumulative"]
+    pc1_bands = [f"pc1_{name}" for name in run.columns]
+    maps = [
+        ("pv.tif", RasterSpec("float32", float("nan"), pv_bands), pv_bands, None),
+        ("pc1_loadings.tif", RasterSpec("float32", float("nan"), pc1_bands), pc1_bands, None),
+        (
+            "winner.tif",
+            RasterSpec("uint8", WINNER_NODATA, ["winner"]),
+            ["winner_index"],
+            {f"winner_{i}": name for i, name in enumerate(run.columns)},
+        ),
+    ]
+    for name, spec, fields, tags in maps:
+        path = write_geotiff(
+            run.output(name),
+            grid,
+            spec,
+            _map_batches(table_path, fields, spec),
+            scratch,
+            run.cache_bytes,
+            tags,
+        )
+        outputs.append(
+            run.emit_output("map", path, bands=list(spec.bands), subsample=config.subsample)
+        )
+    node.finish()
+    return outputs
+
+
+def _map_batches(
+    table_path: Path, fields: list[str], spec: RasterSpec
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(xy, values) batches of the result table for one map; nulls become nodata."""
+    parquet = pq.ParquetFile(table_path)
+    for record in parquet.iter_batches(columns=["x", "y", *fields]):
+        xy = np.column_stack([record.column("x").to_numpy(), record.column("y").to_numpy()])
+        layers = []
+        for field in fields:
+            column = record.column(field)
+            array = np.array(column.to_numpy(zero_copy_only=False), dtype=np.float64)
+            array[column.is_null().to_numpy(zero_copy_only=False)] = np.nan
+            layers.append(array)
+        values = np.column_stack(layers)
+        if np.issubdtype(np.dtype(spec.dtype), np.integer):
+            values = np.where(np.isfinite(values), values, spec.nodata)
+        yield xy, values
