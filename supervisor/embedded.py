@@ -37,6 +37,7 @@ class EmbeddedPostgres:
     def __init__(self, data_dir: Path) -> None:
         self.data_dir = data_dir.expanduser().resolve()
         self._server: PostgresServer | None = None
+        self._url: str | None = None
 
     @classmethod
     def in_state_dir(cls, state_dir: Path) -> EmbeddedPostgres:
@@ -56,13 +57,15 @@ class EmbeddedPostgres:
                 f"cannot start the embedded PostgreSQL in {self.data_dir}: {exc}"
                 f" (server log: {self.data_dir / 'log'})"
             ) from exc
-        return self.url
+        self._url = self._server.get_uri()
+        return self._url
 
     @property
     def url(self) -> str:
-        if self._server is None:
+        """The server's URL (a Unix socket in the data directory); stays valid across restarts."""
+        if self._url is None:
             raise EmbeddedError("the embedded PostgreSQL has not been started")
-        return self._server.get_uri()
+        return self._url
 
     def stop(self) -> None:
         """Stop the server now (fast shutdown: sessions are disconnected, data is safe)."""
@@ -79,6 +82,9 @@ class EmbeddedPostgres:
             raise EmbeddedError(
                 f"cannot stop the embedded PostgreSQL in {self.data_dir}: {exc}"
             ) from exc
+        # Tell the library the server is down, so its exit hook does not try (and
+        # loudly fail) to stop it again.
+        self._server._postmaster_info = None
 
     def running(self) -> bool:
         info = PostmasterInfo.read_from_pgdata(self.data_dir)

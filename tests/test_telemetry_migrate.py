@@ -1,0 +1,107 @@
+"""Schema migrations on a real PostgreSQL: from empty, re-run, concurrent, tampered."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import psycopg2
+import pytest
+
+from supervisor.telemetry.migrate import (
+    MIGRATIONS_DIR,
+    MigrationError,
+    available,
+    migrate,
+    migrate_url,
+)
+
+TABLES = {
+    "runs",
+    "stages",
+    "progress",
+    "memory_samples",
+    "log_records",
+    "events",
+    "checkpoints",
+    "raster_sources",
+    "schema_migrations",
+}
+
+
+def _catalog(url: str) -> tuple[set[str], set[str], list[int]]:
+    conn = psycopg2.connect(url)
+    with conn.cursor() as cur:
+        cur.execute(
+            "SELECT table_name, table_type FROM information_schema.tables"
+            " WHERE table_schema = 'geod'"
+        )
+        rows = cur.fetchall()
+        cur.execute("SELECT version FROM geod.schema_migrations ORDER BY version")
+        versions = [v for (v,) in cur.fetchall()]
+    conn.close()
+    tables = {name for name, kind in rows if kind == "BASE TABLE"}
+    views = {name for name, kind in rows if kind == "VIEW"}
+    return tables, views, versions
+
+
+def test_from_empty_then_rerun_is_a_noop(database_url: str) -> None:
+    everything = [m.version for m in available()]
+    assert migrate_url(database_url) == everything
+    tables, views, versions = _catalog(database_url)
+    assert tables == TABLES
+    assert views == {"v_memory_by_stage", "v_memory_timeline"}
+    assert versions == everything
+
+    assert migrate_url(database_url) == []
+    assert _catalog(database_url)[2] == everything
+
+
+def test_racing_migrations_apply_each_version_once(database_url: str) -> None:
+    results: list[list[int]] = []
+    errors: list[BaseException] = []
+    start = threading.Barrier(3)
+
+    def run() -> None:
+        conn = psycopg2.connect(database_url)
+        try:
+            start.wait()
+            results.append(migrate(conn))
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            conn.close()
+
+    threads = [threading.Thread(target=run) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    applied = sorted(v for result in results for v in result)
+    assert applied == [m.version for m in available()], "each version applied by exactly one"
+
+
+def test_changed_applied_migration_is_refused(database_url: str, tmp_path: Path) -> None:
+    copy = tmp_path / "migrations"
+    copy.mkdir()
+    for source in MIGRATIONS_DIR.glob("*.sql"):
+        (copy / source.name).write_text(source.read_text())
+    conn = psycopg2.connect(database_url)
+    try:
+        migrate(conn, copy)
+        first = sorted(copy.glob("*.sql"))[0]
+        first.write_text(first.read_text() + "\n-- edited after the fact\n")
+        with pytest.raises(MigrationError, match="changed after it was applied"):
+            migrate(conn, copy)
+        (copy / "0999_later.sql").write_text("CREATE TABLE geod.later (x int);")
+        first.write_text(first.read_text().replace("\n-- edited after the fact\n", ""))
+        assert migrate(conn, copy) == [999], "a new file is applied after the old ones"
+    finally:
+        conn.close()
+
+
+def test_misnamed_migration_file_is_an_error(tmp_path: Path) -> None:
+    (tmp_path / "1_first.sql").write_text("SELECT 1;")
+    with pytest.raises(MigrationError, match=r"NNNN_name\.sql"):
+        available(tmp_path)
