@@ -1,0 +1,237 @@
+"""The daemon's own settings (not a run's config): where it keeps state, its socket, its limits.
+
+A user daemon and the system service differ only in their defaults:
+
+================  ==========================================  ========================
+setting           user (``geod serve``)                       system (``--system``)
+================  ==========================================  ========================
+state_dir         ``$XDG_STATE_HOME/geod`` or                 ``/var/lib/geod``
+                  ``~/.local/state/geod``
+socket_path       ``$XDG_RUNTIME_DIR/geod/geod.sock``, else   ``/run/geod/geod.sock``
+                  ``state_dir/geod.sock``
+settings file     ``$XDG_CONFIG_HOME/geod/geod.yml`` or       ``/etc/geod/geod.yml``
+                  ``~/.config/geod/geod.yml``
+================  ==========================================  ========================
+
+The settings file is optional YAML with the field names below; unknown keys are
+errors with a "did you mean" hint. The environment overrides the file:
+``GEOD_STATE_DIR``, ``GEOD_SOCKET`` and ``GEOD_DATABASE_URL`` (so tests and
+systemd drop-ins need no file). Every problem is reported as one line naming the
+file and key, because the daemon is started from a terminal or a unit file, not
+from a debugger.
+"""
+
+from __future__ import annotations
+
+import difflib
+import grp
+import os
+import sys
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+
+STATE_DIR_ENV = "GEOD_STATE_DIR"
+SOCKET_ENV = "GEOD_SOCKET"
+DATABASE_URL_ENV = "GEOD_DATABASE_URL"
+
+SYSTEM_STATE_DIR = Path("/var/lib/geod")
+SYSTEM_SOCKET = Path("/run/geod/geod.sock")
+SYSTEM_SETTINGS_FILE = Path("/etc/geod/geod.yml")
+SOCKET_NAME = "geod.sock"
+
+LogLevelName = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+
+
+class SettingsError(ValueError):
+    """A settings problem, phrased as one line for the user."""
+
+
+def _xdg(variable: str, fallback: str) -> Path:
+    value = os.environ.get(variable)
+    # The XDG spec says relative values are invalid and must be ignored.
+    if value and os.path.isabs(value):
+        return Path(value)
+    return Path.home() / fallback
+
+
+def default_state_dir() -> Path:
+    """``$GEOD_STATE_DIR``, else ``$XDG_STATE_HOME/geod``, else ``~/.local/state/geod``."""
+    override = os.environ.get(STATE_DIR_ENV)
+    if override:
+        return Path(override)
+    return _xdg("XDG_STATE_HOME", ".local/state") / "geod"
+
+
+def default_socket_path() -> Path:
+    """``$GEOD_SOCKET``, else ``$XDG_RUNTIME_DIR/geod/geod.sock``, else in the state dir.
+
+    ``$XDG_RUNTIME_DIR`` is per-user, tmpfs and removed at logout, which is
+    where a socket belongs; without it (cron, su) the state directory is the
+    only per-user place we know of.
+    """
+    override = os.environ.get(SOCKET_ENV)
+    if override:
+        return Path(override)
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime and os.path.isabs(runtime):
+        return Path(runtime) / "geod" / SOCKET_NAME
+    return default_state_dir() / SOCKET_NAME
+
+
+def default_settings_file(system: bool = False) -> Path:
+    if system:
+        return SYSTEM_SETTINGS_FILE
+    return _xdg("XDG_CONFIG_HOME", ".config") / "geod" / "geod.yml"
+
+
+def _default_worker_command() -> list[str]:
+    return [sys.executable, "-m", "pipeline.worker"]
+
+
+class Settings(BaseModel):
+    """Everything the daemon itself is configured by, with its documented default."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    state_dir: Path = Field(
+        default_factory=default_state_dir,
+        description="Run registry, run directories, lock, daemon log.",
+    )
+    socket_path: Path = Field(
+        default=None,  # type: ignore[assignment]  # filled from state_dir below
+        validate_default=False,
+        description="The JSON-RPC Unix socket (see the module table for the default).",
+    )
+    socket_group: str | None = Field(
+        default=None,
+        description="Group allowed to connect: the socket becomes 0660 owned by it (else 0600).",
+    )
+    concurrency: int = Field(default=2, ge=1, description="Runs executing at once; others queue.")
+    pause_grace: float = Field(
+        default=10.0,
+        gt=0,
+        description="Seconds a worker has to acknowledge a pause before SIGSTOP.",
+    )
+    kill_grace: float = Field(
+        default=30.0,
+        gt=0,
+        description="Seconds between SIGTERM (checkpoint and exit) and SIGKILL of the group.",
+    )
+    log_max_bytes: int = Field(
+        default=10 * 1024 * 1024, ge=1024, description="Rotate a run's worker.log at this size."
+    )
+    log_backups: int = Field(default=3, ge=0, description="Rotated worker.log.N files kept.")
+    log_level: LogLevelName = Field(default="INFO", description="The daemon's own log level.")
+    database_url: str | None = Field(
+        default=None,
+        description="Telemetry PostgreSQL; None = embedded server ($GEOD_DATABASE_URL overrides).",
+    )
+    telemetry: bool = Field(default=True, description="Record runs and events in PostgreSQL.")
+    memory_history: int = Field(
+        default=3600,
+        ge=1,
+        description="Memory samples kept per run for memory.history (1 h at 1 s).",
+    )
+    event_history: int = Field(
+        default=2000,
+        ge=0,
+        description="Recent events per run kept in memory for logs.tail (older ones: file).",
+    )
+    client_queue_limit: int = Field(
+        default=10_000,
+        ge=1,
+        description="Messages queued for one client before it is dropped as too slow.",
+    )
+    worker_command: list[str] = Field(
+        default_factory=_default_worker_command,
+        min_length=1,
+        description="argv prefix of a worker; the daemon appends CONFIG --work-dir DIR.",
+    )
+
+    _source: Path | None = PrivateAttr(default=None)
+    _system: bool = PrivateAttr(default=False)
+
+    @model_validator(mode="after")
+    def _derive(self) -> Settings:
+        if self.socket_path is None:
+            runtime = os.environ.get("XDG_RUNTIME_DIR")
+            if runtime and os.path.isabs(runtime):
+                self.socket_path = Path(runtime) / "geod" / SOCKET_NAME
+            else:
+                self.socket_path = self.state_dir / SOCKET_NAME
+        if self.socket_group is not None:
+            try:
+                grp.getgrnam(self.socket_group)
+            except KeyError:
+                raise ValueError(f"socket_group: no group named {self.socket_group!r}") from None
+        return self
+
+    def reload(self) -> Settings:
+        """Read the same file and environment again (the daemon's SIGHUP)."""
+        return load_settings(self._source, system=self._system)
+
+
+def _describe(error: dict[str, Any]) -> str:
+    path = ".".join(str(part) for part in error["loc"])
+    if error["type"] == "extra_forbidden":
+        key = str(error["loc"][-1])
+        hint = difflib.get_close_matches(key, list(Settings.model_fields), n=1)
+        suffix = f" (did you mean {hint[0]!r}?)" if hint else ""
+        return f"{path}: unknown setting{suffix}"
+    message = error["msg"].removeprefix("Value error, ")
+    return f"{path}: {message}" if path else message
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text()
+    except IsADirectoryError:
+        raise SettingsError(f"{path}: is a directory, expected a YAML file") from None
+    except PermissionError:
+        raise SettingsError(f"{path}: permission denied") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise SettingsError(f"{path}:{where}: {getattr(exc, 'problem', None) or exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise SettingsError(f"{path}: expected a mapping of settings at the top level")
+    return data
+
+
+def load_settings(path: Path | None = None, system: bool = False) -> Settings:
+    """Settings from ``path`` (or the default file, if it exists), then the environment.
+
+    An explicitly given file must exist; the default one is optional. Raises
+    :class:`SettingsError` with one line naming the file and key.
+    """
+    source = path if path is not None else default_settings_file(system)
+    data: dict[str, Any] = {}
+    if path is not None and not path.exists():
+        raise SettingsError(f"{path}: settings file not found")
+    if source.exists():
+        data = _read_file(source)
+    if system:
+        data.setdefault("state_dir", str(SYSTEM_STATE_DIR))
+        data.setdefault("socket_path", str(SYSTEM_SOCKET))
+    for env, key in (
+        (STATE_DIR_ENV, "state_dir"),
+        (SOCKET_ENV, "socket_path"),
+        (DATABASE_URL_ENV, "database_url"),
+    ):
+        if os.environ.get(env):
+            data[key] = os.environ[env]
+    try:
+        settings = Settings.model_validate(data)
+    except ValidationError as exc:
+        where = source if source.exists() else "settings"
+        raise SettingsError("; ".join(f"{where}: {_describe(e)}" for e in exc.errors())) from None
+    settings._source = path
+    settings._system = system
+    return settings
