@@ -48,10 +48,11 @@ class EmbeddedPostgres:
         try:
             if self._server is None:
                 self.data_dir.parent.mkdir(parents=True, exist_ok=True)
+                # The library caches one handle per data dir and process, which may
+                # be one this or another wrapper stopped: make sure it runs.
                 self._server = get_server(self.data_dir, cleanup_mode="stop")
-            else:
-                with PostgresServer._lock:
-                    self._server.ensure_postgres_running()
+            with PostgresServer._lock:
+                self._server.ensure_postgres_running()
         except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as exc:
             raise EmbeddedError(
                 f"cannot start the embedded PostgreSQL in {self.data_dir}: {exc}"
