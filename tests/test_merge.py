@@ -104,7 +104,7 @@ def write_geotiff(path: Path, grid: TargetGrid, layer: Layer) -> None:
         dst.write(layer.array(rows, cols), 1)
 
 
-def build_run(
+def reopen_run(
     tmp_path: Path,
     resolution: float = 1.0,
     merge: dict[str, Any] | None = None,
@@ -112,7 +112,7 @@ def build_run(
     layers: tuple[Layer, ...] = LAYERS,
     bounds: tuple[float, float, float, float] = (-180, -90, 180, 90),
 ) -> Run:
-    """A run whose layers are complete in a real store, with matching GeoTIFF sources."""
+    """The run's config, grid and store, its layers opened as the resample stage opens them."""
     data = {
         "name": "mergetest",
         "datasets": [{"name": layer.name, "path": f"src/{layer.name}.tif"} for layer in layers],
@@ -125,19 +125,26 @@ def build_run(
     }
     config = parse_config(data, "test", tmp_path)
     grid = TargetGrid.from_config(config.grid)
-    (tmp_path / "src").mkdir(exist_ok=True)
     store = LayerStore(tmp_path / "work" / "layers.zarr", grid, CHUNK)
     for layer in layers:
-        write_geotiff(tmp_path / "src" / f"{layer.name}.tif", grid, layer)
         nodata = None if layer.nodata is None else float(layer.nodata)
         store.ensure_layer(layer.name, layer.dtype, nodata, "test-fingerprint")
-        for window in grid.windows(CHUNK):
+    return Run(config, grid, store, [])
+
+
+def build_run(tmp_path: Path, layers: tuple[Layer, ...] = LAYERS, **options: Any) -> Run:
+    """A run whose layers are complete in a real store, with matching GeoTIFF sources."""
+    run = reopen_run(tmp_path, layers=layers, **options)
+    (tmp_path / "src").mkdir(exist_ok=True)
+    for layer in layers:
+        write_geotiff(tmp_path / "src" / f"{layer.name}.tif", run.grid, layer)
+        for window in run.grid.windows(CHUNK):
             rows, cols = np.mgrid[
                 window.row_off : window.row_off + window.height,
                 window.col_off : window.col_off + window.width,
             ]
-            store.write_window(layer.name, window, layer.array(rows, cols))
-    return Run(config, grid, store, [])
+            run.store.write_window(layer.name, window, layer.array(rows, cols))
+    return run
 
 
 def collect(run: Run, **kwargs: Any) -> tuple[list[Any], pa.Table]:

@@ -9,7 +9,9 @@ merged chunk.
 
 With ``export.parquet.geoparquet`` a ``geometry`` column of WKB points is
 added and the ``geo`` key of GeoParquet 1.1 is written, with the grid's CRS as
-PROJJSON and the bounding box of the points actually written.
+PROJJSON. It goes into the Arrow schema given to the writer, because readers
+(pyarrow, GeoPandas) take the schema's metadata, not keys appended at close;
+so the optional ``bbox`` — known only after the last row — is left out.
 """
 
 from __future__ import annotations
@@ -56,6 +58,22 @@ def wkb_points(x: np.ndarray, y: np.ndarray) -> pa.BinaryArray:
     )
 
 
+def geo_metadata(grid: TargetGrid) -> bytes:
+    """The GeoParquet ``geo`` key for point geometries in the grid's CRS."""
+    geo = {
+        "version": GEOPARQUET_VERSION,
+        "primary_column": GEOMETRY_COLUMN,
+        "columns": {
+            GEOMETRY_COLUMN: {
+                "encoding": "WKB",
+                "geometry_types": ["Point"],
+                "crs": grid.crs.to_dict(projjson=True),
+            }
+        },
+    }
+    return json.dumps(geo).encode()
+
+
 class ParquetExporter(Exporter):
     """Streams merged batches into ``path`` (via a partial file, renamed on commit)."""
 
@@ -67,15 +85,15 @@ class ParquetExporter(Exporter):
         super().__init__()
         self.path = path
         self.options = options
-        self._grid = grid
         self._geo = options.geoparquet
         self.schema = schema
         if self._geo:
-            self.schema = schema.append(pa.field(GEOMETRY_COLUMN, pa.binary(), nullable=False))
+            self.schema = schema.append(
+                pa.field(GEOMETRY_COLUMN, pa.binary(), nullable=False)
+            ).with_metadata({**(schema.metadata or {}), b"geo": geo_metadata(grid)})
         self.partial = partial_path(path)
         self._pending: list[pa.RecordBatch] = []
         self._pending_rows = 0
-        self._bbox = [np.inf, np.inf, -np.inf, -np.inf]
         compression = None if options.compression == "none" else options.compression
         self._writer: pq.ParquetWriter | None = None
         self._writer = self._guard(
@@ -100,12 +118,6 @@ class ParquetExporter(Exporter):
         if self._geo:
             x = batch.column("x").to_numpy()
             y = batch.column("y").to_numpy()
-            self._bbox = [
-                min(self._bbox[0], x.min()),
-                min(self._bbox[1], y.min()),
-                max(self._bbox[2], x.max()),
-                max(self._bbox[3], y.max()),
-            ]
             batch = pa.RecordBatch.from_arrays(
                 [*batch.columns, wkb_points(x, y)], schema=self.schema
             )
@@ -126,31 +138,12 @@ class ParquetExporter(Exporter):
         self._pending = rest.to_batches()
         self._pending_rows = rest.num_rows
 
-    def _geo_metadata(self) -> dict[str, str]:
-        bbox = [float(v) for v in self._bbox] if self.rows else []
-        column: dict[str, Any] = {
-            "encoding": "WKB",
-            "geometry_types": ["Point"],
-            "crs": self._grid.crs.to_dict(projjson=True),
-        }
-        if bbox:
-            column["bbox"] = bbox
-        geo = {
-            "version": GEOPARQUET_VERSION,
-            "primary_column": GEOMETRY_COLUMN,
-            "columns": {GEOMETRY_COLUMN: column},
-        }
-        return {"geo": json.dumps(geo)}
-
     def close(self) -> None:
         if self._writer is None:
             return
         if self._pending_rows:
             self._flush(final=True)
-        writer = self._writer
-        if self._geo:
-            self._guard(lambda: writer.add_key_value_metadata(self._geo_metadata()))
-        self._guard(writer.close)
+        self._guard(self._writer.close)
         self._writer = None
 
     def read_back(self, keys: np.ndarray, grid: TargetGrid) -> dict[int, dict[str, Any]]:
