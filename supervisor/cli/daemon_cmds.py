@@ -1,0 +1,163 @@
+"""``geod serve``, ``geod start`` and ``geod stop``: the daemon's life cycle.
+
+``serve`` is the foreground daemon systemd runs; ``start`` is what a user types
+(pueue-style: make sure a daemon answers, starting one in the background if
+needed, then submit); ``stop`` asks it to checkpoint its runs and exit, and
+waits until it has.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from pipeline.config import ConfigError, load_config
+from supervisor.cli.connection import (
+    call,
+    daemon_answers,
+    daemon_errors,
+    fail,
+    resolve_socket,
+    socket_option,
+)
+from supervisor.cli.follow import wait_for_final_state
+from supervisor.cli.main import EXIT_FAILED, EXIT_OK, EXIT_USAGE, cli
+from supervisor.protocol import RunSummary
+from supervisor.settings import Settings, SettingsError, load_settings
+
+#: How long ``geod start`` waits for a new background daemon to accept connections.
+#: Generous because a first start may initialise the embedded PostgreSQL (initdb).
+DEFAULT_START_TIMEOUT = 60.0
+#: Extra wait of ``geod stop`` beyond the daemon's ``kill_grace``: after SIGKILLing
+#: leftover workers it still flushes telemetry and stops the embedded database.
+STOP_MARGIN = 30.0
+#: How often ``geod stop`` checks whether the daemon has gone.
+STOP_POLL_INTERVAL = 0.1
+
+_settings_option = click.option(
+    "--config",
+    "settings_path",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Daemon settings file (default: the user's or, with --system, the system one).",
+)
+_system_option = click.option(
+    "--system",
+    is_flag=True,
+    help="System service layout: /var/lib/geod, /run/geod/geod.sock (what systemd uses).",
+)
+
+
+def _load_settings(settings_path: Path | None, system: bool) -> Settings:
+    try:
+        return load_settings(settings_path, system=system)
+    except SettingsError as exc:
+        fail(str(exc), EXIT_USAGE)
+
+
+@cli.command()
+@_settings_option
+@_system_option
+def serve(settings_path: Path | None, system: bool) -> None:
+    """Run the daemon in the foreground until SIGTERM or Ctrl-C (what systemd runs).
+
+    Logs go to stderr (the journal under systemd). With Type=notify, systemd is told
+    READY=1 once the socket accepts connections.
+    """
+    from supervisor.daemon import run_daemon
+    from supervisor.logsetup import configure_logging
+
+    settings = _load_settings(settings_path, system)
+    configure_logging(settings.log_level)
+    sys.exit(run_daemon(settings))
+
+
+@cli.command()
+@click.argument("config", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--name", help="Run name shown by status (default: from the config).")
+@click.option(
+    "--wait",
+    is_flag=True,
+    help="Block until the run ends; exit 0 if it is done, 1 if it failed or was killed.",
+)
+@click.option(
+    "--start-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=DEFAULT_START_TIMEOUT,
+    show_default=True,
+    help="Seconds to wait for a newly started daemon to answer.",
+)
+@_settings_option
+@socket_option
+def start(
+    config: Path,
+    name: str | None,
+    wait: bool,
+    start_timeout: float,
+    settings_path: Path | None,
+    socket_path: Path | None,
+) -> None:
+    """Submit CONFIG as a new run, starting the daemon in the background if none answers.
+
+    Prints only the run id on stdout, so ``RUN=$(geod start config.yml)`` works.
+    """
+    config = config.resolve()
+    try:
+        load_config(config)  # fail fast, before a daemon is started for nothing
+    except ConfigError as exc:
+        fail(str(exc), EXIT_USAGE)
+    settings = _load_settings(settings_path, system=False)
+    if socket_path is not None:
+        settings = settings.model_copy(update={"socket_path": socket_path})
+    _ensure_daemon(settings, start_timeout)
+    params: dict[str, str] = {"config_path": str(config)}
+    if name:
+        params["name"] = name
+    run = RunSummary.model_validate(call(settings.socket_path, "runs.submit", **params))
+    click.echo(run.id)
+    if wait:
+        final = wait_for_final_state(settings.socket_path, run.id)
+        sys.exit(EXIT_OK if final.state == "done" else EXIT_FAILED)
+
+
+def _ensure_daemon(settings: Settings, timeout: float) -> None:
+    """Answering daemon, or a new background one (told on stderr, stdout stays the id)."""
+    from supervisor.daemonize import DaemonStartError, log_path, start_background
+
+    with daemon_errors(settings.socket_path):
+        if daemon_answers(settings.socket_path):
+            return
+        try:
+            start_background(settings, timeout)
+        except DaemonStartError as exc:
+            # Lost a race with another `geod start`? Then its daemon answers now.
+            if not daemon_answers(settings.socket_path):
+                fail(str(exc), EXIT_FAILED)
+            return
+    click.echo(f"geod: daemon started (log: {log_path(settings)})", err=True)
+
+
+@cli.command()
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0),
+    default=None,
+    help=f"Seconds to wait for the daemon to exit (default: its kill grace + {STOP_MARGIN:g} s).",
+)
+@socket_option
+def stop(timeout: float | None, socket_path: Path | None) -> None:
+    """Stop the daemon gracefully: runs stop at a checkpoint, then it exits. Waits for it."""
+    path = resolve_socket(socket_path)
+    if timeout is None:
+        timeout = _load_settings(None, system=False).kill_grace + STOP_MARGIN
+    call(path, "daemon.stop")
+    deadline = time.monotonic() + timeout
+    with daemon_errors(path):
+        while time.monotonic() < deadline:
+            if not daemon_answers(path):
+                click.echo("geod: daemon stopped", err=True)
+                return
+            time.sleep(STOP_POLL_INTERVAL)
+    fail(f"the daemon is still stopping after {timeout:g} s (runs checkpointing?)")

@@ -1,0 +1,88 @@
+"""Watching a run from the CLI: ``geod logs -f`` and ``geod start --wait``.
+
+Both subscribe *before* taking their snapshot (the log tail, the run's state),
+so nothing that happens in between is missed; events already in the snapshot
+are recognised by their per-run sequence number and not printed twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from supervisor.cli.connection import daemon_errors
+from supervisor.protocol import FINAL_STATES, NOTIFY_EVENT, NOTIFY_RUN, RunSummary
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def at_least(level: str | None, threshold: str | None) -> bool:
+    """Is a record at ``level`` shown under a ``--level threshold`` filter?"""
+    if threshold is None:
+        return True
+    rank = {name: index for index, name in enumerate(LOG_LEVELS)}
+    return rank.get(str(level).upper(), len(LOG_LEVELS)) >= rank[threshold]
+
+
+def follow_logs(
+    socket_path: Path,
+    run: str,
+    *,
+    limit: int,
+    level: str | None,
+    follow: bool,
+    emit: Callable[[dict[str, Any]], None],
+) -> RunSummary:
+    """Print the last ``limit`` records of ``run``, then (``follow``) new ones until it ends.
+
+    Returns the run's last known summary.
+    """
+    with daemon_errors(socket_path):
+        return asyncio.run(_logs(socket_path, run, limit, level, follow, emit))
+
+
+def wait_for_final_state(socket_path: Path, run: str) -> RunSummary:
+    """Block until ``run`` is done, failed or killed; its final summary."""
+    with daemon_errors(socket_path):
+        return asyncio.run(_logs(socket_path, run, None, None, True, None))
+
+
+async def _logs(
+    socket_path: Path,
+    run: str,
+    limit: int | None,
+    level: str | None,
+    follow: bool,
+    emit: Callable[[dict[str, Any]], None] | None,
+) -> RunSummary:
+    from supervisor.client import AsyncClient, DaemonNotRunning
+
+    async with await AsyncClient.connect(socket_path) as client:
+        if follow:
+            await client.call("subscribe", runs=[run], events=emit is not None)
+        summary = RunSummary.model_validate(await client.call("runs.get", run=run))
+        last_seq = 0
+        if emit is not None and limit is not None:
+            params: dict[str, Any] = {"run": run, "limit": limit}
+            if level is not None:
+                params["level"] = level
+            for record in await client.call("logs.tail", **params):
+                emit(record)
+                last_seq = max(last_seq, int(record.get("seq") or 0))
+        if not follow or summary.state in FINAL_STATES:
+            return summary
+        async for method, params in client.notifications():
+            if params.get("run", params.get("id")) != run:
+                continue
+            if method == NOTIFY_RUN:
+                summary = RunSummary.model_validate(params)
+                if summary.state in FINAL_STATES:
+                    return summary
+            elif method == NOTIFY_EVENT and emit is not None and params.get("type") == "log":
+                seq = int(params.get("seq") or 0)
+                if seq > last_seq and at_least(params.get("level"), level):
+                    last_seq = seq
+                    emit(params)
+        raise DaemonNotRunning(socket_path, "the daemon closed the connection")

@@ -1,0 +1,191 @@
+"""Verbs about runs: ``status``, ``runs``, ``pause``, ``resume``, ``kill``, ``retry``, ``logs``,
+``attach``.
+
+Each is a thin request to the daemon: rendering lives in ``render``, the socket,
+errors and ``RUN|--all`` in ``connection``, so all verbs look and fail alike.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import sysconfig
+from pathlib import Path
+from typing import Any
+
+import click
+
+from supervisor.cli import render
+from supervisor.cli.connection import (
+    call,
+    fail,
+    json_option,
+    resolve_socket,
+    run_selection,
+    socket_option,
+)
+from supervisor.cli.follow import LOG_LEVELS, follow_logs
+from supervisor.cli.main import EXIT_FAILED, cli
+from supervisor.protocol import RunSummary, Selection
+
+#: ``geod logs`` without ``-n``: one screen of context, like ``tail``'s spirit.
+DEFAULT_LOG_LINES = 50
+#: The dashboard's entry point; ``geod attach`` hands over to it.
+TUI_COMMAND = "geo-tui"
+
+
+@cli.command()
+@click.argument("run", required=False)
+@json_option
+@socket_option
+def status(run: str | None, as_json: bool, socket_path: Path | None) -> None:
+    """The daemon and its runs, or one RUN in detail (stage tree, outputs, peak RSS)."""
+    if run is not None:
+        summary = RunSummary.model_validate(call(socket_path, "runs.get", run=run))
+        if as_json:
+            render.print_json(summary.model_dump(mode="json"))
+        else:
+            render.stdout_console().print(render.run_detail(summary))
+        return
+    daemon = call(socket_path, "status")
+    runs = [RunSummary.model_validate(item) for item in call(socket_path, "runs.list")]
+    if as_json:
+        render.print_json({"daemon": daemon, "runs": [r.model_dump(mode="json") for r in runs]})
+        return
+    console = render.stdout_console()
+    console.print(render.daemon_summary(daemon))
+    console.print()
+    console.print(render.runs_table(runs) if runs else "no runs")
+
+
+@cli.command()
+@json_option
+@socket_option
+def runs(as_json: bool, socket_path: Path | None) -> None:
+    """List every run the daemon knows (queued, running, and finished ones)."""
+    summaries = [RunSummary.model_validate(item) for item in call(socket_path, "runs.list")]
+    if as_json:
+        render.print_json([run.model_dump(mode="json") for run in summaries])
+    elif summaries:
+        render.stdout_console().print(render.runs_table(summaries))
+    else:
+        click.echo("no runs")
+
+
+def _control(method: str, selection: Selection, socket_path: Path | None, **extra: Any) -> None:
+    """Send a control verb and report each affected run as ``ID STATE`` on stdout."""
+    result = call(socket_path, method, **selection.model_dump(exclude_defaults=True), **extra)
+    affected = result if isinstance(result, list) else [result]
+    for item in affected:
+        if isinstance(item, dict):
+            summary = RunSummary.model_validate(item)
+            click.echo(f"{summary.id}\t{render.state_text(summary).plain}")
+        else:
+            click.echo(str(item))
+
+
+@cli.command()
+@run_selection()
+@socket_option
+def pause(selection: Selection, socket_path: Path | None) -> None:
+    """Pause RUN (or --all) at the next window boundary, with a checkpoint.
+
+    A worker that does not acknowledge within the daemon's pause grace is frozen
+    with SIGSTOP instead and shows as "paused (hard)".
+    """
+    _control("runs.pause", selection, socket_path)
+
+
+@cli.command()
+@run_selection()
+@socket_option
+def resume(selection: Selection, socket_path: Path | None) -> None:
+    """Resume paused RUN (or --all)."""
+    _control("runs.resume", selection, socket_path)
+
+
+@cli.command()
+@run_selection()
+@click.option("--force", is_flag=True, help="SIGKILL the whole process group now, no checkpoint.")
+@socket_option
+def kill(selection: Selection, force: bool, socket_path: Path | None) -> None:
+    """Stop RUN (or --all): SIGTERM (checkpoint at the window boundary), SIGKILL after grace."""
+    _control("runs.kill", selection, socket_path, force=force)
+
+
+@cli.command()
+@run_selection(allow_all=False)
+@socket_option
+def retry(selection: Selection, socket_path: Path | None) -> None:
+    """Run a failed, killed or interrupted RUN again from its last checkpoint."""
+    assert selection.run is not None  # run_selection(allow_all=False) requires RUN
+    _control("runs.retry", Selection(run=selection.run), socket_path)
+
+
+@cli.command()
+@click.argument("run")
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new records as they arrive.")
+@click.option(
+    "--level",
+    type=click.Choice(LOG_LEVELS, case_sensitive=False),
+    help="Only records at this level or above.",
+)
+@click.option(
+    "-n",
+    "--lines",
+    type=click.IntRange(min=1),
+    default=DEFAULT_LOG_LINES,
+    show_default=True,
+    help="How many of the latest records to print first.",
+)
+@json_option
+@socket_option
+def logs(
+    run: str,
+    follow: bool,
+    level: str | None,
+    lines: int,
+    as_json: bool,
+    socket_path: Path | None,
+) -> None:
+    """Print RUN's latest log records; with -f keep following until the run ends.
+
+    --json prints one JSON record per line (NDJSON), also while following.
+    """
+    console = render.stdout_console()
+    follow_logs(
+        resolve_socket(socket_path),
+        run,
+        limit=lines,
+        level=level.upper() if level else None,
+        follow=follow,
+        emit=lambda record: _print_record(console, record, as_json),
+    )
+
+
+def _print_record(console: Any, record: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        sys.stdout.write(json.dumps(record, default=str) + "\n")
+        sys.stdout.flush()
+    else:
+        console.print(render.log_line(record))
+
+
+@cli.command()
+@click.argument("run", required=False)
+@socket_option
+def attach(run: str | None, socket_path: Path | None) -> None:
+    """Open the dashboard (``geo-tui attach``) on every run, or on RUN."""
+    # Prefer the geo-tui installed with this geod (same environment's scripts), then PATH.
+    sibling = Path(sysconfig.get_path("scripts")) / TUI_COMMAND
+    program = str(sibling) if sibling.exists() else shutil.which(TUI_COMMAND)
+    if program is None:
+        fail(f"{TUI_COMMAND} not found next to geod or on PATH", EXIT_FAILED)
+    argv = [TUI_COMMAND, "attach"]
+    if socket_path is not None:
+        argv += ["--socket", str(socket_path)]
+    if run is not None:
+        argv.append(run)
+    os.execv(program, argv)
