@@ -46,7 +46,7 @@ def write_table(path: Path, grid: TargetGrid, seed: int = 7, missing: float = 0.
     """The synthetic merged table for ``grid``; ``missing`` = share of null values."""
     rng = np.random.default_rng(seed)
     rows, cols = np.meshgrid(np.arange(grid.height), np.arange(grid.width), indexing="ij")
-    x, y = grid.transform * (cols.ravel() + 0.5, rows.ravel() + 0.5)
+    x, y = grid.transform @ (cols.ravel() + 0.5, rows.ravel() + 0.5)
     east = (cols.ravel() / max(grid.width - 1, 1)).astype(float)
     n = len(x)
     a = rng.normal(size=n) + np.sin(np.radians(y) * 8)
@@ -93,5 +93,6 @@ def make_harness(tmp_path: Path, analysis: dict[str, Any], missing: float = 0.05
     out = config.paths.output_dir
     out.mkdir(parents=True, exist_ok=True)
     table = tmp_path / "merged.parquet"
-    write_table(table, grid, missing=missing)
+    if not table.exists():  # a second harness on the same folder resumes the same table
+        write_table(table, grid, missing=missing)
     return Harness(ctx, grid, table, out, events)

@@ -80,14 +80,14 @@ class RasterGrid:
             return self
         return RasterGrid(
             self.crs,
-            self.transform * Affine.scale(step),
+            self.transform @ Affine.scale(step),
             math.ceil(self.width / step),
             math.ceil(self.height / step),
         )
 
     def cell_index(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(row, col) of the cells whose centres are (x, y); -1 outside the grid."""
-        cols_f, rows_f = ~self.transform * (np.asarray(x, float), np.asarray(y, float))
+        cols_f, rows_f = ~self.transform @ (np.asarray(x, float), np.asarray(y, float))
         rows = np.floor(rows_f).astype(np.int64)
         cols = np.floor(cols_f).astype(np.int64)
         outside = (rows < 0) | (rows >= self.height) | (cols < 0) | (cols >= self.width)

@@ -103,7 +103,8 @@ def run_som(run: MethodRun) -> list[Path]:
         raise AnalysisError(
             f"analysis.som: {config.rows}×{config.cols} nodes do not fit the uint16 BMU map"
         )
-    batch_rows = run.scaled(config.batch_rows, floor=1_000)
+    # Fixed (not governor-scaled): a batch index must mean the same rows after a resume.
+    batch_rows = config.batch_rows
     rows = table_rows(run.table)
     batches = batch_count(rows, batch_rows)
     digest = fingerprint(
