@@ -22,7 +22,7 @@ from supervisor.cli.main import (
     EXIT_UNKNOWN_RUN,
     EXIT_USAGE,
 )
-from supervisor.protocol import ErrorCode, ProtocolError, Selection
+from supervisor.protocol import ErrorCode, ProtocolError
 from supervisor.settings import SettingsError, load_settings
 
 #: Environment variable naming the daemon socket, like pueue's ``--config`` or ``DOCKER_HOST``.
@@ -131,9 +131,10 @@ def daemon_answers(socket_path: Path) -> bool:
 def run_selection(*, allow_all: bool = True) -> Callable[[F], F]:
     """The ``RUN|--all`` argument pair of every control verb, passed on as ``selection``.
 
-    Exactly one of a run id or ``--all`` must be given (``protocol.Selection``
-    enforces the same rule on the daemon side). With ``allow_all=False`` the verb
-    takes just ``RUN`` (retry: re-running every run at once is never meant).
+    ``selection`` is the protocol's selection params: ``{"run": RUN}`` or
+    ``{"all": True}``. Exactly one of a run id or ``--all`` must be given (the
+    daemon checks the same rule). With ``allow_all=False`` the verb takes just
+    ``RUN`` (retry: re-running every run at once is never meant).
     """
 
     def decorate(func: F) -> F:
@@ -143,7 +144,8 @@ def run_selection(*, allow_all: bool = True) -> Callable[[F], F]:
                 raise click.UsageError(
                     "give a RUN id or --all, not both" if run else "give a RUN id or --all"
                 )
-            return func(*args, selection=Selection(run=run, all=all_runs), **kwargs)
+            selection: dict[str, Any] = {"all": True} if all_runs else {"run": run}
+            return func(*args, selection=selection, **kwargs)
 
         command = wrapper
         if allow_all:

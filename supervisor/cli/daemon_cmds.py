@@ -14,7 +14,6 @@ from pathlib import Path
 
 import click
 
-from pipeline.config import ConfigError, load_config
 from supervisor.cli.connection import (
     call,
     daemon_answers,
@@ -66,10 +65,10 @@ def serve(settings_path: Path | None, system: bool) -> None:
     Logs go to stderr (the journal under systemd). With Type=notify, systemd is told
     READY=1 once the socket accepts connections.
     """
+    settings = _load_settings(settings_path, system)
     from supervisor.daemon import run_daemon
     from supervisor.logsetup import configure_logging
 
-    settings = _load_settings(settings_path, system)
     configure_logging(settings.log_level)
     sys.exit(run_daemon(settings))
 
@@ -103,6 +102,8 @@ def start(
 
     Prints only the run id on stdout, so ``RUN=$(geod start config.yml)`` works.
     """
+    from pipeline.config import ConfigError, load_config
+
     config = config.resolve()
     try:
         load_config(config)  # fail fast, before a daemon is started for nothing

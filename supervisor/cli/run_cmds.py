@@ -28,7 +28,7 @@ from supervisor.cli.connection import (
 )
 from supervisor.cli.follow import LOG_LEVELS, follow_logs
 from supervisor.cli.main import EXIT_FAILED, cli
-from supervisor.protocol import RunSummary, Selection
+from supervisor.protocol import RunSummary
 
 #: ``geod logs`` without ``-n``: one screen of context, like ``tail``'s spirit.
 DEFAULT_LOG_LINES = 50
@@ -74,9 +74,11 @@ def runs(as_json: bool, socket_path: Path | None) -> None:
         click.echo("no runs")
 
 
-def _control(method: str, selection: Selection, socket_path: Path | None, **extra: Any) -> None:
+def _control(
+    method: str, selection: dict[str, Any], socket_path: Path | None, **extra: Any
+) -> None:
     """Send a control verb and report each affected run as ``ID STATE`` on stdout."""
-    result = call(socket_path, method, **selection.model_dump(exclude_defaults=True), **extra)
+    result = call(socket_path, method, **selection, **extra)
     affected = result if isinstance(result, list) else [result]
     for item in affected:
         if isinstance(item, dict):
@@ -89,7 +91,7 @@ def _control(method: str, selection: Selection, socket_path: Path | None, **extr
 @cli.command()
 @run_selection()
 @socket_option
-def pause(selection: Selection, socket_path: Path | None) -> None:
+def pause(selection: dict[str, Any], socket_path: Path | None) -> None:
     """Pause RUN (or --all) at the next window boundary, with a checkpoint.
 
     A worker that does not acknowledge within the daemon's pause grace is frozen
@@ -101,7 +103,7 @@ def pause(selection: Selection, socket_path: Path | None) -> None:
 @cli.command()
 @run_selection()
 @socket_option
-def resume(selection: Selection, socket_path: Path | None) -> None:
+def resume(selection: dict[str, Any], socket_path: Path | None) -> None:
     """Resume paused RUN (or --all)."""
     _control("runs.resume", selection, socket_path)
 
@@ -110,7 +112,7 @@ def resume(selection: Selection, socket_path: Path | None) -> None:
 @run_selection()
 @click.option("--force", is_flag=True, help="SIGKILL the whole process group now, no checkpoint.")
 @socket_option
-def kill(selection: Selection, force: bool, socket_path: Path | None) -> None:
+def kill(selection: dict[str, Any], force: bool, socket_path: Path | None) -> None:
     """Stop RUN (or --all): SIGTERM (checkpoint at the window boundary), SIGKILL after grace."""
     _control("runs.kill", selection, socket_path, force=force)
 
@@ -118,10 +120,9 @@ def kill(selection: Selection, force: bool, socket_path: Path | None) -> None:
 @cli.command()
 @run_selection(allow_all=False)
 @socket_option
-def retry(selection: Selection, socket_path: Path | None) -> None:
+def retry(selection: dict[str, Any], socket_path: Path | None) -> None:
     """Run a failed, killed or interrupted RUN again from its last checkpoint."""
-    assert selection.run is not None  # run_selection(allow_all=False) requires RUN
-    _control("runs.retry", Selection(run=selection.run), socket_path)
+    _control("runs.retry", selection, socket_path)
 
 
 @cli.command()

@@ -1,0 +1,112 @@
+"""The daemon-facing verbs when no daemon answers, and their usage errors: the installed
+``geod`` in a subprocess, so exit codes and stderr are exactly what a shell sees."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sysconfig
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from supervisor.cli.main import EXIT_NO_DAEMON, EXIT_USAGE
+
+GEOD = str(Path(sysconfig.get_path("scripts")) / "geod")
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture()
+def short_dir() -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="geod-cli-", dir="/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def geod(*args: str, socket_path: Path, state_dir: Path) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, GEOD_SOCKET=str(socket_path), GEOD_STATE_DIR=str(state_dir))
+    return subprocess.run(
+        [GEOD, *args], env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+READ_AND_CONTROL = [
+    ("status",),
+    ("status", "r1", "--json"),
+    ("runs", "--json"),
+    ("pause", "r1"),
+    ("resume", "--all"),
+    ("kill", "r1", "--force"),
+    ("retry", "r1"),
+    ("logs", "r1"),
+    ("logs", "r1", "-f"),
+    ("stop",),
+]
+
+
+@pytest.mark.parametrize("args", READ_AND_CONTROL, ids=" ".join)
+def test_no_socket_is_one_line_and_exit_3(args: tuple[str, ...], short_dir: Path) -> None:
+    result = geod(*args, socket_path=short_dir / "geod.sock", state_dir=short_dir / "state")
+    assert result.returncode == EXIT_NO_DAEMON
+    assert result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "daemon not running" in lines[0] and str(short_dir / "geod.sock") in lines[0]
+
+
+def test_stale_socket_file_is_daemon_not_running(short_dir: Path) -> None:
+    """A socket file left by a SIGKILLed daemon: connection refused, same message."""
+    path = short_dir / "geod.sock"
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stale.bind(str(path))
+    stale.close()  # bound, never listening: connect() is refused
+    result = geod("runs", socket_path=path, state_dir=short_dir / "state")
+    assert result.returncode == EXIT_NO_DAEMON
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("pause",), "give a RUN id or --all"),
+        (("kill", "r1", "--all"), "not both"),
+        (("retry", "--all"), "No such option"),
+        (("logs", "r1", "--level", "LOUD"), "LOUD"),
+        (("logs", "r1", "-n", "0"), "0"),
+    ],
+)
+def test_usage_errors_exit_2(args: tuple[str, ...], message: str, short_dir: Path) -> None:
+    result = geod(*args, socket_path=short_dir / "geod.sock", state_dir=short_dir / "state")
+    assert result.returncode == EXIT_USAGE
+    assert message in result.stderr
+
+
+def test_start_rejects_a_bad_config_before_starting_a_daemon(short_dir: Path) -> None:
+    config = short_dir / "config.yml"
+    config.write_text("datasetz: []\n")
+    state = short_dir / "state"
+    result = geod("start", str(config), socket_path=short_dir / "geod.sock", state_dir=state)
+    assert result.returncode == EXIT_USAGE
+    assert "datasetz" in result.stderr and "Traceback" not in result.stderr
+    assert result.stdout == ""
+    assert not (state / "geod.log").exists()  # no daemon was started for nothing
+
+
+def test_bad_settings_file_is_exit_2(short_dir: Path) -> None:
+    settings = short_dir / "geod.yml"
+    settings.write_text("concurency: 3\n")
+    result = geod(
+        "serve",
+        "--config",
+        str(settings),
+        socket_path=short_dir / "geod.sock",
+        state_dir=short_dir / "state",
+    )
+    assert result.returncode == EXIT_USAGE
+    assert "concurrency" in result.stderr  # the did-you-mean hint
+    assert len(result.stderr.splitlines()) == 1
