@@ -1,0 +1,89 @@
+"""``geod export RUN_DIR --format parquet|csv|postgres``: re-export a finished run.
+
+A run directory holds the run's frozen ``config.yml`` and its ``work/`` folder
+(the checkpointed layer store). Re-exporting only merges and writes: the worker
+is started with ``--stages export`` so nothing is resampled again. Like every
+other verb, this spawns ``python -m pipeline.worker`` and renders its events; the
+supervisor never imports pipeline internals.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from pipeline.config import ConfigError, ExportFormat, load_config
+from supervisor.cli.main import EXIT_FAILED, EXIT_OK, EXIT_USAGE, cli
+from supervisor.cli.pipeline_cmds import EXIT_INTERRUPTED, WORKER_EXIT_INPUT, run_worker
+from supervisor.cli.progress_view import ProgressView
+
+#: Names inside a run directory (as the daemon lays it out).
+CONFIG_NAME = "config.yml"
+WORK_NAME = "work"
+#: Environment variable the worker reads for the Postgres export's database.
+DATABASE_URL_ENV = "GEOD_DATABASE_URL"
+
+
+def parse_formats(values: tuple[str, ...]) -> list[str]:
+    """``--format csv --format parquet`` or ``--format csv,parquet`` → ordered, unique."""
+    choices = [f.value for f in ExportFormat]
+    formats: list[str] = []
+    for value in values:
+        for part in value.split(","):
+            name = part.strip()
+            if name not in choices:
+                raise click.BadParameter(
+                    f"{name!r} is not one of {', '.join(choices)}", param_hint="--format"
+                )
+            if name not in formats:
+                formats.append(name)
+    return formats
+
+
+@cli.command("export")
+@click.argument("run_dir", type=click.Path(path_type=Path, file_okay=False))
+@click.option(
+    "--format",
+    "format_values",
+    multiple=True,
+    metavar="parquet|csv|postgres",
+    help="Format to write; repeat or comma-separate for several (default: the config's).",
+)
+@click.option(
+    "--database-url",
+    envvar=DATABASE_URL_ENV,
+    help=f"Database for --format postgres when the config names none (or ${DATABASE_URL_ENV}).",
+)
+def export(run_dir: Path, format_values: tuple[str, ...], database_url: str | None) -> None:
+    """Re-export the merged table of a finished run in RUN_DIR (no resampling)."""
+    formats = parse_formats(format_values)
+    config_path = run_dir / CONFIG_NAME
+    work_dir = run_dir / WORK_NAME
+    for path, what in ((config_path, "file"), (work_dir, "directory")):
+        exists = path.is_file() if what == "file" else path.is_dir()
+        if not exists:
+            click.echo(f"geod: {path}: no such {what}; is {run_dir} a run directory?", err=True)
+            sys.exit(EXIT_USAGE)
+    try:
+        load_config(config_path)
+    except ConfigError as exc:
+        click.echo(f"geod: {exc}", err=True)
+        sys.exit(EXIT_USAGE)
+    args = [str(config_path), "--work-dir", str(work_dir), "--stages", "export"]
+    if formats:
+        args += ["--formats", ",".join(formats)]
+    if database_url:
+        os.environ[DATABASE_URL_ENV] = database_url
+    with ProgressView() as view:
+        code, state = run_worker(args, view)
+    if state == "stopped":
+        click.echo("geod: export stopped; run the same command again to redo it", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    if code != EXIT_OK or state != "done":
+        click.echo(f"geod: export failed: {view.failure or f'worker exit code {code}'}", err=True)
+        sys.exit(EXIT_USAGE if code == WORKER_EXIT_INPUT else EXIT_FAILED)
+    for output in view.outputs:
+        click.echo(f"wrote {output}")
