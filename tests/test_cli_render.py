@@ -1,0 +1,138 @@
+"""What the human output of ``geod status``/``runs``/``logs`` says, rendered to plain text."""
+
+from __future__ import annotations
+
+import io
+import time
+
+import pytest
+from rich.console import Console, RenderableType
+
+from supervisor.cli import render
+from supervisor.protocol import RunSummary
+
+NOW = time.time()
+
+
+def text(renderable: RenderableType) -> str:
+    console = Console(width=160, record=True, color_system=None, file=io.StringIO())
+    console.print(renderable)
+    return console.export_text()
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [(None, "-"), (0, "0 B"), (1023, "1023 B"), (1536, "1.5 KiB"), (3 * 1024**3, "3.0 GiB")],
+)
+def test_human_bytes(value: int | None, expected: str) -> None:
+    assert render.human_bytes(value) == expected
+
+
+@pytest.mark.parametrize(
+    ("seconds", "expected"),
+    [(None, "-"), (7.4, "7s"), (306, "5m 06s"), (3 * 3600 + 240, "3h 04m"), (90000, "1d 1h")],
+)
+def test_human_duration(seconds: float | None, expected: str) -> None:
+    assert render.human_duration(seconds) == expected
+
+
+def _run(**fields: object) -> RunSummary:
+    base: dict[str, object] = {"id": "r0001", "name": "demo", "state": "running"}
+    return RunSummary.model_validate(base | fields)
+
+
+def test_runs_table_row() -> None:
+    run = _run(
+        progress=0.5,
+        stage="resample/bio1",
+        started=NOW - 65,
+        rss=2 * 1024**2,
+        peak_rss=3 * 1024**2,
+        eta=120,
+    )
+    out = text(render.runs_table([run], now=NOW))
+    header, row = out.splitlines()[:2]
+    assert header.split()[:3] == ["ID", "NAME", "STATE"]
+    assert "r0001" in row and "running" in row and "50.0%" in row
+    assert "1m 05s" in row and "2m 00s" in row and "3.0 MiB" in row
+
+
+def test_hard_pause_is_visible() -> None:
+    assert render.state_text(_run(state="paused", paused_hard=True)).plain == "paused (hard)"
+    assert render.state_text(_run(state="paused")).plain == "paused"
+
+
+def test_stage_tree_nests_by_parent_in_announcement_order() -> None:
+    stages = [
+        {"id": "run", "parent": None, "kind": "run", "name": "demo", "status": "running"},
+        {
+            "id": "resample",
+            "parent": "run",
+            "kind": "stage",
+            "name": "resample",
+            "status": "running",
+            "done": 1,
+            "total": 2,
+            "unit": "datasets",
+        },
+        {
+            "id": "resample/b",
+            "parent": "resample",
+            "kind": "dataset",
+            "name": "b",
+            "status": "done",
+            "done": 9,
+            "total": 9,
+        },
+        {
+            "id": "resample/a",
+            "parent": "resample",
+            "kind": "dataset",
+            "name": "a",
+            "status": "failed",
+            "error": "disk full",
+        },
+        {"id": "orphan", "parent": "gone", "kind": "stage", "name": "orphan", "status": "pending"},
+    ]
+    lines = text(render.stage_tree("stages", stages)).splitlines()
+    names = [line.strip(" │├└─") for line in lines]
+    assert names[0] == "stages"
+    assert names[1].startswith("▶ demo")
+    assert names[2].startswith("▶ resample") and "1/2 datasets" in names[2]
+    assert names[3].startswith("✔ b") and "9/9" in names[3]
+    assert names[4].startswith("✘ a") and "disk full" in names[4]
+    assert names[5].startswith("· orphan")  # unknown parent: kept, under the root
+    # depth: b and a are deeper than resample, which is deeper than demo
+    indent = [len(line) - len(line.lstrip(" │├└─")) for line in lines]
+    assert indent[1] < indent[2] < indent[3] == indent[4]
+    assert indent[5] == indent[1]
+
+
+def test_run_detail_shows_peak_rss_outputs_and_stages() -> None:
+    run = _run(
+        state="done",
+        progress=1.0,
+        started=NOW - 100,
+        finished=NOW,
+        peak_rss=512 * 1024**2,
+        outputs=[{"kind": "parquet", "path": "/out/demo.parquet"}],
+        stages=[{"id": "run", "parent": None, "kind": "run", "name": "demo", "status": "done"}],
+    )
+    out = text(render.run_detail(run, now=NOW))
+    assert "peak rss" in out and "512.0 MiB" in out
+    assert "/out/demo.parquet" in out and "parquet" in out
+    assert "✔ demo" in out
+    assert "1m 40s" in out
+
+
+def test_log_line() -> None:
+    record = {
+        "time": NOW,
+        "level": "WARNING",
+        "logger": "pipeline.resample",
+        "stage": "resample",
+        "dataset": "bio1",
+        "message": "slow window",
+    }
+    line = render.log_line(record).plain
+    assert line.split()[1:] == ["WARNING", "resample[bio1]", "slow", "window"]
