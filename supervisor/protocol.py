@@ -45,6 +45,8 @@ class RunSummary(BaseModel):
     rss: int | None = None
     peak_rss: int | None = None
     retries: int = 0
+    retry_at: float | None = Field(default=None, description="Unix time of the next retry.")
+    pid: int | None = Field(default=None, description="Worker pid (its process group id).")
     exit_code: int | None = None
     error: str | None = None
     last_seq: int = 0
@@ -63,6 +65,7 @@ class ErrorCode(IntEnum):
     BAD_CONFIG = -32004
     VERSION_MISMATCH = -32005
     NOT_SUBSCRIBED = -32006
+    PERMISSION_DENIED = -32007
 
 
 class _Params(BaseModel):

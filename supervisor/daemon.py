@@ -1,0 +1,207 @@
+"""The geod daemon: one asyncio process owning every run, serving the socket.
+
+``run_daemon`` is what ``geod serve`` (and ``geod start``'s background child)
+calls; it blocks until the daemon is told to stop and returns its exit code:
+
+  0  stopped cleanly (SIGTERM/SIGINT or ``daemon.stop``): workers checkpointed
+  1  could not start (socket path unusable, state directory not writable, …)
+  3  another daemon owns the state directory (its lock is held)
+
+Signals: SIGUSR1 pauses every run, SIGUSR2 resumes every run, SIGTERM/SIGINT
+stop all runs at a checkpoint and exit, SIGHUP re-reads the settings (log
+level, limits) without touching running workers.
+
+systemd: READY=1 once the socket accepts connections, STATUS= with a one-line
+summary on every change, WATCHDOG=1 every half ``WatchdogSec`` while the event
+loop is alive, STOPPING=1 when the stop begins.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import logging
+import os
+import signal
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO
+
+from supervisor import sdnotify
+from supervisor.methods import Methods
+from supervisor.protocol import Selection
+from supervisor.runs import Registry
+from supervisor.server import Server, SocketError
+from supervisor.settings import Settings, SettingsError
+from supervisor.sink import TelemetrySink
+from supervisor.supervise import Supervisor
+
+__all__ = ["EXIT_LOCKED", "EXIT_OK", "EXIT_START_FAILED", "TelemetrySink", "run_daemon"]
+
+log = logging.getLogger("geod.daemon")
+
+EXIT_OK = 0
+EXIT_START_FAILED = 1
+EXIT_LOCKED = 3
+LOCK_NAME = "geod.lock"
+#: Settings a running daemon cannot change on SIGHUP (they need a restart).
+_FIXED_ON_RELOAD = ("state_dir", "socket_path", "socket_group")
+
+
+class AlreadyRunning(RuntimeError):
+    pass
+
+
+def acquire_lock(state_dir: Path) -> IO[str]:
+    """Hold an exclusive flock on ``state_dir/geod.lock`` for the daemon's life.
+
+    A lock, not a PID file: the kernel drops it when the process dies however it
+    dies, so a SIGKILLed daemon never blocks the next one and two daemons can
+    never share a state directory. The holder's pid is written for the message.
+    """
+    path = state_dir / LOCK_NAME
+    handle = open(path, "a+")  # noqa: SIM115 - held until the daemon exits
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "?"
+        handle.close()
+        raise AlreadyRunning(
+            f"another geod daemon (pid {holder}) is already running on {state_dir}"
+        ) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    return handle
+
+
+def run_daemon(
+    settings: Settings,
+    ready: Callable[[], None] | None = None,
+    telemetry: TelemetrySink | None = None,
+) -> int:
+    """Run the daemon in the foreground until stopped; returns the exit code above."""
+    try:
+        settings.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        lock = acquire_lock(settings.state_dir)
+    except AlreadyRunning as exc:
+        log.error("%s", exc)
+        return EXIT_LOCKED
+    except OSError as exc:
+        log.error("cannot use state directory %s: %s", settings.state_dir, exc.strerror or exc)
+        return EXIT_START_FAILED
+    try:
+        return asyncio.run(Daemon(settings, telemetry).run(ready))
+    finally:
+        if telemetry is not None:
+            with contextlib.suppress(Exception):
+                telemetry.close()
+        lock.close()
+
+
+class Daemon:
+    """Wiring: registry + supervisor + server + signals + systemd notifications."""
+
+    def __init__(self, settings: Settings, telemetry: TelemetrySink | None) -> None:
+        self.settings = settings
+        self.registry = Registry(
+            settings.state_dir, settings.memory_history, settings.event_history
+        )
+        self.server: Server | None = None
+        self.supervisor = Supervisor(
+            settings, self.registry, self._notify, telemetry, on_change=self._status_changed
+        )
+        self._stop: asyncio.Event | None = None
+        self._last_status: str | None = None
+
+    def _notify(self, run_id: str, method: str, params: dict) -> None:  # type: ignore[type-arg]
+        if self.server is not None:
+            self.server.notify(run_id, method, params)
+
+    def _status_changed(self) -> None:
+        counts = self.supervisor.counts()
+        order = ("running", "paused", "queued", "stopping", "failed", "interrupted")
+        status = ", ".join(f"{counts[s]} {s}" for s in order if counts.get(s)) or "idle"
+        if status != self._last_status:
+            self._last_status = status
+            sdnotify.notify(STATUS=status)
+
+    async def run(self, ready: Callable[[], None] | None) -> int:
+        self._stop = asyncio.Event()
+        self.registry.load()
+        methods = Methods(self.supervisor, self._stop.set)
+        self.server = Server(methods, self.settings.client_queue_limit, self.settings.socket_group)
+        try:
+            await self.server.start(self.settings.socket_path, self.settings.socket_group)
+        except SocketError as exc:
+            log.error("%s", exc)
+            self.registry.close()
+            return EXIT_START_FAILED
+        self.supervisor.recover()
+        self.supervisor.schedule()
+        self._install_signals()
+        log.info("geod daemon %d listening on %s", os.getpid(), self.settings.socket_path)
+        sdnotify.notify(READY="1")
+        self._status_changed()
+        if ready is not None:
+            ready()
+        watchdog = asyncio.create_task(self._watchdog())
+        await self._stop.wait()
+        sdnotify.notify(STOPPING="1", STATUS="stopping runs at a checkpoint")
+        log.info("stopping: runs checkpoint and exit")
+        await self.supervisor.shutdown()
+        watchdog.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watchdog
+        await self.server.close()
+        self.registry.close()
+        log.info("stopped")
+        return EXIT_OK
+
+    def _install_signals(self) -> None:
+        loop = asyncio.get_running_loop()
+        assert self._stop is not None
+        loop.add_signal_handler(signal.SIGTERM, self._stop.set)
+        loop.add_signal_handler(signal.SIGINT, self._stop.set)
+        loop.add_signal_handler(signal.SIGHUP, self._reload)
+        loop.add_signal_handler(signal.SIGUSR1, self._all, "pause")
+        loop.add_signal_handler(signal.SIGUSR2, self._all, "resume")
+
+    def _all(self, action: str) -> None:
+        everything = Selection(all=True)
+        changed = (
+            self.supervisor.pause(everything)
+            if action == "pause"
+            else self.supervisor.resume(everything)
+        )
+        log.info("signal: %s all runs (%d affected)", action, len(changed))
+
+    def _reload(self) -> None:
+        try:
+            new = self.settings.reload()
+        except SettingsError as exc:
+            log.error("SIGHUP: settings not reloaded: %s", exc)
+            return
+        for key in _FIXED_ON_RELOAD:
+            if getattr(new, key) != getattr(self.settings, key):
+                log.warning("SIGHUP: %s changed; it takes effect after a restart", key)
+                setattr(new, key, getattr(self.settings, key))
+        new._source, new._system = self.settings._source, self.settings._system
+        logging.getLogger().setLevel(new.log_level)
+        self.settings = new
+        self.supervisor.settings = new
+        if self.server is not None:
+            self.server.queue_limit = new.client_queue_limit
+        log.info("SIGHUP: settings reloaded (log level %s)", new.log_level)
+        self.supervisor.schedule()
+
+    async def _watchdog(self) -> None:
+        interval = sdnotify.watchdog_interval()
+        if interval is None:
+            return
+        while True:
+            sdnotify.notify(WATCHDOG="1")
+            await asyncio.sleep(interval)

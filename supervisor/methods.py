@@ -1,0 +1,163 @@
+"""The JSON-RPC methods: thin adapters from ``protocol`` params to the Supervisor.
+
+One function per entry of ``protocol.METHODS``; results are plain JSON-able
+values (summaries as dicts) so the server only frames them.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Awaitable, Callable
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from supervisor import protocol
+from supervisor.protocol import ErrorCode, ProtocolError
+from supervisor.runs import LEVELS
+from supervisor.server import Connection
+from supervisor.supervise import Supervisor
+
+
+def _version() -> str:
+    try:
+        return metadata.version("geod")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _dump(summaries: list[protocol.RunSummary]) -> list[dict[str, Any]]:
+    return [s.model_dump(mode="json") for s in summaries]
+
+
+class Methods:
+    """Dispatch table bound to one daemon's supervisor."""
+
+    def __init__(self, supervisor: Supervisor, request_stop: Callable[[], None]) -> None:
+        self.supervisor = supervisor
+        self.request_stop = request_stop
+        self.started = time.time()
+        self.version = _version()
+        self._table: dict[str, Callable[[Connection, Any], Awaitable[Any]]] = {
+            "hello": self.hello,
+            "status": self.status,
+            "runs.list": self.runs_list,
+            "runs.get": self.runs_get,
+            "runs.submit": self.runs_submit,
+            "runs.pause": self.runs_pause,
+            "runs.resume": self.runs_resume,
+            "runs.kill": self.runs_kill,
+            "runs.retry": self.runs_retry,
+            "logs.tail": self.logs_tail,
+            "memory.history": self.memory_history,
+            "subscribe": self.subscribe,
+            "unsubscribe": self.unsubscribe,
+            "daemon.stop": self.daemon_stop,
+        }
+        missing = set(protocol.METHODS) ^ set(self._table)
+        if missing:
+            raise RuntimeError(f"methods and protocol.METHODS disagree on {sorted(missing)}")
+
+    async def __call__(self, conn: Connection, method: str, params: BaseModel) -> Any:
+        return await self._table[method](conn, params)
+
+    async def hello(self, conn: Connection, params: protocol.HelloParams) -> dict[str, Any]:
+        if params.protocol != protocol.PROTOCOL_VERSION:
+            raise ProtocolError(
+                ErrorCode.VERSION_MISMATCH,
+                f"client speaks protocol {params.protocol}, daemon {protocol.PROTOCOL_VERSION}",
+            )
+        return {
+            "protocol": protocol.PROTOCOL_VERSION,
+            "server": "geod",
+            "version": self.version,
+            "pid": os.getpid(),
+            "started": self.started,
+        }
+
+    async def status(self, conn: Connection, params: protocol.EmptyParams) -> dict[str, Any]:
+        settings = self.supervisor.settings
+        return {
+            "version": self.version,
+            "pid": os.getpid(),
+            "started": self.started,
+            "uptime": time.time() - self.started,
+            "state_dir": str(settings.state_dir),
+            "socket": str(settings.socket_path),
+            "concurrency": settings.concurrency,
+            "counts": self.supervisor.counts(),
+            "runs": len(self.supervisor.runs()),
+            "stopping": self.supervisor.shutting_down,
+        }
+
+    async def runs_list(self, conn: Connection, params: protocol.EmptyParams) -> list[Any]:
+        return _dump([run.summary for run in self.supervisor.runs()])
+
+    async def runs_get(self, conn: Connection, params: protocol.RunParams) -> dict[str, Any]:
+        return self.supervisor.get(params.run).summary.model_dump(mode="json")
+
+    async def runs_submit(self, conn: Connection, params: protocol.SubmitParams) -> dict[str, Any]:
+        if not Path(params.config_path).is_absolute():
+            raise ProtocolError(
+                ErrorCode.INVALID_PARAMS,
+                f"config_path must be absolute (the daemon has its own cwd): {params.config_path}",
+            )
+        summary = await self.supervisor.submit(params.config_path, params.name)
+        return summary.model_dump(mode="json")
+
+    async def runs_pause(self, conn: Connection, params: protocol.Selection) -> list[Any]:
+        return _dump(self.supervisor.pause(params))
+
+    async def runs_resume(self, conn: Connection, params: protocol.Selection) -> list[Any]:
+        return _dump(self.supervisor.resume(params))
+
+    async def runs_kill(self, conn: Connection, params: protocol.KillParams) -> list[Any]:
+        selection = protocol.Selection(run=params.run, all=params.all)
+        return _dump(self.supervisor.kill(selection, params.force))
+
+    async def runs_retry(self, conn: Connection, params: protocol.RunParams) -> dict[str, Any]:
+        return self.supervisor.retry(params.run).model_dump(mode="json")
+
+    async def logs_tail(self, conn: Connection, params: protocol.LogsTailParams) -> list[Any]:
+        if params.level is not None and params.level.upper() not in LEVELS:
+            raise ProtocolError(
+                ErrorCode.INVALID_PARAMS,
+                f"level: {params.level!r} is not one of {', '.join(LEVELS)}",
+            )
+        run = self.supervisor.get(params.run)
+        return run.logs(params.limit, params.before_seq, params.level)
+
+    async def memory_history(
+        self, conn: Connection, params: protocol.MemoryHistoryParams
+    ) -> dict[str, Any]:
+        run = self.supervisor.get(params.run)
+        since = params.since
+        samples = [s for s in run.memory if since is None or s.get("time", 0) >= since]
+        return {"run": run.id, "samples": samples}
+
+    async def subscribe(self, conn: Connection, params: protocol.SubscribeParams) -> dict[str, Any]:
+        """Snapshot and subscription in one step with no await between: no gap, no duplicate."""
+        runs = self.supervisor.runs()
+        if params.runs is not None:
+            runs = [self.supervisor.get(run_id) for run_id in params.runs]
+        conn.subscribed = True
+        conn.subscribed_runs = None if params.runs is None else set(params.runs)
+        conn.subscribed_events = params.events
+        return {
+            "runs": _dump([run.summary for run in runs]),
+            "stages": {run.id: list(run.stages.values()) for run in runs},
+            "last_seq": {run.id: run.summary.last_seq for run in runs},
+        }
+
+    async def unsubscribe(self, conn: Connection, params: protocol.EmptyParams) -> dict[str, Any]:
+        if not conn.subscribed:
+            raise ProtocolError(ErrorCode.NOT_SUBSCRIBED, "this connection is not subscribed")
+        conn.subscribed = False
+        return {"subscribed": False}
+
+    async def daemon_stop(self, conn: Connection, params: protocol.EmptyParams) -> dict[str, Any]:
+        self.request_stop()
+        return {"stopping": True}

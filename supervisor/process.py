@@ -1,0 +1,227 @@
+"""Worker processes: spawn in their own process group, read their events, capture their output.
+
+A worker is ``settings.worker_command + [config, --work-dir, dir]`` started with
+``start_new_session`` so it leads a process group the daemon can signal as a
+whole (a grandchild a stage spawns can never be orphaned), with the write end of
+a pipe inherited as ``GEOD_EVENTS_FD``. Its stdout and stderr go through the
+daemon into a size-rotated ``worker.log`` and, line by line, to a callback that
+turns them into log events, so nothing a worker prints is lost even if it never
+went through the event sink.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+from collections.abc import Callable
+from pathlib import Path
+
+import psutil
+
+from pipeline.events import EVENTS_FD_ENV
+from supervisor.protocol import MAX_LINE_BYTES
+
+log = logging.getLogger("geod.daemon.process")
+
+#: Longest event or output line kept whole; longer ones are cut (and marked) rather than
+#: letting one runaway print grow the daemon's buffers.
+LINE_LIMIT = MAX_LINE_BYTES
+#: After the worker exited and its group was killed, how long to wait for its pipes to
+#: reach EOF (a process that left the group could hold them open forever).
+PIPE_DRAIN_TIMEOUT = 5.0
+
+#: psutil create times are rounded from clock ticks; equal within this many seconds.
+_CREATE_TIME_SLACK = 0.05
+
+LineCallback = Callable[[bytes], None]
+
+
+async def read_line(reader: asyncio.StreamReader, limit: int) -> tuple[bytes, bool]:
+    """One line without its newline and whether it was cut at ``limit``; ``b""`` at EOF.
+
+    The stream's own buffer never holds much more than ``limit`` (its limit), and
+    the rest of an overlong line is read and discarded chunk by chunk, so a peer
+    cannot make us buffer an unbounded line.
+    """
+    try:
+        line = await reader.readuntil(b"\n")
+        return line[:-1], False
+    except asyncio.IncompleteReadError as exc:
+        return exc.partial, False  # EOF: the last line had no newline (or nothing left)
+    except asyncio.LimitOverrunError as exc:
+        head = await reader.readexactly(min(exc.consumed, limit))
+    # Discard up to and including the next newline.
+    while True:
+        try:
+            await reader.readuntil(b"\n")
+            return head[:limit], True
+        except asyncio.IncompleteReadError:
+            return head[:limit], True
+        except asyncio.LimitOverrunError as exc:
+            await reader.readexactly(exc.consumed)
+
+
+class RotatingLog:
+    """Append-only log file rotated by size, like logging's RotatingFileHandler for bytes."""
+
+    def __init__(self, path: Path, max_bytes: int, backups: int) -> None:
+        self.path = path
+        self.max_bytes = max_bytes
+        self.backups = backups
+        self._handle = open(path, "ab")  # noqa: SIM115 - lives as long as the worker
+        self._size = self._handle.tell()
+
+    def write(self, line: bytes) -> None:
+        if self._size and self._size + len(line) > self.max_bytes:
+            self._rotate()
+        self._handle.write(line)
+        self._handle.flush()
+        self._size += len(line)
+
+    def _rotate(self) -> None:
+        self._handle.close()
+        if self.backups:
+            for index in range(self.backups - 1, 0, -1):
+                older = self.path.with_name(f"{self.path.name}.{index}")
+                if older.exists():
+                    os.replace(older, self.path.with_name(f"{self.path.name}.{index + 1}"))
+            os.replace(self.path, self.path.with_name(f"{self.path.name}.1"))
+        self._handle = open(self.path, "wb")  # noqa: SIM115
+        self._size = 0
+
+    def close(self) -> None:
+        self._handle.close()
+
+
+class WorkerProcess:
+    """A running worker: its pid (= process group id), exit code and pipe readers."""
+
+    def __init__(self, process: asyncio.subprocess.Process, readers: list[asyncio.Task[None]]):
+        self.process = process
+        self.pid = process.pid
+        self._readers = readers
+
+    @classmethod
+    async def spawn(
+        cls,
+        argv: list[str],
+        *,
+        cwd: Path,
+        log: RotatingLog,
+        on_event: LineCallback,
+        on_stdout: LineCallback,
+        on_stderr: LineCallback,
+    ) -> WorkerProcess:
+        read_fd, write_fd = os.pipe()
+        os.set_inheritable(write_fd, True)
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env[EVENTS_FD_ENV] = str(write_fd)
+        try:
+            process = await asyncio.create_subprocess_exec(
+                *argv,
+                cwd=cwd,
+                env=env,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                pass_fds=(write_fd,),
+                start_new_session=True,
+                limit=LINE_LIMIT,
+            )
+        except BaseException:
+            os.close(read_fd)
+            raise
+        finally:
+            os.close(write_fd)  # the worker holds the only write end now: EOF = worker gone
+        events = await _pipe_reader(read_fd)
+        assert process.stdout is not None and process.stderr is not None
+        readers = [
+            asyncio.create_task(_pump(events, on_event, None)),
+            asyncio.create_task(_pump(process.stdout, on_stdout, log)),
+            asyncio.create_task(_pump(process.stderr, on_stderr, log)),
+        ]
+        return cls(process, readers)
+
+    async def wait(self) -> int:
+        """Exit code (negative: killed by that signal) once the worker and its pipes are done.
+
+        Whatever is left of its process group is SIGKILLed first: a worker that
+        exited must not leave grandchildren behind.
+        """
+        code = await self.process.wait()
+        self.signal_group(signal.SIGKILL)
+        _done, pending = await asyncio.wait(self._readers, timeout=PIPE_DRAIN_TIMEOUT)
+        for task in pending:
+            log.warning("worker %d: a pipe stayed open after exit; closing it", self.pid)
+            task.cancel()
+        return code
+
+    @property
+    def running(self) -> bool:
+        return self.process.returncode is None
+
+    def signal(self, signum: int) -> None:
+        """Signal the worker itself (cooperative pause/resume/stop)."""
+        if self.running:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signum)
+
+    def signal_group(self, signum: int) -> None:
+        """Signal the whole process group (SIGSTOP/SIGCONT/SIGKILL)."""
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.pid, signum)
+
+
+async def _pipe_reader(fd: int) -> asyncio.StreamReader:
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=LINE_LIMIT)
+    protocol = asyncio.StreamReaderProtocol(reader)
+    await loop.connect_read_pipe(lambda: protocol, os.fdopen(fd, "rb", buffering=0))
+    return reader
+
+
+async def _pump(
+    reader: asyncio.StreamReader, callback: LineCallback, log_file: RotatingLog | None
+) -> None:
+    while True:
+        line, cut = await read_line(reader, LINE_LIMIT)
+        if not line:
+            if reader.at_eof():
+                return
+            continue
+        if cut:
+            line += b" [line cut at %d bytes]" % LINE_LIMIT
+        if log_file is not None:
+            log_file.write(line + b"\n")
+        try:
+            callback(line)
+        except Exception:  # one bad line must not stop the pump (and hang the run)
+            log.exception("handling a worker line failed")
+
+
+def terminate_leftover(pid: int, create_time: float | None, grace: float) -> bool:
+    """Stop the process group of a worker a previous daemon left running (blocking).
+
+    The pid is only trusted if the process still has the start time recorded
+    when it was spawned (pids are reused). SIGTERM (plus SIGCONT, in case it was
+    hard-paused) lets it checkpoint; SIGKILL follows after ``grace``. Returns
+    True if such a worker was found.
+    """
+    try:
+        process = psutil.Process(pid)
+        if create_time is None or abs(process.create_time() - create_time) > _CREATE_TIME_SLACK:
+            return False
+    except psutil.Error:
+        return False
+    log.warning("worker %d from a previous daemon is still running; stopping it", pid)
+    for signum in (signal.SIGTERM, signal.SIGCONT):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signum)
+    with contextlib.suppress(psutil.Error):
+        process.wait(timeout=grace)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
+    return True

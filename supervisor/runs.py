@@ -1,0 +1,329 @@
+"""The run registry: one directory per run, its state file, its event history.
+
+Layout under ``state_dir/runs/<id>/``::
+
+    config.yml       the config frozen at submission (absolute paths)
+    state.json       the run's summary, atomically replaced on every state change
+    events.ndjson    every event with its per-run ``seq``, appended as it happens
+    worker.log[.N]   the worker's stdout/stderr, rotated
+    work/            the worker's layer store and checkpoints
+
+``events.ndjson`` is the history the daemon rebuilds a run from after a restart
+(stage tree, progress, memory ring, last ``seq``), so a client attaching to a
+new daemon sees the same snapshot and the sequence continues without reuse.
+The state file is small and written on state changes only; the event file is
+the source of truth for anything that changes per event.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import logging
+import os
+import re
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from pydantic import ValidationError
+
+from pipeline.config import PipelineConfig, RestartConfig, TelemetryConfig, load_config
+from supervisor.protocol import RunSummary
+
+log = logging.getLogger("geod.daemon.runs")
+
+CONFIG_NAME = "config.yml"
+STATE_NAME = "state.json"
+EVENTS_NAME = "events.ndjson"
+LOG_NAME = "worker.log"
+WORK_NAME = "work"
+RUN_ID_PATTERN = re.compile(r"^r(\d{4,})$")
+#: Log level order, for ``logs.tail --level``.
+LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so a reader (or a crash) sees the old or the new file, whole."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def format_run_id(number: int) -> str:
+    """``r0001``: short to type, sorts in submission order up to 9999 runs."""
+    return f"r{number:04d}"
+
+
+@dataclass
+class Run:
+    """One run: its persisted summary plus what the daemon rebuilt or tracks live."""
+
+    summary: RunSummary
+    run_dir: Path
+    memory_history: int
+    event_history: int
+    stages: dict[str, dict[str, Any]] = field(default_factory=dict)
+    memory: deque[dict[str, Any]] = field(init=False)
+    recent_logs: deque[dict[str, Any]] = field(init=False)
+    #: Process start time of the worker (psutil), to recognise its pid after a restart.
+    worker_create_time: float | None = None
+    #: Last lifecycle state the current worker reported (StateEvent.state) and its reason.
+    worker_state: str | None = None
+    worker_reason: str | None = None
+    _events_file: IO[bytes] | None = None
+
+    def __post_init__(self) -> None:
+        self.memory = deque(maxlen=self.memory_history)
+        self.recent_logs = deque(maxlen=self.event_history)
+
+    @property
+    def id(self) -> str:
+        return self.summary.id
+
+    @property
+    def config_file(self) -> Path:
+        return self.run_dir / CONFIG_NAME
+
+    @property
+    def work_dir(self) -> Path:
+        return self.run_dir / WORK_NAME
+
+    @property
+    def log_path(self) -> Path:
+        return self.run_dir / LOG_NAME
+
+    @functools.cached_property
+    def config(self) -> PipelineConfig | None:
+        """The frozen config, or None if it no longer validates (then defaults apply)."""
+        try:
+            return load_config(self.config_file, check_files=False)
+        except ValueError as exc:
+            log.warning("run %s: frozen config unreadable: %s", self.id, exc)
+            return None
+
+    def restart_policy(self) -> RestartConfig:
+        config = self.config
+        return config.restart if config is not None else RestartConfig()
+
+    def telemetry_config(self) -> TelemetryConfig:
+        config = self.config
+        return config.telemetry if config is not None else TelemetryConfig()
+
+    # -- events -------------------------------------------------------------------
+
+    def next_seq(self) -> int:
+        self.summary.last_seq += 1
+        return self.summary.last_seq
+
+    def append(self, event: dict[str, Any]) -> None:
+        """Append one stamped event to the history file (flushed, not fsynced: it is a log)."""
+        if self._events_file is None:
+            self._events_file = open(self.run_dir / EVENTS_NAME, "ab")  # noqa: SIM115
+        self._events_file.write(json.dumps(event, separators=(",", ":")).encode() + b"\n")
+        self._events_file.flush()
+
+    def apply(self, event: dict[str, Any]) -> None:
+        """Fold one event into the in-memory view (also used to replay the history file)."""
+        kind = event.get("type")
+        self.summary.last_seq = max(self.summary.last_seq, int(event.get("seq") or 0))
+        if kind == "stage":
+            self.stages[event["id"]] = event
+            self._update_progress()
+        elif kind == "log":
+            self.recent_logs.append(event)
+        elif kind == "memory":
+            self.memory.append(event)
+            rss = int(event.get("rss") or 0)
+            if event.get("operation") == "sample":
+                self.summary.rss = rss
+            self.summary.peak_rss = max(self.summary.peak_rss or 0, rss)
+        elif kind == "output":
+            entry = {k: event.get(k) for k in ("kind", "path", "stage", "detail")}
+            if entry not in self.summary.outputs:
+                self.summary.outputs.append(entry)
+        elif kind == "state":
+            self.worker_state = event.get("state")
+            self.worker_reason = event.get("reason")
+
+    def _update_progress(self) -> None:
+        """Progress = finished stages plus the running stage's fraction, over all stages."""
+        root = self.stages.get("run")
+        running = [e for e in self.stages.values() if e.get("status") == "running"]
+        # The deepest running node is the one a user wants to see ("resample/bio1").
+        self.summary.stage = (
+            max(running, key=lambda e: e["id"].count("/"))["id"] if running else None
+        )
+        if root is None or not root.get("total"):
+            return
+        fraction = 0.0
+        for event in running:
+            if event.get("parent") == "run" and event.get("total"):
+                fraction = min(1.0, event["done"] / event["total"])
+        if root.get("status") == "done":
+            self.summary.progress = 1.0
+        else:
+            self.summary.progress = min(1.0, (root["done"] + fraction) / root["total"])
+        started = self.summary.started
+        if started and 0 < self.summary.progress < 1:
+            elapsed = time.time() - started
+            self.summary.eta = elapsed * (1 - self.summary.progress) / self.summary.progress
+
+    def logs(self, limit: int, before_seq: int | None, level: str | None) -> list[dict[str, Any]]:
+        """The newest ``limit`` log events older than ``before_seq``, oldest first."""
+        floor = LEVELS.index(level.upper()) if level else 0
+
+        def wanted(event: dict[str, Any]) -> bool:
+            if event.get("type") != "log":
+                return False
+            if before_seq is not None and int(event.get("seq") or 0) >= before_seq:
+                return False
+            return LEVELS.index(event.get("level", "INFO")) >= floor
+
+        recent = [e for e in self.recent_logs if wanted(e)]
+        history_complete = len(self.recent_logs) < (self.recent_logs.maxlen or 0)
+        if len(recent) < limit and not history_complete:
+            recent = [e for e in self.read_history() if wanted(e)]
+        return recent[-limit:]
+
+    def read_history(self) -> list[dict[str, Any]]:
+        """Every stamped event from the history file (skipping a torn last line)."""
+        events: list[dict[str, Any]] = []
+        path = self.run_dir / EVENTS_NAME
+        if not path.exists():
+            return events
+        with open(path, "rb") as handle:
+            for line in handle:
+                with contextlib.suppress(ValueError):
+                    event = json.loads(line)
+                    if isinstance(event, dict):
+                        events.append(event)
+        return events
+
+    def close(self) -> None:
+        if self._events_file is not None:
+            self._events_file.close()
+            self._events_file = None
+
+
+def _repair_history(path: Path) -> None:
+    """Cut a torn last line (daemon killed mid-write) so the next append starts clean."""
+    if not path.exists():
+        return
+    with open(path, "rb+") as handle:
+        size = handle.seek(0, os.SEEK_END)
+        if size == 0:
+            return
+        handle.seek(size - 1)
+        if handle.read(1) == b"\n":
+            return
+        # Scan back to the last newline; histories are appended in small lines.
+        position = size
+        while position > 0:
+            step = min(position, 65536)
+            handle.seek(position - step)
+            chunk = handle.read(step)
+            index = chunk.rfind(b"\n")
+            if index >= 0:
+                handle.truncate(position - step + index + 1)
+                return
+            position -= step
+        handle.truncate(0)
+    log.warning("%s: cut a torn last line left by an interrupted write", path)
+
+
+class Registry:
+    """All runs of a state directory, in submission order."""
+
+    def __init__(self, state_dir: Path, memory_history: int, event_history: int) -> None:
+        self.root = state_dir / "runs"
+        self.memory_history = memory_history
+        self.event_history = event_history
+        self.runs: dict[str, Run] = {}
+
+    def load(self) -> list[Run]:
+        """Rebuild every run from its state file and history (at daemon start)."""
+        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        for path in sorted(self.root.iterdir(), key=lambda p: p.name):
+            match = RUN_ID_PATTERN.match(path.name)
+            if not match or not path.is_dir():
+                continue
+            run = self._load_one(path)
+            self.runs[run.id] = run
+        return list(self.runs.values())
+
+    def _load_one(self, path: Path) -> Run:
+        state = path / STATE_NAME
+        try:
+            data = json.loads(state.read_text())
+            summary = RunSummary.model_validate(data["summary"])
+            create_time = data.get("worker_create_time")
+        except (OSError, ValueError, KeyError, TypeError, ValidationError) as exc:
+            # Never trust a bad file: the history and the frozen config rebuild the run,
+            # and it is parked as interrupted for the restart policy to decide.
+            reason = f"state file unreadable ({type(exc).__name__}); rebuilt from history"
+            log.warning("run %s: %s", path.name, reason)
+            summary = RunSummary(
+                id=path.name, name=path.name, state="interrupted", error=reason, run_dir=str(path)
+            )
+            create_time = None
+        run = Run(summary, path, self.memory_history, self.event_history)
+        run.worker_create_time = create_time
+        _repair_history(path / EVENTS_NAME)
+        for event in run.read_history():
+            run.apply(event)
+        return run
+
+    def next_id(self) -> str:
+        numbers = [int(m.group(1)) for n in self.runs if (m := RUN_ID_PATTERN.match(n))]
+        return format_run_id(max(numbers, default=0) + 1)
+
+    def create(self, config_text: str, name: str, config_path: str) -> Run:
+        """A new queued run directory with its frozen config and first state file."""
+        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        while True:
+            run_id = self.next_id()
+            run_dir = self.root / run_id
+            try:
+                run_dir.mkdir(mode=0o700)
+                break
+            except FileExistsError:  # a directory left without a state file; skip its id
+                self.runs[run_id] = self._load_one(run_dir)
+        atomic_write(run_dir / CONFIG_NAME, config_text.encode())
+        summary = RunSummary(
+            id=run_id,
+            name=name,
+            state="queued",
+            config_path=config_path,
+            run_dir=str(run_dir),
+            submitted=time.time(),
+        )
+        run = Run(summary, run_dir, self.memory_history, self.event_history)
+        self.runs[run_id] = run
+        self.save(run)
+        return run
+
+    def save(self, run: Run) -> None:
+        payload = {
+            "summary": run.summary.model_dump(mode="json"),
+            "worker_create_time": run.worker_create_time,
+        }
+        atomic_write(run.run_dir / STATE_NAME, json.dumps(payload, indent=1).encode())
+
+    def get(self, run_id: str) -> Run | None:
+        return self.runs.get(run_id)
+
+    def close(self) -> None:
+        for run in self.runs.values():
+            run.close()

@@ -1,0 +1,563 @@
+"""Run lifecycle: queue, start, watch, pause/resume/kill, restart policy, recovery.
+
+Everything here runs on the daemon's event loop, so a run's state changes,
+its event stamping and the fan-out to subscribers happen without interleaving:
+a client that subscribes gets a snapshot and then exactly the events after it.
+
+State machine (``RunSummary.state``)::
+
+    queued ──start──▶ running ──ack──▶ paused ──resume──▶ running
+       │                 │   └─no ack in pause_grace─▶ paused (hard, SIGSTOP)
+       │                 ├─exit 0 + "done"──▶ done
+       │                 ├─exit 2──▶ failed (a retry cannot help)
+       │                 ├─other exit──▶ failed, or queued again after a backoff
+       │                 ├─kill──▶ stopping ──exit──▶ killed
+       │                 └─daemon stops──▶ interrupted (paused runs stay paused)
+       └─pause──▶ paused (no worker; resume queues it again)
+
+A paused run without a worker (paused while queued, or across a daemon
+restart) resumes by being queued: its new worker continues from the checkpoint.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import time
+from collections.abc import Callable
+from typing import Any, Literal
+
+import psutil
+from pydantic import ValidationError
+
+from pipeline.config import ConfigError, dump_config, load_config
+from pipeline.events import Event, LogEvent, decode, encode
+from supervisor.process import RotatingLog, WorkerProcess, terminate_leftover
+from supervisor.protocol import (
+    NOTIFY_EVENT,
+    NOTIFY_RUN,
+    ErrorCode,
+    ProtocolError,
+    RunSummary,
+    Selection,
+)
+from supervisor.runs import Registry, Run
+from supervisor.sampler import sample_tree
+from supervisor.settings import Settings
+from supervisor.sink import TelemetrySink
+
+log = logging.getLogger("geod.daemon")
+
+#: The worker's exit code for "invalid config or input" (pipeline.worker.EXIT_INPUT).
+EXIT_INPUT = 2
+DAEMON_LOGGER = "geod.daemon"
+Notifier = Callable[[str, str, dict[str, Any]], None]
+Intent = Literal["kill", "shutdown"]
+#: States in which a run has (or is getting) a worker process.
+ACTIVE_STATES = frozenset({"running", "paused", "stopping"})
+
+
+def _bad_state(run: Run, action: str) -> ProtocolError:
+    return ProtocolError(
+        ErrorCode.BAD_STATE, f"cannot {action} run {run.id}: it is {run.summary.state}"
+    )
+
+
+class Supervisor:
+    """Owns every run and its worker; the RPC methods and signals call into it."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        registry: Registry,
+        notify: Notifier,
+        telemetry: TelemetrySink | None = None,
+        on_change: Callable[[], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.registry = registry
+        self._notify = notify
+        self._telemetry = telemetry
+        self._on_change = on_change
+        self.workers: dict[str, WorkerProcess] = {}
+        #: Runs between "chosen to start" and "worker spawned" (count against concurrency).
+        self._starting: set[str] = set()
+        #: What the daemon asked of a worker, deciding how its exit is read.
+        self._intents: dict[str, Intent] = {}
+        #: Control requested while a worker was being spawned, applied once it exists.
+        self._pending: dict[str, Literal["pause", "kill", "force"]] = {}
+        self._timers: dict[tuple[str, str], asyncio.TimerHandle] = {}
+        self._retry_timer: asyncio.TimerHandle | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._exited: dict[str, asyncio.Event] = {}
+        self.shutting_down = False
+
+    # -- helpers ------------------------------------------------------------------
+
+    def _spawn_task(self, coro: Any) -> asyncio.Task[Any]:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def _timer(self, run: Run, name: str, delay: float, callback: Callable[[], None]) -> None:
+        self._cancel_timer(run, name)
+        loop = asyncio.get_running_loop()
+        self._timers[(run.id, name)] = loop.call_later(delay, callback)
+
+    def _cancel_timer(self, run: Run, name: str) -> None:
+        handle = self._timers.pop((run.id, name), None)
+        if handle is not None:
+            handle.cancel()
+
+    def get(self, run_id: str) -> Run:
+        run = self.registry.get(run_id)
+        if run is None:
+            raise ProtocolError(ErrorCode.UNKNOWN_RUN, f"no run {run_id!r}")
+        return run
+
+    def runs(self) -> list[Run]:
+        return list(self.registry.runs.values())
+
+    def publish(self, run: Run, save: bool = True) -> None:
+        """A summary changed: persist it, tell subscribers, telemetry and systemd."""
+        if save:
+            self.registry.save(run)
+        self._notify(run.id, NOTIFY_RUN, run.summary.model_dump(mode="json"))
+        if self._telemetry is not None:
+            try:
+                self._telemetry.record_run(run.summary.model_copy(deep=True))
+            except Exception:
+                log.exception("telemetry record_run failed")
+        if self._on_change is not None:
+            self._on_change()
+
+    def record(self, run: Run, event: Event) -> dict[str, Any]:
+        """Stamp ``event`` with run and seq, store it, apply it, fan it out."""
+        stamped = event.model_copy(update={"run": run.id, "seq": run.next_seq()})
+        line = encode(stamped)
+        data: dict[str, Any] = json.loads(line)
+        run.append(data)
+        run.apply(data)
+        self._notify(run.id, NOTIFY_EVENT, data)
+        if self._telemetry is not None:
+            try:
+                self._telemetry.record_event(stamped)
+            except Exception:
+                log.exception("telemetry record_event failed")
+        if stamped.type == "state":
+            self._on_worker_state(run, stamped.state)
+        return data
+
+    def say(self, run: Run, level: Literal["INFO", "WARNING", "ERROR"], message: str) -> None:
+        """A daemon-side log record in the run's own log stream (what users read)."""
+        getattr(log, level.lower())("run %s: %s", run.id, message)
+        self.record(run, LogEvent(level=level, logger=DAEMON_LOGGER, message=message))
+
+    # -- recovery -------------------------------------------------------------------
+
+    def recover(self) -> None:
+        """Reconcile runs persisted by a previous daemon (called once at start)."""
+        for run in self.runs():
+            summary = run.summary
+            leftover = summary.pid
+            summary.pid = None
+            summary.paused_hard = False
+            if summary.state in ("running", "stopping"):
+                stopping = summary.state == "stopping"
+                summary.state = "killed" if stopping else "interrupted"
+                summary.error = None if stopping else "the daemon stopped while it was running"
+                summary.finished = time.time()
+            if leftover is not None:
+                self._spawn_task(self._reap_leftover(run, leftover))
+                continue
+            self._after_recovery(run)
+
+    async def _reap_leftover(self, run: Run, pid: int) -> None:
+        grace = self.settings.kill_grace
+        found = await asyncio.to_thread(terminate_leftover, pid, run.worker_create_time, grace)
+        if found:
+            self.say(run, "WARNING", f"stopped worker {pid} left running by a previous daemon")
+        self._after_recovery(run)
+        self.schedule()
+
+    def _after_recovery(self, run: Run) -> None:
+        run.worker_create_time = None
+        if run.summary.state == "interrupted" and run.restart_policy().policy == "on-failure":
+            run.summary.state = "queued"
+            run.summary.retry_at = None
+            self.say(run, "INFO", "resuming from its checkpoint (interrupted by a daemon stop)")
+        self.publish(run)
+
+    # -- submission and scheduling ----------------------------------------------------
+
+    async def submit(self, config_path: str, name: str | None) -> RunSummary:
+        try:
+            config = await asyncio.to_thread(load_config, config_path)
+        except ConfigError as exc:
+            raise ProtocolError(ErrorCode.BAD_CONFIG, str(exc)) from None
+        except ValidationError as exc:  # defensive: load_config phrases its own errors
+            raise ProtocolError(ErrorCode.BAD_CONFIG, f"{config_path}: {exc}") from None
+        run = self.registry.create(dump_config(config), name or config.name, config_path)
+        log.info("run %s submitted from %s", run.id, config_path)
+        self.publish(run)
+        self.schedule()
+        return run.summary
+
+    def schedule(self) -> None:
+        """Start queued runs while slots are free; retries wait for their backoff."""
+        if self.shutting_down:
+            return
+        now = time.time()
+        free = self.settings.concurrency - len(self.workers) - len(self._starting)
+        next_retry: float | None = None
+        for run in self.runs():
+            if run.summary.state != "queued":
+                continue
+            retry_at = run.summary.retry_at
+            if retry_at is not None and retry_at > now:
+                next_retry = retry_at if next_retry is None else min(next_retry, retry_at)
+                continue
+            if free <= 0:
+                break
+            free -= 1
+            self._starting.add(run.id)
+            run.summary.state = "running"
+            self._spawn_task(self._start(run))
+        if self._retry_timer is not None:
+            self._retry_timer.cancel()
+            self._retry_timer = None
+        if next_retry is not None:
+            delay = max(0.0, next_retry - time.time())
+            self._retry_timer = asyncio.get_running_loop().call_later(delay, self.schedule)
+
+    async def _start(self, run: Run) -> None:
+        summary = run.summary
+        summary.started = time.time()
+        summary.finished = None
+        summary.exit_code = None
+        summary.retry_at = None
+        summary.paused_hard = False
+        summary.eta = None
+        run.worker_state = None
+        run.worker_reason = None
+        argv = [
+            *self.settings.worker_command,
+            str(run.config_file),
+            "--work-dir",
+            str(run.work_dir),
+        ]
+        log_file = RotatingLog(run.log_path, self.settings.log_max_bytes, self.settings.log_backups)
+        try:
+            worker = await WorkerProcess.spawn(
+                argv,
+                cwd=run.run_dir,
+                log=log_file,
+                on_event=lambda line: self._event_line(run, line),
+                on_stdout=lambda line: self._output_line(run, line, "INFO", "stdout"),
+                on_stderr=lambda line: self._output_line(run, line, "WARNING", "stderr"),
+            )
+        except OSError as exc:
+            log_file.close()
+            self._starting.discard(run.id)
+            summary.state = "failed"
+            summary.error = f"cannot start worker {argv[0]}: {exc.strerror or exc}"
+            summary.finished = time.time()
+            self._pending.pop(run.id, None)
+            self.publish(run)
+            self.schedule()
+            return
+        self._starting.discard(run.id)
+        self.workers[run.id] = worker
+        summary.pid = worker.pid
+        with contextlib.suppress(psutil.Error):
+            run.worker_create_time = psutil.Process(worker.pid).create_time()
+        summary.error = None
+        self._exited[run.id] = asyncio.Event()
+        log.info("run %s: worker %d started", run.id, worker.pid)
+        self.publish(run)
+        pending = self._pending.pop(run.id, None)
+        if pending == "pause":
+            self._pause_worker(run, worker)
+        elif pending in ("kill", "force"):
+            self._kill_worker(run, worker, force=pending == "force")
+        self._spawn_task(self._sample(run, worker))
+        try:
+            code = await worker.wait()
+        finally:
+            log_file.close()
+        self._on_exit(run, worker, code)
+
+    # -- worker output --------------------------------------------------------------
+
+    def _event_line(self, run: Run, line: bytes) -> None:
+        try:
+            event = decode(line)
+        except (ValidationError, ValueError):
+            text = line.decode(errors="replace")
+            self.say(run, "WARNING", f"undecodable event from the worker: {text[:200]}")
+            return
+        self.record(run, event)
+
+    def _output_line(self, run: Run, line: bytes, level: str, stream: str) -> None:
+        if line.startswith(b"{"):
+            with contextlib.suppress(ValidationError, ValueError):
+                self.record(run, decode(line))
+                return
+        text = line.decode(errors="replace").rstrip("\r")
+        self.record(run, LogEvent(level=level, logger=f"worker.{stream}", message=text))
+
+    def _on_worker_state(self, run: Run, state: str) -> None:
+        summary = run.summary
+        if state == "paused" and summary.state == "running":
+            self._cancel_timer(run, "pause")
+            summary.state = "paused"
+            self.publish(run)
+        elif state == "resumed" and summary.state == "paused" and not summary.paused_hard:
+            summary.state = "running"
+            self.publish(run)
+
+    async def _sample(self, run: Run, worker: WorkerProcess) -> None:
+        """Memory of the worker's tree every ``telemetry.memory_interval`` until it exits."""
+        interval = run.telemetry_config().memory_interval
+        exited = self._exited[run.id]
+        while worker.running:
+            event = await asyncio.to_thread(sample_tree, worker.pid, run.summary.stage)
+            if event is not None and worker.running and self.workers.get(run.id) is worker:
+                self.record(run, event)
+                self.publish(run, save=False)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(exited.wait(), timeout=interval)
+
+    # -- exit and restart policy ------------------------------------------------------
+
+    def _on_exit(self, run: Run, worker: WorkerProcess, code: int) -> None:
+        self.workers.pop(run.id, None)
+        self._exited.pop(run.id, asyncio.Event()).set()
+        for name in ("pause", "kill"):
+            self._cancel_timer(run, name)
+        summary = run.summary
+        intent = self._intents.pop(run.id, None)
+        was_paused = summary.state == "paused"
+        summary.pid = None
+        summary.paused_hard = False
+        summary.finished = time.time()
+        summary.exit_code = code
+        summary.eta = None
+        run.worker_create_time = None
+        reason = run.worker_reason
+        if intent == "kill":
+            summary.state = "killed"
+        elif code == 0 and run.worker_state == "done":
+            summary.state = "done"
+            summary.progress = 1.0
+            summary.stage = None
+            summary.error = None
+        elif intent == "shutdown":
+            summary.state = "paused" if was_paused else "interrupted"
+            summary.error = (
+                None if was_paused else "the daemon stopped; resumes from its checkpoint"
+            )
+        elif code == 0 and run.worker_state == "stopped":
+            summary.state = "interrupted"
+            summary.error = "the worker was stopped by a signal the daemon did not send"
+        elif code == EXIT_INPUT:
+            summary.state = "failed"
+            summary.error = reason or "invalid config or input (worker exit 2)"
+        else:
+            self._failed(run, code, reason)
+        log.info("run %s: worker %d exited %d → %s", run.id, worker.pid, code, summary.state)
+        self.publish(run)
+        self.schedule()
+
+    def _failed(self, run: Run, code: int, reason: str | None) -> None:
+        summary = run.summary
+        if code < 0:
+            with contextlib.suppress(ValueError):
+                reason = reason or f"worker killed by {signal.Signals(-code).name}"
+        reason = reason or f"worker exited with code {code}"
+        policy = run.restart_policy()
+        summary.state = "failed"
+        summary.error = reason
+        if policy.policy != "on-failure" or summary.retries >= policy.max_retries:
+            return
+        delay = min(policy.backoff * 2**summary.retries, policy.max_backoff)
+        summary.retries += 1
+        summary.state = "queued"
+        summary.retry_at = time.time() + delay
+        summary.error = f"{reason}; retry {summary.retries}/{policy.max_retries} in {delay:g} s"
+        self.say(run, "WARNING", summary.error)
+
+    # -- control ------------------------------------------------------------------
+
+    def _select(self, selection: Selection, states: frozenset[str]) -> list[Run]:
+        if selection.run is not None:
+            return [self.get(selection.run)]
+        return [run for run in self.runs() if run.summary.state in states]
+
+    def pause(self, selection: Selection) -> list[RunSummary]:
+        changed = []
+        for run in self._select(selection, frozenset({"running", "queued"})):
+            state = run.summary.state
+            worker = self.workers.get(run.id)
+            if state == "paused":
+                pass  # already paused: pausing is idempotent
+            elif state == "queued":
+                run.summary.state = "paused"
+                run.summary.retry_at = None
+                self.publish(run)
+            elif state == "running" and worker is not None:
+                self._pause_worker(run, worker)
+            elif state == "running" and run.id in self._starting:
+                self._pending[run.id] = "pause"
+            else:
+                raise _bad_state(run, "pause")
+            changed.append(run.summary)
+        return changed
+
+    def _pause_worker(self, run: Run, worker: WorkerProcess) -> None:
+        worker.signal(signal.SIGUSR1)
+        self._timer(run, "pause", self.settings.pause_grace, lambda: self._hard_pause(run, worker))
+
+    def _hard_pause(self, run: Run, worker: WorkerProcess) -> None:
+        self._timers.pop((run.id, "pause"), None)
+        if self.workers.get(run.id) is not worker or run.summary.state != "running":
+            return
+        worker.signal_group(signal.SIGSTOP)
+        run.summary.state = "paused"
+        run.summary.paused_hard = True
+        self.say(
+            run,
+            "WARNING",
+            f"worker did not acknowledge the pause within {self.settings.pause_grace:g} s; "
+            "stopped its process group (SIGSTOP): paused (hard)",
+        )
+        self.publish(run)
+
+    def resume(self, selection: Selection) -> list[RunSummary]:
+        changed = []
+        for run in self._select(selection, frozenset({"paused", "running"})):
+            summary = run.summary
+            worker = self.workers.get(run.id)
+            pause_pending = (run.id, "pause") in self._timers or run.id in self._pending
+            if summary.state == "paused" and worker is not None:
+                worker.signal(signal.SIGUSR2)
+                if summary.paused_hard:
+                    worker.signal_group(signal.SIGCONT)
+                    summary.paused_hard = False
+                summary.state = "running"
+                self.publish(run)
+            elif summary.state == "paused":
+                summary.state = "queued"
+                self.publish(run)
+                self.schedule()
+            elif summary.state == "running" and pause_pending:
+                self._cancel_timer(run, "pause")
+                if self._pending.get(run.id) == "pause":
+                    del self._pending[run.id]
+                if worker is not None:
+                    worker.signal(signal.SIGUSR2)
+            elif selection.run is not None and summary.state != "running":
+                raise _bad_state(run, "resume")
+            else:
+                continue
+            changed.append(summary)
+        return changed
+
+    def kill(self, selection: Selection, force: bool) -> list[RunSummary]:
+        changed = []
+        active = frozenset({"running", "paused", "stopping", "queued"})
+        for run in self._select(selection, active):
+            summary = run.summary
+            worker = self.workers.get(run.id)
+            if worker is not None:
+                self._intents[run.id] = "kill"
+                summary.state = "stopping"
+                self._kill_worker(run, worker, force)
+                self.publish(run)
+            elif run.id in self._starting:
+                self._intents[run.id] = "kill"
+                self._pending[run.id] = "force" if force else "kill"
+                summary.state = "stopping"
+                self.publish(run)
+            elif summary.state in ("queued", "paused", "interrupted"):
+                summary.state = "killed"
+                summary.retry_at = None
+                summary.finished = time.time()
+                self.publish(run)
+            else:
+                raise _bad_state(run, "kill")
+            changed.append(summary)
+        return changed
+
+    def _kill_worker(self, run: Run, worker: WorkerProcess, force: bool) -> None:
+        self._cancel_timer(run, "pause")
+        if force:
+            worker.signal_group(signal.SIGKILL)
+            return
+        worker.signal(signal.SIGTERM)
+        if run.summary.paused_hard:
+            worker.signal_group(signal.SIGCONT)
+        self._timer(run, "kill", self.settings.kill_grace, lambda: self._kill_now(run, worker))
+
+    def _kill_now(self, run: Run, worker: WorkerProcess) -> None:
+        self._timers.pop((run.id, "kill"), None)
+        if worker.running:
+            self.say(
+                run,
+                "WARNING",
+                f"worker did not stop within {self.settings.kill_grace:g} s; killing its group",
+            )
+            worker.signal_group(signal.SIGKILL)
+
+    def retry(self, run_id: str) -> RunSummary:
+        run = self.get(run_id)
+        if run.summary.state not in ("failed", "killed", "interrupted"):
+            raise _bad_state(run, "retry")
+        run.summary.state = "queued"
+        run.summary.retries = 0  # a manual retry gives the restart policy a fresh budget
+        run.summary.retry_at = None
+        run.summary.error = None
+        run.summary.exit_code = None
+        self.publish(run)
+        self.schedule()
+        return run.summary
+
+    # -- shutdown ---------------------------------------------------------------------
+
+    async def shutdown(self) -> None:
+        """Stop every worker at a checkpoint (SIGKILL after ``kill_grace``) and wait."""
+        self.shutting_down = True
+        if self._retry_timer is not None:
+            self._retry_timer.cancel()
+        waits = []
+        for run_id, worker in list(self.workers.items()):
+            run = self.get(run_id)
+            self._intents.setdefault(run_id, "shutdown")
+            self._kill_worker(run, worker, force=False)
+            waits.append(self._exited[run_id].wait())
+        if waits:
+            log.info("stopping %d worker(s) at their next checkpoint", len(waits))
+            await asyncio.gather(*waits)
+        # Workers still being spawned: let their start finish and exit.
+        while self._starting or self.workers:
+            await asyncio.sleep(0.05)
+            for run_id, worker in list(self.workers.items()):
+                if run_id not in self._intents:
+                    self._intents[run_id] = "shutdown"
+                    self._kill_worker(self.get(run_id), worker, force=False)
+        for handle in self._timers.values():
+            handle.cancel()
+        self._timers.clear()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for run in self.runs():
+            counts[run.summary.state] = counts.get(run.summary.state, 0) + 1
+        return counts
