@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -106,6 +107,8 @@ GOLDEN_TOLERANCE = 1e-3
 _GOLDEN = (math.sqrt(5) - 1) / 2
 #: Winner-map nodata (uint8): no result at this cell.
 WINNER_NODATA = 255
+#: The neighbour-cap warning is logged once per process, not once per chunk.
+_truncation_logged = threading.Event()
 
 
 # --------------------------------------------------------------------------- geometry
@@ -263,7 +266,8 @@ def neighbours(
     counts = obs.tree.query_ball_point(points, radius, return_length=True)
     most = int(np.max(counts)) if len(counts) else 0
     slots = max(1, min(most, max_neighbours, obs.n))
-    if most > slots:
+    if most > slots and not _truncation_logged.is_set():
+        _truncation_logged.set()
         log.warning(
             "fixed bandwidth %.6g km reaches %d observations; using the nearest %d "
             "(gwpca.max_neighbours)",

@@ -43,9 +43,10 @@ from pipeline.export.atomic import commit, discard, partial_path
 COORDINATE_COLUMNS = ("x", "y", "row", "col")
 #: Scratch directory (inside the output directory) for parts, manifests and rasters.
 WORK_DIR_NAME = ".analysis-work"
-#: Rows of a GeoTIFF written per window: a merged batch spans a few grid rows, so
-#: a band this tall holds a batch in one or two windows without reading the map.
-RASTER_BAND_ROWS = 256
+#: Values (cells × bands) of one GeoTIFF window read and rewritten while
+#: scattering a batch: 4 Mi values is 16 MiB of float32, whatever the grid width
+#: or band count. A merged batch spans a few grid rows, so it needs one or two.
+RASTER_WINDOW_VALUES = 4 * 1024 * 1024
 #: Version of the part-manifest layout; a change discards old parts.
 MANIFEST_VERSION = 1
 
@@ -493,9 +494,10 @@ def write_geotiff(
     """Scatter ``(xy, values[n, bands])`` batches onto ``grid`` and save a compressed GeoTIFF.
 
     Cells never written stay nodata (the scratch file is sparse, so an empty
-    global map costs no disk). Each batch is sorted into bands of
-    :data:`RASTER_BAND_ROWS` grid rows and written window by window, so memory
-    is one window whatever the grid size or the order of the batches.
+    global map costs no disk). Each batch is sorted into bands of grid rows and
+    written window by window, so memory
+    is one window (:data:`RASTER_WINDOW_VALUES`) whatever the grid size or the
+    order of the batches.
     """
     scratch_dir.mkdir(parents=True, exist_ok=True)
     scratch = scratch_dir / f"{final.stem}.scratch.tif"
@@ -549,7 +551,8 @@ def _scatter(
     rows, cols, values = rows[inside], cols[inside], values[inside]
     if not len(rows):
         return
-    bands = rows // RASTER_BAND_ROWS
+    band_rows = max(1, RASTER_WINDOW_VALUES // (grid.width * len(spec.bands)))
+    bands = rows // band_rows
     order = np.argsort(bands, kind="stable")
     rows, cols, values, bands = rows[order], cols[order], values[order], bands[order]
     cuts = np.flatnonzero(np.diff(bands)) + 1
