@@ -20,6 +20,7 @@ import click
 from supervisor.cli import render
 from supervisor.cli.connection import (
     call,
+    connect,
     fail,
     json_option,
     resolve_socket,
@@ -43,14 +44,15 @@ TUI_COMMAND = "geo-tui"
 def status(run: str | None, as_json: bool, socket_path: Path | None) -> None:
     """The daemon and its runs, or one RUN in detail (stage tree, outputs, peak RSS)."""
     if run is not None:
-        summary = RunSummary.model_validate(call(socket_path, "runs.get", run=run))
+        summary = _run_with_stages(socket_path, run)
         if as_json:
             render.print_json(summary.model_dump(mode="json"))
         else:
             render.stdout_console().print(render.run_detail(summary))
         return
-    daemon = call(socket_path, "status")
-    runs = [RunSummary.model_validate(item) for item in call(socket_path, "runs.list")]
+    with connect(socket_path) as client:
+        daemon = client.call("status")
+        runs = [RunSummary.model_validate(item) for item in client.call("runs.list")]
     if as_json:
         render.print_json({"daemon": daemon, "runs": [r.model_dump(mode="json") for r in runs]})
         return
@@ -58,6 +60,19 @@ def status(run: str | None, as_json: bool, socket_path: Path | None) -> None:
     console.print(render.daemon_summary(daemon))
     console.print()
     console.print(render.runs_table(runs) if runs else "no runs")
+
+
+def _run_with_stages(socket_path: Path | None, run: str) -> RunSummary:
+    """The run's summary plus its stage tree (``stages``), one consistent snapshot.
+
+    The stage tree is part of the ``subscribe`` snapshot (that is how the TUI gets
+    it); subscribing to just this run without events and closing right away is
+    the cheapest way to read it, and the summary comes from the same instant.
+    """
+    with connect(socket_path) as client:
+        snapshot = client.call("subscribe", runs=[run], events=False)
+    (summary,) = snapshot["runs"]
+    return RunSummary.model_validate({**summary, "stages": snapshot["stages"].get(run, [])})
 
 
 @cli.command()
