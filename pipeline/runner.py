@@ -29,6 +29,13 @@ log = logging.getLogger("geod.runner")
 #: same stage as ``export``: merge streams straight into the exporters.
 STAGES: tuple[str, ...] = ("catalog", "resample", "export", "analysis")
 STAGE_ALIASES = {"merge": "export"}
+#: What each stage's done/total counts.
+STAGE_UNITS = {
+    "catalog": "datasets",
+    "resample": "datasets",
+    "export": "chunks",
+    "analysis": "methods",
+}
 #: Name of the layer store inside the work directory.
 STORE_NAME = "layers.zarr"
 
@@ -148,7 +155,7 @@ def run_pipeline(
         "analysis": analysis,
     }
     for name in stages:
-        node = ctx.stage(name)
+        node = ctx.stage(name, unit=STAGE_UNITS[name])
         log.info("stage %s started", name, extra={"stage": name})
         try:
             runners[name](node)

@@ -15,6 +15,8 @@ from tests.workerproc import WorkerProcess
 
 #: Small windows so the demo has many window boundaries to act on.
 SMALL_WINDOWS = {"window_size": 256, "threads": 1}
+#: A coarse quarter-degree grid (18 windows per dataset) keeps three full runs quick.
+COARSE_GRID = {"crs": "EPSG:4326", "resolution": 0.25, "bounds": [-180, -90, 180, 90]}
 
 
 def _window_progress(event: object) -> bool:
@@ -59,12 +61,14 @@ def test_sigkill_mid_run_then_resume_gives_identical_outputs(
 ) -> None:
     reference_dir = tmp_path / "reference"
     reference_dir.mkdir()
-    reference = WorkerProcess(write_demo_config(reference_dir, demo_dir, resampling=SMALL_WINDOWS))
+    reference = WorkerProcess(
+        write_demo_config(reference_dir, demo_dir, resampling=SMALL_WINDOWS, grid=COARSE_GRID)
+    )
     assert reference.finish() == 0, reference.process.stderr.read()
 
     crashed_dir = tmp_path / "crashed"
     crashed_dir.mkdir()
-    config = write_demo_config(crashed_dir, demo_dir, resampling=SMALL_WINDOWS)
+    config = write_demo_config(crashed_dir, demo_dir, resampling=SMALL_WINDOWS, grid=COARSE_GRID)
     victim = WorkerProcess(config)
     victim.wait_for(lambda e: isinstance(e, StageEvent) and e.kind == "dataset" and e.done >= 3)
     victim.process.kill()
