@@ -211,8 +211,14 @@ class MemoryConfig(StrictModel):
     reduced_window: int = Field(
         default=512, ge=64, description="Floor for halving at the warning level."
     )
+    calm: float = Field(
+        default=0.70,
+        gt=0,
+        lt=1,
+        description="Fraction of budget below which a window counts as calm (growth allowed).",
+    )
     calm_windows: int = Field(
-        default=4, ge=1, description="Calm windows before the window size doubles back."
+        default=4, ge=1, description="Calm windows in a row before the window size doubles back."
     )
     gdal_cache_fraction: float = Field(
         default=0.10, gt=0, lt=1, description="Share of the budget given to GDAL's block cache."
@@ -222,6 +228,8 @@ class MemoryConfig(StrictModel):
     def _levels(self) -> MemoryConfig:
         if self.warning >= self.critical:
             raise ValueError("memory.warning must be below memory.critical")
+        if self.calm >= self.warning:
+            raise ValueError("memory.calm must be below memory.warning")
         if self.min_window > self.reduced_window:
             raise ValueError("memory.min_window must not exceed memory.reduced_window")
         return self
