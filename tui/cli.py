@@ -1,8 +1,37 @@
-"""``geo-tui`` entry point."""
+"""``geo-tui`` entry point: ``geo-tui attach [--socket PATH] [RUN]``."""
 
-import sys
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from supervisor.settings import SOCKET_ENV, default_socket_path
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="geod")
+def cli() -> None:
+    """geo-tui: a live dashboard for the geod daemon."""
+
+
+@cli.command()
+@click.option(
+    "--socket",
+    "socket_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    envvar=SOCKET_ENV,
+    default=None,
+    help="Daemon socket (default: $GEOD_SOCKET, else the user daemon's socket).",
+)
+@click.argument("run", required=False)
+def attach(socket_path: Path | None, run: str | None) -> None:
+    """Watch and steer runs; RUN selects one at start. q detaches, runs keep going."""
+    # Imported here so `geo-tui --help` stays fast (Textual is a heavy import).
+    from tui.app import GeodApp
+
+    GeodApp(socket_path=socket_path or default_socket_path(), run=run).run()
 
 
 def main() -> None:
-    print("geo-tui: not yet available", file=sys.stderr)
-    sys.exit(1)
+    cli()

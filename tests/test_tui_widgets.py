@@ -1,0 +1,334 @@
+"""Pilot tests of every panel and key on a fixed recorded state (no daemon).
+
+The same keys are exercised against a real daemon in ``test_tui_daemon.py``;
+here the state is deterministic so exact contents can be asserted: what each
+filter keeps, which node is open, what a search hits.
+"""
+
+from __future__ import annotations
+
+import pytest
+from rich.text import Text
+
+from pipeline.events import LogEvent, StageEvent
+from tests import tui_recording as rec
+from tests.tui_support import loaded_state, pilot_test, replay_app
+from tui.app import GeodApp
+from tui.bindings import COMMANDS
+from tui.screens.confirm_kill import ConfirmKill
+from tui.screens.help import HelpScreen
+from tui.widgets.log_view import LogView
+from tui.widgets.memory_chart import MemoryChart
+from tui.widgets.runs_table import RunsTable
+from tui.widgets.stage_tree import StageTree
+
+SIZE = (120, 40)
+
+
+def _cell(table: RunsTable, run: str, column: str) -> str:
+    value = table.get_cell(run, column)
+    return value.plain if isinstance(value, Text) else str(value)
+
+
+@pilot_test
+async def test_runs_table_shows_state_symbols_and_selects_the_active_run() -> None:
+    app = replay_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        table = app.query_one(RunsTable)
+        assert table.row_count == 2
+        assert _cell(table, rec.RUN, "state") == "▶ running"
+        assert _cell(table, rec.OTHER, "state") == "✘ failed"
+        assert _cell(table, rec.RUN, "progress").strip() == "42.0%"
+        assert _cell(table, rec.RUN, "elapsed") == "1m00s"
+        assert _cell(table, rec.RUN, "rss").strip() == "610.0 MiB"
+        assert app.selected == rec.RUN
+        # Selecting the other row re-points every panel.
+        await pilot.press("down")
+        await pilot.pause()
+        assert app.selected == rec.OTHER
+        assert app.query_one(StageTree).run_id == rec.OTHER
+        assert app.query_one(LogView).run_id == rec.OTHER
+
+
+@pilot_test
+async def test_runs_table_sorts_by_header_click_and_key() -> None:
+    app = replay_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        table = app.query_one(RunsTable)
+        order = lambda: [row.key.value for row in table.ordered_rows]  # noqa: E731
+        assert order() == [rec.RUN, rec.OTHER]
+        table.cycle_sort("rss")  # what a click on the RSS header does
+        assert order() == [rec.OTHER, rec.RUN]  # no RSS (failed) sorts first
+        table.cycle_sort("rss")  # second click reverses
+        assert order() == [rec.RUN, rec.OTHER]
+        await pilot.press("o")  # the key moves to the next column
+        assert table.sort_column == "id"
+        # The selection follows its run, not its row index.
+        assert app.selected == rec.RUN and table.selected_run == rec.RUN
+
+
+@pilot_test
+async def test_header_click_sorts() -> None:
+    app = replay_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        table = app.query_one(RunsTable)
+        # Border (1 cell), then the Run and Name columns: land inside "State".
+        widths = [column.get_render_width(table) for column in table.columns.values()]
+        offset = 1 + widths[0] + widths[1]
+        await pilot.click(RunsTable, offset=(offset + 3, 1))
+        await pilot.pause()
+        assert table.sort_column == "state"
+
+
+@pilot_test
+async def test_stage_tree_expands_the_active_branch_and_shows_failures() -> None:
+    app = replay_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        tree = app.query_one(StageTree)
+        nodes = tree._by_stage
+        assert nodes["resample"].is_expanded
+        assert nodes["resample/landcover"].parent is nodes["resample"]
+        label = nodes["resample/landcover"].label.plain
+        assert "5/8 windows" in label and "ETA 3s" in label and "1.0 windows/s" in label
+        failed = nodes["merge"].label
+        assert "merge: disk full writing part-0003" in failed.plain
+        assert any("red" in str(span.style) for span in failed.spans)
+        assert nodes["resample/richness"].label.plain.startswith("✔")
+
+
+@pilot_test
+async def test_stage_tree_updates_incrementally() -> None:
+    state = loaded_state()
+    app = GeodApp(state=state, connect=False)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        tree = app.query_one(StageTree)
+        node = tree._by_stage["resample/landcover"]
+        richness = tree._by_stage["resample/richness"]
+        richness_label = richness.label
+        seq = state.runs[rec.RUN].applied_seq
+        state.apply_event(
+            StageEvent(
+                run=rec.RUN,
+                seq=seq + 1,
+                time=rec.T0 + 30,
+                id="resample/landcover",
+                parent="resample",
+                kind="dataset",
+                name="landcover",
+                status="done",
+                done=8,
+                total=8,
+            )
+        )
+        await pilot.pause(0.2)
+        assert tree._by_stage["resample/landcover"] is node  # same node, relabelled
+        assert node.label.plain.startswith("✔") and "8/8" in node.label.plain
+        assert not node.is_expanded  # auto-opened while running, closed when done
+        assert richness.label is richness_label  # untouched sibling not relabelled
+
+
+@pilot_test
+async def test_log_level_filter_key() -> None:
+    app = replay_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        log = app.query_one(LogView)
+        levels = lambda: {line.level for line in log.shown}  # noqa: E731
+        assert "DEBUG" in levels()
+        await pilot.press("l")
+        assert log.min_level == "INFO" and "DEBUG" not in levels() and "INFO" in levels()
+        await pilot.press("l")
+        assert levels() == {"WARNING", "ERROR"}
+        await pilot.press("l")
+        assert levels() == {"ERROR"}
+        await pilot.press("l")
+        assert log.min_level == "DEBUG"
+        assert "≥DEBUG" in str(log.border_subtitle)
+
+
+@pilot_test
+async def test_log_stage_filter_follows_the_tree_cursor() -> None:
+    app = replay_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        tree = app.query_one(StageTree)
+        tree.focus()
+        tree.move_cursor(tree._by_stage["resample/landcover"])
+        await pilot.press("s")
+        log = app.query_one(LogView)
+        assert log.stage_filter == "resample/landcover"
+        assert log.shown and all(
+            line.dataset == "landcover" or line.stage == "resample/landcover"
+            for line in log.shown
+        )
+        await pilot.press("s")  # again: all stages
+        assert log.stage_filter is None
+        assert len(log.shown) == len(app.state.runs[rec.RUN].logs)
+
+
+@pilot_test
+async def test_search_highlights_and_jumps() -> None:
+    app = replay_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        log = app.query_one(LogView)
+        await pilot.press("slash")
+        assert app.focused is app.query_one("#search")
+        await pilot.press(*"window 3/8")
+        await pilot.press("enter")
+        await pilot.pause()
+        hits = log.hits()
+        assert [log.shown[row].message for row in hits] == [
+            "richness: window 3/8 written",
+            "endemism: window 3/8 written",
+            "landcover: window 3/8 written",
+        ]
+        assert not log.follow  # a search freezes the view
+        assert app.focused is log
+        # Like less's backward search from the bottom: the newest hit first, n wraps.
+        assert log.current_hit == hits[-1]
+        await pilot.press("n")
+        assert log.current_hit == hits[0]
+        await pilot.press("n")
+        assert log.current_hit == hits[1]
+        await pilot.press("N")
+        assert log.current_hit == hits[0]
+        # Highlight is in the rendered strips: the hit row carries the search style.
+        rendered = "".join(segment.text for segment in log.lines[hits[0]])
+        assert "window 3/8" in rendered
+        assert any("reverse" in str(seg.style) for seg in log.lines[hits[0]] if seg.style)
+
+
+@pilot_test
+async def test_follow_toggle_freezes_and_resumes() -> None:
+    state = loaded_state()
+    app = GeodApp(state=state, connect=False)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        log = app.query_one(LogView)
+        shown = len(log.shown)
+        await pilot.press("f")
+        assert not log.follow
+        seq = state.runs[rec.RUN].applied_seq
+        for offset in range(1, 4):
+            state.apply_event(
+                LogEvent(run=rec.RUN, seq=seq + offset, level="INFO", logger="t", message="new")
+            )
+        await pilot.pause(0.3)
+        assert len(log.shown) == shown
+        assert "+3 new" in str(log.border_subtitle)
+        await pilot.press("f")
+        assert log.follow and len(log.shown) == shown + 3
+        assert log.scroll_y == log.max_scroll_y
+
+
+@pilot_test
+async def test_kill_asks_for_confirmation_and_cancel_keeps_the_run() -> None:
+    app = replay_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        await pilot.press("k")
+        assert isinstance(app.screen, ConfirmKill)
+        assert not app.screen.force
+        await pilot.press("n")
+        assert not isinstance(app.screen, ConfirmKill)
+        await pilot.press("K")
+        assert isinstance(app.screen, ConfirmKill) and app.screen.force
+        await pilot.press("escape")
+        assert not isinstance(app.screen, ConfirmKill)
+
+
+@pilot_test
+async def test_help_lists_every_key_and_closes() -> None:
+    app = replay_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("question_mark")
+        assert isinstance(app.screen, HelpScreen)
+        await pilot.press("escape")
+        assert not isinstance(app.screen, HelpScreen)
+
+
+@pilot_test
+async def test_command_palette_has_an_entry_per_action() -> None:
+    app = replay_app()
+    async with app.run_test(size=SIZE):
+        titles = [command.title for command in app.get_system_commands(app.screen)]
+        for command in COMMANDS:
+            assert any(title.startswith(command.title) for title in titles), command.title
+
+
+@pilot_test
+async def test_memory_chart_span_cycles_and_draws_levels() -> None:
+    app = replay_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause(0.6)
+        chart = app.query_one(MemoryChart)
+        assert chart.span_label == "5 min"
+        await pilot.press("m")
+        assert chart.span_label == "1 h"
+        await pilot.press("m")
+        assert chart.span_label == "whole run"
+        await pilot.press("m")
+        assert chart.span_label == "5 min"
+        built = chart.plt.build()
+        for legend in ("RSS", "budget", "warning", "critical", "window px", "avail"):
+            assert legend in built
+
+
+@pilot_test
+async def test_tab_cycles_panels() -> None:
+    app = replay_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        seen = []
+        for _ in range(4):
+            await pilot.press("tab")
+            seen.append(app.focused.id if app.focused else None)
+        assert seen == ["stages", "memory", "log", "runs"]
+
+
+@pilot_test
+async def test_mouse_selects_a_run() -> None:
+    app = replay_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        await pilot.click(RunsTable, offset=(3, 3))  # second data row (border, header, r1)
+        await pilot.pause()
+        assert app.selected == rec.OTHER
+
+
+@pilot_test
+async def test_actions_without_a_daemon_say_so() -> None:
+    app = replay_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("p")
+        await pilot.pause(0.2)
+        assert any("not attached" in str(n.message) for n in app._notifications)
+
+
+@pytest.mark.parametrize("size", [(80, 24), (200, 60)])
+@pilot_test
+async def test_small_and_large_terminals_and_resize(size: tuple[int, int]) -> None:
+    app = replay_app()
+    async with app.run_test(size=size) as pilot:
+        await pilot.pause()
+        await pilot.resize_terminal(100, 30)
+        await pilot.pause()
+        await pilot.resize_terminal(*size)
+        await pilot.pause()
+        assert app.query_one(RunsTable).row_count == 2
+        assert app.query_one(LogView).size.height > 0
+
+
+@pilot_test
+async def test_q_detaches() -> None:
+    app = replay_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("q")
+        await pilot.pause()
+    assert app.return_code == 0

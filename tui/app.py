@@ -1,0 +1,348 @@
+"""geo-tui: the dashboard app — layout, the frame timer, and the key actions.
+
+Data flow: :class:`~tui.connection.DaemonLink` (a worker task) feeds the
+:class:`~tui.state.DashboardState`; a timer at :data:`FRAME_HZ` drains the
+state's :class:`~tui.state.Changes` and hands each widget only what concerns
+it (changed rows, changed stage ids, new log records, new memory samples).
+Nothing is repainted per event, which is what keeps the app responsive while a
+run emits thousands of events per second.
+
+Actions go to the daemon through the link; their visible effect arrives back as
+notifications like anyone else's, so several dashboards attached at once show
+the same thing.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from textual import on
+from textual.app import App, ComposeResult, SystemCommand
+from textual.containers import Horizontal, Vertical
+from textual.screen import Screen
+from textual.widget import Widget
+from textual.widgets import Footer, Header, Input
+
+from supervisor.protocol import FINAL_STATES, ProtocolError
+from tui import formatting
+from tui.bindings import APP_BINDINGS, COMMANDS, SEARCH_BINDINGS
+from tui.connection import Backoff, DaemonLink, NotConnected
+from tui.screens.confirm_kill import ConfirmKill
+from tui.screens.help import HelpScreen
+from tui.state import DashboardState
+from tui.widgets.banner import ConnectionBanner
+from tui.widgets.log_view import LogView
+from tui.widgets.memory_chart import MemoryChart
+from tui.widgets.runs_table import RunsTable
+from tui.widgets.stage_tree import StageTree
+
+#: Frames per second at which batched changes reach the widgets (≤ 100 ms behind an event).
+FRAME_HZ = 10
+#: The memory chart is redrawn at most this often (samples arrive about once a second).
+CHART_HZ = 2
+#: Elapsed times and the header's uptime tick once a second.
+CLOCK_S = 1.0
+#: Placeholder of the search box.
+_SEARCH_HINT = "search the log (enter: find, esc: cancel)"
+#: Panels that tab cycles through, in order.
+PANELS: tuple[str, ...] = ("#runs", "#stages", "#memory", "#log")
+
+_CONNECTION_MARK = {
+    "connected": "● connected",
+    "connecting": "◌ connecting",
+    "lost": "✘ disconnected",
+    "offline": "○ replay",
+}
+
+
+class SearchBox(Input):
+    """The ``/`` prompt under the log."""
+
+    BINDINGS = SEARCH_BINDINGS
+
+    def action_cancel_search(self) -> None:
+        self.value = ""
+        self.display = False
+        self.app.query_one(LogView).focus()
+
+
+class GeodApp(App[None]):
+    """The dashboard. ``connect=False`` shows a state fed by the caller (tests, replays)."""
+
+    CSS_PATH = "app.tcss"
+    BINDINGS = APP_BINDINGS
+    TITLE = "geod"
+
+    def __init__(
+        self,
+        *,
+        state: DashboardState | None = None,
+        socket_path: Path | None = None,
+        run: str | None = None,
+        connect: bool = True,
+        backoff: Backoff | None = None,
+    ) -> None:
+        super().__init__()
+        self.state = state or DashboardState()
+        self.initial_run = run
+        self.selected: str | None = None
+        self.link: DaemonLink | None = None
+        if connect:
+            self.link = DaemonLink(
+                self.state,
+                socket_path,
+                backoff=backoff,
+                wanted_runs=lambda: [self.selected] if self.selected else [],
+            )
+        else:
+            self.state.connection.state = "offline"
+        self._chart_due = False
+        self._chart_drawn = 0.0
+
+    # -- layout -----------------------------------------------------------------------
+
+    def compose(self) -> ComposeResult:
+        yield Header(icon="◆")
+        yield ConnectionBanner(id="banner")
+        yield RunsTable(self.state, id="runs")
+        with Horizontal(id="body"):
+            yield StageTree(self.state, id="stages")
+            with Vertical(id="right"):
+                yield MemoryChart(self.state, id="memory")
+                yield LogView(self.state, id="log")
+                yield SearchBox(placeholder=_SEARCH_HINT, id="search")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.set_interval(1 / FRAME_HZ, self.frame, name="frame")
+        self.set_interval(CLOCK_S, self._tick, name="clock")
+        self.query_one("#search").display = False
+        self.query_one("#runs").focus()
+        self.state.touch_connection()
+        if self.link is not None:
+            self.run_worker(self.link.run(), name="daemon-link", group="link", exit_on_error=False)
+        self.frame()
+        self._tick()
+
+    # -- the frame: batched state → widgets ---------------------------------------------
+
+    def frame(self) -> None:
+        """Apply everything that changed since the last frame."""
+        changes = self.state.take_changes()
+        if changes.runs:
+            self.query_one(RunsTable).sync(changes.runs)
+            if self.selected is None or self.selected not in self.state.runs:
+                self._choose_initial()
+        if changes.connection:
+            self.query_one(ConnectionBanner).show_info(self.state.connection)
+            self._update_header()
+        run = self.selected
+        if run is None:
+            return
+        tree = self.query_one(StageTree)
+        if run in changes.stages_reset:
+            tree.show_run(run)
+        elif run in changes.stages:
+            tree.apply(changes.stages[run])
+        log = self.query_one(LogView)
+        if run in changes.logs_reset:
+            log.reload()
+        elif run in changes.logs:
+            log.append(changes.logs[run])
+        if run in changes.memory:
+            self._chart_due = True
+        now = time.monotonic()
+        if self._chart_due and now - self._chart_drawn >= 1 / CHART_HZ:
+            self._chart_due, self._chart_drawn = False, now
+            self.query_one(MemoryChart).redraw()
+
+    def _tick(self) -> None:
+        self.query_one(RunsTable).tick()
+        self._update_header()
+
+    def _update_header(self) -> None:
+        info = self.state.connection
+        parts = []
+        if info.daemon_version:
+            parts.append(f"daemon {info.daemon_version}")
+        if info.daemon_started and info.state == "connected":
+            parts.append(f"up {formatting.duration(self.state.clock() - info.daemon_started)}")
+        parts.append(_CONNECTION_MARK.get(info.state, info.state))
+        self.sub_title = " · ".join(parts)
+
+    def _choose_initial(self) -> None:
+        table = self.query_one(RunsTable)
+        runs = self.state.runs
+        wanted = self.initial_run if self.initial_run in runs else None
+        if wanted is None:
+            active = [r for r, view in runs.items() if view.summary.state not in FINAL_STATES]
+            wanted = active[0] if active else next(iter(runs), None)
+        if wanted is not None:
+            table.select(wanted)
+        self.select_run(wanted)
+
+    # -- selection ---------------------------------------------------------------------
+
+    @on(RunsTable.RunChosen)
+    def _on_run_chosen(self, message: RunsTable.RunChosen) -> None:
+        # Highlight messages are queued; after a re-sort an older one may name a row
+        # the cursor has already left, so only the row under the cursor counts.
+        if message.run_id == self.query_one(RunsTable).selected_run:
+            self.select_run(message.run_id)
+
+    def select_run(self, run_id: str | None) -> None:
+        """Point the stage tree, chart and log at ``run_id``."""
+        if run_id == self.selected:
+            return
+        self.selected = run_id
+        self.query_one(StageTree).show_run(run_id)
+        self.query_one(LogView).show_run(run_id)
+        self.query_one(MemoryChart).show_run(run_id)
+        if run_id is not None and self.link is not None and self.link.connected:
+            self.run_worker(self._load(run_id), group="load", exit_on_error=False)
+
+    async def _load(self, run_id: str) -> None:
+        try:
+            await self.link.load_run(run_id) if self.link else None
+        except (ProtocolError, NotConnected) as exc:
+            self.notify(f"could not load {run_id}: {exc}", severity="warning")
+
+    @on(LogView.NeedOlder)
+    def _on_need_older(self, message: LogView.NeedOlder) -> None:
+        if self.link is not None and self.link.connected:
+            self.run_worker(
+                self._older(message.run_id, message.before_seq), group="load", exit_on_error=False
+            )
+
+    async def _older(self, run_id: str, before_seq: int) -> None:
+        try:
+            if self.link is not None:
+                await self.link.fetch_logs(run_id, before_seq)
+        except (ProtocolError, NotConnected) as exc:
+            self.notify(f"could not page back: {exc}", severity="warning")
+
+    # -- actions -----------------------------------------------------------------------
+
+    def action_pause(self) -> None:
+        self._control("runs.pause", "pause")
+
+    def action_resume(self) -> None:
+        self._control("runs.resume", "resume")
+
+    def action_retry(self) -> None:
+        if self.selected is not None:
+            self._send("runs.retry", f"retry {self.selected}", run=self.selected)
+
+    def action_kill(self) -> None:
+        self._confirm_kill(force=False)
+
+    def action_force_kill(self) -> None:
+        self._confirm_kill(force=True)
+
+    def _confirm_kill(self, *, force: bool) -> None:
+        run = self.selected
+        if run is None:
+            return
+
+        def done(confirmed: bool | None) -> None:
+            if confirmed:
+                verb = "force-kill" if force else "kill"
+                self._send("runs.kill", f"{verb} {run}", run=run, force=force)
+
+        self.push_screen(ConfirmKill(run, force=force), done)
+
+    def _control(self, method: str, verb: str) -> None:
+        if self.selected is not None:
+            self._send(method, f"{verb} {self.selected}", run=self.selected)
+
+    def _send(self, method: str, what: str, **params: Any) -> None:
+        self.run_worker(self._request(method, what, params), group="actions", exit_on_error=False)
+
+    async def _request(self, method: str, what: str, params: dict[str, Any]) -> None:
+        if self.link is None:
+            self.notify(f"{what}: not attached to a daemon", severity="warning")
+            return
+        try:
+            await self.link.call(method, **params)
+        except (ProtocolError, NotConnected) as exc:
+            self.notify(f"{what}: {exc}", severity="error")
+        else:
+            self.notify(f"{what}: sent", timeout=2)
+
+    def action_follow(self) -> None:
+        following = self.query_one(LogView).toggle_follow()
+        self.notify("log: following" if following else "log: paused", timeout=1.5)
+
+    def action_level(self) -> None:
+        level = self.query_one(LogView).cycle_level()
+        self.notify(f"log level ≥ {level}", timeout=1.5)
+
+    def action_stage_filter(self) -> None:
+        log = self.query_one(LogView)
+        stage = self.query_one(StageTree).highlighted_stage
+        if log.stage_filter is not None or stage in (None, "run"):
+            log.set_stage_filter(None)
+            self.notify("log: all stages", timeout=1.5)
+        else:
+            log.set_stage_filter(stage)
+            self.notify(f"log: stage {stage}", timeout=1.5)
+
+    def action_search(self) -> None:
+        box = self.query_one(SearchBox)
+        box.display = True
+        box.focus()
+
+    @on(Input.Submitted, "#search")
+    def _on_search(self, message: Input.Submitted) -> None:
+        box = self.query_one(SearchBox)
+        box.display = False
+        log = self.query_one(LogView)
+        hits = log.set_search(message.value)
+        log.focus()
+        if message.value:
+            self.notify(f"/{message.value}: {hits} hits", timeout=2)
+
+    def action_search_next(self) -> None:
+        self.query_one(LogView).jump(1)
+
+    def action_search_prev(self) -> None:
+        self.query_one(LogView).jump(-1)
+
+    def action_memory_span(self) -> None:
+        span = self.query_one(MemoryChart).cycle_span()
+        self.notify(f"memory: {span}", timeout=1.5)
+
+    def action_sort(self) -> None:
+        self.query_one(RunsTable).cycle_sort()
+
+    def action_cycle_panel(self) -> None:
+        self._cycle(1)
+
+    def action_cycle_panel_back(self) -> None:
+        self._cycle(-1)
+
+    def _cycle(self, step: int) -> None:
+        panels: list[Widget] = [self.query_one(selector) for selector in PANELS]
+        focused = self.focused
+        index = panels.index(focused) if focused in panels else -1
+        panels[(index + step) % len(panels)].focus()
+
+    def action_detach(self) -> None:
+        """Leave; the daemon keeps every run going (we only ever held a subscription)."""
+        self.exit()
+
+    def action_help(self) -> None:
+        self.push_screen(HelpScreen())
+
+    def get_system_commands(self, screen: Screen[Any]) -> Iterable[SystemCommand]:
+        yield from super().get_system_commands(screen)
+        for command in COMMANDS:
+            yield SystemCommand(
+                f"{command.title} ({command.display})",
+                command.help,
+                partial(self.run_action, command.action),
+            )

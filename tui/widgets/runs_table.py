@@ -1,0 +1,162 @@
+"""The runs table: one row per run, updated cell by cell, sortable, and the panels' selector.
+
+Rows are keyed by run id and only the cells of runs that changed are
+rewritten, so a busy run does not repaint the whole table. Highlighting a row
+(keyboard or mouse) posts :class:`RunsTable.RunChosen`; the app points the
+stage tree, memory chart and log at that run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from rich.text import Text
+from textual.message import Message
+from textual.widgets import DataTable
+
+from supervisor.protocol import RunSummary
+from tui import formatting
+from tui.state import DashboardState
+
+#: (column key, header, sort key of a run). Order is the on-screen order.
+_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("id", "Run"),
+    ("name", "Name"),
+    ("state", "State"),
+    ("progress", "Done"),
+    ("elapsed", "Elapsed"),
+    ("eta", "ETA"),
+    ("stage", "Stage"),
+    ("rss", "RSS"),
+)
+SORT_COLUMNS: tuple[str, ...] = tuple(key for key, _ in _COLUMNS)
+#: Width of the stage cell; longer stage ids keep their tail (the most specific part).
+_STAGE_WIDTH = 22
+
+
+class RunsTable(DataTable[Any]):
+    """All runs the daemon knows, newest state first in each cell."""
+
+    class RunChosen(Message):
+        def __init__(self, run_id: str) -> None:
+            super().__init__()
+            self.run_id = run_id
+
+    def __init__(self, state: DashboardState, **kwargs: Any) -> None:
+        super().__init__(cursor_type="row", zebra_stripes=True, **kwargs)
+        self._state = state
+        self.sort_column: str = "id"
+        self.sort_reverse = False
+        self.border_title = "Runs"
+
+    def on_mount(self) -> None:
+        for key, label in _COLUMNS:
+            self.add_column(label, key=key)
+
+    @property
+    def selected_run(self) -> str | None:
+        if not self.row_count:
+            return None
+        row_key, _ = self.coordinate_to_cell_key((self.cursor_row, 0))
+        return row_key.value
+
+    def sync(self, changed: Iterable[str]) -> None:
+        """Add, update or remove the rows of ``changed`` runs, then restore order and cursor."""
+        selected = self.selected_run
+        added = False
+        for run_id in sorted(changed):
+            view = self._state.runs.get(run_id)
+            exists = run_id in self.rows
+            if view is None:
+                if exists:
+                    self.remove_row(run_id)
+                continue
+            cells = self._cells(view.summary)
+            if not exists:
+                self.add_row(*cells.values(), key=run_id)
+                added = True
+                continue
+            for column, value in cells.items():
+                self.update_cell(run_id, column, value)
+        self._resort(selected, post=added and selected is None)
+
+    def tick(self) -> None:
+        """Once a second: elapsed time of runs still going."""
+        for run_id, view in self._state.runs.items():
+            if view.summary.finished is None and view.summary.started is not None:
+                elapsed = formatting.duration(self._state.elapsed(view.summary))
+                self.update_cell(run_id, "elapsed", elapsed)
+
+    def cycle_sort(self, column: str | None = None) -> None:
+        """Sort by ``column`` (a click on its header; again = reversed), or the next column."""
+        if column is None:
+            index = SORT_COLUMNS.index(self.sort_column)
+            self.sort_column = SORT_COLUMNS[(index + 1) % len(SORT_COLUMNS)]
+            self.sort_reverse = False
+        elif column == self.sort_column:
+            self.sort_reverse = not self.sort_reverse
+        else:
+            self.sort_column, self.sort_reverse = column, False
+        self._resort(self.selected_run, post=False)
+
+    def select(self, run_id: str) -> None:
+        if run_id in self.rows:
+            self.move_cursor(row=self.get_row_index(run_id))
+
+    def on_data_table_header_selected(self, event: DataTable.HeaderSelected) -> None:
+        event.stop()
+        self.cycle_sort(str(event.column_key.value))
+
+    def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        event.stop()
+        if event.row_key.value is not None:
+            self.post_message(self.RunChosen(event.row_key.value))
+
+    # -- internals ------------------------------------------------------------------
+
+    def _resort(self, selected: str | None, *, post: bool) -> None:
+        sort_key = _SORT_KEYS[self.sort_column]
+        state = self._state
+
+        def by_run(run_id_cell: Text | str) -> Any:
+            run_id = run_id_cell.plain if isinstance(run_id_cell, Text) else run_id_cell
+            view = state.runs.get(run_id)
+            return sort_key(view.summary, state) if view else 0
+
+        self.sort("id", key=by_run, reverse=self.sort_reverse)
+        if selected is not None and selected in self.rows:
+            self.move_cursor(row=self.get_row_index(selected), animate=False)
+        elif post and self.row_count:
+            self.move_cursor(row=0)
+            run_id = self.selected_run
+            if run_id is not None:
+                self.post_message(self.RunChosen(run_id))
+
+    def _cells(self, run: RunSummary) -> dict[str, Any]:
+        stage = run.stage or ""
+        if len(stage) > _STAGE_WIDTH:
+            stage = "…" + stage[-(_STAGE_WIDTH - 1) :]
+        return {
+            "id": run.id,
+            "name": run.name,
+            "state": formatting.state_text(run.state, paused_hard=run.paused_hard),
+            "progress": Text(f"{run.progress * 100:5.1f}%", justify="right"),
+            "elapsed": formatting.duration(self._state.elapsed(run)),
+            "eta": formatting.duration(run.eta) if run.state == "running" else "",
+            "stage": stage,
+            "rss": Text(formatting.size(run.rss), justify="right"),
+        }
+
+
+_SortKey = Callable[[RunSummary, DashboardState], Any]
+_SORT_KEYS: dict[str, _SortKey] = {
+    "id": lambda run, _: run.id,
+    "name": lambda run, _: (run.name, run.id),
+    "state": lambda run, _: (run.state, run.id),
+    "progress": lambda run, _: run.progress,
+    "elapsed": lambda run, state: state.elapsed(run) or 0.0,
+    "eta": lambda run, _: run.eta if run.eta is not None else float("inf"),
+    "stage": lambda run, _: run.stage or "",
+    "rss": lambda run, _: run.rss or 0,
+}

@@ -1,0 +1,145 @@
+"""The stage tree of the selected run: run → stage → dataset → window groups, with progress.
+
+Each node's label carries a status icon, a bar, done/total, rate and ETA.
+Updates are incremental: :meth:`StageTree.apply` relabels only the stage ids
+that changed since the last frame and adds nodes for new ids; the whole tree
+is rebuilt only when another run is selected or after a resync snapshot.
+The branch that is running is expanded automatically (and collapsed again when
+it finishes, unless the user opened it); a failed node is shown in red with
+its error, and its ancestors are opened so it cannot be missed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from rich.text import Text
+from textual.widgets import Tree
+from textual.widgets.tree import TreeNode
+
+from tui import formatting
+from tui.state import DashboardState, StageInfo
+
+#: Cells of each node's progress bar.
+BAR_WIDTH = 12
+#: Longest error text shown inline on a failed node (the log has the rest).
+ERROR_CHARS = 80
+#: Names are padded to this many cells so bars line up between siblings.
+NAME_WIDTH = 14
+
+
+class StageTree(Tree[str]):
+    """Progress of one run's stages; ``data`` of every node is its stage id."""
+
+    # Open/closed marks distinct from the ▶ "running" status icon.
+    ICON_NODE = "▸ "
+    ICON_NODE_EXPANDED = "▾ "
+
+    def __init__(self, state: DashboardState, **kwargs: Any) -> None:
+        super().__init__("no run selected", **kwargs)
+        self._state = state
+        self.run_id: str | None = None
+        self._by_stage: dict[str, TreeNode[str]] = {}
+        #: Nodes we opened because they were running; only those are closed again.
+        self._auto_opened: set[str] = set()
+        self.border_title = "Stages"
+        self.show_root = True
+        self.guide_depth = 2
+
+    @property
+    def highlighted_stage(self) -> str | None:
+        node = self.cursor_node
+        return node.data if node is not None else None
+
+    def show_run(self, run_id: str | None) -> None:
+        """Rebuild for ``run_id`` (a new selection or a resync)."""
+        self.run_id = run_id
+        self._by_stage.clear()
+        self._auto_opened.clear()
+        self.clear()
+        self.root.data = None
+        if run_id is None:
+            self.root.set_label("no run selected")
+            return
+        self.root.set_label(Text(run_id, style="bold"))
+        self.root.expand()
+        self.apply(info.id for info in self._state.ordered_stages(run_id))
+
+    def apply(self, stage_ids: Iterable[str]) -> None:
+        """Add or relabel the given stages of the shown run."""
+        if self.run_id is None:
+            return
+        view = self._state.runs.get(self.run_id)
+        if view is None:
+            return
+        touched: dict[str, None] = {}
+        for stage_id in stage_ids:
+            if stage_id in view.stages:
+                touched[stage_id] = None
+                # A child's progress moves its ancestors' bars too.
+                touched.update(dict.fromkeys(view.ancestors(stage_id)))
+        for stage_id in sorted(touched, key=lambda sid: sid.count("/")):
+            self._upsert(view.stages[stage_id], view.fraction(stage_id))
+
+    # -- internals ------------------------------------------------------------------
+
+    def _upsert(self, info: StageInfo, fraction: float) -> None:
+        node = self._by_stage.get(info.id)
+        label = stage_label(info, fraction)
+        if node is None:
+            if info.parent is None:
+                node = self.root
+                node.data = info.id
+                node.set_label(label)
+            else:
+                parent = self._by_stage.get(info.parent, self.root)
+                leaf = info.kind == "window_group"
+                node = parent.add(label, data=info.id, allow_expand=not leaf)
+            self._by_stage[info.id] = node
+        else:
+            node.set_label(label)
+        self._follow_activity(info, node)
+
+    def _follow_activity(self, info: StageInfo, node: TreeNode[str]) -> None:
+        if info.status in ("running", "failed"):
+            for ancestor in _ancestors(node):
+                if not ancestor.is_expanded:
+                    ancestor.expand()
+                    if ancestor.data is not None:
+                        self._auto_opened.add(ancestor.data)
+            if info.status == "running" and info.kind != "window_group" and not node.is_expanded:
+                node.expand()
+                self._auto_opened.add(info.id)
+        elif info.status == "done" and info.id in self._auto_opened and node is not self.root:
+            node.collapse()
+            self._auto_opened.discard(info.id)
+
+
+def _ancestors(node: TreeNode[str]) -> Iterable[TreeNode[str]]:
+    parent = node.parent
+    while parent is not None:
+        yield parent
+        parent = parent.parent
+
+
+def stage_label(info: StageInfo, fraction: float) -> Text:
+    """``▶ bio1          ████░░░░ 12/40 windows 3.1 windows/s ETA 9s``."""
+    symbol, style = formatting.STATE_STYLE.get(info.status, ("?", "white"))
+    text = Text(f"{symbol} ", style=style)
+    text.append(f"{info.name:<{NAME_WIDTH}}", style="bold red" if info.status == "failed" else "")
+    text.append(" ")
+    bar_style = "red" if info.status == "failed" else "green"
+    text.append_text(formatting.bar(fraction, BAR_WIDTH, bar_style))
+    if info.total:
+        text.append(f" {info.done}/{info.total} {info.unit}")
+    speed = formatting.rate(info.rate, info.unit) if info.status == "running" else ""
+    if speed:
+        text.append(f"  {speed}", style="cyan")
+    eta = info.eta
+    if eta is not None:
+        text.append(f"  ETA {formatting.duration(eta)}", style="bright_black")
+    if info.status == "failed" and info.error:
+        error = info.error if len(info.error) <= ERROR_CHARS else info.error[:ERROR_CHARS] + "…"
+        text.append(f"  {error}", style="bold red")
+    return text
