@@ -1,4 +1,4 @@
-"""The TUI's client-side model, fed with real ``pipeline.events`` objects (no Textual, no daemon)."""
+"""The TUI client-side model, fed with real ``pipeline.events`` objects (no Textual, no daemon)."""
 
 from __future__ import annotations
 
