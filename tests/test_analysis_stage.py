@@ -59,6 +59,9 @@ def test_combined_and_test_run_end_to_end(tmp_path: Path) -> None:
     ):
         assert stages[key].status == "done", key
     assert stages["analysis"].done == stages["analysis"].total == 2
+    assert stages["analysis/test"].done == stages["analysis/test"].total == 1
+    assert stages["analysis/combined"].done == stages["analysis/combined"].total == 2
+    assert stages["analysis/combined/som"].done == stages["analysis/combined/som"].total == 4
     leftovers = [p for p in h.out.rglob("*") if ".partial-" in p.name or "scratch" in p.name]
     assert leftovers == [] and not (h.out / ".analysis-work").exists()
 

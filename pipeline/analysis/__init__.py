@@ -52,6 +52,7 @@ def run_analysis(
     output_dir.mkdir(parents=True, exist_ok=True)
     columns = table_columns(table_path, config.columns)
     raster_grid = RasterGrid.of(grid)
+    node.unit = "methods"
     node.start(total=len(methods))
     produced: dict[str, list[Path]] = {}
     outputs: list[Path] = []

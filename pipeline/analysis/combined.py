@@ -28,18 +28,17 @@ def run_combined(run: MethodRun) -> list[Path]:
     config = run.ctx.config.analysis.gwpca
     outputs: list[Path] = []
     earlier = [p for p in run.produced.get("gwpca", []) if p.name == f"gwpca_{LOCAL_TABLE}"]
+    run.node.set_total(1 if earlier else 2)
     if earlier:
         local = earlier[0]
     else:
-        gwpca_node = run.node.child("gwpca", "window_group", unit="steps")
-        gwpca_node.start()
+        gwpca_node = run.phase("gwpca", unit="steps")
         own = run_gwpca(run.derive(node=gwpca_node, prefix=OWN_GWPCA_PREFIX))
-        gwpca_node.finish()
+        run.phase_done(gwpca_node)
         outputs += own
         local = next(p for p in own if p.name.endswith(LOCAL_TABLE))
     loadings = [f"pc{j + 1}_{name}" for j in range(config.components) for name in run.columns]
-    som_node = run.node.child("som", "window_group", unit="steps")
-    som_node.start()
+    som_node = run.phase("som", unit="steps")
     outputs += run_som(
         run.derive(
             table=local,
@@ -48,5 +47,5 @@ def run_combined(run: MethodRun) -> list[Path]:
             node=som_node,
         )
     )
-    som_node.finish()
+    run.phase_done(som_node)
     return outputs

@@ -296,7 +296,7 @@ def evaluate(
     if exclude is not None:
         weights = np.where(idx == exclude[:, None], 0.0, weights)
     weights = np.where(idx >= obs.n, 0.0, weights)
-    return local_pca(obs.values[idx], weights)
+    return local_pca(np.take(obs.values, idx, axis=0), weights)
 
 
 def evaluate_parallel(
@@ -475,10 +475,8 @@ def run_gwpca(run: MethodRun) -> list[Path]:
         )
     batch_rows = run.scaled(ctx.config.analysis.read_batch_rows, floor=1_000)
     rows = table_rows(run.table)
-    load_node = run.node.child(
-        "load", "window_group", total=batch_count(rows, batch_rows), unit="batches"
-    )
-    load_node.start()
+    run.node.set_total(3 + int(config.select_bandwidth))  # load, [bandwidth], local, write
+    load_node = run.phase("load", total=batch_count(rows, batch_rows))
     budget = ctx.governor.budget
     max_points = max(MIN_LOCAL_POINTS, int(DATA_BUDGET_SHARE * budget / (BYTES_PER_POINT + 8 * p)))
 
@@ -487,7 +485,7 @@ def run_gwpca(run: MethodRun) -> list[Path]:
         run.boundary()
 
     loaded = load_observations(run, batch_rows, max_points, loaded_batch)
-    load_node.finish()
+    run.phase_done(load_node)
     if loaded.stride > 1:
         log.warning(
             "gwpca: observations thinned to every %d-th complete row to fit the memory budget",
@@ -518,8 +516,7 @@ def run_gwpca(run: MethodRun) -> list[Path]:
     bandwidth = _bandwidth(run, obs, eval_index, store, chunk_base, p)
 
     batches = math.ceil(len(eval_index) / config.batch_points)
-    local_node = run.node.child("local", "window_group", total=batches, unit="batches")
-    local_node.start(done=len(store.done))
+    local_node = run.phase("local", total=batches, done=len(store.done))
     for index in range(batches):
         if index in store.done:
             continue
@@ -532,7 +529,7 @@ def run_gwpca(run: MethodRun) -> list[Path]:
         store.record(index, result_table(loaded.xy[part], result, run.columns, config.components))
         local_node.advance()
         run.boundary()
-    local_node.finish()
+    run.phase_done(local_node)
     outputs = _finalize(run, store, batches, bandwidth, stats, values, loaded, eval_index)
     store.remove()
     return outputs
@@ -558,10 +555,10 @@ def _bandwidth(
         return Bandwidth.of(config)
     saved = store.load_array("bandwidth")
     if saved is not None:
+        run.node.advance()  # the search finished before the resume
         return Bandwidth.of(config, float(saved[0]))
     lower, upper = search_bounds(obs, config, variables)
-    node = run.node.child("bandwidth", "window_group", unit="scores")
-    node.start()
+    node = run.phase("bandwidth", unit="scores")
 
     def score(value: float) -> float:
         bw = Bandwidth.of(config, value)
@@ -574,7 +571,7 @@ def _bandwidth(
         return result
 
     best, trace = golden_section(score, lower, upper, integer=config.adaptive)
-    node.finish()
+    run.phase_done(node)
     store.save_array("bandwidth", np.array([best]))
     store.save_array("cv_trace", np.array(trace))
     log.info(
@@ -595,8 +592,7 @@ def _finalize(
 ) -> list[Path]:
     config = run.ctx.config.analysis.gwpca
     k = config.components
-    node = run.node.child("write", "window_group", total=4, unit="files")
-    node.start()
+    node = run.phase("write", total=4, unit="files")
     table_path = store.assemble(run.output("local.parquet"), batches)
     outputs = [run.emit_output("table", table_path, rows=len(eval_index))]
     node.advance()
@@ -654,7 +650,7 @@ def _finalize(
         outputs.append(
             run.emit_output("map", path, bands=list(spec.bands), subsample=config.subsample)
         )
-    node.finish()
+    run.phase_done(node)
     return outputs
 
 

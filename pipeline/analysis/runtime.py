@@ -63,6 +63,17 @@ class MethodRun:
         """``base`` shrunk by the governor's current pressure ratio."""
         return self.ctx.governor.chunk_rows(base, floor)
 
+    def phase(self, key: str, total: int = 0, unit: str = "batches", done: int = 0) -> StageNode:
+        """A started sub-step of this method (``analysis/som/assign``)."""
+        node = self.node.child(key, "window_group", total=total, unit=unit)
+        node.start(done=done)
+        return node
+
+    def phase_done(self, phase: StageNode) -> None:
+        """Finish a sub-step and count it on the method's node (its unit is steps)."""
+        phase.finish()
+        self.node.advance()
+
     def emit_output(self, kind: str, path: Path, **detail: Any) -> Path:
         self.ctx.events.emit(
             OutputEvent(kind=kind, path=str(path), stage=self.node.id, detail=detail)

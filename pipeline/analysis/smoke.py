@@ -29,13 +29,8 @@ COMPLETENESS_NODATA = 255
 
 def run_smoke(run: MethodRun) -> list[Path]:
     batch_rows = run.scaled(run.ctx.config.analysis.read_batch_rows, floor=1_000)
-    node = run.node.child(
-        "scan",
-        "window_group",
-        total=batch_count(table_rows(run.table), batch_rows),
-        unit="batches",
-    )
-    node.start()
+    run.node.set_total(1)
+    node = run.phase("scan", total=batch_count(table_rows(run.table), batch_rows))
     stats = ColumnStats.empty(run.columns)
 
     def batches():
@@ -55,7 +50,7 @@ def run_smoke(run: MethodRun) -> list[Path]:
         run.work_root / run.prefix,
         run.cache_bytes,
     )
-    node.finish()
+    run.phase_done(node)
     summary = write_json_atomic(run.output("summary.json"), stats.as_dict())
     return [
         run.emit_output("report", summary, rows=stats.rows),

@@ -60,6 +60,8 @@ log = logging.getLogger("geod.analysis.som")
 
 #: BMU map nodata (uint16): rows without a BMU and cells not in the table.
 BMU_NODATA = 65535
+#: The method's sub-steps, in order (its node counts them).
+SOM_PHASES = ("stats", "train", "assign", "write")
 
 
 def prepare(values: np.ndarray, stats: ColumnStats, missing: str) -> tuple[np.ndarray, np.ndarray]:
@@ -116,23 +118,22 @@ def run_som(run: MethodRun) -> list[Path]:
     )
     store = PartStore(run.work_root, run.prefix, digest)
 
-    stats_node = run.node.child("stats", "window_group", total=batches, unit="batches")
-    stats_node.start()
+    run.node.set_total(len(SOM_PHASES))
+    stats_node = run.phase("stats", total=batches)
 
     def counted() -> None:
         stats_node.advance()
         run.boundary()
 
     stats = compute_stats(run.table, run.columns, batch_rows, counted)
-    stats_node.finish()
+    run.phase_done(stats_node)
     population = stats.complete_rows if config.missing == "drop" else stats.rows
     if population == 0:
         raise AnalysisError(
             f"{run.table}: no complete rows in {', '.join(run.columns)} to train on"
         )
 
-    train_node = run.node.child("train", "window_group", total=1, unit="maps")
-    train_node.start()
+    train_node = run.phase("train", total=1, unit="maps")
     weights = store.load_array("weights")
     _, sample = sample_rows(
         run.table,
@@ -147,12 +148,11 @@ def run_som(run: MethodRun) -> list[Path]:
     som = train(sample, config) if weights is None else _restore(weights, config)
     if weights is None:
         store.save_array("weights", som.get_weights())
-    train_node.finish()
+    run.phase_done(train_node)
     run.boundary()
 
     weights = som.get_weights()
-    assign_node = run.node.child("assign", "window_group", total=batches, unit="batches")
-    assign_node.start(done=len(store.done))
+    assign_node = run.phase("assign", total=batches, done=len(store.done))
     start = min((i for i in range(batches) if i not in store.done), default=batches)
     for batch in iter_table(run.table, run.columns, batch_rows, start_batch=start):
         if batch.index in store.done:
@@ -169,7 +169,7 @@ def run_som(run: MethodRun) -> list[Path]:
         store.record(batch.index, _bmu_table(run.prefix, batch.xy, bmu, distance))
         assign_node.advance()
         run.boundary()
-    assign_node.finish()
+    run.phase_done(assign_node)
     outputs = _finalize(run, store, batches, som, sample, stats)
     store.remove()
     return outputs
@@ -210,8 +210,7 @@ def _finalize(
     stats: ColumnStats,
 ) -> list[Path]:
     config = run.ctx.config.analysis.som
-    node = run.node.child("write", "window_group", total=5, unit="files")
-    node.start()
+    node = run.phase("write", total=5, unit="files")
     bmu_path = store.assemble(run.output("bmu.parquet"), batches)
     outputs = [run.emit_output("table", bmu_path, join=["x", "y"])]
     node.advance()
@@ -267,7 +266,7 @@ def _finalize(
         run.cache_bytes,
     )
     outputs.append(run.emit_output("map", map_path, nodes=len(nodes)))
-    node.finish()
+    run.phase_done(node)
     return outputs
 
 
