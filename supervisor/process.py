@@ -115,33 +115,35 @@ class WorkerProcess:
         on_stdout: LineCallback,
         on_stderr: LineCallback,
     ) -> WorkerProcess:
-        read_fd, write_fd = os.pipe()
-        os.set_inheritable(write_fd, True)
+        # Our own pipes, not asyncio's: asyncio's Process.wait() also waits for its pipes to
+        # close, which a grandchild holding stdout would delay forever.
+        pipes = [os.pipe() for _ in range(3)]  # events, stdout, stderr
+        (events_r, events_w), (out_r, out_w), (err_r, err_w) = pipes
+        os.set_inheritable(events_w, True)
         env = dict(os.environ, PYTHONUNBUFFERED="1")
-        env[EVENTS_FD_ENV] = str(write_fd)
+        env[EVENTS_FD_ENV] = str(events_w)
         try:
             process = await asyncio.create_subprocess_exec(
                 *argv,
                 cwd=cwd,
                 env=env,
                 stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-                pass_fds=(write_fd,),
+                stdout=out_w,
+                stderr=err_w,
+                pass_fds=(events_w,),
                 start_new_session=True,
-                limit=LINE_LIMIT,
             )
         except BaseException:
-            os.close(read_fd)
+            for read_end, _ in pipes:
+                os.close(read_end)
             raise
         finally:
-            os.close(write_fd)  # the worker holds the only write end now: EOF = worker gone
-        events = await _pipe_reader(read_fd)
-        assert process.stdout is not None and process.stderr is not None
+            for _, write_end in pipes:
+                os.close(write_end)  # the worker holds the write ends now: EOF = it is gone
         readers = [
-            asyncio.create_task(_pump(events, on_event, None)),
-            asyncio.create_task(_pump(process.stdout, on_stdout, log)),
-            asyncio.create_task(_pump(process.stderr, on_stderr, log)),
+            asyncio.create_task(_pump(await _pipe_reader(events_r), on_event, None)),
+            asyncio.create_task(_pump(await _pipe_reader(out_r), on_stdout, log)),
+            asyncio.create_task(_pump(await _pipe_reader(err_r), on_stderr, log)),
         ]
         return cls(process, readers)
 

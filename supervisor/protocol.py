@@ -80,7 +80,7 @@ class Selection(_Params):
 
     @model_validator(mode="after")
     def _one_of(self) -> Selection:
-        if (self.run is None) == (not self.all):
+        if (self.run is None) == self.all:
             return self
         raise ValueError("give either a run id or all=true, not both or neither")
 

@@ -42,6 +42,8 @@ MAX_SOCKET_PATH_BYTES = 107
 _PEERCRED = struct.Struct("3i")
 #: Seconds a connection to an existing socket file may take to prove a live daemon.
 STALE_PROBE_TIMEOUT = 1.0
+#: On daemon stop, how long clients get to receive their queued answers (daemon.stop's own).
+CLOSE_FLUSH_TIMEOUT = 1.0
 
 
 class SocketError(RuntimeError):
@@ -102,6 +104,7 @@ class Connection:
         self.subscribed_runs: set[str] | None = None
         self.subscribed_events = True
         self.dropped: str | None = None
+        self.write_task: asyncio.Task[None] | None = None
 
     def send(self, data: bytes) -> None:
         """Queue one line; a client whose queue is full is dropped (it stopped reading)."""
@@ -223,8 +226,19 @@ class Server:
                 conn.send(data)
 
     async def close(self) -> None:
+        """Stop listening, let each client receive what is queued for it, then disconnect."""
         if self._server is not None:
             self._server.close()
+        flushes = []
+        for conn in list(self.connections):
+            try:
+                conn.queue.put_nowait(None)
+                if conn.write_task is not None:
+                    flushes.append(conn.write_task)
+            except asyncio.QueueFull:
+                conn.drop("daemon stopping")
+        if flushes:
+            await asyncio.wait(flushes, timeout=CLOSE_FLUSH_TIMEOUT)
         for conn in list(self.connections):
             conn.writer.transport.abort()
         if self._server is not None:
@@ -250,7 +264,7 @@ class Server:
             writer.close()
             return
         self.connections.add(conn)
-        writer_task = asyncio.create_task(conn.write_loop())
+        writer_task = conn.write_task = asyncio.create_task(conn.write_loop())
         try:
             await self._read_loop(conn)
             if conn.dropped is None:

@@ -312,7 +312,11 @@ class Supervisor:
 
     def _on_worker_state(self, run: Run, state: str) -> None:
         summary = run.summary
-        if state == "paused" and summary.state == "running":
+        worker = self.workers.get(run.id)
+        if state == "running" and worker is not None and self._pending.get(run.id) == "pause":
+            del self._pending[run.id]
+            worker.signal(signal.SIGUSR1)
+        elif state == "paused" and summary.state == "running":
             self._cancel_timer(run, "pause")
             summary.state = "paused"
             self.publish(run)
@@ -343,6 +347,7 @@ class Supervisor:
         intent = self._intents.pop(run.id, None)
         was_paused = summary.state == "paused"
         summary.pid = None
+        summary.rss = None
         summary.paused_hard = False
         summary.finished = time.time()
         summary.exit_code = code
@@ -419,7 +424,12 @@ class Supervisor:
         return changed
 
     def _pause_worker(self, run: Run, worker: WorkerProcess) -> None:
-        worker.signal(signal.SIGUSR1)
+        """SIGUSR1, once the worker said "running" (its handlers exist only from then on:
+        an earlier SIGUSR1 would kill it); SIGSTOP if no acknowledgement within the grace."""
+        if run.worker_state is None:
+            self._pending[run.id] = "pause"
+        else:
+            worker.signal(signal.SIGUSR1)
         self._timer(run, "pause", self.settings.pause_grace, lambda: self._hard_pause(run, worker))
 
     def _hard_pause(self, run: Run, worker: WorkerProcess) -> None:
@@ -444,7 +454,10 @@ class Supervisor:
             worker = self.workers.get(run.id)
             pause_pending = (run.id, "pause") in self._timers or run.id in self._pending
             if summary.state == "paused" and worker is not None:
-                worker.signal(signal.SIGUSR2)
+                if run.worker_state is not None:
+                    worker.signal(signal.SIGUSR2)
+                if self._pending.get(run.id) == "pause":
+                    del self._pending[run.id]
                 if summary.paused_hard:
                     worker.signal_group(signal.SIGCONT)
                     summary.paused_hard = False
@@ -458,7 +471,7 @@ class Supervisor:
                 self._cancel_timer(run, "pause")
                 if self._pending.get(run.id) == "pause":
                     del self._pending[run.id]
-                if worker is not None:
+                if worker is not None and run.worker_state is not None:
                     worker.signal(signal.SIGUSR2)
             elif selection.run is not None and summary.state != "running":
                 raise _bad_state(run, "resume")
