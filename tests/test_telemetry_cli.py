@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from supervisor.embedded import EmbeddedPostgres
+from tests.telemetry_helpers import embedded_scratch_dir
 
 
 def _geod(tmp_path: Path, *args: str, url: str | None = None) -> subprocess.CompletedProcess:
@@ -66,7 +67,12 @@ def test_unreachable_database_is_one_clear_line(tmp_path: Path) -> None:
     assert line.startswith("geod: cannot connect to") and "port=1" in line
 
 
-def test_embedded_default_for_migrate_psql_and_url(tmp_path: Path) -> None:
+def test_embedded_default_for_migrate_psql_and_url() -> None:
+    with embedded_scratch_dir() as directory:
+        _embedded_default(directory)
+
+
+def _embedded_default(tmp_path: Path) -> None:
     migrated = _geod(tmp_path, "db", "migrate")
     assert migrated.returncode == 0, migrated.stderr
     assert "applied 0001_initial" in migrated.stdout

@@ -20,7 +20,12 @@ import pytest
 from supervisor.embedded import EmbeddedPostgres
 from supervisor.protocol import RunSummary
 from supervisor.telemetry.writer import TelemetryWriter
-from tests.telemetry_helpers import count_rows, expected_rows, realistic_events
+from tests.telemetry_helpers import (
+    count_rows,
+    embedded_scratch_dir,
+    expected_rows,
+    realistic_events,
+)
 
 OUTAGE_SECONDS = float(os.environ.get("GEOD_TELEMETRY_OUTAGE_SECONDS", "5"))
 #: Events per second the fake run emits: a busy worker plus the daemon's sampler.
@@ -31,11 +36,12 @@ FLUSH_TIMEOUT = 60.0
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedPostgres]:
-    server = EmbeddedPostgres(tmp_path_factory.mktemp("outage") / "postgres")
-    server.start()
-    yield server
-    server.stop()
+def server() -> Iterator[EmbeddedPostgres]:
+    with embedded_scratch_dir() as directory:
+        server = EmbeddedPostgres.in_state_dir(directory)
+        server.start()
+        yield server
+        server.stop()
 
 
 def _outage_messages(caplog: pytest.LogCaptureFixture) -> tuple[list[str], list[str]]:

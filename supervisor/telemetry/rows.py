@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -62,9 +63,9 @@ class TableSpec:
     def staging(self) -> str:
         return f"geod_stage_{self.name}"
 
-    def staging_ddl(self) -> str:
+    def staging_ddl(self, name: str | None = None) -> str:
         cols = ", ".join(f'"{c.name}" {c.staging_type}' for c in self.columns)
-        return f"CREATE TEMP TABLE {self.staging} ({cols}) ON COMMIT DELETE ROWS"
+        return f"CREATE TEMP TABLE {name or self.staging} ({cols}) ON COMMIT DELETE ROWS"
 
     def insert_sql(self) -> str:
         names = ", ".join(f'"{c.name}"' for c in self.columns)
@@ -427,24 +428,30 @@ class Batch:
 
 
 _COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r", "\x00": ""})
+#: Most strings need no escaping; searching first is cheaper than translating every one.
+_NEEDS_ESCAPE = re.compile(r"[\\\t\n\r\x00]")
 
 
 def _copy_value(value: Any) -> str:
     if value is None:
         return "\\N"
-    if isinstance(value, str):
-        return value.translate(_COPY_ESCAPES)
-    if isinstance(value, bool):
-        return "t" if value else "f"
-    if isinstance(value, float):
+    kind = type(value)
+    if kind is str:
+        return value.translate(_COPY_ESCAPES) if _NEEDS_ESCAPE.search(value) else value
+    if kind is int:
+        return str(value)
+    if kind is float:
         if math.isnan(value):
             return "NaN"
         if math.isinf(value):
             return "Infinity" if value > 0 else "-Infinity"
         return repr(value)
-    return str(value)
+    if kind is bool:
+        return "t" if value else "f"
+    return str(value).translate(_COPY_ESCAPES)
 
 
 def copy_text(rows: Iterable[tuple[Any, ...]]) -> str:
     """Rows in PostgreSQL's COPY text format (tab-separated, ``\\N`` for NULL)."""
-    return "".join("\t".join(map(_copy_value, row)) + "\n" for row in rows)
+    join = "\t".join
+    return "".join([join(map(_copy_value, row)) + "\n" for row in rows])

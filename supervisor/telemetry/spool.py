@@ -1,6 +1,7 @@
 """Append-only spool of telemetry records kept while PostgreSQL is unreachable.
 
-One JSON array per line: ``["e", event]`` or ``["r", rev, summary]``. Lines are
+One record per line: ``e<TAB>event JSON`` or ``r<TAB>revision<TAB>summary JSON``
+(JSON never contains a raw tab or newline). Lines are
 appended in submission order and fsync'd per batch, so a daemon killed during an
 outage loses nothing it had acknowledged to the spool; the next writer replays
 the file (rows are keyed by (run, seq), so replaying twice is harmless) and
@@ -10,7 +11,6 @@ write) is skipped on replay rather than aborting it.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import threading
@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from pipeline.events import Event, decode_dict, event_to_json_dict
+from pipeline.events import decode, encode
 from supervisor.protocol import RunSummary
 
 log = logging.getLogger("geod.telemetry")
@@ -33,18 +33,19 @@ Record = tuple[str, Any] | tuple[str, int, Any]
 
 def encode_record(record: Record) -> bytes:
     if record[0] == "e":
-        body: list[Any] = ["e", event_to_json_dict(record[1])]
-    else:
-        body = ["r", record[1], record[2].model_dump(mode="json")]
-    return json.dumps(body, separators=(",", ":")).encode() + b"\n"
+        return b"e\t" + encode(record[1]).encode() + b"\n"
+    return b"r\t%d\t" % record[1] + record[2].model_dump_json().encode() + b"\n"
 
 
 def decode_record(line: bytes) -> Record:
-    body = json.loads(line)
-    if body[0] == "e":
-        event: Event = decode_dict(body[1])
-        return ("e", event)
-    return ("r", int(body[1]), RunSummary.model_validate(body[2]))
+    """Inverse of :func:`encode_record` (raises ValueError on a malformed line)."""
+    kind, _, body = line.rstrip(b"\n").partition(b"\t")
+    if kind == b"e":
+        return ("e", decode(body))
+    if kind == b"r":
+        rev, _, summary = body.partition(b"\t")
+        return ("r", int(rev), RunSummary.model_validate_json(summary))
+    raise ValueError(f"unknown spool record kind {kind[:10]!r}")
 
 
 def _drop_torn_tail(path: Path) -> None:

@@ -106,7 +106,6 @@ CREATE TABLE geod.events (
     payload jsonb NOT NULL,
     PRIMARY KEY (run, seq)
 );
-CREATE INDEX events_run_type_seq ON geod.events (run, type, seq);
 CREATE INDEX events_time ON geod.events USING brin (time);
 
 CREATE TABLE geod.checkpoints (
