@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -292,3 +297,60 @@ def test_cross_validated_bandwidth_is_recorded(tmp_path: Path) -> None:
     assert metrics["bandwidth"] == min(trace, key=trace.get)
     assert 7 <= metrics["bandwidth"] <= 300
     assert len(trace) >= 5
+
+
+KILL_SCRIPT = """
+import sys
+from pathlib import Path
+sys.path.insert(0, {repo!r})
+from pipeline.analysis import run_analysis
+from tests.analysis_support import make_harness
+h = make_harness(Path({folder!r}), {analysis!r})
+run_analysis(h.ctx, h.table, h.grid, h.out, h.ctx.stage("analysis"))
+"""
+
+
+def test_sigkilled_worker_resumes_with_identical_output(tmp_path: Path) -> None:
+    """A real process killed with SIGKILL mid-stage leaves only complete, listed parts."""
+    analysis = {"methods": ["gwpca"], "gwpca": {"bandwidth": 60, "batch_points": 40}}
+    reference = make_harness(tmp_path / "reference", analysis)
+    run_analysis(
+        reference.ctx,
+        reference.table,
+        reference.grid,
+        reference.out,
+        reference.ctx.stage("analysis"),
+    )
+
+    folder = tmp_path / "killed"
+    folder.mkdir()
+    make_harness(folder, analysis)  # writes the table before the worker starts
+    script = KILL_SCRIPT.format(
+        repo=str(Path(__file__).parent.parent), folder=str(folder), analysis=analysis
+    )
+    parts = folder / "out" / ".analysis-work" / "gwpca"
+    worker = subprocess.Popen([sys.executable, "-c", script])
+    try:
+        deadline = time.monotonic() + 60
+        done: list[Path] = []
+        while time.monotonic() < deadline and len(done) < 3:
+            time.sleep(0.01)
+            done = list(parts.glob("part-*.parquet"))
+        os.kill(worker.pid, signal.SIGKILL)
+    finally:
+        worker.wait()
+    assert worker.returncode == -signal.SIGKILL
+    assert len(done) >= 3, "the worker never got going"
+    assert not (folder / "out" / "gwpca_local.parquet").exists(), "killed too late to test"
+
+    again = make_harness(folder, analysis)
+    run_analysis(again.ctx, again.table, again.grid, again.out, again.ctx.stage("analysis"))
+    resumed_at = next(
+        e.done
+        for e in again.events
+        if isinstance(e, StageEvent) and e.id == "analysis/gwpca/local" and e.status == "running"
+    )
+    assert resumed_at >= 3
+    assert pq.read_table(again.out / "gwpca_local.parquet").equals(
+        pq.read_table(reference.out / "gwpca_local.parquet")
+    )

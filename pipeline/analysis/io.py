@@ -37,7 +37,7 @@ import rasterio.shutil
 from affine import Affine
 from rasterio.windows import Window
 
-from pipeline.export.atomic import commit, discard, partial_path
+from pipeline.export.atomic import PARTIAL_MARKER, commit, discard, partial_path
 
 #: Columns of the merged table that are coordinates or indices, never analysed.
 COORDINATE_COLUMNS = ("x", "y", "row", "col")
@@ -389,12 +389,15 @@ def file_identity(path: Path) -> dict[str, Any]:
 
 
 class PartStore:
-    """Per-batch part files of one analysis pass, and the manifest that lists the done ones.
+    """Per-batch part files of one analysis pass, under a manifest naming what they depend on.
 
-    The manifest names a fingerprint of everything the parts depend on; parts
-    from another config or another table are discarded, never mixed in. A part
-    is written atomically before the manifest lists it, so a listed part is
-    always complete.
+    The manifest holds a fingerprint of everything the parts depend on (config,
+    input table identity); parts from another config or another table are
+    discarded, never mixed in. A part file only ever appears under its final
+    name complete (written to a temporary name, fsynced, renamed), so the set
+    of part files present *is* the set of finished batches: no per-batch
+    manifest rewrite is needed, and a SIGKILL between the two cannot disagree.
+    Leftover temporary files of a killed write are removed on open.
     """
 
     def __init__(self, root: Path, key: str, digest: str) -> None:
@@ -402,10 +405,12 @@ class PartStore:
         self.digest = digest
         self.root.mkdir(parents=True, exist_ok=True)
         self._manifest = self.root / "manifest.json"
-        self.done: set[int] = set()
         state = self._read()
         if state.get("fingerprint") == digest and state.get("version") == MANIFEST_VERSION:
-            self.done = set(state.get("done", []))
+            for leftover in self.root.glob(f"*{PARTIAL_MARKER}*"):
+                leftover.unlink()
+            finished = self.root.glob("part-*.parquet")
+            self.done = {int(part.stem.removeprefix("part-")) for part in finished}
         else:
             self.reset()
 
@@ -419,12 +424,8 @@ class PartStore:
         for leftover in self.root.iterdir():
             if leftover.is_file():
                 leftover.unlink()
-        self.done = set()
-        self._write_manifest()
-
-    def _write_manifest(self) -> None:
-        state = {"version": MANIFEST_VERSION, "fingerprint": self.digest, "done": sorted(self.done)}
-        write_json_atomic(self._manifest, state)
+        self.done: set[int] = set()
+        write_json_atomic(self._manifest, {"version": MANIFEST_VERSION, "fingerprint": self.digest})
 
     def part(self, index: int) -> Path:
         return self.root / f"part-{index:06d}.parquet"
@@ -432,7 +433,6 @@ class PartStore:
     def record(self, index: int, table: pa.Table) -> None:
         write_parquet_atomic(self.part(index), table)
         self.done.add(index)
-        self._write_manifest()
 
     def save_array(self, name: str, array: np.ndarray) -> Path:
         return write_npy_atomic(self.root / f"{name}.npy", array)
