@@ -32,6 +32,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -266,7 +267,6 @@ class MergeStream:
     def merge_window(self, window: Window) -> pa.RecordBatch:
         """The merged rows of one grid window (after the skip/require rules)."""
         height, width = int(window.height), int(window.width)
-        row0, col0 = int(window.row_off), int(window.col_off)
         layers = [self.store.read_window(spec.name, window) for spec in self.specs]
         valids = [
             valid_mask(data, spec.nodata) for data, spec in zip(layers, self.specs, strict=True)
@@ -274,28 +274,34 @@ class MergeStream:
         keep = np.logical_or.reduce(valids) if self.config.merge.skip_all_nodata else None
         for index in self._required:
             keep = valids[index] if keep is None else keep & valids[index]
-        select = None if keep is None or keep.all() else np.flatnonzero(keep.ravel())
+        if keep is not None and keep.all():
+            keep = None
+
+        def pick(values: np.ndarray) -> np.ndarray:
+            """Row-major values of the kept cells (boolean indexing: no index arrays)."""
+            return values.ravel() if keep is None else values[keep]
 
         xs, ys = self.grid.cell_centers(window)
-        if select is None:
-            rows = np.repeat(np.arange(height, dtype=np.int32), width)
-            cols = np.tile(np.arange(width, dtype=np.int32), height)
-        else:
-            rows, cols = np.divmod(select.astype(np.int64), width)
-        columns: list[pa.Array] = [pa.array(xs[cols]), pa.array(ys[rows])]
+        columns: list[pa.Array] = [
+            pa.array(pick(np.broadcast_to(xs, (height, width)))),
+            pa.array(pick(np.broadcast_to(ys[:, None], (height, width)))),
+        ]
         if self.config.merge.include_row_col:
+            rows = np.arange(int(window.row_off), int(window.row_off) + height, dtype=np.int32)
+            cols = np.arange(int(window.col_off), int(window.col_off) + width, dtype=np.int32)
             columns += [
-                pa.array((rows + row0).astype(np.int32)),
-                pa.array((cols + col0).astype(np.int32)),
+                pa.array(pick(np.broadcast_to(rows[:, None], (height, width)))),
+                pa.array(pick(np.broadcast_to(cols, (height, width)))),
             ]
         for data, valid in zip(layers, valids, strict=True):
-            values = data.ravel() if select is None else data.ravel()[select]
-            invalid = ~(valid.ravel() if select is None else valid.ravel()[select])
-            columns.append(pa.array(values, mask=invalid if invalid.any() else None))
+            invalid = ~pick(valid)
+            columns.append(pa.array(pick(data), mask=invalid if invalid.any() else None))
         return pa.RecordBatch.from_arrays(columns, schema=self.schema)
 
-    def chunks(self, governor: MemoryGovernor, start_chunk: int = 0) -> Iterator[MergedChunk]:
-        """Merged chunks of units ``start_chunk..``; parts thin out under memory pressure."""
+    def _parts(
+        self, governor: MemoryGovernor, start_chunk: int
+    ) -> Iterator[tuple[int, int, bool, Window]]:
+        """(unit, part, last, window) in order; part height follows the governor."""
         for index in range(start_chunk, self.plan.total):
             unit = self.plan.unit(index)
             self._check_complete(unit)
@@ -304,11 +310,28 @@ class MergeStream:
             while done < unit.height:
                 rows = min(governor.chunk_rows(self.plan.band_rows), int(unit.height) - done)
                 window = Window(unit.col_off, unit.row_off + done, unit.width, rows)
-                batch = self.merge_window(window)
                 done += rows
-                yield MergedChunk(index, part, done >= unit.height, window, batch)
-                governor.after_window(STAGE)
+                yield index, part, done >= unit.height, window
                 part += 1
+
+    def chunks(self, governor: MemoryGovernor, start_chunk: int = 0) -> Iterator[MergedChunk]:
+        """Merged chunks of units ``start_chunk..``; parts thin out under memory pressure.
+
+        The next part is read and merged on a helper thread while the consumer
+        writes the current one (Zarr decoding, numpy and the Arrow writers all
+        release the GIL), so at most two parts are in memory at once.
+        """
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="geod-merge") as pool:
+            pending: tuple[tuple[int, int, bool, Window], Future[pa.RecordBatch]] | None = None
+            for part in self._parts(governor, start_chunk):
+                future = pool.submit(self.merge_window, part[3])
+                if pending is not None:
+                    yield MergedChunk(*pending[0], pending[1].result())
+                    governor.after_window(STAGE)
+                pending = (part, future)
+            if pending is not None:
+                yield MergedChunk(*pending[0], pending[1].result())
+                governor.after_window(STAGE)
 
 
 def iter_merged(

@@ -12,7 +12,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -187,7 +186,9 @@ def test_csv_float_precision_is_decimal_places(tmp_path: Path) -> None:
 
 
 def test_disk_full_is_one_line_and_leaves_no_file(tmp_path: Path) -> None:
-    run = build_run(tmp_path, resolution=0.5, export={"formats": ["parquet", "csv"]})
+    run = build_run(
+        tmp_path, resolution=0.5, export={"formats": ["parquet", "csv"]}, layers=LAYERS[:1]
+    )
     out = out_dir(run)
     out.mkdir()
     mounted = subprocess.run(
@@ -308,30 +309,46 @@ def test_unreachable_database_is_one_line_without_password(tmp_path: Path) -> No
 KILL_SCRIPT = """
 import sys
 from pathlib import Path
-from tests.test_export import context
-from tests.test_merge import reopen_run
+from pipeline.context import RunContext
+from pipeline.control import Controller
+from pipeline.events import EventSink, StateEvent
 from pipeline.export import run_merge_export
-run = reopen_run(Path(sys.argv[1]), resolution=0.25, export={"formats": ["csv"]})
-ctx = context(run)
+from tests.test_merge import LAYERS, reopen_run
+
+def tell_parent(event):
+    if isinstance(event, StateEvent) and event.state == "paused":
+        print("paused", flush=True)
+
+run = reopen_run(Path(sys.argv[1]), resolution=0.5, merge={"chunk_rows": 16},
+                 export={"formats": ["parquet", "csv"]}, layers=LAYERS[:1])
+sink = EventSink(callback=tell_parent)
+ctx = RunContext(run.config, sink, Controller(sink), run.governor())
+ctx.control.request_pause()  # holds the export at its first chunk boundary
 run_merge_export(ctx, run.store, run.grid, ctx.stage("export"))
 """
 
 
 def test_killed_export_leaves_no_final_file_and_the_next_run_cleans_up(tmp_path: Path) -> None:
-    run = build_run(tmp_path, resolution=0.25, export={"formats": ["csv"]})
+    options = {"resolution": 0.5, "merge": {"chunk_rows": 16}, "layers": LAYERS[:1]}
+    run = build_run(tmp_path, export={"formats": ["parquet", "csv"]}, **options)
     out = out_dir(run)
-    child = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, str(tmp_path)], cwd=REPO)
-    deadline = time.monotonic() + 60
-    partial: list[Path] = []
-    while not partial and child.poll() is None and time.monotonic() < deadline:
-        partial = [p for p in out.glob(f"merged.csv{PARTIAL_MARKER}*") if p.stat().st_size]
-        time.sleep(0.01)
-    assert partial, "the export never started writing"
+    child = subprocess.Popen(
+        [sys.executable, "-c", KILL_SCRIPT, str(tmp_path)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    # The child pauses after its first chunk is written; killing it there is
+    # a SIGKILL in the middle of the export, deterministically.
+    assert child.stdout is not None and child.stdout.readline() == "paused\n"
     os.kill(child.pid, signal.SIGKILL)
     child.wait()
-    assert not (out / "merged.csv").exists()
-    assert [p.name for p in out.iterdir()] == [partial[0].name]
+    leftovers = sorted(p.name for p in out.iterdir())
+    assert [name.split(PARTIAL_MARKER)[0] for name in leftovers] == ["merged.csv", "merged.parquet"]
+    assert all(PARTIAL_MARKER in name for name in leftovers)
+    assert (out / leftovers[0]).stat().st_size > 0  # it really was mid-write
 
-    (path,) = export(run)
-    assert [p.name for p in out.iterdir()] == ["merged.csv"]
-    assert pacsv.read_csv(path).num_rows == merged_table(run).num_rows
+    paths = export(run)
+    assert sorted(p.name for p in out.iterdir()) == ["merged.csv", "merged.parquet"]
+    rows = merged_table(run).num_rows
+    assert pacsv.read_csv(paths[1]).num_rows == pq.read_table(paths[0]).num_rows == rows

@@ -14,6 +14,7 @@ the export, naming the cells.
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +29,8 @@ from pipeline.export.base import Exporter, locate
 from pipeline.grid import Placement, TargetGrid, place
 from pipeline.merge import MergeStream, valid_mask
 from pipeline.source import SourceInfo
+
+log = logging.getLogger("geod.export")
 
 #: Mismatches spelled out in the error line; the rest are counted.
 MAX_REPORTED = 5
@@ -152,6 +155,15 @@ def source_values(stream: MergeStream, cells: dict[int, Expected]) -> dict[str, 
     """Source pixel of every sampled cell, for each passthrough dataset (None: nodata/outside)."""
     out: dict[str, dict[int, Any]] = {}
     for spec in stream.specs:
+        path = stream.config.dataset(spec.name).path
+        if not path.exists():
+            log.warning(
+                "%s: source %s is gone; its cells are checked against the store only",
+                spec.name,
+                path,
+                extra={"stage": "export", "dataset": spec.name},
+            )
+            continue
         opened = _open_source(stream, spec.name)
         if opened is None:
             continue
