@@ -206,6 +206,7 @@ def test_pipeline_huge_bandwidth_equals_global_pca_of_standardized_table(tmp_pat
     assert set(local.column("winner").to_pylist()) == {winner}
     metrics = json.loads((h.out / "gwpca_metrics.json").read_text())
     np.testing.assert_allclose(metrics["global_eigenvalues"], eigenvalues, rtol=1e-9)
+    assert_same_components(np.array(metrics["global_loadings"]), vectors, 3)
 
 
 def test_maps_on_the_subsampled_grid_carry_the_table(tmp_path: Path) -> None:

@@ -39,6 +39,18 @@ sized by the memory governor and run on ``gwpca.workers`` threads (numpy's
 BLAS and LAPACK release the GIL). Every batch of evaluation points is a part
 file; a killed run resumes at the first missing part.
 
+Outputs (``PREFIX`` = ``gwpca``, or ``combined_gwpca``): ``PREFIX_local.parquet``
+— one row per evaluation point: x, y, neighbours (positive weights),
+eigenvalue_1…p (local variances), pv_pc1…k and pv_cumulative (% of the local
+variance), pcJ_<column> (loading of a column on component J ≤ k), winner /
+winner_index (largest |loading| on PC1); ``PREFIX_metrics.json`` — bandwidth
+(and the CV trace when selected), counts, column means/stds, and the global PCA
+(``global_loadings[i][j]``: variable i on component j) for comparison;
+GeoTIFFs on the target grid strided by ``gwpca.subsample``: ``PREFIX_pv.tif``
+(one band per pv column), ``PREFIX_pc1_loadings.tif`` (one band per column) and
+``PREFIX_winner.tif`` (uint8 column index, names in the ``winner_<i>`` tags,
+nodata 255).
+
 Data points. All complete rows of the table are the observations, held in
 memory with the KD-tree; if they would exceed :data:`DATA_BUDGET_SHARE` of the
 memory budget they are thinned to a regular stride (every 2nd, 4th, … complete
@@ -223,17 +235,33 @@ def local_pca(values: np.ndarray, weights: np.ndarray) -> LocalPca:
     mean = np.einsum("bk,bkp->bp", weights, values) / safe[:, None]
     centred = (values - mean[:, None, :]) * np.sqrt(weights)[:, :, None]
     cov = np.matmul(centred.transpose(0, 2, 1), centred) / safe[:, None, None]
+    eigenvalues, vectors = principal_axes(cov)
+    invalid = used < MIN_LOCAL_POINTS
+    eigenvalues[invalid] = np.nan
+    vectors[invalid] = np.nan
+    return LocalPca(eigenvalues, vectors, used)
+
+
+def principal_axes(cov: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Eigenvalues (descending) and sign-normalised eigenvectors of covariances (B, p, p)."""
     eigenvalues, vectors = np.linalg.eigh(cov)
     eigenvalues = np.clip(eigenvalues[:, ::-1], 0.0, None)
     vectors = vectors[:, :, ::-1]
     rows = np.arange(len(vectors))[:, None]
     biggest = np.abs(vectors).argmax(axis=1)
     signs = np.sign(vectors[rows, biggest, np.arange(vectors.shape[2])[None, :]])
-    vectors = vectors * np.where(signs == 0, 1.0, signs)[:, None, :]
-    invalid = used < MIN_LOCAL_POINTS
-    eigenvalues[invalid] = np.nan
-    vectors[invalid] = np.nan
-    return LocalPca(eigenvalues, vectors, used)
+    return eigenvalues, vectors * np.where(signs == 0, 1.0, signs)[:, None, :]
+
+
+def global_pca(values: np.ndarray, rows_per_chunk: int) -> tuple[np.ndarray, np.ndarray]:
+    """Unweighted PCA of all observations, accumulated in row chunks (no full copy)."""
+    mean = values.mean(axis=0)
+    cov = np.zeros((values.shape[1], values.shape[1]))
+    for start in range(0, len(values), rows_per_chunk):
+        centred = values[start : start + rows_per_chunk] - mean
+        cov += centred.T @ centred
+    eigenvalues, vectors = principal_axes((cov / len(values))[None])
+    return eigenvalues[0], vectors[0]
 
 
 @dataclass(frozen=True)
@@ -510,10 +538,8 @@ def run_gwpca(run: MethodRun) -> list[Path]:
         loaded.stride,
     )
     store = PartStore(run.work_root, run.prefix, digest)
-    chunk_base = max(
-        1, int(CHUNK_BUDGET_SHARE * budget / (BYTES_PER_SLOT * p * _slots(config, obs)))
-    )
-    bandwidth = _bandwidth(run, obs, eval_index, store, chunk_base, p)
+    bandwidth = _bandwidth(run, obs, eval_index, store, p)
+    chunk_base = _chunk_points(run, bandwidth, obs, p)
 
     batches = math.ceil(len(eval_index) / config.batch_points)
     local_node = run.phase("local", total=batches, done=len(store.done))
@@ -535,10 +561,13 @@ def run_gwpca(run: MethodRun) -> list[Path]:
     return outputs
 
 
-def _slots(config: GwpcaConfig, obs: Observations) -> int:
-    if config.adaptive:
-        return max(1, min(int(config.bandwidth), obs.n))
-    return max(1, min(config.max_neighbours, obs.n))
+def _chunk_points(run: MethodRun, bw: Bandwidth, obs: Observations, variables: int) -> int:
+    """Points per sub-chunk so all workers' neighbour arrays fit their budget share."""
+    config = run.ctx.config.analysis.gwpca
+    limit = int(bw.value) if bw.adaptive else config.max_neighbours
+    slots = max(1, min(limit, obs.n))
+    share = CHUNK_BUDGET_SHARE * run.ctx.governor.budget / config.workers
+    return max(1, int(share / (BYTES_PER_SLOT * variables * slots)))
 
 
 def _bandwidth(
@@ -546,7 +575,6 @@ def _bandwidth(
     obs: Observations,
     eval_index: np.ndarray,
     store: PartStore,
-    chunk_base: int,
     variables: int,
 ) -> Bandwidth:
     """The configured bandwidth, or the CV-selected one (remembered across a resume)."""
@@ -562,7 +590,7 @@ def _bandwidth(
 
     def score(value: float) -> float:
         bw = Bandwidth.of(config, value)
-        chunk = run.scaled(chunk_base)
+        chunk = run.scaled(_chunk_points(run, bw, obs, variables))
         result = cv_score(
             obs, eval_index, bw, config.components, config.max_neighbours, chunk, config.workers
         )
@@ -597,7 +625,7 @@ def _finalize(
     outputs = [run.emit_output("table", table_path, rows=len(eval_index))]
     node.advance()
 
-    global_pca = local_pca(values[None, :, :], np.ones((1, len(values))))
+    global_values, global_axes = global_pca(values, run.ctx.config.analysis.read_batch_rows)
     cv_trace = store.load_array("cv_trace")
     metrics = {
         "method": run.prefix,
@@ -616,8 +644,8 @@ def _finalize(
         "subsample": config.subsample,
         "column_mean": stats.mean.tolist(),
         "column_std": stats.std.tolist(),
-        "global_eigenvalues": global_pca.eigenvalues[0].tolist(),
-        "global_loadings": global_pca.loadings[0].tolist(),
+        "global_eigenvalues": global_values.tolist(),
+        "global_loadings": global_axes.tolist(),
     }
     outputs.append(
         run.emit_output("report", write_json_atomic(run.output("metrics.json"), metrics))
