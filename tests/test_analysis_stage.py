@@ -116,3 +116,12 @@ def test_no_complete_rows_fails_without_partial_outputs(tmp_path: Path) -> None:
         run_analysis(h.ctx, h.table, h.grid, h.out, h.ctx.stage("analysis"))
     assert not list(h.out.glob("gwpca_*"))
     assert h.stages()["analysis/gwpca"].status == "failed"
+
+
+def test_non_numeric_column_is_one_clear_error(tmp_path: Path) -> None:
+    h = make_harness(tmp_path, {"methods": ["test"]})
+    table = pq.read_table(h.table)
+    labels = pa.array(["x"] * table.num_rows)
+    pq.write_table(table.set_column(table.schema.get_field_index("b"), "b", labels), h.table)
+    with pytest.raises(AnalysisError, match=r"merged\.parquet: column 'b' is string, not numeric"):
+        run_analysis(h.ctx, h.table, h.grid, h.out, h.ctx.stage("analysis"))

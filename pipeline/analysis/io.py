@@ -122,7 +122,8 @@ def open_table(path: Path) -> pq.ParquetFile:
 
 def table_columns(path: Path, wanted: Sequence[str] | None) -> list[str]:
     """The analysed columns: ``wanted`` (all checked present) or every non-coordinate one."""
-    names = open_table(path).schema_arrow.names
+    schema = open_table(path).schema_arrow
+    names = schema.names
     for required in ("x", "y"):
         if required not in names:
             raise AnalysisError(f"{path}: column {required!r} missing (has {', '.join(names)})")
@@ -133,10 +134,15 @@ def table_columns(path: Path, wanted: Sequence[str] | None) -> list[str]:
                 f"{path}: analysis column(s) {', '.join(missing)} not in the table "
                 f"(has {', '.join(names)})"
             )
-        return list(wanted)
-    columns = [n for n in names if n not in COORDINATE_COLUMNS]
+        columns = list(wanted)
+    else:
+        columns = [n for n in names if n not in COORDINATE_COLUMNS]
     if not columns:
         raise AnalysisError(f"{path}: no data columns to analyse")
+    for name in columns:
+        kind = schema.field(name).type
+        if not (pa.types.is_integer(kind) or pa.types.is_floating(kind)):
+            raise AnalysisError(f"{path}: column {name!r} is {kind}, not numeric")
     return columns
 
 
