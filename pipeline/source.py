@@ -28,6 +28,6 @@ class SourceInfo:
     @property
     def bounds(self) -> tuple[float, float, float, float]:
         """west, south, east, north of the raster (north-up rasters)."""
-        west, north = self.transform * (0, 0)
-        east, south = self.transform * (self.width, self.height)
+        west, north = self.transform @ (0, 0)
+        east, south = self.transform @ (self.width, self.height)
         return (min(west, east), min(south, north), max(west, east), max(south, north))
