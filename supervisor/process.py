@@ -16,6 +16,7 @@ import contextlib
 import logging
 import os
 import signal
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -35,6 +36,9 @@ PIPE_DRAIN_TIMEOUT = 5.0
 
 #: psutil create times are rounded from clock ticks; equal within this many seconds.
 _CREATE_TIME_SLACK = 0.05
+
+#: How often a leftover worker is checked for having exited.
+_LEFTOVER_POLL = 0.05
 
 LineCallback = Callable[[bytes], None]
 
@@ -222,8 +226,16 @@ def terminate_leftover(pid: int, create_time: float | None, grace: float) -> boo
     for signum in (signal.SIGTERM, signal.SIGCONT):
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pid, signum)
-    with contextlib.suppress(psutil.Error):
-        process.wait(timeout=grace)
+    # Not our child (its parent died): poll, and count a zombie as gone, since whoever
+    # inherited it may never reap it.
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        try:
+            if process.status() == psutil.STATUS_ZOMBIE:
+                break
+        except psutil.Error:
+            break
+        time.sleep(_LEFTOVER_POLL)
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, signal.SIGKILL)
     return True

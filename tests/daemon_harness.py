@@ -46,8 +46,9 @@ POLL = 0.05
 
 class DaemonHarness:
     def __init__(self, tmp: Path, **settings: Any) -> None:
+        tmp.mkdir(parents=True, exist_ok=True)
         self.tmp = tmp
-        self.state_dir = tmp / "state"
+        self.state_dir = Path(settings.get("state_dir", tmp / "state"))
         self.socket_dir = Path(tempfile.mkdtemp(prefix="geod-", dir="/tmp"))
         self.socket_path = self.socket_dir / "s.sock"
         self.settings_path = tmp / "geod.yml"
