@@ -118,7 +118,7 @@ def writer_throughput(
     assert writer.flush(FLUSH_TIMEOUT), writer.status()
     elapsed = time.perf_counter() - start
     cpu = time.process_time() - cpu
-    spilled = writer.spooled
+    spilled = writer.spilled
     writer.close()
     conn = psycopg2.connect(url)
     with conn.cursor() as cur:

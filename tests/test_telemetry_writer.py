@@ -133,7 +133,7 @@ def test_full_queue_spills_to_spool_without_blocking_or_loss(
     writer = _writer(database_url, tmp_path, queue_size=10, batch_size=10, flush_interval=5.0)
     for event in events:
         writer.record_event(event)
-    assert writer.spooled > 0, "a 10-record queue must overflow into the spool"
+    assert writer.spilled > 0, "a 10-record queue must overflow into the spool"
     assert writer.flush(FLUSH_TIMEOUT)
     writer.close()
     assert count_rows(database_url, "r4") == expected_rows(events)

@@ -27,15 +27,21 @@ SPOOL_DIR_NAME = "telemetry"
 __all__ = ["TelemetryWriter", "open_telemetry"]
 
 
-def open_telemetry(settings: Any, state_dir: Path) -> TelemetryWriter:
+def open_telemetry(
+    settings: Any, state_dir: Path, config: TelemetryConfig | None = None
+) -> TelemetryWriter:
     """Resolve the database (embedded if none configured), migrate it, start the writer.
 
-    ``settings`` needs ``database_url`` and may carry ``telemetry``
-    (:class:`pipeline.config.TelemetryConfig`; defaults otherwise). A database
-    that is down now is not an error: the writer spools until it is back.
-    Closing the writer also stops an embedded server this call started.
+    ``settings`` is the daemon's :class:`supervisor.settings.Settings` (only
+    ``database_url`` is read). ``config`` gives flush_interval, batch_size and
+    retention_days (defaults: :class:`pipeline.config.TelemetryConfig`). A
+    database that is down now is not an error: the writer spools until it is
+    back. Closing the writer also stops an embedded server this call started.
+    Raises :class:`supervisor.embedded.EmbeddedError` if the embedded server
+    cannot start and :class:`~supervisor.telemetry.migrate.MigrationError` if
+    the schema does not match this geod.
     """
-    telemetry: TelemetryConfig = getattr(settings, "telemetry", None) or TelemetryConfig()
+    telemetry = config or TelemetryConfig()
     database = open_database(getattr(settings, "database_url", None), state_dir)
     try:
         migrate_url(database.url)

@@ -2,9 +2,11 @@
 
 The daemon's event loop calls :meth:`TelemetryWriter.record_event` and
 :meth:`TelemetryWriter.record_run`; both only append to a bounded in-memory
-queue (or, if that is full, to the spool file) and return. The writer thread
-flushes every ``flush_interval`` seconds or ``batch_size`` records, staging rows
-with COPY and moving them with one ``INSERT … SELECT … ON CONFLICT`` per table.
+queue (or, if that is full, to the spool file) and return. A collector thread
+takes a batch every ``flush_interval`` seconds or ``batch_size`` records and
+builds its rows; the database thread stages them with COPY and moves them with
+one ``INSERT … SELECT … ON CONFLICT`` per table. The two overlap, so Python
+row building and PostgreSQL's inserting use two cores.
 
 When the database is unreachable, batches go to the spool (fsync'd per batch)
 and the thread reconnects with exponential backoff; once connected it replays
@@ -22,11 +24,13 @@ import io
 import json
 import logging
 import os
+import queue
 import socket
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,9 +48,10 @@ from supervisor.telemetry.spool import Record, Spool
 log = logging.getLogger("geod.telemetry")
 
 _DEFAULTS = TelemetryConfig()
-#: Records held in memory before callers spill to the spool: at the daemon's peak
-#: event rates (a few thousand per second) this is tens of seconds of slack.
-QUEUE_SIZE = 100_000
+#: Records held in memory before callers spill to the spool: four default batches,
+#: seconds of slack at a busy run's event rate, and a bounded share of daemon
+#: memory (an event object is around a kilobyte).
+QUEUE_SIZE = 4 * _DEFAULTS.batch_size
 #: First reconnect delay; doubles per failed attempt up to MAX_BACKOFF.
 FIRST_BACKOFF = 0.5
 #: A restarted database is picked up within this many seconds.
@@ -73,6 +78,14 @@ def _current_user() -> str:
         return getpass.getuser()
     except (KeyError, OSError):
         return str(os.getuid())
+
+
+@dataclass
+class _Prepared:
+    """A batch of records and, if building them worked, their COPY text per table."""
+
+    records: list[Record]
+    texts: dict[str, str] | None
 
 
 class TelemetryWriter:
@@ -102,7 +115,8 @@ class TelemetryWriter:
         self._host = socket.gethostname()
         self._user = _current_user()
 
-        self._cond = threading.Condition()
+        self._cond = threading.Condition()  # the queue; the collector waits on it
+        self._done = threading.Condition(self._cond)  # flush() waits on it
         self._items: deque[Record] = deque()
         self._stopping = False
         self._flush_wanted = False
@@ -117,14 +131,26 @@ class TelemetryWriter:
         self._outage_reason: str | None = None
         self._next_prune = 0.0
         self.written = 0
+        #: Records the writer thread put in the spool (database away).
         self.spooled = 0
+        #: Records callers put in the spool because the queue was full.
+        self.spilled = 0
         self.rejected = 0
-        self._thread = threading.Thread(target=self._run, name="geod-telemetry", daemon=True)
+        #: Batches travel collector → database thread one at a time, so the next
+        #: batch's rows are built while the database stores the previous one.
+        self._handoff: queue.Queue[_Prepared | None] = queue.Queue(maxsize=1)
+        self._preparing: list[Record] = []
+        self._in_flight: list[Record] = []
+        self._collector = threading.Thread(
+            target=self._collect, name="geod-telemetry-collect", daemon=True
+        )
+        self._thread = threading.Thread(target=self._store, name="geod-telemetry", daemon=True)
 
     # -- the sink protocol ---------------------------------------------------------------
 
     def start(self) -> TelemetryWriter:
         self._thread.start()
+        self._collector.start()
         return self
 
     def record_run(self, run: RunSummary) -> None:
@@ -144,16 +170,24 @@ class TelemetryWriter:
         """Flush what is queued (to the database, or the spool if it is away) and stop."""
         with self._cond:
             self._stopping = True
-            self._cond.notify()
+            self._cond.notify_all()
+        deadline = time.monotonic() + timeout
+        for thread in (self._collector, self._thread):
+            if thread.is_alive():
+                thread.join(max(0.0, deadline - time.monotonic()))
         if self._thread.is_alive():
-            self._thread.join(timeout)
-        if self._thread.is_alive():
+            # The database hangs: put everything not yet committed in the spool
+            # (some of it may be committed after all; replays are idempotent).
+            left = list(self._in_flight) + list(self._preparing)
+            with contextlib.suppress(queue.Empty):
+                while (item := self._handoff.get_nowait()) is not None:
+                    left.extend(item.records)
             with self._cond:
-                left = list(self._items)
+                left.extend(self._items)
                 self._items.clear()
             self._spool.append(left)
             log.warning(
-                "telemetry writer did not finish within %.0fs; %d queued records spooled to %s",
+                "telemetry writer did not finish within %.0fs; %d records spooled to %s",
                 timeout,
                 len(left),
                 self._spool.path,
@@ -174,8 +208,6 @@ class TelemetryWriter:
         deadline = time.monotonic() + timeout
         with self._cond:
             target = self._submitted
-            self._flush_wanted = True
-            self._cond.notify()
             while True:
                 if (
                     self._handled >= target
@@ -187,8 +219,8 @@ class TelemetryWriter:
                 if left <= 0 or not self._thread.is_alive():
                     return False
                 self._flush_wanted = True
-                self._cond.notify()
-                self._cond.wait(min(left, self.flush_interval))
+                self._cond.notify_all()
+                self._done.wait(min(left, self.flush_interval))
 
     def status(self) -> dict[str, Any]:
         with self._cond:
@@ -201,6 +233,7 @@ class TelemetryWriter:
             "spool_bytes": self._spool.size() - self._spool.replayed,
             "written": self.written,
             "spooled": self.spooled,
+            "spilled": self.spilled,
             "rejected": self.rejected,
         }
 
@@ -217,14 +250,15 @@ class TelemetryWriter:
                     self._cond.notify()
                 return
             self._handled += 1
+            self.spilled += 1
         # Queue full (database slow or away): keep the caller moving; the
         # writer thread fsyncs and replays the spool.
         self._spool.append([record], sync=False)
-        self.spooled += 1
 
     # -- writer thread ---------------------------------------------------------------------
 
-    def _run(self) -> None:
+    def _collect(self) -> None:
+        """Take batches off the queue on time or when full, build their rows, hand them on."""
         next_flush = time.monotonic() + self.flush_interval
         while True:
             with self._cond:
@@ -239,24 +273,39 @@ class TelemetryWriter:
                     self._cond.wait(left)
                 take = min(len(self._items), self.batch_size)
                 batch = [self._items.popleft() for _ in range(take)]
+                self._preparing = batch
                 stopping = self._stopping and not self._items
                 self._flush_wanted = bool(self._items) and self._flush_wanted
             if not batch or time.monotonic() >= next_flush or stopping:
                 next_flush = time.monotonic() + self.flush_interval
             try:
-                self._deliver(batch)
+                texts: dict[str, str] | None = self._prepare(batch)
+            except Exception as exc:  # the database thread rebuilds and reports it
+                log.debug("telemetry: building rows failed (%s)", _reason(exc))
+                texts = None
+            self._handoff.put(_Prepared(batch, texts))
+            self._preparing = []
+            if stopping:
+                self._handoff.put(None)
+                return
+
+    def _store(self) -> None:
+        """The database thread: write each batch, or spool it, then count it handled."""
+        while (item := self._handoff.get()) is not None:
+            self._in_flight = item.records
+            try:
+                self._deliver(item.records, item.texts)
             except Exception as exc:  # never let the thread die: spool and carry on
                 log.error("telemetry writer: unexpected %s; spooling", _reason(exc))
-                self._spool.append(batch)
+                self._spool.append(item.records)
                 self._drop_connection()
+            self._in_flight = []
             with self._cond:
-                self._handled += len(batch)
-                self._cond.notify_all()
-            if stopping:
-                break
+                self._handled += len(item.records)
+                self._done.notify_all()
         self._drop_connection()
 
-    def _deliver(self, batch: list[Record]) -> None:
+    def _deliver(self, batch: list[Record], texts: dict[str, str] | None) -> None:
         self._spool.sync()
         connected = self._connected()
         if batch and (not connected or self._spool.pending()):
@@ -270,7 +319,7 @@ class TelemetryWriter:
                 self._recovered(0)
         if batch and self._conn is not None:
             try:
-                self._write(batch)
+                self._write(batch, texts)
             except psycopg2.Error as exc:
                 self._lost(exc)
                 self._spool.append(batch)
@@ -349,11 +398,11 @@ class TelemetryWriter:
         self._outage_since = None
         self._outage_reason = None
 
-    def _write(self, records: list[Record]) -> None:
+    def _write(self, records: list[Record], texts: dict[str, str] | None = None) -> None:
         """Commit ``records`` in one transaction; data errors isolate the bad records."""
         assert self._conn is not None
         try:
-            self._copy(records)
+            self._copy(texts if texts is not None else self._prepare(records))
         except _DATA_ERRORS as exc:
             self._conn.rollback()
             if len(records) == 1:
@@ -365,8 +414,8 @@ class TelemetryWriter:
             return
         self.written += len(records)
 
-    def _copy(self, records: list[Record]) -> None:
-        assert self._conn is not None
+    def _prepare(self, records: list[Record]) -> dict[str, str]:
+        """table → COPY text of the rows ``records`` become (no database needed)."""
         batch = Batch()
         now = time.time()
         for record in records:
@@ -374,10 +423,14 @@ class TelemetryWriter:
                 batch.add_event(record[1])
             else:
                 batch.add_run(record[2], record[1], self._host, self._user, now)
+        return {table: copy_text(rows) for table, rows in batch.tables().items()}
+
+    def _copy(self, texts: dict[str, str]) -> None:
+        assert self._conn is not None
         with self._conn.cursor() as cur:
-            for table, rows in batch.tables().items():
+            for table, text in texts.items():
                 spec = TABLES[table]
-                cur.copy_expert(f"COPY {spec.staging} FROM STDIN", io.StringIO(copy_text(rows)))
+                cur.copy_expert(f"COPY {spec.staging} FROM STDIN", io.StringIO(text))
                 cur.execute(spec.insert_sql())
         self._conn.commit()
 
