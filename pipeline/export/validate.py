@@ -57,6 +57,9 @@ class ExportedSampler:
         priority = self._rng.random(batch.num_rows)
         threshold = self._priority.max() if len(self._priority) >= self.size else math.inf
         candidates = np.flatnonzero(priority < threshold)
+        if len(candidates) > self.size:  # only the batch's own k smallest can win
+            best = np.argpartition(priority[candidates], self.size - 1)[: self.size]
+            candidates = np.sort(candidates[best])
         if not len(candidates):
             return
         rows, cols = locate(batch.take(pa.array(candidates)), self._grid)
