@@ -30,6 +30,23 @@ dataset's ``nodata`` override), else the dtype's minimum (signed) or maximum
 
 Datasets already on the grid (:func:`pipeline.grid.place`) are copied window
 by window without any resampling, converting dtype and nodata by the same rule.
+
+Known differences from the reference gdalwarp 3.6 (rasterio bundles GDAL 3.10;
+tests/test_resample.py pins each one down):
+
+* gdalwarp 3.6 ``average`` also fills the row and column just before a source
+  that starts inside the grid (pixels the source does not cover) by repeating
+  the first covered ones; GDAL 3.10 leaves them nodata.
+* GDAL 3.10 ``average`` returns a value outside the data for the grid column
+  ending at 180°E when the source only partly covers it, and leaves the rows
+  poleward of ~86° empty for an EPSG:6933 source; this happens in a single
+  whole-raster warp too, so it is GDAL's, not the windowing's.
+* ``sum`` (and any method that counts whole source pixels) can differ where
+  target pixel edges fall exactly on source pixel edges: GDAL's approximate
+  transformer interpolates along each window's rows, and rounding at ulp level
+  decides whether an edge pixel counts.
+* ``gdal_warp_scale`` emulates GDAL's edge sampling; GDAL's retry with
+  ``CHECK_WITH_INVERT_PROJ`` for bogus source windows is not emulated.
 """
 
 from __future__ import annotations
