@@ -50,6 +50,8 @@ NODATA_ATTR = "geod_nodata"
 COORDINATE_NAMES = ("x", "y")
 #: Checksum recorded for a chunk zarr did not write because it is all fill value.
 EMPTY_CHUNK = "-"
+#: Suffix of zarr's temporary chunk files (zarr.storage LocalStore writes, then renames).
+PARTIAL_SUFFIX = ".partial"
 #: blake2b digest size: 16 bytes is ample to catch torn or foreign chunk files.
 DIGEST_BYTES = 16
 
@@ -140,6 +142,7 @@ class LayerStore:
                 and np.dtype(array.dtype) == np.dtype(dtype)
                 and array.shape == (self.grid.height, self.grid.width)
             ):
+                self._remove_partials(name)
                 self._load_manifest(name)
                 return
             log.warning(
@@ -164,6 +167,11 @@ class LayerStore:
         )
         _write_atomic(self._manifest(name), "")
         self._done[name] = {}
+
+    def _remove_partials(self, name: str) -> None:
+        """Delete chunk temp files a killed writer left (zarr renames them into place)."""
+        for leftover in (self.root / name / "c").rglob(f"*{PARTIAL_SUFFIX}"):
+            leftover.unlink(missing_ok=True)
 
     def layer_names(self) -> list[str]:
         """Layers in this store (arrays written by :meth:`ensure_layer`), sorted."""

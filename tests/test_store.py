@@ -40,9 +40,12 @@ def test_written_windows_read_back_and_persist_across_reopen(tmp_path: Path) -> 
     assert store.is_complete("bio1", windows[0])
     assert not store.is_complete("bio1", windows[1])
 
+    leftover = tmp_path / "s.zarr" / "bio1" / "c" / "0" / "0.3f2a.partial"
+    leftover.write_bytes(b"half a chunk from a killed writer")
     reopened = LayerStore(tmp_path / "s.zarr", GRID, CHUNK)
     reopened.ensure_layer("bio1", "float32", None, "fp-1")
     assert reopened.completed("bio1") == 4
+    assert not leftover.exists()
     np.testing.assert_array_equal(
         reopened.read_window("bio1", windows[0]), _window_data(windows[0], 0)
     )
