@@ -52,6 +52,8 @@ _KIB = 1024
 _SECONDS_PER_MINUTE = 60
 _SECONDS_PER_HOUR = 3600
 _SECONDS_PER_DAY = 86400
+#: Line width when stdout is not a terminal (pipes, files): wide enough for any runs table.
+PIPED_WIDTH = 240
 #: Width of the text progress bar in the runs table.
 PROGRESS_BAR_WIDTH = 10
 #: Times older than this are shown with their date, younger ones as a clock time.
@@ -59,7 +61,12 @@ _SAME_DAY_SECONDS = _SECONDS_PER_DAY
 
 
 def stdout_console() -> Console:
-    return Console(highlight=False)
+    """The terminal's width on a terminal; wide when piped, so ``grep``/``awk`` see whole rows
+    (rich would otherwise squeeze tables to 80 columns and truncate ids)."""
+    console = Console(highlight=False)
+    if not console.is_terminal:
+        console = Console(highlight=False, width=PIPED_WIDTH)
+    return console
 
 
 def print_json(data: Any) -> None:
@@ -131,7 +138,8 @@ def elapsed(run: RunSummary, now: float | None = None) -> float | None:
 def runs_table(runs: Iterable[RunSummary], now: float | None = None) -> Table:
     table = Table(box=None, header_style="bold", pad_edge=False)
     for column in ("ID", "NAME", "STATE", "PROGRESS", "STAGE", "STARTED", "ELAPSED", "ETA"):
-        table.add_column(column, no_wrap=column != "STAGE")
+        # The stage may wrap; an id or a state cut to "r00…" would be useless.
+        table.add_column(column, no_wrap=column != "STAGE", overflow="fold")
     table.add_column("RSS", justify="right", no_wrap=True)
     table.add_column("PEAK", justify="right", no_wrap=True)
     for run in runs:
