@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pipeline.events import LogEvent, StageEvent, event_to_json_dict
+from pipeline.events import LogEvent, MemoryEvent, StageEvent, event_to_json_dict
 from tests import tui_recording as rec
 from tui import state as state_module
 from tui.state import DashboardState, LogLine
@@ -97,19 +97,50 @@ def test_stage_reset_on_resync_replaces_the_tree() -> None:
     assert set(state.runs[rec.RUN].stages) == {"run", "catalog", "resample"}
 
 
-def test_memory_levels_and_history_merge() -> None:
-    state, _ = _loaded()
+def test_memory_levels_tree_samples_and_worker_readings() -> None:
+    state, events = _loaded()
     view = state.runs[rec.RUN]
     assert view.levels.budget == rec.BUDGET
     assert (view.levels.warning, view.levels.critical) == (0.8, 0.9)
     assert view.levels.level == "warning"
+    samples = [e for e in events if e["type"] == "memory" and e.get("operation") == "sample"]
+    readings = [e for e in events if e["type"] == "memory" and e.get("operation") is None]
+    assert [s.rss for s in view.memory] == [e["rss"] for e in samples]
+    # Worker readings are a second apart in the recording: none is thinned away.
+    assert [s.window_size for s in view.worker_memory] == [e["window_size"] for e in readings]
+
+
+def test_worker_readings_are_thinned_but_window_changes_kept() -> None:
+    state = DashboardState()
+    state.apply_snapshot(rec.snapshot_before(rec.events(), 0))
+    for seq in range(1, 101):  # 100 readings in one second, the window halves half-way
+        state.apply_event(
+            MemoryEvent(
+                run=rec.RUN,
+                seq=seq,
+                time=rec.T0 + seq / 100,
+                rss=seq * 1000,
+                window_size=512 if seq <= 50 else 256,
+            )
+        )
+    readings = state.runs[rec.RUN].worker_memory
+    assert [r.window_size for r in readings] == [512, 256]
+    assert [r.rss for r in readings] == [50_000, 100_000]  # the peak of each stretch
+
+
+def test_memory_history_merges_with_live_samples() -> None:
+    state, events = _loaded()
+    view = state.runs[rec.RUN]
     live = len(view.memory)
-    first = view.memory[0]
-    history = [
-        {"time": rec.T0 - 10, "rss": 100, "system_available": 5, "window_size": 512},
-        {"time": first.time, "rss": first.rss},  # same sample as a live one
-    ]
-    state.merge_memory(rec.RUN, history)
+    first = next(e for e in events if e.get("operation") == "sample")
+    history = {
+        "run": rec.RUN,
+        "samples": [
+            {"type": "memory", "time": rec.T0 - 10, "rss": 100, "operation": "sample"},
+            first,  # already held
+        ],
+    }
+    state.merge_memory(rec.RUN, history["samples"])
     assert len(view.memory) == live + 1
     assert view.memory[0].time == rec.T0 - 10
     assert [s.time for s in view.memory] == sorted(s.time for s in view.memory)

@@ -163,8 +163,7 @@ async def test_log_stage_filter_follows_the_tree_cursor() -> None:
         log = app.query_one(LogView)
         assert log.stage_filter == "resample/landcover"
         assert log.shown and all(
-            line.dataset == "landcover" or line.stage == "resample/landcover"
-            for line in log.shown
+            line.dataset == "landcover" or line.stage == "resample/landcover" for line in log.shown
         )
         await pilot.press("s")  # again: all stages
         assert log.stage_filter is None

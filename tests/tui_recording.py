@@ -108,6 +108,17 @@ def events(run: str = RUN) -> list[dict[str, Any]]:
                     stage=f"resample/{dataset}",
                 )
             )
+            # The daemon's own sample of the worker's process tree (children included).
+            out.append(
+                MemoryEvent(
+                    time=t + 0.5,
+                    rss=(450 + 30 * step + 20 * index) * _MIB,
+                    uss=(420 + 30 * step + 20 * index) * _MIB,
+                    system_available=3000 * _MIB - step * 10 * _MIB,
+                    stage=f"resample/{dataset}",
+                    operation="sample",
+                )
+            )
         if status == "done":
             out.append(
                 _stage(

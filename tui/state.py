@@ -40,6 +40,10 @@ LOG_BUFFER_LINES = 20_000
 #: Memory samples kept per run: one per ``telemetry.memory_interval`` (1 s by default)
 #: is about 6 hours; the chart's "whole run" view decimates longer histories.
 MEMORY_SAMPLES = 20_000
+#: The daemon marks its own process-tree samples with this ``MemoryEvent.operation``.
+TREE_SAMPLE = "sample"
+#: Worker readings come after every window (up to ~100/s); one per this many seconds is kept.
+WORKER_READING_S = 1.0
 #: Progress samples kept per stage for its rate; the rate is measured over this window.
 RATE_WINDOW_S = 15.0
 #: Upper bound of progress samples per stage inside the rate window (100 events/s × 15 s).
@@ -162,7 +166,10 @@ class RunView:
     children: dict[str, list[str]] = field(default_factory=dict)
     logs: deque[LogLine] = field(default_factory=lambda: deque(maxlen=LOG_BUFFER_LINES))
     logs_loaded: bool = False
+    #: The daemon's samples of the worker's process tree (RSS/USS, system available).
     memory: deque[MemorySample] = field(default_factory=lambda: deque(maxlen=MEMORY_SAMPLES))
+    #: The worker's own readings between windows, thinned: RSS and the governor's window.
+    worker_memory: deque[MemorySample] = field(default_factory=lambda: deque(maxlen=MEMORY_SAMPLES))
     levels: MemoryLevels = field(default_factory=MemoryLevels)
     worker_state: str | None = None
 
@@ -358,21 +365,20 @@ class DashboardState:
         view = self.runs.get(run_id)
         if view is None:
             return
-        by_time = {sample.time: sample for sample in view.memory}
+        tree = {sample.time: sample for sample in view.memory}
+        worker = {sample.time: sample for sample in view.worker_memory}
         for raw in samples:
-            sample = MemorySample(
-                float(raw["time"]),
-                int(raw["rss"]),
-                raw.get("system_available"),
-                raw.get("window_size"),
-            )
-            by_time.setdefault(sample.time, sample)
-            if raw.get("budget"):
-                view.levels.budget = int(raw["budget"])
-        view.memory = deque(
-            (by_time[t] for t in sorted(by_time)),
-            maxlen=MEMORY_SAMPLES,
-        )
+            event = decode_dict({**raw, "type": "memory"})
+            if not isinstance(event, MemoryEvent):
+                continue
+            sample = MemorySample(event.time, event.rss, event.system_available, event.window_size)
+            if event.operation == TREE_SAMPLE:
+                tree.setdefault(sample.time, sample)
+            else:
+                worker.setdefault(sample.time, sample)
+                self._levels(view, event)
+        view.memory = deque((tree[t] for t in sorted(tree)), maxlen=MEMORY_SAMPLES)
+        view.worker_memory = deque((worker[t] for t in sorted(worker)), maxlen=MEMORY_SAMPLES)
         self._changes.memory.add(run_id)
 
     # -- reading --------------------------------------------------------------------
@@ -408,11 +414,29 @@ class DashboardState:
         info.update(event)
 
     def _memory(self, view: RunView, event: MemoryEvent) -> None:
-        view.memory.append(
-            MemorySample(event.time, event.rss, event.system_available, event.window_size)
-        )
+        sample = MemorySample(event.time, event.rss, event.system_available, event.window_size)
+        if event.operation == TREE_SAMPLE:
+            view.memory.append(sample)
+        else:
+            self._levels(view, event)
+            readings = view.worker_memory
+            last = readings[-1] if readings else None
+            # Keep a reading per WORKER_READING_S, but never lose a window-size change.
+            if (
+                last is not None
+                and sample.time - last.time < WORKER_READING_S
+                and last.window_size == sample.window_size
+            ):
+                readings[-1] = MemorySample(
+                    last.time, max(last.rss, sample.rss), sample.system_available, last.window_size
+                )
+            else:
+                readings.append(sample)
+        self._changes.memory.add(view.summary.id)
+
+    @staticmethod
+    def _levels(view: RunView, event: MemoryEvent) -> None:
         levels = view.levels
         levels.budget = event.budget or levels.budget
         levels.warning = event.warning or levels.warning
         levels.critical = event.critical or levels.critical
-        self._changes.memory.add(view.summary.id)

@@ -57,34 +57,42 @@ class MemoryChart(PlotextPlot):
         plt = self.plt
         plt.clear_data()
         view = self._state.runs.get(self.run_id) if self.run_id else None
-        samples = self._window(list(view.memory)) if view else []
-        if view is None or not samples:
+        # RSS from the daemon's samples of the whole worker tree when there are any
+        # (children included); a replay of worker events only has the worker's own.
+        tree = list(view.memory) if view else []
+        readings = list(view.worker_memory) if view else []
+        rss = self._window(tree or readings)
+        if view is None or not rss:
             self.border_subtitle = f"no samples · {self.span_label}"
             self.refresh()
             return
-        now = samples[-1].time
-        xs = [(sample.time - now) / _MINUTE for sample in samples]
-        plt.plot(xs, [sample.rss / _MIB for sample in samples], label="RSS", color="green")
-        available = [(x, s.system_available) for x, s in zip(xs, samples, strict=True)]
-        available = [(x, value) for x, value in available if value is not None]
+        now = max(rss[-1].time, readings[-1].time if readings else 0.0)
+        start = rss[0].time
+
+        def minutes(t: float) -> float:
+            return (t - now) / _MINUTE
+
+        xs = [minutes(s.time) for s in rss]
+        plt.plot(xs, [s.rss / _MIB for s in rss], label="RSS", color="green")
+        available = [s for s in rss if s.system_available is not None]
         if available:
             plt.plot(
-                [x for x, _ in available],
-                [value / _MIB for _, value in available],
+                [minutes(s.time) for s in available],
+                [(s.system_available or 0) / _MIB for s in available],
                 label="avail",
                 color="blue",
             )
-        windows = [(x, s.window_size) for x, s in zip(xs, samples, strict=True) if s.window_size]
+        windows = [s for s in self._window(readings) if s.window_size and s.time >= start]
         if windows:
             plt.plot(
-                [x for x, _ in windows],
-                [float(value) for _, value in windows],
+                [minutes(s.time) for s in windows],
+                [float(s.window_size or 0) for s in windows],
                 label="window px",
                 color="magenta",
                 yside="right",
             )
         levels = view.levels
-        span = [xs[0], xs[-1]] if len(xs) > 1 else [xs[0] - 1.0, xs[0]]
+        span = [xs[0], 0.0] if xs[0] < 0 else [-1.0, 0.0]
         if levels.budget:
             budget = levels.budget / _MIB
             plt.plot(span, [budget, budget], label="budget", color="red")

@@ -1,0 +1,254 @@
+"""geo-tui against a real daemon running the real demo pipeline (Pilot, no mock server).
+
+One daemon per module (its own state dir and short socket path), the real
+``pipeline.worker`` on the demo layers with small windows. The run is paused
+between tests so it neither finishes early nor eats the two cores the app
+needs; a test that wants activity resumes it and pauses it again.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import write_demo_config
+from tests.daemon_harness import DaemonHarness
+from tests.tui_support import pilot_test
+from tui import connection
+from tui.app import GeodApp
+from tui.connection import Backoff
+from tui.screens.confirm_kill import ConfirmKill
+from tui.widgets.banner import ConnectionBanner
+from tui.widgets.log_view import LogView
+from tui.widgets.runs_table import RunsTable
+from tui.widgets.stage_tree import StageTree
+
+SIZE = (120, 40)
+#: The issue's bound: a pause shows as paused within a second of the key press.
+PAUSE_VISIBLE_S = 1.0
+#: Bound for anything else asynchronous (worker start, a page of logs, a reconnect).
+WAIT_S = 60.0
+#: Daemon falls back to SIGSTOP after this: a pause is visible even between windows.
+PAUSE_GRACE_S = 0.5
+#: Fast reconnects so the outage test does not sit in backoff.
+FAST_BACKOFF = Backoff(first=0.1, ceiling=0.5)
+SMALL_WINDOWS = {"window_size": 512, "threads": 1}
+#: A budget below the worker's RSS: the governor shrinks the window and says so at
+#: WARNING level, so the level filter and the chart's levels have real material.
+TIGHT_MEMORY = {"budget": "96MiB", "reduced_window": 256, "min_window": 256}
+
+
+@pytest.fixture(scope="module")
+def daemon(
+    demo_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[DaemonHarness, str]]:
+    """The daemon and one demo run, paused once its resample stage has produced logs."""
+    tmp = tmp_path_factory.mktemp("tui-daemon")
+    harness = DaemonHarness(
+        tmp,
+        worker_command=[sys.executable, "-m", "pipeline.worker"],
+        pause_grace=PAUSE_GRACE_S,
+        concurrency=2,
+    )
+    harness.start()
+    try:
+        config = write_demo_config(tmp, demo_dir, resampling=SMALL_WINDOWS, memory=TIGHT_MEMORY)
+        run_id = harness.submit(config)
+        harness.wait(run_id, lambda run: (run["stage"] or "").startswith("resample/"), WAIT_S)
+        harness.call("runs.pause", run=run_id)
+        harness.wait(run_id, "paused")
+        yield harness, run_id
+    finally:
+        harness.cleanup()
+
+
+def attached(harness: DaemonHarness, run_id: str | None = None) -> GeodApp:
+    return GeodApp(socket_path=harness.socket_path, run=run_id, backoff=FAST_BACKOFF)
+
+
+async def until(pilot, predicate: Callable[[], bool], timeout: float = WAIT_S) -> float:
+    """Let the app run until ``predicate`` holds; returns the seconds it took."""
+    start = time.monotonic()
+    while not predicate():
+        assert time.monotonic() - start < timeout, "condition not reached in time"
+        await pilot.pause(0.02)
+    return time.monotonic() - start
+
+
+def _state(app: GeodApp, run_id: str) -> str:
+    cell = app.query_one(RunsTable).get_cell(run_id, "state")
+    return cell.plain
+
+
+@pilot_test
+async def test_attach_shows_runs_stage_tree_logs_and_memory(daemon) -> None:
+    harness, run_id = daemon
+    app = attached(harness)
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: app.selected == run_id)
+        view = app.state.runs[run_id]
+        tree = app.query_one(StageTree)
+        log = app.query_one(LogView)
+        await until(pilot, lambda: bool(log.shown) and bool(view.memory))
+        assert app.state.connection.state == "connected"
+        assert app.state.connection.daemon_version
+        assert "connected" in app.sub_title and "daemon" in app.sub_title
+        assert _state(app, run_id).endswith("paused")
+        # The tree mirrors the daemon's stages, with the run at the root.
+        assert set(tree._by_stage) == set(view.stages)
+        assert tree.root.data == "run"
+        assert "resample" in tree._by_stage and tree._by_stage["resample"].is_expanded
+        # The back-filled log holds the daemon's newest lines, in order, once each.
+        seqs = [line.seq for line in log.shown]
+        assert seqs == sorted(set(seqs))
+        newest = harness.call("logs.tail", run=run_id, limit=1)[-1]
+        assert seqs[-1] == newest["seq"]
+        assert view.memory[-1].rss > 0
+
+
+@pilot_test
+async def test_pause_and_resume_keys(daemon) -> None:
+    harness, run_id = daemon
+    app = attached(harness, run_id)
+    async with app.run_test(size=SIZE) as pilot:
+        table = app.query_one(RunsTable)
+        await until(pilot, lambda: app.selected == run_id and run_id in table.rows)
+        await pilot.press("r")
+        await until(pilot, lambda: _state(app, run_id) == "▶ running")
+        assert harness.run(run_id)["state"] == "running"
+        before = app.state.runs[run_id].applied_seq
+        await until(pilot, lambda: app.state.runs[run_id].applied_seq > before)  # live events
+        await pilot.press("p")
+        took = await until(pilot, lambda: _state(app, run_id).startswith("‖ paused"))
+        assert took < PAUSE_VISIBLE_S, f"paused showed after {took:.2f} s"
+        assert harness.run(run_id)["state"] == "paused"
+
+
+@pilot_test
+async def test_level_stage_filters_and_search_on_live_logs(daemon) -> None:
+    harness, run_id = daemon
+    app = attached(harness, run_id)
+    async with app.run_test(size=SIZE) as pilot:
+        log = app.query_one(LogView)
+        await until(pilot, lambda: app.state.runs.get(run_id) is not None and bool(log.shown))
+        everything = list(log.shown)
+        assert any(line.level == "INFO" for line in everything)
+        for _ in range(2):
+            await pilot.press("l")
+        assert log.min_level == "WARNING"
+        # What stays is exactly what the daemon itself returns for level=WARNING.
+        daemon_view = harness.call("logs.tail", run=run_id, limit=10_000, level="WARNING")
+        held = {line.seq for line in everything}
+        expected = [e["seq"] for e in daemon_view if e["seq"] in held]
+        assert [line.seq for line in log.shown] == expected
+        assert all(line.level != "INFO" for line in log.shown)
+        for _ in range(2):
+            await pilot.press("l")
+        assert log.min_level == "DEBUG" and log.shown == everything
+        # Stage filter from the tree's cursor.
+        tree = app.query_one(StageTree)
+        tree.focus()
+        tree.move_cursor(tree._by_stage["catalog"])
+        await pilot.press("s")
+        assert log.stage_filter == "catalog"
+        assert log.shown == [line for line in everything if line.stage == "catalog"]
+        assert 0 < len(log.shown) < len(everything)
+        await pilot.press("s")
+        assert log.stage_filter is None and log.shown == everything
+        # Search: the hits are exactly the rows whose message contains the term.
+        term = "started"
+        await pilot.press("slash", *term, "enter")
+        hits = log.hits()
+        assert hits == [i for i, line in enumerate(log.shown) if term in line.message]
+        assert hits
+
+
+@pilot_test
+async def test_scrolling_up_pages_older_lines_from_the_daemon(daemon, monkeypatch) -> None:
+    harness, run_id = daemon
+    # A demo run logs a few dozen lines: pages of two make the paging visible.
+    monkeypatch.setattr(connection, "LOG_PAGE", 2)
+    app = attached(harness, run_id)
+    async with app.run_test(size=SIZE) as pilot:
+        log = app.query_one(LogView)
+        await until(pilot, lambda: len(log.shown) >= 2)
+        oldest = log.shown[0].seq
+        first_row_before = log.shown[0]
+        log.focus()
+        await pilot.press("home")  # leaves follow mode and hits the top: asks for older
+        await until(pilot, lambda: log.shown[0].seq < oldest)
+        assert not log.follow
+        seqs = [line.seq for line in log.shown]
+        assert seqs == sorted(set(seqs))
+        expected = harness.call("logs.tail", run=run_id, limit=2, before_seq=oldest)
+        assert [e["seq"] for e in expected] == seqs[: len(expected)]
+        # The line the user was reading stays where it was, below the prepended page
+        # (as far as the view can scroll: a short log fits on screen whole).
+        assert log.scroll_y == min(seqs.index(first_row_before.seq), log.max_scroll_y)
+
+
+@pilot_test
+async def test_two_dashboards_see_the_same_actions(daemon) -> None:
+    harness, run_id = daemon
+    first, second = attached(harness, run_id), attached(harness, run_id)
+    async with first.run_test(size=SIZE) as pilot_a, second.run_test(size=SIZE) as pilot_b:
+        for app, pilot in ((first, pilot_a), (second, pilot_b)):
+            await until(pilot, lambda app=app: run_id in app.query_one(RunsTable).rows)
+        await pilot_a.press("r")
+        await until(pilot_b, lambda: _state(second, run_id) == "▶ running")
+        await pilot_b.press("p")
+        await until(pilot_a, lambda: _state(first, run_id).startswith("‖ paused"))
+
+
+@pilot_test
+async def test_daemon_restart_banner_keeps_state_and_resyncs_without_duplicates(daemon) -> None:
+    harness, run_id = daemon
+    app = attached(harness, run_id)
+    async with app.run_test(size=SIZE) as pilot:
+        log = app.query_one(LogView)
+        banner = app.query_one(ConnectionBanner)
+        await until(pilot, lambda: bool(log.shown))
+        assert not banner.display
+        shown_before = list(log.shown)
+        harness.stop()  # graceful: the worker checkpoints and says so in its last lines
+        await until(pilot, lambda: app.state.connection.state != "connected")
+        await until(pilot, lambda: banner.display)
+        assert "unreachable" in str(banner.content)
+        # The last picture stays.
+        assert app.query_one(RunsTable).row_count >= 1
+        assert log.shown[: len(shown_before)] == shown_before
+        harness.start()
+        await until(pilot, lambda: app.state.connection.state == "connected")
+        await until(pilot, lambda: not banner.display)
+        # The new daemon logs its start-up for the run; resync brings those lines in once.
+        await pilot.pause(0.5)
+        seqs = [line.seq for line in app.state.runs[run_id].logs]
+        assert seqs == sorted(set(seqs))
+        shown = [line.seq for line in log.shown]
+        assert shown == sorted(set(shown))
+        # And the table agrees with the new daemon about the run.
+        await until(pilot, lambda: _state(app, run_id).split()[1] == harness.run(run_id)["state"])
+
+
+@pilot_test
+async def test_kill_confirms_then_retry(daemon) -> None:
+    harness, run_id = daemon
+    app = attached(harness, run_id)
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: run_id in app.query_one(RunsTable).rows)
+        await pilot.press("k")
+        assert isinstance(app.screen, ConfirmKill)
+        await pilot.press("n")
+        await pilot.pause(0.3)
+        assert harness.run(run_id)["state"] != "killed"  # cancelled: nothing sent
+        await pilot.press("K")
+        await pilot.press("y")
+        await until(pilot, lambda: _state(app, run_id) == "✖ killed")
+        await pilot.press("R")
+        await until(pilot, lambda: _state(app, run_id) in ("▶ running", "◌ queued"))
+        harness.call("runs.kill", run=run_id, force=True)
+        await until(pilot, lambda: _state(app, run_id) == "✖ killed")
