@@ -19,6 +19,8 @@ from affine import Affine
 
 from pipeline.analysis import run_analysis
 from pipeline.analysis.gwpca import (
+    BYTES_PER_POINT,
+    DATA_BUDGET_SHARE,
     EARTH_RADIUS_KM,
     Bandwidth,
     Geometry,
@@ -355,3 +357,16 @@ def test_sigkilled_worker_resumes_with_identical_output(tmp_path: Path) -> None:
     assert pq.read_table(again.out / "gwpca_local.parquet").equals(
         pq.read_table(reference.out / "gwpca_local.parquet")
     )
+
+
+def test_observations_are_thinned_to_the_memory_budget(tmp_path: Path) -> None:
+    h = make_harness(tmp_path, {"methods": ["gwpca"], "gwpca": {"bandwidth": 30}})
+    complete = pq.read_table(h.table).drop_null().num_rows
+    h.ctx.governor.budget = 64 * 1024  # room for a few hundred observations only
+    run_analysis(h.ctx, h.table, h.grid, h.out, h.ctx.stage("analysis"))
+    metrics = json.loads((h.out / "gwpca_metrics.json").read_text())
+    cap = DATA_BUDGET_SHARE * h.ctx.governor.budget / (BYTES_PER_POINT + 8 * len(COLUMNS))
+    assert metrics["observation_stride"] >= 2
+    assert metrics["observations"] <= cap
+    assert metrics["observations"] == -(-complete // metrics["observation_stride"])
+    assert pq.read_table(h.out / "gwpca_local.parquet").num_rows == metrics["observations"]
