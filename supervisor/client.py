@@ -60,12 +60,16 @@ def _check_hello(result: Any) -> None:
         )
 
 
-def _raise_error(body: Any) -> None:
+def _error(body: Any) -> ProtocolError:
     if not isinstance(body, dict):
-        raise ProtocolError(ErrorCode.INTERNAL_ERROR, f"malformed error response: {body!r}")
-    raise ProtocolError(
+        return ProtocolError(ErrorCode.INTERNAL_ERROR, f"malformed error response: {body!r}")
+    return ProtocolError(
         body.get("code", ErrorCode.INTERNAL_ERROR), str(body.get("message")), body.get("data")
     )
+
+
+def _raise_error(body: Any) -> None:
+    raise _error(body)
 
 
 class Client:
@@ -105,14 +109,26 @@ class Client:
         try:
             self._sock.sendall(request(method, params, request_id))
         except (BrokenPipeError, ConnectionResetError):
+            # The daemon may have refused us before we spoke (peer check): read why.
+            self._raise_refusal()
             raise DaemonNotRunning(self.socket_path, "connection closed") from None
         while True:
             message = self._read_message()
+            if message.get("id") is None and "error" in message:
+                _raise_error(message["error"])  # about the connection, e.g. PERMISSION_DENIED
             if message.get("id") != request_id:
                 continue  # a notification, or a late answer to nothing we wait for
             if "error" in message:
                 _raise_error(message["error"])
             return message.get("result")
+
+    def _raise_refusal(self) -> None:
+        try:
+            message = self._read_message()
+        except (DaemonNotRunning, OSError, ValueError):
+            return
+        if "error" in message:
+            _raise_error(message["error"])
 
     def _read_message(self) -> dict[str, Any]:
         while True:
@@ -252,14 +268,17 @@ class AsyncClient:
             params = message.get("params")
             self._notifications.put_nowait((message["method"], params or {}))
             return
+        if message.get("id") is None and "error" in message:
+            # An error about the connection itself (e.g. PERMISSION_DENIED): fail every call.
+            for future in self._pending.values():
+                if not future.done():
+                    future.set_exception(_error(message["error"]))
+            return
         future = self._pending.get(message.get("id"))  # type: ignore[arg-type]
         if future is None or future.done():
             return
         if "error" in message:
-            try:
-                _raise_error(message["error"])
-            except ProtocolError as exc:
-                future.set_exception(exc)
+            future.set_exception(_error(message["error"]))
         else:
             future.set_result(message.get("result"))
 
