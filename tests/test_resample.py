@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import math
 import os
+import signal
 import subprocess
+import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -442,3 +445,63 @@ def test_changed_method_resets_the_layer(rasters: dict[str, Path], tmp_path: Pat
     assert start.done == 0, "a stale checkpoint is not trusted"
     valid = ~np.isnan(averaged)
     assert (maxed[valid] >= averaged[valid]).all() and (maxed[valid] > averaged[valid]).any()
+
+
+#: A resampling run in its own process, so the test can SIGKILL it mid-write.
+_KILLABLE_RUN = """
+import sys
+from pathlib import Path
+from pipeline.catalog import inspect
+from pipeline.config import parse_config
+from pipeline.context import RunContext
+from pipeline.control import Controller
+from pipeline.events import EventSink
+from pipeline.grid import TargetGrid
+from pipeline.memory import MemoryGovernor
+from pipeline.resample import resample_dataset
+from pipeline.store import LayerStore
+
+source, store = sys.argv[1], Path(sys.argv[2])
+config = parse_config({
+    "datasets": [{"name": "geo", "path": source, "resampling": "bilinear"}],
+    "grid": {"resolution": 1.0},
+    "resampling": {"window_size": 64},
+    "memory": {"budget": "4GiB", "min_window": 64, "reduced_window": 64},
+})
+sink = EventSink()
+ctx = RunContext(config, sink, Controller(sink), MemoryGovernor(config.memory, sink, 64))
+grid = TargetGrid.from_config(config.grid)
+dataset = config.datasets[0]
+layers = LayerStore(store, grid, 64)
+node = ctx.stage("resample").child("geo", "dataset")
+resample_dataset(ctx, dataset, inspect(dataset, config.catalog), grid, layers, node)
+"""
+
+
+def test_sigkill_during_writes_never_marks_a_partial_chunk_complete(
+    rasters: dict[str, Path], tmp_path: Path
+) -> None:
+    repo = str(Path(__file__).resolve().parent.parent)
+    env = dict(os.environ, PYTHONPATH=repo)
+    argv = [sys.executable, "-c", _KILLABLE_RUN, str(rasters["geographic"])]
+    subprocess.run([*argv, str(tmp_path / "reference.zarr")], env=env, check=True)
+
+    killed = tmp_path / "killed.zarr"
+    manifest = killed / "geo" / "geod-manifest.tsv"
+    total = GLOBAL_1DEG.chunk_grid(WINDOW)[0] * GLOBAL_1DEG.chunk_grid(WINDOW)[1]
+    for lines_before_kill in (2, 7, 12):
+        process = subprocess.Popen([*argv, str(killed)], env=env)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and process.poll() is None:
+            if manifest.exists() and manifest.read_bytes().count(b"\n") >= lines_before_kill:
+                break
+            time.sleep(0.002)
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        store = LayerStore(killed, GLOBAL_1DEG, WINDOW)
+        entries = manifest.read_bytes().count(b"\n")
+        assert 0 < entries < total, "killed in the middle of the run"
+        assert store.verify("geo") == entries, "every chunk marked complete is whole"
+
+    subprocess.run([*argv, str(killed)], env=env, check=True)
+    assert _chunk_files(killed) == _chunk_files(tmp_path / "reference.zarr")
