@@ -344,6 +344,10 @@ class GwpcaConfig(StrictModel):
         ge=8,
         description="Cap on neighbours per point (fixed bandwidths, CV search upper bound).",
     )
+    cv_score: Literal["gwmodel", "squares"] = Field(
+        default="gwmodel",
+        description="CV residual score: GWmodel's (sum of residuals)² or the sum of squares.",
+    )
 
 
 class AnalysisConfig(StrictModel):

@@ -132,7 +132,9 @@ def test_tiny_bandwidth_differs_from_global() -> None:
     assert np.abs(local.eigenvalues - glob).max() > 0.1
 
 
-def test_cross_validation_score_is_leave_one_out_reconstruction() -> None:
+@pytest.mark.parametrize("residual", ["gwmodel", "squares"])
+def test_cross_validation_score_is_leave_one_out_reconstruction(residual: str) -> None:
+    """GWmodel's gwpca.cv: leave i out, rᵢ = xᵢ − xᵢVVᵀ; its score is (Σⱼ rᵢⱼ)² per point."""
     xy, values = random_points(300)
     obs = Observations.build(Geometry(True), xy, values)
     bw = Bandwidth("bisquare", True, 25)
@@ -141,9 +143,13 @@ def test_cross_validation_score_is_leave_one_out_reconstruction() -> None:
     for i in at:
         _, vectors, _ = naive_local_pca(xy, values, i, bw, exclude_self=True)
         v = vectors[:, :2]
-        residual = values[i] - values[i] @ v @ v.T
-        expected += float((residual**2).sum())
-    assert cv_score(obs, at, bw, 2, MAX_NEIGHBOURS, chunk=7) == pytest.approx(expected, rel=1e-9)
+        residual_vector = values[i] - values[i] @ v @ v.T
+        if residual == "gwmodel":
+            expected += float(residual_vector.sum()) ** 2
+        else:
+            expected += float((residual_vector**2).sum())
+    score = cv_score(obs, at, bw, 2, MAX_NEIGHBOURS, chunk=7, residual=residual)
+    assert score == pytest.approx(expected, rel=1e-9)
 
 
 @pytest.mark.parametrize("integer", [True, False])

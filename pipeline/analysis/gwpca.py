@@ -18,12 +18,14 @@ GWmodel's ``gwpca``:
   positive weights have no result (GWmodel skips ≤ 5);
 * bandwidth cross-validation (``bw.gwpca``/``gwpca.cv``): leave observation i
   out (weight 0), fit the local PCA, reconstruct xᵢ from the first k loadings
-  V: ``x̂ᵢ = xᵢ V Vᵀ``; the score is ``Σᵢ ‖xᵢ − x̂ᵢ‖²`` (Harris et al. 2011),
-  minimised by golden-section search over [2, n] neighbours or
-  [extent / 5000, extent] km like GWmodel's ``gold``. (GWmodel's R code writes
-  ``sum(r)**2``, which R parses as the square of the summed residuals; we use
-  the sum of squares the paper defines — the two rank bandwidths differently
-  only through cancelling residual signs.)
+  V: ``rᵢ = xᵢ − xᵢ V Vᵀ``, and sum a per-point score, minimised by
+  golden-section search over [2, n] neighbours or [extent / 5000, extent] km
+  like GWmodel's ``gold``. The per-point score is GWmodel's by default
+  (``gwpca.cv_score: gwmodel``): both its R ``gwpca.cv`` (``sum(r)**2``) and
+  its C++ (``pow(sum(r), 2)``) square the *sum* of the residual vector, so
+  bandwidths match GWmodel's; ``squares`` uses ``‖rᵢ‖²``, the reconstruction
+  error as usually written (Harris et al. 2011), which cancelling residual
+  signs cannot hide.
 
 Distances. For a geographic CRS the points are placed on the unit sphere in
 3-D, where the Euclidean chord is monotone in the great-circle angle, so a
@@ -368,15 +370,18 @@ def cv_score(
     max_neighbours: int,
     chunk: int,
     workers: int = 1,
+    residual: str = "gwmodel",
 ) -> float:
-    """Leave-one-out reconstruction error at observations ``at`` (see the module docstring)."""
+    """Leave-one-out reconstruction score at observations ``at`` (see the module docstring)."""
     result = evaluate_parallel(obs, obs.coords[at], bw, max_neighbours, chunk, workers, exclude=at)
     if not result.valid.all():
         return math.inf
     x = obs.values[at]
     v = result.loadings[:, :, :components]
-    reconstructed = np.einsum("bp,bpk,bqk->bq", x, v, v)
-    return float(((x - reconstructed) ** 2).sum())
+    r = x - np.einsum("bp,bpk,bqk->bq", x, v, v)
+    if residual == "gwmodel":
+        return float((r.sum(axis=1) ** 2).sum())
+    return float((r**2).sum())
 
 
 def golden_section(
@@ -592,7 +597,14 @@ def _bandwidth(
         bw = Bandwidth.of(config, value)
         chunk = run.scaled(_chunk_points(run, bw, obs, variables))
         result = cv_score(
-            obs, eval_index, bw, config.components, config.max_neighbours, chunk, config.workers
+            obs,
+            eval_index,
+            bw,
+            config.components,
+            config.max_neighbours,
+            chunk,
+            config.workers,
+            config.cv_score,
         )
         node.advance()
         run.boundary()
@@ -635,6 +647,7 @@ def _finalize(
         "bandwidth": bandwidth.value,
         "bandwidth_unit": "neighbours" if bandwidth.adaptive else "km",
         "bandwidth_selected": config.select_bandwidth,
+        "cv_score": config.cv_score,
         "cv_trace": [] if cv_trace is None else cv_trace.tolist(),
         "components": k,
         "standardized": config.standardize,
