@@ -10,10 +10,12 @@ at 1 and 2 threads. gdalwarp runs with its defaults (``-multi -wo NUM_THREADS=2`
 for two threads); geod runs ``resample_dataset`` in a child process with a
 1 GiB memory budget and 1024-pixel windows.
 
-Printed per case: geod_time / gdalwarp_time (stage time; geod's whole-process
-time including Python imports in brackets), parity (nodata masks equal, max abs
-diff / data range) and geod peak RSS / gdalwarp peak RSS. Targets: time ratio
-≤ 0.8, RSS ratio < 0.25, mask equal and diff ≤ 1e-6.
+With ``--repeat N`` each side runs N times alternately and the fastest run of
+each counts (the usual defence against a busy machine). Printed per case:
+geod_time / gdalwarp_time (geod's stage time; its whole process, Python imports
+included, and the CPU-time ratio in brackets), parity (nodata masks equal, max
+abs diff / data range) and geod peak RSS / gdalwarp peak RSS. Targets: time
+ratio ≤ 0.8, RSS ratio < 0.25, mask equal and diff ≤ 1e-6.
 """
 
 from __future__ import annotations
@@ -39,6 +41,9 @@ def main() -> None:
     parser.add_argument("--dir", type=Path, default=None, help="keep inputs here between runs")
     parser.add_argument("--methods", default="average,bilinear")
     parser.add_argument("--threads", default="1,2")
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="runs per side; the fastest counts (noisy machines)"
+    )
     args = parser.parse_args()
     work = args.dir or Path(tempfile.mkdtemp(prefix="geod-bench-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -52,9 +57,15 @@ def main() -> None:
             for threads in (int(t) for t in args.threads.split(",")):
                 reference = work / f"gdalwarp_{method}_{threads}.tif"
                 store = work / f"geod_{method}_{threads}.zarr"
-                shutil.rmtree(store, ignore_errors=True)
-                theirs = gdalwarp(source, reference, method, threads, RESOLUTION)
-                ours = geod(source, store, method, threads, WINDOW, BUDGET, RESOLUTION)
+                theirs = ours = None
+                for _ in range(args.repeat):
+                    shutil.rmtree(store, ignore_errors=True)
+                    run = gdalwarp(source, reference, method, threads, RESOLUTION)
+                    theirs = run if theirs is None or run.seconds < theirs.seconds else theirs
+                    run = geod(source, store, method, threads, WINDOW, BUDGET, RESOLUTION)
+                    if ours is None or run.detail["seconds"] < ours.detail["seconds"]:
+                        ours = run
+                assert theirs is not None and ours is not None
                 same_mask, diff = parity(store, reference)
                 stage, stage_cpu = ours.detail["seconds"], ours.detail["cpu_seconds"]
                 print(
