@@ -23,7 +23,7 @@ import pytest
 import rasterio
 from rasterio.windows import Window
 
-from pipeline.config import ExportFormat
+from pipeline.config import ConfigError, ExportFormat
 from pipeline.context import RunContext
 from pipeline.control import Controller, StopRequested
 from pipeline.events import EventSink, OutputEvent, StageEvent
@@ -291,7 +291,7 @@ def test_postgres_without_any_database_url_fails_before_work(
 ) -> None:
     monkeypatch.delenv("GEOD_DATABASE_URL", raising=False)
     run = build_run(tmp_path, export={"formats": ["parquet", "postgres"]}, layers=LAYERS[:1])
-    with pytest.raises(ExportError, match=r"^export.formats includes postgres but no database"):
+    with pytest.raises(ConfigError, match=r"^export.formats includes postgres but no database"):
         export(run)
     assert not out_dir(run).exists()
 
@@ -352,3 +352,17 @@ def test_killed_export_leaves_no_final_file_and_the_next_run_cleans_up(tmp_path:
     assert sorted(p.name for p in out.iterdir()) == ["merged.csv", "merged.parquet"]
     rows = merged_table(run).num_rows
     assert pacsv.read_csv(paths[1]).num_rows == pq.read_table(paths[0]).num_rows == rows
+
+
+def test_vanished_passthrough_source_is_checked_against_the_store_only(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Re-exporting an old run whose inputs were moved away still validates (store only)."""
+    run = build_run(tmp_path, layers=LAYERS[:1])
+    source = tmp_path / "src" / "richness.tif"
+    source.unlink()
+    (path,) = export(run)
+    assert pq.read_table(path).num_rows == merged_table(run).num_rows
+    assert f"richness: source {source} is gone; its cells are checked against the store only" in (
+        caplog.messages
+    )

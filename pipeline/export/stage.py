@@ -17,10 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.config import ExportFormat, PipelineConfig
+from pipeline.config import ConfigError, ExportFormat, PipelineConfig
 from pipeline.context import RunContext, StageNode
 from pipeline.events import OutputEvent
-from pipeline.export.atomic import ExportError, clean_partials
+from pipeline.export.atomic import clean_partials
 from pipeline.export.base import Exporter
 from pipeline.export.csv_text import CsvExporter
 from pipeline.export.parquet import ParquetExporter
@@ -46,9 +46,10 @@ def resolve_database_url(config: PipelineConfig, database_url: str | None) -> st
     """export.postgres.url, else the run's database, else ``GEOD_DATABASE_URL``."""
     url = config.export.postgres.url or database_url or os.environ.get(DATABASE_URL_ENV)
     if not url:
-        raise ExportError(
+        # A config problem (a retry cannot help), so ConfigError: one line, exit 2.
+        raise ConfigError(
             "export.formats includes postgres but no database is configured: set "
-            f"export.postgres.url, database.url or {DATABASE_URL_ENV}"
+            f"export.postgres.url or {DATABASE_URL_ENV}"
         )
     return url
 
@@ -105,8 +106,8 @@ def run_merge_export(
     samples = config.export.validate_samples
     sampler = ExportedSampler(samples // 2, rng, grid)
     exporters = open_exporters(stream, formats, database_url)
-    node.start(total=stream.plan.total)
     node.unit = "chunks"
+    node.start(total=stream.plan.total)
     try:
         for chunk in stream.chunks(ctx.governor):
             for exporter in exporters:

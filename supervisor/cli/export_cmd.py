@@ -19,10 +19,8 @@ from pipeline.config import ConfigError, ExportFormat, load_config
 from supervisor.cli.main import EXIT_FAILED, EXIT_OK, EXIT_USAGE, cli
 from supervisor.cli.pipeline_cmds import EXIT_INTERRUPTED, WORKER_EXIT_INPUT, run_worker
 from supervisor.cli.progress_view import ProgressView
+from supervisor.runs import CONFIG_NAME, WORK_NAME
 
-#: Names inside a run directory (as the daemon lays it out).
-CONFIG_NAME = "config.yml"
-WORK_NAME = "work"
 #: Environment variable the worker reads for the Postgres export's database.
 DATABASE_URL_ENV = "GEOD_DATABASE_URL"
 
