@@ -22,6 +22,7 @@ from pipeline.analysis.gwpca import (
     BYTES_PER_POINT,
     DATA_BUDGET_SHARE,
     EARTH_RADIUS_KM,
+    VALUE_COPIES,
     Bandwidth,
     Geometry,
     Observations,
@@ -371,7 +372,8 @@ def test_observations_are_thinned_to_the_memory_budget(tmp_path: Path) -> None:
     h.ctx.governor.budget = 64 * 1024  # room for a few hundred observations only
     run_analysis(h.ctx, h.table, h.grid, h.out, h.ctx.stage("analysis"))
     metrics = json.loads((h.out / "gwpca_metrics.json").read_text())
-    cap = DATA_BUDGET_SHARE * h.ctx.governor.budget / (BYTES_PER_POINT + 8 * len(COLUMNS))
+    per_point = BYTES_PER_POINT + VALUE_COPIES * 8 * len(COLUMNS)
+    cap = DATA_BUDGET_SHARE * h.ctx.governor.budget / per_point
     assert metrics["observation_stride"] >= 2
     assert metrics["observations"] <= cap
     assert metrics["observations"] == -(-complete // metrics["observation_stride"])

@@ -110,9 +110,12 @@ CHUNK_BUDGET_SHARE = 0.05
 #: Bytes per neighbour slot per variable during a sub-chunk: the gathered
 #: values, their centred and weighted copies (float64), with headroom.
 BYTES_PER_SLOT = 8 * 4
-#: Bytes per observation held besides its values: 3-D coordinates, the tree's
-#: own copy of them and its index.
-BYTES_PER_POINT = 8 * 3 * 2 + 8
+#: Bytes per observation held besides its values: table x/y, 3-D coordinates,
+#: the tree's own copy of them and its index (all 8-byte).
+BYTES_PER_POINT = 8 * (2 + 3 + 3 + 1)
+#: Copies of an observation's values alive at once: the loaded rows and the
+#: padded array the neighbour gather reads (float64 each).
+VALUE_COPIES = 2
 #: GWmodel's fixed-bandwidth search starts at the extent divided by this.
 FIXED_SEARCH_LOWER_RATIO = 5000
 #: Golden-section search stops when the bracket is this fraction of its start
@@ -511,25 +514,29 @@ def run_gwpca(run: MethodRun) -> list[Path]:
     run.node.set_total(3 + int(config.select_bandwidth))  # load, [bandwidth], local, write
     load_node = run.phase("load", total=batch_count(rows, batch_rows))
     budget = ctx.governor.budget
-    max_points = max(MIN_LOCAL_POINTS, int(DATA_BUDGET_SHARE * budget / (BYTES_PER_POINT + 8 * p)))
+    per_point = BYTES_PER_POINT + VALUE_COPIES * 8 * p
+    max_points = max(MIN_LOCAL_POINTS, int(DATA_BUDGET_SHARE * budget / per_point))
 
     def loaded_batch() -> None:
         load_node.advance()
         run.boundary()
 
     loaded = load_observations(run, batch_rows, max_points, loaded_batch)
+    xy, raw, stride = loaded.xy, loaded.values, loaded.stride
+    del loaded
     run.phase_done(load_node)
-    if loaded.stride > 1:
+    if stride > 1:
         log.warning(
             "gwpca: observations thinned to every %d-th complete row to fit the memory budget",
-            loaded.stride,
+            stride,
         )
     stats = ColumnStats.empty(run.columns)
-    stats.update(loaded.values)
-    values = standardize(loaded.values, stats) if config.standardize else loaded.values
-    geometry = Geometry.of(run.grid.crs)
-    obs = Observations.build(geometry, loaded.xy, values)
-    eval_index = evaluation_points(loaded.xy, run, config)
+    stats.update(raw)
+    if config.standardize:
+        raw = standardize(raw, stats)
+    obs = Observations.build(Geometry.of(run.grid.crs), xy, raw)
+    del raw  # the padded copy inside ``obs`` is the one kept
+    eval_index = evaluation_points(xy, run, config)
     if not len(eval_index):
         raise AnalysisError(f"{run.table}: no evaluation points on the subsample lattice")
 
@@ -540,7 +547,7 @@ def run_gwpca(run: MethodRun) -> list[Path]:
         file_identity(run.table),
         run.grid.width,
         run.grid.height,
-        loaded.stride,
+        stride,
     )
     store = PartStore(run.work_root, run.prefix, digest)
     bandwidth = _bandwidth(run, obs, eval_index, store, p)
@@ -557,11 +564,11 @@ def run_gwpca(run: MethodRun) -> list[Path]:
         result = evaluate_parallel(
             obs, obs.coords[part], bandwidth, config.max_neighbours, chunk, config.workers
         )
-        store.record(index, result_table(loaded.xy[part], result, run.columns, config.components))
+        store.record(index, result_table(xy[part], result, run.columns, config.components))
         local_node.advance()
         run.boundary()
     run.phase_done(local_node)
-    outputs = _finalize(run, store, batches, bandwidth, stats, values, loaded, eval_index)
+    outputs = _finalize(run, store, batches, bandwidth, stats, obs, stride, eval_index)
     store.remove()
     return outputs
 
@@ -626,11 +633,12 @@ def _finalize(
     batches: int,
     bandwidth: Bandwidth,
     stats: ColumnStats,
-    values: np.ndarray,
-    loaded: Loaded,
+    obs: Observations,
+    stride: int,
     eval_index: np.ndarray,
 ) -> list[Path]:
     config = run.ctx.config.analysis.gwpca
+    values = obs.values[:-1]  # without the padding row
     k = config.components
     node = run.phase("write", total=4, unit="files")
     table_path = store.assemble(run.output("local.parquet"), batches)
@@ -652,7 +660,7 @@ def _finalize(
         "components": k,
         "standardized": config.standardize,
         "observations": len(values),
-        "observation_stride": loaded.stride,
+        "observation_stride": stride,
         "evaluation_points": len(eval_index),
         "subsample": config.subsample,
         "column_mean": stats.mean.tolist(),

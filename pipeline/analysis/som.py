@@ -60,6 +60,11 @@ log = logging.getLogger("geod.analysis.som")
 
 #: BMU map nodata (uint16): rows without a BMU and cells not in the table.
 BMU_NODATA = 65535
+#: Share of the memory budget the row × node distance arrays of one chunk may take.
+CHUNK_BUDGET_SHARE = 0.05
+#: Bytes per row per node while matching: the float64 squared-distance matrix
+#: and the temporaries of its expansion.
+BYTES_PER_DISTANCE = 8 * 3
 #: The method's sub-steps, in order (its node counts them).
 SOM_PHASES = ("stats", "train", "assign", "write")
 
@@ -152,6 +157,10 @@ def run_som(run: MethodRun) -> list[Path]:
     run.boundary()
 
     weights = som.get_weights()
+    nodes = config.rows * config.cols
+    node_chunk = max(
+        1, int(CHUNK_BUDGET_SHARE * run.ctx.governor.budget / (BYTES_PER_DISTANCE * nodes))
+    )
     assign_node = run.phase("assign", total=batches, done=len(store.done))
     start = min((i for i in range(batches) if i not in store.done), default=batches)
     for batch in iter_table(run.table, run.columns, batch_rows, start_batch=start):
@@ -160,7 +169,7 @@ def run_som(run: MethodRun) -> list[Path]:
         z, usable = prepare(batch.values, stats, config.missing)
         bmu = np.full(len(z), -1, dtype=np.int64)
         distance = np.full(len(z), np.nan)
-        chunk = run.scaled(batch_rows)
+        chunk = run.scaled(min(batch_rows, node_chunk))
         for lo in range(0, len(z), chunk):
             part = slice(lo, lo + chunk)
             take = np.flatnonzero(usable[part]) + lo
