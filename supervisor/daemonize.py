@@ -25,15 +25,22 @@ import select
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, NoReturn
 
 import daemon
 from daemon.pidfile import TimeoutPIDLockFile
 from lockfile import LockError
 
+from supervisor.logsetup import configure_logging
+
 if TYPE_CHECKING:
     from supervisor.settings import Settings
+    from supervisor.sink import TelemetrySink
+
+log = logging.getLogger("geod.daemon.start")
 
 LOG_FILE = "geod.log"
 PID_FILE = "geod.pid"
@@ -41,6 +48,8 @@ PID_FILE = "geod.pid"
 READY_BYTE = b"R"
 #: Lines of the log shown when a background start fails (the daemon's last words).
 LOG_TAIL_LINES = 15
+#: Exit code of the daemon when its telemetry database cannot be opened at all.
+EXIT_TELEMETRY_FAILED = 1
 #: ``acquire`` timeout of the PID file: fail at once, waiting cannot help.
 _PIDFILE_NO_WAIT = 0
 
@@ -133,19 +142,47 @@ def _become_daemon(settings: Settings, ready_fd: int) -> NoReturn:  # pragma: no
 
 
 def _serve(settings: Settings, ready_fd: int) -> int:  # pragma: no cover - daemon process
-    from supervisor.daemon import run_daemon
-    from supervisor.logsetup import configure_logging
-
-    configure_logging(settings.log_level)
-    logging.getLogger(__name__).info("daemon started in the background, pid %d", os.getpid())
-
     def ready() -> None:
         with contextlib.suppress(OSError):  # geod start gave up waiting: nothing to tell
             os.write(ready_fd, READY_BYTE)
         with contextlib.suppress(OSError):
             os.close(ready_fd)
 
-    return run_daemon(settings, ready=ready)
+    return serve(settings, ready)
+
+
+def serve(settings: Settings, ready: Callable[[], None] | None = None) -> int:
+    """The daemon process's main, in the foreground (``geod serve``) or once detached.
+
+    Logging goes to stderr; telemetry (PostgreSQL, embedded unless a URL is
+    configured) is opened here, in the process that will own its writer thread —
+    never before a fork.
+    """
+    from supervisor.daemon import run_daemon
+
+    configure_logging(settings.log_level)
+    log.info("geod daemon starting, pid %d, state %s", os.getpid(), settings.state_dir)
+    try:
+        telemetry = _open_telemetry(settings)
+    except Exception as exc:  # any start-up failure of the database: one line, exit 1
+        log.error(
+            "telemetry database unavailable: %s (set `telemetry: false` in the settings "
+            "to run without it)",
+            exc,
+        )
+        return EXIT_TELEMETRY_FAILED
+    return run_daemon(settings, ready=ready, telemetry=telemetry)
+
+
+def _open_telemetry(settings: Settings) -> TelemetrySink | None:
+    if not settings.telemetry:
+        return None
+    from supervisor.telemetry import open_telemetry
+
+    # open_telemetry reads `database_url` and, if present, a TelemetryConfig named
+    # `telemetry`; the daemon settings' `telemetry` is an on/off flag, so only the URL
+    # is handed over and the writer keeps its documented defaults.
+    return open_telemetry(SimpleNamespace(database_url=settings.database_url), settings.state_dir)
 
 
 def _remove_stale_pidfile(pidfile: TimeoutPIDLockFile) -> None:

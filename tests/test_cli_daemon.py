@@ -27,6 +27,7 @@ import psycopg2
 import pytest
 from psycopg2 import sql
 
+from supervisor.cli.follow import EXIT_INTERRUPTED
 from supervisor.cli.main import EXIT_BAD_STATE, EXIT_FAILED, EXIT_NO_DAEMON, EXIT_UNKNOWN_RUN
 from supervisor.client import Client
 from tests.conftest import write_demo_config
@@ -260,6 +261,20 @@ def test_pause_and_resume_all(daemon: Daemon) -> None:
     daemon.wait_state(run_id, lambda r: r["state"] == "running")
     assert daemon.geod("pause", "--all").returncode == 0
     daemon.wait_state(run_id, lambda r: r["state"] == "paused")
+    # Ctrl-C ends a `logs -f` quietly with 128 + SIGINT; the run is not affected.
+    follower = subprocess.Popen(
+        [GEOD, "logs", run_id, "-f", "--json", "-n", "1"],
+        env=daemon.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert follower.stdout is not None
+    assert json.loads(follower.stdout.readline())["type"] == "log"  # it is following now
+    follower.send_signal(signal.SIGINT)
+    _, err = follower.communicate(timeout=STATE_TIMEOUT)
+    assert follower.returncode == EXIT_INTERRUPTED and "Traceback" not in err
+    assert daemon.run(run_id)["state"] == "paused"
     assert daemon.geod("resume", "--all").returncode == 0
     daemon.wait_state(run_id, lambda r: r["state"] == "running")
     assert daemon.geod("kill", "--all", "--force").returncode == 0
@@ -343,7 +358,10 @@ def test_start_while_another_daemon_holds_the_state_dir(daemon: Daemon) -> None:
 
 
 def test_stop_waits_for_the_daemon_to_exit(daemon: Daemon) -> None:
+    """``geod stop`` returns once the daemon process is gone; by then telemetry has been
+    flushed, so PostgreSQL holds every run in its final state."""
     pid = daemon.pid()
+    states = {run["id"]: run["state"] for run in daemon.json("runs")}
     result = daemon.geod("stop", timeout=120)
     assert result.returncode == 0, result.stderr
     assert not _alive(pid)
@@ -351,3 +369,8 @@ def test_stop_waits_for_the_daemon_to_exit(daemon: Daemon) -> None:
     after = daemon.geod("runs")
     assert after.returncode == EXIT_NO_DAEMON
     assert daemon.geod("stop").returncode == EXIT_NO_DAEMON
+    with psycopg2.connect(daemon.env["GEOD_DATABASE_URL"]) as conn, conn.cursor() as cur:
+        cur.execute("SELECT id, state FROM geod.runs")
+        recorded = dict(cur.fetchall())
+    conn.close()
+    assert recorded == states

@@ -8,6 +8,7 @@ waits until it has.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -16,10 +17,10 @@ import click
 
 from supervisor.cli.connection import (
     call,
+    connect,
     daemon_answers,
     daemon_errors,
     fail,
-    resolve_socket,
     socket_option,
 )
 from supervisor.cli.follow import wait_for_final_state
@@ -65,12 +66,9 @@ def serve(settings_path: Path | None, system: bool) -> None:
     Logs go to stderr (the journal under systemd). With Type=notify, systemd is told
     READY=1 once the socket accepts connections.
     """
-    settings = _load_settings(settings_path, system)
-    from supervisor.daemon import run_daemon
-    from supervisor.logsetup import configure_logging
+    from supervisor.daemonize import serve as serve_foreground
 
-    configure_logging(settings.log_level)
-    sys.exit(run_daemon(settings))
+    sys.exit(serve_foreground(_load_settings(settings_path, system)))
 
 
 @cli.command()
@@ -149,16 +147,36 @@ def _ensure_daemon(settings: Settings, timeout: float) -> None:
 )
 @socket_option
 def stop(timeout: float | None, socket_path: Path | None) -> None:
-    """Stop the daemon gracefully: runs stop at a checkpoint, then it exits. Waits for it."""
-    path = resolve_socket(socket_path)
+    """Stop the daemon gracefully: runs stop at a checkpoint, then it exits. Waits for it.
+
+    "Exited" means the process is gone, not merely the socket closed: telemetry is
+    flushed and an embedded database stopped only after the socket closes.
+    """
     if timeout is None:
         timeout = _load_settings(None, system=False).kill_grace + STOP_MARGIN
-    call(path, "daemon.stop")
+    with connect(socket_path) as client:
+        pid = int(client.hello["pid"])
+        client.call("daemon.stop")
     deadline = time.monotonic() + timeout
-    with daemon_errors(path):
-        while time.monotonic() < deadline:
-            if not daemon_answers(path):
-                click.echo("geod: daemon stopped", err=True)
-                return
-            time.sleep(STOP_POLL_INTERVAL)
-    fail(f"the daemon is still stopping after {timeout:g} s (runs checkpointing?)")
+    while time.monotonic() < deadline:
+        if not process_running(pid):
+            click.echo("geod: daemon stopped", err=True)
+            return
+        time.sleep(STOP_POLL_INTERVAL)
+    fail(f"the daemon (pid {pid}) is still stopping after {timeout:g} s (runs checkpointing?)")
+
+
+def process_running(pid: int) -> bool:
+    """Is ``pid`` alive? A zombie counts as gone: it has exited and only awaits its reaper
+    (a daemon is reparented to init, which in a container may never reap it)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # the system daemon, asked by a member of its group
+        return True
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return True
+    return "\nState:\tZ" not in status

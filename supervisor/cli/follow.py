@@ -8,14 +8,20 @@ are recognised by their per-run sequence number and not printed twice.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+import click
 
 from supervisor.cli.connection import daemon_errors
 from supervisor.protocol import FINAL_STATES, NOTIFY_EVENT, NOTIFY_RUN, RunSummary
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+#: Exit status after Ctrl-C, as shells expect (128 + SIGINT).
+EXIT_INTERRUPTED = 130
 
 
 def at_least(level: str | None, threshold: str | None) -> bool:
@@ -39,14 +45,25 @@ def follow_logs(
 
     Returns the run's last known summary.
     """
-    with daemon_errors(socket_path):
+    with daemon_errors(socket_path), _interruptible(""):
         return asyncio.run(_logs(socket_path, run, limit, level, follow, emit))
 
 
 def wait_for_final_state(socket_path: Path, run: str) -> RunSummary:
     """Block until ``run`` is done, failed or killed; its final summary."""
-    with daemon_errors(socket_path):
+    with daemon_errors(socket_path), _interruptible(f"stopped waiting; {run} goes on"):
         return asyncio.run(_logs(socket_path, run, None, None, True, None))
+
+
+@contextmanager
+def _interruptible(message: str) -> Iterator[None]:
+    """Ctrl-C ends the watching, not the run: exit 130 (128 + SIGINT) without a traceback."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        if message:
+            click.echo(f"\ngeod: {message}", err=True)
+        sys.exit(EXIT_INTERRUPTED)
 
 
 async def _logs(
