@@ -352,6 +352,10 @@ def test_killed_export_leaves_no_final_file_and_the_next_run_cleans_up(tmp_path:
     assert sorted(p.name for p in out.iterdir()) == ["merged.csv", "merged.parquet"]
     rows = merged_table(run).num_rows
     assert pacsv.read_csv(paths[1]).num_rows == pq.read_table(paths[0]).num_rows == rows
+    # The export after the kill is byte for byte an uninterrupted one.
+    run.config.paths.output_dir = tmp_path / "uninterrupted"
+    for resumed, clean in zip(paths, export(run), strict=True):
+        assert resumed.read_bytes() == clean.read_bytes()
 
 
 def test_vanished_passthrough_source_is_checked_against_the_store_only(

@@ -8,16 +8,20 @@ unpublished output for validation, then ``commit`` (atomic publish) — or
 
 from __future__ import annotations
 
+import contextlib
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
 import pyarrow as pa
 
 from pipeline.config import ExportFormat
-from pipeline.export.atomic import ExportError
+from pipeline.export.atomic import ExportError, commit, describe_os_error, discard, partial_path
 from pipeline.grid import TargetGrid
+
+T = TypeVar("T")
 
 
 class Exporter(ABC):
@@ -59,6 +63,56 @@ class Exporter(ABC):
     @abstractmethod
     def abort(self) -> None:
         """Drop everything written so far; safe to call more than once."""
+
+
+class FileExporter(Exporter):
+    """An exporter that streams into one file through an Arrow writer, published atomically.
+
+    The writer targets ``NAME.partial-XXXXXXXX`` next to ``path``; any OS error
+    (disk full, permissions) discards it and becomes one :class:`ExportError`
+    line; :meth:`commit` fsyncs and renames it over ``path``.
+    """
+
+    def __init__(self, path: Path) -> None:
+        super().__init__()
+        self.path = path
+        self.partial = partial_path(path)
+        self._writer: Any = None
+
+    @property
+    def target(self) -> str:
+        return str(self.path)
+
+    def _guard(self, action: Callable[[], T]) -> T:
+        """Run a write action; an OS error aborts and becomes one ExportError line."""
+        try:
+            return action()
+        except OSError as exc:
+            self.abort()
+            raise ExportError(describe_os_error(self.path, exc)) from None
+
+    def close(self) -> None:
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            self._guard(writer.close)
+
+    def details(self) -> dict[str, object]:
+        """Format-specific facts for the OutputEvent."""
+        return {}
+
+    def commit(self) -> dict[str, object]:
+        self.close()
+        size = self.partial.stat().st_size
+        commit(self.partial, self.path)
+        return {"rows": self.rows, "bytes": size, **self.details()}
+
+    def abort(self) -> None:
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            # The file is being discarded: a failing footer or flush does not matter.
+            with contextlib.suppress(OSError):
+                writer.close()
+        discard(self.partial)
 
 
 def locate(batch: pa.RecordBatch | pa.Table, grid: TargetGrid) -> tuple[np.ndarray, np.ndarray]:

@@ -10,7 +10,6 @@ Nulls are empty fields.
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -20,18 +19,9 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 from pipeline.config import CsvOptions, ExportFormat
-from pipeline.export.atomic import (
-    ExportError,
-    commit,
-    describe_os_error,
-    discard,
-    partial_path,
-)
-from pipeline.export.base import Exporter, filter_cells
+from pipeline.export.base import FileExporter, filter_cells
 from pipeline.grid import TargetGrid
 
-#: Rows the Arrow writer formats at a time; its default (1024) costs ~15 % in call overhead.
-WRITE_BATCH_ROWS = 65_536
 #: Bytes per block when the file is read back for validation.
 READ_BLOCK_BYTES = 16 * 1024 * 1024
 
@@ -45,34 +35,16 @@ def round_floats(batch: pa.RecordBatch, digits: int) -> pa.RecordBatch:
     return pa.RecordBatch.from_arrays(columns, schema=batch.schema)
 
 
-class CsvExporter(Exporter):
+class CsvExporter(FileExporter):
     """Streams merged batches into a CSV file (partial file renamed on commit)."""
 
     format = ExportFormat.csv
 
     def __init__(self, path: Path, schema: pa.Schema, options: CsvOptions) -> None:
-        super().__init__()
-        self.path = path
+        super().__init__(path)
         self.schema = schema
         self.options = options
-        self.partial = partial_path(path)
-        self._writer: pacsv.CSVWriter | None = None
-        self._writer = self._guard(
-            lambda: pacsv.CSVWriter(
-                self.partial, schema, write_options=pacsv.WriteOptions(batch_size=WRITE_BATCH_ROWS)
-            )
-        )
-
-    @property
-    def target(self) -> str:
-        return str(self.path)
-
-    def _guard(self, action: Any) -> Any:
-        try:
-            return action()
-        except OSError as exc:
-            self.abort()
-            raise ExportError(describe_os_error(self.path, exc)) from None
+        self._writer = self._guard(lambda: pacsv.CSVWriter(self.partial, schema))
 
     def write(self, batch: pa.RecordBatch) -> None:
         if batch.num_rows == 0:
@@ -80,11 +52,6 @@ class CsvExporter(Exporter):
         rounded = round_floats(batch, self.options.float_precision)
         self._guard(lambda: self._writer.write_batch(rounded))
         self.rows += batch.num_rows
-
-    def close(self) -> None:
-        if self._writer is not None:
-            writer, self._writer = self._writer, None
-            self._guard(writer.close)
 
     def read_back(self, keys: np.ndarray, grid: TargetGrid) -> dict[int, dict[str, Any]]:
         convert = pacsv.ConvertOptions(
@@ -101,15 +68,5 @@ class CsvExporter(Exporter):
         """Largest difference rounding to ``float_precision`` decimals can explain."""
         return 0.5 * 10.0**-self.options.float_precision + abs(expected) * 2.0**-23
 
-    def commit(self) -> dict[str, object]:
-        self.close()
-        size = self.partial.stat().st_size
-        commit(self.partial, self.path)
-        return {"rows": self.rows, "bytes": size, "float_precision": self.options.float_precision}
-
-    def abort(self) -> None:
-        writer, self._writer = self._writer, None
-        if writer is not None:
-            with contextlib.suppress(OSError):
-                writer.close()
-        discard(self.partial)
+    def details(self) -> dict[str, object]:
+        return {"float_precision": self.options.float_precision}

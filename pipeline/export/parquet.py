@@ -16,7 +16,6 @@ so the optional ``bbox`` — known only after the last row — is left out.
 
 from __future__ import annotations
 
-import contextlib
 import json
 from pathlib import Path
 from typing import Any
@@ -26,14 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.config import ExportFormat, ParquetOptions
-from pipeline.export.atomic import (
-    ExportError,
-    commit,
-    describe_os_error,
-    discard,
-    partial_path,
-)
-from pipeline.export.base import Exporter, filter_cells
+from pipeline.export.base import FileExporter, filter_cells
 from pipeline.grid import TargetGrid
 
 #: GeoParquet specification version written in the ``geo`` metadata.
@@ -74,7 +66,7 @@ def geo_metadata(grid: TargetGrid) -> bytes:
     return json.dumps(geo).encode()
 
 
-class ParquetExporter(Exporter):
+class ParquetExporter(FileExporter):
     """Streams merged batches into ``path`` (via a partial file, renamed on commit)."""
 
     format = ExportFormat.parquet
@@ -82,8 +74,7 @@ class ParquetExporter(Exporter):
     def __init__(
         self, path: Path, schema: pa.Schema, options: ParquetOptions, grid: TargetGrid
     ) -> None:
-        super().__init__()
-        self.path = path
+        super().__init__(path)
         self.options = options
         self._geo = options.geoparquet
         self.schema = schema
@@ -91,26 +82,12 @@ class ParquetExporter(Exporter):
             self.schema = schema.append(
                 pa.field(GEOMETRY_COLUMN, pa.binary(), nullable=False)
             ).with_metadata({**(schema.metadata or {}), b"geo": geo_metadata(grid)})
-        self.partial = partial_path(path)
         self._pending: list[pa.RecordBatch] = []
         self._pending_rows = 0
         compression = None if options.compression == "none" else options.compression
-        self._writer: pq.ParquetWriter | None = None
         self._writer = self._guard(
             lambda: pq.ParquetWriter(self.partial, self.schema, compression=compression)
         )
-
-    @property
-    def target(self) -> str:
-        return str(self.path)
-
-    def _guard(self, action: Any) -> Any:
-        """Run a write action; an OS error aborts and becomes one ExportError line."""
-        try:
-            return action()
-        except OSError as exc:
-            self.abort()
-            raise ExportError(describe_os_error(self.path, exc)) from None
 
     def write(self, batch: pa.RecordBatch) -> None:
         if batch.num_rows == 0:
@@ -139,28 +116,14 @@ class ParquetExporter(Exporter):
         self._pending_rows = rest.num_rows
 
     def close(self) -> None:
-        if self._writer is None:
-            return
-        if self._pending_rows:
+        if self._writer is not None and self._pending_rows:
             self._flush(final=True)
-        self._guard(self._writer.close)
-        self._writer = None
+        super().close()
 
     def read_back(self, keys: np.ndarray, grid: TargetGrid) -> dict[int, dict[str, Any]]:
         names = [n for n in self.schema.names if n != GEOMETRY_COLUMN]
         batches = pq.ParquetFile(self.partial).iter_batches(READ_BATCH_ROWS, columns=names)
         return filter_cells(batches, keys, grid, str(self.path))
 
-    def commit(self) -> dict[str, object]:
-        self.close()
-        size = self.partial.stat().st_size
-        commit(self.partial, self.path)
-        return {"rows": self.rows, "bytes": size, "compression": self.options.compression}
-
-    def abort(self) -> None:
-        writer, self._writer = self._writer, None
-        if writer is not None:
-            # The file is being discarded: a failing footer write does not matter.
-            with contextlib.suppress(OSError):
-                writer.close()
-        discard(self.partial)
+    def details(self) -> dict[str, object]:
+        return {"compression": self.options.compression, "geoparquet": self._geo}
