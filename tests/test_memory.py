@@ -3,17 +3,28 @@
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import psutil
 import pytest
+import yaml
+import zarr
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline.config import MemoryConfig
-from pipeline.events import Event, EventSink, GovernorEvent, MemoryEvent
+from pipeline.demo import generate
+from pipeline.events import EVENTS_FD_ENV, Event, EventSink, GovernorEvent, MemoryEvent, decode
 from pipeline.memory import MemoryGovernor
+from pipeline.runner import STORE_NAME
+
+REPO = Path(__file__).resolve().parent.parent
 
 GIB = 1024**3
 BUDGET = GIB
@@ -212,3 +223,93 @@ def test_real_process_rss_drives_the_window_down_and_back_up() -> None:
     assert levels == ["warning", "critical", "normal", "normal"]
     peak = max(e.rss for e in recorder.of(MemoryEvent))
     assert peak >= config.critical * budget
+
+
+# --------------------------------------------------------------------------- a real worker run
+
+#: Runs the worker and reports the kernel's peak RSS of its children (the worker
+#: and its catalog probe): sampled readings between windows would miss spikes.
+_PEAK_WRAPPER = (
+    "import os, resource, subprocess, sys\n"
+    "fd = int(os.environ['GEOD_EVENTS_FD'])\n"
+    "code = subprocess.call(sys.argv[1:], pass_fds=(fd,))\n"
+    "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024)\n"
+    "sys.exit(code)\n"
+)
+
+
+@dataclass
+class WorkerRun:
+    returncode: int
+    peak: int
+    events: list[Event]
+    store: Path
+
+    def of(self, kind: type) -> list:
+        return [e for e in self.events if isinstance(e, kind)]
+
+
+def run_worker(tmp_path: Path, demo: Path, tag: str, budget: int) -> WorkerRun:
+    """catalog + resample of the demo layers onto a 1' regional grid, default 2048 windows."""
+    config = {
+        "name": tag,
+        "datasets": [
+            {
+                "name": "richness",
+                "path": str(demo / "richness_05deg.tif"),
+                "resampling": "bilinear",
+            },
+            {"name": "endemism", "path": str(demo / "endemism_5min.tif"), "resampling": "average"},
+            {"name": "landcover", "path": str(demo / "landcover_1min.tif"), "resampling": "mode"},
+            {"name": "threat", "path": str(demo / "threat_ease.tif"), "resampling": "average"},
+        ],
+        "grid": {"crs": "EPSG:4326", "resolution": 1 / 60, "bounds": [-20, -40, 40, 20]},
+        "memory": {"budget": budget},
+        "paths": {"work_dir": f"work_{tag}", "output_dir": f"out_{tag}"},
+    }
+    config_path = tmp_path / f"{tag}.yml"
+    config_path.write_text(yaml.safe_dump(config))
+    events_path = tmp_path / f"{tag}.ndjson"
+    fd = os.open(events_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", _PEAK_WRAPPER, sys.executable, "-m", "pipeline.worker",
+             str(config_path), "--stages", "catalog,resample"],
+            env={**os.environ, EVENTS_FD_ENV: str(fd), "PYTHONPATH": str(REPO)},
+            pass_fds=(fd,), capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+    finally:
+        os.close(fd)
+    events = [decode(line) for line in events_path.read_text().splitlines()]
+    return WorkerRun(
+        done.returncode, int(done.stdout.split()[-1]), events, tmp_path / f"work_{tag}"
+    )
+
+
+def test_run_under_a_tight_budget_shrinks_windows_stays_under_it_and_matches(
+    tmp_path: Path,
+) -> None:
+    """Issue 8: a budget below what default windows need still gives the same layers."""
+    demo = tmp_path / "demo"
+    generate(demo, "small")
+    loose = run_worker(tmp_path, demo, "loose", 4 * GIB)
+    assert loose.returncode == 0 and not loose.of(GovernorEvent)
+    first = loose.of(MemoryEvent)[0].rss
+    # The premise: 2048-pixel windows really cost memory beyond the first reading
+    # (measured: 43–52 MiB over ~190 MiB of imports). The budget sits halfway, so
+    # default windows overrun it while the governor, which reacts from the first
+    # reading on, has room for its smaller windows.
+    assert loose.peak - first > 32 * 1024**2
+    budget = first + (loose.peak - first) // 2
+
+    tight = run_worker(tmp_path, demo, "tight", budget)
+
+    assert tight.returncode == 0
+    changes = [(e.old_size, e.new_size) for e in tight.of(GovernorEvent)]
+    assert changes and changes[0][0] == 2048 and changes[0][1] < 2048
+    assert min(e.window_size for e in tight.of(MemoryEvent)) <= 512
+    assert tight.peak < budget < loose.peak
+    for name in ("richness", "endemism", "landcover", "threat"):
+        expected = zarr.open_array(loose.store / STORE_NAME / name, mode="r")[:]
+        actual = zarr.open_array(tight.store / STORE_NAME / name, mode="r")[:]
+        assert np.array_equal(expected, actual, equal_nan=expected.dtype.kind == "f"), name
