@@ -14,6 +14,7 @@ import rasterio
 from pipeline.analysis import METHODS, AnalysisError, run_analysis
 from pipeline.config import AnalysisMethod, ConfigError
 from pipeline.events import OutputEvent
+from pipeline.runner import run_pipeline
 from tests.analysis_support import COLUMNS, make_config, make_harness
 
 FAST = {
@@ -125,3 +126,19 @@ def test_non_numeric_column_is_one_clear_error(tmp_path: Path) -> None:
     pq.write_table(table.set_column(table.schema.get_field_index("b"), "b", labels), h.table)
     with pytest.raises(AnalysisError, match=r"merged\.parquet: column 'b' is string, not numeric"):
         run_analysis(h.ctx, h.table, h.grid, h.out, h.ctx.stage("analysis"))
+
+
+def test_runner_reruns_analysis_alone_on_an_exported_table(tmp_path: Path) -> None:
+    """``geod run --stages analysis``: the runner finds the exported table and reruns."""
+    h = make_harness(tmp_path, {"methods": ["test", "som"], "som": FAST["som"]})
+    exported = h.ctx.config.paths.output_dir / f"{h.ctx.config.export.name}.parquet"
+    h.table.rename(exported)
+    first = run_pipeline(h.ctx, ["analysis"])
+    snapshot = {p.name: p.read_bytes() for p in first if p.suffix in (".json", ".parquet")}
+    again = make_harness(tmp_path, {"methods": ["test", "som"], "som": FAST["som"]})
+    second = run_pipeline(again.ctx, ["analysis"])
+    assert [p.name for p in second] == [p.name for p in first]
+    assert {p.name: p.read_bytes() for p in second if p.name in snapshot} == snapshot
+    stages = again.stages()
+    assert stages["analysis"].status == "done" and stages["analysis"].unit == "methods"
+    assert {key for key in stages if key.count("/") == 1} == {"analysis/test", "analysis/som"}
