@@ -18,8 +18,12 @@ with the budget (``memory.budget``):
   with growth allowed right below 80 %, none with the 70 % calm level).
 
 Every size is a multiple of ``min_window`` so windows always cover whole store
-chunks. Each reading is a :class:`~pipeline.events.MemoryEvent`; each change is
-a :class:`~pipeline.events.GovernorEvent` plus one log record on the
+chunks. The governor acts between windows, so a run's first window runs at the
+configured size: the budget must leave room for one such window above the
+worker's baseline (about 190 MiB of imported libraries).
+
+Each reading is a :class:`~pipeline.events.MemoryEvent`; each change is a
+:class:`~pipeline.events.GovernorEvent` plus one log record on the
 ``geod.memory`` logger ("window 2048 → 1024: RSS 3.3 GiB ≥ 80 % of 4 GiB").
 The log record goes through Python logging only (never a hand-built LogEvent):
 the worker installs the handler that turns records into LogEvents, so there is
