@@ -44,6 +44,8 @@ _PG_TYPES: dict[pa.DataType, str] = {
     pa.int64(): "bigint",
     pa.bool_(): "boolean",
 }
+#: Rows per COPY: bounds the CSV text held in memory (~5 MB) whatever the chunk size.
+COPY_ROWS = 100_000
 _STAGING_PREFIX = "geod_partial_"
 _STAGING_TOKEN_BYTES = 4
 
@@ -118,21 +120,22 @@ class PostgresExporter(Exporter):
             raise ExportError(f"postgres export to {self.target}: {first_line(exc)}") from None
 
     def write(self, batch: pa.RecordBatch) -> None:
-        if batch.num_rows == 0:
-            return
-        buffer = io.BytesIO()
-        pacsv.write_csv(batch, buffer, pacsv.WriteOptions(include_header=False))
-        buffer.seek(0)
         copy = sql.SQL("COPY {} ({}) FROM STDIN WITH (FORMAT csv)").format(
             self._staging_id, self._columns
         )
-        try:
-            with self._conn.cursor() as cur:
-                cur.copy_expert(copy, buffer)
-        except psycopg2.Error as exc:
-            self.abort()
-            raise ExportError(f"postgres export to {self.target}: {first_line(exc)}") from None
-        self.rows += batch.num_rows
+        options = pacsv.WriteOptions(include_header=False)
+        for start in range(0, batch.num_rows, COPY_ROWS):
+            piece = batch.slice(start, COPY_ROWS)
+            buffer = io.BytesIO()
+            pacsv.write_csv(piece, buffer, options)
+            buffer.seek(0)
+            try:
+                with self._conn.cursor() as cur:
+                    cur.copy_expert(copy, buffer)
+            except psycopg2.Error as exc:
+                self.abort()
+                raise ExportError(f"postgres export to {self.target}: {first_line(exc)}") from None
+            self.rows += piece.num_rows
 
     def close(self) -> None:
         """Rows are already in the staging table; nothing is visible until commit."""
