@@ -15,7 +15,9 @@ memory pressure a unit is read in thinner row *parts*
 (:meth:`MemoryGovernor.chunk_rows` halves with the governor's window); every
 part is a :class:`MergedChunk` with the unit's index and ``last`` set on its
 final part. Rows within a part are row-major; the table as a whole is ordered
-by band, then column block, then row, then column.
+by band, then column block, then row, then column. At most two parts are in
+memory: the one the exporters are writing and the next, read ahead on a helper
+thread (Zarr decoding and numpy overlap with the writers on a second core).
 
 Nodata. A layer's nodata value, and NaN in float layers, become Arrow *nulls*
 (Parquet nulls, empty CSV fields, SQL NULL): one missing-value convention for
