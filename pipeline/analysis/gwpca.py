@@ -53,10 +53,19 @@ GeoTIFFs on the target grid strided by ``gwpca.subsample``: ``PREFIX_pv.tif``
 ``PREFIX_winner.tif`` (uint8 column index, names in the ``winner_<i>`` tags,
 nodata 255).
 
-Data points. All complete rows of the table are the observations, held in
-memory with the KD-tree; if they would exceed :data:`DATA_BUDGET_SHARE` of the
-memory budget they are thinned to a regular stride (every 2nd, 4th, … complete
-row), which is logged and recorded in the metrics.
+Data and evaluation points. All complete rows of the table are the
+observations, held in memory with the KD-tree; if they would exceed
+:data:`DATA_BUDGET_SHARE` of the memory budget they are thinned to a regular
+stride (every 2nd, 4th, … complete row), which is logged and recorded in the
+metrics. Evaluation points are the observations on the ``gwpca.subsample``
+lattice of the target grid (row and column multiples of it), thinned evenly
+to ``gwpca.max_points`` when set.
+
+Where this differs from GWmodel (both for bounded work per point): a fixed
+gaussian kernel is cut at :data:`GAUSSIAN_REACH` bandwidths; an adaptive
+gaussian kernel weights only the k nearest observations (GWmodel weights all
+n, the k-th getting exp(−½)); a fixed bandwidth reaching more than
+``gwpca.max_neighbours`` observations uses the nearest ones (logged once).
 """
 
 from __future__ import annotations

@@ -19,7 +19,6 @@ compressed, to their final name.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import math
@@ -570,8 +569,3 @@ def _scatter(
         block = dst.read(window=window)
         block[:, r - window.row_off, c - window.col_off] = values[lo:hi].T.astype(spec.dtype)
         dst.write(block, window=window)
-
-
-def remove_quietly(path: Path) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        path.unlink()
