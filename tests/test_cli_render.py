@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 import time
 
 import pytest
@@ -136,3 +137,26 @@ def test_log_line() -> None:
     }
     line = render.log_line(record).plain
     assert line.split()[1:] == ["WARNING", "resample[bio1]", "slow", "window"]
+
+
+def test_daemon_summary_is_readable_and_keeps_unknown_fields() -> None:
+    status = {
+        "version": "0.1.0",
+        "pid": 42,
+        "started": NOW - 3700,
+        "uptime": 3700.0,
+        "counts": {"running": 1, "queued": 0, "done": 2},
+        "stopping": False,
+        "future_field": "shown",
+    }
+    out = text(render.daemon_summary(status, now=NOW))
+    assert "1h 01m" in out and "1 running, 2 done" in out and "queued" not in out
+    assert "stopping" not in out
+    assert re.search(r"future field +shown", out)
+    assert str(int(NOW)) not in out  # no raw epoch seconds
+
+
+def test_finished_run_shows_no_current_rss() -> None:
+    run = _run(state="done", rss=0, peak_rss=1024**2, started=NOW - 5, finished=NOW)
+    row = text(render.runs_table([run], now=NOW)).splitlines()[1]
+    assert row.split()[-3:] == ["-", "1.0", "MiB"]

@@ -19,7 +19,7 @@ from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
-from supervisor.protocol import RunSummary
+from supervisor.protocol import FINAL_STATES, RunSummary
 
 #: Colour of each run state; final states are dim, trouble is red.
 STATE_STYLES: dict[str, str] = {
@@ -152,7 +152,7 @@ def runs_table(runs: Iterable[RunSummary], now: float | None = None) -> Table:
             human_time(run.started, now),
             human_duration(elapsed(run, now)),
             human_duration(run.eta) if run.state == "running" else "-",
-            human_bytes(run.rss),
+            human_bytes(None if run.state in FINAL_STATES else run.rss),
             human_bytes(run.peak_rss),
         )
     return table
@@ -212,7 +212,7 @@ def run_detail(run: RunSummary, now: float | None = None) -> RenderableType:
         ("finished", human_time(run.finished, now)),
         ("elapsed", human_duration(elapsed(run, now))),
         ("eta", human_duration(run.eta) if run.state == "running" else "-"),
-        ("rss", human_bytes(run.rss)),
+        ("rss", human_bytes(None if run.state in FINAL_STATES else run.rss)),
         ("peak rss", human_bytes(run.peak_rss)),
         ("retries", str(run.retries)),
     ]
@@ -238,17 +238,32 @@ def run_detail(run: RunSummary, now: float | None = None) -> RenderableType:
     return Group(*parts)
 
 
-def daemon_summary(status: Mapping[str, Any]) -> Table:
-    """Key facts of ``status``: whatever scalar fields the daemon reports, in its order."""
+def daemon_summary(status: Mapping[str, Any], now: float | None = None) -> Table:
+    """The ``status`` method's facts, readable: times as clock and duration, counts as words.
+
+    Fields this function does not know are still shown (as text), so a newer daemon's
+    additions appear without a CLI change.
+    """
     facts = Table.grid(padding=(0, 2))
     facts.add_column(style="bold")
     facts.add_column()
+    shown: dict[str, str] = {}
     for key, value in status.items():
-        if isinstance(value, Mapping):
-            value = ", ".join(f"{k} {v}" for k, v in value.items()) or "-"
-        elif isinstance(value, list):
-            continue
-        facts.add_row(key.replace("_", " "), str(value))
+        if key == "started":
+            shown["started"] = human_time(value, now)
+        elif key == "uptime":
+            shown["uptime"] = human_duration(value)
+        elif key == "counts" and isinstance(value, Mapping):
+            shown["runs by state"] = (
+                ", ".join(f"{count} {state}" for state, count in value.items() if count) or "none"
+            )
+        elif key == "stopping":
+            if value:
+                shown["stopping"] = "yes: runs are checkpointing"
+        elif not isinstance(value, list | Mapping):
+            shown[key.replace("_", " ")] = str(value)
+    for key, value in shown.items():
+        facts.add_row(key, value)
     return facts
 
 

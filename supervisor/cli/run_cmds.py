@@ -89,18 +89,21 @@ def runs(as_json: bool, socket_path: Path | None) -> None:
         click.echo("no runs")
 
 
-def _control(
-    method: str, selection: dict[str, Any], socket_path: Path | None, **extra: Any
-) -> None:
-    """Send a control verb and report each affected run as ``ID STATE`` on stdout."""
-    result = call(socket_path, method, **selection, **extra)
-    affected = result if isinstance(result, list) else [result]
-    for item in affected:
-        if isinstance(item, dict):
-            summary = RunSummary.model_validate(item)
-            click.echo(f"{summary.id}\t{render.state_text(summary).plain}")
-        else:
-            click.echo(str(item))
+def _control(verb: str, selection: dict[str, Any], socket_path: Path | None, **extra: Any) -> None:
+    """Send ``runs.<verb>``; one ``ID<TAB>VERB requested<TAB>STATE`` line per affected run.
+
+    The state is the run's state when the daemon accepted the request: a pause is
+    only acknowledged at the worker's next window boundary (watch ``geod status``).
+    """
+    result = call(socket_path, f"runs.{verb}", **selection, **extra)
+    affected = [
+        RunSummary.model_validate(item)
+        for item in (result if isinstance(result, list) else [result])
+    ]
+    if not affected:
+        click.echo(f"geod: no run to {verb}", err=True)
+    for summary in affected:
+        click.echo(f"{summary.id}\t{verb} requested\t{render.state_text(summary).plain}")
 
 
 @cli.command()
@@ -112,7 +115,7 @@ def pause(selection: dict[str, Any], socket_path: Path | None) -> None:
     A worker that does not acknowledge within the daemon's pause grace is frozen
     with SIGSTOP instead and shows as "paused (hard)".
     """
-    _control("runs.pause", selection, socket_path)
+    _control("pause", selection, socket_path)
 
 
 @cli.command()
@@ -120,7 +123,7 @@ def pause(selection: dict[str, Any], socket_path: Path | None) -> None:
 @socket_option
 def resume(selection: dict[str, Any], socket_path: Path | None) -> None:
     """Resume paused RUN (or --all)."""
-    _control("runs.resume", selection, socket_path)
+    _control("resume", selection, socket_path)
 
 
 @cli.command()
@@ -129,7 +132,7 @@ def resume(selection: dict[str, Any], socket_path: Path | None) -> None:
 @socket_option
 def kill(selection: dict[str, Any], force: bool, socket_path: Path | None) -> None:
     """Stop RUN (or --all): SIGTERM (checkpoint at the window boundary), SIGKILL after grace."""
-    _control("runs.kill", selection, socket_path, force=force)
+    _control("kill", selection, socket_path, force=force)
 
 
 @cli.command()
@@ -137,7 +140,7 @@ def kill(selection: dict[str, Any], force: bool, socket_path: Path | None) -> No
 @socket_option
 def retry(selection: dict[str, Any], socket_path: Path | None) -> None:
     """Run a failed, killed or interrupted RUN again from its last checkpoint."""
-    _control("runs.retry", selection, socket_path)
+    _control("retry", selection, socket_path)
 
 
 @cli.command()
