@@ -9,6 +9,7 @@ in the east ``b`` follows ``c``, so local PCA differs from global PCA.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -71,6 +72,21 @@ class Harness:
     table: Path
     out: Path
     events: list[Event] = field(default_factory=list)
+    listeners: list[Callable[[Event], None]] = field(default_factory=list)
+
+    def receive(self, event: Event) -> None:
+        self.events.append(event)
+        for listener in self.listeners:
+            listener(event)
+
+    def stop_when(self, stage: str, done: int) -> None:
+        """Ask for a stop (as SIGTERM would) once ``stage`` reports ``done`` units."""
+
+        def check(event: Event) -> None:
+            if isinstance(event, StageEvent) and event.id == stage and event.done == done:
+                self.ctx.control.request_stop()
+
+        self.listeners.append(check)
 
     def outputs(self) -> dict[str, OutputEvent]:
         return {Path(e.path).name: e for e in self.events if isinstance(e, OutputEvent)}
@@ -86,13 +102,15 @@ class Harness:
 def make_harness(tmp_path: Path, analysis: dict[str, Any], missing: float = 0.05) -> Harness:
     config = make_config(tmp_path, analysis)
     grid = TargetGrid.from_config(config.grid)
-    events: list[Event] = []
-    sink = EventSink(callback=events.append)
-    governor = MemoryGovernor(config.memory, sink, config.resampling.window_size)
-    ctx = RunContext(config, sink, Controller(sink), governor)
     out = config.paths.output_dir
     out.mkdir(parents=True, exist_ok=True)
     table = tmp_path / "merged.parquet"
     if not table.exists():  # a second harness on the same folder resumes the same table
         write_table(table, grid, missing=missing)
-    return Harness(ctx, grid, table, out, events)
+    # The sink needs the harness (to deliver), the harness needs the sink (in its context).
+    forward: list[Callable[[Event], None]] = []
+    sink = EventSink(callback=lambda event: forward[0](event))
+    governor = MemoryGovernor(config.memory, sink, config.resampling.window_size)
+    harness = Harness(RunContext(config, sink, Controller(sink), governor), grid, table, out)
+    forward.append(harness.receive)
+    return harness

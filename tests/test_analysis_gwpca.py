@@ -267,12 +267,7 @@ def test_killed_run_resumes_from_part_files_with_identical_output(tmp_path: Path
     )
 
     h = make_harness(tmp_path / "resumed", analysis)
-
-    def stop_after_two(event: object) -> None:
-        if isinstance(event, StageEvent) and event.id == "analysis/gwpca/local" and event.done == 2:
-            h.ctx.control.request_stop()
-
-    h.ctx.events._callback = lambda e: (h.events.append(e), stop_after_two(e))
+    h.stop_when("analysis/gwpca/local", done=2)
     with pytest.raises(StopRequested):
         run_analysis(h.ctx, h.table, h.grid, h.out, h.ctx.stage("analysis"))
     assert not (h.out / "gwpca_local.parquet").exists()

@@ -105,14 +105,7 @@ def test_resume_reuses_trained_weights_and_parts(tmp_path: Path) -> None:
     reference = run_som(tmp_path / "reference")
     analysis = {"methods": ["som"], "som": SOM}
     h = make_harness(tmp_path / "resumed", analysis)
-    stop = h.ctx.control.request_stop
-
-    def stop_after_three(event: object) -> None:
-        h.events.append(event)
-        if getattr(event, "id", None) == "analysis/som/assign" and event.done == 3:
-            stop()
-
-    h.ctx.events._callback = stop_after_three
+    h.stop_when("analysis/som/assign", done=3)
     with pytest.raises(StopRequested):
         run_analysis(h.ctx, h.table, h.grid, h.out, h.ctx.stage("analysis"))
     assert (h.out / ".analysis-work" / "som" / "weights.npy").exists()
