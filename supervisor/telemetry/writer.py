@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg2
+import psycopg2.errors
 from psycopg2.extensions import connection as Connection
 
 from pipeline.config import TelemetryConfig
@@ -426,12 +427,34 @@ class TelemetryWriter:
         return {table: copy_text(rows) for table, rows in batch.tables().items()}
 
     def _copy(self, texts: dict[str, str]) -> None:
+        """Stage every table's rows, move them all in one round trip, commit.
+
+        Round trips are what this thread waits on, and each return has to win the
+        GIL back from the collector, so a batch costs one COPY per table plus two
+        statements, not two per table. Append-only tables take a plain INSERT
+        (a third cheaper); only a replay repeats rows, and then the statement
+        fails and the idempotent ON CONFLICT DO NOTHING form runs instead.
+        """
         assert self._conn is not None
+        specs = [TABLES[table] for table in texts]
+        upserts = [spec.insert_sql() for spec in specs if not spec.append_only]
+        appends = [spec for spec in specs if spec.append_only]
         with self._conn.cursor() as cur:
-            for table, text in texts.items():
-                spec = TABLES[table]
-                cur.copy_expert(f"COPY {spec.staging} FROM STDIN", io.StringIO(text))
-                cur.execute(spec.insert_sql())
+            for spec in specs:
+                text = texts[spec.name]
+                # One read of the whole text, not psycopg2's default 8 KiB chunks.
+                cur.copy_expert(
+                    f"COPY {spec.staging} FROM STDIN", io.StringIO(text), size=len(text) + 1
+                )
+            fast = [spec.insert_sql(idempotent=False) for spec in appends]
+            try:
+                cur.execute(";\n".join([*upserts, "SAVEPOINT geod_fast", *fast]))
+            except psycopg2.errors.UniqueViolation:
+                cur.execute(
+                    ";\n".join(
+                        ["ROLLBACK TO SAVEPOINT geod_fast", *(s.insert_sql() for s in appends)]
+                    )
+                )
         self._conn.commit()
 
     def _reject(self, record: Record, exc: BaseException) -> None:
