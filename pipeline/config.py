@@ -269,6 +269,15 @@ class MergeConfig(StrictModel):
         "(a 512-row global 1-arcmin band is 11 M cells, ~0.5 GiB of columns).",
     )
 
+    @field_validator("bounds")
+    @classmethod
+    def _ordered(
+        cls, value: tuple[float, float, float, float] | None
+    ) -> tuple[float, float, float, float] | None:
+        if value is not None and (value[0] >= value[2] or value[1] >= value[3]):
+            raise ValueError("bounds must be west < east and south < north")
+        return value
+
 
 class ParquetOptions(StrictModel):
     compression: Literal["zstd", "snappy", "gzip", "lz4", "none"] = "zstd"

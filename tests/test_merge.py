@@ -17,9 +17,13 @@ import pyarrow as pa
 import pyarrow.parquet
 import pytest
 import rasterio
+from affine import Affine
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+from rasterio.crs import CRS
 from rasterio.windows import Window
 
-from pipeline.config import PipelineConfig, parse_config
+from pipeline.config import ConfigError, PipelineConfig, parse_config
 from pipeline.events import Event, EventSink, GovernorEvent
 from pipeline.grid import TargetGrid
 from pipeline.memory import MemoryGovernor
@@ -240,6 +244,9 @@ def test_bounds_keep_cells_whose_centres_lie_inside_edges_included(tmp_path: Pat
     check_values(table, run.grid, LAYERS[:1])
     with pytest.raises(MergeError, match=r"merge.bounds: .* contains no cell centre"):
         region_window(run.grid, (0.1, 0.1, 0.4, 0.4))
+    reversed_bounds = {"datasets": [{"name": "a", "path": "a"}], "merge": {"bounds": [9, 0, 1, 5]}}
+    with pytest.raises(ConfigError, match=r"^config: merge.bounds: bounds must be west < east"):
+        parse_config(reversed_bounds)
 
 
 def test_start_chunk_yields_exactly_the_tail_of_a_full_pass(tmp_path: Path) -> None:
@@ -388,3 +395,57 @@ def test_four_demo_datasets_of_different_resolutions_and_crs_merge_correctly(
     x, y = table.column("x").to_numpy(), table.column("y").to_numpy()
     outside = (x < 0) | (x > 20) | (y > 10) | (y < -5)  # the 1' landcover subset
     assert table.column("landcover").is_null().to_numpy(zero_copy_only=False)[outside].all()
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    width=st.integers(1, 5000),
+    height=st.integers(1, 3000),
+    chunk_rows=st.integers(16, 2048),
+    max_cells=st.integers(65_536, 2_000_000),
+    store_chunk=st.sampled_from([64, 128, 256, 512]),
+)
+def test_units_tile_the_region_exactly_within_the_cell_bound(
+    width: int, height: int, chunk_rows: int, max_cells: int, store_chunk: int
+) -> None:
+    grid = TargetGrid(CRS.from_epsg(4326), Affine(0.1, 0, -180, 0, -0.1, 90), width, height)
+    config = parse_config(
+        {"datasets": [{"name": "a", "path": "a.tif"}],
+         "merge": {"chunk_rows": chunk_rows, "max_chunk_cells": max_cells}},
+    )  # fmt: skip
+    plan = plan_merge(grid, config, store_chunk)
+    covered = np.zeros((height, width), dtype=np.int8)
+    for index in range(plan.total):
+        unit = plan.unit(index)
+        assert unit.width * unit.height <= max_cells
+        assert unit.col_off % store_chunk == 0 or plan.block_cols == width
+        covered[unit.row_off : unit.row_off + unit.height,
+                unit.col_off : unit.col_off + unit.width] += 1  # fmt: skip
+    assert (covered == 1).all()
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    west=st.floats(-200, 200), east=st.floats(-200, 200),
+    south=st.floats(-100, 100), north=st.floats(-100, 100),
+)  # fmt: skip
+def test_bounds_select_exactly_the_cells_whose_centres_are_inside(
+    west: float, east: float, south: float, north: float
+) -> None:
+    assume(west < east and south < north)  # the config rejects anything else
+    data = {
+        "datasets": [{"name": "a", "path": "a.tif"}],
+        "grid": {"resolution": 2.5},
+        "merge": {"bounds": [west, south, east, north]},
+    }
+    grid = TargetGrid.from_config(parse_config(data).grid)
+    xs, ys = grid.cell_centers(Window(0, 0, grid.width, grid.height))
+    inside_x = np.flatnonzero((xs >= west) & (xs <= east))
+    inside_y = np.flatnonzero((ys >= south) & (ys <= north))
+    if not len(inside_x) or not len(inside_y):
+        with pytest.raises(MergeError):
+            region_window(grid, (west, south, east, north))
+        return
+    window = region_window(grid, (west, south, east, north))
+    assert (window.col_off, window.col_off + window.width) == (inside_x[0], inside_x[-1] + 1)
+    assert (window.row_off, window.row_off + window.height) == (inside_y[0], inside_y[-1] + 1)
