@@ -11,6 +11,7 @@ local store costs about the same as the write itself.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from pathlib import Path
@@ -109,13 +110,16 @@ def run_merge_export(
     node.unit = "chunks"
     node.start(total=stream.plan.total)
     try:
-        for chunk in stream.chunks(ctx.governor):
-            for exporter in exporters:
-                exporter.write(chunk.batch)
-            sampler.observe(chunk.batch)
-            if chunk.last:
-                node.advance()
-                ctx.control.checkpoint()
+        # closing(): on a stop or an error the read-ahead thread is shut down here,
+        # not whenever the traceback holding the generator is released.
+        with contextlib.closing(stream.chunks(ctx.governor)) as chunks:
+            for chunk in chunks:
+                for exporter in exporters:
+                    exporter.write(chunk.batch)
+                sampler.observe(chunk.batch)
+                if chunk.last:
+                    node.advance()
+                    ctx.control.checkpoint()
         for exporter in exporters:
             exporter.close()
         checked = validate_exports(exporters, stream, sampler.keys, samples, rng)

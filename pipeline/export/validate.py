@@ -8,8 +8,9 @@ exported (so a mostly-ocean global grid still checks real values). Each cell is
 looked up in every unpublished output and compared with a direct read of the
 store — presence under the skip/require rules, coordinates, and every value,
 nulls included. For datasets copied onto the grid without resampling the
-exported value must also equal the source raster's pixel. Any mismatch fails
-the export, naming the cells.
+exported value must also equal the source raster's pixel (a source that no
+longer exists, as when an old run is re-exported, is logged and skipped). Any
+mismatch fails the export, naming the cells.
 """
 
 from __future__ import annotations
