@@ -135,6 +135,12 @@ class Settings(BaseModel):
         ge=1,
         description="Memory samples kept per run for memory.history (1 h at 1 s).",
     )
+    uss_interval: float = Field(
+        default=10.0,
+        gt=0,
+        description="Seconds between USS readings of a worker tree (RSS is read every "
+        "memory_interval); USS walks page tables: ~10 ms of daemon CPU per 500 MB.",
+    )
     event_history: int = Field(
         default=2000,
         ge=0,

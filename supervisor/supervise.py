@@ -328,8 +328,12 @@ class Supervisor:
         """Memory of the worker's tree every ``telemetry.memory_interval`` until it exits."""
         interval = run.telemetry_config().memory_interval
         exited = self._exited[run.id]
+        next_uss = 0.0
         while worker.running:
-            event = await asyncio.to_thread(sample_tree, worker.pid, run.summary.stage)
+            with_uss = time.monotonic() >= next_uss
+            if with_uss:
+                next_uss = time.monotonic() + self.settings.uss_interval
+            event = await asyncio.to_thread(sample_tree, worker.pid, run.summary.stage, with_uss)
             if event is not None and worker.running and self.workers.get(run.id) is worker:
                 self.record(run, event)
                 self.publish(run, save=False)
