@@ -34,11 +34,12 @@ by window without any resampling, converting dtype and nodata by the same rule.
 Known differences from the reference gdalwarp 3.6 (rasterio bundles GDAL 3.10;
 tests/test_resample.py pins each one down):
 
-* gdalwarp 3.6's averaging methods extend a source by one source pixel past
-  its top and left edges: target pixels the source does not cover (the row and
-  column before a source that starts inside the grid; the rows poleward of
-  85.04°, where the EASE-Grid 2.0 world of EPSG:6933 ends) get the edge values
-  repeated. GDAL 3.10 leaves them nodata.
+* gdalwarp 3.6's footprint methods (average, mode, min, max, med, q1, q3)
+  extend a source by one source pixel past its top and left edges: target
+  pixels the source does not cover (the row and column before a source that
+  starts inside the grid; the rows north of 85.04°N, where the EASE-Grid 2.0
+  world of EPSG:6933 ends) get the edge values repeated. GDAL 3.10 leaves them
+  nodata.
 * GDAL 3.10 ``average`` returns a value outside the data for the grid column
   ending at 180°E when the source only partly covers it. Both happen in a
   single whole-raster warp too: they are GDAL's, not the windowing's.

@@ -158,9 +158,9 @@ CASES = [
     ("geographic", "bilinear", GLOBAL_1DEG),
     ("geographic", "cubic", GLOBAL_1DEG),
     ("equal_area", "bilinear", GLOBAL_1DEG),
-    # The EASE-Grid 2.0 world ends at 85.04°: gdalwarp 3.6's averaging methods
-    # fill the uncovered polar rows with edge values, GDAL 3.10 leaves them empty
-    # (see pipeline.resample); these comparisons stay off the poles.
+    # The EASE-Grid 2.0 world ends at 85.04°N: gdalwarp 3.6's footprint methods
+    # fill the uncovered rows north of it with edge values, GDAL 3.10 leaves them
+    # empty (see pipeline.resample); these comparisons stay off the poles.
     ("equal_area", "average", MIDLAT_1DEG),
     ("equal_area", "nearest", GLOBAL_1DEG),
     ("equal_area", "mode", MIDLAT_1DEG),
