@@ -34,8 +34,6 @@ LINE_LIMIT = MAX_LINE_BYTES
 #: reach EOF (a process that left the group could hold them open forever).
 PIPE_DRAIN_TIMEOUT = 5.0
 
-#: psutil create times are rounded from clock ticks; equal within this many seconds.
-_CREATE_TIME_SLACK = 0.05
 
 #: How often a leftover worker is checked for having exited.
 _LEFTOVER_POLL = 0.05
@@ -208,20 +206,30 @@ async def _pump(
             log.exception("handling a worker line failed")
 
 
-def terminate_leftover(pid: int, create_time: float | None, grace: float) -> bool:
+def find_leftover_workers(config_files: dict[str, str]) -> dict[str, psutil.Process]:
+    """Run id → a live process-group leader whose argv names that run's frozen config.
+
+    Found by command line rather than by a recorded pid, so a worker a previous
+    daemon left running is stopped even if that daemon's state file was lost or
+    corrupted (two workers must never share a run's work directory).
+    """
+    wanted = {path: run_id for run_id, path in config_files.items()}
+    found: dict[str, psutil.Process] = {}
+    for process in psutil.process_iter(["cmdline"]):
+        with contextlib.suppress(psutil.Error, OSError):
+            run_ids = [wanted[arg] for arg in process.info["cmdline"] or () if arg in wanted]
+            if run_ids and os.getpgid(process.pid) == process.pid:
+                found[run_ids[0]] = process
+    return found
+
+
+def terminate_leftover(process: psutil.Process, grace: float) -> None:
     """Stop the process group of a worker a previous daemon left running (blocking).
 
-    The pid is only trusted if the process still has the start time recorded
-    when it was spawned (pids are reused). SIGTERM (plus SIGCONT, in case it was
-    hard-paused) lets it checkpoint; SIGKILL follows after ``grace``. Returns
-    True if such a worker was found.
+    SIGTERM (plus SIGCONT, in case it was hard-paused) lets it checkpoint;
+    SIGKILL of the whole group follows after ``grace``.
     """
-    try:
-        process = psutil.Process(pid)
-        if create_time is None or abs(process.create_time() - create_time) > _CREATE_TIME_SLACK:
-            return False
-    except psutil.Error:
-        return False
+    pid = process.pid
     log.warning("worker %d from a previous daemon is still running; stopping it", pid)
     for signum in (signal.SIGTERM, signal.SIGCONT):
         with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -238,4 +246,3 @@ def terminate_leftover(pid: int, create_time: float | None, grace: float) -> boo
         time.sleep(_LEFTOVER_POLL)
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, signal.SIGKILL)
-    return True

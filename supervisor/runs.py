@@ -77,8 +77,6 @@ class Run:
     stages: dict[str, dict[str, Any]] = field(default_factory=dict)
     memory: deque[dict[str, Any]] = field(init=False)
     recent_logs: deque[dict[str, Any]] = field(init=False)
-    #: Process start time of the worker (psutil), to recognise its pid after a restart.
-    worker_create_time: float | None = None
     #: Last lifecycle state the current worker reported (StateEvent.state) and its reason.
     worker_state: str | None = None
     worker_reason: str | None = None
@@ -228,6 +226,7 @@ def _repair_history(path: Path) -> None:
         handle.seek(size - 1)
         if handle.read(1) == b"\n":
             return
+        log.warning("%s: cut a torn last line left by an interrupted write", path)
         # Scan back to the last newline; histories are appended in small lines.
         position = size
         while position > 0:
@@ -240,7 +239,6 @@ def _repair_history(path: Path) -> None:
                 return
             position -= step
         handle.truncate(0)
-    log.warning("%s: cut a torn last line left by an interrupted write", path)
 
 
 class Registry:
@@ -268,7 +266,6 @@ class Registry:
         try:
             data = json.loads(state.read_text())
             summary = RunSummary.model_validate(data["summary"])
-            create_time = data.get("worker_create_time")
         except (OSError, ValueError, KeyError, TypeError, ValidationError) as exc:
             # Never trust a bad file: the history and the frozen config rebuild the run,
             # and it is parked as interrupted for the restart policy to decide.
@@ -277,9 +274,9 @@ class Registry:
             summary = RunSummary(
                 id=path.name, name=path.name, state="interrupted", error=reason, run_dir=str(path)
             )
-            create_time = None
         run = Run(summary, path, self.memory_history, self.event_history)
-        run.worker_create_time = create_time
+        if summary.error and summary.error.startswith("state file unreadable") and run.config:
+            summary.name = run.config.name
         _repair_history(path / EVENTS_NAME)
         for event in run.read_history():
             run.apply(event)
@@ -315,10 +312,7 @@ class Registry:
         return run
 
     def save(self, run: Run) -> None:
-        payload = {
-            "summary": run.summary.model_dump(mode="json"),
-            "worker_create_time": run.worker_create_time,
-        }
+        payload = {"summary": run.summary.model_dump(mode="json")}
         atomic_write(run.run_dir / STATE_NAME, json.dumps(payload, indent=1).encode())
 
     def get(self, run_id: str) -> Run | None:

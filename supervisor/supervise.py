@@ -35,7 +35,12 @@ from pydantic import ValidationError
 
 from pipeline.config import ConfigError, dump_config, load_config
 from pipeline.events import Event, LogEvent, decode, encode
-from supervisor.process import RotatingLog, WorkerProcess, terminate_leftover
+from supervisor.process import (
+    RotatingLog,
+    WorkerProcess,
+    find_leftover_workers,
+    terminate_leftover,
+)
 from supervisor.protocol import (
     NOTIFY_EVENT,
     NOTIFY_RUN,
@@ -161,9 +166,10 @@ class Supervisor:
 
     def recover(self) -> None:
         """Reconcile runs persisted by a previous daemon (called once at start)."""
-        for run in self.runs():
+        runs = self.runs()
+        leftovers = find_leftover_workers({run.id: str(run.config_file) for run in runs})
+        for run in runs:
             summary = run.summary
-            leftover = summary.pid
             summary.pid = None
             summary.paused_hard = False
             if summary.state in ("running", "stopping"):
@@ -171,21 +177,18 @@ class Supervisor:
                 summary.state = "killed" if stopping else "interrupted"
                 summary.error = None if stopping else "the daemon stopped while it was running"
                 summary.finished = time.time()
-            if leftover is not None:
-                self._spawn_task(self._reap_leftover(run, leftover))
+            if run.id in leftovers:
+                self._spawn_task(self._reap_leftover(run, leftovers[run.id]))
                 continue
             self._after_recovery(run)
 
-    async def _reap_leftover(self, run: Run, pid: int) -> None:
-        grace = self.settings.kill_grace
-        found = await asyncio.to_thread(terminate_leftover, pid, run.worker_create_time, grace)
-        if found:
-            self.say(run, "WARNING", f"stopped worker {pid} left running by a previous daemon")
+    async def _reap_leftover(self, run: Run, process: psutil.Process) -> None:
+        await asyncio.to_thread(terminate_leftover, process, self.settings.kill_grace)
+        self.say(run, "WARNING", f"stopped worker {process.pid} left running by a previous daemon")
         self._after_recovery(run)
         self.schedule()
 
     def _after_recovery(self, run: Run) -> None:
-        run.worker_create_time = None
         if run.summary.state == "interrupted" and run.restart_policy().policy == "on-failure":
             run.summary.state = "queued"
             run.summary.retry_at = None
@@ -273,8 +276,6 @@ class Supervisor:
         self._starting.discard(run.id)
         self.workers[run.id] = worker
         summary.pid = worker.pid
-        with contextlib.suppress(psutil.Error):
-            run.worker_create_time = psutil.Process(worker.pid).create_time()
         summary.error = None
         self._exited[run.id] = asyncio.Event()
         log.info("run %s: worker %d started", run.id, worker.pid)
@@ -356,7 +357,6 @@ class Supervisor:
         summary.finished = time.time()
         summary.exit_code = code
         summary.eta = None
-        run.worker_create_time = None
         reason = run.worker_reason
         if intent == "kill":
             summary.state = "killed"

@@ -94,12 +94,14 @@ class DaemonHarness:
             except DaemonNotRunning:
                 pass
             if self.process.poll() is not None:
-                raise AssertionError(f"daemon exited {self.process.returncode}: {self.log()}")
-            assert time.monotonic() < deadline, f"daemon not ready: {self.log()}"
+                raise AssertionError(
+                    f"daemon exited {self.process.returncode}: {self.log()[-3000:]}"
+                )
+            assert time.monotonic() < deadline, f"daemon not ready: {self.log()[-3000:]}"
             time.sleep(POLL)
 
     def log(self) -> str:
-        return self.log_path.read_text(errors="replace")[-3000:]
+        return self.log_path.read_text(errors="replace")
 
     def signal(self, signum: int) -> None:
         assert self.process is not None
@@ -177,7 +179,7 @@ class DaemonHarness:
             if accept(run):
                 return run
             if time.monotonic() > deadline:
-                raise AssertionError(f"{run_id} stuck: {run}\n{self.log()}")
+                raise AssertionError(f"{run_id} stuck: {run}\n{self.log()[-3000:]}")
             time.sleep(POLL)
 
 

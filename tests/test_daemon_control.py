@@ -295,3 +295,31 @@ def test_bad_submissions_rejected_daemon_stays_up(tmp_path: Path) -> None:
             daemon.call("runs.get", run="r9999")
         assert error.value.code == ErrorCode.UNKNOWN_RUN
         assert daemon.call("runs.list") == []
+
+
+def test_garbage_state_file_and_torn_history_recovered(tmp_path: Path) -> None:
+    daemon = DaemonHarness(tmp_path)
+    try:
+        daemon.start()
+        run_id = daemon.submit(fake_config(tmp_path / "a", "steps400"))
+        before = daemon.wait(run_id, lambda r: r["progress"] > 0.05)
+        daemon.crash()
+        run_dir = daemon.state_dir / "runs" / run_id
+        (run_dir / "state.json").write_bytes(b"\x00garbage{")
+        with open(run_dir / "events.ndjson", "ab") as history_file:
+            history_file.write(b'{"time": 1, "seq": 99999, "type": "lo')  # cut mid-write
+        daemon.start()
+        run = daemon.wait(run_id, lambda r: r["state"] == "running" and r["pid"])
+        assert run["name"] == "steps400"  # rebuilt from the frozen config, not trusted
+        said = [e["message"] for e in daemon.call("logs.tail", run=run_id, limit=100)]
+        # The old worker was found by its command line although its pid was lost.
+        assert any("left running by a previous daemon" in m for m in said)
+        assert any("resuming from its checkpoint" in m for m in said)
+        assert group_alive(before["pid"]) == []
+        assert "state file unreadable" in daemon.log()
+        assert "cut a torn last line" in daemon.log()
+        daemon.call("runs.kill", run=run_id, force=True)
+        daemon.wait(run_id, "killed")
+        assert_contiguous(history(daemon, run_id))
+    finally:
+        daemon.cleanup()
