@@ -32,10 +32,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import json
 import math
 import os
 import selectors
+import signal
 import stat
 import subprocess
 import sys
@@ -82,6 +84,12 @@ STARTUP_TIMEOUT = 60.0
 #: on a dead mount; then it is left behind rather than hanging the run).
 REAP_TIMEOUT = 5.0
 
+#: Signals a worker's process group receives for the worker itself (Ctrl-C, a
+#: graceful stop, pause/resume): the child ignores them, or a cooperative stop
+#: would kill it mid-inspection and look like a bad input.
+PARENT_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
+
+_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 _TIFF_SIGNATURES = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 _ZERO_SIZE_HINTS = ("invalid dataset dimensions", "zero scanline size", "zero width", "zero height")
 _READY = "ready"
@@ -178,6 +186,9 @@ class _Prober:
                     f"header inspection timed out after {self._config.timeout:g} s "
                     "(GDAL did not answer; the inspecting process was killed)"
                 )
+            if returncode < 0:
+                name = signal.Signals(-returncode).name
+                return problem(f"GDAL crashed reading the header (inspecting process got {name})")
             return problem(f"the inspecting process died (exit code {returncode})")
         answer = json.loads(line)
         if "error" in answer:
@@ -190,7 +201,7 @@ class _Prober:
             p for p in (str(_REPO_ROOT), env.get("PYTHONPATH")) if p
         )
         self._proc = subprocess.Popen(
-            [sys.executable, "-m", "pipeline.catalog", "--serve"],
+            [sys.executable, "-m", "pipeline.catalog", "--serve", "--parent", str(os.getpid())],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
@@ -441,13 +452,30 @@ def _serve(requests: IO[str], answers: IO[bytes]) -> None:
             send({"error": f"inspection failed: {type(exc).__name__}: {detail}"})
 
 
+def _die_with_parent(parent: int) -> None:
+    """Ask Linux to SIGKILL this child when its parent dies, so it is never orphaned.
+
+    The child ignores the signals its parent handles, so without this a child
+    stuck in GDAL would outlive a killed worker. Where prctl is unavailable the
+    child still exits at end of input once it is free to read again.
+    """
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        sys.exit(0)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m pipeline.catalog",
         description="Inspection child of the geod catalog (started by pipeline.catalog).",
     )
     parser.add_argument("--serve", action="store_true", required=True)
-    parser.parse_args(argv)
+    parser.add_argument("--parent", type=int, required=True, help="pid of the inspecting process")
+    args = parser.parse_args(argv)
+    for signum in PARENT_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
+    _die_with_parent(args.parent)
     # The protocol gets a private copy of stdout; fd 1 then points at stderr so a
     # stray print from C code cannot corrupt an answer.
     answers = os.fdopen(os.dup(sys.stdout.fileno()), "wb")

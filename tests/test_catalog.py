@@ -7,26 +7,30 @@ and the reason.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import math
 import os
 import shutil
+import signal
 import struct
 import subprocess
 import sys
 import sysconfig
 import textwrap
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import psutil
 import pytest
 import rasterio
 from rasterio.crs import CRS
 from rasterio.transform import from_origin
 
-from pipeline.catalog import CatalogError, inspect, inspect_all
+from pipeline.catalog import PARENT_SIGNALS, CatalogError, inspect, inspect_all
 from pipeline.config import CatalogConfig, DatasetConfig, PipelineConfig
 
 #: Short enough to keep the hanging cases quick, long enough for a loaded CI box.
@@ -362,3 +366,86 @@ def test_inspect_all_returns_every_source_in_config_order(tmp_path: Path) -> Non
     infos = inspect_all(config)
 
     assert [(i.dataset, i.height) for i in infos] == [("a", 16), ("b", 32), ("c", 48)]
+
+
+_STUCK_INSPECTION = (
+    "import signal, sys; from pathlib import Path\n"
+    "signal.signal(signal.SIGINT, lambda *_: None)  # as the worker's Controller does\n"
+    "from pipeline.catalog import CatalogError, inspect\n"
+    "from pipeline.config import CatalogConfig, DatasetConfig\n"
+    "try:\n"
+    "    inspect(DatasetConfig(name='slow', path=Path(sys.argv[1])), CatalogConfig())\n"
+    "    print('inspected')\n"
+    "except CatalogError as exc:\n"
+    "    print(exc)\n"
+)
+
+
+def _open_writer(fifo: Path, deadline: float) -> int | None:
+    """A write end of ``fifo`` once a reader (GDAL in the child) has it open."""
+    while time.monotonic() < deadline:
+        try:
+            return os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+        except OSError as exc:
+            assert exc.errno == errno.ENXIO
+            time.sleep(0.02)
+    return None
+
+
+@contextlib.contextmanager
+def stuck_inspection(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], int]]:
+    """A process inspecting a VRT over a FIFO, its child blocked inside GDAL; yields the
+    process (leader of its own group) and a held write end of the FIFO."""
+    path, _ = vrt_over_a_fifo(tmp_path)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _STUCK_INSPECTION, str(path)], cwd=Path(__file__).parent.parent,
+        start_new_session=True, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        writer = _open_writer(tmp_path / "source.tif", time.monotonic() + 60)
+        assert writer is not None, "the inspection never reached the FIFO"
+        yield proc, writer
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+
+
+def test_inspection_child_survives_ctrl_c_to_its_process_group(tmp_path: Path) -> None:
+    """Ctrl-C reaches the whole foreground group while the worker stops cooperatively:
+    the child must finish its inspection, or a stop would read as a bad input."""
+    with stuck_inspection(tmp_path) as (proc, writer):
+        (child,) = psutil.Process(proc.pid).children()
+        status = Path(f"/proc/{child.pid}/status").read_text()
+        ignored = int(next(v for k, v in _fields(status) if k == "SigIgn"), 16)
+        for signum in PARENT_SIGNALS:  # what a group-wide stop, pause or Ctrl-C sends
+            assert ignored & (1 << (signum - 1)), signal.Signals(signum).name
+        os.killpg(proc.pid, signal.SIGINT)
+        os.close(writer)
+        # Hand GDAL end-of-file each time it (re)opens the FIFO, until it gives up
+        # and control returns to Python, where a default SIGINT would now fire.
+        deadline = time.monotonic() + 60
+        while proc.poll() is None and time.monotonic() < deadline:
+            again = _open_writer(tmp_path / "source.tif", time.monotonic() + 0.2)
+            if again is not None:
+                os.close(again)
+        out, _ = proc.communicate(timeout=10)
+
+    assert out.startswith("slow (") or out.strip() == "inspected", out
+    assert "died" not in out and "crashed" not in out and "timed out" not in out
+
+
+def _fields(status: str) -> Iterator[tuple[str, str]]:
+    for line in status.splitlines():
+        key, _, value = line.partition(":")
+        yield key, value.strip()
+
+
+def test_inspection_child_never_outlives_its_parent(tmp_path: Path) -> None:
+    """SIGKILL of the worker alone (not its group) still ends a child stuck in GDAL."""
+    with stuck_inspection(tmp_path) as (proc, writer):
+        (child,) = psutil.Process(proc.pid).children()
+        proc.kill()
+        proc.wait()
+        child.wait(timeout=10)  # gone with its parent, not orphaned
+        os.close(writer)
