@@ -198,9 +198,10 @@ async def test_search_highlights_and_jumps() -> None:
         await pilot.press("N")
         assert log.current_hit == hits[0]
         # Highlight is in the rendered strips: the hit row carries the search style.
-        rendered = "".join(segment.text for segment in log.lines[hits[0]])
-        assert "window 3/8" in rendered
-        assert any("reverse" in str(seg.style) for seg in log.lines[hits[0]] if seg.style)
+        row = list(log.row_strip(hits[0]))
+        highlighted = [seg.text for seg in row if seg.style and seg.style.reverse]
+        assert highlighted == ["window 3/8"]
+        assert not any(seg.style and seg.style.reverse for seg in log.row_strip(0))
 
 
 @pilot_test

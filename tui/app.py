@@ -40,16 +40,17 @@ from tui.widgets.memory_chart import MemoryChart
 from tui.widgets.runs_table import RunsTable
 from tui.widgets.stage_tree import StageTree
 
-#: Frames per second at which batched changes reach the widgets (≤ 100 ms behind an event).
+#: Frames per second at which batched changes reach the log (≤ 100 ms behind an event).
 FRAME_HZ = 10
+#: The runs table and stage tree are repainted at most this often: a row or tree line
+#: costs milliseconds to render in Textual, and eyes read progress no faster anyway.
+PANEL_HZ = 4
 #: The memory chart is redrawn at most this often (samples arrive about once a second).
 CHART_HZ = 2
 #: Elapsed times and the header's uptime tick once a second.
 CLOCK_S = 1.0
 #: Placeholder of the search box.
 _SEARCH_HINT = "search the log (enter: find, esc: cancel)"
-#: Panels that tab cycles through, in order.
-PANELS: tuple[str, ...] = ("#runs", "#stages", "#memory", "#log")
 
 _CONNECTION_MARK = {
     "connected": "● connected",
@@ -67,7 +68,7 @@ class SearchBox(Input):
     def action_cancel_search(self) -> None:
         self.value = ""
         self.display = False
-        self.app.query_one(LogView).focus()
+        self.screen.query_one(LogView).focus()
 
 
 class GeodApp(App[None]):
@@ -102,26 +103,39 @@ class GeodApp(App[None]):
             self.state.connection.state = "offline"
         self._chart_due = False
         self._chart_drawn = 0.0
+        # Changes held back for the next panel repaint (see PANEL_HZ).
+        self._runs_due: set[str] = set()
+        self._stages_due: set[str] = set()
+        self._stages_reset = False
+        self._panels_drawn = 0.0
+        # The panels, built once: frames and actions use these directly (no DOM query
+        # per frame, and none that could miss while a modal screen is on top).
+        self.runs_table = RunsTable(self.state, id="runs")
+        self.stage_tree = StageTree(self.state, id="stages")
+        self.memory_chart = MemoryChart(self.state, id="memory")
+        self.log_view = LogView(self.state, id="log")
+        self.search_box = SearchBox(placeholder=_SEARCH_HINT, id="search")
+        self.banner = ConnectionBanner(id="banner")
 
     # -- layout -----------------------------------------------------------------------
 
     def compose(self) -> ComposeResult:
         yield Header(icon="◆")
-        yield ConnectionBanner(id="banner")
-        yield RunsTable(self.state, id="runs")
+        yield self.banner
+        yield self.runs_table
         with Horizontal(id="body"):
-            yield StageTree(self.state, id="stages")
+            yield self.stage_tree
             with Vertical(id="right"):
-                yield MemoryChart(self.state, id="memory")
-                yield LogView(self.state, id="log")
-                yield SearchBox(placeholder=_SEARCH_HINT, id="search")
+                yield self.memory_chart
+                yield self.log_view
+                yield self.search_box
         yield Footer()
 
     def on_mount(self) -> None:
         self.set_interval(1 / FRAME_HZ, self.frame, name="frame")
         self.set_interval(CLOCK_S, self._tick, name="clock")
-        self.query_one("#search").display = False
-        self.query_one("#runs").focus()
+        self.search_box.display = False
+        self.runs_table.focus()
         self.state.touch_connection()
         if self.link is not None:
             self.run_worker(self.link.run(), name="daemon-link", group="link", exit_on_error=False)
@@ -133,35 +147,47 @@ class GeodApp(App[None]):
     def frame(self) -> None:
         """Apply everything that changed since the last frame."""
         changes = self.state.take_changes()
-        if changes.runs:
-            self.query_one(RunsTable).sync(changes.runs)
-            if self.selected is None or self.selected not in self.state.runs:
-                self._choose_initial()
+        now = time.monotonic()
+        self._runs_due |= changes.runs
+        run = self.selected
+        if run is not None:
+            self._stages_reset |= run in changes.stages_reset
+            self._stages_due |= changes.stages.get(run, set())
+        if now - self._panels_drawn >= 1 / PANEL_HZ:
+            self._panels_drawn = now
+            self._repaint_panels()
         if changes.connection:
-            self.query_one(ConnectionBanner).show_info(self.state.connection)
+            self.banner.show_info(self.state.connection)
             self._update_header()
         run = self.selected
         if run is None:
             return
-        tree = self.query_one(StageTree)
-        if run in changes.stages_reset:
-            tree.show_run(run)
-        elif run in changes.stages:
-            tree.apply(changes.stages[run])
-        log = self.query_one(LogView)
+        log = self.log_view
         if run in changes.logs_reset:
             log.reload()
         elif run in changes.logs:
             log.append(changes.logs[run])
         if run in changes.memory:
             self._chart_due = True
-        now = time.monotonic()
         if self._chart_due and now - self._chart_drawn >= 1 / CHART_HZ:
             self._chart_due, self._chart_drawn = False, now
-            self.query_one(MemoryChart).redraw()
+            self.memory_chart.redraw()
+
+    def _repaint_panels(self) -> None:
+        """The table and tree catch up with everything held back since their last repaint."""
+        if self._runs_due:
+            runs, self._runs_due = self._runs_due, set()
+            self.runs_table.sync(runs)
+            if self.selected is None or self.selected not in self.state.runs:
+                self._choose_initial()
+        if self._stages_reset:
+            self.stage_tree.show_run(self.selected)
+        elif self._stages_due:
+            self.stage_tree.apply(self._stages_due)
+        self._stages_reset, self._stages_due = False, set()
 
     def _tick(self) -> None:
-        self.query_one(RunsTable).tick()
+        self.runs_table.tick()
         self._update_header()
 
     def _update_header(self) -> None:
@@ -175,7 +201,7 @@ class GeodApp(App[None]):
         self.sub_title = " · ".join(parts)
 
     def _choose_initial(self) -> None:
-        table = self.query_one(RunsTable)
+        table = self.runs_table
         runs = self.state.runs
         wanted = self.initial_run if self.initial_run in runs else None
         if wanted is None:
@@ -191,7 +217,7 @@ class GeodApp(App[None]):
     def _on_run_chosen(self, message: RunsTable.RunChosen) -> None:
         # Highlight messages are queued; after a re-sort an older one may name a row
         # the cursor has already left, so only the row under the cursor counts.
-        if message.run_id == self.query_one(RunsTable).selected_run:
+        if message.run_id == self.runs_table.selected_run:
             self.select_run(message.run_id)
 
     def select_run(self, run_id: str | None) -> None:
@@ -199,9 +225,10 @@ class GeodApp(App[None]):
         if run_id == self.selected:
             return
         self.selected = run_id
-        self.query_one(StageTree).show_run(run_id)
-        self.query_one(LogView).show_run(run_id)
-        self.query_one(MemoryChart).show_run(run_id)
+        self._stages_reset, self._stages_due = False, set()
+        self.stage_tree.show_run(run_id)
+        self.log_view.show_run(run_id)
+        self.memory_chart.show_run(run_id)
         if run_id is not None and self.link is not None and self.link.connected:
             self.run_worker(self._load(run_id), group="load", exit_on_error=False)
 
@@ -274,16 +301,16 @@ class GeodApp(App[None]):
             self.notify(f"{what}: sent", timeout=2)
 
     def action_follow(self) -> None:
-        following = self.query_one(LogView).toggle_follow()
+        following = self.log_view.toggle_follow()
         self.notify("log: following" if following else "log: paused", timeout=1.5)
 
     def action_level(self) -> None:
-        level = self.query_one(LogView).cycle_level()
+        level = self.log_view.cycle_level()
         self.notify(f"log level ≥ {level}", timeout=1.5)
 
     def action_stage_filter(self) -> None:
-        log = self.query_one(LogView)
-        stage = self.query_one(StageTree).highlighted_stage
+        log = self.log_view
+        stage = self.stage_tree.highlighted_stage
         if log.stage_filter is not None or stage in (None, "run"):
             log.set_stage_filter(None)
             self.notify("log: all stages", timeout=1.5)
@@ -292,32 +319,32 @@ class GeodApp(App[None]):
             self.notify(f"log: stage {stage}", timeout=1.5)
 
     def action_search(self) -> None:
-        box = self.query_one(SearchBox)
+        box = self.search_box
         box.display = True
         box.focus()
 
     @on(Input.Submitted, "#search")
     def _on_search(self, message: Input.Submitted) -> None:
-        box = self.query_one(SearchBox)
+        box = self.search_box
         box.display = False
-        log = self.query_one(LogView)
+        log = self.log_view
         hits = log.set_search(message.value)
         log.focus()
         if message.value:
             self.notify(f"/{message.value}: {hits} hits", timeout=2)
 
     def action_search_next(self) -> None:
-        self.query_one(LogView).jump(1)
+        self.log_view.jump(1)
 
     def action_search_prev(self) -> None:
-        self.query_one(LogView).jump(-1)
+        self.log_view.jump(-1)
 
     def action_memory_span(self) -> None:
-        span = self.query_one(MemoryChart).cycle_span()
+        span = self.memory_chart.cycle_span()
         self.notify(f"memory: {span}", timeout=1.5)
 
     def action_sort(self) -> None:
-        self.query_one(RunsTable).cycle_sort()
+        self.runs_table.cycle_sort()
 
     def action_cycle_panel(self) -> None:
         self._cycle(1)
@@ -326,7 +353,8 @@ class GeodApp(App[None]):
         self._cycle(-1)
 
     def _cycle(self, step: int) -> None:
-        panels: list[Widget] = [self.query_one(selector) for selector in PANELS]
+        # Tab cycles through the panels only (never into the hidden search box).
+        panels: list[Widget] = [self.runs_table, self.stage_tree, self.memory_chart, self.log_view]
         focused = self.focused
         index = panels.index(focused) if focused in panels else -1
         panels[(index + step) % len(panels)].focus()

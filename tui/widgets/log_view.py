@@ -2,12 +2,18 @@
 
 The view holds a bounded window of records (:data:`LOG_VIEW_LINES`), one
 screen row per record so a record's index is its row (search hits and paging
-keep the position exact). While following, each frame appends the new records
-in one ``write`` (one Rich render per frame, not per line — this is what keeps
-2,000 lines/s cheap). Not following freezes the picture like ``less`` without
-``+F``: new records are only counted in the subtitle, and scrolling past the
-top asks the app for an older page from the daemon (``logs.tail before_seq``),
-which is prepended without moving what the user is reading.
+keep the position exact). Not following freezes the picture like ``less``
+without ``+F``: new records are only counted in the subtitle, and scrolling past
+the top asks the app for an older page from the daemon (``logs.tail
+before_seq``), which is prepended without moving what the user is reading.
+
+Why not ``RichLog``: it renders every line through Rich when it is written
+(measured: ~0.4 ms a line, so 2,000 lines/s would need most of a core, and a
+filter change re-rendering 5,000 lines froze the app for two seconds). This is
+Textual's Line API instead (a ``ScrollView`` with ``render_line``, as Textual's
+own ``Log`` does): appending is a list append, and only the rows on screen are
+turned into segments, cached per record. Level colours, search highlighting and
+horizontal scrolling are kept.
 """
 
 from __future__ import annotations
@@ -17,39 +23,58 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from rich.text import Text
+from rich.cells import cell_len
+from rich.segment import Segment
+from rich.style import Style
 from textual import events
+from textual.cache import LRUCache
+from textual.geometry import Size
 from textual.message import Message
-from textual.widgets import RichLog
+from textual.scroll_view import ScrollView
+from textual.strip import Strip
 
 from tui.formatting import LEVEL_STYLE
 from tui.state import LEVELS, DashboardState, LogLine
 
 #: Records kept in the widget; older ones stay in the state buffer and the daemon.
 LOG_VIEW_LINES = 5_000
-_SEARCH_STYLE = "reverse bold"
-_STAGE_WIDTH = 14
+#: Rendered rows cached (a few screens' worth: scrolling back and forth is free).
+_ROW_CACHE = 1_024
+_STAGE_WIDTH = 12
 #: Five-cell level names keep the message column where the eye expects it.
 _LEVEL_SHORT = {"WARNING": "WARN", "CRITICAL": "CRIT"}
+_DIM = Style.parse("bright_black")
+_SEARCH = Style.parse("reverse bold")
+_LEVEL_STYLES = {level: Style.parse(style) for level, style in LEVEL_STYLE.items()}
+#: Cells before the message: "HH:MM:SS " + level (6) + stage column + space.
+_PREFIX_CELLS = 9 + 6 + _STAGE_WIDTH + 1
 
 
-def line_text(line: LogLine, pattern: re.Pattern[str] | None = None) -> Text:
-    """``12:00:03 WARNING resample/bio1   window 2048 → 1024 …`` on one row."""
+def row_segments(line: LogLine, pattern: re.Pattern[str] | None = None) -> list[Segment]:
+    """``12:00:03 WARN  bio1         window 2048 → 1024 …`` as styled segments, one row."""
     stamp = time.strftime("%H:%M:%S", time.localtime(line.time))
-    stage = line.stage or ""
-    if line.dataset:
-        stage = f"{stage}/{line.dataset}" if stage else line.dataset
-    text = Text(f"{stamp} ", style="bright_black")
+    # The dataset is the most specific thing a line is about; else its stage.
+    where = line.dataset or line.stage or ""
+    if len(where) > _STAGE_WIDTH:
+        where = "…" + where[-(_STAGE_WIDTH - 1) :]
     level = _LEVEL_SHORT.get(line.level, line.level)
-    text.append(f"{level:<6}", style=LEVEL_STYLE.get(line.level, ""))
-    text.append(f"{stage[-_STAGE_WIDTH:]:<{_STAGE_WIDTH}} ", style="bright_black")
-    text.append(line.message.replace("\n", " ↵ "))
-    if pattern is not None:
-        text.highlight_regex(pattern, style=_SEARCH_STYLE)
-    return text
+    segments = [
+        Segment(f"{stamp} ", _DIM),
+        Segment(f"{level:<6}", _LEVEL_STYLES.get(line.level)),
+        Segment(f"{where:<{_STAGE_WIDTH}} ", _DIM),
+    ]
+    message = line.message.replace("\n", " ↵ ")
+    position = 0
+    for match in pattern.finditer(message) if pattern is not None else ():
+        if match.start() > position:
+            segments.append(Segment(message[position : match.start()]))
+        segments.append(Segment(match.group(), _SEARCH))
+        position = match.end()
+    segments.append(Segment(message[position:]))
+    return segments
 
 
-class LogView(RichLog):
+class LogView(ScrollView, can_focus=True):
     """Filtered, searchable log records of one run."""
 
     class NeedOlder(Message):
@@ -61,8 +86,11 @@ class LogView(RichLog):
             self.before_seq = before_seq
 
     def __init__(self, state: DashboardState, **kwargs: Any) -> None:
-        super().__init__(max_lines=LOG_VIEW_LINES, wrap=False, markup=False, **kwargs)
+        super().__init__(**kwargs)
         self._state = state
+        # Rendered rows by record seq; cleared whenever what a row looks like changes.
+        self._rows: LRUCache[int, Strip] = LRUCache(_ROW_CACHE)
+        self._widest = 0
         self.run_id: str | None = None
         self.min_level = "DEBUG"
         self.stage_filter: str | None = None
@@ -106,7 +134,9 @@ class LogView(RichLog):
         self._shown.extend(fresh)
         if len(self._shown) > LOG_VIEW_LINES:
             del self._shown[: len(self._shown) - LOG_VIEW_LINES]
-        self.write(Text("\n").join(line_text(line, self._pattern) for line in fresh))
+        self._resize(fresh)
+        self._stick_to_end()
+        self.refresh()
 
     def reload(self) -> None:
         """The state's buffer was replaced (older page, resync): repaint keeping the position."""
@@ -152,6 +182,7 @@ class LogView(RichLog):
         """Highlight ``term`` (case-insensitive); freezes the view; returns the number of hits."""
         self.search = term or None
         self._pattern = re.compile(re.escape(term), re.IGNORECASE) if term else None
+        self._rows.clear()
         self._hit = len(self._shown)
         if self._pattern is not None:
             self.follow = False
@@ -242,18 +273,55 @@ class LogView(RichLog):
         records = [line for line in view.logs if self.wants(line)] if view else []
         self._pending = 0
         self._paint(records[-LOG_VIEW_LINES:])
-        self.scroll_end(animate=False, immediate=True)
         self._update_subtitle()
 
     def _paint(self, lines: list[LogLine]) -> None:
         self._shown = list(lines)
         self._asked_before = None
-        self.clear()
-        if lines:
-            self.write(
-                Text("\n").join(line_text(line, self._pattern) for line in lines),
-                scroll_end=self.follow,
-            )
+        self._rows.clear()
+        self._widest = 0
+        self._resize(self._shown)
+        if self.follow:
+            self._stick_to_end()
+        self.refresh()
+
+    def _stick_to_end(self) -> None:
+        # After the next layout: the new virtual size (and, at mount, our own size)
+        # is only known then.
+        self.scroll_end(animate=False, immediate=False, x_axis=False)
+
+    def on_resize(self, event: events.Resize) -> None:
+        if self.follow:
+            self._stick_to_end()
+
+    def _resize(self, added: list[LogLine]) -> None:
+        """Grow the virtual width to the widest row seen (for horizontal scrolling)."""
+        for line in added:
+            width = cell_len(line.message) + _PREFIX_CELLS
+            if width > self._widest:
+                self._widest = width
+        self.virtual_size = Size(self._widest, len(self._shown))
+
+    # -- Line API: only rows on screen are ever rendered ------------------------------
+
+    def row_strip(self, index: int) -> Strip:
+        """The whole (uncropped) row of record ``index`` of the view, cached."""
+        line = self._shown[index]
+        strip = self._rows.get(line.seq)
+        if strip is None:
+            strip = Strip(row_segments(line, self._pattern))
+            self._rows[line.seq] = strip
+        return strip
+
+    def render_line(self, y: int) -> Strip:
+        scroll_x, scroll_y = self.scroll_offset
+        index = scroll_y + y
+        width = self.scrollable_content_region.width
+        style = self.rich_style
+        if index >= len(self._shown):
+            return Strip.blank(width, style)
+        strip = self.row_strip(index).crop_extend(scroll_x, scroll_x + width, style)
+        return strip.apply_style(style)
 
     def _update_subtitle(self) -> None:
         parts = [f"≥{self.min_level}"]

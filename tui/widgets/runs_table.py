@@ -49,6 +49,9 @@ class RunsTable(DataTable[Any]):
         self.sort_column: str = "id"
         self.sort_reverse = False
         self.border_title = "Runs"
+        # What each cell shows now: only cells whose text changes are rewritten
+        # (a rewritten cell re-renders its row).
+        self._shown: dict[str, dict[str, str]] = {}
 
     def on_mount(self) -> None:
         for key, label in _COLUMNS:
@@ -71,14 +74,20 @@ class RunsTable(DataTable[Any]):
             if view is None:
                 if exists:
                     self.remove_row(run_id)
+                    self._shown.pop(run_id, None)
                 continue
             cells = self._cells(view.summary)
+            plain = {column: _plain(value) for column, value in cells.items()}
             if not exists:
                 self.add_row(*cells.values(), key=run_id)
+                self._shown[run_id] = plain
                 added = True
                 continue
+            shown = self._shown[run_id]
             for column, value in cells.items():
-                self.update_cell(run_id, column, value)
+                if shown.get(column) != plain[column]:
+                    self.update_cell(run_id, column, value)
+            self._shown[run_id] = plain
         self._resort(selected, post=added and selected is None)
 
     def tick(self) -> None:
@@ -86,7 +95,10 @@ class RunsTable(DataTable[Any]):
         for run_id, view in self._state.runs.items():
             if view.summary.finished is None and view.summary.started is not None:
                 elapsed = formatting.duration(self._state.elapsed(view.summary))
-                self.update_cell(run_id, "elapsed", elapsed)
+                shown = self._shown.get(run_id)
+                if shown is not None and shown.get("elapsed") != elapsed:
+                    self.update_cell(run_id, "elapsed", elapsed)
+                    shown["elapsed"] = elapsed
 
     def cycle_sort(self, column: str | None = None) -> None:
         """Sort by ``column`` (a click on its header; again = reversed), or the next column."""
@@ -124,7 +136,10 @@ class RunsTable(DataTable[Any]):
             view = state.runs.get(run_id)
             return sort_key(view.summary, state) if view else 0
 
-        self.sort("id", key=by_run, reverse=self.sort_reverse)
+        order = sorted((key.value for key in self.rows), key=by_run, reverse=self.sort_reverse)
+        # Sorting clears the table's render caches: only when the order really changes.
+        if order != [row.key.value for row in self.ordered_rows]:
+            self.sort("id", key=by_run, reverse=self.sort_reverse)
         if selected is not None and selected in self.rows:
             self.move_cursor(row=self.get_row_index(selected), animate=False)
         elif post and self.row_count:
@@ -147,6 +162,10 @@ class RunsTable(DataTable[Any]):
             "stage": stage,
             "rss": Text(formatting.size(run.rss), justify="right"),
         }
+
+
+def _plain(value: Any) -> str:
+    return value.plain if isinstance(value, Text) else str(value)
 
 
 _SortKey = Callable[[RunSummary, DashboardState], Any]
