@@ -7,6 +7,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import sysconfig
 import tempfile
 from collections.abc import Iterator
@@ -14,10 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from supervisor.cli.main import EXIT_NO_DAEMON, EXIT_USAGE
+from supervisor.cli.main import EXIT_FAILED, EXIT_NO_DAEMON, EXIT_USAGE
 
 GEOD = str(Path(sysconfig.get_path("scripts")) / "geod")
-REPO = Path(__file__).resolve().parent.parent
+#: uid and gid of ``nobody`` on Debian.
+NOBODY = 65534
 
 
 @pytest.fixture()
@@ -110,3 +112,41 @@ def test_bad_settings_file_is_exit_2(short_dir: Path) -> None:
     assert result.returncode == EXIT_USAGE
     assert "concurrency" in result.stderr  # the did-you-mean hint
     assert len(result.stderr.splitlines()) == 1
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="switching to another uid needs root")
+def test_socket_of_another_user_is_permission_denied(short_dir: Path) -> None:
+    """Someone else's daemon (0700 directory, 0600 socket): one line naming the socket, exit 1.
+
+    The other user runs the real CLI code in a forked child that drops to ``nobody``
+    (the venv's interpreter may live where ``nobody`` cannot exec it).
+    """
+    from supervisor.cli import cli
+
+    path = short_dir / "geod.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(path))
+    listener.listen()
+    os.chmod(short_dir, 0o700)
+    read_fd, write_fd = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - runs in the child
+        code = 99
+        try:
+            sys.stderr = os.fdopen(write_fd, "w")  # pytest has replaced sys.stderr
+            os.setgid(NOBODY)
+            os.setuid(NOBODY)
+            cli.main(["runs", "--socket", str(path)], prog_name="geod")
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 98
+        finally:
+            sys.stderr.flush()
+            os._exit(code)
+    os.close(write_fd)
+    with os.fdopen(read_fd) as stderr:
+        message = stderr.read()
+    _, status = os.waitpid(child, 0)
+    listener.close()
+    assert os.waitstatus_to_exitcode(status) == EXIT_FAILED, message
+    assert message.startswith("geod: permission denied on " + str(path)), message
+    assert len(message.splitlines()) == 1

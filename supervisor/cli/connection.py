@@ -89,16 +89,20 @@ def daemon_errors(socket_path: Path) -> Iterator[None]:
 
     try:
         yield
-    except DaemonNotRunning:
-        fail(
-            f"daemon not running (nothing answers on {socket_path}); "
-            "start one with `geod start CONFIG` or `geod serve`",
-            EXIT_NO_DAEMON,
-        )
+    except DaemonNotRunning as exc:
+        fail(f"{exc}; start one with `geod start CONFIG` or `geod serve`", EXIT_NO_DAEMON)
     except ProtocolError as exc:
         fail(exc.message, _EXIT_BY_ERROR.get(exc.code, EXIT_FAILED))
     except TimeoutError as exc:  # the daemon accepted but did not answer in time
         fail(str(exc), EXIT_FAILED)
+    except PermissionError:
+        fail(
+            f"permission denied on {socket_path}: the daemon belongs to another user "
+            "(for the system service, join its socket group)",
+            EXIT_FAILED,
+        )
+    except OSError as exc:
+        fail(f"cannot connect to {socket_path}: {exc.strerror or exc}", EXIT_FAILED)
 
 
 @contextmanager
