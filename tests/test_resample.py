@@ -511,3 +511,25 @@ def test_sigkill_during_writes_never_marks_a_partial_chunk_complete(
 
     subprocess.run([*argv, str(killed)], env=env, check=True)
     assert _chunk_files(killed) == _chunk_files(tmp_path / "reference.zarr")
+
+
+def test_integer_passthrough_follows_the_dtype_rule(tmp_path: Path, gdalwarp: str) -> None:
+    """An int16 layer already on the grid, averaged: copied, as float32 with NaN nodata."""
+    grid_cfg = {"resolution": 1 / 60, "bounds": [-10, -5, 10, 5]}
+    grid = TargetGrid.from_config(GridConfig.model_validate(grid_cfg))
+    path = make_raster(
+        tmp_path / "int.tif", "EPSG:4326", from_origin(-10, 5, 1 / 60, 1 / 60), 1200, 600,
+        dtype="int16", nodata=-32768,
+    )  # fmt: skip
+    assert place(grid, source_of(path)).passthrough
+    config = make_config(tmp_path, [{"name": "int", "path": str(path)}], grid_cfg)
+    ctx, _ = make_context(config)
+    store = run_dataset(ctx, tmp_path / "layers.zarr", grid, "int")
+    assert store.layer_info("int")[0] == "float32"
+    layer = read_layer(store, "int")
+    with rasterio.open(path) as src:
+        original = src.read(1)
+    np.testing.assert_array_equal(np.isnan(layer), original == -32768)
+    reference = gdalwarp_reference(gdalwarp, path, grid, "average", "float32", math.nan,
+                                   tmp_path / "ref.tif")  # fmt: skip
+    assert_parity(layer, reference, math.nan)
