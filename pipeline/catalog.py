@@ -45,7 +45,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
 import rasterio
@@ -53,8 +53,10 @@ from affine import Affine
 from rasterio.crs import CRS
 from rasterio.errors import RasterioIOError
 
-from pipeline.config import CatalogConfig, DatasetConfig, PipelineConfig
 from pipeline.source import SourceInfo
+
+if TYPE_CHECKING:  # annotations only: the inspection child skips importing pydantic
+    from pipeline.config import CatalogConfig, DatasetConfig, PipelineConfig
 
 #: Band data types the pipeline can resample and store; complex and other
 #: exotic GDAL types (CInt16, CFloat64, ...) are rejected up front.
