@@ -116,19 +116,20 @@ class WorkerProcess:
         on_event: LineCallback,
         on_stdout: LineCallback,
         on_stderr: LineCallback,
+        env: dict[str, str] | None = None,
     ) -> WorkerProcess:
         # Our own pipes, not asyncio's: asyncio's Process.wait() also waits for its pipes to
         # close, which a grandchild holding stdout would delay forever.
         pipes = [os.pipe() for _ in range(3)]  # events, stdout, stderr
         (events_r, events_w), (out_r, out_w), (err_r, err_w) = pipes
         os.set_inheritable(events_w, True)
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
-        env[EVENTS_FD_ENV] = str(events_w)
+        child_env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
+        child_env[EVENTS_FD_ENV] = str(events_w)
         try:
             process = await asyncio.create_subprocess_exec(
                 *argv,
                 cwd=cwd,
-                env=env,
+                env=child_env,
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=out_w,
                 stderr=err_w,

@@ -51,7 +51,7 @@ from supervisor.protocol import (
 )
 from supervisor.runs import Registry, Run
 from supervisor.sampler import sample_tree
-from supervisor.settings import Settings
+from supervisor.settings import DATABASE_URL_ENV, Settings
 from supervisor.sink import TelemetrySink
 
 log = logging.getLogger("geod.daemon")
@@ -98,6 +98,8 @@ class Supervisor:
         self._retry_timer: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._exited: dict[str, asyncio.Event] = {}
+        #: Runs whose worker from a previous daemon is still being stopped.
+        self._reaping: set[str] = set()
         self.shutting_down = False
 
     # -- helpers ------------------------------------------------------------------
@@ -178,12 +180,16 @@ class Supervisor:
                 summary.error = None if stopping else "the daemon stopped while it was running"
                 summary.finished = time.time()
             if run.id in leftovers:
+                self._reaping.add(run.id)
                 self._spawn_task(self._reap_leftover(run, leftovers[run.id]))
                 continue
             self._after_recovery(run)
 
     async def _reap_leftover(self, run: Run, process: psutil.Process) -> None:
-        await asyncio.to_thread(terminate_leftover, process, self.settings.kill_grace)
+        try:
+            await asyncio.to_thread(terminate_leftover, process, self.settings.kill_grace)
+        finally:
+            self._reaping.discard(run.id)
         self.say(run, "WARNING", f"stopped worker {process.pid} left running by a previous daemon")
         self._after_recovery(run)
         self.schedule()
@@ -218,8 +224,8 @@ class Supervisor:
         free = self.settings.concurrency - len(self.workers) - len(self._starting)
         next_retry: float | None = None
         for run in self.runs():
-            if run.summary.state != "queued":
-                continue
+            if run.summary.state != "queued" or run.id in self._reaping:
+                continue  # (a run whose old worker is still being stopped must wait)
             retry_at = run.summary.retry_at
             if retry_at is not None and retry_at > now:
                 next_retry = retry_at if next_retry is None else min(next_retry, retry_at)
@@ -262,6 +268,7 @@ class Supervisor:
                 on_event=lambda line: self._event_line(run, line),
                 on_stdout=lambda line: self._output_line(run, line, "INFO", "stdout"),
                 on_stderr=lambda line: self._output_line(run, line, "WARNING", "stderr"),
+                env=self._worker_env(),
             )
         except OSError as exc:
             log_file.close()
@@ -291,6 +298,11 @@ class Supervisor:
         finally:
             log_file.close()
         self._on_exit(run, worker, code)
+
+    def _worker_env(self) -> dict[str, str]:
+        """Extra environment of a worker: the database its Postgres export writes to."""
+        url = self.settings.database_url
+        return {DATABASE_URL_ENV: url} if url else {}
 
     # -- worker output --------------------------------------------------------------
 
@@ -380,6 +392,7 @@ class Supervisor:
             self._failed(run, code, reason)
         log.info("run %s: worker %d exited %d → %s", run.id, worker.pid, code, summary.state)
         self.publish(run)
+        run.close()  # the history file reopens on the next event; idle runs hold no fd
         self.schedule()
 
     def _failed(self, run: Run, code: int, reason: str | None) -> None:
