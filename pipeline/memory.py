@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import threading
 from collections.abc import Callable
 from typing import Literal
 
@@ -101,6 +102,7 @@ class MemoryGovernor:
         self.window_size = initial_window
         self.budget = config.budget_bytes()
         self._calm = 0
+        self._lock = threading.Lock()
 
     # -- readings -----------------------------------------------------------------
 
@@ -139,9 +141,10 @@ class MemoryGovernor:
         """Sample RSS, adapt the window size, report; returns the size for the next window."""
         rss = self.rss()
         level = self.level(rss)
-        old = self.window_size
-        new, reason = self._decide(rss, level)
-        self.window_size = new
+        with self._lock:  # analysis batches may report from several threads
+            old = self.window_size
+            new, reason = self._decide(rss, level)
+            self.window_size = new
         self._events.emit(
             MemoryEvent(
                 rss=rss,
