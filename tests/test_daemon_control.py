@@ -282,15 +282,21 @@ def test_bad_submissions_rejected_daemon_stays_up(tmp_path: Path) -> None:
         cases = {
             str(tmp_path / "missing.yml"): "config file not found",
             str(fake_config(tmp_path / "t", "typo", grdi={})): "did you mean",
+            str(tmp_path): "is a directory",
+            "/dev/zero": "not a regular file",
         }
         for path, expected in cases.items():
             with pytest.raises(ProtocolError) as error:
                 daemon.submit(Path(path))
             assert error.value.code == ErrorCode.BAD_CONFIG
             assert expected in error.value.message and "\n" not in error.value.message
-        with pytest.raises(ProtocolError) as error:
-            daemon.call("runs.submit", config_path="relative.yml")
-        assert error.value.code == ErrorCode.INVALID_PARAMS
+        for params in (
+            {"config_path": "relative.yml"},
+            {"config_path": str(fake_config(tmp_path / "n", "ok")), "name": "$(rm -rf ~)"},
+        ):
+            with pytest.raises(ProtocolError) as error:
+                daemon.call("runs.submit", **params)
+            assert error.value.code == ErrorCode.INVALID_PARAMS
         with pytest.raises(ProtocolError) as error:
             daemon.call("runs.get", run="r9999")
         assert error.value.code == ErrorCode.UNKNOWN_RUN
