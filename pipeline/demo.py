@@ -281,39 +281,41 @@ class World:
 # --------------------------------------------------------------------------- layers
 
 
-def _geographic(filename: str, west: float, north: float, res: float, width: int, height: int,
-                dtype: str, nodata: float) -> LayerSpec:  # fmt: skip
-    return LayerSpec(
-        filename, "EPSG:4326", Affine(res, 0, west, 0, -res, north), width, height, dtype, nodata
-    )
+def _geographic(
+    filename: str, origin: tuple[float, float], res: float, shape: tuple[int, int], dtype: str,
+    nodata: float,
+) -> LayerSpec:  # fmt: skip
+    """A north-up EPSG:4326 layer from its north-west corner, pixel size and (width, height)."""
+    west, north = origin
+    transform = Affine(res, 0, west, 0, -res, north)
+    return LayerSpec(filename, "EPSG:4326", transform, *shape, dtype, nodata)
 
 
 def layer_specs(size: Size = "small") -> list[LayerSpec]:
     """The four layers of a size, in config order (richness, endemism, landcover, threat)."""
     step = SIZES.index(size)  # 0, 1, 2; every step is ~4× the pixels
     scale = 2**step
-    # 0.5° at small (the name's resolution), then 0.25° and 0.125°.
+    # Global at 0.5° (the name's resolution), then 0.25° and 0.125°.
     richness_res = 0.5 / scale
-    # 5' subsets: 80°×80° (Africa/Europe), 160°×160°, then the whole globe.
-    endemism = [(-20, 40, 960, 960), (-100, 80, 1920, 1920), (-180, 90, 4320, 2160)][step]
+    richness_shape = (round(360 / richness_res), round(180 / richness_res))
+    # 5' subsets (north-west corner, shape): 80°×80° over Africa and Europe,
+    # 160°×160°, then the whole globe.
+    endemism = [((-20, 40), (960, 960)), ((-100, 80), (1920, 1920)), ((-180, 90), (4320, 2160))]
     # 1' subsets around the Gulf of Guinea and Africa: 20°×15°, 40°×30°, 80°×60°.
-    landcover = [(0, 10, 1200, 900), (-10, 15, 2400, 1800), (-20, 25, 4800, 3600)][step]
+    landcover = [((0, 10), (1200, 900)), ((-10, 15), (2400, 1800)), ((-20, 25), (4800, 3600))]
     # EASE-Grid 2.0 global at 25 km, 12.5 km and 6.25 km.
     ease_cols, ease_rows = 1388 * scale, 584 * scale
     ease_res = 2 * EASE2_HALF_WIDTH / ease_cols
+    ease = Affine(ease_res, 0, -EASE2_HALF_WIDTH, 0, -ease_res, ease_rows * ease_res / 2)
     return [
         _geographic(
-            "richness_05deg.tif", -180, 90, richness_res, round(360 / richness_res),
-            round(180 / richness_res), "float32", FLOAT_NODATA,
+            "richness_05deg.tif", (-180, 90), richness_res, richness_shape, "float32", FLOAT_NODATA
         ),
-        _geographic("endemism_5min.tif", *endemism[:2], 1 / 12, *endemism[2:], "float32", math.nan),
-        _geographic("landcover_1min.tif", *landcover[:2], 1 / 60, *landcover[2:], "int16",
-                    INT16_NODATA),
-        LayerSpec(
-            "threat_ease.tif", "EPSG:6933",
-            Affine(ease_res, 0, -EASE2_HALF_WIDTH, 0, -ease_res, ease_rows * ease_res / 2),
-            ease_cols, ease_rows, "float32", math.nan,
-        ),
+        _geographic("endemism_5min.tif", endemism[step][0], 1 / 12, endemism[step][1],
+                    "float32", math.nan),
+        _geographic("landcover_1min.tif", landcover[step][0], 1 / 60, landcover[step][1],
+                    "int16", INT16_NODATA),
+        LayerSpec("threat_ease.tif", "EPSG:6933", ease, ease_cols, ease_rows, "float32", math.nan),
     ]  # fmt: skip
 
 
