@@ -289,8 +289,11 @@ class Supervisor:
             "--work-dir",
             str(run.work_dir),
         ]
-        log_file = RotatingLog(run.log_path, self.settings.log_max_bytes, self.settings.log_backups)
+        log_file: RotatingLog | None = None
         try:
+            log_file = RotatingLog(
+                run.log_path, self.settings.log_max_bytes, self.settings.log_backups
+            )
             worker = await WorkerProcess.spawn(
                 argv,
                 cwd=run.run_dir,
@@ -300,13 +303,17 @@ class Supervisor:
                 on_stderr=lambda line: self._output_line(run, line, "WARNING", "stderr"),
                 env=self._worker_env(),
             )
-        except OSError as exc:
-            log_file.close()
+        except (OSError, ValueError) as exc:  # missing executable, disk full, bad argv
+            if log_file is not None:
+                log_file.close()
             self._starting.discard(run.id)
-            summary.state = "failed"
-            summary.error = f"cannot start worker {argv[0]}: {exc.strerror or exc}"
-            summary.finished = time.time()
             self._pending.pop(run.id, None)
+            killed = self._intents.pop(run.id, None) == "kill"
+            summary.state = "killed" if killed else "failed"
+            summary.error = (
+                f"cannot start worker {argv[0]}: {getattr(exc, 'strerror', None) or exc}"
+            )
+            summary.finished = time.time()
             self.publish(run)
             self.schedule()
             return

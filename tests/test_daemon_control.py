@@ -329,3 +329,13 @@ def test_garbage_state_file_and_torn_history_recovered(tmp_path: Path) -> None:
         assert_contiguous(history(daemon, run_id))
     finally:
         daemon.cleanup()
+
+
+def test_unstartable_worker_fails_the_run_not_the_daemon(tmp_path: Path) -> None:
+    with running_daemon(tmp_path, worker_command=["/nonexistent/geod-worker"]) as daemon:
+        run_id = daemon.submit(fake_config(tmp_path / "a", "steps5"))
+        failed = daemon.wait(run_id, "failed")
+        assert failed["error"] == (
+            "cannot start worker /nonexistent/geod-worker: No such file or directory"
+        )
+        assert failed["retries"] == 0 and daemon.call("status")["counts"] == {"failed": 1}
