@@ -249,8 +249,11 @@ class Server:
                 self._path.unlink()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        sock = writer.get_extra_info("socket")
-        peer = peer_credentials(sock)
+        try:
+            peer = peer_credentials(writer.get_extra_info("socket"))
+        except OSError:  # gone before we could ask who it was
+            writer.close()
+            return
         conn = Connection(reader, writer, self.queue_limit, peer)
         if not peer_allowed(peer, self.group_gid):
             log.warning("refused connection from uid %d gid %d", peer.uid, peer.gid)
@@ -308,7 +311,7 @@ class Server:
             conn.send(protocol.error(None, ErrorCode.PARSE_ERROR, f"invalid JSON: {exc}"))
             return
         request_id = message.get("id") if isinstance(message, dict) else None
-        if not isinstance(request_id, int | str | None) or isinstance(request_id, bool):
+        if not isinstance(request_id, int | float | str | None) or isinstance(request_id, bool):
             request_id = None
         try:
             method, params = _validate_request(message)
