@@ -1,6 +1,7 @@
 """Telemetry cost: writer throughput into PostgreSQL, and a demo run with telemetry on vs off.
 
     .venv/bin/python bench/telemetry_overhead.py [--url URL] [--events N] [--repeat K]
+                                                 [--daemon] [--skip-demo]
 
 1. Throughput. A realistic event mix (per window: progress, memory sample, debug
    log; every tenth window an info log and a checkpoint) goes through
@@ -19,6 +20,9 @@
    on minus off, plus the writer's PostgreSQL backend) as a share of the run.
    The daemon itself is not in the loop: this process does what it does with
    a worker's events (read, decode, stamp, hand to the sink).
+3. ``--daemon`` adds the end-to-end form: the demo run submitted to a real
+   ``geod`` daemon with ``telemetry: true`` (sink from ``open_telemetry``) and
+   ``telemetry: false``, comparing the runs' started→finished times.
 
 The database is a fresh one created on ``--url`` (default ``GEOD_TEST_DATABASE_URL``
 or the local server) and dropped afterwards.
@@ -29,6 +33,8 @@ from __future__ import annotations
 import argparse
 import io
 import os
+import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -224,12 +230,86 @@ def demo_run(config: Path, work: Path, writer: TelemetryWriter | None, run: str)
     return DemoRun(elapsed, count, cpu, backend_cpu)
 
 
+DAEMON_SCRIPT = (
+    "import sys\n"
+    "from pathlib import Path\n"
+    "from supervisor.daemon import run_daemon\n"
+    "from supervisor.settings import load_settings\n"
+    "from supervisor.telemetry import open_telemetry\n"
+    "settings = load_settings(Path(sys.argv[1]))\n"
+    "sink = open_telemetry(settings, settings.state_dir) if settings.telemetry else None\n"
+    "sys.exit(run_daemon(settings, telemetry=sink))\n"
+)
+#: Seconds between polls of the daemon for the run's state.
+POLL = 0.2
+DAEMON_TIMEOUT = 600.0
+
+
+def daemon_demo(config: Path, directory: Path, url: str, telemetry: bool) -> float:
+    """The demo run through a real daemon (telemetry on or off); the run's wall seconds."""
+    import yaml
+
+    from supervisor.client import Client, DaemonNotRunning
+    from supervisor.protocol import FINAL_STATES
+
+    directory.mkdir(parents=True)
+    socket_dir = Path(tempfile.mkdtemp(prefix="geod-bench-", dir="/tmp"))
+    settings = directory / "geod.yml"
+    settings.write_text(
+        yaml.safe_dump(
+            {
+                "state_dir": str(directory / "state"),
+                "socket_path": str(socket_dir / "s.sock"),
+                "telemetry": telemetry,
+                "database_url": url,
+            }
+        )
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GEOD_")}
+    daemon = subprocess.Popen(
+        [sys.executable, "-c", DAEMON_SCRIPT, str(settings)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + DAEMON_TIMEOUT
+        while True:
+            try:
+                client = Client(socket_dir / "s.sock")
+                break
+            except DaemonNotRunning:
+                if daemon.poll() is not None or time.monotonic() > deadline:
+                    raise SystemExit("the daemon did not start") from None
+                time.sleep(POLL)
+        with client:
+            run = client.call("runs.submit", config_path=str(config))
+            while run["state"] not in FINAL_STATES:
+                if time.monotonic() > deadline:
+                    raise SystemExit(f"demo run stuck: {run}")
+                time.sleep(POLL)
+                run = client.call("runs.get", run=run["id"])
+        if run["state"] != "done":
+            raise SystemExit(f"demo run ended {run['state']}: {run.get('error')}")
+        daemon.send_signal(signal.SIGTERM)
+        daemon.wait(DAEMON_TIMEOUT)
+        return float(run["finished"] - run["started"])
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+            daemon.wait()
+        shutil.rmtree(socket_dir, ignore_errors=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--url", default=os.environ.get("GEOD_TEST_DATABASE_URL", DEFAULT_URL))
     parser.add_argument("--events", type=int, default=200_000, help="events in the mix")
     parser.add_argument("--repeat", type=int, default=3, help="demo runs per mode")
     parser.add_argument("--skip-demo", action="store_true", help="throughput only")
+    parser.add_argument(
+        "--daemon", action="store_true", help="demo runs through a real geod daemon"
+    )
     args = parser.parse_args()
 
     windows = max(1, int(args.events / EVENTS_PER_WINDOW / MIX_DATASETS))
@@ -280,6 +360,20 @@ def main() -> None:
         generate(demo, "small", seed=0)
         config = write_demo_config(tmp_path, demo)
         _truncate(url)
+        if args.daemon:
+            walls: dict[str, list[float]] = {"off": [], "on": []}
+            for i in range(args.repeat):
+                for mode in ("off", "on"):
+                    wall = daemon_demo(config, tmp_path / f"daemon-{mode}-{i}", url, mode == "on")
+                    walls[mode].append(wall)
+                    print(
+                        f"daemon demo run {i + 1}/{args.repeat} telemetry {mode:3}: {wall:6.2f} s"
+                    )
+            ratio = statistics.median(walls["on"]) / statistics.median(walls["off"])
+            print(
+                f"daemon demo run wall, telemetry on / off (median of {args.repeat}):"
+                f" {ratio:.3f} -> overhead {100 * (ratio - 1):+.1f} % (target < 3 %)"
+            )
         runs: dict[str, list[DemoRun]] = {"off": [], "on": []}
         for i in range(args.repeat):
             for mode in ("off", "on"):
