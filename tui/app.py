@@ -204,6 +204,9 @@ class GeodApp(App[None]):
         table = self.runs_table
         runs = self.state.runs
         wanted = self.initial_run if self.initial_run in runs else None
+        if self.initial_run is not None and wanted is None:
+            self.notify(f"no run {self.initial_run}; showing another", severity="warning")
+        self.initial_run = None  # asked once: later choices follow the table
         if wanted is None:
             active = [r for r, view in runs.items() if view.summary.state not in FINAL_STATES]
             wanted = active[0] if active else next(iter(runs), None)

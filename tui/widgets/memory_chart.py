@@ -14,6 +14,7 @@ from typing import Any
 
 from textual_plotext import PlotextPlot
 
+from tui.formatting import size
 from tui.state import DashboardState, MemorySample
 
 _MIB = 1024 * 1024
@@ -27,6 +28,8 @@ SPANS: tuple[tuple[str, float | None], ...] = (
 #: Most points drawn per series: a chart is at most a couple of hundred cells wide,
 #: so hours of 1 s samples are thinned to this before plotting.
 MAX_POINTS = 400
+#: Room above the highest of RSS and budget so the top line is not on the frame.
+HEADROOM = 1.15
 
 
 class MemoryChart(PlotextPlot):
@@ -73,12 +76,20 @@ class MemoryChart(PlotextPlot):
             return (t - now) / _MINUTE
 
         xs = [minutes(s.time) for s in rss]
-        plt.plot(xs, [s.rss / _MIB for s in rss], label="RSS", color="green")
+        rss_mib = [s.rss / _MIB for s in rss]
+        levels = view.levels
+        # The y range is the worker's world (its RSS and budget): the machine's free
+        # memory is usually far above it and would flatten everything else, so it is
+        # drawn only once it comes down into that range, and stated in the border.
+        top = max([*rss_mib, (levels.budget or 0) / _MIB]) * HEADROOM
+        plt.ylim(0, top)
+        plt.plot(xs, rss_mib, label="RSS", color="green")
         available = [s for s in rss if s.system_available is not None]
-        if available:
+        low = [s for s in available if (s.system_available or 0) / _MIB < top]
+        if low:
             plt.plot(
                 [minutes(s.time) for s in available],
-                [(s.system_available or 0) / _MIB for s in available],
+                [min(top, (s.system_available or 0) / _MIB) for s in available],
                 label="avail",
                 color="blue",
             )
@@ -91,7 +102,6 @@ class MemoryChart(PlotextPlot):
                 color="magenta",
                 yside="right",
             )
-        levels = view.levels
         span = [xs[0], 0.0] if xs[0] < 0 else [-1.0, 0.0]
         if levels.budget:
             budget = levels.budget / _MIB
@@ -104,7 +114,8 @@ class MemoryChart(PlotextPlot):
                     value = budget * fraction
                     plt.plot(span, [value, value], label=name, color=color)
         # Axis names live in the border, not in plot rows: at 80×24 every row counts.
-        self.border_subtitle = f"{levels.level} · {self.span_label}"
+        free = f"avail {size(available[-1].system_available)} · " if available else ""
+        self.border_subtitle = f"{free}{levels.level} · {self.span_label}"
         self.refresh()
 
     def _window(self, samples: list[MemorySample]) -> list[MemorySample]:

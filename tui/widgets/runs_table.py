@@ -86,7 +86,7 @@ class RunsTable(DataTable[Any]):
             shown = self._shown[run_id]
             for column, value in cells.items():
                 if shown.get(column) != plain[column]:
-                    self.update_cell(run_id, column, value)
+                    self.update_cell(run_id, column, value, update_width=True)
             self._shown[run_id] = plain
         self._resort(selected, post=added and selected is None)
 
