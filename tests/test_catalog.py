@@ -27,11 +27,13 @@ import numpy as np
 import psutil
 import pytest
 import rasterio
+import yaml
 from rasterio.crs import CRS
 from rasterio.transform import from_origin
 
 from pipeline.catalog import PARENT_SIGNALS, CatalogError, inspect, inspect_all
 from pipeline.config import CatalogConfig, DatasetConfig, PipelineConfig
+from pipeline.events import EVENTS_FD_ENV
 
 #: Short enough to keep the hanging cases quick, long enough for a loaded CI box.
 TIMEOUT = 3.0
@@ -449,3 +451,33 @@ def test_inspection_child_never_outlives_its_parent(tmp_path: Path) -> None:
         proc.wait()
         child.wait(timeout=10)  # gone with its parent, not orphaned
         os.close(writer)
+
+
+def test_worker_rejects_bad_inputs_with_one_line_and_exit_code_2(tmp_path: Path) -> None:
+    """End to end: the worker stops before any heavy work, naming every bad dataset."""
+    good = write_tif(tmp_path / "good.tif", noise((32, 32)))
+    empty_path, _ = empty(tmp_path)
+    no_crs_path, _ = no_crs(tmp_path)
+    config = {
+        "datasets": [
+            {"name": "good", "path": str(good)},
+            {"name": "hollow", "path": str(empty_path)},
+            {"name": "adrift", "path": str(no_crs_path)},
+        ],
+        "paths": {"work_dir": str(tmp_path / "work"), "output_dir": str(tmp_path / "out")},
+    }
+    config_path = tmp_path / "config.yml"
+    config_path.write_text(yaml.safe_dump(config))
+    env = {k: v for k, v in os.environ.items() if k != EVENTS_FD_ENV}
+
+    done = subprocess.run(
+        [sys.executable, "-m", "pipeline.worker", str(config_path), "--stages", "catalog,resample"],
+        capture_output=True, text=True, timeout=120, env=env, cwd=Path(__file__).parent.parent,
+    )  # fmt: skip
+
+    assert done.returncode == 2
+    line = done.stderr.strip().splitlines()[-1]
+    assert f"hollow ({empty_path}): file is empty (0 bytes)" in line
+    assert f"adrift ({no_crs_path}): has no CRS" in line
+    assert "good (" not in line
+    assert not any((tmp_path / "work").rglob("*"))  # nothing resampled, nothing partial
