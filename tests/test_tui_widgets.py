@@ -15,8 +15,10 @@ from tests import tui_recording as rec
 from tests.tui_support import loaded_state, pilot_test, replay_app
 from tui.app import GeodApp
 from tui.bindings import COMMANDS
+from tui.connection import Backoff
 from tui.screens.confirm_kill import ConfirmKill
 from tui.screens.help import HelpScreen
+from tui.widgets.banner import ConnectionBanner
 from tui.widgets.log_view import LogView
 from tui.widgets.memory_chart import MemoryChart
 from tui.widgets.runs_table import RunsTable
@@ -335,3 +337,19 @@ async def test_q_detaches() -> None:
         await pilot.press("q")
         await pilot.pause()
     assert app.return_code == 0
+
+
+@pilot_test
+async def test_no_daemon_shows_the_banner_and_keeps_retrying(tmp_path) -> None:
+    socket = tmp_path / "absent.sock"
+    app = GeodApp(socket_path=socket, backoff=Backoff(first=0.05, ceiling=0.1))
+    async with app.run_test(size=SIZE) as pilot:
+        banner = app.query_one(ConnectionBanner)
+        for _ in range(100):
+            await pilot.pause(0.05)
+            if app.state.connection.attempts >= 3 and banner.display:
+                break
+        text = str(banner.content)
+        assert "unreachable" in text and str(socket) in text
+        assert app.state.connection.attempts >= 3
+        assert "disconnected" in app.sub_title

@@ -32,7 +32,7 @@ _COLUMNS: tuple[tuple[str, str], ...] = (
 )
 SORT_COLUMNS: tuple[str, ...] = tuple(key for key, _ in _COLUMNS)
 #: Width of the stage cell; longer stage ids keep their tail (the most specific part).
-_STAGE_WIDTH = 22
+_STAGE_WIDTH = 18
 
 
 class RunsTable(DataTable[Any]):
