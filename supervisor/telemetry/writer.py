@@ -41,7 +41,7 @@ from psycopg2.extensions import connection as Connection
 from pipeline.config import TelemetryConfig
 from pipeline.events import Event, event_to_json_dict
 from supervisor.protocol import RunSummary
-from supervisor.telemetry.migrate import migrate
+from supervisor.telemetry.migrate import MigrationError, migrate
 from supervisor.telemetry.retention import SECONDS_PER_DAY, prune
 from supervisor.telemetry.rows import TABLES, Batch, copy_text
 from supervisor.telemetry.spool import Record, Spool
@@ -103,6 +103,7 @@ class TelemetryWriter:
         queue_size: int = QUEUE_SIZE,
         max_backoff: float = MAX_BACKOFF,
         on_close: Callable[[], None] | None = None,
+        ensure_server: Callable[[], object] | None = None,
     ) -> None:
         self.url = url
         self.flush_interval = flush_interval
@@ -111,6 +112,8 @@ class TelemetryWriter:
         self.queue_size = queue_size
         self.max_backoff = max_backoff
         self._on_close = on_close
+        #: Called before reconnecting during an outage (restarts an embedded server).
+        self._ensure_server = ensure_server
         self._spool = Spool(spool_dir)
         self._rejected_path = spool_dir / REJECTED_NAME
         self._host = socket.gethostname()
@@ -333,6 +336,12 @@ class TelemetryWriter:
             return True
         if time.monotonic() < self._retry_at:
             return False
+        if self._outage_since is not None and self._ensure_server is not None:
+            try:
+                self._ensure_server()  # the embedded server is ours to bring back
+            except Exception as exc:
+                log.debug("telemetry: restarting the database failed (%s)", _reason(exc))
+        conn = None
         try:
             conn = psycopg2.connect(
                 self.url,
@@ -345,7 +354,10 @@ class TelemetryWriter:
                 for spec in TABLES.values():
                     cur.execute(spec.staging_ddl())
             conn.commit()
-        except psycopg2.Error as exc:
+        except (psycopg2.Error, MigrationError) as exc:
+            if conn is not None:
+                with contextlib.suppress(psycopg2.Error):
+                    conn.close()
             self._lost(exc)
             return False
         self._conn = conn
