@@ -29,7 +29,7 @@ from textual.widgets import Footer, Header, Input
 
 from supervisor.protocol import FINAL_STATES, ProtocolError
 from tui import formatting
-from tui.bindings import APP_BINDINGS, COMMANDS, SEARCH_BINDINGS
+from tui.bindings import APP_BINDINGS, COMMANDS
 from tui.connection import Backoff, DaemonLink, NotConnected
 from tui.screens.confirm_kill import ConfirmKill
 from tui.screens.help import HelpScreen
@@ -38,6 +38,7 @@ from tui.widgets.banner import ConnectionBanner
 from tui.widgets.log_view import LogView
 from tui.widgets.memory_chart import MemoryChart
 from tui.widgets.runs_table import RunsTable
+from tui.widgets.search_box import SearchBox
 from tui.widgets.stage_tree import StageTree
 
 #: Frames per second at which batched changes reach the log (≤ 100 ms behind an event).
@@ -49,8 +50,6 @@ PANEL_HZ = 4
 CHART_HZ = 2
 #: Elapsed times and the header's uptime tick once a second.
 CLOCK_S = 1.0
-#: Placeholder of the search box.
-_SEARCH_HINT = "search the log (enter: find, esc: cancel)"
 
 _CONNECTION_MARK = {
     "connected": "● connected",
@@ -58,17 +57,6 @@ _CONNECTION_MARK = {
     "lost": "✘ disconnected",
     "offline": "○ replay",
 }
-
-
-class SearchBox(Input):
-    """The ``/`` prompt under the log."""
-
-    BINDINGS = SEARCH_BINDINGS
-
-    def action_cancel_search(self) -> None:
-        self.value = ""
-        self.display = False
-        self.screen.query_one(LogView).focus()
 
 
 class GeodApp(App[None]):
@@ -114,7 +102,7 @@ class GeodApp(App[None]):
         self.stage_tree = StageTree(self.state, id="stages")
         self.memory_chart = MemoryChart(self.state, id="memory")
         self.log_view = LogView(self.state, id="log")
-        self.search_box = SearchBox(placeholder=_SEARCH_HINT, id="search")
+        self.search_box = SearchBox(id="search")
         self.banner = ConnectionBanner(id="banner")
 
     # -- layout -----------------------------------------------------------------------
@@ -233,25 +221,23 @@ class GeodApp(App[None]):
         self.log_view.show_run(run_id)
         self.memory_chart.show_run(run_id)
         if run_id is not None and self.link is not None and self.link.connected:
-            self.run_worker(self._load(run_id), group="load", exit_on_error=False)
+            self.run_worker(self._load(self.link, run_id), group="load", exit_on_error=False)
 
-    async def _load(self, run_id: str) -> None:
+    async def _load(self, link: DaemonLink, run_id: str) -> None:
         try:
-            await self.link.load_run(run_id) if self.link else None
+            await link.load_run(run_id)
         except (ProtocolError, NotConnected) as exc:
             self.notify(f"could not load {run_id}: {exc}", severity="warning")
 
     @on(LogView.NeedOlder)
     def _on_need_older(self, message: LogView.NeedOlder) -> None:
         if self.link is not None and self.link.connected:
-            self.run_worker(
-                self._older(message.run_id, message.before_seq), group="load", exit_on_error=False
-            )
+            older = self._older(self.link, message.run_id, message.before_seq)
+            self.run_worker(older, group="load", exit_on_error=False)
 
-    async def _older(self, run_id: str, before_seq: int) -> None:
+    async def _older(self, link: DaemonLink, run_id: str, before_seq: int) -> None:
         try:
-            if self.link is not None:
-                await self.link.fetch_logs(run_id, before_seq)
+            await link.fetch_logs(run_id, before_seq)
         except (ProtocolError, NotConnected) as exc:
             self.notify(f"could not page back: {exc}", severity="warning")
 

@@ -80,7 +80,9 @@ class DaemonLink:
             try:
                 await self._session()
                 attempt = 0
-            except _GONE as exc:
+            except (*_GONE, ProtocolError) as exc:
+                # ProtocolError: e.g. a daemon of another protocol version; it may be
+                # restarted after an upgrade, so keep trying like for an absent one.
                 self.state.connection.error = str(exc) or type(exc).__name__
             finally:
                 await self._drop()
@@ -103,28 +105,25 @@ class DaemonLink:
         except _GONE as exc:
             raise NotConnected(str(exc) or "connection lost") from exc
 
-    async def load_run(self, run_id: str, *, refresh: bool = False) -> None:
-        """Back-fill one run's newest logs and its memory history.
+    async def load_run(self, run_id: str) -> None:
+        """Back-fill one run's newest logs and its memory history, once per attach.
 
-        Done once when a run is first shown, and again (``refresh``) after every
-        reconnect: the newest page then overlaps what we hold, and seq dedupe keeps
-        only the lines emitted while we were away.
+        After a reconnect the newest page overlaps what we already hold; seq dedupe
+        keeps only the lines emitted while we were away.
         """
         view = self.state.runs.get(run_id)
-        if view is None or self._client is None:
+        if view is None or self._client is None or view.logs_loaded:
             return
-        if refresh or not view.logs_loaded:
-            await self.fetch_logs(run_id, None)
-            history = await self.call("memory.history", run=run_id)
-            self.state.merge_memory(run_id, _samples(history))
+        await self.fetch_logs(run_id, None)
+        history = await self.call("memory.history", run=run_id)
+        self.state.merge_memory(run_id, history["samples"])
 
     async def fetch_logs(self, run_id: str, before_seq: int | None) -> int:
         """One page of log lines older than ``before_seq`` (None = newest); returns lines added."""
         params: dict[str, Any] = {"run": run_id, "limit": LOG_PAGE}
         if before_seq is not None:
             params["before_seq"] = before_seq
-        page = await self.call("logs.tail", **params)
-        records = page.get("lines", page.get("events", [])) if isinstance(page, dict) else page
+        records = await self.call("logs.tail", **params)
         return self.state.merge_logs(run_id, records)
 
     # -- internals ------------------------------------------------------------------
@@ -132,18 +131,20 @@ class DaemonLink:
     async def _session(self) -> None:
         client = await AsyncClient.connect(socket_path=self.socket_path)
         self._client = client
-        hello = client.hello
         status = await client.call("status")
         info = self.state.connection
-        info.daemon_version = _first(hello, status, key="version")
-        info.daemon_started = _first(status, hello, key="started")
+        info.daemon_version, info.daemon_started = status["version"], status["started"]
         snapshot = await client.call("subscribe", runs=None)
         self.state.apply_snapshot(snapshot)
+        # Every run may have missed lines while we were away: each is back-filled
+        # when it is next shown (the one on screen right now, below).
+        for view in self.state.runs.values():
+            view.logs_loaded = False
         info.state, info.error, info.retry_in, info.attempts = "connected", None, None, 0
         self.state.touch_connection()
         for run_id in self._wanted_runs():
-            with contextlib.suppress(ProtocolError):
-                await self.load_run(run_id, refresh=True)
+            with contextlib.suppress(ProtocolError):  # e.g. the run was removed meanwhile
+                await self.load_run(run_id)
         async for method, params in client.notifications():
             if method == NOTIFY_EVENT:
                 self.state.apply_event_dict(params)
@@ -155,16 +156,3 @@ class DaemonLink:
         if client is not None:
             with contextlib.suppress(Exception):
                 await client.close()
-
-
-def _first(*sources: Any, key: str) -> Any:
-    for source in sources:
-        if isinstance(source, dict) and source.get(key) is not None:
-            return source[key]
-    return None
-
-
-def _samples(history: Any) -> list[dict[str, Any]]:
-    if isinstance(history, dict):
-        return list(history.get("samples", []))
-    return list(history or [])
