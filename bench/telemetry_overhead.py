@@ -266,12 +266,14 @@ def daemon_demo(config: Path, directory: Path, url: str, telemetry: bool) -> flo
         )
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith("GEOD_")}
-    daemon = subprocess.Popen(
-        [sys.executable, "-c", DAEMON_SCRIPT, str(settings)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    log_path = directory / "daemon.log"
+    with open(log_path, "wb") as log_file:
+        daemon = subprocess.Popen(
+            [sys.executable, "-c", DAEMON_SCRIPT, str(settings)],
+            env=env,
+            stdout=log_file,
+            stderr=log_file,
+        )
     try:
         deadline = time.monotonic() + DAEMON_TIMEOUT
         while True:
@@ -280,7 +282,8 @@ def daemon_demo(config: Path, directory: Path, url: str, telemetry: bool) -> flo
                 break
             except DaemonNotRunning:
                 if daemon.poll() is not None or time.monotonic() > deadline:
-                    raise SystemExit("the daemon did not start") from None
+                    tail = log_path.read_text(errors="replace")[-2000:]
+                    raise SystemExit(f"the daemon did not start:\n{tail}") from None
                 time.sleep(POLL)
         with client:
             run = client.call("runs.submit", config_path=str(config))
@@ -290,7 +293,8 @@ def daemon_demo(config: Path, directory: Path, url: str, telemetry: bool) -> flo
                 time.sleep(POLL)
                 run = client.call("runs.get", run=run["id"])
         if run["state"] != "done":
-            raise SystemExit(f"demo run ended {run['state']}: {run.get('error')}")
+            tail = log_path.read_text(errors="replace")[-2000:]
+            raise SystemExit(f"demo run ended {run['state']}: {run.get('error')}\n{tail}")
         daemon.send_signal(signal.SIGTERM)
         daemon.wait(DAEMON_TIMEOUT)
         return float(run["finished"] - run["started"])

@@ -1,12 +1,12 @@
-"""The telemetry writer: a thread that batches rows into PostgreSQL and spools through outages.
+"""The telemetry writer: threads that batch rows into PostgreSQL and spool through outages.
 
 The daemon's event loop calls :meth:`TelemetryWriter.record_event` and
 :meth:`TelemetryWriter.record_run`; both only append to a bounded in-memory
 queue (or, if that is full, to the spool file) and return. A collector thread
 takes a batch every ``flush_interval`` seconds or ``batch_size`` records and
-builds its rows; the database thread stages them with COPY and moves them with
-one ``INSERT … SELECT … ON CONFLICT`` per table. The two overlap, so Python
-row building and PostgreSQL's inserting use two cores.
+builds its rows; the database thread stages them with COPY into temporary
+tables and moves them into ``geod.*`` with ``INSERT … SELECT``. The two
+overlap, so Python row building and PostgreSQL's inserting use two cores.
 
 When the database is unreachable, batches go to the spool (fsync'd per batch)
 and the thread reconnects with exponential backoff; once connected it replays
@@ -416,16 +416,27 @@ class TelemetryWriter:
         assert self._conn is not None
         try:
             self._copy(texts if texts is not None else self._prepare(records))
-        except _DATA_ERRORS as exc:
-            self._conn.rollback()
-            if len(records) == 1:
-                self._reject(records[0], exc)
-                return
-            half = len(records) // 2
-            self._write(records[:half])
-            self._write(records[half:])
+        except psycopg2.Error as exc:
+            if not isinstance(exc, _DATA_ERRORS):
+                raise  # the database is away or broken: the caller spools
+            self._isolate(records, exc)
+            return
+        except Exception as exc:  # a record that cannot even become rows (a bug)
+            self._isolate(records, exc)
             return
         self.written += len(records)
+
+    def _isolate(self, records: list[Record], exc: BaseException) -> None:
+        """Write ``records`` in halves until the one the database refuses is found."""
+        assert self._conn is not None
+        with contextlib.suppress(psycopg2.Error):
+            self._conn.rollback()
+        if len(records) == 1:
+            self._reject(records[0], exc)
+            return
+        half = len(records) // 2
+        self._write(records[:half])
+        self._write(records[half:])
 
     def _prepare(self, records: list[Record]) -> dict[str, str]:
         """table → COPY text of the rows ``records`` become (no database needed)."""
