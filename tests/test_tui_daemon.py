@@ -22,8 +22,10 @@ from tui import connection
 from tui.app import GeodApp
 from tui.connection import Backoff
 from tui.screens.confirm_kill import ConfirmKill
+from tui.screens.help import HelpScreen
 from tui.widgets.banner import ConnectionBanner
 from tui.widgets.log_view import LogView
+from tui.widgets.memory_chart import MemoryChart
 from tui.widgets.runs_table import RunsTable
 from tui.widgets.stage_tree import StageTree
 
@@ -165,6 +167,37 @@ async def test_level_stage_filters_and_search_on_live_logs(daemon) -> None:
         hits = log.hits()
         assert hits == [i for i, line in enumerate(log.shown) if term in line.message]
         assert hits
+
+
+@pilot_test
+async def test_view_keys_on_a_live_run(daemon) -> None:
+    """f, m, o, tab and ? on real data: they change the view, never the run."""
+    harness, run_id = daemon
+    app = attached(harness, run_id)
+    async with app.run_test(size=SIZE) as pilot:
+        log, chart = app.query_one(LogView), app.query_one(MemoryChart)
+        view_of = lambda: app.state.runs.get(run_id)  # noqa: E731
+        await until(pilot, lambda: view_of() is not None and bool(view_of().memory))
+        await until(pilot, lambda: bool(log.shown))
+        await pilot.press("f")
+        assert not log.follow and "paused" in str(log.border_subtitle)
+        await pilot.press("f")
+        assert log.follow
+        assert [line.seq for line in log.shown] == [line.seq for line in view_of().logs]
+        # The chart plots the daemon's samples of this run; m changes the span only.
+        await pilot.pause(0.6)
+        assert "RSS" in chart.plt.build()
+        for span in ("1 h", "whole run", "5 min"):
+            await pilot.press("m")
+            assert str(chart.border_subtitle).endswith(span)
+        await pilot.press("o")
+        assert app.query_one(RunsTable).sort_column == "name"
+        await pilot.press("tab")
+        assert app.focused is app.query_one(StageTree)
+        await pilot.press("question_mark")
+        assert isinstance(app.screen, HelpScreen)
+        await pilot.press("escape")
+        assert harness.run(run_id)["state"] == "paused"
 
 
 @pilot_test
