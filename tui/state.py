@@ -30,7 +30,6 @@ from pipeline.events import (
     LogEvent,
     MemoryEvent,
     StageEvent,
-    StateEvent,
     decode_dict,
 )
 from supervisor.protocol import RunSummary
@@ -171,7 +170,6 @@ class RunView:
     #: The worker's own readings between windows, thinned: RSS and the governor's window.
     worker_memory: deque[MemorySample] = field(default_factory=lambda: deque(maxlen=MEMORY_SAMPLES))
     levels: MemoryLevels = field(default_factory=MemoryLevels)
-    worker_state: str | None = None
 
     def fraction(self, stage_id: str) -> float:
         """Done share of a stage; one without its own count (``total`` 0) averages its children.
@@ -190,10 +188,6 @@ class RunView:
         while parent is not None and parent in self.stages:
             yield parent
             parent = self.stages[parent].parent
-
-    @property
-    def oldest_log_seq(self) -> int | None:
-        return self.logs[0].seq if self.logs else None
 
     @property
     def newest_log_seq(self) -> int:
@@ -328,9 +322,8 @@ class DashboardState:
             view.levels.budget = event.budget
             view.levels.level = event.level
             self._changes.memory.add(run_id)
-        elif isinstance(event, StateEvent):
-            view.worker_state = event.state
-            self._changes.runs.add(run_id)
+        # State, checkpoint, output and source events change the run's summary, which
+        # the daemon sends as its own ``run`` notification: nothing to keep here.
 
     def merge_logs(self, run_id: str, records: Iterable[dict[str, Any]]) -> int:
         """Merge ``logs.tail`` records (older pages or a resync gap); returns lines added.
