@@ -8,7 +8,9 @@ runs in turn, in this process:
 
 * reference: a bare ``AsyncClient`` subscription that decodes every
   notification and does nothing else (the transport floor);
-* app: ``GeodApp`` under Textual's Pilot (headless), attached to the run.
+* app: ``GeodApp`` under Textual's Pilot (headless), attached to the run;
+* terminal: ``geo-tui attach`` in a real 120×40 tmux pane (CPU only: headless
+  Pilot skips writing to a terminal, this does not).
 
 Latency is worker ``event.time`` → the moment the line is written into the
 log widget (the app) or decoded (reference), p50/p95. Key latency is a key
@@ -287,6 +289,35 @@ async def app_run(daemon: Daemon) -> Meter:
     return meter
 
 
+def terminal_cpu(daemon: Daemon) -> float | None:
+    """CPU/core of a real ``geo-tui attach`` in tmux while a run emits; None without tmux."""
+    import psutil
+
+    from supervisor.client import Client
+
+    if shutil.which("tmux") is None:
+        return None
+    server = f"geod-bench-{os.getpid()}"
+    with Client(daemon.socket) as client:
+        run_id = client.call("runs.submit", config_path=str(daemon.config))["id"]
+        tui = str(Path(sysconfig.get_path("scripts")) / "geo-tui")
+        command = f"exec {tui} attach --socket {daemon.socket} {run_id}"
+        tmux = ["tmux", "-L", server]
+        subprocess.run([*tmux, "new-session", "-d", "-x", "120", "-y", "40", command], check=True)
+        try:
+            pane = subprocess.run(
+                [*tmux, "list-panes", "-F", "#{pane_pid}"], capture_output=True, text=True
+            )
+            process = psutil.Process(int(pane.stdout.split()[0]))
+            start_cpu, start = sum(process.cpu_times()[:2]), time.monotonic()
+            while client.call("runs.get", run=run_id)["state"] not in ("done", "failed"):
+                time.sleep(0.2)
+            wall = time.monotonic() - start
+            return (sum(process.cpu_times()[:2]) - start_cpu) / wall
+        finally:
+            subprocess.run([*tmux, "kill-server"], capture_output=True)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--emit", action="store_true", help="(internal) be the load worker")
@@ -302,6 +333,7 @@ def main() -> int:
     try:
         ref = asyncio.run(reference(daemon))
         app = asyncio.run(app_run(daemon))
+        terminal = terminal_cpu(daemon)
     finally:
         daemon.stop()
         shutil.rmtree(root, ignore_errors=True)
@@ -323,6 +355,11 @@ def main() -> int:
     print(f"app p95 / target {TARGET_P95_S * 1000:.0f} ms: {app_p95 / TARGET_P95_S:.2f}")
     print(f"app p95 / reference p95: {app_p95 / ref_p95:.2f}")
     print(f"app CPU / reference CPU: {app.cpu_share / max(ref.cpu_share, 1e-9):.2f}")
+    if terminal is not None:
+        print(
+            f"geo-tui in a tmux pane: {terminal:.2f} CPU/core "
+            f"({terminal / max(ref.cpu_share, 1e-9):.2f}× reference)"
+        )
     print(
         f"key press → action: p50 {_quantile(app.keys, 0.5) * 1000:.1f} ms, "
         f"p95 {key_p95 * 1000:.1f} ms over {len(app.keys)} presses "
