@@ -1,5 +1,8 @@
 """PostgreSQL goes away mid-run: the writer spools, reconnects, replays; nothing lost or doubled.
 
+A real worker runs the demo while its events are forwarded to the writer as
+they arrive (as the daemon does); the server is stopped partway through.
+
 The server is an embedded one this module owns (never the machine's shared
 server, which other tests use), stopped with ``pg_ctl stop`` and started again.
 ``GEOD_TELEMETRY_OUTAGE_SECONDS`` sets how long it stays down (default 5; the
@@ -10,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,16 +22,23 @@ import pytest
 from supervisor.embedded import EmbeddedPostgres
 from supervisor.protocol import RunSummary
 from supervisor.telemetry.writer import TelemetryWriter
+from tests.conftest import write_demo_config
 from tests.telemetry_helpers import (
+    Stamper,
     count_rows,
     embedded_scratch_dir,
     expected_rows,
     realistic_events,
 )
+from tests.workerproc import WorkerProcess
 
 OUTAGE_SECONDS = float(os.environ.get("GEOD_TELEMETRY_OUTAGE_SECONDS", "5"))
-#: Events per second the fake run emits: a busy worker plus the daemon's sampler.
-EVENT_RATE = 400
+#: The database goes down once the worker has sent this many events (catalog done).
+EVENTS_BEFORE_OUTAGE = 20
+#: Stages of the demo run: enough windows to keep emitting through a short outage.
+STAGES = "catalog,resample"
+#: Seconds between looks at the worker's new events.
+POLL = 0.05
 #: The writer retries at least this often, so the test does not wait out long backoffs.
 TEST_MAX_BACKOFF = 1.0
 FLUSH_TIMEOUT = 60.0
@@ -51,46 +60,51 @@ def _outage_messages(caplog: pytest.LogCaptureFixture) -> tuple[list[str], list[
     return down, back
 
 
-def test_server_stopped_during_a_run_loses_and_duplicates_nothing(
-    server: EmbeddedPostgres, tmp_path: Path, caplog: pytest.LogCaptureFixture
+def test_server_stopped_during_a_worker_run_loses_and_duplicates_nothing(
+    server: EmbeddedPostgres, tmp_path: Path, demo_dir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="geod.telemetry")
     url = server.start()
-    events = list(realistic_events("outage", windows=int(EVENT_RATE * (OUTAGE_SECONDS + 3) / 12)))
     writer = TelemetryWriter(
         url, tmp_path / "spool", flush_interval=0.2, max_backoff=TEST_MAX_BACKOFF
     ).start()
     writer.record_run(RunSummary(id="outage", name="outage", state="running"))
-    submitted = 0
-    stop = threading.Event()
+    worker = WorkerProcess(write_demo_config(tmp_path, demo_dir), "--stages", STAGES)
+    stamp = Stamper("outage")
+    sent: list = []
+    stopped_at: int | None = None
+    back_at: float | None = None
+    status: dict = {}
 
-    def produce() -> None:
-        nonlocal submitted
-        for event in events:
-            if stop.is_set():
-                return
-            writer.record_event(event)
-            submitted += 1
-            time.sleep(1 / EVENT_RATE)
+    def forward() -> None:
+        """What the daemon does with each worker event as it arrives."""
+        for event in worker.events[len(sent) :]:
+            sent.append(stamp(event))
+            writer.record_event(sent[-1])
 
-    producer = threading.Thread(target=produce)
-    producer.start()
-    time.sleep(1.0)
-    server.stop()
-    time.sleep(OUTAGE_SECONDS)
-    status = writer.status()
-    server.start()
-    producer.join()
+    while worker.process.poll() is None or (stopped_at is not None and not status):
+        forward()
+        if stopped_at is None and len(sent) >= EVENTS_BEFORE_OUTAGE:
+            server.stop()
+            stopped_at = len(sent)
+            back_at = time.monotonic() + OUTAGE_SECONDS
+        if back_at is not None and not status and time.monotonic() >= back_at:
+            status = writer.status()
+            server.start()
+        time.sleep(POLL)
+    assert stopped_at is not None, "the worker finished before the outage began"
+    assert worker.finish() == 0
+    forward()
     writer.record_run(RunSummary(id="outage", name="outage", state="done"))
     assert writer.flush(FLUSH_TIMEOUT), writer.status()
     writer.close()
 
-    assert status["outage_since"] is not None and status["spool_bytes"] > 0
-    assert submitted == len(events), "the producer was never blocked out"
-    assert count_rows(url, "outage") == expected_rows(events)
+    assert status["outage_since"] is not None
+    assert status["spool_bytes"] > 0, "events of the outage went to the spool"
+    assert count_rows(url, "outage") == expected_rows(sent)
     down, back = _outage_messages(caplog)
     assert len(down) == 1, f"one warning per outage, got {down}"
-    assert "spooling to" in down[0] and ("Error" in down[0])
+    assert "spooling to" in down[0] and "Error" in down[0]
     assert len(back) == 1
 
 
