@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from supervisor.cli.main import EXIT_FAILED, EXIT_NO_DAEMON, EXIT_USAGE
+from tests.conftest import write_demo_config
 
 GEOD = str(Path(sysconfig.get_path("scripts")) / "geod")
 #: uid and gid of ``nobody`` on Debian.
@@ -150,3 +151,15 @@ def test_socket_of_another_user_is_permission_denied(short_dir: Path) -> None:
     assert os.waitstatus_to_exitcode(status) == EXIT_FAILED, message
     assert message.startswith("geod: permission denied on " + str(path)), message
     assert len(message.splitlines()) == 1
+
+
+@pytest.mark.skipif(Path("/run/geod/geod.sock").exists(), reason="a geod service is running here")
+def test_start_does_not_impersonate_the_system_service(short_dir: Path, demo_dir: Path) -> None:
+    """With the service's socket selected and no service, start says how to start the service
+    instead of launching a user daemon on /run/geod."""
+    config = write_demo_config(short_dir, demo_dir)
+    state = short_dir / "state"
+    result = geod("start", str(config), socket_path=Path("/run/geod/geod.sock"), state_dir=state)
+    assert result.returncode == EXIT_NO_DAEMON
+    assert "systemctl start geod" in result.stderr
+    assert not (state / "geod.log").exists()

@@ -24,9 +24,9 @@ from supervisor.cli.connection import (
     socket_option,
 )
 from supervisor.cli.follow import wait_for_final_state
-from supervisor.cli.main import EXIT_FAILED, EXIT_OK, EXIT_USAGE, cli
+from supervisor.cli.main import EXIT_FAILED, EXIT_NO_DAEMON, EXIT_OK, EXIT_USAGE, cli
 from supervisor.protocol import RunSummary
-from supervisor.settings import Settings, SettingsError, load_settings
+from supervisor.settings import SYSTEM_SOCKET, Settings, SettingsError, load_settings
 
 #: How long ``geod start`` waits for a new background daemon to accept connections.
 #: Generous because a first start may initialise the embedded PostgreSQL (initdb).
@@ -128,6 +128,13 @@ def _ensure_daemon(settings: Settings, timeout: float) -> None:
     with daemon_errors(settings.socket_path):
         if daemon_answers(settings.socket_path):
             return
+        if settings.socket_path == SYSTEM_SOCKET:
+            # A user daemon on the service's socket would only confuse both.
+            fail(
+                f"the geod service is not running (nothing answers on {SYSTEM_SOCKET}); "
+                "start it with `sudo systemctl start geod`",
+                EXIT_NO_DAEMON,
+            )
         try:
             start_background(settings, timeout)
         except DaemonStartError as exc:
