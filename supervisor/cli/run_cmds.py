@@ -196,7 +196,7 @@ def _print_record(console: Any, record: dict[str, Any], as_json: bool) -> None:
 @click.argument("run", required=False)
 @socket_option
 def attach(run: str | None, socket_path: Path | None) -> None:
-    """Open the dashboard (``geo-tui attach``) on every run, or on RUN."""
+    """Open the dashboard ('geo-tui attach') on every run, or on RUN."""
     # Prefer the geo-tui installed with this geod (same environment's scripts), then PATH.
     sibling = Path(sysconfig.get_path("scripts")) / TUI_COMMAND
     program = str(sibling) if sibling.exists() else shutil.which(TUI_COMMAND)
