@@ -4,8 +4,9 @@ One event becomes one ``events`` row plus, by type, a row of ``progress`` and
 ``stages`` (stage events), ``log_records``, ``memory_samples``, ``checkpoints``
 or ``raster_sources``. Rows are staged as plain values (times as Unix seconds,
 JSON as text) in temporary tables with :data:`TABLES`' staging types and moved
-into ``geod.*`` by one ``INSERT … SELECT … ON CONFLICT`` per table, so the
-Python side does no timestamp formatting and a replayed row is a no-op.
+into ``geod.*`` by ``INSERT … SELECT`` (with each table's ON CONFLICT clause when
+a batch repeats rows), so the Python side does no timestamp formatting and a
+replayed row is a no-op.
 """
 
 from __future__ import annotations
@@ -265,6 +266,15 @@ TABLES: dict[str, TableSpec] = {
 }
 
 
+def _position(table: str, column: str) -> int:
+    return [c.name for c in TABLES[table].columns].index(column)
+
+
+_STAGE_STARTED = _position("stages", "started")
+_STAGE_SEQ = _position("stages", "seq")
+_RUN_REV = _position("runs", "rev")
+
+
 class UnstampedEvent(ValueError):
     """An event without run/seq cannot be stored idempotently."""
 
@@ -387,16 +397,18 @@ class Batch:
         key = (event.run, event.id)
         previous = self._stages.get(key)
         if previous is not None:
-            first_start = min((s for s in (previous[10], started) if s is not None), default=None)
-            if previous[-1] > event.seq:
+            first_start = min(
+                (s for s in (previous[_STAGE_STARTED], started) if s is not None), default=None
+            )
+            if previous[_STAGE_SEQ] > event.seq:
                 row = previous
-            row[10] = first_start
+            row[_STAGE_STARTED] = first_start
         self._stages[key] = row
 
     def add_run(self, summary: RunSummary, rev: int, host: str, user: str, now: float) -> None:
         self.records += 1
         previous = self._runs.get(summary.id)
-        if previous is not None and previous[18] > rev:
+        if previous is not None and previous[_RUN_REV] > rev:
             return
         data = summary.model_dump(mode="json")
         extra = summary.model_extra or {}
