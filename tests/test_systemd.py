@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from supervisor.daemon import EXIT_LOCKED
+
 REPO = Path(__file__).resolve().parent.parent
 UNIT = REPO / "systemd" / "geod.service"
 SYSUSERS = REPO / "systemd" / "geod.sysusers"
@@ -113,6 +115,8 @@ def test_unit_has_the_required_directives() -> None:
     ):
         assert expected in directives, expected
     assert any(d.startswith("ReadWritePaths=") for d in directives)
+    # No restart loop while another daemon holds the state directory's lock.
+    assert f"RestartPreventExitStatus={EXIT_LOCKED}" in directives
     timeout = next(d for d in directives if d.startswith("TimeoutStopSec="))
     assert timeout.removeprefix("TimeoutStopSec=") not in ("0", "infinity")
 
