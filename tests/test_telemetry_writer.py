@@ -17,6 +17,8 @@ from tests.telemetry_helpers import Stamper, count_rows, expected_rows, realisti
 
 #: Generous bound for a flush on a loaded 2-core CI box; tests never time anything.
 FLUSH_TIMEOUT = 30.0
+#: How long close() waits for a database that will not answer before spooling the rest.
+HUNG_CLOSE_TIMEOUT = 1.0
 
 
 def _writer(url: str, tmp_path: Path, **kwargs: object) -> TelemetryWriter:
@@ -174,3 +176,32 @@ def test_unstamped_event_is_refused_at_the_call(database_url: str, tmp_path: Pat
     with pytest.raises(ValueError, match="run and seq"):
         writer.record_event(LogEvent(level="INFO", logger="t", message="no run"))
     writer.close()
+
+
+def test_close_while_the_database_hangs_returns_and_loses_nothing(
+    database_url: str, tmp_path: Path
+) -> None:
+    events = list(realistic_events("r7", windows=20, datasets=2))
+    half = len(events) // 2
+    writer = _writer(database_url, tmp_path)
+    for event in events[:half]:
+        writer.record_event(event)
+    assert writer.flush(FLUSH_TIMEOUT)
+
+    blocker = psycopg2.connect(database_url)
+    with blocker.cursor() as cur:  # every insert into events now waits for this lock
+        cur.execute("LOCK TABLE geod.events IN ACCESS EXCLUSIVE MODE")
+    try:
+        for event in events[half:]:
+            writer.record_event(event)
+        writer.close(timeout=HUNG_CLOSE_TIMEOUT)  # must return while the lock is held
+        assert writer.status()["spool_bytes"] > 0
+    finally:
+        blocker.rollback()
+        blocker.close()
+
+    # The next daemon's writer replays what the hung one left behind.
+    again = _writer(database_url, tmp_path)
+    assert again.flush(FLUSH_TIMEOUT)
+    again.close()
+    assert count_rows(database_url, "r7") == expected_rows(events)

@@ -123,6 +123,8 @@ class TelemetryWriter:
         self._done = threading.Condition(self._cond)  # flush() waits on it
         self._items: deque[Record] = deque()
         self._stopping = False
+        #: close() gave up waiting for a hung database and spooled the rest itself.
+        self._abandoned = False
         self._flush_wanted = False
         self._submitted = 0
         self._handled = 0
@@ -181,14 +183,18 @@ class TelemetryWriter:
                 thread.join(max(0.0, deadline - time.monotonic()))
         if self._thread.is_alive():
             # The database hangs: put everything not yet committed in the spool
-            # (some of it may be committed after all; replays are idempotent).
-            left = list(self._in_flight) + list(self._preparing)
-            with contextlib.suppress(queue.Empty):
-                while (item := self._handoff.get_nowait()) is not None:
-                    left.extend(item.records)
+            # (the stuck thread may still commit some of it later; replays are
+            # idempotent, so the next writer's replay cannot double it).
             with self._cond:
-                left.extend(self._items)
+                self._abandoned = True  # the collector takes nothing more
+                left = list(self._items)
                 self._items.clear()
+            left.extend(self._in_flight)
+            left.extend(self._preparing)
+            with self._handoff.mutex:
+                for item in self._handoff.queue:
+                    if item is not None:
+                        left.extend(item.records)
             self._spool.append(left)
             log.warning(
                 "telemetry writer did not finish within %.0fs; %d records spooled to %s",
@@ -266,6 +272,8 @@ class TelemetryWriter:
         next_flush = time.monotonic() + self.flush_interval
         while True:
             with self._cond:
+                if self._abandoned:
+                    break
                 while (
                     not self._stopping
                     and not self._flush_wanted
@@ -290,8 +298,8 @@ class TelemetryWriter:
             self._handoff.put(_Prepared(batch, texts))
             self._preparing = []
             if stopping:
-                self._handoff.put(None)
-                return
+                break
+        self._handoff.put(None)
 
     def _store(self) -> None:
         """The database thread: write each batch, or spool it, then count it handled."""
