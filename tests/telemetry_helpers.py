@@ -96,6 +96,8 @@ def realistic_events(run: str, windows: int, datasets: int = 4) -> Iterator[Even
                     system_available=4_000_000_000,
                     window_size=512,
                     budget=2_000_000_000,
+                    warning=0.8,
+                    critical=0.9,
                     stage=stage,
                     operation="resample",
                 )

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from supervisor.embedded import EmbeddedPostgres
+from supervisor.telemetry.migrate import available
 from tests.telemetry_helpers import embedded_scratch_dir
 
 
@@ -30,9 +31,10 @@ def _geod(tmp_path: Path, *args: str, url: str | None = None) -> subprocess.Comp
 def test_migrate_url_psql_on_a_configured_database(database_url: str, tmp_path: Path) -> None:
     first = _geod(tmp_path, "db", "migrate", url=database_url)
     assert first.returncode == 0, first.stderr
-    assert first.stdout.splitlines() == ["applied 0001_initial"]
+    names = [f"{m.version:04d}_{m.name}" for m in available()]
+    assert first.stdout.splitlines() == [f"applied {name}" for name in names]
     again = _geod(tmp_path, "db", "migrate", url=database_url)
-    assert again.stdout.strip() == "schema geod is up to date (0001_initial)"
+    assert again.stdout.strip() == f"schema geod is up to date ({names[-1]})"
 
     url = _geod(tmp_path, "db", "url", url=database_url)
     assert url.stdout.strip() == database_url
@@ -45,7 +47,7 @@ def test_migrate_url_psql_on_a_configured_database(database_url: str, tmp_path: 
         "SELECT count(*) FROM geod.schema_migrations",
         url=database_url,
     )
-    assert (psql.returncode, psql.stdout.strip()) == (0, "1")
+    assert (psql.returncode, psql.stdout.strip()) == (0, str(len(names)))
     failing = _geod(
         tmp_path,
         "db",
@@ -75,12 +77,13 @@ def test_embedded_default_for_migrate_psql_and_url() -> None:
 def _embedded_default(tmp_path: Path) -> None:
     migrated = _geod(tmp_path, "db", "migrate")
     assert migrated.returncode == 0, migrated.stderr
-    assert "applied 0001_initial" in migrated.stdout
+    latest = available()[-1]
+    assert f"applied {latest.version:04d}_{latest.name}" in migrated.stdout
     server = EmbeddedPostgres.in_state_dir(tmp_path / "state")
     assert not server.running(), "a server geod db started for one command is stopped after it"
 
     psql = _geod(tmp_path, "db", "psql", "-tAc", "SELECT max(version) FROM geod.schema_migrations")
-    assert (psql.returncode, psql.stdout.strip()) == (0, "1"), psql.stderr
+    assert (psql.returncode, psql.stdout.strip()) == (0, str(latest.version)), psql.stderr
     assert not server.running()
 
     url = _geod(tmp_path, "db", "url")

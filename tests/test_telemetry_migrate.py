@@ -105,3 +105,27 @@ def test_misnamed_migration_file_is_an_error(tmp_path: Path) -> None:
     (tmp_path / "1_first.sql").write_text("SELECT 1;")
     with pytest.raises(MigrationError, match=r"NNNN_name\.sql"):
         available(tmp_path)
+
+
+def test_upgrade_keeps_rows_written_under_the_older_schema(
+    database_url: str, tmp_path: Path
+) -> None:
+    first, *later = available()
+    old = tmp_path / "old"
+    old.mkdir()
+    for source in MIGRATIONS_DIR.glob(f"{first.version:04d}_*.sql"):
+        (old / source.name).write_text(source.read_text())
+    conn = psycopg2.connect(database_url)
+    try:
+        assert migrate(conn, old) == [first.version]
+        with conn.cursor() as cur:
+            cur.execute(
+                "INSERT INTO geod.memory_samples (run, seq, time, rss) VALUES ('r', 1, now(), 42)"
+            )
+        conn.commit()
+        assert migrate(conn) == [m.version for m in later]
+        with conn.cursor() as cur:
+            cur.execute("SELECT rss, warning FROM geod.v_memory_timeline WHERE run = 'r'")
+            assert cur.fetchall() == [(42, None)]
+    finally:
+        conn.close()

@@ -95,11 +95,14 @@ def test_run_rows_stage_tree_memory_logs_and_views(database_url: str, tmp_path: 
         assert min(rss) <= avg <= max(rss)
     timeline = _query(
         database_url,
-        "SELECT elapsed, budget_fraction FROM geod.v_memory_timeline WHERE run = 'r1' ORDER BY seq",
+        "SELECT elapsed, budget_fraction, warning, critical FROM geod.v_memory_timeline"
+        " WHERE run = 'r1' ORDER BY seq",
     )
     assert len(timeline) == len(memory)
-    assert timeline[0][0] == 0.0 and all(b >= a for (a, _), (b, _) in itertools.pairwise(timeline))
+    assert timeline[0][0] == 0.0
+    assert all(b[0] >= a[0] for a, b in itertools.pairwise(timeline))
     assert timeline[0][1] == pytest.approx(memory[0].rss / 2_000_000_000)
+    assert {row[2:] for row in timeline} == {(0.8, 0.9)}
 
 
 def test_replaying_the_same_events_adds_nothing(database_url: str, tmp_path: Path) -> None:

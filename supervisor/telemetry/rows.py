@@ -201,6 +201,8 @@ TABLES: dict[str, TableSpec] = {
                 Column("system_available", "bigint"),
                 Column("window_size", "integer"),
                 Column("budget", "bigint"),
+                Column("warning", "double precision"),
+                Column("critical", "double precision"),
             ),
             _APPEND_ONLY,
         ),
@@ -339,6 +341,8 @@ class Batch:
                     event.system_available,
                     event.window_size,
                     event.budget,
+                    event.warning,
+                    event.critical,
                 ),
             )
         elif isinstance(event, CheckpointEvent):
