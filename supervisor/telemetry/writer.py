@@ -510,4 +510,6 @@ class TelemetryWriter:
         except psycopg2.Error as exc:
             self._lost(exc)
             return
-        log.info("telemetry retention (%d days): deleted %s", self.retention_days, deleted)
+        pruned = {table: count for table, count in deleted.items() if count}
+        if pruned:
+            log.info("telemetry retention (%d days): deleted %s", self.retention_days, pruned)
