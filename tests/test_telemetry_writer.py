@@ -174,6 +174,21 @@ def test_record_the_database_refuses_is_set_aside(database_url: str, tmp_path: P
     assert json.loads(line)["record"]["seq"] == bad.seq
 
 
+def test_non_finite_numbers_in_extra_are_stored_as_null(database_url: str, tmp_path: Path) -> None:
+    stamp = Stamper("r8")
+    event = stamp(
+        LogEvent(level="INFO", logger="t", message="m", extra={"nodata": float("nan"), "n": [1.5]})
+    )
+    writer = _writer(database_url, tmp_path)
+    writer.record_event(event)
+    assert writer.flush(FLUSH_TIMEOUT)
+    writer.close()
+    assert writer.rejected == 0
+    assert _query(database_url, "SELECT extra FROM geod.log_records") == [
+        ({"nodata": None, "n": [1.5]},)
+    ]
+
+
 def test_unstamped_event_is_refused_at_the_call(database_url: str, tmp_path: Path) -> None:
     writer = _writer(database_url, tmp_path)
     with pytest.raises(ValueError, match="run and seq"):
