@@ -161,32 +161,40 @@ def test_spool_left_by_a_previous_writer_is_replayed(database_url: str, tmp_path
 def test_record_the_database_refuses_is_set_aside(database_url: str, tmp_path: Path) -> None:
     stamp = Stamper("r6")
     good = [stamp(LogEvent(level="INFO", logger="t", message=f"m{i}")) for i in range(5)]
-    # jsonb cannot hold \u0000: PostgreSQL rejects this one record with a DataError.
-    bad = stamp(LogEvent(level="INFO", logger="t", message="x", extra={"k": "a\x00b"}))
+    # rss is a bigint column: PostgreSQL rejects this one record with a DataError.
+    bad = stamp(MemoryEvent(rss=2**64))
     writer = _writer(database_url, tmp_path)
     for event in [*good[:2], bad, *good[2:]]:
         writer.record_event(event)
     assert writer.flush(FLUSH_TIMEOUT)
     writer.close()
     assert writer.rejected == 1
-    assert count_rows(database_url, "r6")["log_records"] == len(good)
+    counts = count_rows(database_url, "r6")
+    assert (counts["log_records"], counts["events"], counts["memory_samples"]) == (5, 5, 0)
     [line] = (tmp_path / "spool" / REJECTED_NAME).read_text().splitlines()
     assert json.loads(line)["record"]["seq"] == bad.seq
 
 
-def test_non_finite_numbers_in_extra_are_stored_as_null(database_url: str, tmp_path: Path) -> None:
+def test_nan_and_nul_characters_are_stored_not_rejected(database_url: str, tmp_path: Path) -> None:
+    """A raster's NaN nodata or a NUL in a driver's message must not cost the record."""
     stamp = Stamper("r8")
     event = stamp(
-        LogEvent(level="INFO", logger="t", message="m", extra={"nodata": float("nan"), "n": [1.5]})
+        LogEvent(
+            level="INFO",
+            logger="t",
+            message="bad\x00name",
+            extra={"nodata": float("nan"), "n": [1.5], "path": "a\x00b"},
+        )
     )
     writer = _writer(database_url, tmp_path)
     writer.record_event(event)
     assert writer.flush(FLUSH_TIMEOUT)
     writer.close()
     assert writer.rejected == 0
-    assert _query(database_url, "SELECT extra FROM geod.log_records") == [
-        ({"nodata": None, "n": [1.5]},)
+    assert _query(database_url, "SELECT message, extra FROM geod.log_records") == [
+        ("badname", {"nodata": None, "n": [1.5], "path": "ab"})
     ]
+    assert _query(database_url, "SELECT payload->>'message' FROM geod.events") == [("badname",)]
 
 
 def test_unstamped_event_is_refused_at_the_call(database_url: str, tmp_path: Path) -> None:

@@ -281,13 +281,23 @@ class UnstampedEvent(ValueError):
     """An event without run/seq cannot be stored idempotently."""
 
 
+#: A JSON ``\u0000`` escape (not an escaped backslash followed by "u0000").
+_JSON_NUL = re.compile(r"(?<!\\)((?:\\\\)*)\\u0000")
+
+
+def _jsonb_text(text: str) -> str:
+    """Drop NUL characters from JSON text: jsonb rejects them (text columns drop them too)."""
+    return _JSON_NUL.sub(r"\1", text) if "\\u0000" in text else text
+
+
 def _dumps(value: Any) -> str:
     """JSON for a jsonb column: NaN and infinities (a raster's nodata) become null,
     as pydantic writes them in the events payload; jsonb would reject the record."""
     try:
-        return json.dumps(value, separators=(",", ":"), default=str, allow_nan=False)
+        text = json.dumps(value, separators=(",", ":"), default=str, allow_nan=False)
     except ValueError:
-        return json.dumps(_finite(value), separators=(",", ":"), default=str)
+        text = json.dumps(_finite(value), separators=(",", ":"), default=str)
+    return _jsonb_text(text)
 
 
 def _finite(value: Any) -> Any:
@@ -323,7 +333,7 @@ class Batch:
             raise UnstampedEvent(f"{event.type} event without run/seq cannot be stored")
         self.records += 1
         t = event.time
-        self._append("events", (run, seq, t, event.type, encode(event)))
+        self._append("events", (run, seq, t, event.type, _jsonb_text(encode(event))))
         if isinstance(event, StageEvent):
             self._append("progress", (run, seq, t, event.id, event.status, event.done, event.total))
             self._add_stage(event)
