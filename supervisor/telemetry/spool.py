@@ -1,12 +1,14 @@
 """Append-only spool of telemetry records kept while PostgreSQL is unreachable.
 
 One record per line: ``e<TAB>event JSON`` or ``r<TAB>revision<TAB>summary JSON``
-(JSON never contains a raw tab or newline). Lines are
-appended in submission order and fsync'd per batch, so a daemon killed during an
-outage loses nothing it had acknowledged to the spool; the next writer replays
-the file (rows are keyed by (run, seq), so replaying twice is harmless) and
-truncates it once everything is committed. A torn last line (power cut mid
-write) is skipped on replay rather than aborting it.
+(JSON never contains a raw tab or newline). Batches are appended and fsync'd as
+the writer hands them over, so a daemon killed during an outage loses nothing
+already spooled; the next writer replays the file and truncates it once
+everything is committed. Order does not matter for correctness: event rows are
+keyed by (run, seq), stage rows keep the highest seq and run rows the highest
+writer revision, so a record that overtook another (a caller spilling while the
+queue was full) or a replay that repeats rows leaves the same tables. A torn
+last line (power cut mid write) is cut off when the spool is opened.
 """
 
 from __future__ import annotations
