@@ -230,15 +230,13 @@ def demo_run(config: Path, work: Path, writer: TelemetryWriter | None, run: str)
     return DemoRun(elapsed, count, cpu, backend_cpu)
 
 
+#: Exactly what ``geod serve`` runs; ``telemetry: false`` in the settings turns the sink off.
 DAEMON_SCRIPT = (
     "import sys\n"
     "from pathlib import Path\n"
-    "from supervisor.daemon import run_daemon\n"
+    "from supervisor.daemonize import serve\n"
     "from supervisor.settings import load_settings\n"
-    "from supervisor.telemetry import open_telemetry\n"
-    "settings = load_settings(Path(sys.argv[1]))\n"
-    "sink = open_telemetry(settings, settings.state_dir) if settings.telemetry else None\n"
-    "sys.exit(run_daemon(settings, telemetry=sink))\n"
+    "sys.exit(serve(load_settings(Path(sys.argv[1]))))\n"
 )
 #: Seconds between polls of the daemon for the run's state.
 POLL = 0.2
@@ -297,6 +295,14 @@ def daemon_demo(config: Path, directory: Path, url: str, telemetry: bool) -> flo
             raise SystemExit(f"demo run ended {run['state']}: {run.get('error')}\n{tail}")
         daemon.send_signal(signal.SIGTERM)
         daemon.wait(DAEMON_TIMEOUT)
+        if telemetry:  # the daemon flushed on exit: every stamped event is a row
+            conn = psycopg2.connect(url)
+            with conn.cursor() as cur:
+                cur.execute("SELECT count(*) FROM geod.events WHERE run = %s", (run["id"],))
+                stored = cur.fetchone()[0]
+            conn.close()
+            if stored != run["last_seq"]:
+                raise SystemExit(f"telemetry stored {stored} of {run['last_seq']} events")
         return float(run["finished"] - run["started"])
     finally:
         if daemon.poll() is None:
@@ -368,6 +374,7 @@ def main() -> None:
             walls: dict[str, list[float]] = {"off": [], "on": []}
             for i in range(args.repeat):
                 for mode in ("off", "on"):
+                    _truncate(url)  # every daemon numbers its runs from r0001
                     wall = daemon_demo(config, tmp_path / f"daemon-{mode}-{i}", url, mode == "on")
                     walls[mode].append(wall)
                     print(

@@ -1,7 +1,7 @@
 """The real daemon running a real demo run with telemetry: what lands in PostgreSQL.
 
-The daemon process is ``run_daemon`` with the sink from ``open_telemetry``, the
-wiring ``geod serve`` uses; the worker is the real ``python -m pipeline.worker``.
+The daemon process runs what ``geod serve`` runs (telemetry on, sink from
+``open_telemetry``); the worker is the real ``python -m pipeline.worker``.
 """
 
 from __future__ import annotations
@@ -20,15 +20,11 @@ from tests.conftest import write_demo_config
 from tests.daemon_harness import DaemonHarness
 
 DAEMON_WITH_TELEMETRY = (
-    "import logging, sys\n"
+    "import sys\n"
     "from pathlib import Path\n"
-    "logging.basicConfig(level=logging.INFO, stream=sys.stderr,\n"
-    "                    format='%(asctime)s %(name)s %(levelname)s %(message)s')\n"
-    "from supervisor.daemon import run_daemon\n"
+    "from supervisor.daemonize import serve\n"
     "from supervisor.settings import load_settings\n"
-    "from supervisor.telemetry import open_telemetry\n"
-    "settings = load_settings(Path(sys.argv[1]))\n"
-    "sys.exit(run_daemon(settings, telemetry=open_telemetry(settings, settings.state_dir)))\n"
+    "sys.exit(serve(load_settings(Path(sys.argv[1]))))\n"
 )
 #: Seconds between the daemon's memory samples of the worker tree in this test.
 MEMORY_INTERVAL = 0.5
