@@ -82,8 +82,14 @@ def run_daemon(
     settings: Settings,
     ready: Callable[[], None] | None = None,
     telemetry: TelemetrySink | None = None,
+    telemetry_factory: Callable[[], TelemetrySink | None] | None = None,
 ) -> int:
-    """Run the daemon in the foreground until stopped; returns the exit code above."""
+    """Run the daemon in the foreground until stopped; returns the exit code above.
+
+    ``telemetry_factory`` is called once the state directory's lock is held, so a
+    second daemon is refused before it touches the database (e.g. starts a second
+    embedded PostgreSQL on the same data directory); its exceptions exit with 1.
+    """
     try:
         settings.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         lock = acquire_lock(settings.state_dir)
@@ -93,6 +99,13 @@ def run_daemon(
     except OSError as exc:
         log.error("cannot use state directory %s: %s", settings.state_dir, exc.strerror or exc)
         return EXIT_START_FAILED
+    if telemetry_factory is not None:
+        try:
+            telemetry = telemetry_factory()
+        except Exception as exc:
+            log.error("telemetry unavailable: %s", exc)
+            lock.close()
+            return EXIT_START_FAILED
     try:
         return asyncio.run(Daemon(settings, telemetry).run(ready))
     finally:

@@ -339,3 +339,17 @@ def test_unstartable_worker_fails_the_run_not_the_daemon(tmp_path: Path) -> None
             "cannot start worker /nonexistent/geod-worker: No such file or directory"
         )
         assert failed["retries"] == 0 and daemon.call("status")["counts"] == {"failed": 1}
+
+
+def test_telemetry_opened_only_after_the_lock(tmp_path: Path) -> None:
+    """A refused second daemon must not touch the database (an embedded server's data dir)."""
+    from supervisor.daemon import run_daemon
+    from supervisor.settings import load_settings
+
+    with running_daemon(tmp_path) as daemon:
+        opened: list[bool] = []
+        code = run_daemon(
+            load_settings(daemon.settings_path),
+            telemetry_factory=lambda: opened.append(True),  # type: ignore[func-returns-value]
+        )
+        assert code == EXIT_LOCKED and opened == []
