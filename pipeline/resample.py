@@ -32,7 +32,8 @@ Datasets already on the grid (:func:`pipeline.grid.place`) are copied window
 by window without any resampling, converting dtype and nodata by the same rule.
 
 Known differences from the reference gdalwarp 3.6 (rasterio bundles GDAL 3.10;
-tests/test_resample.py pins each one down):
+tests/test_resample.py pins each one down). The first two also show in a
+single whole-raster warp: they are GDAL's, not the windowing's.
 
 * gdalwarp 3.6's footprint methods (average, mode, min, max, med, q1, q3)
   extend a source by one source pixel past its top and left edges: target
@@ -40,9 +41,12 @@ tests/test_resample.py pins each one down):
   starts inside the grid; the rows north of 85.04°N, where the EASE-Grid 2.0
   world of EPSG:6933 ends) get the edge values repeated. GDAL 3.10 leaves them
   nodata.
-* GDAL 3.10 ``average`` returns a value outside the data for the grid column
-  ending at 180°E when the source only partly covers it. Both happen in a
-  single whole-raster warp too: they are GDAL's, not the windowing's.
+* Where a global geographic source ends short of 180°E, GDAL 3.10 would
+  average the whole latitude band into the last grid column (wrapping round
+  the antimeridian); we warp such windows from a cropped copy of the source
+  instead (:func:`_wraps_antimeridian`). That column then holds the average of
+  the covered part, within 0.2 % of the data range of gdalwarp 3.6's, which
+  weights the partly covered edge pixel slightly differently.
 * ``sum`` (and any method that counts whole source pixels) can differ where
   target pixel edges fall exactly on source pixel edges: GDAL's approximate
   transformer interpolates along each window's rows, and rounding at ulp level
@@ -63,6 +67,7 @@ import rasterio
 from rasterio.enums import Resampling as RioResampling
 from rasterio.warp import reproject, transform
 from rasterio.windows import Window
+from rasterio.windows import transform as window_transform
 
 from pipeline.config import DatasetConfig, Resampling
 from pipeline.context import RunContext, StageNode
@@ -90,8 +95,13 @@ VALUE_PICKING = frozenset(
 GDAL_SAMPLE_STEPS = 21
 #: GDAL snaps source-window edges to integers when closer than this (pixels).
 GDAL_ROUND_EPSILON = 1e-6
+#: GDAL's kernel radius in source pixels at scale 1 (GWKGetFilterRadius); 0 otherwise.
+FILTER_RADIUS = {Resampling.bilinear: 1, Resampling.cubic: 2}
+#: Geographic sources wider than this (degrees) may be wrapped round the
+#: antimeridian by GDAL (see :func:`_wraps_antimeridian`).
+WRAP_SPAN_DEGREES = 180.0
 #: Bumped whenever the output of the same inputs would change (invalidates stores).
-ALGORITHM_VERSION = 1
+ALGORITHM_VERSION = 2
 _MIB = 1024**2
 
 
@@ -189,6 +199,60 @@ def gdal_warp_scale(source: SourceInfo, grid: TargetGrid) -> tuple[float, float]
 # --------------------------------------------------------------------------- windows
 
 
+def _window_samples(window: Window) -> tuple[np.ndarray, np.ndarray]:
+    """Grid pixel coordinates sampled over a window, edges included."""
+    cols, rows = _grid_samples(int(window.width), int(window.height))
+    return cols + int(window.col_off), rows + int(window.row_off)
+
+
+def _wraps_antimeridian(source: SourceInfo, grid: TargetGrid, window: Window) -> bool:
+    """Would GDAL treat this window as reaching round the antimeridian of the source?
+
+    GDAL 3.10 treats a geographic source spanning about the whole globe as
+    wrapping in longitude. For a target pixel that reaches past the source's
+    east edge (a source ending just short of 180°E, even by float noise), its
+    footprint methods then average the whole latitude band instead of the
+    covered part (the EGM96 geoid's last column at 1°: -0.78 m instead of
+    21.5 m). Such windows are warped from a cropped copy of the source, which
+    GDAL does not consider global.
+    """
+    if not source.crs.is_geographic:
+        return False
+    west, _, east, _ = source.bounds
+    if east - west < WRAP_SPAN_DEGREES:
+        return False
+    px, _ = _to_source_pixels(source, grid, *_window_samples(window))
+    if np.isnan(px).all():
+        return False
+    return bool(
+        np.nanmin(px) < -GDAL_ROUND_EPSILON or np.nanmax(px) > source.width + GDAL_ROUND_EPSILON
+    )
+
+
+def _source_window(
+    source: SourceInfo,
+    grid: TargetGrid,
+    window: Window,
+    method: Resampling,
+    scale: tuple[float, float],
+    margin: int,
+) -> Window | None:
+    """The source pixels a target window needs (kernel radius and margin included)."""
+    px, py = _to_source_pixels(source, grid, *_window_samples(window))
+    if np.isnan(px).all():
+        return None
+    radius = FILTER_RADIUS.get(method, 0)
+    pad_x = math.ceil(radius / min(scale[0], 1.0)) + margin + 1
+    pad_y = math.ceil(radius / min(scale[1], 1.0)) + margin + 1
+    col0 = max(0, math.floor(np.nanmin(px)) - pad_x)
+    col1 = min(source.width, math.ceil(np.nanmax(px)) + pad_x)
+    row0 = max(0, math.floor(np.nanmin(py)) - pad_y)
+    row1 = min(source.height, math.ceil(np.nanmax(py)) + pad_y)
+    if col0 >= col1 or row0 >= row1:
+        return None
+    return Window(col0, row0, col1 - col0, row1 - row0)
+
+
 def resample_window(
     source: SourceInfo,
     dataset: DatasetConfig,
@@ -203,11 +267,21 @@ def resample_window(
     dtype = output_dtype(dataset.resampling, source.dtype)
     nodata = output_nodata(dtype, source_nodata(dataset, source))
     out = np.full((int(window.height), int(window.width)), nodata, dtype=dtype)
-    src_nodata = source_nodata(dataset, source)
+    src: object = rasterio.band(src_dataset, source.band)
+    placement: dict[str, object] = {}
+    if _wraps_antimeridian(source, grid, window):
+        crop = _source_window(source, grid, window, dataset.resampling, scale, margin)
+        if crop is None:
+            return out
+        src = src_dataset.read(source.band, window=crop)
+        placement = {
+            "src_transform": window_transform(crop, source.transform),
+            "src_crs": source.crs,
+        }
     reproject(
-        source=rasterio.band(src_dataset, source.band),
+        source=src,
         destination=out,
-        src_nodata=src_nodata,
+        src_nodata=source_nodata(dataset, source),
         dst_transform=grid.window_transform(window),
         dst_crs=grid.crs,
         dst_nodata=nodata,
@@ -216,6 +290,7 @@ def resample_window(
         XSCALE=repr(scale[0]),
         YSCALE=repr(scale[1]),
         SOURCE_EXTRA=margin,
+        **placement,
     )
     return out
 
