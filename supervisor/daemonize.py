@@ -48,8 +48,6 @@ PID_FILE = "geod.pid"
 READY_BYTE = b"R"
 #: Lines of the log shown when a background start fails (the daemon's last words).
 LOG_TAIL_LINES = 15
-#: Exit code of the daemon when its telemetry database cannot be opened at all.
-EXIT_TELEMETRY_FAILED = 1
 #: ``acquire`` timeout of the PID file: fail at once, waiting cannot help.
 _PIDFILE_NO_WAIT = 0
 
@@ -154,24 +152,16 @@ def _serve(settings: Settings, ready_fd: int) -> int:  # pragma: no cover - daem
 def serve(settings: Settings, ready: Callable[[], None] | None = None) -> int:
     """The daemon process's main, in the foreground (``geod serve``) or once detached.
 
-    Logging goes to stderr; telemetry (PostgreSQL, embedded unless a URL is
-    configured) is opened here, in the process that will own its writer thread —
-    never before a fork.
+    Logging goes to stderr. Telemetry (PostgreSQL, embedded unless a URL is
+    configured) is opened by the daemon once it holds the state directory's lock —
+    so a refused second daemon never touches the database — and in the process
+    that will own its writer thread, never before a fork.
     """
     from supervisor.daemon import run_daemon
 
     configure_logging(settings.log_level)
     log.info("geod daemon starting, pid %d, state %s", os.getpid(), settings.state_dir)
-    try:
-        telemetry = _open_telemetry(settings)
-    except Exception as exc:  # any start-up failure of the database: one line, exit 1
-        log.error(
-            "telemetry database unavailable: %s (set `telemetry: false` in the settings "
-            "to run without it)",
-            exc,
-        )
-        return EXIT_TELEMETRY_FAILED
-    return run_daemon(settings, ready=ready, telemetry=telemetry)
+    return run_daemon(settings, ready=ready, telemetry_factory=lambda: _open_telemetry(settings))
 
 
 def _open_telemetry(settings: Settings) -> TelemetrySink | None:
@@ -190,13 +180,22 @@ def _remove_stale_pidfile(pidfile: TimeoutPIDLockFile) -> None:
     if not pidfile.is_locked():
         return
     pid = pidfile.read_pid()
-    if pid is not None:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            pass
-        except PermissionError:  # alive, someone else's: acquiring will say so
-            return
-        else:
-            return
+    if pid is not None and process_alive(pid):
+        return  # acquiring will fail and say so
     pidfile.break_lock()
+
+
+def process_alive(pid: int) -> bool:
+    """Is ``pid`` a live process? A zombie counts as gone: it has exited and only awaits its
+    reaper (a daemon is reparented to init, which in a container may never reap it)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's (the system daemon, seen by its group)
+        return True
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return True
+    return "\nState:\tZ" not in status

@@ -8,7 +8,6 @@ waits until it has.
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from pathlib import Path
@@ -98,7 +97,7 @@ def start(
 ) -> None:
     """Submit CONFIG as a new run, starting the daemon in the background if none answers.
 
-    Prints only the run id on stdout, so ``RUN=$(geod start config.yml)`` works.
+    Prints only the run id on stdout, so RUN=$(geod start config.yml) works.
     """
     from pipeline.config import ConfigError, load_config
 
@@ -159,6 +158,8 @@ def stop(timeout: float | None, socket_path: Path | None) -> None:
     "Exited" means the process is gone, not merely the socket closed: telemetry is
     flushed and an embedded database stopped only after the socket closes.
     """
+    from supervisor.daemonize import process_alive
+
     if timeout is None:
         timeout = _load_settings(None, system=False).kill_grace + STOP_MARGIN
     with connect(socket_path) as client:
@@ -166,24 +167,8 @@ def stop(timeout: float | None, socket_path: Path | None) -> None:
         client.call("daemon.stop")
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if not process_running(pid):
+        if not process_alive(pid):
             click.echo("geod: daemon stopped", err=True)
             return
         time.sleep(STOP_POLL_INTERVAL)
     fail(f"the daemon (pid {pid}) is still stopping after {timeout:g} s (runs checkpointing?)")
-
-
-def process_running(pid: int) -> bool:
-    """Is ``pid`` alive? A zombie counts as gone: it has exited and only awaits its reaper
-    (a daemon is reparented to init, which in a container may never reap it)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # the system daemon, asked by a member of its group
-        return True
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return True
-    return "\nState:\tZ" not in status

@@ -1,0 +1,86 @@
+"""``geod start``'s background daemon after an unclean past: a PID file left by a SIGKILLed
+daemon must not block the next start (the state directory's lock is what guards)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sysconfig
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import write_demo_config
+
+GEOD = str(Path(sysconfig.get_path("scripts")) / "geod")
+#: Bound for a daemon to exit after SIGKILL / a stop request on a loaded machine.
+EXIT_TIMEOUT = 30.0
+
+
+@pytest.fixture()
+def root() -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="geod-dz-", dir="/tmp"))  # short socket path
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _env(root: Path) -> dict[str, str]:
+    settings = root / "xdg" / "geod" / "geod.yml"
+    settings.parent.mkdir(parents=True, exist_ok=True)
+    settings.write_text("telemetry: false\n")  # this test is about processes, not telemetry
+    env = dict(
+        os.environ,
+        GEOD_STATE_DIR=str(root / "state"),
+        GEOD_SOCKET=str(root / "geod.sock"),
+        XDG_CONFIG_HOME=str(root / "xdg"),
+    )
+    env.pop("NOTIFY_SOCKET", None)
+    return env
+
+
+def _gone(pid: int) -> bool:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return True
+    return "\nState:\tZ" in status
+
+
+def _wait_gone(pid: int) -> None:
+    deadline = time.monotonic() + EXIT_TIMEOUT
+    while not _gone(pid):
+        assert time.monotonic() < deadline, f"pid {pid} still alive"
+        time.sleep(0.05)
+
+
+def test_start_after_a_sigkilled_daemon(root: Path, demo_dir: Path) -> None:
+    env = _env(root)
+    config = write_demo_config(root, demo_dir)
+    pid_file = root / "state" / "geod.pid"
+
+    def start() -> int:
+        result = subprocess.run(
+            [GEOD, "start", str(config)], env=env, capture_output=True, text=True, timeout=60
+        )
+        assert result.returncode == 0, result.stderr
+        assert "daemon started" in result.stderr
+        return int(pid_file.read_text())
+
+    first = start()
+    os.kill(first, signal.SIGKILL)  # no cleanup: PID file and socket file stay behind
+    _wait_gone(first)
+    assert pid_file.exists() and int(pid_file.read_text()) == first
+
+    second = start()
+    assert second != first and not _gone(second)
+    log = (root / "state" / "geod.log").read_text()
+    assert f"geod daemon {second} listening" in log  # the daemon's own logging goes there
+    stopped = subprocess.run([GEOD, "stop"], env=env, capture_output=True, text=True, timeout=90)
+    assert stopped.returncode == 0, stopped.stderr
+    _wait_gone(second)
+    assert not pid_file.exists()  # a clean exit releases it
