@@ -36,7 +36,7 @@ import psutil
 from pydantic import ValidationError
 
 from pipeline.config import NAME_PATTERN, ConfigError, dump_config, load_config
-from pipeline.events import Event, LogEvent, decode, encode
+from pipeline.events import Event, LogEvent, decode, decode_dict, encode
 from supervisor.process import (
     RotatingLog,
     WorkerProcess,
@@ -67,6 +67,8 @@ Intent = Literal["kill", "shutdown"]
 MAX_CONFIG_BYTES = 1024 * 1024
 #: States in which a run has (or is getting) a worker process.
 ACTIVE_STATES = frozenset({"running", "paused", "stopping"})
+#: States a previous daemon may have left with events telemetry had not stored yet.
+_UNSETTLED_STATES = ACTIVE_STATES | {"queued"}
 
 
 def _bad_state(run: Run, action: str) -> ProtocolError:
@@ -196,6 +198,8 @@ class Supervisor:
         leftovers = find_leftover_workers({run.id: str(run.config_file) for run in runs})
         for run in runs:
             summary = run.summary
+            if summary.state in _UNSETTLED_STATES:
+                self._replay_telemetry(run)
             summary.pid = None
             summary.paused_hard = False
             if summary.state in ("running", "stopping"):
@@ -208,6 +212,26 @@ class Supervisor:
                 self._spawn_task(self._reap_leftover(run, leftovers[run.id]))
                 continue
             self._after_recovery(run)
+
+    def _replay_telemetry(self, run: Run) -> None:
+        """Hand telemetry the run's whole history again after a restart.
+
+        The writer holds up to a flush interval of events in memory, so a daemon
+        that was SIGKILLed lost those rows although every event is in the history
+        file. Rows are keyed by (run, seq): re-recording stored events changes
+        nothing and the missing ones fill the gap. Only runs a previous daemon left
+        unsettled are replayed, so a restart costs nothing for finished runs.
+        """
+        if self._telemetry is None:
+            return
+        for event in run.read_history():
+            try:
+                self._telemetry.record_event(decode_dict(event))
+            except ValidationError:
+                continue  # not an event this daemon wrote whole
+            except Exception:
+                log.exception("telemetry replay of run %s failed", run.id)
+                return
 
     async def _reap_leftover(self, run: Run, process: psutil.Process) -> None:
         try:
