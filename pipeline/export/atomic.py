@@ -77,6 +77,15 @@ def commit(partial: Path, final: Path) -> None:
 
 
 def discard(partial: Path) -> None:
-    """Remove a temporary file if it is still there."""
-    with contextlib.suppress(FileNotFoundError):
+    """Remove a temporary file if it is still there.
+
+    On a read-only filesystem unlinking a file that was never created fails with
+    EROFS, not ENOENT; that must not mask the error that made us discard it.
+    """
+    try:
         partial.unlink()
+    except FileNotFoundError:
+        pass
+    except OSError:
+        if os.path.lexists(partial):
+            raise
