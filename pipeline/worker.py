@@ -25,6 +25,7 @@ from pipeline.config import ConfigError, ExportFormat, load_config
 from pipeline.context import RunContext
 from pipeline.control import Controller, StopRequested
 from pipeline.events import EVENTS_FD_ENV, EventSink, StateEvent
+from pipeline.export.atomic import ExportError
 from pipeline.memory import MemoryGovernor
 from pipeline.runner import STAGES, parse_stages, run_pipeline
 
@@ -95,6 +96,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_OK
     except (CatalogError, ConfigError) as exc:
         return _fail(events, str(exc), EXIT_INPUT)
+    except ExportError as exc:
+        # Already one line naming the file and the reason (disk full, read-only…):
+        # a traceback would bury it. Exit 1: freeing space and retrying can help.
+        log.error("run failed: %s", exc)
+        return _fail(events, f"{type(exc).__name__}: {exc}", EXIT_FAILED)
     except Exception as exc:
         log.exception("run failed: %s", exc)
         return _fail(events, f"{type(exc).__name__}: {exc}", EXIT_FAILED)
