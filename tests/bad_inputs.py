@@ -28,9 +28,9 @@ import numpy as np
 import yaml
 
 from supervisor.client import Client
-from supervisor.protocol import ProtocolError
 from tests import test_catalog as rasters
 from tests.conftest import REPO
+from tests.daemon_harness import DaemonHarness
 
 GEOD = str(Path(sysconfig.get_path("scripts")) / "geod")
 #: A coarse grid and no analysis: a good run takes seconds, a bad one fails at once.
@@ -45,6 +45,8 @@ SECTIONS: dict[str, Any] = {
 FINAL_NAMES = ("table.parquet", "table.csv")
 #: Small enough that the CSV of one 0.5° layer (~2 MB) cannot fit: the disk fills mid-export.
 FULL_DISK_BYTES = 256 * 1024
+#: A failed bad-input run and the valid run beside it, on a loaded machine.
+RUN_TIMEOUT = 180.0
 #: Bound for a geod verb (Python and GDAL start-up on a loaded 2-core machine).
 CLI_TIMEOUT = 120.0
 DEMO_LAYER = "richness_05deg.tif"
@@ -269,14 +271,6 @@ def check_cli(case: BadInput, verb: str, config: Path, tmp: Path) -> list[str]:
     return problems
 
 
-def submit_or_error(client: Client, config: Path) -> tuple[str | None, str | None]:
-    """(run id, None) if the daemon queued the config, else (None, its error message)."""
-    try:
-        return client.call("runs.submit", config_path=str(config))["id"], None
-    except ProtocolError as exc:
-        return None, exc.message
-
-
 def daemon_problems(case: BadInput, message: str, tmp: Path) -> list[str]:
     problems = []
     if case.expected not in message:
@@ -297,3 +291,49 @@ def nan_only_table(tmp: Path, demo: Path) -> Path:
     data = base_config(tmp, demo)
     data["datasets"].append({"name": "empty", "path": str(path)})
     return write(tmp, data)
+
+
+def through_daemon(daemon: DaemonHarness, config: Path) -> str:
+    """``geod start --socket``: the one-line refusal, or the failed run's error."""
+    result = geod("start", "--socket", str(daemon.socket_path), str(config))
+    if result.returncode != 0:
+        assert result.stdout == "", "nothing on stdout when no run was submitted"
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+        return error_line(result.stderr)
+    run_id = result.stdout.strip()
+    run = daemon.wait(run_id, lambda r: r["state"] in ("done", "failed", "killed"), RUN_TIMEOUT)
+    assert run["state"] == "failed", run
+    assert run["pid"] is None and run["exit_code"] != 0
+    return str(run["error"])
+
+
+def run_all_cases(tmp: Path, demo: Path) -> tuple[int, int]:
+    """Every case through every verb and the daemon (bench/faults.py): (clean, tried)."""
+    from tests.faults import WORKER
+
+    clean = tried = 0
+    daemon = DaemonHarness(tmp / "daemon", worker_command=WORKER, concurrency=2)
+    try:
+        daemon.start()
+        for index, case in enumerate(CASES):
+            if case.mount is not None and not can_mount():
+                continue
+            problems: list[str] = []
+            with prepared(case, tmp / f"c{index}", demo) as config:
+                for verb in case.verbs:
+                    problems += check_cli(case, verb, config, tmp / f"c{index}")
+            with prepared(case, tmp / f"d{index}", demo) as config:
+                try:
+                    message = through_daemon(daemon, config)
+                    problems += daemon_problems(case, message, tmp / f"d{index}")
+                except AssertionError as exc:
+                    problems.append(str(exc).splitlines()[0])
+            with Client(daemon.socket_path) as client:
+                if client.hello["pid"] != daemon.process.pid:
+                    problems.append("the daemon changed")
+            tried += 1
+            clean += not problems
+            print(f"{case.name:<40} {problems or 'clean'}", flush=True)
+    finally:
+        daemon.cleanup()
+    return clean, tried

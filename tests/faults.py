@@ -146,9 +146,13 @@ ANCHORS: dict[str, tuple[str, Callable[[], Trigger]]] = {
         lambda: _nth(lambda e: e.get("type") == "output" and e.get("stage") == "export", 1),
     ),
     "analysis-som": ("analysis", lambda: _stage("analysis", "running")),
-    "analysis-gwpca": (
+    "analysis-som-outputs": (
         "analysis",
-        lambda: _nth(lambda e: e.get("type") == "output" and e.get("stage") == "analysis", 2),
+        lambda: _nth(lambda e: e.get("type") == "output" and e.get("stage") == "analysis/som", 2),
+    ),
+    "analysis-gwpca-maps": (
+        "analysis",
+        lambda: _nth(lambda e: e.get("type") == "output" and e.get("stage") == "analysis/gwpca", 1),
     ),
 }
 TARGETS: tuple[Target, ...] = ("worker", "daemon", "both")

@@ -22,6 +22,7 @@ import yaml
 from supervisor.client import Client
 from tests.bad_inputs import (
     CASES,
+    RUN_TIMEOUT,
     BadInput,
     can_mount,
     check_cli,
@@ -30,12 +31,11 @@ from tests.bad_inputs import (
     geod,
     nan_only_table,
     prepared,
+    through_daemon,
 )
 from tests.daemon_harness import DaemonHarness
 from tests.faults import WORKER, FaultDaemon
 
-#: A failed bad-input run and the valid run beside them, on a loaded machine.
-RUN_TIMEOUT = 180.0
 #: A TCP port nothing listens on (the discard port; closed on any test machine).
 CLOSED_PORT = 9
 CLI_CASES = [(case, verb) for case in CASES for verb in case.verbs]
@@ -85,20 +85,6 @@ def valid_run(
     return daemon.submit(nan_only_table(tmp, demo_dir)), tmp
 
 
-def _through_daemon(daemon: DaemonHarness, config: Path) -> str:
-    """``geod start --socket``: the one-line refusal, or the failed run's error."""
-    result = geod("start", "--socket", str(daemon.socket_path), str(config))
-    if result.returncode != 0:
-        assert result.stdout == "", "nothing on stdout when no run was submitted"
-        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
-        return error_line(result.stderr)
-    run_id = result.stdout.strip()
-    run = daemon.wait(run_id, lambda r: r["state"] in ("done", "failed", "killed"), RUN_TIMEOUT)
-    assert run["state"] == "failed", run
-    assert run["pid"] is None and run["exit_code"] != 0
-    return run["error"]
-
-
 @pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])
 def test_daemon_rejects_bad_input_and_stays_up(
     case: BadInput,
@@ -109,7 +95,7 @@ def test_daemon_rejects_bad_input_and_stays_up(
 ) -> None:
     _skip_unmountable(case)
     with prepared(case, tmp_path / "case", demo_dir) as config:
-        message = _through_daemon(daemon, config)
+        message = through_daemon(daemon, config)
         assert daemon_problems(case, message, tmp_path / "case") == []
     with Client(daemon.socket_path) as client:
         assert client.hello["pid"] == daemon.process.pid
