@@ -36,7 +36,13 @@ import rasterio.shutil
 from affine import Affine
 from rasterio.windows import Window
 
-from pipeline.export.atomic import PARTIAL_MARKER, commit, discard, partial_path
+from pipeline.export.atomic import (
+    PARTIAL_MARKER,
+    clean_partials,
+    commit,
+    discard,
+    partial_path,
+)
 
 #: Columns of the merged table that are coordinates or indices, never analysed.
 COORDINATE_COLUMNS = ("x", "y", "row", "col")
@@ -340,9 +346,19 @@ def sample_rows(
 # --------------------------------------------------------------------------- writing
 
 
+def fresh_partial(final: Path) -> Path:
+    """A temporary name for ``final``, after removing those a killed earlier writer left.
+
+    A SIGKILL between creating a temporary file and renaming it leaves one behind;
+    the rerun that publishes ``final`` is the one place that knows it is garbage.
+    """
+    clean_partials(final)
+    return partial_path(final)
+
+
 def write_bytes_atomic(final: Path, data: bytes) -> Path:
     final.parent.mkdir(parents=True, exist_ok=True)
-    partial = partial_path(final)
+    partial = fresh_partial(final)
     try:
         partial.write_bytes(data)
     except OSError:
@@ -358,7 +374,7 @@ def write_json_atomic(final: Path, data: Any) -> Path:
 
 def write_npy_atomic(final: Path, array: np.ndarray) -> Path:
     final.parent.mkdir(parents=True, exist_ok=True)
-    partial = partial_path(final)
+    partial = fresh_partial(final)
     try:
         with open(partial, "wb") as handle:
             np.save(handle, array)
@@ -371,7 +387,7 @@ def write_npy_atomic(final: Path, array: np.ndarray) -> Path:
 
 def write_parquet_atomic(final: Path, table: pa.Table) -> Path:
     final.parent.mkdir(parents=True, exist_ok=True)
-    partial = partial_path(final)
+    partial = fresh_partial(final)
     try:
         pq.write_table(table, partial, compression="zstd")
     except (OSError, pa.ArrowException):
@@ -452,7 +468,7 @@ class PartStore:
         if missing:
             raise AnalysisError(f"{self.root}: parts {missing[:5]} missing, cannot assemble")
         final.parent.mkdir(parents=True, exist_ok=True)
-        partial = partial_path(final)
+        partial = fresh_partial(final)
         writer = None
         try:
             for index in range(count):
@@ -521,7 +537,7 @@ def write_geotiff(
         "blockysize": 256,
         "sparse_ok": True,
     }
-    partial = partial_path(final)
+    partial = fresh_partial(final)
     try:
         with rasterio.Env(GDAL_CACHEMAX=max(cache_bytes, 1 << 24)):
             with rasterio.open(scratch, "w+", **profile) as dst:
