@@ -27,7 +27,7 @@ import psutil
 import yaml
 
 from supervisor.client import AsyncClient, Client, DaemonNotRunning
-from supervisor.protocol import NOTIFY_EVENT
+from supervisor.protocol import FINAL_STATES, NOTIFY_EVENT, NOTIFY_RUN
 
 REPO = Path(__file__).resolve().parent.parent
 PAUSE_TARGET = 1.0
@@ -40,6 +40,8 @@ FOOTPRINT_RUNS = 3
 CPU_WINDOW = 10.0
 START_TIMEOUT = 30.0
 SLOWEST_SHOWN = 3
+#: Longer than the daemon's default pause_grace (10 s), after which it SIGSTOPs anyway.
+ACK_TIMEOUT = 30.0
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -93,6 +95,20 @@ async def wait_state(client: AsyncClient, stream: Any, run_id: str, state: str) 
             return
 
 
+async def acknowledged(stream: Any, run_id: str, ack: str) -> str:
+    """Wait for the worker's ``ack`` StateEvent; "hard" if the daemon SIGSTOPped instead,
+    "ended" if the run finished first."""
+    async for method, params in stream:
+        if method == NOTIFY_EVENT and params.get("run") == run_id and params.get("state") == ack:
+            return "ack"
+        if method == NOTIFY_RUN and params.get("id") == run_id:
+            if params["state"] in FINAL_STATES:
+                return "ended"
+            if params["paused_hard"] and ack == "paused":
+                return "hard"
+    return "ended"
+
+
 async def latency(socket_path: Path, config: Path, cycles: int) -> None:
     client = await AsyncClient.connect(socket_path)
     await client.call("subscribe")
@@ -112,14 +128,20 @@ async def latency(socket_path: Path, config: Path, cycles: int) -> None:
             continue
         started = time.perf_counter()
         await client.call("runs.pause", run=run_id)
-        await wait_state(client, stream, run_id, "paused")
+        outcome = await asyncio.wait_for(acknowledged(stream, run_id, "paused"), ACK_TIMEOUT)
+        if outcome == "ended":
+            continue
         pauses.append(time.perf_counter() - started)
         stages.append(run["stage"] or "?")
-        hard += bool((await client.call("runs.get", run=run_id))["paused_hard"])
+        was_hard = outcome == "hard"
+        hard += was_hard
         started = time.perf_counter()
         await client.call("runs.resume", run=run_id)
-        await wait_state(client, stream, run_id, "resumed")
-        resumes.append(time.perf_counter() - started)
+        if was_hard:
+            resumes.append(time.perf_counter() - started)  # SIGCONT: the call is the ack
+            continue
+        if await asyncio.wait_for(acknowledged(stream, run_id, "resumed"), ACK_TIMEOUT) == "ack":
+            resumes.append(time.perf_counter() - started)
     await client.call("runs.kill", all=True, force=True)
     await client.close()
     for name, values, target in (
