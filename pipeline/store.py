@@ -316,7 +316,33 @@ class LayerStore:
             self._done[name] = entries
             self.verify(name)
             return
+        # A listed chunk whose file no longer has its recorded checksum (a damaged
+        # disk, a truncated copy) would fail or corrupt the merge much later: check
+        # the bytes now (hashing only, no decoding) and re-verify the layer if any differ.
+        mismatched = sum(
+            1 for key, checksum in entries.items() if not self._bytes_match(name, key, checksum)
+        )
+        if mismatched:
+            log.warning(
+                "layer %s: %d chunk file(s) differ from their manifest checksum; "
+                "re-verifying chunks",
+                name,
+                mismatched,
+                extra={"dataset": name},
+            )
+            self._done[name] = entries
+            self.verify(name)
+            return
         self._done[name] = entries
+
+    def _bytes_match(self, name: str, key: tuple[int, int], checksum: str) -> bool:
+        path = self._chunk_path(name, key)
+        if checksum == EMPTY_CHUNK:
+            return not path.exists()
+        try:
+            return _digest(path.read_bytes()) == checksum
+        except OSError:
+            return False
 
     def _chunk_ok(self, name: str, key: tuple[int, int], checksum: str) -> bool:
         path = self._chunk_path(name, key)
