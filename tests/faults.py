@@ -160,9 +160,9 @@ TARGETS: tuple[Target, ...] = ("worker", "daemon", "both")
 #: so these land in different parts of the window after the anchor.
 ANCHOR_DELAYS = (0.0, 0.003, 0.01, 0.03)
 #: Points at a random time after the worker said "running", within a typical run's length
-#: (about 3 s from there on an idle 2-core machine; later ones may miss a fast run).
+#: (about 2 s from there on a 2-core machine; a later kill would miss the run).
 RANDOM_POINTS = 6
-RANDOM_SPAN = (0.1, 3.0)
+RANDOM_SPAN = (0.05, 1.5)
 #: A small default set for the test suite: every stage and every target once or more.
 SUITE_POINTS = (
     "catalog/worker",
@@ -307,6 +307,7 @@ def inject(daemon: FaultDaemon, config: Path, point: KillPoint) -> FaultResult:
     if not fired:
         raise AssertionError(f"{point.label}: the run ended before its trigger")
     time.sleep(point.delay)
+    killed_at = time.time()
     pid = daemon.run(run_id)["pid"] if point.target != "daemon" else None
     landed = True
     if point.target in ("worker", "both"):
@@ -316,10 +317,22 @@ def inject(daemon: FaultDaemon, config: Path, point: KillPoint) -> FaultResult:
         daemon.crash()
         daemon.start()
     run = daemon.wait(run_id, lambda r: r["state"] in ("done", "failed"), RUN_TIMEOUT)
-    attempts = sum(
-        1 for e in _read_history(history) if e.get("type") == "state" and e["state"] == "running"
-    )
+    events = _read_history(history)
+    attempts = sum(1 for e in events if e.get("type") == "state" and e["state"] == "running")
+    if point.anchor is None:  # a timed point: the stage the first worker was in by then
+        stage = _stage_at(events, killed_at)
     return FaultResult(point, run_id, run, stage, landed, attempts)
+
+
+def _stage_at(events: list[dict[str, Any]], moment: float) -> str | None:
+    """The top-level stage last reported running before ``moment`` (wall clock)."""
+    stage = None
+    for event in events:
+        if event.get("time", 0) > moment:
+            break
+        if event.get("type") == "stage" and event.get("parent") == "run":
+            stage = event["id"] if event.get("status") == "running" else stage
+    return stage
 
 
 def _read_history(history: Path) -> list[dict[str, Any]]:
