@@ -179,11 +179,6 @@ def layer_specs(store: LayerStore, config: PipelineConfig) -> list[LayerSpec]:
                 f"merge: dataset {dataset.name!r} has no layer in the store "
                 "(run the resample stage first)"
             )
-        if store.completed(dataset.name) == 0:
-            # A store opened by an export-only run has not read this layer's
-            # completion manifest (the resample stage loads it); verify() reads
-            # it and re-checks the listed chunks, so merge never trusts blindly.
-            store.verify(dataset.name)
         dtype, nodata = store.layer_info(dataset.name)
         specs.append(LayerSpec(dataset.name, np.dtype(dtype), nodata))
     return specs

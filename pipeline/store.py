@@ -231,8 +231,18 @@ class LayerStore:
     def _chunk_path(self, name: str, key: tuple[int, int]) -> Path:
         return self.root / name / "c" / str(key[0]) / str(key[1])
 
+    def _entries(self, name: str) -> dict[tuple[int, int], str]:
+        """The layer's completed chunks, reading its manifest on first use.
+
+        ``ensure_layer`` loads it for the resample stage; a store opened by a
+        later stage alone (export, validation) loads it here, checked the same way.
+        """
+        if name not in self._done:
+            self._load_manifest(name)
+        return self._done[name]
+
     def is_complete(self, name: str, window: Window) -> bool:
-        done = self._done[name]
+        done = self._entries(name)
         return all(key in done for key in self._chunks_of(window))
 
     def write_window(self, name: str, window: Window, data: np.ndarray) -> None:
@@ -253,7 +263,7 @@ class LayerStore:
             handle.write("".join(f"{r} {k} {checksum}\n" for (r, k), checksum in lines))
             handle.flush()
             os.fsync(handle.fileno())
-        self._done[name].update(lines)
+        self._entries(name).update(lines)
 
     def read_window(self, name: str, window: Window) -> np.ndarray:
         """The window's values (nodata where never written); reads only its chunks."""
@@ -263,7 +273,7 @@ class LayerStore:
         )
 
     def completed(self, name: str) -> int:
-        return len(self._done.get(name, {}))
+        return len(self._entries(name))
 
     def total_chunks(self) -> int:
         rows, cols = self.grid.chunk_grid(self.chunk)

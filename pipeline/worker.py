@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pipeline import logs
+from pipeline.analysis.io import AnalysisError
 from pipeline.catalog import CatalogError
 from pipeline.config import ConfigError, ExportFormat, load_config
 from pipeline.context import RunContext
@@ -27,6 +28,7 @@ from pipeline.control import Controller, StopRequested
 from pipeline.events import EVENTS_FD_ENV, EventSink, StateEvent
 from pipeline.export.atomic import ExportError
 from pipeline.memory import MemoryGovernor
+from pipeline.merge import MergeError
 from pipeline.runner import STAGES, parse_stages, run_pipeline
 
 EXIT_OK = 0
@@ -34,6 +36,9 @@ EXIT_FAILED = 1
 EXIT_INPUT = 2
 
 log = logging.getLogger("geod.worker")
+
+#: Failures the stages phrase for the user themselves (worth a retry: exit 1).
+RUN_ERRORS = (ExportError, MergeError, AnalysisError)
 
 
 def _parse_formats(text: str | None) -> list[ExportFormat] | None:
@@ -96,8 +101,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_OK
     except (CatalogError, ConfigError) as exc:
         return _fail(events, str(exc), EXIT_INPUT)
-    except ExportError as exc:
-        # Already one line naming the file and the reason (disk full, read-only…):
+    except RUN_ERRORS as exc:
+        # Already one line naming what and where (disk full, a failed spot check…):
         # a traceback would bury it. Exit 1: freeing space and retrying can help.
         log.error("run failed: %s", exc)
         return _fail(events, f"{type(exc).__name__}: {exc}", EXIT_FAILED)

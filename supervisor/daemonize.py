@@ -27,7 +27,6 @@ import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
-from types import SimpleNamespace
 from typing import TYPE_CHECKING, NoReturn
 
 import daemon
@@ -169,10 +168,9 @@ def _open_telemetry(settings: Settings) -> TelemetrySink | None:
         return None
     from supervisor.telemetry import open_telemetry
 
-    # open_telemetry reads `database_url` and, if present, a TelemetryConfig named
-    # `telemetry`; the daemon settings' `telemetry` is an on/off flag, so only the URL
-    # is handed over and the writer keeps its documented defaults.
-    return open_telemetry(SimpleNamespace(database_url=settings.database_url), settings.state_dir)
+    # The writer's batching uses TelemetryConfig's documented defaults; the per-run
+    # telemetry section governs each run's sampling interval.
+    return open_telemetry(settings.database_url, settings.state_dir)
 
 
 def _remove_stale_pidfile(pidfile: TimeoutPIDLockFile) -> None:

@@ -6,7 +6,6 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from types import SimpleNamespace
 
 import psycopg2
 import pytest
@@ -109,7 +108,7 @@ def test_telemetry_on_the_embedded_default(state: Path, monkeypatch: pytest.Monk
     """Whatever GEOD_TEST_DATABASE_URL says, this one always runs on an embedded server."""
     monkeypatch.delenv(DATABASE_URL_ENV, raising=False)
     events = list(realistic_events("emb", windows=10, datasets=2))
-    writer = open_telemetry(SimpleNamespace(database_url=None), state)
+    writer = open_telemetry(None, state)
     url = writer.url
     assert str(state.resolve() / "postgres") in url
     half = len(events) // 2

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
 
 import psycopg2
 
@@ -28,12 +27,12 @@ __all__ = ["TelemetryWriter", "open_telemetry"]
 
 
 def open_telemetry(
-    settings: Any, state_dir: Path, config: TelemetryConfig | None = None
+    database_url: str | None, state_dir: Path, config: TelemetryConfig | None = None
 ) -> TelemetryWriter:
     """Resolve the database (embedded if none configured), migrate it, start the writer.
 
-    ``settings`` is the daemon's :class:`supervisor.settings.Settings` (only
-    ``database_url`` is read). ``config`` gives flush_interval, batch_size and
+    ``database_url`` is the daemon's configured URL (None: embedded server in
+    ``state_dir``). ``config`` gives flush_interval, batch_size and
     retention_days (defaults: :class:`pipeline.config.TelemetryConfig`). A
     database that is down now is not an error: the writer spools until it is
     back; an embedded server that dies is started again. Closing the writer
@@ -43,7 +42,7 @@ def open_telemetry(
     the schema does not match this geod.
     """
     telemetry = config or TelemetryConfig()
-    database = open_database(getattr(settings, "database_url", None), state_dir)
+    database = open_database(database_url, state_dir)
     try:
         migrate_url(database.url)
     except psycopg2.OperationalError as exc:
