@@ -39,6 +39,7 @@ import zarr
 from rasterio.windows import Window
 from zarr.storage import LocalStore
 
+from pipeline.durable import fsync_path, write_atomic
 from pipeline.grid import TargetGrid
 
 log = logging.getLogger("geod.store")
@@ -60,15 +61,6 @@ FSYNC_THREADS = 8
 DIGEST_BYTES = 16
 
 
-def _fsync_path(path: Path) -> None:
-    """fsync a file or a directory (a directory fsync makes renames in it durable)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _digest(data: bytes) -> str:
     return hashlib.blake2b(data, digest_size=DIGEST_BYTES).hexdigest()
 
@@ -82,17 +74,6 @@ def _durable_checksum(path: Path) -> str:
     except FileNotFoundError:
         return EMPTY_CHUNK
     return checksum
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file, fsync, rename, fsync the directory."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-    _fsync_path(path.parent)
 
 
 class LayerStore:
@@ -180,7 +161,7 @@ class LayerStore:
             attributes={FINGERPRINT_ATTR: fingerprint, NODATA_ATTR: fill},
             overwrite=True,
         )
-        _write_atomic(self._manifest(name), "")
+        write_atomic(self._manifest(name), "")
         self._done[name] = {}
 
     def _remove_partials(self, name: str) -> None:
@@ -258,7 +239,7 @@ class LayerStore:
         with ThreadPoolExecutor(FSYNC_THREADS) as pool:
             lines = list(zip(keys, pool.map(_durable_checksum, paths), strict=True))
             directories = {self.root / name, self.root / name / "c"} | {p.parent for p in paths}
-            list(pool.map(_fsync_path, [d for d in directories if d.exists()]))
+            list(pool.map(fsync_path, [d for d in directories if d.exists()]))
         with open(self._manifest(name), "a") as handle:
             handle.write("".join(f"{r} {k} {checksum}\n" for (r, k), checksum in lines))
             handle.flush()
@@ -382,6 +363,6 @@ class LayerStore:
                 extra={"dataset": name},
             )
         text = "".join(f"{r} {k} {checksum}\n" for (r, k), checksum in sorted(good.items()))
-        _write_atomic(self._manifest(name), text)
+        write_atomic(self._manifest(name), text)
         self._done[name] = good
         return len(good)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -42,10 +43,10 @@ def _with_database(url: str, database: str) -> str:
     return make_dsn(**params)
 
 
-@pytest.fixture()
-def database_url(server_url: str) -> Iterator[str]:
-    """A fresh, empty database on the test server, dropped afterwards."""
-    name = f"geod_test_{uuid.uuid4().hex[:12]}"
+@contextlib.contextmanager
+def temporary_database(server_url: str, prefix: str = "geod_test") -> Iterator[str]:
+    """Create an empty database on the test server; drop it (and its sessions) after."""
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
     admin = psycopg2.connect(server_url)
     admin.autocommit = True
     with admin.cursor() as cur:
@@ -60,6 +61,13 @@ def database_url(server_url: str) -> Iterator[str]:
             )
             cur.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name)))
         admin.close()
+
+
+@pytest.fixture()
+def database_url(server_url: str) -> Iterator[str]:
+    """A fresh, empty database on the test server, dropped afterwards."""
+    with temporary_database(server_url) as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

@@ -17,7 +17,6 @@ import subprocess
 import sysconfig
 import tempfile
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,12 +24,16 @@ from typing import Any
 
 import psycopg2
 import pytest
-from psycopg2 import sql
 
-from supervisor.cli.follow import EXIT_INTERRUPTED
-from supervisor.cli.main import EXIT_BAD_STATE, EXIT_FAILED, EXIT_NO_DAEMON, EXIT_UNKNOWN_RUN
+from supervisor.cli.main import (
+    EXIT_BAD_STATE,
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_NO_DAEMON,
+    EXIT_UNKNOWN_RUN,
+)
 from supervisor.client import Client
-from tests.conftest import write_demo_config
+from tests.conftest import temporary_database, write_demo_config
 
 GEOD = str(Path(sysconfig.get_path("scripts")) / "geod")
 RUN_ID = re.compile(r"^r\d{4,}$")
@@ -87,23 +90,8 @@ class Daemon:
 @pytest.fixture(scope="module")
 def module_database(server_url: str) -> Iterator[str]:
     """One fresh database for the module's daemon (the per-test fixture would restart it)."""
-    from psycopg2.extensions import make_dsn, parse_dsn
-
-    name = f"geod_cli_{uuid.uuid4().hex[:12]}"
-    admin = psycopg2.connect(server_url)
-    admin.autocommit = True
-    with admin.cursor() as cur:
-        cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    try:
-        yield make_dsn(**{**parse_dsn(server_url), "dbname": name})
-    finally:
-        with admin.cursor() as cur:
-            cur.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
-                (name,),
-            )
-            cur.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name)))
-        admin.close()
+    with temporary_database(server_url, "geod_cli") as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

@@ -18,6 +18,8 @@ import secrets
 import shutil
 from pathlib import Path
 
+from pipeline.durable import fsync_path
+
 #: Separator between the final name and the random token of a temporary file.
 PARTIAL_MARKER = ".partial-"
 #: Random hex digits in a temporary name: enough that two writers never collide.
@@ -54,15 +56,6 @@ def clean_partials(final: Path) -> list[Path]:
             leftover.unlink()
             removed.append(leftover)
     return removed
-
-
-def fsync_path(path: Path) -> None:
-    """fsync a file (or directory) by path."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def commit(partial: Path, final: Path) -> None:

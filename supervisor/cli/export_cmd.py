@@ -16,9 +16,8 @@ from pathlib import Path
 import click
 
 from pipeline.config import ConfigError, ExportFormat, load_config
-from supervisor.cli.main import EXIT_FAILED, EXIT_OK, EXIT_USAGE, cli
-from supervisor.cli.pipeline_cmds import EXIT_INTERRUPTED, WORKER_EXIT_INPUT, run_worker
-from supervisor.cli.progress_view import ProgressView
+from supervisor.cli.main import EXIT_USAGE, cli
+from supervisor.cli.pipeline_cmds import run_in_foreground
 from supervisor.runs import CONFIG_NAME, WORK_NAME
 
 #: Environment variable the worker reads for the Postgres export's database.
@@ -75,13 +74,4 @@ def export(run_dir: Path, format_values: tuple[str, ...], database_url: str | No
         args += ["--formats", ",".join(formats)]
     if database_url:
         os.environ[DATABASE_URL_ENV] = database_url
-    with ProgressView() as view:
-        code, state = run_worker(args, view)
-    if state == "stopped":
-        click.echo("geod: export stopped; run the same command again to redo it", err=True)
-        sys.exit(EXIT_INTERRUPTED)
-    if code != EXIT_OK or state != "done":
-        click.echo(f"geod: export failed: {view.failure or f'worker exit code {code}'}", err=True)
-        sys.exit(EXIT_USAGE if code == WORKER_EXIT_INPUT else EXIT_FAILED)
-    for output in view.outputs:
-        click.echo(f"wrote {output}")
+    run_in_foreground(args, "export", "run the same command again to redo it")

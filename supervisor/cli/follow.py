@@ -17,11 +17,11 @@ from typing import Any
 import click
 
 from supervisor.cli.connection import daemon_errors
+from supervisor.cli.main import EXIT_INTERRUPTED
 from supervisor.protocol import FINAL_STATES, NOTIFY_EVENT, NOTIFY_RUN, RunSummary
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 #: Exit status after Ctrl-C, as shells expect (128 + SIGINT).
-EXIT_INTERRUPTED = 130
 
 
 def at_least(level: str | None, threshold: str | None) -> bool:

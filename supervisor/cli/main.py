@@ -2,7 +2,8 @@
 
 Exit codes (documented in the README):
 0 success, 1 the run or command failed, 2 bad usage or invalid config/input,
-3 the daemon is not running, 4 unknown run, 5 action not allowed in the run's state.
+3 the daemon is not running, 4 unknown run, 5 action not allowed in the run's state,
+130 interrupted with Ctrl-C (a run stops at a checkpoint and can be resumed).
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ EXIT_USAGE = 2
 EXIT_NO_DAEMON = 3
 EXIT_UNKNOWN_RUN = 4
 EXIT_BAD_STATE = 5
+#: 128 + SIGINT, as shells report a Ctrl-C.
+EXIT_INTERRUPTED = 130
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

@@ -18,11 +18,9 @@ import click
 
 from pipeline.config import ConfigError, load_config
 from pipeline.events import EVENTS_FD_ENV, Event, LogEvent, SourceEvent, StateEvent, decode
-from supervisor.cli.main import EXIT_FAILED, EXIT_OK, EXIT_USAGE, cli
+from supervisor.cli.main import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, cli
 from supervisor.cli.progress_view import ProgressView
 
-#: Exit status of a run stopped with Ctrl-C (128 + SIGINT), as shells expect.
-EXIT_INTERRUPTED = 130
 #: Where ``geod demo-data`` writes when no directory is given: what config.yml uses.
 DEFAULT_DEMO_DIR = Path("demo")
 #: Worker exit code for bad config/input (see pipeline.worker).
@@ -95,14 +93,18 @@ def run(config_path: Path, work_dir: Path | None, stages: str | None, formats: s
         args += ["--stages", stages]
     if formats:
         args += ["--formats", formats]
+    run_in_foreground(args, "run", "run the same command again to resume")
+
+
+def run_in_foreground(args: list[str], what: str, resume_hint: str) -> None:
+    """Run the worker with progress bars; exit as the outcome says, listing outputs."""
     with ProgressView() as view:
         code, state = run_worker(args, view)
-    failure = view.failure
     if state == "stopped":
-        click.echo("geod: stopped at a checkpoint; run the same command again to resume", err=True)
+        click.echo(f"geod: {what} stopped at a checkpoint; {resume_hint}", err=True)
         sys.exit(EXIT_INTERRUPTED)
     if code != EXIT_OK or state != "done":
-        click.echo(f"geod: run failed: {failure or f'worker exit code {code}'}", err=True)
+        click.echo(f"geod: {what} failed: {view.failure or f'worker exit code {code}'}", err=True)
         sys.exit(EXIT_USAGE if code == WORKER_EXIT_INPUT else EXIT_FAILED)
     for output in view.outputs:
         click.echo(f"wrote {output}")
