@@ -384,10 +384,6 @@ class RestartConfig(StrictModel):
     max_backoff: float = Field(default=300.0, gt=0)
 
 
-class DaskConfig(StrictModel):
-    scheduler: str | None = Field(default=None, description="tcp://host:port of a scheduler.")
-
-
 class PipelineConfig(StrictModel):
     """The whole ``config.yml``."""
 
@@ -403,8 +399,6 @@ class PipelineConfig(StrictModel):
     analysis: AnalysisConfig = Field(default_factory=AnalysisConfig)
     telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
     restart: RestartConfig = Field(default_factory=RestartConfig)
-    executor: Literal["local", "dask"] = "local"
-    dask: DaskConfig = Field(default_factory=DaskConfig)
 
     @field_validator("name")
     @classmethod
@@ -433,8 +427,6 @@ class PipelineConfig(StrictModel):
             raise ValueError(
                 "analysis.methods: analysis reads the Parquet export; add parquet to export.formats"
             )
-        if self.executor == "dask" and not self.dask.scheduler:
-            raise ValueError("executor: dask needs dask.scheduler")
         return self
 
     def dataset(self, name: str) -> DatasetConfig:
@@ -495,7 +487,7 @@ def _describe(error: dict[str, Any]) -> str:
         return f"{path}: required key is missing"
     message = error["msg"].removeprefix("Value error, ")
     if message.startswith(
-        tuple(f"{p}" for p in ("datasets[", "merge.", "analysis.", "executor", "resampling."))
+        tuple(f"{p}" for p in ("datasets[", "merge.", "analysis.", "resampling."))
     ):
         return message
     return f"{path}: {message}" if path else message
