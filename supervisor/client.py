@@ -42,7 +42,8 @@ class DaemonNotRunning(Exception):
         self.socket_path = socket_path
 
 
-def _resolve(socket_path: str | os.PathLike[str] | None) -> Path:
+def resolve_socket_path(socket_path: str | os.PathLike[str] | None = None) -> Path:
+    """The given socket, else the daemon settings' one (which honours $GEOD_SOCKET)."""
     if socket_path is not None:
         return Path(socket_path)
     from supervisor.settings import load_settings
@@ -82,7 +83,7 @@ class Client:
     def __init__(
         self, socket_path: str | os.PathLike[str] | None = None, timeout: float = 10.0
     ) -> None:
-        self.socket_path = _resolve(socket_path)
+        self.socket_path = resolve_socket_path(socket_path)
         self.timeout = timeout
         self._ids = itertools.count(1)
         self._buffer = bytearray()
@@ -197,7 +198,7 @@ class AsyncClient:
 
     @classmethod
     async def connect(cls, socket_path: str | os.PathLike[str] | None = None) -> AsyncClient:
-        path = _resolve(socket_path)
+        path = resolve_socket_path(socket_path)
         try:
             reader, writer = await asyncio.open_unix_connection(str(path), limit=MAX_RESPONSE_BYTES)
         except (FileNotFoundError, ConnectionRefusedError) as exc:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from supervisor.settings import SOCKET_ENV, default_socket_path
+from supervisor.client import resolve_socket_path
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -20,7 +20,6 @@ def cli() -> None:
     "--socket",
     "socket_path",
     type=click.Path(dir_okay=False, path_type=Path),
-    envvar=SOCKET_ENV,
     default=None,
     help="Daemon socket (default: $GEOD_SOCKET, else the user daemon's socket).",
 )
@@ -30,7 +29,7 @@ def attach(socket_path: Path | None, run: str | None) -> None:
     # Imported here so `geo-tui --help` stays fast (Textual is a heavy import).
     from tui.app import GeodApp
 
-    GeodApp(socket_path=socket_path or default_socket_path(), run=run).run()
+    GeodApp(socket_path=resolve_socket_path(socket_path), run=run).run()
 
 
 def main() -> None:
