@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import signal
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
+import pytest
 
 from pipeline.events import OutputEvent, StageEvent, StateEvent
 from tests.conftest import write_demo_config
@@ -27,9 +29,25 @@ def _state(name: str):
     return lambda event: isinstance(event, StateEvent) and event.state == name
 
 
-def test_pause_resume_stop_at_window_boundaries(tmp_path: Path, demo_dir: Path) -> None:
+@pytest.fixture()
+def spawn() -> Iterator[Callable[..., WorkerProcess]]:
+    """Start workers that are SIGKILLed at teardown if a failed test left them running."""
+    started: list[WorkerProcess] = []
+
+    def start(config: Path, *args: str) -> WorkerProcess:
+        started.append(WorkerProcess(config, *args))
+        return started[-1]
+
+    yield start
+    for worker in started:
+        worker.kill()
+
+
+def test_pause_resume_stop_at_window_boundaries(
+    tmp_path: Path, demo_dir: Path, spawn: Callable[..., WorkerProcess]
+) -> None:
     config = write_demo_config(tmp_path, demo_dir, resampling=SMALL_WINDOWS)
-    worker = WorkerProcess(config)
+    worker = spawn(config)
     worker.wait_for(_window_progress)
 
     worker.process.send_signal(signal.SIGUSR1)
@@ -57,11 +75,11 @@ def _store_arrays(work: Path) -> dict[str, np.ndarray]:
 
 
 def test_sigkill_mid_run_then_resume_gives_identical_outputs(
-    tmp_path: Path, demo_dir: Path
+    tmp_path: Path, demo_dir: Path, spawn: Callable[..., WorkerProcess]
 ) -> None:
     reference_dir = tmp_path / "reference"
     reference_dir.mkdir()
-    reference = WorkerProcess(
+    reference = spawn(
         write_demo_config(reference_dir, demo_dir, resampling=SMALL_WINDOWS, grid=COARSE_GRID)
     )
     assert reference.finish() == 0, reference.process.stderr.read()
@@ -69,12 +87,12 @@ def test_sigkill_mid_run_then_resume_gives_identical_outputs(
     crashed_dir = tmp_path / "crashed"
     crashed_dir.mkdir()
     config = write_demo_config(crashed_dir, demo_dir, resampling=SMALL_WINDOWS, grid=COARSE_GRID)
-    victim = WorkerProcess(config)
+    victim = spawn(config)
     victim.wait_for(lambda e: isinstance(e, StageEvent) and e.kind == "dataset" and e.done >= 3)
     victim.process.kill()
     victim.finish()
 
-    resumed = WorkerProcess(config)
+    resumed = spawn(config)
     assert resumed.finish() == 0, resumed.process.stderr.read()
     skipped = [e for e in resumed.of_type(StageEvent) if e.kind == "dataset"]
     assert skipped, "the resumed run reports dataset progress"

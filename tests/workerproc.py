@@ -64,6 +64,12 @@ class WorkerProcess:
         self._reader.join(timeout)
         return code
 
+    def kill(self) -> None:
+        """SIGKILL the worker if it still runs (test teardown: never leak a paused worker)."""
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
     def of_type(self, kind: type) -> list:
         with self._changed:
             return [e for e in self.events if isinstance(e, kind)]
