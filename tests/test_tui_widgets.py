@@ -12,7 +12,7 @@ from rich.text import Text
 
 from pipeline.events import LogEvent, StageEvent
 from tests import tui_recording as rec
-from tests.tui_support import loaded_state, pilot_test, replay_app
+from tests.tui_support import loaded_state, pilot_test, replay_app, until
 from tui.app import GeodApp
 from tui.bindings import COMMANDS
 from tui.connection import Backoff
@@ -127,9 +127,9 @@ async def test_stage_tree_updates_incrementally() -> None:
                 total=8,
             )
         )
-        await pilot.pause(0.2)
+        await until(pilot, lambda: node.label.plain.startswith("✔"))
         assert tree._by_stage["resample/landcover"] is node  # same node, relabelled
-        assert node.label.plain.startswith("✔") and "8/8" in node.label.plain
+        assert "8/8" in node.label.plain
         assert not node.is_expanded  # auto-opened while running, closed when done
         assert richness.label is richness_label  # untouched sibling not relabelled
 
@@ -221,9 +221,8 @@ async def test_follow_toggle_freezes_and_resumes() -> None:
             state.apply_event(
                 LogEvent(run=rec.RUN, seq=seq + offset, level="INFO", logger="t", message="new")
             )
-        await pilot.pause(0.3)
+        await until(pilot, lambda: "+3 new" in str(log.border_subtitle))
         assert len(log.shown) == shown
-        assert "+3 new" in str(log.border_subtitle)
         await pilot.press("f")
         assert log.follow and len(log.shown) == shown + 3
         assert log.scroll_y == log.max_scroll_y
@@ -312,8 +311,9 @@ async def test_actions_without_a_daemon_say_so() -> None:
     app = replay_app()
     async with app.run_test(size=SIZE) as pilot:
         await pilot.press("p")
-        await pilot.pause(0.2)
-        assert any("not attached" in str(n.message) for n in app._notifications)
+        await until(
+            pilot, lambda: any("not attached" in str(n.message) for n in app._notifications)
+        )
 
 
 @pytest.mark.parametrize("size", [(80, 24), (200, 60)])

@@ -34,3 +34,22 @@ def loaded_state() -> DashboardState:
 
 def replay_app() -> GeodApp:
     return GeodApp(state=loaded_state(), connect=False)
+
+
+#: How long a test waits for the app's timed batch redraws (4–10 Hz) to show a change.
+REDRAW_TIMEOUT = 5.0
+#: Poll step while waiting for a redraw.
+REDRAW_STEP = 0.05
+
+
+async def until(pilot: Any, predicate: Callable[[], bool], timeout: float = REDRAW_TIMEOUT) -> None:
+    """Let the app run until ``predicate()`` holds; fail after ``timeout`` seconds.
+
+    The dashboard batches updates on timers, so a fixed pause races a busy
+    machine; waiting for the condition itself does not.
+    """
+    waited = 0.0
+    while not predicate():
+        assert waited < timeout, f"condition not met within {timeout}s"
+        await pilot.pause(REDRAW_STEP)
+        waited += REDRAW_STEP
