@@ -517,24 +517,29 @@ def parse_config(data: Any, source: str = "config", base: Path | None = None) ->
     return _resolve_paths(config, base or Path.cwd())
 
 
-def load_config(path: str | os.PathLike[str], check_files: bool = True) -> PipelineConfig:
-    """Read and validate ``config.yml``; with ``check_files``, every input must exist."""
-    path = Path(path)
+def read_yaml(path: Path, error: type[ValueError] = ConfigError) -> Any:
+    """Parse a YAML file; unreadable files and syntax errors become one ``error`` line."""
     try:
         text = path.read_text()
     except FileNotFoundError:
-        raise ConfigError(f"{path}: config file not found") from None
+        raise error(f"{path}: file not found") from None
     except IsADirectoryError:
-        raise ConfigError(f"{path}: is a directory, expected a YAML file") from None
+        raise error(f"{path}: is a directory, expected a YAML file") from None
     except PermissionError:
-        raise ConfigError(f"{path}: permission denied") from None
+        raise error(f"{path}: permission denied") from None
     try:
-        data = yaml.safe_load(text)
+        return yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or "invalid YAML"
-        raise ConfigError(f"{path}:{where}: {problem}") from None
+        raise error(f"{path}:{where}: {problem}") from None
+
+
+def load_config(path: str | os.PathLike[str], check_files: bool = True) -> PipelineConfig:
+    """Read and validate ``config.yml``; with ``check_files``, every input must exist."""
+    path = Path(path)
+    data = read_yaml(path)
     config = parse_config(data, str(path), path.resolve().parent)
     if check_files:
         for index, dataset in enumerate(config.datasets):

@@ -30,8 +30,9 @@ import sys
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+
+from pipeline.config import read_yaml
 
 STATE_DIR_ENV = "GEOD_STATE_DIR"
 SOCKET_ENV = "GEOD_SOCKET"
@@ -192,18 +193,7 @@ def _describe(error: dict[str, Any]) -> str:
 
 
 def _read_file(path: Path) -> dict[str, Any]:
-    try:
-        text = path.read_text()
-    except IsADirectoryError:
-        raise SettingsError(f"{path}: is a directory, expected a YAML file") from None
-    except PermissionError:
-        raise SettingsError(f"{path}: permission denied") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark is not None else ""
-        raise SettingsError(f"{path}:{where}: {getattr(exc, 'problem', None) or exc}") from None
+    data = read_yaml(path, SettingsError)
     if data is None:
         return {}
     if not isinstance(data, dict):
