@@ -11,7 +11,7 @@ falls back to SIGSTOP.
 from __future__ import annotations
 
 import signal
-import threading
+import time
 from types import FrameType
 
 from pipeline.events import EventSink, StateEvent
@@ -21,36 +21,43 @@ class StopRequested(Exception):
     """Raised at a window boundary once a stop was asked for; the run is checkpointed."""
 
 
+#: While paused, how often the worker looks at its flags again: bounds resume latency.
+PAUSE_POLL_SECONDS = 0.05
+
+
 class Controller:
-    """Flags set by signal handlers (or by code, for the foreground CLI and tests)."""
+    """Flags set by signal handlers (or by code, for the foreground CLI and tests).
+
+    The flags are plain booleans on purpose: a Python signal handler runs on the
+    main thread between bytecodes, possibly while that thread is inside
+    ``threading.Event.wait`` holding the event's internal lock, so a handler
+    that called ``Event.set()`` could deadlock the worker. Assigning a bool
+    cannot; the paused loop polls instead (``PAUSE_POLL_SECONDS``).
+    """
 
     def __init__(self, events: EventSink) -> None:
         self._events = events
-        self._pause = threading.Event()
-        self._resume = threading.Event()
-        self._stop = threading.Event()
+        self._pause = False
+        self._stop = False
 
-    # -- requests (signal-handler safe: they only set flags) ----------------------
+    # -- requests (signal-handler safe: they only assign flags) -------------------
 
     def request_pause(self) -> None:
-        self._resume.clear()
-        self._pause.set()
+        self._pause = True
 
     def request_resume(self) -> None:
-        self._pause.clear()
-        self._resume.set()
+        self._pause = False
 
     def request_stop(self) -> None:
-        self._stop.set()
-        self._resume.set()
+        self._stop = True
 
     @property
     def stop_requested(self) -> bool:
-        return self._stop.is_set()
+        return self._stop
 
     @property
     def pause_requested(self) -> bool:
-        return self._pause.is_set()
+        return self._pause
 
     def install_signal_handlers(self) -> None:
         """SIGUSR1 pause, SIGUSR2 resume, SIGTERM/SIGINT stop (main thread only)."""
@@ -74,13 +81,13 @@ class Controller:
         Blocks while paused (after acknowledging), raises :class:`StopRequested`
         when a stop was asked for, returns at once otherwise.
         """
-        if self._stop.is_set():
+        if self._stop:
             raise StopRequested()
-        if not self._pause.is_set():
+        if not self._pause:
             return
         self._events.emit(StateEvent(state="paused", reason="paused at a window boundary"))
-        while self._pause.is_set() and not self._stop.is_set():
-            self._resume.wait(timeout=0.5)
-        if self._stop.is_set():
+        while self._pause and not self._stop:
+            time.sleep(PAUSE_POLL_SECONDS)
+        if self._stop:
             raise StopRequested()
         self._events.emit(StateEvent(state="resumed"))
