@@ -54,7 +54,8 @@ def run_worker(args: list[str], view: ProgressView | None) -> tuple[int, str | N
         nonlocal interrupts
         interrupts += 1
         if interrupts == 1:
-            click.echo("\nstopping after the current window (Ctrl-C again to kill)…", err=True)
+            # os.write, not click.echo: a handler must not re-enter a buffered stream.
+            os.write(2, "\nstopping after the current window (Ctrl-C again to kill)…\n".encode())
             process.send_signal(signal.SIGINT)
         else:
             process.kill()
