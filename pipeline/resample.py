@@ -136,11 +136,11 @@ def _to_source_pixels(
     source: SourceInfo, grid: TargetGrid, cols: np.ndarray, rows: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
     """Grid pixel coordinates → source pixel coordinates (NaN where not transformable)."""
-    xs, ys = grid.transform * (cols, rows)
+    xs, ys = grid.transform @ (cols, rows)
     if source.crs != grid.crs:
         with np.errstate(all="ignore"):
             xs, ys = transform(grid.crs, source.crs, np.ravel(xs), np.ravel(ys))
-    px, py = ~source.transform * (np.asarray(xs, float), np.asarray(ys, float))
+    px, py = ~source.transform @ (np.asarray(xs, float), np.asarray(ys, float))
     bad = ~(np.isfinite(px) & np.isfinite(py))
     px, py = np.asarray(px, float), np.asarray(py, float)
     px[bad] = np.nan
