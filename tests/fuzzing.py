@@ -19,8 +19,7 @@ from hypothesis import strategies as st
 
 from supervisor.protocol import MAX_LINE_BYTES
 from tests.daemon_harness import running_daemon
-from tests.test_protocol import Raw
-from tests.test_protocol_fuzz import FD_SLACK, PROBE, _is_response, payloads
+from tests.test_protocol_fuzz import FD_SLACK, payloads, send_then_probe
 
 #: Lines just under, at and far over the daemon's limit, of one repeated byte.
 huge_lines = st.builds(
@@ -55,17 +54,7 @@ def fuzz_daemon(tmp: Path, seconds: float) -> dict[str, int]:
             if time.monotonic() > deadline:
                 return
             examples += 1
-            raw = Raw(daemon.socket_path)
-            try:
-                raw.send(payload + b"\n" + PROBE)
-                while True:
-                    message = raw.read()
-                    assert _is_response(message), message
-                    if message["id"] == "probe":
-                        assert "result" in message
-                        break
-            finally:
-                raw.close()
+            send_then_probe(daemon.socket_path, payload)
 
         started = time.monotonic()
         while time.monotonic() < deadline:

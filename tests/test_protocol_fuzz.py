@@ -14,6 +14,7 @@ import os
 import random
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -75,6 +76,21 @@ def _is_response(message: Any) -> bool:
     )
 
 
+def send_then_probe(socket_path: Path, payload: bytes) -> None:
+    """Send one line, then a probe: every answer is JSON-RPC and the probe gets a result."""
+    raw = Raw(socket_path)
+    try:
+        raw.send(payload + b"\n" + PROBE)
+        while True:
+            message = raw.read()
+            assert _is_response(message), message
+            if message["id"] == "probe":
+                assert "result" in message
+                return
+    finally:
+        raw.close()
+
+
 def test_fuzzed_input_never_breaks_the_daemon(daemon: DaemonHarness) -> None:
     pid = daemon.process.pid
     fds_before = _open_fds(pid)
@@ -89,17 +105,7 @@ def test_fuzzed_input_never_breaks_the_daemon(daemon: DaemonHarness) -> None:
     def one(payload: bytes) -> None:
         if time.monotonic() > deadline:
             return  # keep the normal suite bounded; the example count is the soft target
-        raw = Raw(daemon.socket_path)
-        try:
-            raw.send(payload + b"\n" + PROBE)
-            while True:
-                message = raw.read()
-                assert _is_response(message), message
-                if message["id"] == "probe":
-                    assert "result" in message
-                    break
-        finally:
-            raw.close()
+        send_then_probe(daemon.socket_path, payload)
 
     one()
     assert daemon.process.poll() is None
