@@ -15,9 +15,9 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from pipeline.contract import LOG_LEVELS
 from supervisor import protocol
 from supervisor.protocol import ErrorCode, ProtocolError
-from supervisor.runs import LEVELS
 from supervisor.server import Connection
 from supervisor.supervise import Supervisor
 
@@ -122,10 +122,10 @@ class Methods:
         return self.supervisor.retry(params.run).model_dump(mode="json")
 
     async def logs_tail(self, conn: Connection, params: protocol.LogsTailParams) -> list[Any]:
-        if params.level is not None and params.level.upper() not in LEVELS:
+        if params.level is not None and params.level.upper() not in LOG_LEVELS:
             raise ProtocolError(
                 ErrorCode.INVALID_PARAMS,
-                f"level: {params.level!r} is not one of {', '.join(LEVELS)}",
+                f"level: {params.level!r} is not one of {', '.join(LOG_LEVELS)}",
             )
         run = self.supervisor.get(params.run)
         return run.logs(params.limit, params.before_seq, params.level)

@@ -10,19 +10,17 @@ from __future__ import annotations
 
 import json
 from enum import IntEnum
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from pipeline.contract import FINAL_STATES, RunState
 
 PROTOCOL_VERSION = 1
 #: Lines longer than this are answered with ``LINE_TOO_LONG`` and discarded.
 MAX_LINE_BYTES = 1024 * 1024
 
-RunState = Literal[
-    "queued", "running", "paused", "stopping", "done", "failed", "killed", "interrupted"
-]
-#: States a run never leaves without a user action.
-FINAL_STATES: frozenset[str] = frozenset({"done", "failed", "killed"})
+__all__ = ["FINAL_STATES", "RunState"]  # re-exported: clients need only this module
 
 
 class RunSummary(BaseModel):

@@ -32,6 +32,7 @@ from typing import IO, Any
 from pydantic import ValidationError
 
 from pipeline.config import PipelineConfig, RestartConfig, TelemetryConfig, load_config
+from pipeline.contract import level_rank
 from supervisor.protocol import RunSummary
 
 log = logging.getLogger("geod.daemon.runs")
@@ -42,8 +43,6 @@ EVENTS_NAME = "events.ndjson"
 LOG_NAME = "worker.log"
 WORK_NAME = "work"
 RUN_ID_PATTERN = re.compile(r"^r(\d{4,})$")
-#: Log level order, for ``logs.tail --level``.
-LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 def atomic_write(path: Path, data: bytes) -> None:
@@ -180,14 +179,14 @@ class Run:
 
     def logs(self, limit: int, before_seq: int | None, level: str | None) -> list[dict[str, Any]]:
         """The newest ``limit`` log events older than ``before_seq``, oldest first."""
-        floor = LEVELS.index(level.upper()) if level else 0
+        floor = level_rank(level) if level else 0
 
         def wanted(event: dict[str, Any]) -> bool:
             if event.get("type") != "log":
                 return False
             if before_seq is not None and int(event.get("seq") or 0) >= before_seq:
                 return False
-            return LEVELS.index(event.get("level", "INFO")) >= floor
+            return level_rank(event.get("level", "INFO")) >= floor
 
         recent = [e for e in self.recent_logs if wanted(e)]
         history_complete = len(self.recent_logs) < (self.recent_logs.maxlen or 0)

@@ -36,6 +36,12 @@ import psutil
 from pydantic import ValidationError
 
 from pipeline.config import NAME_PATTERN, ConfigError, dump_config, load_config
+from pipeline.contract import (
+    ACTIVE_STATES,
+    DATABASE_URL_ENV,
+    RETRYABLE_STATES,
+    WORKER_EXIT_INPUT,
+)
 from pipeline.events import Event, LogEvent, decode, decode_dict, encode
 from supervisor.process import (
     RotatingLog,
@@ -53,20 +59,16 @@ from supervisor.protocol import (
 )
 from supervisor.runs import Registry, Run
 from supervisor.sampler import sample_tree
-from supervisor.settings import DATABASE_URL_ENV, Settings
+from supervisor.settings import Settings
 from supervisor.sink import TelemetrySink
 
 log = logging.getLogger("geod.daemon")
 
-#: The worker's exit code for "invalid config or input" (pipeline.worker.EXIT_INPUT).
-EXIT_INPUT = 2
 DAEMON_LOGGER = "geod.daemon"
 Notifier = Callable[[str, str, dict[str, Any]], None]
 Intent = Literal["kill", "shutdown"]
 #: A config.yml is a page of YAML; anything far larger is a wrong path, not a config.
 MAX_CONFIG_BYTES = 1024 * 1024
-#: States in which a run has (or is getting) a worker process.
-ACTIVE_STATES = frozenset({"running", "paused", "stopping"})
 #: States a previous daemon may have left with events telemetry had not stored yet.
 _UNSETTLED_STATES = ACTIVE_STATES | {"queued"}
 
@@ -446,7 +448,7 @@ class Supervisor:
         elif code == 0 and run.worker_state == "stopped":
             summary.state = "interrupted"
             summary.error = "the worker was stopped by a signal the daemon did not send"
-        elif code == EXIT_INPUT:
+        elif code == WORKER_EXIT_INPUT:
             summary.state = "failed"
             summary.error = reason or "invalid config or input (worker exit 2)"
         else:
@@ -606,7 +608,7 @@ class Supervisor:
 
     def retry(self, run_id: str) -> RunSummary:
         run = self.get(run_id)
-        if run.summary.state not in ("failed", "killed", "interrupted"):
+        if run.summary.state not in RETRYABLE_STATES:
             raise _bad_state(run, "retry")
         run.summary.state = "queued"
         run.summary.retries = 0  # a manual retry gives the restart policy a fresh budget

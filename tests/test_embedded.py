@@ -10,7 +10,8 @@ from pathlib import Path
 import psycopg2
 import pytest
 
-from supervisor.database import DATABASE_URL_ENV, open_database
+from pipeline.contract import DATABASE_URL_ENV
+from supervisor.database import open_database
 from supervisor.embedded import EmbeddedPostgres
 from supervisor.protocol import RunSummary
 from supervisor.telemetry import open_telemetry

@@ -48,8 +48,6 @@ RATE_WINDOW_S = 15.0
 #: Upper bound of progress samples per stage inside the rate window (100 events/s × 15 s).
 RATE_SAMPLES = 1_500
 
-LEVELS: tuple[str, ...] = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
-
 
 @dataclass(slots=True)
 class LogLine:

@@ -15,6 +15,7 @@ from typing import IO, TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
 
+from pipeline.contract import SOCKET_ENV
 from supervisor.cli.main import (
     EXIT_BAD_STATE,
     EXIT_FAILED,
@@ -26,7 +27,6 @@ from supervisor.protocol import ErrorCode, ProtocolError
 from supervisor.settings import SettingsError, load_settings
 
 #: Environment variable naming the daemon socket, like pueue's ``--config`` or ``DOCKER_HOST``.
-SOCKET_ENV = "GEOD_SOCKET"
 
 #: Daemon error code → the documented exit code of the command that received it.
 _EXIT_BY_ERROR: dict[int, int] = {

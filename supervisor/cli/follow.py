@@ -16,11 +16,11 @@ from typing import Any
 
 import click
 
+from pipeline.contract import FINAL_STATES, level_rank
 from supervisor.cli.connection import daemon_errors
 from supervisor.cli.main import EXIT_INTERRUPTED
-from supervisor.protocol import FINAL_STATES, NOTIFY_EVENT, NOTIFY_RUN, RunSummary
+from supervisor.protocol import NOTIFY_EVENT, NOTIFY_RUN, RunSummary
 
-LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 #: Exit status after Ctrl-C, as shells expect (128 + SIGINT).
 
 
@@ -28,8 +28,7 @@ def at_least(level: str | None, threshold: str | None) -> bool:
     """Is a record at ``level`` shown under a ``--level threshold`` filter?"""
     if threshold is None:
         return True
-    rank = {name: index for index, name in enumerate(LOG_LEVELS)}
-    return rank.get(str(level).upper(), len(LOG_LEVELS)) >= rank[threshold]
+    return level_rank(level) >= level_rank(threshold)
 
 
 def follow_logs(

@@ -17,6 +17,7 @@ from typing import Any
 
 import click
 
+from pipeline.contract import LOG_LEVELS
 from supervisor.cli import render
 from supervisor.cli.connection import (
     call,
@@ -27,7 +28,7 @@ from supervisor.cli.connection import (
     run_selection,
     socket_option,
 )
-from supervisor.cli.follow import LOG_LEVELS, follow_logs
+from supervisor.cli.follow import follow_logs
 from supervisor.cli.main import EXIT_FAILED, cli
 from supervisor.protocol import RunSummary
 
