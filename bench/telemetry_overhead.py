@@ -234,7 +234,7 @@ def demo_run(config: Path, work: Path, writer: TelemetryWriter | None, run: str)
 DAEMON_SCRIPT = (
     "import sys\n"
     "from pathlib import Path\n"
-    "from supervisor.daemonize import serve\n"
+    "from supervisor.detach import serve\n"
     "from supervisor.settings import load_settings\n"
     "sys.exit(serve(load_settings(Path(sys.argv[1]))))\n"
 )

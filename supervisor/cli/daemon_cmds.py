@@ -65,7 +65,7 @@ def serve(settings_path: Path | None, system: bool) -> None:
     Logs go to stderr (the journal under systemd). With Type=notify, systemd is told
     READY=1 once the socket accepts connections.
     """
-    from supervisor.daemonize import serve as serve_foreground
+    from supervisor.detach import serve as serve_foreground
 
     sys.exit(serve_foreground(_load_settings(settings_path, system)))
 
@@ -122,7 +122,7 @@ def start(
 
 def _ensure_daemon(settings: Settings, timeout: float) -> None:
     """Answering daemon, or a new background one (told on stderr, stdout stays the id)."""
-    from supervisor.daemonize import DaemonStartError, log_path, start_background
+    from supervisor.detach import DaemonStartError, log_path, start_background
 
     with daemon_errors(settings.socket_path):
         if daemon_answers(settings.socket_path):
@@ -158,7 +158,7 @@ def stop(timeout: float | None, socket_path: Path | None) -> None:
     "Exited" means the process is gone, not merely the socket closed: telemetry is
     flushed and an embedded database stopped only after the socket closes.
     """
-    from supervisor.daemonize import process_alive
+    from supervisor.detach import process_alive
 
     if timeout is None:
         timeout = _load_settings(None, system=False).kill_grace + STOP_MARGIN

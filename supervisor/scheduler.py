@@ -1,4 +1,4 @@
-"""Run lifecycle: queue, start, watch, pause/resume/kill, restart policy, recovery.
+"""The scheduler: queue, start, watch, pause/resume/kill and restart policy of runs.
 
 Everything here runs on the daemon's event loop, so a run's state changes,
 its event stamping and the fan-out to subscribers happen without interleaving:
@@ -17,6 +17,7 @@ State machine (``RunSummary.state``)::
 
 A paused run without a worker (paused while queued, or across a daemon
 restart) resumes by being queued: its new worker continues from the checkpoint.
+What a previous daemon left behind is reconciled first by :mod:`supervisor.recovery`.
 """
 
 from __future__ import annotations
@@ -32,23 +33,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
-import psutil
 from pydantic import ValidationError
 
 from pipeline.config import NAME_PATTERN, ConfigError, dump_config, load_config
-from pipeline.contract import (
-    ACTIVE_STATES,
-    DATABASE_URL_ENV,
-    RETRYABLE_STATES,
-    WORKER_EXIT_INPUT,
-)
-from pipeline.events import Event, LogEvent, decode, decode_dict, encode
-from supervisor.process import (
-    RotatingLog,
-    WorkerProcess,
-    find_leftover_workers,
-    terminate_leftover,
-)
+from pipeline.contract import DATABASE_URL_ENV, RETRYABLE_STATES, WORKER_EXIT_INPUT
+from pipeline.events import Event, LogEvent, decode, encode
+from supervisor.process import RotatingLog, WorkerProcess
 from supervisor.protocol import (
     NOTIFY_EVENT,
     NOTIFY_RUN,
@@ -69,8 +59,6 @@ Notifier = Callable[[str, str, dict[str, Any]], None]
 Intent = Literal["kill", "shutdown"]
 #: A config.yml is a page of YAML; anything far larger is a wrong path, not a config.
 MAX_CONFIG_BYTES = 1024 * 1024
-#: States a previous daemon may have left with events telemetry had not stored yet.
-_UNSETTLED_STATES = ACTIVE_STATES | {"queued"}
 
 
 def _bad_state(run: Run, action: str) -> ProtocolError:
@@ -99,7 +87,7 @@ def _check_config_file(path: Path) -> None:
         )
 
 
-class Supervisor:
+class Scheduler:
     """Owns every run and its worker; the RPC methods and signals call into it."""
 
     def __init__(
@@ -126,13 +114,13 @@ class Supervisor:
         self._retry_timer: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._exited: dict[str, asyncio.Event] = {}
-        #: Runs whose worker from a previous daemon is still being stopped.
-        self._reaping: set[str] = set()
+        #: Runs not to start yet: their worker from a previous daemon is being stopped.
+        self.held: set[str] = set()
         self.shutting_down = False
 
     # -- helpers ------------------------------------------------------------------
 
-    def _spawn_task(self, coro: Any) -> asyncio.Task[Any]:
+    def spawn_task(self, coro: Any) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -192,65 +180,6 @@ class Supervisor:
         getattr(log, level.lower())("run %s: %s", run.id, message)
         self.record(run, LogEvent(level=level, logger=DAEMON_LOGGER, message=message))
 
-    # -- recovery -------------------------------------------------------------------
-
-    def recover(self) -> None:
-        """Reconcile runs persisted by a previous daemon (called once at start)."""
-        runs = self.runs()
-        leftovers = find_leftover_workers({run.id: str(run.config_file) for run in runs})
-        for run in runs:
-            summary = run.summary
-            if summary.state in _UNSETTLED_STATES:
-                self._replay_telemetry(run)
-            summary.pid = None
-            summary.paused_hard = False
-            if summary.state in ("running", "stopping"):
-                stopping = summary.state == "stopping"
-                summary.state = "killed" if stopping else "interrupted"
-                summary.error = None if stopping else "the daemon stopped while it was running"
-                summary.finished = time.time()
-            if run.id in leftovers:
-                self._reaping.add(run.id)
-                self._spawn_task(self._reap_leftover(run, leftovers[run.id]))
-                continue
-            self._after_recovery(run)
-
-    def _replay_telemetry(self, run: Run) -> None:
-        """Hand telemetry the run's whole history again after a restart.
-
-        The writer holds up to a flush interval of events in memory, so a daemon
-        that was SIGKILLed lost those rows although every event is in the history
-        file. Rows are keyed by (run, seq): re-recording stored events changes
-        nothing and the missing ones fill the gap. Only runs a previous daemon left
-        unsettled are replayed, so a restart costs nothing for finished runs.
-        """
-        if self._telemetry is None:
-            return
-        for event in run.read_history():
-            try:
-                self._telemetry.record_event(decode_dict(event))
-            except ValidationError:
-                continue  # not an event this daemon wrote whole
-            except Exception:
-                log.exception("telemetry replay of run %s failed", run.id)
-                return
-
-    async def _reap_leftover(self, run: Run, process: psutil.Process) -> None:
-        try:
-            await asyncio.to_thread(terminate_leftover, process, self.settings.kill_grace)
-        finally:
-            self._reaping.discard(run.id)
-        self.say(run, "WARNING", f"stopped worker {process.pid} left running by a previous daemon")
-        self._after_recovery(run)
-        self.schedule()
-
-    def _after_recovery(self, run: Run) -> None:
-        if run.summary.state == "interrupted" and run.restart_policy().policy == "on-failure":
-            run.summary.state = "queued"
-            run.summary.retry_at = None
-            self.say(run, "INFO", "resuming from its checkpoint (interrupted by a daemon stop)")
-        self.publish(run)
-
     # -- submission and scheduling ----------------------------------------------------
 
     async def submit(self, config_path: str, name: str | None) -> RunSummary:
@@ -280,7 +209,7 @@ class Supervisor:
         free = self.settings.concurrency - len(self.workers) - len(self._starting)
         next_retry: float | None = None
         for run in self.runs():
-            if run.summary.state != "queued" or run.id in self._reaping:
+            if run.summary.state != "queued" or run.id in self.held:
                 continue  # (a run whose old worker is still being stopped must wait)
             retry_at = run.summary.retry_at
             if retry_at is not None and retry_at > now:
@@ -291,7 +220,7 @@ class Supervisor:
             free -= 1
             self._starting.add(run.id)
             run.summary.state = "running"
-            self._spawn_task(self._start(run))
+            self.spawn_task(self._start(run))
         if self._retry_timer is not None:
             self._retry_timer.cancel()
             self._retry_timer = None
@@ -355,7 +284,7 @@ class Supervisor:
             self._pause_worker(run, worker)
         elif pending in ("kill", "force"):
             self._kill_worker(run, worker, force=pending == "force")
-        self._spawn_task(self._sample(run, worker))
+        self.spawn_task(self._sample(run, worker))
         try:
             code = await worker.wait()
         finally:
