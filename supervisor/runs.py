@@ -172,10 +172,13 @@ class Run:
             self.summary.progress = 1.0
         else:
             self.summary.progress = min(1.0, (root["done"] + fraction) / root["total"])
-        started = self.summary.started
-        if started and 0 < self.summary.progress < 1:
-            elapsed = time.time() - started
-            self.summary.eta = elapsed * (1 - self.summary.progress) / self.summary.progress
+        # Only a running run has time left: a finished run rebuilt from its history at
+        # a daemon start must not carry the ETA of its last progress event.
+        started, progress = self.summary.started, self.summary.progress
+        if started and self.summary.state == "running" and 0 < progress < 1:
+            self.summary.eta = (time.time() - started) * (1 - progress) / progress
+        else:
+            self.summary.eta = None
 
     def logs(self, limit: int, before_seq: int | None, level: str | None) -> list[dict[str, Any]]:
         """The newest ``limit`` log events older than ``before_seq``, oldest first."""

@@ -6,7 +6,6 @@ import io
 import re
 import time
 
-import pytest
 from rich.console import Console, RenderableType
 
 from supervisor.cli import render
@@ -19,22 +18,6 @@ def text(renderable: RenderableType) -> str:
     console = Console(width=160, record=True, color_system=None, file=io.StringIO())
     console.print(renderable)
     return console.export_text()
-
-
-@pytest.mark.parametrize(
-    ("value", "expected"),
-    [(None, "-"), (0, "0 B"), (1023, "1023 B"), (1536, "1.5 KiB"), (3 * 1024**3, "3.0 GiB")],
-)
-def test_human_bytes(value: int | None, expected: str) -> None:
-    assert render.human_bytes(value) == expected
-
-
-@pytest.mark.parametrize(
-    ("seconds", "expected"),
-    [(None, "-"), (7.4, "7s"), (306, "5m 06s"), (3 * 3600 + 240, "3h 04m"), (90000, "1d 1h")],
-)
-def test_human_duration(seconds: float | None, expected: str) -> None:
-    assert render.human_duration(seconds) == expected
 
 
 def _run(**fields: object) -> RunSummary:
@@ -102,7 +85,7 @@ def test_stage_tree_nests_by_parent_in_announcement_order() -> None:
     assert names[2].startswith("▶ resample") and "1/2 datasets" in names[2]
     assert names[3].startswith("✔ b") and "9/9" in names[3]
     assert names[4].startswith("✘ a") and "disk full" in names[4]
-    assert names[5].startswith("· orphan")  # unknown parent: kept, under the root
+    assert names[5].startswith("◌ orphan")  # unknown parent: kept, under the root
     # depth: b and a are deeper than resample, which is deeper than demo
     indent = [len(line) - len(line.lstrip(" │├└─")) for line in lines]
     assert indent[1] < indent[2] < indent[3] == indent[4]

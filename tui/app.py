@@ -27,8 +27,8 @@ from textual.screen import Screen
 from textual.widget import Widget
 from textual.widgets import Footer, Header, Input
 
+from supervisor import formatting
 from supervisor.protocol import FINAL_STATES, ProtocolError
-from tui import formatting
 from tui.bindings import APP_BINDINGS, COMMANDS
 from tui.connection import Backoff, DaemonLink, NotConnected
 from tui.screens.confirm_kill import ConfirmKill

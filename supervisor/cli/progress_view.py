@@ -77,6 +77,12 @@ class ProgressView:
     def _stage(self, event: StageEvent) -> None:
         if self._progress is None or event.kind not in BAR_KINDS:
             return
+        if event.status == "skipped":
+            # Nothing to measure (e.g. no analysis configured): no bar, not "0/? methods".
+            task = self._tasks.pop(event.id, None)
+            if task is not None:
+                self._progress.remove_task(task)
+            return
         indent = "  " if event.kind == "dataset" else ""
         style = _STATUS_STYLE.get(event.status)
         label = f"{indent}{event.name}"

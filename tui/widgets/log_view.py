@@ -34,7 +34,7 @@ from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
 from pipeline.contract import LOG_LEVELS, level_rank
-from tui.formatting import LEVEL_STYLE
+from supervisor.formatting import LEVEL_STYLE
 from tui.state import DashboardState, LogLine
 
 #: Records kept in the widget; older ones stay in the state buffer and the daemon.

@@ -18,7 +18,7 @@ from rich.text import Text
 from textual.widgets import Tree
 from textual.widgets.tree import TreeNode
 
-from tui import formatting
+from supervisor import formatting
 from tui.state import DashboardState, StageInfo
 
 #: Cells of each node's progress bar.
@@ -125,8 +125,9 @@ def _ancestors(node: TreeNode[str]) -> Iterable[TreeNode[str]]:
 
 def stage_label(info: StageInfo, fraction: float) -> Text:
     """``▶ bio1          ████░░░░ 12/40 windows 3.1 windows/s ETA 9s``."""
-    symbol, style = formatting.STATE_STYLE.get(info.status, ("?", "white"))
-    text = Text(f"{symbol} ", style=style)
+    text = Text(
+        f"{formatting.state_glyph(info.status)} ", style=formatting.state_style(info.status)
+    )
     text.append(f"{info.name:<{NAME_WIDTH}}", style="bold red" if info.status == "failed" else "")
     text.append(" ")
     bar_style = "red" if info.status == "failed" else "green"
