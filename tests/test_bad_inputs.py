@@ -101,7 +101,7 @@ def test_daemon_rejects_bad_input_and_stays_up(
         message = through_daemon(daemon, config)
         assert daemon_problems(case, message, tmp_path / "case") == []
     with Client(daemon.socket_path) as client:
-        assert client.hello["pid"] == daemon.process.pid
+        assert client.hello.pid == daemon.process.pid
 
 
 def test_valid_run_alongside_the_bad_ones_completed(

@@ -8,8 +8,9 @@ import time
 
 from rich.console import Console, RenderableType
 
+from pipeline.events import LogEvent
 from supervisor.cli import render
-from supervisor.protocol import RunSummary
+from supervisor.protocol import DaemonStatus, RunSummary
 
 NOW = time.time()
 
@@ -110,28 +111,33 @@ def test_run_detail_shows_peak_rss_outputs_and_stages() -> None:
 
 
 def test_log_line() -> None:
-    record = {
-        "time": NOW,
-        "level": "WARNING",
-        "logger": "pipeline.resample",
-        "stage": "resample",
-        "dataset": "bio1",
-        "message": "slow window",
-    }
+    record = LogEvent(
+        time=NOW,
+        level="WARNING",
+        logger="pipeline.resample",
+        stage="resample",
+        dataset="bio1",
+        message="slow window",
+    )
     line = render.log_line(record).plain
     assert line.split()[1:] == ["WARNING", "resample[bio1]", "slow", "window"]
 
 
 def test_daemon_summary_is_readable_and_keeps_unknown_fields() -> None:
-    status = {
-        "version": "0.1.0",
-        "pid": 42,
-        "started": NOW - 3700,
-        "uptime": 3700.0,
-        "counts": {"running": 1, "queued": 0, "done": 2},
-        "stopping": False,
-        "future_field": "shown",
-    }
+    status = DaemonStatus.model_validate(
+        {
+            "version": "0.1.0",
+            "pid": 42,
+            "started": NOW - 3700,
+            "uptime": 3700.0,
+            "state_dir": "/state",
+            "socket": "/run/geod.sock",
+            "concurrency": 2,
+            "counts": {"running": 1, "queued": 0, "done": 2},
+            "stopping": False,
+            "future_field": "shown",
+        }
+    )
     out = text(render.daemon_summary(status, now=NOW))
     assert "1h 01m" in out and "1 running, 2 done" in out and "queued" not in out
     assert "stopping" not in out

@@ -19,8 +19,9 @@ from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
+from pipeline.events import LogEvent
 from supervisor import formatting
-from supervisor.protocol import FINAL_STATES, RunSummary
+from supervisor.protocol import FINAL_STATES, DaemonStatus, RunSummary
 
 #: Line width when stdout is not a terminal (pipes, files): wide enough for any runs table.
 PIPED_WIDTH = 240
@@ -181,7 +182,7 @@ def run_detail(run: RunSummary, now: float | None = None) -> RenderableType:
     return Group(*parts)
 
 
-def daemon_summary(status: Mapping[str, Any], now: float | None = None) -> Table:
+def daemon_summary(status: DaemonStatus, now: float | None = None) -> Table:
     """The ``status`` method's facts, readable: times as clock and duration, counts as words.
 
     Fields this function does not know are still shown (as text), so a newer daemon's
@@ -191,7 +192,7 @@ def daemon_summary(status: Mapping[str, Any], now: float | None = None) -> Table
     facts.add_column(style="bold")
     facts.add_column()
     shown: dict[str, str] = {}
-    for key, value in status.items():
+    for key, value in status.model_dump(mode="json").items():
         if key == "started":
             shown["started"] = human_time(value, now)
         elif key == "uptime":
@@ -210,16 +211,15 @@ def daemon_summary(status: Mapping[str, Any], now: float | None = None) -> Table
     return facts
 
 
-def log_line(record: Mapping[str, Any]) -> Text:
+def log_line(record: LogEvent) -> Text:
     """One log record as ``HH:MM:SS LEVEL  stage  message``."""
-    level = str(record.get("level", "INFO"))
-    moment = datetime.fromtimestamp(float(record.get("time", 0.0))).strftime("%H:%M:%S")
+    moment = datetime.fromtimestamp(record.time).strftime("%H:%M:%S")
     line = Text(f"{moment} ")
-    line.append(f"{level:<8}", style=formatting.LEVEL_STYLE.get(level, ""))
-    where = record.get("stage") or record.get("logger")
+    line.append(f"{record.level:<8}", style=formatting.LEVEL_STYLE.get(record.level, ""))
+    where = record.stage or record.logger
     if where:
         line.append(f" {where}", style="cyan")
-    if record.get("dataset"):
-        line.append(f"[{record['dataset']}]", style="cyan")
-    line.append(f"  {record.get('message', '')}")
+    if record.dataset:
+        line.append(f"[{record.dataset}]", style="cyan")
+    line.append(f"  {record.message}")
     return line
