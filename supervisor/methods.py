@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -16,6 +16,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from pipeline.contract import LOG_LEVELS
+from pipeline.events import Event
 from supervisor import protocol
 from supervisor.protocol import ErrorCode, ProtocolError
 from supervisor.scheduler import Scheduler
@@ -31,6 +32,11 @@ def _version() -> str:
 
 def _dump(summaries: list[protocol.RunSummary]) -> list[dict[str, Any]]:
     return [s.model_dump(mode="json") for s in summaries]
+
+
+def _events(events: Iterable[Event]) -> list[dict[str, Any]]:
+    """Events on the wire exactly as in the history file (``None`` fields left out)."""
+    return [event.model_dump(mode="json", exclude_none=True) for event in events]
 
 
 class Methods:
@@ -128,15 +134,15 @@ class Methods:
                 f"level: {params.level!r} is not one of {', '.join(LOG_LEVELS)}",
             )
         run = self.scheduler.get(params.run)
-        return run.logs(params.limit, params.before_seq, params.level)
+        return _events(run.logs(params.limit, params.before_seq, params.level))
 
     async def memory_history(
         self, conn: Connection, params: protocol.MemoryHistoryParams
     ) -> dict[str, Any]:
         run = self.scheduler.get(params.run)
         since = params.since
-        samples = [s for s in run.memory if since is None or s.get("time", 0) >= since]
-        return {"run": run.id, "samples": samples}
+        samples = [s for s in run.memory if since is None or s.time >= since]
+        return {"run": run.id, "samples": _events(samples)}  # a protocol.MemoryHistory
 
     async def subscribe(self, conn: Connection, params: protocol.SubscribeParams) -> dict[str, Any]:
         """Snapshot and subscription in one step with no await between: no gap, no duplicate."""
@@ -146,9 +152,9 @@ class Methods:
         conn.subscribed = True
         conn.subscribed_runs = None if params.runs is None else set(params.runs)
         conn.subscribed_events = params.events
-        return {
+        return {  # a protocol.Snapshot: summaries whole, events as the worker wrote them
             "runs": _dump([run.summary for run in runs]),
-            "stages": {run.id: list(run.stages.values()) for run in runs},
+            "stages": {run.id: _events(run.stages.values()) for run in runs},
             "last_seq": {run.id: run.summary.last_seq for run in runs},
         }
 

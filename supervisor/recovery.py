@@ -16,10 +16,8 @@ import logging
 import time
 
 import psutil
-from pydantic import ValidationError
 
 from pipeline.contract import ACTIVE_STATES
-from pipeline.events import decode_dict
 from supervisor.process import find_leftover_workers, terminate_leftover
 from supervisor.runs import Run
 from supervisor.scheduler import Scheduler
@@ -72,9 +70,7 @@ class Recovery:
             return
         for event in run.read_history():
             try:
-                self.telemetry.record_event(decode_dict(event))
-            except ValidationError:
-                continue  # not an event this daemon wrote whole
+                self.telemetry.record_event(event)
             except Exception:
                 log.exception("telemetry replay of run %s failed", run.id)
                 return

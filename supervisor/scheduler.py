@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import signal
 import stat
@@ -37,7 +36,7 @@ from pydantic import ValidationError
 
 from pipeline.config import NAME_PATTERN, ConfigError, dump_config, load_config
 from pipeline.contract import DATABASE_URL_ENV, RETRYABLE_STATES, WORKER_EXIT_INPUT
-from pipeline.events import Event, LogEvent, decode, encode
+from pipeline.events import Event, LogEvent, StateEvent, decode, encode
 from supervisor.process import RotatingLog, WorkerProcess
 from supervisor.protocol import (
     NOTIFY_EVENT,
@@ -158,22 +157,19 @@ class Scheduler:
         if self._on_change is not None:
             self._on_change()
 
-    def record(self, run: Run, event: Event) -> dict[str, Any]:
-        """Stamp ``event`` with run and seq, store it, apply it, fan it out."""
+    def record(self, run: Run, event: Event) -> None:
+        """Stamp ``event`` with run and seq, store it, apply it, fan it out (typed throughout)."""
         stamped = event.model_copy(update={"run": run.id, "seq": run.next_seq()})
-        line = encode(stamped)
-        data: dict[str, Any] = json.loads(line)
-        run.append(data)
-        run.apply(data)
-        self._notify(run.id, NOTIFY_EVENT, data)
+        run.append(encode(stamped))
+        run.apply(stamped)
+        self._notify(run.id, NOTIFY_EVENT, stamped.model_dump(mode="json", exclude_none=True))
         if self._telemetry is not None:
             try:
                 self._telemetry.record_event(stamped)
             except Exception:
                 log.exception("telemetry record_event failed")
-        if stamped.type == "state":
+        if isinstance(stamped, StateEvent):
             self._on_worker_state(run, stamped.state)
-        return data
 
     def say(self, run: Run, level: Literal["INFO", "WARNING", "ERROR"], message: str) -> None:
         """A daemon-side log record in the run's own log stream (what users read)."""

@@ -7,7 +7,6 @@ event, each of which had an ETA while the run was going).
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -20,9 +19,8 @@ ELAPSED = 10.0
 
 def _record(run: Run, event: Event) -> None:
     stamped = event.model_copy(update={"run": run.id, "seq": run.next_seq()})
-    data = json.loads(encode(stamped))
-    run.append(data)
-    run.apply(data)
+    run.append(encode(stamped))
+    run.apply(stamped)
 
 
 def _half_done_run(root: Path) -> tuple[Registry, Run]:
