@@ -24,7 +24,6 @@ import contextlib
 import functools
 import json
 import logging
-import os
 import re
 import time
 from collections import deque
@@ -36,6 +35,7 @@ from pydantic import ValidationError
 
 from pipeline.config import PipelineConfig, RestartConfig, TelemetryConfig, load_config
 from pipeline.contract import level_rank
+from pipeline.durable import cut_torn_tail, write_atomic
 from pipeline.events import (
     Event,
     LogEvent,
@@ -55,21 +55,6 @@ EVENTS_NAME = "events.ndjson"
 LOG_NAME = "worker.log"
 WORK_NAME = "work"
 RUN_ID_PATTERN = re.compile(r"^r(\d{4,})$")
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so a reader (or a crash) sees the old or the new file, whole."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-    fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def format_run_id(number: int) -> str:
@@ -225,28 +210,8 @@ class Run:
 
 def _repair_history(path: Path) -> None:
     """Cut a torn last line (daemon killed mid-write) so the next append starts clean."""
-    if not path.exists():
-        return
-    with open(path, "rb+") as handle:
-        size = handle.seek(0, os.SEEK_END)
-        if size == 0:
-            return
-        handle.seek(size - 1)
-        if handle.read(1) == b"\n":
-            return
+    if cut_torn_tail(path):
         log.warning("%s: cut a torn last line left by an interrupted write", path)
-        # Scan back to the last newline; histories are appended in small lines.
-        position = size
-        while position > 0:
-            step = min(position, 65536)
-            handle.seek(position - step)
-            chunk = handle.read(step)
-            index = chunk.rfind(b"\n")
-            if index >= 0:
-                handle.truncate(position - step + index + 1)
-                return
-            position -= step
-        handle.truncate(0)
 
 
 class Registry:
@@ -305,7 +270,7 @@ class Registry:
                 break
             except FileExistsError:  # a directory left without a state file; skip its id
                 self.runs[run_id] = self._load_one(run_dir)
-        atomic_write(run_dir / CONFIG_NAME, config_text.encode())
+        write_atomic(run_dir / CONFIG_NAME, config_text.encode())
         summary = RunSummary(
             id=run_id,
             name=name,
@@ -321,7 +286,7 @@ class Registry:
 
     def save(self, run: Run) -> None:
         payload = {"summary": run.summary.model_dump(mode="json")}
-        atomic_write(run.run_dir / STATE_NAME, json.dumps(payload, indent=1).encode())
+        write_atomic(run.run_dir / STATE_NAME, json.dumps(payload, indent=1).encode())
 
     def get(self, run_id: str) -> Run | None:
         return self.runs.get(run_id)
