@@ -788,6 +788,8 @@ def _finalize(
         "method": run.prefix,
         "columns": run.columns,
         "kernel": bandwidth.kernel,
+        "gaussian_reach": bandwidth.reach if bandwidth.kernel == "gaussian" else None,
+        "tie_tolerance": TIE_TOLERANCE,
         "adaptive": bandwidth.adaptive,
         "bandwidth": bandwidth.value,
         "bandwidth_unit": "neighbours" if bandwidth.adaptive else "km",
