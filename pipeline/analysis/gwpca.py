@@ -129,6 +129,11 @@ MIN_LOCAL_POINTS = 6
 #: neighbour on a regular grid would otherwise get a weight of ~1e-27 and count
 #: as a seventh point; 1e-9 of 100 km is 0.1 mm, far below any cell size.
 TIE_TOLERANCE = 1e-9
+#: Points per padded neighbour query of a kernel cut by distance, after sorting
+#: a chunk's points by their neighbour count: each group pads to its own
+#: largest count, which wastes a few % instead of the ~50 % of padding a whole
+#: chunk to its largest (gaussian bandwidths vary a lot from point to point).
+QUERY_GROUP = 32
 #: The kernel that weights only the k nearest with a gaussian (not GWmodel's).
 GAUSSIAN_KNN = "gaussian_knn"
 #: Share of the memory budget the observations and their KD-tree may take.
@@ -449,8 +454,10 @@ def _add_within(
     """
     radius = obs.geometry.from_km(h[:, 0] * bw.cutoff * (1.0 + TIE_TOLERANCE))
     counts = np.asarray(obs.tree.query_ball_point(points, radius, return_length=True))
-    rows = np.flatnonzero(counts <= max_neighbours)
-    if len(rows):
+    dense = np.flatnonzero(counts <= max_neighbours)
+    dense = dense[np.argsort(counts[dense], kind="stable")]
+    for start in range(0, len(dense), QUERY_GROUP):
+        rows = dense[start : start + QUERY_GROUP]
         slots = max(1, int(counts[rows].max()))
         bound = float(radius[rows].max()) * (1.0 + TIE_TOLERANCE)
         dist, idx = obs.tree.query(points[rows], k=slots, distance_upper_bound=bound)
