@@ -302,7 +302,7 @@ class Moments:
             np.zeros(points, dtype=np.int64),
         )
 
-    def add(self, rows: np.ndarray | slice, values: np.ndarray, weights: np.ndarray) -> None:
+    def add(self, rows: np.ndarray, values: np.ndarray, weights: np.ndarray) -> None:
         """Add one block: ``values`` (b, K, p) and ``weights`` (b, K) of points ``rows``."""
         block_weight = weights.sum(axis=1)
         fresh = self.weight[rows] == 0
@@ -318,7 +318,11 @@ class Moments:
         self.used[rows] += (weights > 0).sum(axis=1)
 
     def pca(self) -> LocalPca:
-        """Eigen-decomposition of every point's weighted covariance; < 6 points: none."""
+        """Eigen-decomposition of every point's weighted covariance; < 6 points: none.
+
+        Loadings are sign-normalised (largest |element| of each component
+        positive) so that results are reproducible and comparable between runs.
+        """
         safe = np.where(self.weight > 0, self.weight, 1.0)
         offset = self.first / safe[:, None]
         cov = self.second / safe[:, None, None] - offset[:, :, None] * offset[:, None, :]
@@ -327,17 +331,6 @@ class Moments:
         eigenvalues[invalid] = np.nan
         vectors[invalid] = np.nan
         return LocalPca(eigenvalues, vectors, self.used.copy())
-
-
-def local_pca(values: np.ndarray, weights: np.ndarray) -> LocalPca:
-    """Weighted PCA of each point's neighbours: ``values`` (B, K, p), ``weights`` (B, K).
-
-    Loadings are sign-normalised (largest |element| of each component
-    positive) so that results are reproducible and comparable between runs.
-    """
-    moments = Moments.empty(len(values), values.shape[2])
-    moments.add(slice(None), values, weights)
-    return moments.pca()
 
 
 def principal_axes(cov: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -446,8 +439,9 @@ def _add_within(
 ) -> None:
     """Every observation within each point's cut, in blocks of at most ``max_neighbours``.
 
-    Points whose ball holds at most ``max_neighbours`` observations share one
-    padded k-NN query; a bigger ball (a huge fixed bandwidth, a wide gaussian)
+    Points whose ball holds at most ``max_neighbours`` observations get them
+    from padded k-NN queries, :data:`QUERY_GROUP` points of similar counts at a
+    time; a bigger ball (a huge fixed bandwidth, a wide gaussian)
     is listed by the tree's ball query and added ``max_neighbours`` at a time,
     so the neighbour arrays stay bounded and the result is the definition's
     however many observations the bandwidth reaches.
