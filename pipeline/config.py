@@ -12,6 +12,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
+import stat
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -32,6 +33,12 @@ from pydantic import (
 #: plain identifiers: they become file names, column names and SQL identifiers,
 #: so nothing that could traverse a path or reach a shell is accepted.
 NAME_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]{0,62}$")
+#: A config (or settings) file larger than this is refused before parsing.
+MAX_CONFIG_BYTES = 1024 * 1024
+#: Longest piece of a file's content (a key, a value) quoted in an error message.
+MAX_EXCERPT_CHARS = 80
+#: The answer for a file that is not a geod config, whatever it holds.
+NOT_A_CONFIG = "not a geod config (expected a YAML mapping with datasets:)"
 SQL_IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
 _SIZE_UNITS = {
@@ -50,6 +57,13 @@ _SIZE_UNITS = {
     "tb": 1024**4,
     "tib": 1024**4,
 }
+
+
+def _excerpt(text: str) -> str:
+    """At most ``MAX_EXCERPT_CHARS`` of something taken from a file, for an error line."""
+    if len(text) <= MAX_EXCERPT_CHARS:
+        return text
+    return text[: MAX_EXCERPT_CHARS - 1] + "…"
 
 
 class ConfigError(ValueError):
@@ -97,11 +111,11 @@ def parse_size(value: Any) -> int | float:
     if text.endswith("%"):
         percent = float(text[:-1])
         if not 0 < percent <= 100:
-            raise ValueError(f"{value!r} is not a percentage in (0, 100]")
+            raise ValueError(f"{_excerpt(repr(value))} is not a percentage in (0, 100]")
         return percent / 100.0
     match = re.fullmatch(r"([0-9]*\.?[0-9]+)([a-z]*)", text)
     if not match or match.group(2) not in _SIZE_UNITS:
-        raise ValueError(f"{value!r} is not a size such as 4GiB, 512MB or 50%")
+        raise ValueError(f"{_excerpt(repr(value))} is not a size such as 4GiB, 512MB or 50%")
     return int(float(match.group(1)) * _SIZE_UNITS[match.group(2)])
 
 
@@ -117,7 +131,7 @@ class StrictModel(BaseModel):
 def _check_name(value: str, what: str) -> str:
     if not NAME_PATTERN.fullmatch(value):
         raise ValueError(
-            f"{value!r} is not a valid {what}: use letters, digits, '_' or '-', "
+            f"{_excerpt(repr(value))} is not a valid {what}: use letters, digits, '_' or '-', "
             "starting with a letter or '_' (at most 63 characters)"
         )
     return value
@@ -305,7 +319,7 @@ class PostgresExportOptions(StrictModel):
     @classmethod
     def _identifier(cls, value: str) -> str:
         if not SQL_IDENTIFIER.fullmatch(value):
-            raise ValueError(f"{value!r} is not a plain lower-case SQL identifier")
+            raise ValueError(f"{_excerpt(repr(value))} is not a plain lower-case SQL identifier")
         return value
 
 
@@ -446,7 +460,9 @@ class PipelineConfig(StrictModel):
         ):
             for item in listed:
                 if item not in names:
-                    raise ValueError(f"{key}: {item!r} is not a dataset ({', '.join(names)})")
+                    raise ValueError(
+                        f"{key}: {_excerpt(repr(item))} is not a dataset ({', '.join(names)})"
+                    )
         if self.resampling.window_size % self.memory.min_window:
             raise ValueError(
                 f"resampling.window_size: {self.resampling.window_size} is not a multiple of "
@@ -522,14 +538,15 @@ def _describe(error: dict[str, Any]) -> str:
                 known.append(field.alias or name)
         hint = difflib.get_close_matches(str(loc[-1]), known, n=1)
         suffix = f" (did you mean {hint[0]!r}?)" if hint else ""
-        return f"{path}: unknown key{suffix}"
+        return f"{_excerpt(path)}: unknown key{suffix}"
     if kind == "enum":
         expected = error.get("ctx", {}).get("expected", "")
         expected = expected.replace("'", "").replace(" or ", ", ")
-        return f"{path}: {error['input']!r} is not one of {expected}"
+        return f"{_excerpt(path)}: {_excerpt(repr(error['input']))} is not one of {expected}"
     if kind == "missing":
         return f"{path}: required key is missing"
     message = error["msg"].removeprefix("Value error, ")
+    path = _excerpt(path)
     if message.startswith(
         tuple(f"{p}" for p in ("datasets[", "merge.", "analysis.", "resampling."))
     ):
@@ -550,10 +567,25 @@ def _resolve_paths(config: PipelineConfig, base: Path) -> PipelineConfig:
     return config
 
 
+def _looks_like_config(data: Any) -> bool:
+    """A mapping with at least one top-level key that is, or nearly is, a config section.
+
+    Near misses (``datasetz:``) still get the did-you-mean answer; a file none of
+    whose keys resemble a section is not a config, and is not quoted back.
+    """
+    if not isinstance(data, dict):
+        return False
+    sections = [field.alias or name for name, field in PipelineConfig.model_fields.items()]
+    return any(
+        isinstance(key, str) and difflib.get_close_matches(key, sections, n=1) for key in data
+    )
+
+
 def parse_config(data: Any, source: str = "config", base: Path | None = None) -> PipelineConfig:
     """Validate a mapping; relative paths resolve against ``base`` (the config's folder)."""
-    if not isinstance(data, dict):
-        raise ConfigError(f"{source}: expected a mapping at the top level")
+    if not _looks_like_config(data):
+        # Whatever else the file is (a password file, a log), its content stays out of the error.
+        raise ConfigError(f"{source}: {NOT_A_CONFIG}")
     try:
         config = PipelineConfig.model_validate(data)
     except ValidationError as exc:
@@ -561,23 +593,54 @@ def parse_config(data: Any, source: str = "config", base: Path | None = None) ->
     return _resolve_paths(config, base or Path.cwd())
 
 
-def read_yaml(path: Path, error: type[ValueError] = ConfigError) -> Any:
-    """Parse a YAML file; unreadable files and syntax errors become one ``error`` line."""
+def _read_capped(path: Path, error: type[ValueError]) -> bytes:
+    """The bytes of a regular file no larger than ``MAX_CONFIG_BYTES``.
+
+    Opened non-blocking and checked with ``fstat`` on the open descriptor, so a
+    FIFO, ``/dev/zero`` or a file swapped in after a check is refused at once
+    instead of hanging or filling memory.
+    """
     try:
-        text = path.read_text()
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except ValueError:  # an embedded NUL byte
+        raise error(f"{_excerpt(repr(str(path)))}: a path cannot contain a NUL byte") from None
     except FileNotFoundError:
         raise error(f"{path}: file not found") from None
-    except IsADirectoryError:
-        raise error(f"{path}: is a directory, expected a YAML file") from None
     except PermissionError:
         raise error(f"{path}: permission denied") from None
+    except OSError as exc:
+        raise error(f"{path}: {exc.strerror or exc}") from None
     try:
-        return yaml.safe_load(text)
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise error(f"{path}: is a directory, expected a YAML file")
+        if not stat.S_ISREG(mode):
+            raise error(f"{path}: not a regular file, expected a YAML file")
+        data = b""
+        while len(data) <= MAX_CONFIG_BYTES:
+            chunk = os.read(fd, MAX_CONFIG_BYTES + 1 - len(data))
+            if not chunk:
+                break
+            data += chunk
+    finally:
+        os.close(fd)
+    if len(data) > MAX_CONFIG_BYTES:
+        raise error(f"{path}: too large for a config file (limit {MAX_CONFIG_BYTES} bytes)")
+    return data
+
+
+def read_yaml(path: Path, error: type[ValueError] = ConfigError) -> Any:
+    """Parse a YAML file; unreadable files and syntax errors become one ``error`` line."""
+    data = _read_capped(path, error)
+    try:
+        return yaml.safe_load(data.decode())
+    except UnicodeDecodeError:
+        raise error(f"{path}: not UTF-8 text") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or "invalid YAML"
-        raise error(f"{path}:{where}: {problem}") from None
+        raise error(f"{path}:{where}: {_excerpt(problem)}") from None
 
 
 def load_config(path: str | os.PathLike[str], check_files: bool = True) -> PipelineConfig:

@@ -11,6 +11,7 @@ stay light; :mod:`supervisor.client` is the only code that names methods.
 from __future__ import annotations
 
 import json
+import math
 from enum import IntEnum
 from typing import Any
 
@@ -209,6 +210,35 @@ class ProtocolError(Exception):
         self.code = int(code)
         self.message = message
         self.data = data
+
+
+def _refuse_constant(name: str) -> Any:
+    """``NaN``/``Infinity`` are not JSON: refusing them keeps them out of every reply."""
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def decode_request(line: bytes) -> Any:
+    """Parse one request line strictly; every failure is a ``PARSE_ERROR``.
+
+    Strict means no ``NaN``/``Infinity`` literals, and nesting deeper than the
+    interpreter can parse is an error answer rather than a RecursionError that
+    would drop the connection.
+    """
+    try:
+        return json.loads(line, parse_constant=_refuse_constant)
+    except RecursionError:
+        raise ProtocolError(ErrorCode.PARSE_ERROR, "invalid JSON: nested too deeply") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ProtocolError(ErrorCode.PARSE_ERROR, f"invalid JSON: {exc}") from None
+
+
+def valid_id(request_id: Any) -> bool:
+    """A JSON-RPC id: a string, a finite number or null (never a boolean or a container)."""
+    if request_id is None or isinstance(request_id, str):
+        return True
+    if isinstance(request_id, bool) or not isinstance(request_id, int | float):
+        return False
+    return math.isfinite(request_id)
 
 
 def request(method: str, params: dict[str, Any] | None, request_id: int | str | None) -> bytes:

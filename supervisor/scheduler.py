@@ -26,10 +26,8 @@ import asyncio
 import contextlib
 import logging
 import signal
-import stat
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import ValidationError
@@ -56,34 +54,12 @@ log = logging.getLogger("geod.daemon")
 DAEMON_LOGGER = "geod.daemon"
 Notifier = Callable[[str, str, dict[str, Any]], None]
 Intent = Literal["kill", "shutdown"]
-#: A config.yml is a page of YAML; anything far larger is a wrong path, not a config.
-MAX_CONFIG_BYTES = 1024 * 1024
 
 
 def _bad_state(run: Run, action: str) -> ProtocolError:
     return ProtocolError(
         ErrorCode.BAD_STATE, f"cannot {action} run {run.id}: it is {run.summary.state}"
     )
-
-
-def _check_config_file(path: Path) -> None:
-    """Refuse what is not a plausible config file before reading it (``/dev/zero``, a FIFO,
-    a huge file would otherwise hang or bloat the daemon)."""
-    try:
-        info = path.stat()
-    except FileNotFoundError:
-        raise ProtocolError(ErrorCode.BAD_CONFIG, f"{path}: config file not found") from None
-    except OSError as exc:
-        raise ProtocolError(ErrorCode.BAD_CONFIG, f"{path}: {exc.strerror}") from None
-    if stat.S_ISDIR(info.st_mode):
-        raise ProtocolError(ErrorCode.BAD_CONFIG, f"{path}: is a directory, expected a YAML file")
-    if not stat.S_ISREG(info.st_mode):
-        raise ProtocolError(ErrorCode.BAD_CONFIG, f"{path}: not a regular file")
-    if info.st_size > MAX_CONFIG_BYTES:
-        raise ProtocolError(
-            ErrorCode.BAD_CONFIG,
-            f"{path}: {info.st_size} bytes is too large for a config (limit {MAX_CONFIG_BYTES})",
-        )
 
 
 class Scheduler:
@@ -179,12 +155,11 @@ class Scheduler:
     # -- submission and scheduling ----------------------------------------------------
 
     async def submit(self, config_path: str, name: str | None) -> RunSummary:
-        if name is not None and not NAME_PATTERN.match(name):
+        if name is not None and not NAME_PATTERN.fullmatch(name):
             raise ProtocolError(
                 ErrorCode.INVALID_PARAMS,
                 f"name: {name!r} must be letters, digits, '_' or '-' (at most 63)",
             )
-        _check_config_file(Path(config_path))
         try:
             config = await asyncio.to_thread(load_config, config_path)
         except ConfigError as exc:

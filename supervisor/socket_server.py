@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import grp
-import json
 import logging
 import os
 import pwd
@@ -307,13 +306,22 @@ class Server:
 
     async def _handle_line(self, conn: Connection, line: bytes) -> None:
         try:
-            message = json.loads(line)
-        except (ValueError, UnicodeDecodeError) as exc:
-            conn.send(protocol.error(None, ErrorCode.PARSE_ERROR, f"invalid JSON: {exc}"))
+            message = protocol.decode_request(line)
+        except ProtocolError as exc:
+            conn.send(protocol.error(None, exc.code, exc.message))
             return
         request_id = message.get("id") if isinstance(message, dict) else None
-        if not isinstance(request_id, int | float | str | None) or isinstance(request_id, bool):
-            request_id = None
+        if not protocol.valid_id(request_id):
+            # An id JSON-RPC does not allow (object, array, boolean, non-finite number)
+            # cannot be echoed: answer with id null and do not run the method.
+            conn.send(
+                protocol.error(
+                    None,
+                    ErrorCode.INVALID_REQUEST,
+                    '"id" must be a string, a finite number or null',
+                )
+            )
+            return
         try:
             method, params = _validate_request(message)
             value = await self.handler(conn, method, params)

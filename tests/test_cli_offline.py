@@ -100,6 +100,16 @@ def test_start_rejects_a_bad_config_before_starting_a_daemon(short_dir: Path) ->
     assert not (state / "geod.log").exists()  # no daemon was started for nothing
 
 
+@pytest.mark.parametrize("verb", ["check", "run", "start"])
+def test_dev_zero_refused_at_once(verb: str, short_dir: Path) -> None:
+    """No unbounded read: the config must be a regular file, checked before it is read."""
+    state = short_dir / "state"
+    result = geod(verb, "/dev/zero", socket_path=short_dir / "geod.sock", state_dir=state)
+    assert result.returncode == EXIT_USAGE, result.stderr
+    assert result.stderr == "geod: /dev/zero: not a regular file, expected a YAML file\n"
+    assert not (state / "geod.log").exists()
+
+
 def test_bad_settings_file_is_exit_2(short_dir: Path) -> None:
     settings = short_dir / "geod.yml"
     settings.write_text("concurency: 3\n")

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 import yaml
 
-from pipeline.config import ConfigError, load_config, parse_config, parse_size
+from pipeline.config import (
+    MAX_CONFIG_BYTES,
+    MAX_EXCERPT_CHARS,
+    ConfigError,
+    load_config,
+    parse_config,
+    parse_size,
+)
 
 BASE = {"datasets": [{"name": "a", "path": "a.tif"}]}
 
@@ -50,7 +58,7 @@ def _with(**sections: object) -> dict:
         (_with(memory={"warning": 0.95}), "memory.warning must be below memory.critical"),
         (_with(grid={"bounds": [10, 0, -10, 5]}), "grid.bounds: bounds must be west < east"),
         ({"datasets": []}, "datasets: List should have at least 1 item"),
-        ({}, "datasets: required key is missing"),
+        ({}, "not a geod config (expected a YAML mapping with datasets:)"),
         (
             {"datasets": [{"name": "a", "path": "a.tif"}, {"name": "a", "path": "b.tif"}]},
             "datasets[1].name: 'a' is used twice",
@@ -118,6 +126,40 @@ def test_yaml_syntax_error_has_a_line(tmp_path: Path) -> None:
     path = tmp_path / "config.yml"
     path.write_text("datasets:\n  - name: a\n   path: [\n")
     with pytest.raises(ConfigError, match=r"config\.yml: line \d+"):
+        load_config(path)
+
+
+def test_a_file_that_is_not_a_config_is_not_quoted(tmp_path: Path) -> None:
+    path = tmp_path / "shadow"
+    path.write_text("root:$6$secrethash:20228:0:99999:7:::\nbin:*:20228:0:99999:7:::\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert str(info.value) == (
+        f"{path}: not a geod config (expected a YAML mapping with datasets:)"
+    )
+
+
+def test_excerpts_of_file_content_are_capped() -> None:
+    long_key = "datasetz" + "x" * 5000
+    long_name = "a" * 5000 + "; rm"
+    message = _error({**BASE, long_key: 1}) + _error(
+        {"datasets": [{"name": long_name, "path": "a.tif"}]}
+    )
+    assert "x" * MAX_EXCERPT_CHARS not in message and "a" * MAX_EXCERPT_CHARS not in message
+    assert len(message) < 6 * MAX_EXCERPT_CHARS
+
+
+@pytest.mark.parametrize("kind", ["device", "fifo", "huge"])
+def test_config_must_be_a_small_regular_file(tmp_path: Path, kind: str) -> None:
+    path = tmp_path / "config.yml"
+    if kind == "device":
+        path = Path("/dev/zero")
+    elif kind == "fifo":
+        os.mkfifo(path)  # opening it for reading would block forever without O_NONBLOCK
+    else:
+        path.write_text(yaml.safe_dump(BASE) + "#" * MAX_CONFIG_BYTES)
+    expected = "too large for a config file" if kind == "huge" else "not a regular file"
+    with pytest.raises(ConfigError, match=expected):
         load_config(path)
 
 

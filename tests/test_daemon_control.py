@@ -278,18 +278,26 @@ def test_daemon_crash_leftover_worker_stopped_and_run_resumed(tmp_path: Path) ->
 
 
 def test_bad_submissions_rejected_daemon_stays_up(tmp_path: Path) -> None:
+    shadow = tmp_path / "shadow"
+    secret = "root:$6$secrethash:20228:0:99999:7:::"
+    shadow.write_text(f"{secret}\ndaemon:*:20228:0:99999:7:::\n")
+    huge = tmp_path / "huge.yml"
+    huge.write_text("datasets: []\n" + "#" * (2 * 1024 * 1024))
     with running_daemon(tmp_path) as daemon:
         cases = {
-            str(tmp_path / "missing.yml"): "config file not found",
+            str(tmp_path / "missing.yml"): "file not found",
             str(fake_config(tmp_path / "t", "typo", grdi={})): "did you mean",
             str(tmp_path): "is a directory",
             "/dev/zero": "not a regular file",
+            str(shadow): "not a geod config (expected a YAML mapping with datasets:)",
+            str(huge): "too large for a config file",
         }
         for path, expected in cases.items():
             with pytest.raises(ProtocolError) as error:
                 daemon.submit(Path(path))
             assert error.value.code == ErrorCode.BAD_CONFIG
             assert expected in error.value.message and "\n" not in error.value.message
+            assert "secrethash" not in error.value.message
         for params in (
             {"config_path": "relative.yml"},
             {"config_path": str(fake_config(tmp_path / "n", "ok")), "name": "$(rm -rf ~)"},

@@ -135,6 +135,56 @@ def test_bad_requests_get_errors_and_connection_survives(
     assert raw.request("status", id=99)["id"] == 99
 
 
+@pytest.mark.parametrize("bad_id", ["{}", '{"a": 1}', "[1]", "true", "false"])
+def test_invalid_id_refused_without_executing(
+    raw: Raw, daemon: DaemonHarness, tmp_path: Path, bad_id: str
+) -> None:
+    config = fake_config(tmp_path, "idcheck")
+    before = len(raw.request("runs.list")["result"])
+    line = (
+        f'{{"jsonrpc": "2.0", "id": {bad_id}, "method": "runs.submit", '
+        f'"params": {{"config_path": {json.dumps(str(config))}}}}}'
+    )
+    raw.send(line.encode() + b"\n")
+    response = raw.read()
+    assert error_code(response) == ErrorCode.INVALID_REQUEST and response["id"] is None
+    assert len(raw.request("runs.list", id=5)["result"]) == before
+
+
+@pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity", "1e400"])
+def test_non_finite_ids_never_echoed(raw: Raw, literal: str) -> None:
+    raw.send(f'{{"jsonrpc": "2.0", "id": {literal}, "method": "status"}}\n'.encode())
+    while b"\n" not in raw.buffer:
+        raw.buffer += raw.sock.recv(65536)
+    line, raw.buffer = raw.buffer.split(b"\n", 1)
+    # Strict JSON: a NaN/Infinity literal anywhere in the reply fails here.
+    response = json.loads(line, parse_constant=lambda name: pytest.fail(f"{name} in {line!r}"))
+    assert "error" in response and response["id"] is None
+    assert raw.request("status", id=6)["id"] == 6
+
+
+def test_deep_nesting_is_an_error_reply(raw: Raw, daemon: DaemonHarness) -> None:
+    depth = 10_000
+    for payload in (b"[" * depth + b"]" * depth, b'{"a":' * depth + b"1" + b"}" * depth):
+        raw.send(payload + b"\n")
+        assert error_code(raw.read()) == ErrorCode.PARSE_ERROR
+    assert raw.request("status", id=7)["id"] == 7
+    assert "Traceback" not in daemon.log()
+
+
+def test_nul_byte_in_config_path_is_one_line(raw: Raw) -> None:
+    response = raw.request("runs.submit", {"config_path": "/tmp/a\u0000b.yml"})
+    assert error_code(response) == ErrorCode.BAD_CONFIG
+    message = response["error"]["message"]
+    assert "NUL byte" in message and "internal error" not in message and "\n" not in message
+
+
+def test_run_names_must_match_whole(raw: Raw, tmp_path: Path) -> None:
+    config = fake_config(tmp_path, "names")
+    response = raw.request("runs.submit", {"config_path": str(config), "name": "ok\n"})
+    assert error_code(response) == ErrorCode.INVALID_PARAMS
+
+
 def test_notifications_get_no_answer(raw: Raw) -> None:
     raw.send(b'{"jsonrpc": "2.0", "method": "status"}\n')
     raw.send(b'{"jsonrpc": "2.0", "method": "nope"}\n')
