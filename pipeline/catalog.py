@@ -53,6 +53,7 @@ from affine import Affine
 from rasterio.crs import CRS
 from rasterio.errors import RasterioIOError
 
+from pipeline.config import in_pseudo_filesystem
 from pipeline.source import SourceInfo
 
 if TYPE_CHECKING:  # annotations only: the inspection child skips importing pydantic
@@ -302,6 +303,8 @@ def _check_file(path: str) -> bytes:
         raise _Reject("is a directory, expected a raster file")
     if not stat.S_ISREG(info.st_mode):
         raise _Reject(f"is {_file_kind(info.st_mode)}, expected a regular raster file")
+    if in_pseudo_filesystem(os.path.realpath(path)):  # a symlink to /proc/<pid>/environ
+        raise _Reject("is a kernel file (/proc, /sys), expected a regular raster file")
     try:
         with open(path, "rb") as handle:
             head = handle.read(4)

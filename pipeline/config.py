@@ -39,6 +39,8 @@ MAX_CONFIG_BYTES = 1024 * 1024
 MAX_EXCERPT_CHARS = 80
 #: The answer for a file that is not a geod config, whatever it holds.
 NOT_A_CONFIG = "not a geod config (expected a YAML mapping with datasets:)"
+#: Top-level directories of the kernel's pseudo file systems: never an input raster.
+PSEUDO_FILESYSTEMS = frozenset({"proc", "sys", "dev"})
 SQL_IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
 _SIZE_UNITS = {
@@ -559,8 +561,24 @@ def format_validation_error(exc: ValidationError, source: str) -> str:
     return "; ".join(f"{source}: {_describe(e)}" for e in exc.errors())
 
 
-def _resolve_paths(config: PipelineConfig, base: Path) -> PipelineConfig:
-    for dataset in config.datasets:
+def in_pseudo_filesystem(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` (taken literally, not resolved) lies under /proc, /sys or /dev.
+
+    ``/proc/self/fd/N`` resolved by the daemon would name the daemon's own open
+    files, and the kernel's files are never rasters; such paths are refused
+    before anything follows them.
+    """
+    parts = Path(os.path.normpath(os.path.abspath(path))).parts
+    return len(parts) > 1 and parts[1] in PSEUDO_FILESYSTEMS
+
+
+def _resolve_paths(config: PipelineConfig, base: Path, source: str) -> PipelineConfig:
+    for index, dataset in enumerate(config.datasets):
+        if in_pseudo_filesystem(base / dataset.path):
+            raise ConfigError(
+                f"{source}: datasets[{index}].path: {_excerpt(str(dataset.path))} is a device or "
+                "kernel file, expected a raster file"
+            )
         dataset.path = (base / dataset.path).resolve()
     config.paths.work_dir = (base / config.paths.work_dir).resolve()
     config.paths.output_dir = (base / config.paths.output_dir).resolve()
@@ -590,7 +608,7 @@ def parse_config(data: Any, source: str = "config", base: Path | None = None) ->
         config = PipelineConfig.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, source)) from None
-    return _resolve_paths(config, base or Path.cwd())
+    return _resolve_paths(config, base or Path.cwd(), source)
 
 
 def _read_capped(path: Path, error: type[ValueError]) -> bytes:

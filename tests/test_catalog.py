@@ -212,11 +212,23 @@ def vrt_over_a_fifo(tmp: Path) -> Built:
     return vrt(tmp / "hang.vrt", 10, 10, body), {}
 
 
+def character_device(tmp: Path) -> Built:
+    return Path("/dev/zero"), {}
+
+
+def link_into_proc(tmp: Path) -> Built:
+    """A symlink to another process's environment: a regular file to stat(), never a raster."""
+    (tmp / "env.tif").symlink_to("/proc/self/environ")
+    return tmp / "env.tif", {}
+
+
 BAD_INPUTS: list[tuple[Callable[[Path], Built], str]] = [
     (missing, "file does not exist"),
     (parent_is_a_file, "a parent in the path is not a directory"),
     (directory, "is a directory, expected a raster file"),
     (fifo, "is a FIFO, expected a regular raster file"),
+    (character_device, "is a character device, expected a regular raster file"),
+    (link_into_proc, "is a kernel file (/proc, /sys), expected a regular raster file"),
     (empty, "file is empty (0 bytes)"),
     (random_bytes, "not a raster GDAL can read (unrecognised file format)"),
     (truncated, "truncated GeoTIFF: its last block ends at byte"),

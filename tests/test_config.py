@@ -163,6 +163,15 @@ def test_config_must_be_a_small_regular_file(tmp_path: Path, kind: str) -> None:
         load_config(path)
 
 
+@pytest.mark.parametrize("path", ["/proc/self/fd/0", "/dev/zero", "../../../../../../proc/1/mem"])
+def test_dataset_in_a_pseudo_filesystem_refused_before_resolution(path: str) -> None:
+    """Resolved in the daemon, /proc/self/fd/N would name the daemon's own open files."""
+    message = _error({"datasets": [{"name": "a", "path": path}]})
+    assert message == (
+        f"config.yml: datasets[0].path: {path} is a device or kernel file, expected a raster file"
+    )
+
+
 def test_root_config_is_valid() -> None:
     config = load_config(Path(__file__).parent.parent / "config.yml", check_files=False)
     assert [d.name for d in config.datasets] == ["richness", "endemism", "landcover", "threat"]
