@@ -34,6 +34,7 @@ from typing import Any, Generic, TypeVar
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from pipeline.events import Event, LogEvent, decode_dict
+from supervisor.peercred import peer_credentials, trusted_server_uids
 from supervisor.protocol import (
     NOTIFY_EVENT,
     NOTIFY_RUN,
@@ -193,6 +194,19 @@ def resolve_socket_path(socket_path: str | os.PathLike[str] | None = None) -> Pa
     return load_settings().socket_path
 
 
+def check_server(sock: socket.socket, socket_path: Path) -> None:
+    """Refuse a server that is not this user's, root's or the socket directory owner's
+    daemon, before a byte is sent: someone able to replace the socket file would
+    otherwise receive submissions and have their answers believed."""
+    uid = peer_credentials(sock).uid
+    if uid not in trusted_server_uids(socket_path):
+        raise ProtocolError(
+            ErrorCode.PERMISSION_DENIED,
+            f"refusing the daemon on {socket_path}: it runs as uid {uid}, "
+            "not as you, root or the owner of the socket's directory",
+        )
+
+
 def _check_hello(result: Any) -> HelloReply:
     version = result.get("protocol") if isinstance(result, dict) else None
     if version != PROTOCOL_VERSION:
@@ -241,6 +255,7 @@ class Client:
             self._sock.close()
             raise
         try:
+            check_server(self._sock, self.socket_path)
             self.hello = self.request(Calls.hello())
         except BaseException:
             self.close()
@@ -394,6 +409,11 @@ class AsyncClient:
             reader, writer = await asyncio.open_unix_connection(str(path), limit=MAX_RESPONSE_BYTES)
         except (FileNotFoundError, ConnectionRefusedError) as exc:
             raise DaemonNotRunning(path, _reason(exc)) from None
+        try:
+            check_server(writer.get_extra_info("socket"), path)
+        except ProtocolError:
+            writer.close()
+            raise
         client = cls(path, reader, writer)
         try:
             client.hello = await client.request(Calls.hello())

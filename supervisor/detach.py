@@ -113,7 +113,8 @@ def _become_daemon(settings: Settings, ready_fd: int) -> NoReturn:  # pragma: no
         _remove_stale_pidfile(pidfile)
         umask = os.umask(0)
         os.umask(umask)
-        with open(log_path(settings), "a", buffering=1) as log:
+        log_fd = os.open(log_path(settings), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        with os.fdopen(log_fd, "a", buffering=1) as log:
             context = daemon.DaemonContext(
                 # Always detach: python-daemon would not if stdin happened to be a socket.
                 detach_process=True,

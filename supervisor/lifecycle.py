@@ -31,7 +31,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
+from pipeline.durable import write_atomic
 from supervisor import sdnotify
+from supervisor.detach import LOG_FILE, PID_FILE
 from supervisor.methods import Methods
 from supervisor.protocol import Selection
 from supervisor.recovery import Recovery
@@ -40,6 +42,7 @@ from supervisor.scheduler import Scheduler
 from supervisor.settings import Settings, SettingsError
 from supervisor.sink import TelemetrySink
 from supervisor.socket_server import Server, SocketError
+from supervisor.telemetry import SPOOL_DIR_NAME
 
 __all__ = ["EXIT_LOCKED", "EXIT_OK", "EXIT_START_FAILED", "TelemetrySink", "run_daemon"]
 
@@ -49,6 +52,9 @@ EXIT_OK = 0
 EXIT_START_FAILED = 1
 EXIT_LOCKED = 3
 LOCK_NAME = "geod.lock"
+#: Modes of the state directory and of the files in it that hold users' data.
+PRIVATE_DIR = 0o700
+PRIVATE_FILE = 0o600
 #: Settings a running daemon cannot change on SIGHUP (they need a restart).
 _FIXED_ON_RELOAD = ("state_dir", "socket_path", "socket_group")
 
@@ -82,6 +88,33 @@ def acquire_lock(state_dir: Path) -> IO[str]:
     return handle
 
 
+def write_pid_file(state_dir: Path) -> None:
+    """Record this daemon's pid in ``geod.pid`` once it holds the lock.
+
+    ``geod serve`` has no PID-file manager of its own, so without this a pid
+    file left by an earlier daemon would name a dead process.
+    """
+    write_atomic(state_dir / PID_FILE, f"{os.getpid()}\n")
+
+
+def make_private(state_dir: Path) -> None:
+    """State directory 0700; its log, pid, lock and telemetry spool files 0600.
+
+    Run after telemetry has started, because an embedded PostgreSQL library run
+    as root widens modes; runs' logs and the spool are the users' data.
+    """
+    os.chmod(state_dir, PRIVATE_DIR)
+    for name in (LOG_FILE, PID_FILE, LOCK_NAME):
+        with contextlib.suppress(FileNotFoundError):
+            os.chmod(state_dir / name, PRIVATE_FILE)
+    spool = state_dir / SPOOL_DIR_NAME
+    if spool.is_dir():
+        os.chmod(spool, PRIVATE_DIR)
+        for entry in spool.iterdir():
+            if entry.is_file() and not entry.is_symlink():
+                os.chmod(entry, PRIVATE_FILE)
+
+
 def run_daemon(
     settings: Settings,
     ready: Callable[[], None] | None = None,
@@ -103,6 +136,7 @@ def run_daemon(
     except OSError as exc:
         log.error("cannot use state directory %s: %s", settings.state_dir, exc.strerror or exc)
         return EXIT_START_FAILED
+    write_pid_file(settings.state_dir)
     if telemetry_factory is not None:
         try:
             telemetry = telemetry_factory()
@@ -110,6 +144,12 @@ def run_daemon(
             log.error("telemetry unavailable: %s", exc)
             lock.close()
             return EXIT_START_FAILED
+    try:
+        make_private(settings.state_dir)
+    except OSError as exc:
+        log.error("cannot restrict state directory %s: %s", settings.state_dir, exc.strerror)
+        lock.close()
+        return EXIT_START_FAILED
     try:
         return asyncio.run(Daemon(settings, telemetry).run(ready))
     finally:

@@ -22,9 +22,7 @@ import os
 import pwd
 import socket
 import stat
-import struct
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +30,7 @@ from pydantic import BaseModel, ValidationError
 
 from pipeline.contract import SOCKET_ENV
 from supervisor import protocol
+from supervisor.peercred import Peer, directory_problem, peer_credentials
 from supervisor.process import read_line
 from supervisor.protocol import ErrorCode, ProtocolError
 
@@ -39,7 +38,6 @@ log = logging.getLogger("geod.daemon.server")
 
 #: sun_path is 108 bytes on Linux, including the terminating NUL.
 MAX_SOCKET_PATH_BYTES = 107
-_PEERCRED = struct.Struct("3i")
 #: Seconds a connection to an existing socket file may take to prove a live daemon.
 STALE_PROBE_TIMEOUT = 1.0
 #: On daemon stop, how long clients get to receive their queued answers (daemon.stop's own).
@@ -48,18 +46,6 @@ CLOSE_FLUSH_TIMEOUT = 1.0
 
 class SocketError(RuntimeError):
     """The socket cannot be set up; one line for the user."""
-
-
-@dataclass(frozen=True)
-class Peer:
-    pid: int
-    uid: int
-    gid: int
-
-
-def peer_credentials(sock: socket.socket) -> Peer:
-    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
-    return Peer(*_PEERCRED.unpack(raw))
 
 
 def _peer_groups(peer: Peer) -> set[int]:
@@ -182,6 +168,9 @@ def bind_socket(path: Path, group: str | None) -> socket.socket:
         if gid is not None:
             os.chown(parent, -1, gid)
             os.chmod(parent, 0o750)  # mkdir's mode is masked by the umask
+    problem = directory_problem(parent)
+    if problem is not None:  # whoever can write there can rename the socket and serve a fake
+        raise SocketError(f"refusing the socket directory: {problem}")
     _remove_stale(path)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:

@@ -84,3 +84,50 @@ def test_start_after_a_sigkilled_daemon(root: Path, demo_dir: Path) -> None:
     assert stopped.returncode == 0, stopped.stderr
     _wait_gone(second)
     assert not pid_file.exists()  # a clean exit releases it
+
+
+def test_serve_after_start_rewrites_pid_file_and_keeps_state_private(
+    root: Path, demo_dir: Path
+) -> None:
+    """``geod serve`` after a SIGKILLed ``geod start`` daemon: the pid file names the live
+    daemon, and modes widened meanwhile (as an embedded-PostgreSQL library run as root
+    leaves them) are 0700/0600 again once it has started."""
+    env = _env(root)
+    config = write_demo_config(root, demo_dir)
+    state = root / "state"
+    started = subprocess.run(
+        [GEOD, "start", str(config)], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert started.returncode == 0, started.stderr
+    first = int((state / "geod.pid").read_text())
+    assert (state / "geod.log").stat().st_mode & 0o777 == 0o600
+    os.kill(first, signal.SIGKILL)
+    _wait_gone(first)
+    spool = state / "telemetry"
+    spool.mkdir(exist_ok=True)
+    (spool / "telemetry.spool").write_text("")
+    for path, mode in ((state, 0o755), (spool, 0o755), (state / "geod.log", 0o644)):
+        path.chmod(mode)
+    (spool / "telemetry.spool").chmod(0o644)
+    serve = subprocess.Popen(
+        [GEOD, "serve"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    try:
+        deadline = time.monotonic() + EXIT_TIMEOUT
+        while subprocess.run([GEOD, "runs"], env=env, capture_output=True).returncode != 0:
+            assert serve.poll() is None and time.monotonic() < deadline
+            time.sleep(0.1)
+        assert int((state / "geod.pid").read_text()) == serve.pid
+        modes = {
+            path.name: path.stat().st_mode & 0o777
+            for path in (state, spool, state / "geod.log", spool / "telemetry.spool")
+        }
+        assert modes == {
+            "state": 0o700,
+            "telemetry": 0o700,
+            "geod.log": 0o600,
+            "telemetry.spool": 0o600,
+        }
+    finally:
+        serve.terminate()
+        serve.wait(EXIT_TIMEOUT)

@@ -63,11 +63,13 @@ class Spool:
     """
 
     def __init__(self, directory: Path) -> None:
-        directory.mkdir(parents=True, exist_ok=True)
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.path = directory / SPOOL_NAME
         _drop_torn_tail(self.path)
         self._lock = threading.Lock()
-        self._file: BinaryIO = open(self.path, "ab")  # noqa: SIM115 (kept open for appends)
+        # Private from its first byte: the spool holds every run's log lines.
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        self._file: BinaryIO = os.fdopen(fd, "ab")
         self._dirty = False
         #: Bytes at the start of the file already committed to the database.
         self.replayed = 0
