@@ -19,13 +19,14 @@ left by a SIGKILLed daemon is removed rather than blocking every later start.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import os
 import select
 import sys
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
@@ -43,6 +44,10 @@ log = logging.getLogger("geod.daemon.start")
 
 LOG_FILE = "geod.log"
 PID_FILE = "geod.pid"
+#: Lock file held by the ``geod start`` that is starting the background daemon.
+START_LOCK_FILE = "geod.start.lock"
+#: Seconds between tries for the start lock while another start holds it.
+START_LOCK_POLL = 0.05
 #: What the daemon writes on the start pipe once its socket accepts connections.
 READY_BYTE = b"R"
 #: Lines of the log shown when a background start fails (the daemon's last words).
@@ -61,6 +66,34 @@ def log_path(settings: Settings) -> Path:
 
 def pid_path(settings: Settings) -> Path:
     return settings.state_dir / PID_FILE
+
+
+@contextlib.contextmanager
+def start_lock(settings: Settings, timeout: float) -> Iterator[None]:
+    """Serialise background starts: one ``geod start`` starts the daemon, the others wait.
+
+    Without it, parallel starts each fork a daemon, all but one lose the state
+    directory's lock, and their callers report a failed start although a daemon
+    is coming up. Waiting ends after ``timeout`` (DaemonStartError).
+    """
+    settings.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path = settings.state_dir / START_LOCK_FILE
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise DaemonStartError(
+                        f"another geod start held {path} for more than {timeout:g} s"
+                    ) from None
+                time.sleep(START_LOCK_POLL)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def start_background(settings: Settings, timeout: float) -> None:

@@ -3,10 +3,12 @@ daemon must not block the next start (the state directory's lock is what guards)
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
 import subprocess
+import sys
 import sysconfig
 import tempfile
 import time
@@ -14,12 +16,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.conftest import write_demo_config
 
 GEOD = str(Path(sysconfig.get_path("scripts")) / "geod")
 #: Bound for a daemon to exit after SIGKILL / a stop request on a loaded machine.
 EXIT_TIMEOUT = 30.0
+#: ``geod start`` processes racing to start the daemon.
+PARALLEL_STARTS = 5
+#: Bound for each of them to submit (one starts the daemon, the others wait for it).
+START_WAIT = 120.0
 
 
 @pytest.fixture()
@@ -131,3 +138,39 @@ def test_serve_after_start_rewrites_pid_file_and_keeps_state_private(
     finally:
         serve.terminate()
         serve.wait(EXIT_TIMEOUT)
+
+
+def test_parallel_starts_reach_one_daemon(root: Path, tmp_path: Path) -> None:
+    """Five ``geod start`` at once with no daemon: one daemon, five runs, five exit 0."""
+    from tests.daemon_harness import fake_config
+
+    env = _env(root)
+    settings = root / "xdg" / "geod" / "geod.yml"
+    fake = [sys.executable, str(Path(__file__).parent / "fake_worker.py")]
+    settings.write_text(yaml.safe_dump({"telemetry": False, "worker_command": fake}))
+    config = fake_config(tmp_path, "steps400")
+    starts = [
+        subprocess.Popen(
+            [GEOD, "start", str(config)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(PARALLEL_STARTS)
+    ]
+    results = [(p.wait(START_WAIT), *p.communicate()) for p in starts]
+    try:
+        assert [code for code, _, _ in results] == [0] * PARALLEL_STARTS, results
+        ids = {out.strip() for _, out, _ in results}
+        assert len(ids) == PARALLEL_STARTS
+        listed = subprocess.run(
+            [GEOD, "runs", "--json"], env=env, capture_output=True, text=True, timeout=60
+        )
+        assert {run["id"] for run in json.loads(listed.stdout)} == ids
+        started = [err for _, _, err in results if "daemon started" in err]
+        assert len(started) == 1
+    finally:
+        subprocess.run([GEOD, "kill", "--all", "--force"], env=env, capture_output=True)
+        stopped = subprocess.run([GEOD, "stop"], env=env, capture_output=True, timeout=90)
+        assert stopped.returncode == 0

@@ -118,7 +118,7 @@ def start(
 
 def _ensure_daemon(settings: Settings, timeout: float) -> None:
     """Answering daemon, or a new background one (told on stderr, stdout stays the id)."""
-    from supervisor.detach import DaemonStartError, log_path, start_background
+    from supervisor.detach import DaemonStartError, log_path, start_background, start_lock
 
     with daemon_errors(settings.socket_path):
         if daemon_answers(settings.socket_path):
@@ -131,12 +131,18 @@ def _ensure_daemon(settings: Settings, timeout: float) -> None:
                 EXIT_NO_DAEMON,
             )
         try:
-            start_background(settings, timeout)
+            with start_lock(settings, timeout):
+                # Another `geod start` may have started it while this one waited.
+                if daemon_answers(settings.socket_path):
+                    return
+                start_background(settings, timeout)
         except DaemonStartError as exc:
-            # Lost a race with another `geod start`? Then its daemon answers now.
+            # A daemon started by other means (geod serve) answers now? Then use it.
             if not daemon_answers(settings.socket_path):
                 fail(str(exc), EXIT_FAILED)
             return
+        except OSError as exc:
+            fail(f"cannot use state directory {settings.state_dir}: {exc.strerror or exc}")
     click.echo(f"geod: daemon started (log: {log_path(settings)})", err=True)
 
 
