@@ -28,6 +28,7 @@ import logging
 import signal
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import ValidationError
@@ -91,6 +92,8 @@ class Scheduler:
         self._exited: dict[str, asyncio.Event] = {}
         #: Runs not to start yet: their worker from a previous daemon is being stopped.
         self.held: set[str] = set()
+        #: Queued runs told they wait for another run writing the same outputs.
+        self._waiting_output: set[str] = set()
         self.shutting_down = False
 
     # -- helpers ------------------------------------------------------------------
@@ -179,9 +182,18 @@ class Scheduler:
         now = time.time()
         free = self.settings.concurrency - len(self.workers) - len(self._starting)
         next_retry: float | None = None
+        claimed = {
+            claim: run_id
+            for run_id in (*self.workers, *self._starting)
+            if (claim := self._output_claim(self.get(run_id))) is not None
+        }
         for run in self.runs():
             if run.summary.state != "queued" or run.id in self.held:
                 continue  # (a run whose old worker is still being stopped must wait)
+            claim = self._output_claim(run)
+            if claim is not None and claim in claimed:
+                self._wait_for_output(run, claimed[claim], claim)
+                continue
             retry_at = run.summary.retry_at
             if retry_at is not None and retry_at > now:
                 next_retry = retry_at if next_retry is None else min(next_retry, retry_at)
@@ -189,6 +201,9 @@ class Scheduler:
             if free <= 0:
                 break
             free -= 1
+            if claim is not None:
+                claimed[claim] = run.id
+            self._waiting_output.discard(run.id)
             self._starting.add(run.id)
             run.summary.state = "running"
             self.spawn_task(self._start(run))
@@ -198,6 +213,20 @@ class Scheduler:
         if next_retry is not None:
             delay = max(0.0, next_retry - time.time())
             self._retry_timer = asyncio.get_running_loop().call_later(delay, self.schedule)
+
+    @staticmethod
+    def _output_claim(run: Run) -> Path | None:
+        """The output stem a run writes (``output_dir/export.name``): one writer at a time."""
+        config = run.config
+        return None if config is None else config.paths.output_dir / config.export.name
+
+    def _wait_for_output(self, run: Run, holder: str, claim: Path) -> None:
+        """Say once why a queued run is not starting: another run writes its outputs."""
+        if run.id not in self._waiting_output:
+            self._waiting_output.add(run.id)
+            self.say(
+                run, "INFO", f"waiting for run {holder}, which writes the same output {claim}.*"
+            )
 
     async def _start(self, run: Run) -> None:
         summary = run.summary

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import os
 import secrets
 import shutil
@@ -46,12 +47,43 @@ def partial_path(final: Path) -> Path:
     return final.with_name(f"{final.name}{PARTIAL_MARKER}{secrets.token_hex(_TOKEN_BYTES)}")
 
 
+def hold_partial(partial: Path) -> int:
+    """Create ``partial`` and hold an exclusive flock on it until the returned fd is closed.
+
+    The lock marks the file as a live writer's: :func:`clean_partials` of another
+    run writing the same output never removes it. The kernel drops the lock when
+    the writer dies however it dies, which is what makes a leftover a leftover.
+    """
+    fd = os.open(partial, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    return fd
+
+
+def _is_held(path: Path) -> bool:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
 def clean_partials(final: Path) -> list[Path]:
-    """Remove leftovers ``final.partial-*`` of earlier killed runs; return what was removed."""
+    """Remove leftovers ``final.partial-*`` of killed writers; return what was removed.
+
+    A partial file whose writer is alive (its flock is held) is not a leftover.
+    """
     removed = []
     if not final.parent.is_dir():
         return removed
     for leftover in final.parent.glob(f"{final.name}{PARTIAL_MARKER}*"):
+        if _is_held(leftover):
+            continue
         with contextlib.suppress(FileNotFoundError):
             leftover.unlink()
             removed.append(leftover)

@@ -9,6 +9,7 @@ unpublished output for validation, then ``commit`` (atomic publish) — or
 from __future__ import annotations
 
 import contextlib
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -18,7 +19,14 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline.config import ExportFormat
-from pipeline.export.atomic import ExportError, commit, describe_os_error, discard, partial_path
+from pipeline.export.atomic import (
+    ExportError,
+    commit,
+    describe_os_error,
+    discard,
+    hold_partial,
+    partial_path,
+)
 from pipeline.grid import TargetGrid
 
 T = TypeVar("T")
@@ -78,6 +86,16 @@ class FileExporter(Exporter):
         self.path = path
         self.partial = partial_path(path)
         self._writer: Any = None
+        self._hold: int | None = None
+        try:
+            self._hold = hold_partial(self.partial)
+        except OSError as exc:
+            raise ExportError(describe_os_error(path, exc)) from None
+
+    def _release(self) -> None:
+        hold, self._hold = self._hold, None
+        if hold is not None:
+            os.close(hold)
 
     @property
     def target(self) -> str:
@@ -103,7 +121,10 @@ class FileExporter(Exporter):
     def commit(self) -> dict[str, object]:
         self.close()
         size = self.partial.stat().st_size
-        commit(self.partial, self.path)
+        try:
+            commit(self.partial, self.path)
+        finally:
+            self._release()
         return {"rows": self.rows, "bytes": size, **self.details()}
 
     def abort(self) -> None:
@@ -113,6 +134,7 @@ class FileExporter(Exporter):
             with contextlib.suppress(OSError):
                 writer.close()
         discard(self.partial)
+        self._release()
 
 
 def locate(batch: pa.RecordBatch | pa.Table, grid: TargetGrid) -> tuple[np.ndarray, np.ndarray]:
