@@ -124,7 +124,10 @@ class Run:
     def append(self, line: str) -> None:
         """Append one encoded stamped event to the history file (flushed, not fsynced: a log)."""
         if self._events_file is None:
-            self._events_file = open(self.run_dir / EVENTS_NAME, "ab")  # noqa: SIM115
+            try:
+                self._events_file = open(self.run_dir / EVENTS_NAME, "ab")  # noqa: SIM115
+            except FileNotFoundError:
+                return  # the run directory vanished: the scheduler fails the run on its next save
         self._events_file.write(line.encode() + b"\n")
         self._events_file.flush()
 

@@ -126,7 +126,10 @@ class Scheduler:
     def publish(self, run: Run, save: bool = True) -> None:
         """A summary changed: persist it, tell subscribers, telemetry and systemd."""
         if save:
-            self.registry.save(run)
+            try:
+                self.registry.save(run)
+            except FileNotFoundError:
+                self._vanished(run)
         self._notify(run.id, NOTIFY_RUN, run.summary.model_dump(mode="json"))
         if self._telemetry is not None:
             try:
@@ -135,6 +138,25 @@ class Scheduler:
                 log.exception("telemetry record_run failed")
         if self._on_change is not None:
             self._on_change()
+
+    def _vanished(self, run: Run) -> None:
+        """The run directory was deleted under a run: fail it for good, keep serving.
+
+        Nothing of the run can be persisted or resumed any more, so no retry; its
+        worker (if any) is stopped, and every control verb keeps answering from
+        the in-memory summary.
+        """
+        summary = run.summary
+        reason = f"run directory vanished: {run.run_dir}"
+        if summary.error != reason:
+            log.error("run %s: %s", run.id, reason)
+        summary.state = "failed"
+        summary.error = reason
+        summary.retry_at = None
+        worker = self.workers.get(run.id)
+        if worker is not None:
+            self._intents.setdefault(run.id, "kill")
+            self._kill_worker(run, worker, force=True)
 
     def record(self, run: Run, event: Event) -> None:
         """Stamp ``event`` with run and seq, store it, apply it, fan it out (typed throughout)."""
@@ -169,7 +191,15 @@ class Scheduler:
             raise ProtocolError(ErrorCode.BAD_CONFIG, str(exc)) from None
         except ValidationError as exc:  # defensive: load_config phrases its own errors
             raise ProtocolError(ErrorCode.BAD_CONFIG, f"{config_path}: {exc}") from None
-        run = self.registry.create(dump_config(config), name or config.name, config_path)
+        try:
+            run = self.registry.create(dump_config(config), name or config.name, config_path)
+        except OSError as exc:  # runs/ read-only, immutable, full: the daemon stays up
+            where = exc.filename or self.registry.root
+            raise ProtocolError(
+                ErrorCode.INTERNAL_ERROR,
+                f"cannot create a run directory in {self.registry.root}: "
+                f"{exc.strerror or exc} ({where})",
+            ) from None
         log.info("run %s submitted from %s", run.id, config_path)
         self.publish(run)
         self.schedule()
@@ -362,7 +392,9 @@ class Scheduler:
         summary.exit_code = code
         summary.eta = None
         reason = run.worker_reason
-        if intent == "kill":
+        if not run.run_dir.is_dir():
+            self._vanished(run)
+        elif intent == "kill":
             summary.state = "killed"
         elif code == 0 and run.worker_state == "done":
             summary.state = "done"
