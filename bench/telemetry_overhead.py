@@ -96,7 +96,7 @@ def _truncate(url: str) -> None:
 
 def bare_copy(url: str, events: list[Event]) -> tuple[int, float]:
     """Reference: rows prepared up front, COPY'd straight into plain tables of the same columns."""
-    batch = Batch()
+    batch = Batch(uuid.uuid4())
     for event in events:
         batch.add_event(event)
     tables = batch.tables()

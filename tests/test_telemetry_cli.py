@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from supervisor.embedded import EmbeddedPostgres
+from supervisor.telemetry.identity import load_instance
 from supervisor.telemetry.migrate import available
 from tests.telemetry_helpers import embedded_scratch_dir
 
@@ -60,6 +61,15 @@ def test_migrate_url_psql_on_a_configured_database(database_url: str, tmp_path: 
     )
     assert failing.returncode != 0, "psql's exit code is passed through"
     assert not (tmp_path / "state" / "postgres").exists(), "no embedded server was started"
+
+
+def test_psql_names_this_daemon_for_the_views(database_url: str, tmp_path: Path) -> None:
+    instance = load_instance(tmp_path / "state" / "telemetry")
+    query = ("-tAc", "SELECT current_setting('geod.instance', true)")
+    mine = _geod(tmp_path, "db", "psql", *query, url=database_url)
+    assert (mine.returncode, mine.stdout.strip()) == (0, str(instance)), mine.stderr
+    every = _geod(tmp_path, "db", "psql", "--all-daemons", *query, url=database_url)
+    assert (every.returncode, every.stdout.strip()) == (0, ""), every.stderr
 
 
 def test_unreachable_database_is_one_clear_line(tmp_path: Path) -> None:

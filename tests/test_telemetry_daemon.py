@@ -7,6 +7,7 @@ The daemon process runs what ``geod serve`` runs (telemetry on, sink from
 from __future__ import annotations
 
 import itertools
+import json
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -103,3 +104,57 @@ def test_daemon_run_is_recorded_completely(
     assert peak > 0
     levels = {level for (level,) in _rows(database_url, "SELECT level FROM geod.log_records")}
     assert "INFO" in levels
+
+
+def test_two_daemons_share_one_database_without_mixing_runs(
+    tmp_path: Path, database_url: str, demo_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two state directories, one database, both run the demo as r0001: each run's rows
+    are complete and its own (events equal that run's events.ndjson)."""
+    monkeypatch.setattr(daemon_harness, "DAEMON_SCRIPT", DAEMON_WITH_TELEMETRY)
+    harnesses = [
+        DaemonHarness(
+            tmp_path / name,
+            telemetry=True,
+            database_url=database_url,
+            worker_command=[sys.executable, "-m", "pipeline.worker"],
+        )
+        for name in ("alice", "bob")
+    ]
+    try:
+        finals = []
+        for harness in harnesses:
+            (harness.tmp / "run").mkdir()
+            config = write_demo_config(harness.tmp / "run", demo_dir)
+            harness.start()
+            assert harness.submit(config) == "r0001"
+        for harness in harnesses:
+            finals.append(harness.wait("r0001", "done", timeout=RUN_TIMEOUT))
+            assert harness.stop() == 0, harness.log()[-3000:]
+    finally:
+        for harness in harnesses:
+            harness.cleanup()
+
+    runs = _rows(database_url, "SELECT run_key, instance, state FROM geod.runs WHERE id = 'r0001'")
+    assert len(runs) == 2 and len({key for key, _, _ in runs}) == 2
+    assert len({instance for _, instance, _ in runs}) == 2
+    for harness, final in zip(harnesses, finals, strict=True):
+        instance = (harness.state_dir / "telemetry" / "instance_id").read_text().strip()
+        [(key, state)] = _rows(
+            database_url, "SELECT run_key, state FROM geod.runs WHERE instance = %s", instance
+        )
+        assert state == "done"
+        history = Path(final["run_dir"], "events.ndjson").read_text().splitlines()
+        stored = _rows(
+            database_url, "SELECT seq, type FROM geod.events WHERE run_key = %s ORDER BY seq", key
+        )
+        expected = [(json.loads(line)["seq"], json.loads(line)["type"]) for line in history]
+        assert stored == expected
+        # The views select one daemon's runs when the session names its instance.
+        conn = psycopg2.connect(database_url, options=f"-c geod.instance={instance}")
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SELECT DISTINCT run_key FROM geod.v_memory_timeline")
+                assert [str(k) for (k,) in cur.fetchall()] == [key]
+        finally:
+            conn.close()

@@ -129,3 +129,46 @@ def test_upgrade_keeps_rows_written_under_the_older_schema(
             assert cur.fetchall() == [(42, None)]
     finally:
         conn.close()
+
+
+def test_run_identity_migration_keeps_rows_under_a_legacy_key(
+    database_url: str, tmp_path: Path
+) -> None:
+    """Rows written before run keys existed survive 0003 with a key from their short id,
+    and afterwards a second daemon's r0001 (another key) no longer collides with them."""
+    before = [m for m in available() if m.version < 3]
+    old = tmp_path / "old"
+    old.mkdir()
+    for migration in before:
+        for source in MIGRATIONS_DIR.glob(f"{migration.version:04d}_*.sql"):
+            (old / source.name).write_text(source.read_text())
+    conn = psycopg2.connect(database_url)
+    try:
+        migrate(conn, old)
+        with conn.cursor() as cur:
+            cur.execute(
+                "INSERT INTO geod.runs (id, name, state, summary, rev, updated)"
+                " VALUES ('r0001', 'demo', 'done', '{}', 1, now())"
+            )
+            cur.execute(
+                "INSERT INTO geod.events (run, seq, time, type, payload)"
+                " VALUES ('r0001', 1, now(), 'log', '{}')"
+            )
+        conn.commit()
+        assert 3 in migrate(conn)
+        with conn.cursor() as cur:
+            cur.execute("SELECT md5('geod-legacy:r0001')::uuid::text")
+            [(legacy,)] = cur.fetchall()
+            cur.execute("SELECT run_key::text, instance FROM geod.runs WHERE id = 'r0001'")
+            assert cur.fetchall() == [(legacy, None)]
+            cur.execute("SELECT run_key::text FROM geod.events WHERE run = 'r0001'")
+            assert cur.fetchall() == [(legacy,)]
+            cur.execute(
+                "INSERT INTO geod.events (run, seq, time, type, payload, run_key)"
+                " VALUES ('r0001', 1, now(), 'log', '{}', gen_random_uuid())"
+            )
+            cur.execute("SELECT count(*) FROM geod.events WHERE run = 'r0001'")
+            assert cur.fetchall() == [(2,)]
+        conn.commit()
+    finally:
+        conn.close()

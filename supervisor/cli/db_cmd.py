@@ -7,6 +7,7 @@ The database is resolved exactly as the daemon does (settings file, then
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import subprocess
@@ -22,6 +23,8 @@ from supervisor.cli.main import EXIT_FAILED, EXIT_USAGE, cli
 from supervisor.database import Database, configured_url, open_database
 from supervisor.embedded import EmbeddedError, EmbeddedPostgres, psql_path
 from supervisor.settings import Settings, SettingsError, load_settings
+from supervisor.telemetry import SPOOL_DIR_NAME
+from supervisor.telemetry.identity import INSTANCE_FILE
 from supervisor.telemetry.migrate import MigrationError, available, migrate
 
 
@@ -114,13 +117,30 @@ def url_cmd(ctx: click.Context) -> None:
     click.echo(database.url)
 
 
+def _instance_options(settings: Settings, every_daemon: bool) -> dict[str, str]:
+    """PGOPTIONS naming this daemon's instance, so the geod views show its runs only."""
+    path = settings.state_dir / SPOOL_DIR_NAME / INSTANCE_FILE
+    if every_daemon or not path.exists():
+        return {}
+    options = os.environ.get("PGOPTIONS", "")
+    return {"PGOPTIONS": f"{options} -c geod.instance={path.read_text().strip()}".strip()}
+
+
 @db.command("psql", context_settings={"ignore_unknown_options": True})
+@click.option(
+    "--all-daemons",
+    is_flag=True,
+    help="Views show every daemon's runs (default: this daemon's, in a shared database).",
+)
 @click.argument("psql_args", nargs=-1, type=click.UNPROCESSED)
 @click.pass_context
-def psql_cmd(ctx: click.Context, psql_args: tuple[str, ...]) -> None:
+def psql_cmd(ctx: click.Context, all_daemons: bool, psql_args: tuple[str, ...]) -> None:
     """Open psql on the telemetry database (extra arguments go to psql).
 
-    Uses the psql on PATH, else the one shipped with the embedded server.
+    Uses the psql on PATH, else the one shipped with the embedded server. The
+    session's ``geod.instance`` setting names this daemon, so the ``geod.v_*``
+    views select its runs; tables hold every daemon's rows (``run_key``,
+    ``geod.runs.instance``).
     """
     executable = shutil.which("psql")
     if executable is None:
@@ -132,11 +152,13 @@ def psql_cmd(ctx: click.Context, psql_args: tuple[str, ...]) -> None:
                 EXIT_FAILED,
             )
         executable = str(bundled)
-    database = _open(_settings(ctx))
+    settings = _settings(ctx)
+    env = {**os.environ, **_instance_options(settings, all_daemons)}
+    database = _open(settings)
     # psql owns the terminal: Ctrl-C cancels its query, it must not kill us (we
     # still have to stop an embedded server started for this session).
     try:
-        child = subprocess.Popen([executable, *psql_args, database.url])
+        child = subprocess.Popen([executable, *psql_args, database.url], env=env)
         previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
         try:
             code = child.wait()

@@ -44,7 +44,7 @@ def prune(conn: Connection, retention_days: int, now: float | None = None) -> di
         deleted["runs"] = cur.rowcount
         cur.execute(
             "DELETE FROM geod.stages s WHERE s.updated < to_timestamp(%s)"
-            " AND NOT EXISTS (SELECT 1 FROM geod.runs r WHERE r.id = s.run)",
+            " AND NOT EXISTS (SELECT 1 FROM geod.runs r WHERE r.run_key = s.run_key)",
             (cutoff,),
         )
         deleted["stages"] = cur.rowcount

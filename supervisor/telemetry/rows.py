@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,6 +29,7 @@ from pipeline.events import (
     encode,
 )
 from supervisor.protocol import RunSummary
+from supervisor.telemetry.identity import run_key
 
 #: Stage statuses after which a stage has a finish time.
 FINISHED_STATUSES = frozenset({"done", "failed", "skipped"})
@@ -119,7 +121,7 @@ _RUN_COLUMNS = (
     "rev",
     "updated",
 )
-_APPEND_ONLY = "ON CONFLICT (run, seq) DO NOTHING"
+_APPEND_ONLY = "ON CONFLICT (run_key, seq) DO NOTHING"
 
 TABLES: dict[str, TableSpec] = {
     spec.name: spec
@@ -147,8 +149,10 @@ TABLES: dict[str, TableSpec] = {
                 _json("summary"),
                 Column("rev", "bigint"),
                 _time("updated"),
+                Column("run_key", "uuid"),
+                Column("instance", "uuid"),
             ),
-            "ON CONFLICT (id) DO UPDATE SET "
+            "ON CONFLICT (run_key) DO UPDATE SET "
             + ", ".join(f'"{c}" = EXCLUDED."{c}"' for c in _RUN_COLUMNS)
             + " WHERE t.rev < EXCLUDED.rev",
         ),
@@ -169,8 +173,9 @@ TABLES: dict[str, TableSpec] = {
                 _time("finished"),
                 _time("updated"),
                 Column("seq", "bigint"),
+                Column("run_key", "uuid"),
             ),
-            "ON CONFLICT (run, id) DO UPDATE SET "
+            "ON CONFLICT (run_key, id) DO UPDATE SET "
             + _newer_wins((*_STAGE_LATEST, "updated"))
             + ', "started" = LEAST(t.started, EXCLUDED.started)'
             + ', "seq" = GREATEST(t.seq, EXCLUDED.seq)',
@@ -185,6 +190,7 @@ TABLES: dict[str, TableSpec] = {
                 Column("status", "text"),
                 Column("done", "bigint"),
                 Column("total", "bigint"),
+                Column("run_key", "uuid"),
             ),
             _APPEND_ONLY,
         ),
@@ -203,6 +209,7 @@ TABLES: dict[str, TableSpec] = {
                 Column("budget", "bigint"),
                 Column("warning", "double precision"),
                 Column("critical", "double precision"),
+                Column("run_key", "uuid"),
             ),
             _APPEND_ONLY,
         ),
@@ -218,6 +225,7 @@ TABLES: dict[str, TableSpec] = {
                 Column("dataset", "text"),
                 Column("message", "text"),
                 _json("extra"),
+                Column("run_key", "uuid"),
             ),
             _APPEND_ONLY,
         ),
@@ -229,6 +237,7 @@ TABLES: dict[str, TableSpec] = {
                 _time("time"),
                 Column("type", "text"),
                 _json("payload"),
+                Column("run_key", "uuid"),
             ),
             _APPEND_ONLY,
         ),
@@ -243,6 +252,7 @@ TABLES: dict[str, TableSpec] = {
                 Column("done", "bigint"),
                 Column("total", "bigint"),
                 _json("detail"),
+                Column("run_key", "uuid"),
             ),
             _APPEND_ONLY,
         ),
@@ -261,6 +271,7 @@ TABLES: dict[str, TableSpec] = {
                 Column("dtype", "text"),
                 Column("nodata", "double precision"),
                 Column("error", "text"),
+                Column("run_key", "uuid"),
             ),
             _APPEND_ONLY,
         ),
@@ -319,13 +330,24 @@ class Batch:
     ``INSERT … ON CONFLICT DO UPDATE`` may not touch the same row twice.
     """
 
+    #: The writing daemon's instance id; with the short id it makes each run's key.
+    instance: uuid.UUID
     rows: dict[str, list[tuple[Any, ...]]] = field(default_factory=dict)
     _stages: dict[tuple[str, str], list[Any]] = field(default_factory=dict)
     _runs: dict[str, tuple[Any, ...]] = field(default_factory=dict)
+    _keys: dict[str, str] = field(default_factory=dict)
     records: int = 0
 
+    def key(self, run: str) -> str:
+        """The run's global key (text for COPY), derived once per run and batch."""
+        key = self._keys.get(run)
+        if key is None:
+            key = self._keys[run] = str(run_key(self.instance, run))
+        return key
+
     def _append(self, table: str, row: tuple[Any, ...]) -> None:
-        self.rows.setdefault(table, []).append(row)
+        # Every table's last column is run_key (runs: then instance).
+        self.rows.setdefault(table, []).append((*row, self.key(row[0])))
 
     def add_event(self, event: Event) -> None:
         run, seq = event.run, event.seq
@@ -422,6 +444,7 @@ class Batch:
             finished,
             event.time,
             event.seq,
+            self.key(event.run),
         ]
         key = (event.run, event.id)
         previous = self._stages.get(key)
@@ -463,6 +486,8 @@ class Batch:
             _dumps(data),
             rev,
             now,
+            self.key(summary.id),
+            str(self.instance),
         )
 
     def tables(self) -> dict[str, list[tuple[Any, ...]]]:

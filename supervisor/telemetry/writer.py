@@ -41,6 +41,7 @@ from psycopg2.extensions import connection as Connection
 from pipeline.config import TelemetryConfig
 from pipeline.events import Event, event_to_json_dict
 from supervisor.protocol import RunSummary
+from supervisor.telemetry.identity import load_instance
 from supervisor.telemetry.migrate import MigrationError, migrate
 from supervisor.telemetry.retention import SECONDS_PER_DAY, prune
 from supervisor.telemetry.rows import TABLES, Batch, copy_text
@@ -118,6 +119,8 @@ class TelemetryWriter:
         self._rejected_path = spool_dir / REJECTED_NAME
         self._host = socket.gethostname()
         self._user = _current_user()
+        #: This daemon's identity in a shared database (see telemetry.identity).
+        self.instance = load_instance(spool_dir)
 
         self._cond = threading.Condition()  # the queue; the collector waits on it
         self._done = threading.Condition(self._cond)  # flush() waits on it
@@ -448,7 +451,7 @@ class TelemetryWriter:
 
     def _prepare(self, records: list[Record]) -> dict[str, str]:
         """table → COPY text of the rows ``records`` become (no database needed)."""
-        batch = Batch()
+        batch = Batch(self.instance)
         now = time.time()
         for record in records:
             if record[0] == "e":
