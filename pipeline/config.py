@@ -611,7 +611,7 @@ def parse_config(data: Any, source: str = "config", base: Path | None = None) ->
     return _resolve_paths(config, base or Path.cwd(), source)
 
 
-def _read_capped(path: Path, error: type[ValueError]) -> bytes:
+def read_capped(path: Path, error: type[ValueError] = ConfigError) -> bytes:
     """The bytes of a regular file no larger than ``MAX_CONFIG_BYTES``.
 
     Opened non-blocking and checked with ``fstat`` on the open descriptor, so a
@@ -649,7 +649,11 @@ def _read_capped(path: Path, error: type[ValueError]) -> bytes:
 
 def read_yaml(path: Path, error: type[ValueError] = ConfigError) -> Any:
     """Parse a YAML file; unreadable files and syntax errors become one ``error`` line."""
-    data = _read_capped(path, error)
+    return parse_yaml(read_capped(path, error), path, error)
+
+
+def parse_yaml(data: bytes, path: Path, error: type[ValueError] = ConfigError) -> Any:
+    """Parse YAML bytes read from ``path``; syntax errors become one ``error`` line."""
     try:
         return yaml.safe_load(data.decode())
     except UnicodeDecodeError:
@@ -661,10 +665,16 @@ def read_yaml(path: Path, error: type[ValueError] = ConfigError) -> Any:
         raise error(f"{path}:{where}: {_excerpt(problem)}") from None
 
 
-def load_config(path: str | os.PathLike[str], check_files: bool = True) -> PipelineConfig:
-    """Read and validate ``config.yml``; with ``check_files``, every input must exist."""
+def load_config(
+    path: str | os.PathLike[str], check_files: bool = True, content: bytes | None = None
+) -> PipelineConfig:
+    """Read and validate ``config.yml``; with ``check_files``, every input must exist.
+
+    ``content`` is the file's bytes when someone else read it (the daemon has a
+    client's configs read with that client's permissions).
+    """
     path = Path(path)
-    data = read_yaml(path)
+    data = read_yaml(path) if content is None else parse_yaml(content, path)
     config = parse_config(data, str(path), path.resolve().parent)
     if check_files:
         for index, dataset in enumerate(config.datasets):

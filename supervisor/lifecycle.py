@@ -37,7 +37,7 @@ from supervisor.detach import LOG_FILE, PID_FILE
 from supervisor.methods import Methods
 from supervisor.protocol import Selection
 from supervisor.recovery import Recovery
-from supervisor.runs import Registry
+from supervisor.runs import TRAVERSE_ONLY_DIR, Registry
 from supervisor.scheduler import Scheduler
 from supervisor.settings import Settings, SettingsError
 from supervisor.sink import TelemetrySink
@@ -97,13 +97,16 @@ def write_pid_file(state_dir: Path) -> None:
     write_atomic(state_dir / PID_FILE, f"{os.getpid()}\n")
 
 
-def make_private(state_dir: Path) -> None:
+def make_private(state_dir: Path, shared: bool = False) -> None:
     """State directory 0700; its log, pid, lock and telemetry spool files 0600.
 
     Run after telemetry has started, because an embedded PostgreSQL library run
-    as root widens modes; runs' logs and the spool are the users' data.
+    as root widens modes; runs' logs and the spool are the users' data. A root
+    daemon serving a ``socket_group`` (``shared``) runs workers as their users,
+    who must reach their own run directories: the state directory is then 0711
+    (entered, never listed).
     """
-    os.chmod(state_dir, PRIVATE_DIR)
+    os.chmod(state_dir, TRAVERSE_ONLY_DIR if shared else PRIVATE_DIR)
     for name in (LOG_FILE, PID_FILE, LOCK_NAME):
         with contextlib.suppress(FileNotFoundError):
             os.chmod(state_dir / name, PRIVATE_FILE)
@@ -145,7 +148,7 @@ def run_daemon(
             lock.close()
             return EXIT_START_FAILED
     try:
-        make_private(settings.state_dir)
+        make_private(settings.state_dir, shared=os.geteuid() == 0 and bool(settings.socket_group))
     except OSError as exc:
         log.error("cannot restrict state directory %s: %s", settings.state_dir, exc.strerror)
         lock.close()

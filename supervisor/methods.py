@@ -18,6 +18,7 @@ from pydantic import BaseModel
 from pipeline.contract import LOG_LEVELS
 from pipeline.events import Event
 from supervisor import protocol
+from supervisor.peercred import worker_identity
 from supervisor.protocol import ErrorCode, ProtocolError
 from supervisor.scheduler import Scheduler
 from supervisor.socket_server import Connection
@@ -111,7 +112,8 @@ class Methods:
                 ErrorCode.INVALID_PARAMS,
                 f"config_path must be absolute (the daemon has its own cwd): {params.config_path}",
             )
-        summary = await self.scheduler.submit(params.config_path, params.name)
+        owner = worker_identity(conn.peer)
+        summary = await self.scheduler.submit(params.config_path, params.name, owner)
         return summary.model_dump(mode="json")
 
     async def runs_pause(self, conn: Connection, params: protocol.Selection) -> list[Any]:

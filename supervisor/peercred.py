@@ -9,7 +9,10 @@ and the answer is believed).
 
 from __future__ import annotations
 
+import contextlib
+import grp
 import os
+import pwd
 import socket
 import stat
 import struct
@@ -26,6 +29,43 @@ class Peer:
     pid: int
     uid: int
     gid: int
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Whom a run belongs to and its worker runs as: a peer's uid, gid and groups."""
+
+    uid: int
+    gid: int
+    groups: tuple[int, ...] = ()
+
+
+def peer_groups(peer: Peer) -> set[int]:
+    """The peer's primary and supplementary groups (from /proc, falling back to the group db)."""
+    groups = {peer.gid}
+    try:
+        with open(f"/proc/{peer.pid}/status") as handle:
+            for line in handle:
+                if line.startswith("Groups:"):
+                    groups.update(int(g) for g in line.split()[1:])
+                    return groups
+    except OSError:
+        pass
+    with contextlib.suppress(KeyError):
+        name = pwd.getpwuid(peer.uid).pw_name
+        groups.update(g.gr_gid for g in grp.getgrall() if name in g.gr_mem)
+    return groups
+
+
+def worker_identity(peer: Peer) -> Identity | None:
+    """As whom a root daemon runs this peer's runs: the peer itself, unless it is root.
+
+    A daemon not running as root can only run workers as itself (and only its own
+    user or root may connect to it then), so there is nothing to switch to.
+    """
+    if os.geteuid() != 0 or peer.uid == 0:
+        return None
+    return Identity(peer.uid, peer.gid, tuple(sorted(peer_groups(peer))))
 
 
 def peer_credentials(sock: socket.socket) -> Peer:

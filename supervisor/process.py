@@ -19,10 +19,12 @@ import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import psutil
 
 from pipeline.events import EVENTS_FD_ENV
+from supervisor.peercred import Identity
 from supervisor.protocol import MAX_LINE_BYTES
 
 log = logging.getLogger("geod.daemon.process")
@@ -98,6 +100,13 @@ class RotatingLog:
         self._handle.close()
 
 
+def _as_user(identity: Identity | None) -> dict[str, Any]:
+    """subprocess arguments that run the child as ``identity`` (none: as the daemon)."""
+    if identity is None:
+        return {}
+    return {"user": identity.uid, "group": identity.gid, "extra_groups": list(identity.groups)}
+
+
 class WorkerProcess:
     """A running worker: its pid (= process group id), exit code and pipe readers."""
 
@@ -117,7 +126,13 @@ class WorkerProcess:
         on_stdout: LineCallback,
         on_stderr: LineCallback,
         env: dict[str, str] | None = None,
+        identity: Identity | None = None,
     ) -> WorkerProcess:
+        """Start ``argv`` in its own session; with ``identity``, as that user.
+
+        The switch of uid, gid and groups happens in the child before exec, so the
+        worker opens nothing (config, rasters, outputs) with the daemon's rights.
+        """
         # Our own pipes, not asyncio's: asyncio's Process.wait() also waits for its pipes to
         # close, which a grandchild holding stdout would delay forever.
         pipes = [os.pipe() for _ in range(3)]  # events, stdout, stderr
@@ -135,6 +150,7 @@ class WorkerProcess:
                 stderr=err_w,
                 pass_fds=(events_w,),
                 start_new_session=True,
+                **_as_user(identity),
             )
         except BaseException:
             for read_end, _ in pipes:

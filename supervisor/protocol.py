@@ -53,6 +53,9 @@ class RunSummary(BaseModel):
     error: str | None = None
     last_seq: int = 0
     outputs: list[dict[str, Any]] = Field(default_factory=list)
+    owner: dict[str, Any] | None = Field(
+        default=None, description="uid, gid, groups the worker runs as (root daemon only)."
+    )
 
 
 class ErrorCode(IntEnum):

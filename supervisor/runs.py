@@ -54,6 +54,9 @@ STATE_NAME = "state.json"
 EVENTS_NAME = "events.ndjson"
 LOG_NAME = "worker.log"
 WORK_NAME = "work"
+#: Mode of the state directory and runs/ when workers run as their users (a root daemon
+#: for a socket group): others may pass through to their own run directory, not list.
+TRAVERSE_ONLY_DIR = 0o711
 RUN_ID_PATTERN = re.compile(r"^r(\d{4,})$")
 
 

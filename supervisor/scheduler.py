@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import time
 from collections.abc import Callable
@@ -36,6 +37,8 @@ from pydantic import ValidationError
 from pipeline.config import NAME_PATTERN, ConfigError, dump_config, load_config
 from pipeline.contract import DATABASE_URL_ENV, RETRYABLE_STATES, WORKER_EXIT_INPUT
 from pipeline.events import Event, LogEvent, StateEvent, decode, encode
+from supervisor.asuser import read_config_as
+from supervisor.peercred import Identity
 from supervisor.process import RotatingLog, WorkerProcess
 from supervisor.protocol import (
     NOTIFY_EVENT,
@@ -45,7 +48,7 @@ from supervisor.protocol import (
     RunSummary,
     Selection,
 )
-from supervisor.runs import Registry, Run
+from supervisor.runs import TRAVERSE_ONLY_DIR, Registry, Run
 from supervisor.sampler import sample_tree
 from supervisor.settings import Settings
 from supervisor.sink import TelemetrySink
@@ -179,14 +182,18 @@ class Scheduler:
 
     # -- submission and scheduling ----------------------------------------------------
 
-    async def submit(self, config_path: str, name: str | None) -> RunSummary:
+    async def submit(
+        self, config_path: str, name: str | None, owner: Identity | None = None
+    ) -> RunSummary:
+        """Queue a run of ``config_path``; with ``owner``, read and run as that user."""
         if name is not None and not NAME_PATTERN.fullmatch(name):
             raise ProtocolError(
                 ErrorCode.INVALID_PARAMS,
                 f"name: {name!r} must be letters, digits, '_' or '-' (at most 63)",
             )
         try:
-            config = await asyncio.to_thread(load_config, config_path)
+            content = None if owner is None else await read_config_as(owner, Path(config_path))
+            config = await asyncio.to_thread(load_config, config_path, True, content)
         except ConfigError as exc:
             raise ProtocolError(ErrorCode.BAD_CONFIG, str(exc)) from None
         except ValidationError as exc:  # defensive: load_config phrases its own errors
@@ -200,6 +207,8 @@ class Scheduler:
                 f"cannot create a run directory in {self.registry.root}: "
                 f"{exc.strerror or exc} ({where})",
             ) from None
+        if owner is not None:
+            self._hand_over(run, owner)
         log.info("run %s submitted from %s", run.id, config_path)
         self.publish(run)
         self.schedule()
@@ -244,6 +253,22 @@ class Scheduler:
             delay = max(0.0, next_retry - time.time())
             self._retry_timer = asyncio.get_running_loop().call_later(delay, self.schedule)
 
+    def _hand_over(self, run: Run, owner: Identity) -> None:
+        """Give the run directory to the submitting user, whose uid the worker runs as."""
+        os.chmod(self.registry.root, TRAVERSE_ONLY_DIR)  # the user reaches, not lists, runs/
+        run.work_dir.mkdir(exist_ok=True, mode=0o700)
+        for path in (run.run_dir, run.work_dir, run.config_file):
+            os.chown(path, owner.uid, owner.gid)
+        run.summary.owner = {"uid": owner.uid, "gid": owner.gid, "groups": list(owner.groups)}
+        self.registry.save(run)
+
+    @staticmethod
+    def _owner(run: Run) -> Identity | None:
+        owner = run.summary.owner
+        if owner is None:
+            return None
+        return Identity(owner["uid"], owner["gid"], tuple(owner.get("groups", ())))
+
     @staticmethod
     def _output_claim(run: Run) -> Path | None:
         """The output stem a run writes (``output_dir/export.name``): one writer at a time."""
@@ -287,6 +312,7 @@ class Scheduler:
                 on_stdout=lambda line: self._output_line(run, line, "INFO", "stdout"),
                 on_stderr=lambda line: self._output_line(run, line, "WARNING", "stderr"),
                 env=self._worker_env(),
+                identity=self._owner(run),
             )
         except (OSError, ValueError) as exc:  # missing executable, disk full, bad argv
             if log_file is not None:

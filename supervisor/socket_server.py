@@ -19,7 +19,6 @@ import contextlib
 import grp
 import logging
 import os
-import pwd
 import socket
 import stat
 from collections.abc import Awaitable, Callable
@@ -30,7 +29,7 @@ from pydantic import BaseModel, ValidationError
 
 from pipeline.contract import SOCKET_ENV
 from supervisor import protocol
-from supervisor.peercred import Peer, directory_problem, peer_credentials
+from supervisor.peercred import Peer, directory_problem, peer_credentials, peer_groups
 from supervisor.process import read_line
 from supervisor.protocol import ErrorCode, ProtocolError
 
@@ -48,28 +47,11 @@ class SocketError(RuntimeError):
     """The socket cannot be set up; one line for the user."""
 
 
-def _peer_groups(peer: Peer) -> set[int]:
-    """The peer's primary and supplementary groups (from /proc, falling back to the group db)."""
-    groups = {peer.gid}
-    try:
-        with open(f"/proc/{peer.pid}/status") as handle:
-            for line in handle:
-                if line.startswith("Groups:"):
-                    groups.update(int(g) for g in line.split()[1:])
-                    return groups
-    except OSError:
-        pass
-    with contextlib.suppress(KeyError):
-        name = pwd.getpwuid(peer.uid).pw_name
-        groups.update(g.gr_gid for g in grp.getgrall() if name in g.gr_mem)
-    return groups
-
-
 def peer_allowed(peer: Peer, group_gid: int | None) -> bool:
     """Same user as the daemon, root, or a member of the configured socket group."""
     if peer.uid in (os.getuid(), 0):
         return True
-    return group_gid is not None and group_gid in _peer_groups(peer)
+    return group_gid is not None and group_gid in peer_groups(peer)
 
 
 class Connection:
