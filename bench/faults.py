@@ -16,6 +16,11 @@
    daemon never dies, answers a probe after every example, and holds no more
    descriptors at the end than at the start.
 
+4. The trust-boundary cases (``--skip trust`` to leave out): each is a test that
+   runs a real daemon (a second uid where it matters); they run under pytest in
+   a subprocess (``-p no:cacheprovider``, JUnit XML read back), so this script
+   needs nothing from tests/ for them. Counted: cases that hold, per group.
+
 Prints one table; the ratio column is achieved / target.
 """
 
@@ -149,12 +154,88 @@ def run_fuzz(seconds: float, tmp: Path) -> dict[str, int]:
     return fuzz_daemon(tmp, seconds)
 
 
+#: Trust-boundary groups: label → pytest node ids (files or single tests).
+TRUST_CASES: dict[str, tuple[str, ...]] = {
+    "trust: JSON-RPC ids, NaN, nesting, NUL, names": (
+        "tests/test_protocol.py::test_invalid_id_refused_without_executing",
+        "tests/test_protocol.py::test_non_finite_ids_never_echoed",
+        "tests/test_protocol.py::test_deep_nesting_is_an_error_reply",
+        "tests/test_protocol.py::test_nul_byte_in_config_path_is_one_line",
+        "tests/test_protocol.py::test_run_names_must_match_whole",
+    ),
+    "trust: files read for clients (config, /dev)": (
+        "tests/test_config.py::test_a_file_that_is_not_a_config_is_not_quoted",
+        "tests/test_config.py::test_excerpts_of_file_content_are_capped",
+        "tests/test_config.py::test_config_must_be_a_small_regular_file",
+        "tests/test_config.py::test_dataset_in_a_pseudo_filesystem_refused_before_resolution",
+        "tests/test_cli_offline.py::test_dev_zero_refused_at_once",
+        "tests/test_daemon_control.py::test_bad_submissions_rejected_daemon_stays_up",
+    ),
+    "trust: socket directory and server uid": ("tests/test_socket_trust.py",),
+    "trust: modes 0700/0600, pid file": (
+        "tests/test_cli_daemonize.py::"
+        "test_serve_after_start_rewrites_pid_file_and_keeps_state_private",
+    ),
+    "trust: parallel starts reach one daemon": (
+        "tests/test_cli_daemonize.py::test_parallel_starts_reach_one_daemon",
+    ),
+    "trust: one writer per output, live partials": ("tests/test_shared_outputs.py",),
+    "trust: run dir vanished, runs/ unwritable": ("tests/test_run_dir_faults.py",),
+    "trust: shared database, two daemons": (
+        "tests/test_telemetry_daemon.py::test_two_daemons_share_one_database_without_mixing_runs",
+        "tests/test_telemetry_migrate.py::"
+        "test_run_identity_migration_keeps_rows_under_a_legacy_key",
+    ),
+    "trust: workers run as the submitting user": ("tests/test_run_as_peer.py",),
+}
+
+
+def run_trust(tmp: Path) -> list[tuple[str, int, int, int]]:
+    """(label, passed, tried, skipped) per trust group, from one pytest subprocess."""
+    import subprocess
+    import xml.etree.ElementTree as ET
+
+    report = tmp / "trust.xml"
+    tmp.mkdir(parents=True, exist_ok=True)
+    node_ids = [node for nodes in TRUST_CASES.values() for node in nodes]
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            f"--junitxml={report}",
+            *node_ids,
+        ],
+        cwd=REPO,
+        check=False,
+    )
+    outcomes: list[tuple[str, str]] = []  # (file::name, passed|failed|skipped)
+    for case in ET.parse(report).getroot().iter("testcase"):
+        module = case.get("classname", "").replace(".", "/") + ".py"
+        name = f"{module}::{case.get('name', '')}"
+        if case.find("skipped") is not None:
+            outcomes.append((name, "skipped"))
+        elif case.find("failure") is not None or case.find("error") is not None:
+            outcomes.append((name, "failed"))
+        else:
+            outcomes.append((name, "passed"))
+    rows = []
+    for label, nodes in TRUST_CASES.items():
+        mine = [o for n, o in outcomes if any(n.startswith(node) for node in nodes)]
+        tried = sum(o != "skipped" for o in mine)
+        rows.append((label, mine.count("passed"), tried, mine.count("skipped")))
+    return rows
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--points", default=os.environ.get("GEOD_FAULT_POINTS", "all"))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--fuzz-seconds", type=float, default=60.0)
-    parser.add_argument("--skip", default="", help="comma list of faults,bad,fuzz to skip")
+    parser.add_argument("--skip", default="", help="comma list of faults,bad,fuzz,trust to skip")
     args = parser.parse_args()
     server_url = os.environ.get("GEOD_TEST_DATABASE_URL", DEFAULT_URL)
     skip = set(filter(None, args.skip.split(",")))
@@ -182,10 +263,15 @@ def main() -> int:
                 _zero("fuzz: daemon crashes", f["crashes"]),
                 _zero("fuzz: leaked descriptors", max(0, f["leaked_fds"])),
             ]
+        if "trust" not in skip:
+            for label, passed, tried, skipped in run_trust(tmp / "trust"):
+                note = f" ({skipped} skipped)" if skipped else ""
+                rows.append(_count(label + note, passed, tried))
     print()
-    print(f"{'check':<44} {'got':>6} {'target':>7} {'ratio':>6}")
+    print(f"{'check':<52} {'got':>6} {'target':>7} {'ratio':>6}")
     for label, got, target, ratio in rows:
-        print(f"{label:<44} {got:>6} {target:>7} {ratio:>6}")
+        print(f"{label:<52} {got:>6} {target:>7} {ratio:>6}")
+    print(f"load average: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     print(f"\n(total {time.monotonic() - started:.0f} s)")
     return 0
 
