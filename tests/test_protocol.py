@@ -20,6 +20,7 @@ import psutil
 import pytest
 
 from supervisor.protocol import MAX_LINE_BYTES, PROTOCOL_VERSION, ErrorCode
+from tests.as_user import call_as
 from tests.daemon_harness import DaemonHarness, fake_config, running_daemon
 
 #: Seconds a raw test socket waits for an answer.
@@ -244,31 +245,18 @@ def test_slow_subscriber_dropped_others_served(tmp_path: Path) -> None:
 
 
 def _connect_as(path: Path, uid: int, gid: int) -> dict[str, Any] | str:
-    """Fork, drop to uid/gid, send hello; the parent gets the answer (or the OSError)."""
-    read_fd, write_fd = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - child
-        os.close(read_fd)
+    """Send hello as uid/gid; the answer, or the EOF/OSError seen, as text."""
+
+    def hello() -> dict[str, Any] | str:
+        raw = Raw(path)
+        with contextlib.suppress(BrokenPipeError):  # a refused peer may be cut off early
+            raw.send(json.dumps(HELLO).encode() + b"\n")
         try:
-            os.setgroups([])
-            os.setgid(gid)
-            os.setuid(uid)
-            raw = Raw(path)
-            with contextlib.suppress(BrokenPipeError):  # a refused peer may be cut off early
-                raw.send(json.dumps(HELLO).encode() + b"\n")
-            try:
-                answer: Any = raw.read()
-            except EOFError as exc:
-                answer = f"EOF: {exc}"
-        except OSError as exc:
-            answer = f"OSError: {exc}"
-        os.write(write_fd, json.dumps(answer).encode())
-        os._exit(0)
-    os.close(write_fd)
-    with os.fdopen(read_fd, "rb") as pipe:
-        data = pipe.read()
-    os.waitpid(pid, 0)
-    return json.loads(data)
+            return raw.read()
+        except EOFError as exc:
+            return f"EOF: {exc}"
+
+    return call_as(uid, gid, hello)
 
 
 @pytest.mark.skipif(os.getuid() != 0, reason="needs root to setuid to another user")

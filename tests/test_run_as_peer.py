@@ -12,7 +12,6 @@ A deployment puts the venv where its users can run it (/opt/geod).
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -28,6 +27,7 @@ from rasterio.transform import from_origin
 
 from supervisor.client import Client
 from supervisor.protocol import ErrorCode, ProtocolError
+from tests.as_user import call_as
 from tests.daemon_harness import running_daemon
 
 NOBODY = 65534
@@ -47,28 +47,16 @@ def shared() -> Iterator[Path]:
 
 
 def _submit_as_member(socket_path: Path, config: Path) -> dict[str, Any]:
-    """Fork, become uid/gid 65534, submit ``config``; the parent gets the reply or error."""
-    read_fd, write_fd = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - runs in the child
-        answer: Any
+    """Submit ``config`` as uid/gid 65534; the reply, or the error's code and message."""
+
+    def submit() -> dict[str, Any]:
         try:
-            os.setgroups([])
-            os.setgid(NOGROUP)
-            os.setuid(NOBODY)
             with Client(socket_path) as client:
-                answer = {"result": client.submit(str(config)).model_dump(mode="json")}
+                return {"result": client.submit(str(config)).model_dump(mode="json")}
         except ProtocolError as exc:
-            answer = {"code": exc.code, "message": exc.message}
-        except BaseException as exc:
-            answer = {"code": None, "message": repr(exc)}
-        os.write(write_fd, json.dumps(answer).encode())
-        os._exit(0)
-    os.close(write_fd)
-    with os.fdopen(read_fd, "rb") as pipe:
-        data = pipe.read()
-    os.waitpid(pid, 0)
-    return json.loads(data)
+            return {"code": exc.code, "message": exc.message}
+
+    return call_as(NOBODY, NOGROUP, submit)
 
 
 def _raster(path: Path) -> Path:
