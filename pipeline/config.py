@@ -34,6 +34,9 @@ from pydantic import (
 NAME_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]{0,62}$")
 SQL_IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
+#: GDAL refuses warp memory limits below this many bytes ("unreasonably small").
+WARP_MEMORY_MIN = 100_000
+
 _SIZE_UNITS = {
     "": 1,
     "b": 1,
@@ -199,6 +202,19 @@ class ResamplingConfig(StrictModel):
     margin: int = Field(
         default=2, ge=0, le=64, description="Extra source pixels read around each window."
     )
+    warp_memory: Size = Field(
+        default=64 * 1024**2,
+        description="GDAL's warp memory limit, as gdalwarp -wm (default 64 MiB, gdalwarp's). "
+        "GDAL splits a warp into chunks by it and each chunk has its own kernel scale; geod "
+        "replays that chunking so every cell equals a whole-raster warp with the same limit.",
+    )
+
+    @field_validator("warp_memory")
+    @classmethod
+    def _warp_memory(cls, value: int | float) -> int:
+        if value < WARP_MEMORY_MIN:
+            raise ValueError(f"must be at least {WARP_MEMORY_MIN} bytes (GDAL's own minimum)")
+        return int(value)
 
 
 class MemoryConfig(StrictModel):
