@@ -86,12 +86,13 @@ def source_of(path: Path, name: str = "layer") -> SourceInfo:
 
 
 def gdalwarp_reference(
-    gdalwarp: str, path: Path, grid: TargetGrid, method: str, dtype: str, nodata: float, out: Path
-) -> np.ndarray:
+    gdalwarp: str, path: Path | str, grid: TargetGrid, method: str, dtype: str, nodata: float,
+    out: Path, extra: tuple[str, ...] = (),
+) -> np.ndarray:  # fmt: skip
     """One whole-raster gdalwarp onto exactly the grid, with our output dtype and nodata."""
     west, south, east, north = grid.bounds
     subprocess.run(
-        [gdalwarp, "-q", "-overwrite", "-r", method, "-t_srs", grid.crs.to_wkt(),
+        [gdalwarp, "-q", "-overwrite", *extra, "-r", method, "-t_srs", grid.crs.to_wkt(),
          "-te", repr(west), repr(south), repr(east), repr(north),
          "-ts", str(grid.width), str(grid.height), "-ot", GDAL_TYPES[dtype],
          "-dstnodata", "nan" if math.isnan(nodata) else repr(nodata), str(path), str(out)],
