@@ -63,6 +63,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 
 import numpy as np
 import rasterio
@@ -77,6 +78,7 @@ from pipeline.context import RunContext, StageNode
 from pipeline.events import CheckpointEvent
 from pipeline.grid import Placement, TargetGrid, place
 from pipeline.source import SourceInfo
+from pipeline.source_names import local_file
 from pipeline.store import LayerStore
 from pipeline.warpplan import (
     FILTER_RADIUS,
@@ -366,14 +368,16 @@ def _subwindows(window: Window, size: int) -> list[Window]:
 
 def fingerprint(dataset: DatasetConfig, source: SourceInfo, grid: TargetGrid, chunk: int) -> str:
     """Hash of everything that determines a layer's content (a changed one resets it)."""
-    stat = source.path.stat()
+    local = local_file(source.path)
+    stat = os.stat(local) if local is not None else None
     facts = {
         "algorithm": ALGORITHM_VERSION,
         "dataset": dataset.model_dump(mode="json", exclude={"name"}),
         "source": {
             "path": str(source.path),
-            "size": stat.st_size,
-            "mtime_ns": stat.st_mtime_ns,
+            "open_name": source.name,
+            "size": stat.st_size if stat else None,
+            "mtime_ns": stat.st_mtime_ns if stat else None,
             "band": source.band,
             "crs": source.crs.to_wkt(),
             "transform": list(source.transform)[:6],
@@ -429,8 +433,12 @@ def resample_dataset(
     )
     cache_mb = max(1, ctx.governor.gdal_cache_bytes() // _MIB)
     with (
-        rasterio.Env(GDAL_CACHEMAX=cache_mb, GDAL_NUM_THREADS=config.threads),
-        rasterio.open(source.path) as src,
+        rasterio.Env(
+            GDAL_CACHEMAX=cache_mb,
+            GDAL_NUM_THREADS=config.threads,
+            GDAL_HTTP_TIMEOUT=math.ceil(ctx.config.catalog.timeout),
+        ),
+        rasterio.open(source.name) as src,
         ChunkWarper(source, dataset, grid, config.threads, config.margin, src) as warper,
     ):
         for window in todo:
