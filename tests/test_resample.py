@@ -115,7 +115,7 @@ def warp_in_windows(
     dtype = output_dtype(dataset.resampling, source.dtype)
     out = np.empty((grid.height, grid.width), dtype)
     with (
-        rasterio.open(source.path) as src,
+        rasterio.open(source.name) as src,
         ChunkWarper(source, dataset, grid, 1, 2, src) as warper,
     ):
         for piece in grid.windows(window):
