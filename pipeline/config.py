@@ -238,6 +238,13 @@ class ResamplingConfig(StrictModel):
     margin: int = Field(
         default=2, ge=0, le=64, description="Extra source pixels read around each window."
     )
+    coverage_warning: float = Field(
+        default=0.75,
+        ge=0,
+        le=1,
+        description="Warn when fewer than this share of the rows or columns a source's "
+        "footprint spans on the grid hold any valid cell after resampling (a lost hemisphere).",
+    )
     warp_memory: Size = Field(
         default=64 * 1024**2,
         description="GDAL's warp memory limit, as gdalwarp -wm (default 64 MiB, gdalwarp's). "

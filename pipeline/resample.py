@@ -75,8 +75,10 @@ from rasterio.windows import transform as window_transform
 
 from pipeline.config import DatasetConfig, Resampling
 from pipeline.context import RunContext, StageNode
+from pipeline.coverage import CoverageCounter, footprint
 from pipeline.events import CheckpointEvent
 from pipeline.grid import Placement, TargetGrid, place
+from pipeline.merge import valid_mask
 from pipeline.source import SourceInfo
 from pipeline.source_names import local_file
 from pipeline.store import LayerStore
@@ -431,6 +433,8 @@ def resample_dataset(
         len(windows),
         extra=extra,
     )
+    counter = CoverageCounter(grid, footprint(grid, source))
+    pending = {(int(w.row_off), int(w.col_off)) for w in todo}
     cache_mb = max(1, ctx.governor.gdal_cache_bytes() // _MIB)
     with (
         rasterio.Env(
@@ -441,15 +445,20 @@ def resample_dataset(
         rasterio.open(source.name) as src,
         ChunkWarper(source, dataset, grid, config.threads, config.margin, src) as warper,
     ):
-        for window in todo:
+        for window in windows:
+            if (int(window.row_off), int(window.col_off)) not in pending:
+                counter.add(window, valid_mask(store.read_window(name, window), nodata))
+                continue
             for piece in _subwindows(window, min(ctx.governor.window_size, config.window_size)):
                 if store.is_complete(name, piece):
+                    counter.add(piece, valid_mask(store.read_window(name, piece), nodata))
                     continue
                 if placement.passthrough:
                     data = copy_window(source, dataset, placement, piece, src)
                 else:
                     data = warper.window(piece, chunks)
                 store.write_window(name, piece, data)
+                counter.add(piece, valid_mask(data, nodata))
                 ctx.events.emit(
                     CheckpointEvent(
                         stage="resample",
@@ -462,3 +471,23 @@ def resample_dataset(
                 ctx.control.checkpoint()
                 ctx.governor.after_window(f"resample/{name}")
             node.advance()
+    _report_coverage(name, counter, config.coverage_warning)
+
+
+def _report_coverage(name: str, counter: CoverageCounter, threshold: float) -> None:
+    """Log the layer's coverage of its footprint; a warning when whole rows/columns are lost."""
+    numbers = counter.numbers()
+    extra = {"stage": "resample", "dataset": name, **numbers}
+    summary = (
+        f"{numbers['valid_cells']:,} valid cells of a {numbers['footprint_cells']:,}-cell "
+        f"footprint; {numbers['valid_columns']} of {numbers['footprint_columns']} columns and "
+        f"{numbers['valid_rows']} of {numbers['footprint_rows']} rows hold data"
+    )
+    if numbers["coverage"] < threshold:
+        log.warning(
+            "%s: far less coverage than its source's footprint predicts: %s "
+            "(below resampling.coverage_warning %g; a lost hemisphere?)",
+            name, summary, threshold, extra=extra,
+        )  # fmt: skip
+    else:
+        log.info("%s: %s", name, summary, extra=extra)
