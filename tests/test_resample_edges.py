@@ -274,3 +274,31 @@ def test_memory_split_chunks_equal_a_whole_warp_with_the_same_limit(
     dataset = DatasetConfig(name="layer", path=path, resampling=method)
     assert len(warp_plan(source, dataset, grid, memory)) > 1
     run_case(path, grid, method, tmp_path, gdalwarp, min_valid=10_000, memory=memory)
+
+
+# --------------------------------------------------------------------------- poles and drift
+
+#: A cell-centred 5′ band of the globe: centres from 90°N to 90°S, so its
+#: edges reach ±90.0417°, and a pixel size drifted by 1e-6 from 1/12°.
+DRIFTED_STEP = ARCMIN_5 * (1 + 1e-6)
+POLAR_BAND = TargetGrid.from_config(GridConfig(resolution=ARCMIN_5, bounds=(-180, -90, -120, 90)))
+
+
+@pytest.fixture(scope="module")
+def past_the_poles(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("poles")
+    transform = from_origin(-180 - DRIFTED_STEP / 2, 90 + DRIFTED_STEP / 2, DRIFTED_STEP,
+                            DRIFTED_STEP)  # fmt: skip
+    return _random_raster(folder / "poles.tif", "EPSG:4326", transform, (720, 2161), "float32",
+                          -9999.0, seed=6)  # fmt: skip
+
+
+@pytest.mark.parametrize("method", ["average", "bilinear", "nearest"])
+def test_extent_past_the_poles_with_drifted_step_resamples_on_every_cell(
+    past_the_poles: Path, tmp_path: Path, gdalwarp: str, method: str
+) -> None:
+    source = source_of(past_the_poles)
+    assert source.bounds[3] > 90.04 and source.bounds[1] < -90.04
+    ours = run_case(past_the_poles, POLAR_BAND, method, tmp_path, gdalwarp,
+                    min_valid=int(0.95 * POLAR_BAND.width * POLAR_BAND.height), window=256)  # fmt: skip
+    assert np.isfinite(ours[0]).mean() > 0.9 and np.isfinite(ours[-1]).mean() > 0.9
