@@ -299,6 +299,7 @@ def test_extent_past_the_poles_with_drifted_step_resamples_on_every_cell(
 ) -> None:
     source = source_of(past_the_poles)
     assert source.bounds[3] > 90.04 and source.bounds[1] < -90.04
-    ours = run_case(past_the_poles, POLAR_BAND, method, tmp_path, gdalwarp,
-                    min_valid=int(0.95 * POLAR_BAND.width * POLAR_BAND.height), window=256)  # fmt: skip
+    most = int(0.95 * POLAR_BAND.width * POLAR_BAND.height)  # 2 % of pixels are nodata
+    ours = run_case(past_the_poles, POLAR_BAND, method, tmp_path, gdalwarp, min_valid=most,
+                    window=256)  # fmt: skip
     assert np.isfinite(ours[0]).mean() > 0.9 and np.isfinite(ours[-1]).mean() > 0.9
