@@ -222,15 +222,19 @@ def warp_plan(
 
 
 class ChunkWarper:
-    """Warps pieces of windows through one virtual warped dataset per GDAL chunk.
+    """Warps pieces of windows, each with the kernel scale of the GDAL chunk it lies in.
 
-    Each :class:`~rasterio.vrt.WarpedVRT` has the grid's own transform and
-    size, so GDAL maps destination pixels to coordinates exactly as it does in
-    a whole-raster warp (a window-shifted origin differs in the last bits, and
-    ``sum``, which counts whole source pixels, then flips a source pixel at
-    target edges that coincide with source edges), and pins the kernel scale
-    to its chunk's. The datasets are opened on first use and kept until
-    :meth:`close`.
+    Pieces are read from one virtual warped dataset per chunk scale, with the
+    grid's own transform and size, so GDAL computes every destination
+    coordinate exactly as in a whole-raster warp. Warping each piece onto its
+    own window transform instead (``reproject`` with origin ``grid origin +
+    col × step``) is faster but not equal: the origin differs in the last bit,
+    which moves ``sum`` by a whole source pixel where target edges coincide
+    with source edges (30″ into 5′), and next to chunk boundaries of a grid
+    split by the warp memory limit bilinear and cubic differed by up to half
+    the data range (tests/test_resample_edges.py). Windows past the east edge
+    of a near-global source are the exception (:func:`_wraps_antimeridian`).
+    The virtual datasets are opened on first use and kept until :meth:`close`.
     """
 
     def __init__(
@@ -283,24 +287,27 @@ class ChunkWarper:
 
     def warp(self, piece: WarpChunk) -> np.ndarray:
         """The grid cells of ``piece.window`` as GDAL's whole-raster warp computes them."""
-        if _wraps_antimeridian(self._source, self._grid, piece.window):
-            return self._warp_cropped(piece)
-        return self._vrt(piece.scale).read(self._source.band, window=piece.window)
+        source, window = self._source, piece.window
+        if _wraps_antimeridian(source, self._grid, window):
+            crop = _source_window(
+                source, self._grid, window, self._dataset.resampling, piece.scale, self._margin
+            )
+            if crop is None:
+                return np.full((int(window.height), int(window.width)), self._nodata, self._dtype)
+            placed = {
+                "src_transform": window_transform(crop, source.transform),
+                "src_crs": source.crs,
+            }
+            return self._reproject(piece, self._src.read(source.band, window=crop), placed)
+        return self._vrt(piece.scale).read(source.band, window=window)
 
-    def _warp_cropped(self, piece: WarpChunk) -> np.ndarray:
-        """A window past a near-global source's edge, warped from a cropped copy."""
+    def _reproject(self, piece: WarpChunk, data: object, placed: dict[str, object]) -> np.ndarray:
+        """One GDAL warp of a piece onto its own window (from a cropped source array)."""
         source, dataset, window = self._source, self._dataset, piece.window
         out = np.full((int(window.height), int(window.width)), self._nodata, dtype=self._dtype)
-        crop = _source_window(
-            source, self._grid, window, dataset.resampling, piece.scale, self._margin
-        )
-        if crop is None:
-            return out
         reproject(
-            source=self._src.read(source.band, window=crop),
+            source=data,
             destination=out,
-            src_transform=window_transform(crop, source.transform),
-            src_crs=source.crs,
             src_nodata=source_nodata(dataset, source),
             dst_transform=self._grid.window_transform(window),
             dst_crs=self._grid.crs,
@@ -310,6 +317,7 @@ class ChunkWarper:
             XSCALE=repr(piece.scale[0]),
             YSCALE=repr(piece.scale[1]),
             SOURCE_EXTRA=self._margin,
+            **placed,
         )
         return out
 
