@@ -27,7 +27,7 @@ from rasterio.windows import Window
 from pipeline.config import DatasetConfig, GridConfig
 from pipeline.grid import TargetGrid
 from pipeline.resample import output_dtype, output_nodata, source_nodata, warp_plan
-from pipeline.warpplan import WarpChunk, compute_source_window
+from pipeline.warpplan import WarpChunk, compute_source_window, pieces
 from tests.test_resample import (
     PARITY,
     WARP_MEMORY,
@@ -303,3 +303,33 @@ def test_extent_past_the_poles_with_drifted_step_resamples_on_every_cell(
     ours = run_case(past_the_poles, POLAR_BAND, method, tmp_path, gdalwarp, min_valid=most,
                     window=256)  # fmt: skip
     assert np.isfinite(ours[0]).mean() > 0.9 and np.isfinite(ours[-1]).mean() > 0.9
+
+
+# --------------------------------------------------------------------------- why the grid transform
+
+
+def _reproject_pieces(path: Path, grid: TargetGrid, method: str, memory: int) -> np.ndarray:
+    """Each piece warped onto its own window transform (not the grid's), chunk scales kept."""
+    source = source_of(path)
+    dataset = DatasetConfig(name="layer", path=path, resampling=method)
+    chunks = warp_plan(source, dataset, grid, memory)
+    out = np.full((grid.height, grid.width), np.nan, "float32")
+    with rasterio.open(path) as src:
+        for window in grid.windows(64):
+            for piece in pieces(window, chunks):
+                part = np.full((int(piece.window.height), int(piece.window.width)), np.nan,
+                               "float32")  # fmt: skip
+                reproject(rasterio.band(src, 1), part, dst_nodata=np.nan,
+                          dst_transform=grid.window_transform(piece.window), dst_crs=grid.crs,
+                          resampling=RioResampling[method], XSCALE=repr(piece.scale[0]),
+                          YSCALE=repr(piece.scale[1]), SOURCE_EXTRA=2)  # fmt: skip
+                out[piece.window.toslices()] = part
+    return out
+
+
+def test_window_transforms_instead_of_the_grids_change_sum_at_coinciding_edges(
+    small_int16: Path,
+) -> None:
+    whole = whole_reproject(small_int16, REGION_5MIN, "sum", "float32", math.nan)
+    shifted = _reproject_pieces(small_int16, REGION_5MIN, "sum", WARP_MEMORY)
+    assert max_diff(shifted, whole, math.nan)[1] >= 1.0, "a whole source pixel moved"
