@@ -24,15 +24,12 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
+from synthetic_store import build
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from bench.synthetic_store import build
+import pipeline
 from pipeline.config import PipelineConfig
-from pipeline.events import EventSink
 from pipeline.export.csv_text import CsvExporter
 from pipeline.export.parquet import ParquetExporter
-from pipeline.memory import MemoryGovernor
 from pipeline.merge import MergeStream
 
 TARGET = 0.7
@@ -49,7 +46,7 @@ def best_of(repeat: int, action: Callable[[], Path]) -> tuple[float, int]:
 
 
 def merged_table(stream: MergeStream, config: PipelineConfig) -> pa.Table:
-    governor = MemoryGovernor(config.memory, EventSink(), config.resampling.window_size)
+    governor = pipeline.run_context(config).governor
     return pa.Table.from_batches([c.batch for c in stream.chunks(governor)], stream.schema)
 
 
