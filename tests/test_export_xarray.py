@@ -23,7 +23,7 @@ from pipeline.grid import TargetGrid
 from pipeline.merge import region_window
 from pipeline.stack import GRID_MAPPING, geod_version, open_stack, stack_layout
 from tests.test_export import context, export, out_dir
-from tests.test_merge import CHUNK, LAYERS, Run, build_run
+from tests.test_merge import CHUNK, LAYERS, build_run
 
 
 def open_quietly(path: Path) -> xr.Dataset:
