@@ -22,6 +22,7 @@ run's layer store lazily as the same :class:`xarray.Dataset`:
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -30,7 +31,7 @@ from typing import Any
 import numpy as np
 from rasterio.windows import Window
 
-from pipeline.config import PipelineConfig, load_config
+from pipeline.config import ConfigError, PipelineConfig, load_config
 from pipeline.grid import TargetGrid
 
 #: CF conventions version the attributes follow (crs_wkt needs ≥ 1.7).
@@ -233,3 +234,24 @@ def open_stack(path: Path | str, work_dir: Path | str | None = None) -> Any:
     dataset = dataset.assign_coords(coords)
     dataset.attrs = layout.global_attrs
     return xr.decode_cf(dataset)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m pipeline.stack CONFIG [--work-dir DIR]``: print the stack (``geod open``)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m pipeline.stack", description=main.__doc__)
+    parser.add_argument("config", type=Path)
+    parser.add_argument("--work-dir", type=Path)
+    args = parser.parse_args(argv)
+    try:
+        dataset = open_stack(args.config, args.work_dir)
+    except (ConfigError, FileNotFoundError, ValueError) as exc:
+        print(f"geod: {exc}", file=sys.stderr)
+        return 2
+    print(dataset)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
