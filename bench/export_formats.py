@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -44,7 +43,7 @@ from pipeline.config import PipelineConfig
 from pipeline.events import EventSink
 from pipeline.export.csv_text import CsvExporter
 from pipeline.export.parquet import ParquetExporter
-from pipeline.export.xarray_stack import NetcdfExporter, ZarrExporter
+from pipeline.export.xarray_stack import NETCDF_DEFLATE_LEVEL, NetcdfExporter, ZarrExporter
 from pipeline.memory import MemoryGovernor
 from pipeline.merge import MergeStream
 
@@ -55,8 +54,12 @@ MIB = 2**20
 
 
 def peak_rss() -> int:
-    """This process's peak RSS in bytes (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    """This process's peak RSS in bytes: VmHWM, which (unlike getrusage's ru_maxrss,
+    inherited across fork and exec) starts afresh in the child."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
 
 
 def grid_child(mode: str, directory: Path, resolution: float) -> dict[str, float]:
@@ -82,10 +85,17 @@ def grid_child(mode: str, directory: Path, resolution: float) -> dict[str, float
         names = [name for name, _ in DATASETS]
         dataset = xr.open_zarr(run.store.root, consolidated=False)[names].load().drop_encoding()
         dataset.attrs = {}
+        # The same chunks and compression as geod's writers.
+        chunks = (run.store.chunk, run.store.chunk)
         if fmt == "zarr":
-            dataset.to_zarr(out / "xarray.zarr", mode="w", zarr_format=2, consolidated=True)
+            encoding = {name: {"chunks": chunks} for name in names}
+            dataset.to_zarr(
+                out / "xarray.zarr", mode="w", zarr_format=2, consolidated=True, encoding=encoding
+            )
         else:
-            dataset.to_netcdf(out / "xarray.nc", engine="h5netcdf")
+            deflate = {"zlib": True, "complevel": NETCDF_DEFLATE_LEVEL, "shuffle": True}
+            encoding = {name: {"chunksizes": chunks, **deflate} for name in names}
+            dataset.to_netcdf(out / "xarray.nc", engine="h5netcdf", encoding=encoding)
     return {"seconds": time.perf_counter() - start, "peak": peak_rss(), "baseline": baseline}
 
 

@@ -1,9 +1,9 @@
 """Zarr and NetCDF outputs: the merged stack as a CF grid that ``xarray`` opens as is.
 
-Both are fed by the same merge pass as the tables, part by part: for each merged
-part the writer reads that window of every layer from the store (the part's
-batch has dropped the nodata rows; the grid keeps every cell) and writes it as a
-region of the output, so memory holds one part of one layer, never a layer.
+Both are fed by the same merge pass as the tables, part by part: each merged
+part carries the raw window of every layer the merge read from the store (its
+batch has dropped the nodata rows; the grid keeps every cell), and the writer
+writes it as a region of the output, so memory holds one part, never a layer.
 Layout and attributes come from :mod:`pipeline.stack`.
 
 - Zarr: format 2 with consolidated metadata (``.zmetadata``): what every Zarr
@@ -118,8 +118,10 @@ class GridExporter(Exporter):
         cols = slice(
             int(window.col_off) - self._col0, int(window.col_off + window.width) - self._col0
         )
-        for spec in self.stream.specs:
-            data = self.stream.store.read_window(spec.name, window)
+        layers = chunk.layers or tuple(
+            self.stream.store.read_window(spec.name, window) for spec in self.stream.specs
+        )
+        for spec, data in zip(self.stream.specs, layers, strict=True):
             self._guard(
                 lambda name=spec.name, data=data: self._write_region(name, rows, cols, data)
             )
