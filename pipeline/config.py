@@ -140,6 +140,11 @@ class DatasetConfig(StrictModel):
     nodata: float | None = Field(
         default=None, description="Overrides the file's nodata value when set."
     )
+    categorical: bool = Field(
+        default=False,
+        description="Class codes (land cover…), not quantities: exported as usual, left out "
+        "of SOM and GWPCA unless analysis.variables lists it (then one-hot encoded).",
+    )
 
     @field_validator("name")
     @classmethod
@@ -338,8 +343,22 @@ class SomConfig(StrictModel):
     )
 
 
+#: Bandwidths out to which the gaussian kernel weights observations (see gwpca).
+DEFAULT_GAUSSIAN_REACH = 8.0
+
+
 class GwpcaConfig(StrictModel):
-    kernel: Literal["bisquare", "gaussian"] = "bisquare"
+    kernel: Literal["bisquare", "gaussian", "gaussian_knn"] = Field(
+        default="bisquare",
+        description="GWmodel's bisquare or gaussian; gaussian_knn weights only the observations "
+        "within h (the k nearest), not GWmodel's definition.",
+    )
+    gaussian_reach: float = Field(
+        default=DEFAULT_GAUSSIAN_REACH,
+        ge=3,
+        description="The gaussian weights every observation within this many bandwidths; the "
+        "rest weigh < exp(-reach²/2) each (8: 1.3e-14), below the results' precision.",
+    )
     adaptive: bool = Field(default=True, description="Bandwidth as k nearest neighbours.")
     bandwidth: float = Field(default=200, gt=0, description="k (adaptive) or a distance (km).")
     components: int = Field(default=2, ge=1)
@@ -354,7 +373,8 @@ class GwpcaConfig(StrictModel):
     max_neighbours: int = Field(
         default=5_000,
         ge=8,
-        description="Cap on neighbours per point (fixed bandwidths, CV search upper bound).",
+        description="Neighbours per point held at once (more are added in blocks of this "
+        "size; the result does not change) and the adaptive CV search's upper bound.",
     )
     cv_score: Literal["gwmodel", "squares"] = Field(
         default="gwmodel",
@@ -364,7 +384,16 @@ class GwpcaConfig(StrictModel):
 
 class AnalysisConfig(StrictModel):
     methods: list[AnalysisMethod] = Field(default_factory=list)
-    columns: list[str] | None = Field(default=None, description="Datasets analysed (all).")
+    variables: list[str] | None = Field(
+        default=None,
+        description="Datasets analysed by som and gwpca (default: every non-categorical one); "
+        "a categorical dataset listed here is one-hot encoded.",
+    )
+    max_categories: int = Field(
+        default=64,
+        ge=2,
+        description="Most classes a one-hot encoded categorical variable may have.",
+    )
     som: SomConfig = Field(default_factory=SomConfig)
     gwpca: GwpcaConfig = Field(default_factory=GwpcaConfig)
     read_batch_rows: int = Field(
@@ -421,7 +450,7 @@ class PipelineConfig(StrictModel):
                 raise ValueError(f"datasets[{index}].name: {name!r} is used twice")
         for key, listed in (
             ("merge.require", self.merge.require),
-            ("analysis.columns", self.analysis.columns or []),
+            ("analysis.variables", self.analysis.variables or []),
         ):
             for item in listed:
                 if item not in names:
@@ -431,6 +460,11 @@ class PipelineConfig(StrictModel):
                 f"resampling.window_size: {self.resampling.window_size} is not a multiple of "
                 f"memory.min_window ({self.memory.min_window})"
             )
+        if self.analysis.methods and not self.analysed_variables():
+            raise ValueError(
+                "analysis.variables: every dataset is categorical; list the ones to analyse "
+                "(categorical ones are one-hot encoded)"
+            )
         if self.analysis.methods and ExportFormat.parquet not in self.export.formats:
             raise ValueError(
                 "analysis.methods: analysis reads the Parquet export; add parquet to export.formats"
@@ -439,6 +473,16 @@ class PipelineConfig(StrictModel):
 
     def dataset(self, name: str) -> DatasetConfig:
         return next(d for d in self.datasets if d.name == name)
+
+    def analysed_variables(self) -> list[str]:
+        """Datasets som and gwpca analyse: ``analysis.variables``, else every non-categorical."""
+        if self.analysis.variables:
+            return list(self.analysis.variables)
+        return [d.name for d in self.datasets if not d.categorical]
+
+    def one_hot_variables(self) -> list[str]:
+        """Analysed datasets that are categorical: one-hot encoded, never used as numbers."""
+        return [name for name in self.analysed_variables() if self.dataset(name).categorical]
 
 
 # --------------------------------------------------------------------------- loading

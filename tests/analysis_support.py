@@ -26,15 +26,21 @@ from pipeline.grid import TargetGrid
 from pipeline.memory import MemoryGovernor
 
 COLUMNS = ("a", "b", "c")
+#: The categorical column of tables made with ``classes=True``: codes 2, 5, 7, 9.
+CLASS_COLUMN = "cls"
+CLASS_CODES = (2, 5, 7, 9)
 #: A 60 × 40 grid of 0.25° cells over Europe-ish longitudes/latitudes.
 BOUNDS = (0.0, 40.0, 15.0, 50.0)
 RESOLUTION = 0.25
 
 
-def make_config(tmp_path: Path, analysis: dict[str, Any]) -> PipelineConfig:
+def make_config(tmp_path: Path, analysis: dict[str, Any], classes: bool = False) -> PipelineConfig:
+    datasets: list[dict[str, Any]] = [{"name": name, "path": f"{name}.tif"} for name in COLUMNS]
+    if classes:
+        datasets.append({"name": CLASS_COLUMN, "path": "cls.tif", "categorical": True})
     data = {
         "name": "analysis-test",
-        "datasets": [{"name": name, "path": f"{name}.tif"} for name in COLUMNS],
+        "datasets": datasets,
         "grid": {"crs": "EPSG:4326", "resolution": RESOLUTION, "bounds": list(BOUNDS)},
         "paths": {"work_dir": "work", "output_dir": "out"},
         "memory": {"budget": "2GiB"},
@@ -43,8 +49,13 @@ def make_config(tmp_path: Path, analysis: dict[str, Any]) -> PipelineConfig:
     return parse_config(data, "test-config", tmp_path)
 
 
-def write_table(path: Path, grid: TargetGrid, seed: int = 7, missing: float = 0.05) -> pa.Table:
-    """The synthetic merged table for ``grid``; ``missing`` = share of null values."""
+def write_table(
+    path: Path, grid: TargetGrid, seed: int = 7, missing: float = 0.05, classes: bool = False
+) -> pa.Table:
+    """The synthetic merged table for ``grid``; ``missing`` = share of null values.
+
+    With ``classes``, an int16 column of class codes (:data:`CLASS_CODES`) too.
+    """
     rng = np.random.default_rng(seed)
     rows, cols = np.meshgrid(np.arange(grid.height), np.arange(grid.width), indexing="ij")
     x, y = grid.transform @ (cols.ravel() + 0.5, rows.ravel() + 0.5)
@@ -58,6 +69,9 @@ def write_table(path: Path, grid: TargetGrid, seed: int = 7, missing: float = 0.
     for name, column in values.items():
         mask = rng.random(n) < missing
         arrays[name] = pa.array(column, mask=mask)
+    if classes:
+        codes = np.array(CLASS_CODES, dtype=np.int16)[rng.integers(0, len(CLASS_CODES), n)]
+        arrays[CLASS_COLUMN] = pa.array(codes, mask=rng.random(n) < missing)
     table = pa.table(arrays)
     pq.write_table(table, path, row_group_size=700)
     return table
@@ -99,14 +113,16 @@ class Harness:
         return latest
 
 
-def make_harness(tmp_path: Path, analysis: dict[str, Any], missing: float = 0.05) -> Harness:
-    config = make_config(tmp_path, analysis)
+def make_harness(
+    tmp_path: Path, analysis: dict[str, Any], missing: float = 0.05, classes: bool = False
+) -> Harness:
+    config = make_config(tmp_path, analysis, classes)
     grid = TargetGrid.from_config(config.grid)
     out = config.paths.output_dir
     out.mkdir(parents=True, exist_ok=True)
     table = tmp_path / "merged.parquet"
     if not table.exists():  # a second harness on the same folder resumes the same table
-        write_table(table, grid, missing=missing)
+        write_table(table, grid, missing=missing, classes=classes)
     # The sink needs the harness (to deliver), the harness needs the sink (in its context).
     forward: list[Callable[[Event], None]] = []
     sink = EventSink(callback=lambda event: forward[0](event))

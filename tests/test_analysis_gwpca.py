@@ -116,12 +116,11 @@ def test_tiny_bandwidth_matches_naive_local_pca(bw: Bandwidth) -> None:
         positive = int((w > 1e-300).sum()) if bw.kernel == "bisquare" else None
         if positive is not None:
             assert result.used[row] == positive
-        # The gaussian is cut at GAUSSIAN_REACH bandwidths (≈ 4e-6 of its weight
-        # mass), so it matches the untruncated reference to that order.
-        rtol = 1e-8 if bw.kernel == "bisquare" else 1e-4
-        np.testing.assert_allclose(result.eigenvalues[row], eigenvalues, rtol=rtol, atol=1e-10)
-        if bw.kernel == "bisquare":
-            assert_same_components(result.loadings[row], vectors, 2)
+        # The gaussian leaves out only observations beyond gwpca.gaussian_reach
+        # bandwidths (each < 1.3e-14 of the nearest's weight): the untruncated
+        # reference is matched as tightly as the bisquare.
+        np.testing.assert_allclose(result.eigenvalues[row], eigenvalues, rtol=1e-8, atol=1e-10)
+        assert_same_components(result.loadings[row], vectors, 2)
 
 
 def test_tiny_bandwidth_differs_from_global() -> None:
@@ -373,3 +372,24 @@ def test_observations_are_thinned_to_the_memory_budget(tmp_path: Path) -> None:
     assert metrics["observations"] <= cap
     assert metrics["observations"] == -(-complete // metrics["observation_stride"])
     assert pq.read_table(h.out / "gwpca_local.parquet").num_rows == metrics["observations"]
+
+
+@pytest.mark.parametrize(
+    "bw",
+    [Bandwidth("gaussian", False, 300.0), Bandwidth("bisquare", False, 900.0)],
+    ids=["gaussian-fixed-300km", "bisquare-fixed-900km"],
+)
+def test_neighbourhoods_in_blocks_equal_one_pass(bw: Bandwidth) -> None:
+    """max_neighbours bounds the block, not the neighbourhood: 40 at a time = all at once."""
+    xy, values = random_points(600)
+    obs = Observations.build(Geometry(True), xy, values)
+    at = np.arange(0, 600, 7)
+    whole = evaluate(obs, obs.coords[at], bw, MAX_NEIGHBOURS, exclude=at)
+    blocks = evaluate(obs, obs.coords[at], bw, 40, exclude=at)
+    assert whole.used.max() > 40  # the small cap really splits neighbourhoods
+    np.testing.assert_array_equal(blocks.used, whole.used)
+    np.testing.assert_allclose(blocks.eigenvalues, whole.eigenvalues, rtol=1e-10, atol=1e-12)
+    for row in range(len(at)):
+        assert_same_components(blocks.loadings[row], whole.loadings[row], 2)
+    score_whole = cv_score(obs, at, bw, 2, MAX_NEIGHBOURS, chunk=9)
+    assert cv_score(obs, at, bw, 2, 40, chunk=9) == pytest.approx(score_whole, rel=1e-9)

@@ -97,7 +97,7 @@ def test_combined_reuses_gwpca_of_the_same_run(tmp_path: Path) -> None:
 
 def test_unknown_column_is_one_clear_error(tmp_path: Path) -> None:
     h = make_harness(tmp_path, {"methods": ["test"]})
-    h.ctx.config.analysis.columns = ["a", "nope"]
+    h.ctx.config.analysis.variables = ["a", "nope"]
     with pytest.raises(AnalysisError, match=r"merged\.parquet: analysis column\(s\) nope not in"):
         run_analysis(h.ctx, h.table, h.grid, h.out, h.ctx.stage("analysis"))
 

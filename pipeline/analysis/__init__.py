@@ -14,13 +14,22 @@ stopped. Outputs are reported as OutputEvents, so ``geod status RUN`` lists them
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from pipeline.analysis.combined import run_combined
 from pipeline.analysis.gwpca import run_gwpca
-from pipeline.analysis.io import WORK_DIR_NAME, AnalysisError, RasterGrid, table_columns
+from pipeline.analysis.io import (
+    WORK_DIR_NAME,
+    AnalysisError,
+    RasterGrid,
+    Variables,
+    class_label,
+    scan_classes,
+    table_columns,
+)
 from pipeline.analysis.runtime import MethodRun
 from pipeline.analysis.smoke import run_smoke
 from pipeline.analysis.som import run_som
@@ -29,6 +38,8 @@ from pipeline.context import RunContext, StageNode
 from pipeline.control import StopRequested
 
 __all__ = ["METHODS", "AnalysisError", "run_analysis"]
+
+log = logging.getLogger("geod.analysis")
 
 #: The only way from a method name to code.
 METHODS: dict[AnalysisMethod, Callable[[MethodRun], list[Path]]] = {
@@ -50,7 +61,7 @@ def run_analysis(
     config = ctx.config.analysis
     methods = [AnalysisMethod(m) for m in config.methods]
     output_dir.mkdir(parents=True, exist_ok=True)
-    columns = table_columns(table_path, config.columns)
+    variables = analysed_variables(ctx, table_path)
     raster_grid = RasterGrid.of(grid)
     node.unit = "methods"
     node.start(total=len(methods))
@@ -60,7 +71,7 @@ def run_analysis(
         child = node.child(method.value, "dataset", unit="steps")
         child.start()
         run = MethodRun(
-            ctx, table_path, columns, raster_grid, output_dir, child, method.value, produced
+            ctx, table_path, variables, raster_grid, output_dir, child, method.value, produced
         )
         try:
             written = METHODS[method](run)
@@ -76,6 +87,34 @@ def run_analysis(
         node.advance()
     _remove_empty(output_dir / WORK_DIR_NAME)
     return outputs
+
+
+def analysed_variables(ctx: RunContext, table_path: Path) -> Variables:
+    """The config's analysed datasets, checked in the table, categorical ones one-hot encoded.
+
+    Class codes never reach a covariance or a distance as numbers: a
+    categorical dataset is analysed only when ``analysis.variables`` names it,
+    and then as one indicator per class found in the table (logged).
+    """
+    config = ctx.config
+    sources = table_columns(table_path, config.analysed_variables())
+    categorical = config.one_hot_variables()
+    if not categorical:
+        return Variables.plain(sources)
+    classes = scan_classes(
+        table_path, categorical, config.analysis.read_batch_rows, config.analysis.max_categories
+    )
+    for name, codes in classes:
+        log.info(
+            "analysis: %s is categorical; one-hot encoded as %d indicator variables "
+            "(%s_<class>: %s), not used as numbers",
+            name,
+            len(codes),
+            name,
+            ", ".join(class_label(code) for code in codes),
+            extra={"stage": "analysis"},
+        )
+    return Variables(tuple(sources), classes)
 
 
 def _remove_empty(work: Path) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from pipeline.analysis.gwpca import run_gwpca
+from pipeline.analysis.io import Variables
 from pipeline.analysis.runtime import MethodRun
 from pipeline.analysis.som import run_som
 
@@ -42,7 +43,7 @@ def run_combined(run: MethodRun) -> list[Path]:
     outputs += run_som(
         run.derive(
             table=local,
-            columns=loadings,
+            variables=Variables.plain(loadings),
             grid=run.grid.strided(config.subsample),
             node=som_node,
         )

@@ -6,10 +6,13 @@ share of variance change across space is the result. The definitions follow
 GWmodel's ``gwpca``:
 
 * weights: bisquare ``(1 − (d/h)²)²`` for ``d < h`` (0 beyond) or gaussian
-  ``exp(−½ (d/h)²)``; ``h`` is a distance in km (fixed) or, adaptive, the
-  distance to the k-th nearest observation (the point itself counts as the
-  first), so with bisquare the k-th neighbour gets weight 0 exactly as in
-  GWmodel; k larger than the data stretches the farthest distance by k / n;
+  ``exp(−½ (d/h)²)`` for every observation; ``h`` is a distance in km (fixed)
+  or, adaptive, the distance to the k-th nearest observation (the point itself
+  counts as the first), so with bisquare the k-th neighbour gets weight 0
+  exactly as in GWmodel; k larger than the data stretches the farthest
+  distance by k / n. "Below h" means below by more than :data:`TIE_TOLERANCE`
+  (relative), so observations tied with the k-th (mirror images on a regular
+  grid) get weight 0 too, whatever the rounding of their distances;
 * local PCA: eigen-decomposition of the weighted covariance
   ``Σ wᵢ (xᵢ − x̄_w)(xᵢ − x̄_w)ᵀ / Σ wᵢ``; its eigenvalues are the local
   variances (GWmodel's ``var``), the first k as % of their sum its
@@ -34,12 +37,17 @@ distortion); chords are converted to great-circle km for the kernel. A
 projected CRS uses its own coordinates scaled to km.
 
 Speed and memory. Neighbours come from one tree query per batch (fixed shape:
-k for adaptive, the batch's largest count for fixed bandwidths, padded with
-weight 0), then the weighted covariances of the whole batch are one batched
-matrix product and one batched ``eigh``. Batches are split into sub-chunks
-sized by the memory governor and run on ``gwpca.workers`` threads (numpy's
-BLAS and LAPACK release the GIL). Every batch of evaluation points is a part
-file; a killed run resumes at the first missing part.
+k for adaptive bisquare, else the batch's largest count within the kernel's
+cut, padded with weight 0), then the weighted covariances of the whole batch
+are one batched matrix product and one batched ``eigh``. A point whose cut
+holds more than ``gwpca.max_neighbours`` observations (a huge fixed
+bandwidth, a wide gaussian) gets them from the tree's ball query and adds them
+``max_neighbours`` at a time: the weighted covariance is a sum over
+observations, so blocks give the same result as one pass (:class:`Moments`).
+Batches are split into sub-chunks sized by the memory governor and run on
+``gwpca.workers`` threads (numpy's BLAS and LAPACK release the GIL). Every
+batch of evaluation points is a part file; a killed run resumes at the first
+missing part.
 
 Outputs (``PREFIX`` = ``gwpca``, or ``combined_gwpca``): ``PREFIX_local.parquet``
 — one row per evaluation point: x, y, neighbours (positive weights),
@@ -61,18 +69,25 @@ metrics. Evaluation points are the observations on the ``gwpca.subsample``
 lattice of the target grid (row and column multiples of it), thinned evenly
 to ``gwpca.max_points`` when set.
 
-Where this differs from GWmodel (both for bounded work per point): a fixed
-gaussian kernel is cut at :data:`GAUSSIAN_REACH` bandwidths; an adaptive
-gaussian kernel weights only the k nearest observations (GWmodel weights all
-n, the k-th getting exp(−½)); a fixed bandwidth reaching more than
-``gwpca.max_neighbours`` observations uses the nearest ones (logged once).
+Gaussian reach. The gaussian weights every observation; the ones beyond
+``gwpca.gaussian_reach`` bandwidths (default 8) are left out, each weighing
+less than exp(−32) ≈ 1.3e-14 of the nearest: even a million times more
+observations outside than within h move the covariance by ~1e-8 of the local
+weight, and the tests check the default against weighting every observation
+(to 1e-6 of the largest eigenvalue). Validity counts the observations within
+the reach, which differs from GWmodel's count (positive float64 weights, out
+to ~38 h) only where fewer than 6 lie within the reach.
+
+``kernel: gaussian_knn`` is *not* GWmodel's: it weights by ``exp(−½ (d/h)²)``
+only the observations within h (adaptive: the k nearest and any tied with the
+k-th), cheaper by about ``gaussian_reach``² and kept for comparison with
+results of earlier versions, which used it for ``gaussian``.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -99,7 +114,7 @@ from pipeline.analysis.io import (
     write_json_atomic,
 )
 from pipeline.analysis.runtime import MethodRun
-from pipeline.config import GwpcaConfig
+from pipeline.config import DEFAULT_GAUSSIAN_REACH, GwpcaConfig
 
 log = logging.getLogger("geod.analysis.gwpca")
 
@@ -107,11 +122,20 @@ log = logging.getLogger("geod.analysis.gwpca")
 EARTH_RADIUS_KM = 6371.0088
 #: GWmodel gives no result where ≤ 5 observations have positive weight.
 MIN_LOCAL_POINTS = 6
-#: A fixed gaussian kernel is cut at this many bandwidths: without a cut every
-#: point would need every observation. In 2-D the weight mass beyond 5 h is
-#: exp(−12.5) ≈ 4e-6 of the total, below anything the outputs can show (a cut at
-#: 3 h still moved the smallest local eigenvalue by 4 % in the tests).
-GAUSSIAN_REACH = 5.0
+#: Relative tolerance of the kernel's cut: an observation gets weight only if
+#: its distance is below the cut (the bandwidth h, or ``gaussian_reach`` × h)
+#: by more than this share of it. Distances computed two ways (chord → arc,
+#: haversine) differ by ~1e-13 relative, so the mirror image of the k-th
+#: neighbour on a regular grid would otherwise get a weight of ~1e-27 and count
+#: as a seventh point; 1e-9 of 100 km is 0.1 mm, far below any cell size.
+TIE_TOLERANCE = 1e-9
+#: Points per padded neighbour query of a kernel cut by distance, after sorting
+#: a chunk's points by their neighbour count: each group pads to its own
+#: largest count, which wastes a few % instead of the ~50 % of padding a whole
+#: chunk to its largest (gaussian bandwidths vary a lot from point to point).
+QUERY_GROUP = 32
+#: The kernel that weights only the k nearest with a gaussian (not GWmodel's).
+GAUSSIAN_KNN = "gaussian_knn"
 #: Share of the memory budget the observations and their KD-tree may take.
 DATA_BUDGET_SHARE = 0.25
 #: Share of the memory budget one sub-chunk's neighbour arrays may take.
@@ -133,8 +157,6 @@ GOLDEN_TOLERANCE = 1e-3
 _GOLDEN = (math.sqrt(5) - 1) / 2
 #: Winner-map nodata (uint8): no result at this cell.
 WINNER_NODATA = 255
-#: The neighbour-cap warning is logged once per process, not once per chunk.
-_truncation_logged = threading.Event()
 
 
 # --------------------------------------------------------------------------- geometry
@@ -168,11 +190,12 @@ class Geometry:
         chord = np.clip(tree_distance, 0.0, 2.0)
         return 2.0 * EARTH_RADIUS_KM * np.arcsin(chord / 2.0)
 
-    def from_km(self, km: float) -> float:
+    def from_km(self, km: np.ndarray) -> np.ndarray:
+        """Tree distance (chord) of great-circle km; beyond the antipode, the diameter."""
         if not self.geographic:
-            return km
-        angle = min(km / EARTH_RADIUS_KM, math.pi)
-        return 2.0 * math.sin(angle / 2.0)
+            return np.asarray(km, float)
+        angle = np.minimum(np.asarray(km, float) / EARTH_RADIUS_KM, math.pi)
+        return 2.0 * np.sin(angle / 2.0)
 
     def extent_km(self, coords: np.ndarray) -> float:
         """Upper bound of the distance between two observations (the CV search's top)."""
@@ -227,33 +250,87 @@ class LocalPca:
 
 
 def kernel_weights(distance_km: np.ndarray, h_km: np.ndarray, kernel: str) -> np.ndarray:
-    """GWmodel's kernels; ``h_km`` broadcasts against ``distance_km`` (B, K)."""
+    """GWmodel's kernels before any cut; ``h_km`` broadcasts against ``distance_km`` (B, K)."""
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-        ratio = distance_km / h_km
-        if kernel == "bisquare":
-            weights = np.where(ratio < 1.0, (1.0 - ratio**2) ** 2, 0.0)
-        else:
-            weights = np.exp(-0.5 * ratio**2)
+        squared = (distance_km / h_km) ** 2
+        weights = (1.0 - squared) ** 2 if kernel == "bisquare" else np.exp(-0.5 * squared)
     return np.where(np.isfinite(distance_km), weights, 0.0)
 
 
-def local_pca(values: np.ndarray, weights: np.ndarray) -> LocalPca:
-    """Weighted PCA of each point's neighbours: ``values`` (B, K, p), ``weights`` (B, K).
+def cut_weights(distance_km: np.ndarray, h_km: np.ndarray, bw: Bandwidth) -> np.ndarray:
+    """Kernel weights with the cut of :meth:`Bandwidth.cutoff` and its tie rule applied.
 
-    Loadings are sign-normalised (largest |element| of each component
-    positive) so that results are reproducible and comparable between runs.
+    A distance counts as inside only if it is below the cut by more than
+    :data:`TIE_TOLERANCE` (relative): mirror images of the k-th neighbour, whose
+    distances differ from it by rounding alone, then get weight 0 like the k-th
+    itself, as the definition says. ``gaussian_knn`` instead keeps everything
+    up to its cut (the k-th neighbour and its ties get exp(−½)).
     """
-    used = (weights > 0).sum(axis=1)
-    total = weights.sum(axis=1)
-    safe = np.where(total > 0, total, 1.0)
-    mean = np.einsum("bk,bkp->bp", weights, values) / safe[:, None]
-    centred = (values - mean[:, None, :]) * np.sqrt(weights)[:, :, None]
-    cov = np.matmul(centred.transpose(0, 2, 1), centred) / safe[:, None, None]
-    eigenvalues, vectors = principal_axes(cov)
-    invalid = used < MIN_LOCAL_POINTS
-    eigenvalues[invalid] = np.nan
-    vectors[invalid] = np.nan
-    return LocalPca(eigenvalues, vectors, used)
+    weights = kernel_weights(distance_km, h_km, bw.kernel)
+    cut = h_km * bw.cutoff
+    if bw.kernel == GAUSSIAN_KNN:
+        inside = distance_km <= cut * (1.0 + TIE_TOLERANCE)
+    else:
+        inside = distance_km < cut * (1.0 - TIE_TOLERANCE)
+    return np.where(inside, weights, 0.0)
+
+
+@dataclass
+class Moments:
+    """Weighted sums of a batch of neighbourhoods, accumulated block by block.
+
+    The weighted covariance is additive over blocks of neighbours, so a
+    neighbourhood of any size goes through in blocks of bounded width. Sums are
+    taken about a per-point ``shift`` (the first block's weighted mean), which
+    keeps the one-pass formula as precise as a two-pass one when the local mean
+    is far from zero.
+    """
+
+    shift: np.ndarray  # (B, p)
+    weight: np.ndarray  # (B,)
+    first: np.ndarray  # (B, p): Σ w (x − shift)
+    second: np.ndarray  # (B, p, p): Σ w (x − shift)(x − shift)ᵀ
+    used: np.ndarray  # (B,): positive weights
+
+    @classmethod
+    def empty(cls, points: int, variables: int) -> Moments:
+        return cls(
+            np.zeros((points, variables)),
+            np.zeros(points),
+            np.zeros((points, variables)),
+            np.zeros((points, variables, variables)),
+            np.zeros(points, dtype=np.int64),
+        )
+
+    def add(self, rows: np.ndarray, values: np.ndarray, weights: np.ndarray) -> None:
+        """Add one block: ``values`` (b, K, p) and ``weights`` (b, K) of points ``rows``."""
+        block_weight = weights.sum(axis=1)
+        fresh = self.weight[rows] == 0
+        if fresh.any():
+            safe = np.where(block_weight > 0, block_weight, 1.0)
+            mean = np.einsum("bk,bkp->bp", weights, values) / safe[:, None]
+            self.shift[rows] = np.where(fresh[:, None], mean, self.shift[rows])
+        centred = values - self.shift[rows][:, None, :]
+        scaled = centred * np.sqrt(weights)[:, :, None]
+        self.first[rows] += np.einsum("bk,bkp->bp", weights, centred)
+        self.second[rows] += np.matmul(scaled.transpose(0, 2, 1), scaled)
+        self.weight[rows] += block_weight
+        self.used[rows] += (weights > 0).sum(axis=1)
+
+    def pca(self) -> LocalPca:
+        """Eigen-decomposition of every point's weighted covariance; < 6 points: none.
+
+        Loadings are sign-normalised (largest |element| of each component
+        positive) so that results are reproducible and comparable between runs.
+        """
+        safe = np.where(self.weight > 0, self.weight, 1.0)
+        offset = self.first / safe[:, None]
+        cov = self.second / safe[:, None, None] - offset[:, :, None] * offset[:, None, :]
+        eigenvalues, vectors = principal_axes(cov)
+        invalid = self.used < MIN_LOCAL_POINTS
+        eigenvalues[invalid] = np.nan
+        vectors[invalid] = np.nan
+        return LocalPca(eigenvalues, vectors, self.used.copy())
 
 
 def principal_axes(cov: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -285,44 +362,22 @@ class Bandwidth:
     kernel: str
     adaptive: bool
     value: float
+    reach: float = DEFAULT_GAUSSIAN_REACH
 
     @classmethod
     def of(cls, config: GwpcaConfig, value: float | None = None) -> Bandwidth:
-        return cls(config.kernel, config.adaptive, config.bandwidth if value is None else value)
+        chosen = config.bandwidth if value is None else value
+        return cls(config.kernel, config.adaptive, chosen, config.gaussian_reach)
 
+    @property
+    def cutoff(self) -> float:
+        """Where weights stop, in bandwidths: the gaussian's reach, else 1."""
+        return self.reach if self.kernel == "gaussian" else 1.0
 
-def neighbours(
-    obs: Observations, points: np.ndarray, bw: Bandwidth, max_neighbours: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Neighbour indices (B, K; padding = n), distances in km, and h in km (B, 1)."""
-    if bw.adaptive:
-        k = max(1, int(bw.value))  # GWmodel truncates: int(bw)
-        slots = min(k, obs.n)
-        dist, idx = obs.tree.query(points, k=slots)
-        dist, idx = dist.reshape(len(points), slots), idx.reshape(len(points), slots)
-        km = obs.geometry.to_km(dist)
-        h = km[:, -1:] * (k / slots)
-        return idx, km, h
-    reach = bw.value * (GAUSSIAN_REACH if bw.kernel == "gaussian" else 1.0)
-    radius = obs.geometry.from_km(reach)
-    counts = obs.tree.query_ball_point(points, radius, return_length=True)
-    most = int(np.max(counts)) if len(counts) else 0
-    slots = max(1, min(most, max_neighbours, obs.n))
-    if most > slots and not _truncation_logged.is_set():
-        _truncation_logged.set()
-        log.warning(
-            "fixed bandwidth %.6g km reaches %d observations; using the nearest %d "
-            "(gwpca.max_neighbours)",
-            bw.value,
-            most,
-            slots,
-        )
-    dist, idx = obs.tree.query(points, k=slots, distance_upper_bound=radius * (1 + 1e-12))
-    dist, idx = dist.reshape(len(points), slots), idx.reshape(len(points), slots)
-    found = np.isfinite(dist)
-    km = np.where(found, obs.geometry.to_km(np.where(found, dist, 0.0)), np.inf)
-    h = np.full((len(points), 1), float(bw.value))
-    return idx, km, h
+    @property
+    def nearest_only(self) -> bool:
+        """Adaptive bisquare: every positive weight is among the k nearest (one k-NN query)."""
+        return self.adaptive and self.kernel == "bisquare"
 
 
 def evaluate(
@@ -332,13 +387,85 @@ def evaluate(
     max_neighbours: int,
     exclude: np.ndarray | None = None,
 ) -> LocalPca:
-    """Local PCA at ``points`` (tree coordinates); ``exclude`` = own index (leave-one-out)."""
-    idx, km, h = neighbours(obs, points, bw, max_neighbours)
-    weights = kernel_weights(km, h, bw.kernel)
+    """Local PCA at ``points`` (tree coordinates); ``exclude`` = own index (leave-one-out).
+
+    Adaptive: one k-NN query gives h (the k-th distance) and, for bisquare, the
+    whole neighbourhood. Otherwise every observation within ``h × cutoff`` is
+    weighted, ``max_neighbours`` at a time (see :func:`_add_within`).
+    """
+    moments = Moments.empty(len(points), obs.values.shape[1])
+    if bw.adaptive:
+        k = max(1, int(bw.value))  # GWmodel truncates: int(bw)
+        slots = min(k, obs.n)
+        dist, idx = obs.tree.query(points, k=slots)
+        dist, idx = dist.reshape(len(points), slots), idx.reshape(len(points), slots)
+        km = obs.geometry.to_km(dist)
+        h = km[:, -1:] * (k / slots)
+        if bw.nearest_only:
+            _add(moments, np.arange(len(points)), obs, idx, km, h, bw, exclude)
+            return moments.pca()
+    else:
+        h = np.full((len(points), 1), float(bw.value))
+    _add_within(moments, obs, points, h, bw, max_neighbours, exclude)
+    return moments.pca()
+
+
+def _add(
+    moments: Moments,
+    rows: np.ndarray,
+    obs: Observations,
+    idx: np.ndarray,
+    km: np.ndarray,
+    h: np.ndarray,
+    bw: Bandwidth,
+    exclude: np.ndarray | None,
+) -> None:
+    """Weight one block of neighbours (``idx``/``km``, (b, K); padding = n) into ``moments``."""
+    weights = cut_weights(km, h, bw)
     if exclude is not None:
-        weights = np.where(idx == exclude[:, None], 0.0, weights)
+        weights = np.where(idx == exclude[rows][:, None], 0.0, weights)
     weights = np.where(idx >= obs.n, 0.0, weights)
-    return local_pca(np.take(obs.values, idx, axis=0), weights)
+    moments.add(rows, np.take(obs.values, idx, axis=0), weights)
+
+
+def _add_within(
+    moments: Moments,
+    obs: Observations,
+    points: np.ndarray,
+    h: np.ndarray,
+    bw: Bandwidth,
+    max_neighbours: int,
+    exclude: np.ndarray | None,
+) -> None:
+    """Every observation within each point's cut, in blocks of at most ``max_neighbours``.
+
+    Points whose ball holds at most ``max_neighbours`` observations get them
+    from padded k-NN queries, :data:`QUERY_GROUP` points of similar counts at a
+    time; a bigger ball (a huge fixed bandwidth, a wide gaussian)
+    is listed by the tree's ball query and added ``max_neighbours`` at a time,
+    so the neighbour arrays stay bounded and the result is the definition's
+    however many observations the bandwidth reaches.
+    """
+    radius = obs.geometry.from_km(h[:, 0] * bw.cutoff * (1.0 + TIE_TOLERANCE))
+    counts = np.asarray(obs.tree.query_ball_point(points, radius, return_length=True))
+    dense = np.flatnonzero(counts <= max_neighbours)
+    dense = dense[np.argsort(counts[dense], kind="stable")]
+    for start in range(0, len(dense), QUERY_GROUP):
+        rows = dense[start : start + QUERY_GROUP]
+        slots = max(1, int(counts[rows].max()))
+        bound = float(radius[rows].max()) * (1.0 + TIE_TOLERANCE)
+        dist, idx = obs.tree.query(points[rows], k=slots, distance_upper_bound=bound)
+        dist, idx = dist.reshape(len(rows), slots), idx.reshape(len(rows), slots)
+        found = np.isfinite(dist)
+        km = np.where(found, obs.geometry.to_km(np.where(found, dist, 0.0)), np.inf)
+        _add(moments, rows, obs, idx, km, h[rows], bw, exclude)
+    for row in np.flatnonzero(counts > max_neighbours):
+        members = np.asarray(obs.tree.query_ball_point(points[row], radius[row]), dtype=np.intp)
+        for start in range(0, len(members), max_neighbours):
+            block = members[None, start : start + max_neighbours]
+            chord = np.linalg.norm(obs.coords[block] - points[row], axis=2)
+            here = np.array([row])
+            _add(moments, here, obs, block, obs.geometry.to_km(chord), h[here], bw, exclude)
 
 
 def evaluate_parallel(
@@ -455,7 +582,7 @@ def load_observations(
     xy_parts: list[np.ndarray] = []
     value_parts: list[np.ndarray] = []
     stride, held, seen = 1, 0, 0
-    for batch in iter_table(run.table, run.columns, batch_rows):
+    for batch in iter_table(run.table, run.variables, batch_rows):
         complete = np.isfinite(batch.values).all(axis=1)
         ranks = seen + np.arange(int(complete.sum()))
         keep = ranks % stride == 0
@@ -585,7 +712,9 @@ def run_gwpca(run: MethodRun) -> list[Path]:
 def _chunk_points(run: MethodRun, bw: Bandwidth, obs: Observations, variables: int) -> int:
     """Points per sub-chunk so all workers' neighbour arrays fit their budget share."""
     config = run.ctx.config.analysis.gwpca
-    limit = int(bw.value) if bw.adaptive else config.max_neighbours
+    limit = config.max_neighbours
+    if bw.adaptive:  # the k-NN query that finds h holds k slots per point
+        limit = int(bw.value) if bw.nearest_only else max(int(bw.value), limit)
     slots = max(1, min(limit, obs.n))
     share = CHUNK_BUDGET_SHARE * run.ctx.governor.budget / config.workers
     return max(1, int(share / (BYTES_PER_SLOT * variables * slots)))
@@ -660,6 +789,8 @@ def _finalize(
         "method": run.prefix,
         "columns": run.columns,
         "kernel": bandwidth.kernel,
+        "gaussian_reach": bandwidth.reach if bandwidth.kernel == "gaussian" else None,
+        "tie_tolerance": TIE_TOLERANCE,
         "adaptive": bandwidth.adaptive,
         "bandwidth": bandwidth.value,
         "bandwidth_unit": "neighbours" if bandwidth.adaptive else "km",

@@ -102,6 +102,82 @@ class RasterGrid:
         return rows, cols
 
 
+# --------------------------------------------------------------------------- variables
+
+
+@dataclass(frozen=True)
+class Variables:
+    """What a method analyses: the table columns it reads, categorical ones one-hot encoded.
+
+    A class code is a label, not a quantity (class 7 is not "more" than class
+    3), so a categorical column never enters a covariance or a distance as a
+    number: it becomes one 0/1 indicator per class, named ``<column>_<class>``
+    (null where the code is null). The indicators of a row sum to one, so a
+    GWPCA of them always has one zero local eigenvalue.
+    """
+
+    sources: tuple[str, ...]
+    classes: tuple[tuple[str, tuple[float, ...]], ...] = ()
+
+    @classmethod
+    def plain(cls, columns: Sequence[str]) -> Variables:
+        return cls(tuple(columns))
+
+    @classmethod
+    def of(cls, columns: Sequence[str] | Variables) -> Variables:
+        return columns if isinstance(columns, Variables) else cls.plain(columns)
+
+    @property
+    def names(self) -> list[str]:
+        """Analysed variable names, one per output column (indicators expanded)."""
+        classes = dict(self.classes)
+        names: list[str] = []
+        for source in self.sources:
+            if source in classes:
+                names += [f"{source}_{class_label(code)}" for code in classes[source]]
+            else:
+                names.append(source)
+        return names
+
+    def expand(self, values: np.ndarray) -> np.ndarray:
+        """Source values (n, sources) → analysed values (n, names)."""
+        if not self.classes:
+            return values
+        classes = dict(self.classes)
+        parts = []
+        for j, source in enumerate(self.sources):
+            column = values[:, j]
+            if source not in classes:
+                parts.append(column[:, None])
+                continue
+            indicator = (column[:, None] == np.array(classes[source])[None, :]).astype(float)
+            indicator[~np.isfinite(column)] = np.nan
+            parts.append(indicator)
+        return np.hstack(parts)
+
+
+def class_label(code: float) -> str:
+    """A class code as a column-name suffix: ``3`` for 3.0, else its shortest repr."""
+    return str(int(code)) if float(code).is_integer() else repr(float(code))
+
+
+def scan_classes(
+    path: Path, columns: Sequence[str], batch_rows: int, limit: int
+) -> tuple[tuple[str, tuple[float, ...]], ...]:
+    """The distinct non-null values of each categorical column, in one streamed pass."""
+    found: dict[str, set[float]] = {name: set() for name in columns}
+    for batch in iter_table(path, columns, batch_rows):
+        for j, name in enumerate(columns):
+            column = batch.values[:, j]
+            found[name].update(np.unique(column[np.isfinite(column)]).tolist())
+            if len(found[name]) > limit:
+                raise AnalysisError(
+                    f"{path}: categorical column {name!r} has more than {limit} classes "
+                    "(analysis.max_categories)"
+                )
+    return tuple((name, tuple(sorted(found[name]))) for name in columns)
+
+
 # --------------------------------------------------------------------------- reading
 
 
@@ -165,13 +241,15 @@ def _to_float(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
 
 
 def iter_table(
-    path: Path, columns: Sequence[str], batch_rows: int, start_batch: int = 0
+    path: Path, columns: Sequence[str] | Variables, batch_rows: int, start_batch: int = 0
 ) -> Iterator[TableBatch]:
     """Batches of exactly ``batch_rows`` rows (the last may be shorter), from ``start_batch``.
 
     Row groups before the first wanted row are not read at all, so resuming
-    late in a big table costs nothing for the skipped part.
+    late in a big table costs nothing for the skipped part. Values are the
+    analysed variables (categorical columns expanded, see :class:`Variables`).
     """
+    variables = Variables.of(columns)
     parquet = open_table(path)
     first_row = start_batch * batch_rows
     groups, group_start, skip = [], 0, 0
@@ -184,15 +262,16 @@ def iter_table(
         group_start += count
     if not groups:
         return
-    wanted = ["x", "y", *columns]
+    wanted = ["x", "y", *variables.sources]
     pending: list[pa.RecordBatch] = []
     pending_rows = 0
     index, start = start_batch, first_row
 
     def emit(table: pa.Table) -> TableBatch:
         xy = np.column_stack([_to_float(table.column("x")), _to_float(table.column("y"))])
-        values = np.column_stack([_to_float(table.column(c)) for c in columns])
-        return TableBatch(index, start, xy, values.reshape(len(table), len(columns)))
+        values = np.column_stack([_to_float(table.column(c)) for c in variables.sources])
+        values = variables.expand(values.reshape(len(table), len(variables.sources)))
+        return TableBatch(index, start, xy, values)
 
     for record in parquet.iter_batches(batch_size=batch_rows, row_groups=groups, columns=wanted):
         if skip:
@@ -294,12 +373,12 @@ def standardize(values: np.ndarray, stats: ColumnStats) -> np.ndarray:
 
 def compute_stats(
     path: Path,
-    columns: Sequence[str],
+    columns: Sequence[str] | Variables,
     batch_rows: int,
     on_batch: Callable[[], None] | None = None,
 ) -> ColumnStats:
     """One streamed pass over the table; ``on_batch`` runs after each batch (progress, stop)."""
-    stats = ColumnStats.empty(columns)
+    stats = ColumnStats.empty(Variables.of(columns).names)
     for batch in iter_table(path, columns, batch_rows):
         stats.update(batch.values)
         if on_batch is not None:
@@ -309,7 +388,7 @@ def compute_stats(
 
 def sample_rows(
     path: Path,
-    columns: Sequence[str],
+    columns: Sequence[str] | Variables,
     batch_rows: int,
     size: int,
     seed: int,
@@ -339,7 +418,7 @@ def sample_rows(
         value_parts.append(batch.values[picked])
         seen += len(eligible)
     if not xy_parts:
-        return np.empty((0, 2)), np.empty((0, len(columns)))
+        return np.empty((0, 2)), np.empty((0, len(Variables.of(columns).names)))
     return np.concatenate(xy_parts), np.concatenate(value_parts)
 
 

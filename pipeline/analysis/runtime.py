@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from pipeline.analysis.io import WORK_DIR_NAME, RasterGrid
+from pipeline.analysis.io import WORK_DIR_NAME, RasterGrid, Variables
 from pipeline.context import RunContext, StageNode
 from pipeline.events import OutputEvent
 
@@ -32,12 +32,17 @@ class MethodRun:
 
     ctx: RunContext
     table: Path
-    columns: list[str]
+    variables: Variables
     grid: RasterGrid
     output_dir: Path
     node: StageNode
     prefix: str
     produced: dict[str, list[Path]] = field(default_factory=dict)
+
+    @property
+    def columns(self) -> list[str]:
+        """Names of the analysed variables (one-hot indicators expanded)."""
+        return self.variables.names
 
     @property
     def work_root(self) -> Path:

@@ -34,7 +34,7 @@ def run_smoke(run: MethodRun) -> list[Path]:
     stats = ColumnStats.empty(run.columns)
 
     def batches():
-        for batch in iter_table(run.table, run.columns, batch_rows):
+        for batch in iter_table(run.table, run.variables, batch_rows):
             stats.update(batch.values)
             present = np.isfinite(batch.values).sum(axis=1, dtype=np.int64)
             yield batch.xy, present[:, None].astype(np.float64)

@@ -130,7 +130,7 @@ def run_som(run: MethodRun) -> list[Path]:
         stats_node.advance()
         run.boundary()
 
-    stats = compute_stats(run.table, run.columns, batch_rows, counted)
+    stats = compute_stats(run.table, run.variables, batch_rows, counted)
     run.phase_done(stats_node)
     population = stats.complete_rows if config.missing == "drop" else stats.rows
     if population == 0:
@@ -142,7 +142,7 @@ def run_som(run: MethodRun) -> list[Path]:
     weights = store.load_array("weights")
     _, sample = sample_rows(
         run.table,
-        run.columns,
+        run.variables,
         batch_rows,
         config.sample_size,
         config.seed,
@@ -163,7 +163,7 @@ def run_som(run: MethodRun) -> list[Path]:
     )
     assign_node = run.phase("assign", total=batches, done=len(store.done))
     start = min((i for i in range(batches) if i not in store.done), default=batches)
-    for batch in iter_table(run.table, run.columns, batch_rows, start_batch=start):
+    for batch in iter_table(run.table, run.variables, batch_rows, start_batch=start):
         if batch.index in store.done:
             continue
         z, usable = prepare(batch.values, stats, config.missing)

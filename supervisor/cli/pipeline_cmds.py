@@ -16,7 +16,7 @@ from types import FrameType
 
 import click
 
-from pipeline.config import ConfigError, load_config
+from pipeline.config import ConfigError, PipelineConfig, load_config
 from pipeline.events import EVENTS_FD_ENV, Event, LogEvent, SourceEvent, StateEvent, decode
 from supervisor.cli.main import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, cli
 from supervisor.cli.progress_view import ProgressView
@@ -27,12 +27,26 @@ DEFAULT_DEMO_DIR = Path("demo")
 WORKER_EXIT_INPUT = 2
 
 
-def _validate(config_path: Path) -> None:
+def _validate(config_path: Path) -> PipelineConfig:
     try:
-        load_config(config_path)
+        return load_config(config_path)
     except ConfigError as exc:
         click.echo(f"geod: {exc}", err=True)
         sys.exit(EXIT_USAGE)
+
+
+def analysed_summary(config: PipelineConfig) -> str:
+    """What som/gwpca will analyse, and which categorical datasets they leave out."""
+    one_hot = set(config.one_hot_variables())
+    names = [
+        f"{name} (categorical, one-hot encoded)" if name in one_hot else name
+        for name in config.analysed_variables()
+    ]
+    text = f"analysed variables: {', '.join(names)}"
+    left_out = [d.name for d in config.datasets if d.categorical and d.name not in one_hot]
+    if left_out:
+        text += f"; categorical, not analysed: {', '.join(left_out)}"
+    return text
 
 
 def run_worker(args: list[str], view: ProgressView | None) -> tuple[int, str | None]:
@@ -115,10 +129,12 @@ def run_in_foreground(args: list[str], what: str, resume_hint: str) -> None:
 @click.argument("config_path", metavar="CONFIG", type=click.Path(path_type=Path))
 def check(config_path: Path) -> None:
     """Validate CONFIG and inspect every input's header; runs nothing."""
-    _validate(config_path)
+    config = _validate(config_path)
     code, _state = run_worker([str(config_path), "--stages", "catalog"], view=_CheckView())
     if code != EXIT_OK:
         sys.exit(EXIT_USAGE if code == WORKER_EXIT_INPUT else EXIT_FAILED)
+    if config.analysis.methods:
+        click.echo(f"  {analysed_summary(config)}")
     click.echo(f"{config_path}: ok")
 
 
