@@ -21,7 +21,7 @@ import psycopg2
 import pytest
 from PIL import Image
 
-from pipeline.events import MemoryEvent, StageEvent, StateEvent
+from pipeline.events import LogEvent, MemoryEvent, StageEvent, StateEvent
 from pipeline.report.history import HISTORY_NAME, read_history
 from pipeline.report.model import lifecycle_marks, stage_bars
 from supervisor.telemetry.migrate import migrate_url
@@ -194,16 +194,21 @@ def test_timeline_marks_pauses_and_resumes_and_closes_interrupted_bars() -> None
         MemoryEvent(time=t + 8, rss=1),
         StageEvent(time=t + 9, id="resample", kind="stage", name="resample", status="done"),
         StageEvent(time=t + 9, id="export", kind="stage", name="export", status="running"),
+        LogEvent(time=t + 10, level="INFO", logger="geod", message="chunk"),
+        StateEvent(time=t + 20, state="running"),  # the worker was killed: a third start
+        StageEvent(time=t + 21, id="export", kind="stage", name="export", status="running"),
     ]
-    bars = stage_bars(events, now=t + 12)
+    bars = stage_bars(events, now=t + 30)
     assert [(b.id, b.start - t, b.end - t, b.status) for b in bars] == [
         ("resample", 1, 2, "paused"),
         ("resample", 7, 9, "done"),
-        ("export", 9, 12, "running"),
+        ("export", 9, 10, "interrupted"),
+        ("export", 21, 30, "running"),
     ]
     assert [(m.time - t, m.what) for m in lifecycle_marks(events)] == [
         (0, "start"),
         (2, "paused"),
         (5, "resumed"),
         (6, "resume #1"),
+        (20, "resume #2"),
     ]

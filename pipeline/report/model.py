@@ -131,10 +131,21 @@ def versions() -> dict[str, str]:
 
 
 def stage_bars(events: list[Event], now: float) -> list[Bar]:
-    """Intervals during which each stage/dataset node was running (one per attempt)."""
+    """Intervals during which each stage/dataset node was running (one per attempt).
+
+    A node still running when a new worker starts was cut short by a kill or a
+    crash: its bar ends at the last event before that start, as ``interrupted``.
+    """
     open_bars: dict[str, Bar] = {}
     bars: list[Bar] = []
+    last = now
     for event in events:
+        if isinstance(event, StateEvent) and event.state == "running" and open_bars:
+            for bar in open_bars.values():
+                bar.end, bar.status = max(bar.end, last), "interrupted"
+                bars.append(bar)
+            open_bars.clear()
+        last = event.time
         if not isinstance(event, StageEvent) or event.kind not in ("stage", "dataset"):
             continue
         label = event.name if event.kind == "stage" else f"  {event.id}"
@@ -151,7 +162,7 @@ def stage_bars(events: list[Event], now: float) -> list[Bar]:
         elif event.status in ("failed", "skipped"):
             bars.append(Bar(event.id, label, event.kind, event.time, event.time, event.status))
     for bar in open_bars.values():
-        # Still running when the history ends; a later worker start closes it as interrupted.
+        # Still running when the history ends (a live run): the bar reaches ``now``.
         bar.end = max(bar.end, now)
         bars.append(bar)
     return sorted(bars, key=lambda b: (b.start, b.id))

@@ -37,6 +37,7 @@ STATUS_COLOURS = {
     "paused": "#e0a020",
     "failed": "#d0453a",
     "skipped": "#9a9a9a",
+    "interrupted": "#7a3b8f",
 }
 MARK_COLOURS = {
     "paused": "#e0a020",
@@ -92,7 +93,7 @@ def timeline(bars: list[Bar], marks: list[Mark], start: float) -> bytes:
     axes.invert_yaxis()
     axes.set_xlabel("seconds since the first event")
     handles = [Rectangle((0, 0), 1, 1, color=c) for c in STATUS_COLOURS.values()]
-    axes.legend(handles, STATUS_COLOURS.keys(), fontsize=7, loc="lower right", ncols=5)
+    axes.legend(handles, STATUS_COLOURS.keys(), fontsize=7, loc="lower right", ncols=6)
     axes.grid(axis="x", alpha=0.3)
     return to_png(figure)
 
