@@ -12,6 +12,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sysconfig
 from pathlib import Path
@@ -21,12 +22,14 @@ import psycopg2
 import pytest
 from PIL import Image
 
-from pipeline.events import LogEvent, MemoryEvent, StageEvent, StateEvent
+from pipeline.events import LogEvent, MemoryEvent, OutputEvent, StageEvent, StateEvent
 from pipeline.report.history import HISTORY_NAME, read_history
 from pipeline.report.model import lifecycle_marks, stage_bars
 from supervisor.telemetry.migrate import migrate_url
 from tests import browser
 from tests.conftest import write_demo_config
+from tests.test_worker import COARSE_GRID, SMALL_WINDOWS
+from tests.workerproc import WorkerProcess
 
 GEOD = str(Path(sysconfig.get_path("scripts")) / "geod")
 REPO = Path(__file__).resolve().parent.parent
@@ -212,3 +215,33 @@ def test_timeline_marks_pauses_and_resumes_and_closes_interrupted_bars() -> None
         (6, "resume #1"),
         (20, "resume #2"),
     ]
+
+
+def test_paused_resumed_then_stopped_run_reports_its_state_and_report_false_writes_none(
+    tmp_path: Path, demo_dir: Path
+) -> None:
+    (tmp_path / "a").mkdir()
+    config = write_demo_config(tmp_path / "a", demo_dir, resampling=SMALL_WINDOWS, grid=COARSE_GRID)
+    worker = WorkerProcess(config)
+    try:
+        worker.wait_for(lambda e: isinstance(e, StageEvent) and e.kind == "dataset" and e.done > 0)
+        worker.process.send_signal(signal.SIGUSR1)
+        worker.wait_for(lambda e: isinstance(e, StateEvent) and e.state == "paused", timeout=5)
+        worker.process.send_signal(signal.SIGUSR2)
+        worker.wait_for(lambda e: isinstance(e, StateEvent) and e.state == "resumed", timeout=5)
+        worker.process.send_signal(signal.SIGTERM)
+        worker.wait_for(lambda e: isinstance(e, StateEvent) and e.state == "stopped", timeout=30)
+        assert worker.finish() == 0
+    finally:
+        worker.kill()
+    page = (tmp_path / "a" / "out" / "report.html").read_text()
+    assert '<span class="state-stopped">stopped</span>' in page
+    history = read_history(tmp_path / "a" / "work" / HISTORY_NAME)
+    assert [m.what for m in lifecycle_marks(history)] == ["start", "paused", "resumed", "stopped"]
+    report_events = [e for e in worker.of_type(OutputEvent) if e.kind == "report"]
+    assert [e.path for e in report_events] == [str(tmp_path / "a" / "out" / "report.html")]
+
+    (tmp_path / "b").mkdir()
+    quiet = write_demo_config(tmp_path / "b", demo_dir, grid=COARSE_GRID, report=False)
+    assert WorkerProcess(quiet, "--stages", "catalog,resample").finish() == 0
+    assert not (tmp_path / "b" / "out" / "report.html").exists()
