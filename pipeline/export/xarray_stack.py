@@ -25,8 +25,9 @@ from __future__ import annotations
 
 import contextlib
 from abc import abstractmethod
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import h5netcdf
 import numpy as np
@@ -47,6 +48,8 @@ from pipeline.export.base import Exporter
 from pipeline.grid import TargetGrid
 from pipeline.merge import MergedChunk, MergeStream, valid_mask
 from pipeline.stack import GRID_MAPPING, StackLayout, stack_layout
+
+T = TypeVar("T")
 
 #: NetCDF deflate level: 4 gets nearly all of level 9's size on raster layers at
 #: a fraction of its time (the NetCDF/HDF5 community's usual choice).
@@ -83,7 +86,8 @@ class GridExporter(Exporter):
     def target(self) -> str:
         return str(self.path)
 
-    def _guard(self, action: Any) -> Any:
+    def _guard(self, action: Callable[[], T]) -> T:
+        """Run a write action; an OS error aborts and becomes one ExportError line."""
         try:
             return action()
         except OSError as exc:
