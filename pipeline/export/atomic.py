@@ -72,6 +72,15 @@ def commit(partial: Path, final: Path) -> None:
         raise ExportError(describe_os_error(final, exc)) from None
 
 
+def size_on_disk(path: Path) -> int | None:
+    """Bytes of a file, or of every file under a directory (a Zarr store); None if gone."""
+    if path.is_file():
+        return path.stat().st_size
+    if path.is_dir():
+        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    return None
+
+
 def commit_tree(partial: Path, final: Path) -> None:
     """Make the directory ``partial`` (a Zarr store) durable and visible as ``final``.
 

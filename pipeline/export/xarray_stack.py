@@ -43,6 +43,7 @@ from pipeline.export.atomic import (
     describe_os_error,
     discard,
     partial_path,
+    size_on_disk,
 )
 from pipeline.export.base import Exporter
 from pipeline.grid import TargetGrid
@@ -54,13 +55,6 @@ T = TypeVar("T")
 #: NetCDF deflate level: 4 gets nearly all of level 9's size on raster layers at
 #: a fraction of its time (the NetCDF/HDF5 community's usual choice).
 NETCDF_DEFLATE_LEVEL = 4
-
-
-def _tree_size(path: Path) -> int:
-    """Bytes of all files under ``path`` (a Zarr directory) or of the file itself."""
-    if path.is_file():
-        return path.stat().st_size
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
 class GridExporter(Exporter):
@@ -215,7 +209,7 @@ class ZarrExporter(GridExporter):
 
     def commit(self) -> dict[str, object]:
         self.close()
-        size = _tree_size(self.partial)
+        size = size_on_disk(self.partial) or 0
         commit_tree(self.partial, self.path)
         return {"rows": self.rows, "bytes": size, "layers": len(self.layout.layers)}
 

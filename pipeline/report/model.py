@@ -33,6 +33,7 @@ from pipeline.events import (
     StageEvent,
     StateEvent,
 )
+from pipeline.export.atomic import size_on_disk
 from pipeline.grid import TargetGrid
 from pipeline.stack import geod_version
 
@@ -263,7 +264,7 @@ def output_rows(events: list[Event]) -> list[OutputRow]:
         OutputRow(
             e.kind,
             e.path,
-            e.detail.get("bytes"),
+            e.detail.get("bytes", size_on_disk(Path(e.path))),
             e.detail.get("rows"),
             e.detail.get("validated_cells"),
         )
