@@ -26,8 +26,10 @@ from typing import Any
 import psutil
 import yaml
 
+from pipeline.contract import FINAL_STATES
+from pipeline.events import StateEvent
 from supervisor.client import AsyncClient, Client, DaemonNotRunning
-from supervisor.protocol import FINAL_STATES, NOTIFY_EVENT, NOTIFY_RUN
+from supervisor.protocol import RunSummary, Selection
 
 REPO = Path(__file__).resolve().parent.parent
 PAUSE_TARGET = 1.0
@@ -89,31 +91,36 @@ def start_daemon(tmp: Path) -> tuple[subprocess.Popen[bytes], Path]:
             time.sleep(0.05)
 
 
+def _said(update: Any, run_id: str, state: str) -> bool:
+    """Is ``update`` the worker of ``run_id`` reporting ``state``?"""
+    return isinstance(update, StateEvent) and update.run == run_id and update.state == state
+
+
 async def wait_state(client: AsyncClient, stream: Any, run_id: str, state: str) -> None:
-    async for method, params in stream:
-        if method == NOTIFY_EVENT and params.get("run") == run_id and params.get("state") == state:
+    async for update in stream:
+        if _said(update, run_id, state):
             return
 
 
 async def acknowledged(stream: Any, run_id: str, ack: str) -> str:
     """Wait for the worker's ``ack`` StateEvent; "hard" if the daemon SIGSTOPped instead,
     "ended" if the run finished first."""
-    async for method, params in stream:
-        if method == NOTIFY_EVENT and params.get("run") == run_id and params.get("state") == ack:
+    async for update in stream:
+        if _said(update, run_id, ack):
             return "ack"
-        if method == NOTIFY_RUN and params.get("id") == run_id:
-            if params["state"] in FINAL_STATES:
+        if isinstance(update, RunSummary) and update.id == run_id:
+            if update.state in FINAL_STATES:
                 return "ended"
-            if params["paused_hard"] and ack == "paused":
+            if update.paused_hard and ack == "paused":
                 return "hard"
     return "ended"
 
 
 async def latency(socket_path: Path, config: Path, cycles: int) -> None:
     client = await AsyncClient.connect(socket_path)
-    await client.call("subscribe")
-    stream = client.notifications()
-    run_id = (await client.call("runs.submit", config_path=str(config)))["id"]
+    await client.subscribe()
+    stream = client.updates()
+    run_id = (await client.submit(str(config))).id
     await wait_state(client, stream, run_id, "running")
     pauses: list[float] = []
     resumes: list[float] = []
@@ -121,28 +128,28 @@ async def latency(socket_path: Path, config: Path, cycles: int) -> None:
     hard = 0
     while len(pauses) < cycles:
         await asyncio.sleep(RUN_BETWEEN)
-        run = await client.call("runs.get", run=run_id)
-        if run["state"] != "running":  # finished: continue on a fresh run
-            run_id = (await client.call("runs.submit", config_path=str(config)))["id"]
+        run = await client.run(run_id)
+        if run.state != "running":  # finished: continue on a fresh run
+            run_id = (await client.submit(str(config))).id
             await wait_state(client, stream, run_id, "running")
             continue
         started = time.perf_counter()
-        await client.call("runs.pause", run=run_id)
+        await client.pause(Selection(run=run_id))
         outcome = await asyncio.wait_for(acknowledged(stream, run_id, "paused"), ACK_TIMEOUT)
         if outcome == "ended":
             continue
         pauses.append(time.perf_counter() - started)
-        stages.append(run["stage"] or "?")
+        stages.append(run.stage or "?")
         was_hard = outcome == "hard"
         hard += was_hard
         started = time.perf_counter()
-        await client.call("runs.resume", run=run_id)
+        await client.resume(Selection(run=run_id))
         if was_hard:
             resumes.append(time.perf_counter() - started)  # SIGCONT: the call is the ack
             continue
         if await asyncio.wait_for(acknowledged(stream, run_id, "resumed"), ACK_TIMEOUT) == "ack":
             resumes.append(time.perf_counter() - started)
-    await client.call("runs.kill", all=True, force=True)
+    await client.kill(Selection(all=True), force=True)
     await client.close()
     for name, values, target in (
         ("pause ack", pauses, PAUSE_TARGET),
@@ -173,20 +180,20 @@ async def footprint(socket_path: Path, configs: list[Path], daemon_pid: int) -> 
     run_ids = []
     drains = []
     for client, config in zip(clients, configs, strict=True):
-        run_ids.append((await client.call("runs.submit", config_path=str(config)))["id"])
+        run_ids.append((await client.submit(str(config))).id)
     for client, run_id in zip(clients, run_ids, strict=True):
-        await client.call("subscribe", runs=[run_id])
+        await client.subscribe(runs=[run_id])
         drains.append(asyncio.create_task(_drain(client)))
     process = psutil.Process(daemon_pid)
     await asyncio.sleep(2.0)  # all three workers past start-up, events flowing
     busy_cpu = await _cpu_percent(process)
-    await clients[0].call("runs.pause", all=True)
+    await clients[0].pause(Selection(all=True))
     for run_id in run_ids:
-        while (await clients[0].call("runs.get", run=run_id))["state"] != "paused":
+        while (await clients[0].run(run_id)).state != "paused":
             await asyncio.sleep(0.1)
     idle_cpu = await _cpu_percent(process)
     rss = process.memory_info().rss
-    await clients[0].call("runs.kill", all=True, force=True)
+    await clients[0].kill(Selection(all=True), force=True)
     for task in drains:
         task.cancel()
     for client in clients:

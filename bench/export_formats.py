@@ -35,16 +35,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
+from synthetic_store import DATASETS, SyntheticRun, build, open_run
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from bench.synthetic_store import DATASETS, SyntheticRun, build, open_run
+import pipeline
 from pipeline.config import PipelineConfig
-from pipeline.events import EventSink
 from pipeline.export.csv_text import CsvExporter
 from pipeline.export.parquet import ParquetExporter
 from pipeline.export.xarray_stack import NETCDF_DEFLATE_LEVEL, NetcdfExporter, ZarrExporter
-from pipeline.memory import MemoryGovernor
 from pipeline.merge import MergeStream
 
 TARGET = 0.7
@@ -74,7 +71,7 @@ def grid_child(mode: str, directory: Path, resolution: float) -> dict[str, float
         stream = MergeStream(run.store, run.grid, run.config)
         factory = ZarrExporter if fmt == "zarr" else NetcdfExporter
         exporter = factory(out / f"geod.{fmt}", stream)
-        governor = MemoryGovernor(run.config.memory, EventSink(), run.config.resampling.window_size)
+        governor = pipeline.run_context(run.config).governor
         for chunk in stream.chunks(governor):
             exporter.write_chunk(chunk)
         exporter.close()
@@ -141,7 +138,7 @@ def best_of(repeat: int, action: Callable[[], Path]) -> tuple[float, int]:
 
 
 def merged_table(stream: MergeStream, config: PipelineConfig) -> pa.Table:
-    governor = MemoryGovernor(config.memory, EventSink(), config.resampling.window_size)
+    governor = pipeline.run_context(config).governor
     return pa.Table.from_batches([c.batch for c in stream.chunks(governor)], stream.schema)
 
 

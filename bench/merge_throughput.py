@@ -30,15 +30,10 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+from synthetic_store import SyntheticRun, build, open_run
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from bench.synthetic_store import SyntheticRun, build, open_run
-from pipeline.context import RunContext
-from pipeline.control import Controller
-from pipeline.events import EventSink
+import pipeline
 from pipeline.export import run_merge_export
-from pipeline.memory import MemoryGovernor
 from pipeline.merge import MergeStream
 
 THROUGHPUT_TARGET = 0.5
@@ -49,10 +44,7 @@ _MIB = 1024**2
 
 def export(run: SyntheticRun) -> tuple[float, Path]:
     """Wall time of one merge + export stage, and the file written."""
-    config = run.config
-    sink = EventSink()
-    governor = MemoryGovernor(config.memory, sink, config.resampling.window_size)
-    ctx = RunContext(config, sink, Controller(sink), governor)
+    ctx = pipeline.run_context(run.config)
     start = time.perf_counter()
     (path,) = run_merge_export(ctx, run.store, run.grid, ctx.stage("export"))
     return time.perf_counter() - start, path
@@ -91,7 +83,7 @@ def throughput(directory: Path, resolution: float, repeat: int) -> bool:
     run = open_run(directory, resolution, {"validate_samples": 0})
     cells = run.grid.width * run.grid.height
     stream = MergeStream(run.store, run.grid, run.config)
-    governor = MemoryGovernor(run.config.memory, EventSink(), run.config.resampling.window_size)
+    governor = pipeline.run_context(run.config).governor
     # Building the in-memory table first also pays pyarrow's one-time imports.
     table = pa.Table.from_batches([c.batch for c in stream.chunks(governor)], stream.schema)
     options = run.config.export.parquet

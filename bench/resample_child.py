@@ -24,7 +24,6 @@ import numpy as np
 import rasterio
 from rasterio.transform import from_origin
 
-REPO = Path(__file__).resolve().parent.parent
 #: Rows generated and written per step, to keep the generator's own memory small.
 GENERATE_ROWS = 512
 NOISE_LEVELS, NOISE_STEP = 4, 0.25
@@ -146,14 +145,8 @@ def parity(store: Path, reference: Path) -> tuple[bool, float]:
 
 
 def _child(argv: list[str]) -> None:
-    sys.path.insert(0, str(REPO))
+    import pipeline
     from pipeline.catalog import inspect
-    from pipeline.config import parse_config
-    from pipeline.context import RunContext
-    from pipeline.control import Controller
-    from pipeline.events import EventSink
-    from pipeline.grid import TargetGrid
-    from pipeline.memory import MemoryGovernor
     from pipeline.resample import resample_dataset
     from pipeline.store import LayerStore
 
@@ -166,7 +159,7 @@ def _child(argv: list[str]) -> None:
     parser.add_argument("--budget", default="1GiB")
     parser.add_argument("--resolution", type=float, required=True)
     args = parser.parse_args(argv)
-    config = parse_config(
+    config = pipeline.parse_config(
         {
             "datasets": [{"name": "layer", "path": str(args.source), "resampling": args.method}],
             "grid": {"resolution": args.resolution},
@@ -175,10 +168,9 @@ def _child(argv: list[str]) -> None:
             "paths": {"work_dir": str(args.store.parent)},
         }
     )
-    sink = EventSink()
-    governor = MemoryGovernor(config.memory, sink, initial_window=args.window)
-    ctx = RunContext(config, sink, Controller(sink), governor)
-    grid = TargetGrid.from_config(config.grid)
+    ctx = pipeline.run_context(config, initial_window=args.window)
+    governor = ctx.governor
+    grid = pipeline.target_grid(config)
     dataset = config.datasets[0]
     source = inspect(dataset, config.catalog)
     store = LayerStore(args.store, grid, config.memory.min_window)

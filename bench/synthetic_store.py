@@ -13,12 +13,12 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.config import PipelineConfig, parse_config
+import pipeline
+from pipeline.config import PipelineConfig
 from pipeline.grid import TargetGrid
 from pipeline.store import LayerStore
 
-#: Store chunk (memory.min_window default) and the window the layers are written in.
-CHUNK = 256
+#: The window the layers are written in (the store's chunk is memory.min_window).
 WRITE_WINDOW = 1024
 #: The int16 layer covers only this west, south, east, north box (a regional dataset).
 LANDCOVER_BOX = (-20.0, -40.0, 60.0, 40.0)
@@ -65,7 +65,7 @@ def open_config(
         "export": export or {},
         "merge": merge or {},
     }
-    return parse_config(data, "bench", directory)
+    return pipeline.parse_config(data, "bench", directory)
 
 
 def open_run(
@@ -73,9 +73,8 @@ def open_run(
 ) -> SyntheticRun:
     """The run in ``directory`` (its store must have been built by :func:`build`)."""
     config = open_config(directory, resolution, export, merge)
-    grid = TargetGrid.from_config(config.grid)
-    store = LayerStore(config.paths.work_dir / "layers.zarr", grid, CHUNK)
-    return SyntheticRun(config, grid, store)
+    grid = pipeline.target_grid(config)
+    return SyntheticRun(config, grid, pipeline.open_store(config, grid))
 
 
 def build(directory: Path, resolution: float, seed: int = 0) -> SyntheticRun:

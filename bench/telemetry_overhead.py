@@ -50,18 +50,17 @@ import psutil
 import psycopg2
 from psycopg2 import sql
 from psycopg2.extensions import make_dsn, parse_dsn
+from telemetry_events import Stamper, realistic_events
+
+from pipeline.contract import EVENTS_FD_ENV
+from pipeline.demo import write_demo_config
+from pipeline.events import Event, decode
+from supervisor.protocol import RunSummary
+from supervisor.telemetry.migrate import migrate
+from supervisor.telemetry.rows import TABLES, Batch, copy_text
+from supervisor.telemetry.writer import QUEUE_SIZE, TelemetryWriter
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-from pipeline.events import EVENTS_FD_ENV, Event, decode  # noqa: E402
-from supervisor.protocol import RunSummary  # noqa: E402
-from supervisor.telemetry.migrate import migrate  # noqa: E402
-from supervisor.telemetry.rows import TABLES, Batch, copy_text  # noqa: E402
-from supervisor.telemetry.writer import QUEUE_SIZE, TelemetryWriter  # noqa: E402
-from tests.conftest import write_demo_config  # noqa: E402
-from tests.telemetry_helpers import Stamper, realistic_events  # noqa: E402
-
 DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/test"
 #: Datasets of the synthetic mix; windows per dataset follow from --events.
 MIX_DATASETS = 4
@@ -234,7 +233,7 @@ def demo_run(config: Path, work: Path, writer: TelemetryWriter | None, run: str)
 DAEMON_SCRIPT = (
     "import sys\n"
     "from pathlib import Path\n"
-    "from supervisor.daemonize import serve\n"
+    "from supervisor.detach import serve\n"
     "from supervisor.settings import load_settings\n"
     "sys.exit(serve(load_settings(Path(sys.argv[1]))))\n"
 )
@@ -284,15 +283,15 @@ def daemon_demo(config: Path, directory: Path, url: str, telemetry: bool) -> flo
                     raise SystemExit(f"the daemon did not start:\n{tail}") from None
                 time.sleep(POLL)
         with client:
-            run = client.call("runs.submit", config_path=str(config))
-            while run["state"] not in FINAL_STATES:
+            run = client.submit(str(config))
+            while run.state not in FINAL_STATES:
                 if time.monotonic() > deadline:
                     raise SystemExit(f"demo run stuck: {run}")
                 time.sleep(POLL)
-                run = client.call("runs.get", run=run["id"])
-        if run["state"] != "done":
+                run = client.run(run.id)
+        if run.state != "done":
             tail = log_path.read_text(errors="replace")[-2000:]
-            raise SystemExit(f"demo run ended {run['state']}: {run.get('error')}\n{tail}")
+            raise SystemExit(f"demo run ended {run.state}: {run.error}\n{tail}")
         daemon.send_signal(signal.SIGTERM)
         daemon.wait(DAEMON_TIMEOUT)
         if telemetry:  # the daemon flushed on exit: every stamped event is a row
@@ -368,7 +367,7 @@ def main() -> None:
 
         demo = tmp_path / "demo"
         generate(demo, "small", seed=0)
-        config = write_demo_config(tmp_path, demo)
+        config = write_demo_config(REPO / "config.yml", tmp_path, demo)
         _truncate(url)
         if args.daemon:
             walls: dict[str, list[float]] = {"off": [], "on": []}

@@ -37,9 +37,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
 #: The design target: a worker event is visible in the dashboard within this.
 TARGET_P95_S = 0.250
 #: The issue's bound for a key press to be handled.
@@ -208,30 +205,28 @@ def _quantile(values: list[float], q: float) -> float:
 
 
 async def _wait_done(client: Any, run_id: str) -> None:
-    while (await client.call("runs.get", run=run_id))["state"] not in ("done", "failed", "killed"):
+    from pipeline.contract import FINAL_STATES
+
+    while (await client.run(run_id)).state not in FINAL_STATES:
         await asyncio.sleep(0.2)
 
 
 async def reference(daemon: Daemon) -> Meter:
     """A bare client: subscribe and decode every notification, nothing else."""
-    from pipeline.events import LogEvent, decode_dict
+    from pipeline.events import LogEvent
     from supervisor.client import AsyncClient
-    from supervisor.protocol import NOTIFY_EVENT
 
     meter = Meter()
     client = await AsyncClient.connect(daemon.socket)
     control = await AsyncClient.connect(daemon.socket)
-    await client.call("subscribe", runs=None)
-    run_id = (await control.call("runs.submit", config_path=str(daemon.config)))["id"]
+    await client.subscribe()
+    run_id = (await control.submit(str(daemon.config))).id
 
     async def consume() -> None:
-        async for method, params in client.notifications():
-            if method != NOTIFY_EVENT or params.get("run") != run_id:
-                continue
-            event = decode_dict(params)
-            if isinstance(event, LogEvent):
+        async for update in client.updates():
+            if isinstance(update, LogEvent) and update.run == run_id:
                 meter.start()
-                meter.latencies.append(time.time() - event.time)
+                meter.latencies.append(time.time() - update.time)
 
     task = asyncio.create_task(consume())
     await _wait_done(control, run_id)
@@ -250,7 +245,7 @@ async def app_run(daemon: Daemon) -> Meter:
 
     meter = Meter()
     control = await AsyncClient.connect(daemon.socket)
-    run_id = (await control.call("runs.submit", config_path=str(daemon.config)))["id"]
+    run_id = (await control.submit(str(daemon.config))).id
     original_append: Callable[..., None] = LogView.append
     original_follow = GeodApp.action_follow
     pressed: list[float] = []
@@ -299,7 +294,7 @@ def terminal_cpu(daemon: Daemon) -> float | None:
         return None
     server = f"geod-bench-{os.getpid()}"
     with Client(daemon.socket) as client:
-        run_id = client.call("runs.submit", config_path=str(daemon.config))["id"]
+        run_id = client.submit(str(daemon.config)).id
         tui = str(Path(sysconfig.get_path("scripts")) / "geo-tui")
         command = f"exec {tui} attach --socket {daemon.socket} {run_id}"
         tmux = ["tmux", "-L", server]
@@ -310,7 +305,7 @@ def terminal_cpu(daemon: Daemon) -> float | None:
             )
             process = psutil.Process(int(pane.stdout.split()[0]))
             start_cpu, start = sum(process.cpu_times()[:2]), time.monotonic()
-            while client.call("runs.get", run=run_id)["state"] not in ("done", "failed"):
+            while client.run(run_id).state not in ("done", "failed"):
                 time.sleep(0.2)
             wall = time.monotonic() - start
             return (sum(process.cpu_times()[:2]) - start_cpu) / wall

@@ -402,6 +402,27 @@ def generate(directory: Path, size: Size = "small", seed: int = 0) -> list[Path]
     return paths
 
 
+def write_demo_config(template: Path, directory: Path, demo: Path, **sections: object) -> Path:
+    """``directory/config.yml``: ``template`` (e.g. the repository's config.yml) reading the
+    demo layers from ``demo`` and working under ``directory``.
+
+    Each dataset keeps its file name and is looked up in ``demo``; keyword arguments
+    replace whole top-level sections. Tests and benchmarks run the demo through this.
+    """
+    import yaml
+
+    from pipeline.config import read_yaml
+
+    data = read_yaml(template)
+    for dataset in data["datasets"]:
+        dataset["path"] = str(demo / Path(dataset["path"]).name)
+    data["paths"] = {"work_dir": str(directory / "work"), "output_dir": str(directory / "out")}
+    data.update(sections)
+    path = directory / "config.yml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m pipeline.demo",

@@ -18,10 +18,10 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
+from pipeline.contract import EVENTS_FD_ENV, LogLevel, WorkerState
+
 StageKind = Literal["run", "stage", "dataset", "window_group"]
 StageStatus = Literal["pending", "running", "done", "failed", "skipped", "paused"]
-WorkerState = Literal["running", "paused", "resumed", "stopping", "stopped", "done", "failed"]
-LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 
 
 class _Event(BaseModel):
@@ -146,9 +146,6 @@ Event = Annotated[
 ]
 
 _ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
-
-#: Environment variable naming the inherited event descriptor of a worker.
-EVENTS_FD_ENV = "GEOD_EVENTS_FD"
 
 
 def decode(line: str | bytes) -> Event:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from pipeline.contract import LOG_LEVELS
 from pipeline.events import EventSink, LogEvent
 
 #: Attributes every LogRecord has; anything else came from ``extra=``.
@@ -20,7 +21,6 @@ _STANDARD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None)
     "stage",
     "dataset",
 }
-_LEVELS = {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}
 
 
 def _json_safe(value: Any) -> bool:
@@ -44,7 +44,7 @@ class EventLogHandler(logging.Handler):
                 for key, value in vars(record).items()
                 if key not in _STANDARD_ATTRS and _json_safe(value)
             }
-            level = record.levelname if record.levelname in _LEVELS else "INFO"
+            level = record.levelname if record.levelname in LOG_LEVELS else "INFO"
             self._sink.emit(
                 LogEvent(
                     level=level,

@@ -4,10 +4,14 @@ The daemon and ``geod run`` both start the pipeline through this module, so a
 run behaves the same in the foreground and under supervision. Events go to the
 descriptor named by ``GEOD_EVENTS_FD``; without it, log records go to stderr.
 
-Exit codes (the daemon's restart policy keys on them):
+Exit codes (the daemon's restart policy keys on them; defined in
+:mod:`pipeline.contract`):
   0  finished, or stopped cleanly at a checkpoint (the last StateEvent says which)
   1  failed at run time (worth a retry)
   2  invalid config or input (a retry cannot help)
+
+The database a ``postgres`` export writes to (when the config names none) comes
+from ``GEOD_DATABASE_URL``, read here once and passed down as an argument.
 """
 
 from __future__ import annotations
@@ -25,18 +29,21 @@ from pipeline.analysis.io import AnalysisError
 from pipeline.catalog import CatalogError
 from pipeline.config import ConfigError, ExportFormat, load_config
 from pipeline.context import RunContext
+from pipeline.contract import (
+    DATABASE_URL_ENV,
+    EVENTS_FD_ENV,
+    WORKER_EXIT_FAILED,
+    WORKER_EXIT_INPUT,
+    WORKER_EXIT_OK,
+)
 from pipeline.control import Controller, StopRequested
-from pipeline.events import EVENTS_FD_ENV, Event, EventSink, OutputEvent, StateEvent
+from pipeline.events import Event, EventSink, OutputEvent, StateEvent
 from pipeline.export.atomic import ExportError
 from pipeline.memory import MemoryGovernor
 from pipeline.merge import MergeError
 from pipeline.report import write_report
 from pipeline.report.history import HISTORY_NAME, EventRecorder, read_history
 from pipeline.runner import STAGES, parse_stages, run_pipeline
-
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_INPUT = 2
 
 log = logging.getLogger("geod.worker")
 
@@ -113,7 +120,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         stages = parse_stages(args.stages)
         formats = _parse_formats(args.formats)
     except (ConfigError, ValueError) as exc:
-        return _fail(events, str(exc), EXIT_INPUT)
+        return _fail(events, str(exc), WORKER_EXIT_INPUT)
 
     if stages != ["catalog"]:  # `geod check` writes nothing
         history = EventRecorder(config.paths.work_dir / HISTORY_NAME)
@@ -123,25 +130,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     ctx = RunContext(config, events, control, governor)
     events.emit(StateEvent(state="running"))
     try:
-        run_pipeline(ctx, stages, formats, os.environ.get("GEOD_DATABASE_URL"))
+        run_pipeline(ctx, stages, formats, os.environ.get(DATABASE_URL_ENV) or None)
     except StopRequested:
         log.info("stopped at a checkpoint; rerun or resume to continue")
         _write_report(ctx, history, "stopped")
         events.emit(StateEvent(state="stopped", reason="stop requested"))
-        return EXIT_OK
+        return WORKER_EXIT_OK
     except (CatalogError, ConfigError) as exc:
         _write_report(ctx, history, "failed")
-        return _fail(events, str(exc), EXIT_INPUT)
+        return _fail(events, str(exc), WORKER_EXIT_INPUT)
     except RUN_ERRORS as exc:
         # Already one line naming what and where (disk full, a failed spot check…):
         # a traceback would bury it. Exit 1: freeing space and retrying can help.
         log.error("run failed: %s", exc)
         _write_report(ctx, history, "failed")
-        return _fail(events, f"{type(exc).__name__}: {exc}", EXIT_FAILED)
+        return _fail(events, f"{type(exc).__name__}: {exc}", WORKER_EXIT_FAILED)
     except Exception as exc:
         log.exception("run failed: %s", exc)
         _write_report(ctx, history, "failed")
-        return _fail(events, f"{type(exc).__name__}: {exc}", EXIT_FAILED)
+        return _fail(events, f"{type(exc).__name__}: {exc}", WORKER_EXIT_FAILED)
     else:
         _write_report(ctx, history, "done")
     finally:
@@ -150,7 +157,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not events_enabled:
             logging.shutdown()
     events.emit(StateEvent(state="done"))
-    return EXIT_OK
+    return WORKER_EXIT_OK
 
 
 if __name__ == "__main__":

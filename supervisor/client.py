@@ -9,6 +9,12 @@ The asyncio client multiplexes: one reader task routes responses to the
 waiting ``call`` by id and subscription notifications to
 :meth:`AsyncClient.notifications`, so a TUI can steer runs on the same
 connection it watches them on.
+
+Both have one typed method per RPC method (``client.pause(selection)``,
+``client.runs()`` → ``list[RunSummary]``): this module is the only code that
+names methods or reads replies, and callers get ``protocol`` reply models and
+``pipeline.events`` types, never dicts. :meth:`Client.call` stays for the
+protocol's own tests, which speak the wire format on purpose.
 """
 
 from __future__ import annotations
@@ -19,12 +25,38 @@ import itertools
 import json
 import os
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Generic, TypeVar
 
-from supervisor.protocol import PROTOCOL_VERSION, ErrorCode, ProtocolError, request
+from pydantic import BaseModel, TypeAdapter, ValidationError
+
+from pipeline.events import Event, LogEvent, decode_dict
+from supervisor.protocol import (
+    NOTIFY_EVENT,
+    NOTIFY_RUN,
+    PROTOCOL_VERSION,
+    DaemonStatus,
+    EmptyParams,
+    ErrorCode,
+    HelloParams,
+    HelloReply,
+    KillParams,
+    LogPage,
+    LogsTailParams,
+    MemoryHistory,
+    MemoryHistoryParams,
+    ProtocolError,
+    RunParams,
+    RunSummary,
+    Selection,
+    Snapshot,
+    SubmitParams,
+    SubscribeParams,
+    request,
+)
 
 #: Largest response line accepted. Requests are capped at protocol.MAX_LINE_BYTES,
 #: but answers such as ``logs.tail`` with a high limit legitimately run to megabytes.
@@ -32,6 +64,116 @@ MAX_RESPONSE_BYTES = 256 * 1024 * 1024
 #: Bytes read from the socket at once by the blocking client.
 _READ_CHUNK = 65536
 CLIENT_NAME = "geod-client"
+#: ``logs.tail`` page size when the caller does not say (the protocol's default).
+DEFAULT_LOG_LIMIT = LogsTailParams.model_fields["limit"].default
+
+T = TypeVar("T")
+_SUMMARIES: TypeAdapter[list[RunSummary]] = TypeAdapter(list[RunSummary])
+_LOG_PAGE: TypeAdapter[list[LogEvent]] = TypeAdapter(LogPage)
+
+
+@dataclass(frozen=True)
+class Call(Generic[T]):
+    """One RPC: the method's name, its validated params, and how its result is read."""
+
+    method: str
+    params: dict[str, Any]
+    reply: Callable[[Any], T]
+
+
+def _params(model: BaseModel) -> dict[str, Any]:
+    return model.model_dump(exclude_none=True)
+
+
+def _nothing(_result: Any) -> None:
+    return None
+
+
+class Calls:
+    """The catalogue of RPCs: the one place a method name is written on the client side."""
+
+    @staticmethod
+    def hello() -> Call[HelloReply]:
+        params = HelloParams(protocol=PROTOCOL_VERSION, client=CLIENT_NAME)
+        return Call("hello", _params(params), _check_hello)
+
+    @staticmethod
+    def status() -> Call[DaemonStatus]:
+        return Call("status", {}, DaemonStatus.model_validate)
+
+    @staticmethod
+    def runs() -> Call[list[RunSummary]]:
+        return Call("runs.list", {}, _SUMMARIES.validate_python)
+
+    @staticmethod
+    def run(run_id: str) -> Call[RunSummary]:
+        return Call("runs.get", _params(RunParams(run=run_id)), RunSummary.model_validate)
+
+    @staticmethod
+    def submit(config_path: str, name: str | None = None) -> Call[RunSummary]:
+        params = SubmitParams(config_path=config_path, name=name)
+        return Call("runs.submit", _params(params), RunSummary.model_validate)
+
+    @staticmethod
+    def pause(selection: Selection) -> Call[list[RunSummary]]:
+        return Call("runs.pause", _params(selection), _SUMMARIES.validate_python)
+
+    @staticmethod
+    def resume(selection: Selection) -> Call[list[RunSummary]]:
+        return Call("runs.resume", _params(selection), _SUMMARIES.validate_python)
+
+    @staticmethod
+    def kill(selection: Selection, force: bool = False) -> Call[list[RunSummary]]:
+        params = KillParams(run=selection.run, all=selection.all, force=force)
+        return Call("runs.kill", _params(params), _SUMMARIES.validate_python)
+
+    @staticmethod
+    def retry(run_id: str) -> Call[RunSummary]:
+        return Call("runs.retry", _params(RunParams(run=run_id)), RunSummary.model_validate)
+
+    @staticmethod
+    def logs(
+        run_id: str,
+        limit: int = DEFAULT_LOG_LIMIT,
+        before_seq: int | None = None,
+        level: str | None = None,
+    ) -> Call[list[LogEvent]]:
+        params = LogsTailParams(run=run_id, limit=limit, before_seq=before_seq, level=level)
+        return Call("logs.tail", _params(params), _LOG_PAGE.validate_python)
+
+    @staticmethod
+    def memory(run_id: str, since: float | None = None) -> Call[MemoryHistory]:
+        params = MemoryHistoryParams(run=run_id, since=since)
+        return Call("memory.history", _params(params), MemoryHistory.model_validate)
+
+    @staticmethod
+    def subscribe(runs: list[str] | None = None, events: bool = True) -> Call[Snapshot]:
+        params = SubscribeParams(runs=runs, events=events)
+        return Call("subscribe", _params(params), Snapshot.model_validate)
+
+    @staticmethod
+    def unsubscribe() -> Call[None]:
+        return Call("unsubscribe", _params(EmptyParams()), _nothing)
+
+    @staticmethod
+    def stop_daemon() -> Call[None]:
+        return Call("daemon.stop", _params(EmptyParams()), _nothing)
+
+
+def decode_notification(method: str, params: dict[str, Any]) -> RunSummary | Event | None:
+    """A notification as its type: a run's new summary, or one stamped event.
+
+    None for what this client does not know (a newer daemon's notification, or a
+    malformed one): watching must not die on it.
+    """
+    try:
+        if method == NOTIFY_RUN:
+            return RunSummary.model_validate(params)
+        if method == NOTIFY_EVENT:
+            return decode_dict(params)
+    except ValidationError:
+        return None
+    return None
 
 
 class DaemonNotRunning(Exception):
@@ -51,7 +193,7 @@ def resolve_socket_path(socket_path: str | os.PathLike[str] | None = None) -> Pa
     return load_settings().socket_path
 
 
-def _check_hello(result: Any) -> None:
+def _check_hello(result: Any) -> HelloReply:
     version = result.get("protocol") if isinstance(result, dict) else None
     if version != PROTOCOL_VERSION:
         raise ProtocolError(
@@ -59,6 +201,7 @@ def _check_hello(result: Any) -> None:
             f"daemon speaks protocol {version}, this client {PROTOCOL_VERSION}; "
             "restart the daemon after upgrading geod",
         )
+    return HelloReply.model_validate(result)
 
 
 def _error(body: Any) -> ProtocolError:
@@ -98,14 +241,62 @@ class Client:
             self._sock.close()
             raise
         try:
-            self.hello = self.call("hello", protocol=PROTOCOL_VERSION, client=CLIENT_NAME)
-            _check_hello(self.hello)
+            self.hello = self.request(Calls.hello())
         except BaseException:
             self.close()
             raise
 
+    # -- typed methods, one per RPC ----------------------------------------------------
+
+    def request(self, call: Call[T]) -> T:
+        return call.reply(self.call(call.method, **call.params))
+
+    def status(self) -> DaemonStatus:
+        return self.request(Calls.status())
+
+    def runs(self) -> list[RunSummary]:
+        return self.request(Calls.runs())
+
+    def run(self, run_id: str) -> RunSummary:
+        return self.request(Calls.run(run_id))
+
+    def submit(self, config_path: str, name: str | None = None) -> RunSummary:
+        return self.request(Calls.submit(config_path, name))
+
+    def pause(self, selection: Selection) -> list[RunSummary]:
+        return self.request(Calls.pause(selection))
+
+    def resume(self, selection: Selection) -> list[RunSummary]:
+        return self.request(Calls.resume(selection))
+
+    def kill(self, selection: Selection, force: bool = False) -> list[RunSummary]:
+        return self.request(Calls.kill(selection, force))
+
+    def retry(self, run_id: str) -> RunSummary:
+        return self.request(Calls.retry(run_id))
+
+    def logs(
+        self,
+        run_id: str,
+        limit: int = DEFAULT_LOG_LIMIT,
+        before_seq: int | None = None,
+        level: str | None = None,
+    ) -> list[LogEvent]:
+        return self.request(Calls.logs(run_id, limit, before_seq, level))
+
+    def memory(self, run_id: str, since: float | None = None) -> MemoryHistory:
+        return self.request(Calls.memory(run_id, since))
+
+    def subscribe(self, runs: list[str] | None = None, events: bool = True) -> Snapshot:
+        return self.request(Calls.subscribe(runs, events))
+
+    def stop_daemon(self) -> None:
+        self.request(Calls.stop_daemon())
+
+    # -- the wire ------------------------------------------------------------------------
+
     def call(self, method: str, **params: Any) -> Any:
-        """Send one request and return its result; error responses raise ProtocolError."""
+        """Send one request and return its raw result; error responses raise ProtocolError."""
         request_id = next(self._ids)
         try:
             self._sock.sendall(request(method, params, request_id))
@@ -187,7 +378,7 @@ class AsyncClient:
         self, socket_path: Path, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
         self.socket_path = socket_path
-        self.hello: Any = None
+        self.hello: HelloReply | None = None
         self._reader = reader
         self._writer = writer
         self._ids = itertools.count(1)
@@ -205,15 +396,73 @@ class AsyncClient:
             raise DaemonNotRunning(path, _reason(exc)) from None
         client = cls(path, reader, writer)
         try:
-            client.hello = await client.call("hello", protocol=PROTOCOL_VERSION, client=CLIENT_NAME)
-            _check_hello(client.hello)
+            client.hello = await client.request(Calls.hello())
         except BaseException:
             await client.close()
             raise
         return client
 
+    # -- typed methods, one per RPC ----------------------------------------------------
+
+    async def request(self, call: Call[T]) -> T:
+        return call.reply(await self.call(call.method, **call.params))
+
+    async def status(self) -> DaemonStatus:
+        return await self.request(Calls.status())
+
+    async def runs(self) -> list[RunSummary]:
+        return await self.request(Calls.runs())
+
+    async def run(self, run_id: str) -> RunSummary:
+        return await self.request(Calls.run(run_id))
+
+    async def submit(self, config_path: str, name: str | None = None) -> RunSummary:
+        return await self.request(Calls.submit(config_path, name))
+
+    async def pause(self, selection: Selection) -> list[RunSummary]:
+        return await self.request(Calls.pause(selection))
+
+    async def resume(self, selection: Selection) -> list[RunSummary]:
+        return await self.request(Calls.resume(selection))
+
+    async def kill(self, selection: Selection, force: bool = False) -> list[RunSummary]:
+        return await self.request(Calls.kill(selection, force))
+
+    async def retry(self, run_id: str) -> RunSummary:
+        return await self.request(Calls.retry(run_id))
+
+    async def logs(
+        self,
+        run_id: str,
+        limit: int = DEFAULT_LOG_LIMIT,
+        before_seq: int | None = None,
+        level: str | None = None,
+    ) -> list[LogEvent]:
+        return await self.request(Calls.logs(run_id, limit, before_seq, level))
+
+    async def memory(self, run_id: str, since: float | None = None) -> MemoryHistory:
+        return await self.request(Calls.memory(run_id, since))
+
+    async def subscribe(self, runs: list[str] | None = None, events: bool = True) -> Snapshot:
+        return await self.request(Calls.subscribe(runs, events))
+
+    async def unsubscribe(self) -> None:
+        await self.request(Calls.unsubscribe())
+
+    async def stop_daemon(self) -> None:
+        await self.request(Calls.stop_daemon())
+
+    async def updates(self) -> AsyncIterator[RunSummary | Event]:
+        """Each notification typed (see :func:`decode_notification`), until the connection ends."""
+        async for method, params in self.notifications():
+            update = decode_notification(method, params)
+            if update is not None:
+                yield update
+
+    # -- the wire ------------------------------------------------------------------------
+
     async def call(self, method: str, **params: Any) -> Any:
-        """Send one request and await its result; error responses raise ProtocolError."""
+        """Send one request and await its raw result; error responses raise ProtocolError."""
         if self._closed_reason is not None:
             raise DaemonNotRunning(self.socket_path, self._closed_reason)
         request_id = next(self._ids)

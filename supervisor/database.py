@@ -12,9 +12,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline.contract import DATABASE_URL_ENV
 from supervisor.embedded import EmbeddedPostgres
-
-DATABASE_URL_ENV = "GEOD_DATABASE_URL"
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""The JSON-RPC methods: thin adapters from ``protocol`` params to the Supervisor.
+"""The JSON-RPC methods: thin adapters from ``protocol`` params to the Scheduler.
 
 One function per entry of ``protocol.METHODS``; results are plain JSON-able
 values (summaries as dicts) so the server only frames them.
@@ -8,18 +8,19 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
 
+from pipeline.contract import LOG_LEVELS
+from pipeline.events import Event
 from supervisor import protocol
 from supervisor.protocol import ErrorCode, ProtocolError
-from supervisor.runs import LEVELS
-from supervisor.server import Connection
-from supervisor.supervise import Supervisor
+from supervisor.scheduler import Scheduler
+from supervisor.socket_server import Connection
 
 
 def _version() -> str:
@@ -33,11 +34,16 @@ def _dump(summaries: list[protocol.RunSummary]) -> list[dict[str, Any]]:
     return [s.model_dump(mode="json") for s in summaries]
 
 
+def _events(events: Iterable[Event]) -> list[dict[str, Any]]:
+    """Events on the wire exactly as in the history file (``None`` fields left out)."""
+    return [event.model_dump(mode="json", exclude_none=True) for event in events]
+
+
 class Methods:
     """Dispatch table bound to one daemon's supervisor."""
 
-    def __init__(self, supervisor: Supervisor, request_stop: Callable[[], None]) -> None:
-        self.supervisor = supervisor
+    def __init__(self, scheduler: Scheduler, request_stop: Callable[[], None]) -> None:
+        self.scheduler = scheduler
         self.request_stop = request_stop
         self.started = time.time()
         self.version = _version()
@@ -79,7 +85,7 @@ class Methods:
         }
 
     async def status(self, conn: Connection, params: protocol.EmptyParams) -> dict[str, Any]:
-        settings = self.supervisor.settings
+        settings = self.scheduler.settings
         return {
             "version": self.version,
             "pid": os.getpid(),
@@ -88,16 +94,16 @@ class Methods:
             "state_dir": str(settings.state_dir),
             "socket": str(settings.socket_path),
             "concurrency": settings.concurrency,
-            "counts": self.supervisor.counts(),
-            "runs": len(self.supervisor.runs()),
-            "stopping": self.supervisor.shutting_down,
+            "counts": self.scheduler.counts(),
+            "runs": len(self.scheduler.runs()),
+            "stopping": self.scheduler.shutting_down,
         }
 
     async def runs_list(self, conn: Connection, params: protocol.EmptyParams) -> list[Any]:
-        return _dump([run.summary for run in self.supervisor.runs()])
+        return _dump([run.summary for run in self.scheduler.runs()])
 
     async def runs_get(self, conn: Connection, params: protocol.RunParams) -> dict[str, Any]:
-        return self.supervisor.get(params.run).summary.model_dump(mode="json")
+        return self.scheduler.get(params.run).summary.model_dump(mode="json")
 
     async def runs_submit(self, conn: Connection, params: protocol.SubmitParams) -> dict[str, Any]:
         if not Path(params.config_path).is_absolute():
@@ -105,50 +111,50 @@ class Methods:
                 ErrorCode.INVALID_PARAMS,
                 f"config_path must be absolute (the daemon has its own cwd): {params.config_path}",
             )
-        summary = await self.supervisor.submit(params.config_path, params.name)
+        summary = await self.scheduler.submit(params.config_path, params.name)
         return summary.model_dump(mode="json")
 
     async def runs_pause(self, conn: Connection, params: protocol.Selection) -> list[Any]:
-        return _dump(self.supervisor.pause(params))
+        return _dump(self.scheduler.pause(params))
 
     async def runs_resume(self, conn: Connection, params: protocol.Selection) -> list[Any]:
-        return _dump(self.supervisor.resume(params))
+        return _dump(self.scheduler.resume(params))
 
     async def runs_kill(self, conn: Connection, params: protocol.KillParams) -> list[Any]:
         selection = protocol.Selection(run=params.run, all=params.all)
-        return _dump(self.supervisor.kill(selection, params.force))
+        return _dump(self.scheduler.kill(selection, params.force))
 
     async def runs_retry(self, conn: Connection, params: protocol.RunParams) -> dict[str, Any]:
-        return self.supervisor.retry(params.run).model_dump(mode="json")
+        return self.scheduler.retry(params.run).model_dump(mode="json")
 
     async def logs_tail(self, conn: Connection, params: protocol.LogsTailParams) -> list[Any]:
-        if params.level is not None and params.level.upper() not in LEVELS:
+        if params.level is not None and params.level.upper() not in LOG_LEVELS:
             raise ProtocolError(
                 ErrorCode.INVALID_PARAMS,
-                f"level: {params.level!r} is not one of {', '.join(LEVELS)}",
+                f"level: {params.level!r} is not one of {', '.join(LOG_LEVELS)}",
             )
-        run = self.supervisor.get(params.run)
-        return run.logs(params.limit, params.before_seq, params.level)
+        run = self.scheduler.get(params.run)
+        return _events(run.logs(params.limit, params.before_seq, params.level))
 
     async def memory_history(
         self, conn: Connection, params: protocol.MemoryHistoryParams
     ) -> dict[str, Any]:
-        run = self.supervisor.get(params.run)
+        run = self.scheduler.get(params.run)
         since = params.since
-        samples = [s for s in run.memory if since is None or s.get("time", 0) >= since]
-        return {"run": run.id, "samples": samples}
+        samples = [s for s in run.memory if since is None or s.time >= since]
+        return {"run": run.id, "samples": _events(samples)}  # a protocol.MemoryHistory
 
     async def subscribe(self, conn: Connection, params: protocol.SubscribeParams) -> dict[str, Any]:
         """Snapshot and subscription in one step with no await between: no gap, no duplicate."""
-        runs = self.supervisor.runs()
+        runs = self.scheduler.runs()
         if params.runs is not None:
-            runs = [self.supervisor.get(run_id) for run_id in params.runs]
+            runs = [self.scheduler.get(run_id) for run_id in params.runs]
         conn.subscribed = True
         conn.subscribed_runs = None if params.runs is None else set(params.runs)
         conn.subscribed_events = params.events
-        return {
+        return {  # a protocol.Snapshot: summaries whole, events as the worker wrote them
             "runs": _dump([run.summary for run in runs]),
-            "stages": {run.id: list(run.stages.values()) for run in runs},
+            "stages": {run.id: _events(run.stages.values()) for run in runs},
             "last_seq": {run.id: run.summary.last_seq for run in runs},
         }
 

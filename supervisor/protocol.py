@@ -1,28 +1,29 @@
 """The daemon's wire protocol: JSON-RPC 2.0, one JSON object per line, Unix socket.
 
 This module is the contract between the daemon, the ``geod`` CLI and the TUI:
-one typed params model per method (as pueue has one request type per verb),
-the run selection shared by every control verb, error codes and framing
-limits. It imports nothing from the daemon so clients stay light.
+one typed params model per method (as pueue has one request type per verb)
+and one reply model per answer, the run selection shared by every control
+verb, error codes and framing limits. Events inside replies and notifications
+are ``pipeline.events`` types. It imports nothing from the daemon so clients
+stay light; :mod:`supervisor.client` is the only code that names methods.
 """
 
 from __future__ import annotations
 
 import json
 from enum import IntEnum
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from pipeline.contract import FINAL_STATES, RunState
+from pipeline.events import LogEvent, MemoryEvent, StageEvent
 
 PROTOCOL_VERSION = 1
 #: Lines longer than this are answered with ``LINE_TOO_LONG`` and discarded.
 MAX_LINE_BYTES = 1024 * 1024
 
-RunState = Literal[
-    "queued", "running", "paused", "stopping", "done", "failed", "killed", "interrupted"
-]
-#: States a run never leaves without a user action.
-FINAL_STATES: frozenset[str] = frozenset({"done", "failed", "killed"})
+__all__ = ["FINAL_STATES", "RunState"]  # re-exported: clients need only this module
 
 
 class RunSummary(BaseModel):
@@ -122,6 +123,57 @@ class MemoryHistoryParams(_Params):
 class SubscribeParams(_Params):
     runs: list[str] | None = Field(default=None, description="None = every run, new ones too.")
     events: bool = True
+
+
+# -- replies ---------------------------------------------------------------------------
+
+
+class HelloReply(BaseModel):
+    """``hello``: who answers, so a client can refuse another protocol version."""
+
+    model_config = ConfigDict(extra="allow")
+
+    protocol: int | None = None
+    server: str = "geod"
+    version: str = "unknown"
+    pid: int = 0
+    started: float = 0.0
+
+
+class DaemonStatus(BaseModel):
+    """``status``: the daemon's facts (a newer daemon's extra fields are kept and shown)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    version: str
+    pid: int
+    started: float
+    uptime: float
+    state_dir: str
+    socket: str
+    concurrency: int
+    counts: dict[str, int] = Field(default_factory=dict, description="Runs per state.")
+    runs: int = 0
+    stopping: bool = False
+
+
+class MemoryHistory(BaseModel):
+    """``memory.history``: a run's memory events (daemon samples and worker readings)."""
+
+    run: str
+    samples: list[MemoryEvent] = Field(default_factory=list)
+
+
+class Snapshot(BaseModel):
+    """``subscribe``: runs and stage trees at the instant the subscription began."""
+
+    runs: list[RunSummary] = Field(default_factory=list)
+    stages: dict[str, list[StageEvent]] = Field(default_factory=dict)
+    last_seq: dict[str, int] = Field(default_factory=dict)
+
+
+#: What ``logs.tail`` returns: the run's log events, oldest first.
+LogPage = list[LogEvent]
 
 
 #: method name → params model. The daemon dispatches on this table; unknown

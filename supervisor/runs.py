@@ -11,6 +11,9 @@ Layout under ``state_dir/runs/<id>/``::
 ``events.ndjson`` is the history the daemon rebuilds a run from after a restart
 (stage tree, progress, memory ring, last ``seq``), so a client attaching to a
 new daemon sees the same snapshot and the sequence continues without reuse.
+Events stay ``pipeline.events`` types from the worker's pipe to the run's view:
+they are decoded once (a line from the worker or the history file) and encoded
+once (a history line, a notification, a reply).
 The state file is small and written on state changes only; the event file is
 the source of truth for anything that changes per event.
 """
@@ -21,17 +24,27 @@ import contextlib
 import functools
 import json
 import logging
-import os
 import re
 import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
 from pydantic import ValidationError
 
 from pipeline.config import PipelineConfig, RestartConfig, TelemetryConfig, load_config
+from pipeline.contract import level_rank
+from pipeline.durable import cut_torn_tail, write_atomic
+from pipeline.events import (
+    Event,
+    LogEvent,
+    MemoryEvent,
+    OutputEvent,
+    StageEvent,
+    StateEvent,
+    decode,
+)
 from supervisor.protocol import RunSummary
 
 log = logging.getLogger("geod.daemon.runs")
@@ -42,23 +55,6 @@ EVENTS_NAME = "events.ndjson"
 LOG_NAME = "worker.log"
 WORK_NAME = "work"
 RUN_ID_PATTERN = re.compile(r"^r(\d{4,})$")
-#: Log level order, for ``logs.tail --level``.
-LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so a reader (or a crash) sees the old or the new file, whole."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-    fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def format_run_id(number: int) -> str:
@@ -74,9 +70,9 @@ class Run:
     run_dir: Path
     memory_history: int
     event_history: int
-    stages: dict[str, dict[str, Any]] = field(default_factory=dict)
-    memory: deque[dict[str, Any]] = field(init=False)
-    recent_logs: deque[dict[str, Any]] = field(init=False)
+    stages: dict[str, StageEvent] = field(default_factory=dict)
+    memory: deque[MemoryEvent] = field(init=False)
+    recent_logs: deque[LogEvent] = field(init=False)
     #: Last lifecycle state the current worker reported (StateEvent.state) and its reason.
     worker_state: str | None = None
     worker_reason: str | None = None
@@ -125,88 +121,85 @@ class Run:
         self.summary.last_seq += 1
         return self.summary.last_seq
 
-    def append(self, event: dict[str, Any]) -> None:
-        """Append one stamped event to the history file (flushed, not fsynced: it is a log)."""
+    def append(self, line: str) -> None:
+        """Append one encoded stamped event to the history file (flushed, not fsynced: a log)."""
         if self._events_file is None:
             self._events_file = open(self.run_dir / EVENTS_NAME, "ab")  # noqa: SIM115
-        self._events_file.write(json.dumps(event, separators=(",", ":")).encode() + b"\n")
+        self._events_file.write(line.encode() + b"\n")
         self._events_file.flush()
 
-    def apply(self, event: dict[str, Any]) -> None:
+    def apply(self, event: Event) -> None:
         """Fold one event into the in-memory view (also used to replay the history file)."""
-        kind = event.get("type")
-        self.summary.last_seq = max(self.summary.last_seq, int(event.get("seq") or 0))
-        if kind == "stage":
-            self.stages[event["id"]] = event
+        self.summary.last_seq = max(self.summary.last_seq, event.seq or 0)
+        if isinstance(event, StageEvent):
+            self.stages[event.id] = event
             self._update_progress()
-        elif kind == "log":
+        elif isinstance(event, LogEvent):
             self.recent_logs.append(event)
-        elif kind == "memory":
+        elif isinstance(event, MemoryEvent):
             self.memory.append(event)
-            rss = int(event.get("rss") or 0)
-            if event.get("operation") == "sample":
-                self.summary.rss = rss
-            self.summary.peak_rss = max(self.summary.peak_rss or 0, rss)
-        elif kind == "output":
-            entry = {k: event.get(k) for k in ("kind", "path", "stage", "detail")}
+            if event.operation == "sample":
+                self.summary.rss = event.rss
+            self.summary.peak_rss = max(self.summary.peak_rss or 0, event.rss)
+        elif isinstance(event, OutputEvent):
+            entry = event.model_dump(mode="json", include={"kind", "path", "stage", "detail"})
             if entry not in self.summary.outputs:
                 self.summary.outputs.append(entry)
-        elif kind == "state":
-            self.worker_state = event.get("state")
-            self.worker_reason = event.get("reason")
+        elif isinstance(event, StateEvent):
+            self.worker_state = event.state
+            self.worker_reason = event.reason
 
     def _update_progress(self) -> None:
         """Progress = finished stages plus the running stage's fraction, over all stages."""
         root = self.stages.get("run")
-        running = [e for e in self.stages.values() if e.get("status") == "running"]
+        running = [e for e in self.stages.values() if e.status == "running"]
         # The deepest running node is the one a user wants to see ("resample/bio1").
-        self.summary.stage = (
-            max(running, key=lambda e: e["id"].count("/"))["id"] if running else None
-        )
-        if root is None or not root.get("total"):
+        self.summary.stage = max(running, key=lambda e: e.id.count("/")).id if running else None
+        if root is None or not root.total:
             return
         fraction = 0.0
         for event in running:
-            if event.get("parent") == "run" and event.get("total"):
-                fraction = min(1.0, event["done"] / event["total"])
-        if root.get("status") == "done":
+            if event.parent == "run" and event.total:
+                fraction = min(1.0, event.done / event.total)
+        if root.status == "done":
             self.summary.progress = 1.0
         else:
-            self.summary.progress = min(1.0, (root["done"] + fraction) / root["total"])
-        started = self.summary.started
-        if started and 0 < self.summary.progress < 1:
-            elapsed = time.time() - started
-            self.summary.eta = elapsed * (1 - self.summary.progress) / self.summary.progress
+            self.summary.progress = min(1.0, (root.done + fraction) / root.total)
+        # Only a running run has time left: a finished run rebuilt from its history at
+        # a daemon start must not carry the ETA of its last progress event.
+        started, progress = self.summary.started, self.summary.progress
+        if started and self.summary.state == "running" and 0 < progress < 1:
+            self.summary.eta = (time.time() - started) * (1 - progress) / progress
+        else:
+            self.summary.eta = None
 
-    def logs(self, limit: int, before_seq: int | None, level: str | None) -> list[dict[str, Any]]:
+    def logs(self, limit: int, before_seq: int | None, level: str | None) -> list[LogEvent]:
         """The newest ``limit`` log events older than ``before_seq``, oldest first."""
-        floor = LEVELS.index(level.upper()) if level else 0
+        floor = level_rank(level) if level else 0
 
-        def wanted(event: dict[str, Any]) -> bool:
-            if event.get("type") != "log":
+        def wanted(event: Event) -> bool:
+            if not isinstance(event, LogEvent):
                 return False
-            if before_seq is not None and int(event.get("seq") or 0) >= before_seq:
+            if before_seq is not None and (event.seq or 0) >= before_seq:
                 return False
-            return LEVELS.index(event.get("level", "INFO")) >= floor
+            return level_rank(event.level) >= floor
 
-        recent = [e for e in self.recent_logs if wanted(e)]
+        recent: list[LogEvent] = [e for e in self.recent_logs if wanted(e)]
         history_complete = len(self.recent_logs) < (self.recent_logs.maxlen or 0)
         if len(recent) < limit and not history_complete:
-            recent = [e for e in self.read_history() if wanted(e)]
+            recent = [e for e in self.read_history() if isinstance(e, LogEvent) and wanted(e)]
         return recent[-limit:]
 
-    def read_history(self) -> list[dict[str, Any]]:
-        """Every stamped event from the history file (skipping a torn last line)."""
-        events: list[dict[str, Any]] = []
+    def read_history(self) -> list[Event]:
+        """Every stamped event of the history file, decoded; torn or foreign lines skipped."""
+        events: list[Event] = []
         path = self.run_dir / EVENTS_NAME
         if not path.exists():
             return events
         with open(path, "rb") as handle:
             for line in handle:
-                with contextlib.suppress(ValueError):
-                    event = json.loads(line)
-                    if isinstance(event, dict):
-                        events.append(event)
+                with contextlib.suppress(ValueError):  # pydantic's ValidationError included
+                    events.append(decode(line))
         return events
 
     def close(self) -> None:
@@ -217,28 +210,8 @@ class Run:
 
 def _repair_history(path: Path) -> None:
     """Cut a torn last line (daemon killed mid-write) so the next append starts clean."""
-    if not path.exists():
-        return
-    with open(path, "rb+") as handle:
-        size = handle.seek(0, os.SEEK_END)
-        if size == 0:
-            return
-        handle.seek(size - 1)
-        if handle.read(1) == b"\n":
-            return
+    if cut_torn_tail(path):
         log.warning("%s: cut a torn last line left by an interrupted write", path)
-        # Scan back to the last newline; histories are appended in small lines.
-        position = size
-        while position > 0:
-            step = min(position, 65536)
-            handle.seek(position - step)
-            chunk = handle.read(step)
-            index = chunk.rfind(b"\n")
-            if index >= 0:
-                handle.truncate(position - step + index + 1)
-                return
-            position -= step
-        handle.truncate(0)
 
 
 class Registry:
@@ -297,7 +270,7 @@ class Registry:
                 break
             except FileExistsError:  # a directory left without a state file; skip its id
                 self.runs[run_id] = self._load_one(run_dir)
-        atomic_write(run_dir / CONFIG_NAME, config_text.encode())
+        write_atomic(run_dir / CONFIG_NAME, config_text.encode())
         summary = RunSummary(
             id=run_id,
             name=name,
@@ -313,7 +286,7 @@ class Registry:
 
     def save(self, run: Run) -> None:
         payload = {"summary": run.summary.model_dump(mode="json")}
-        atomic_write(run.run_dir / STATE_NAME, json.dumps(payload, indent=1).encode())
+        write_atomic(run.run_dir / STATE_NAME, json.dumps(payload, indent=1).encode())
 
     def get(self, run_id: str) -> Run | None:
         return self.runs.get(run_id)

@@ -28,22 +28,17 @@ import grp
 import os
 import sys
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 from pipeline.config import read_yaml
-
-STATE_DIR_ENV = "GEOD_STATE_DIR"
-SOCKET_ENV = "GEOD_SOCKET"
-DATABASE_URL_ENV = "GEOD_DATABASE_URL"
+from pipeline.contract import DATABASE_URL_ENV, SOCKET_ENV, STATE_DIR_ENV, LogLevel
 
 SYSTEM_STATE_DIR = Path("/var/lib/geod")
 SYSTEM_SOCKET = Path("/run/geod/geod.sock")
 SYSTEM_SETTINGS_FILE = Path("/etc/geod/geod.yml")
 SOCKET_NAME = "geod.sock"
-
-LogLevelName = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 
 
 class SettingsError(ValueError):
@@ -125,7 +120,7 @@ class Settings(BaseModel):
         default=10 * 1024 * 1024, ge=1024, description="Rotate a run's worker.log at this size."
     )
     log_backups: int = Field(default=3, ge=0, description="Rotated worker.log.N files kept.")
-    log_level: LogLevelName = Field(default="INFO", description="The daemon's own log level.")
+    log_level: LogLevel = Field(default="INFO", description="The daemon's own log level.")
     database_url: str | None = Field(
         default=None,
         description="Telemetry PostgreSQL; None = embedded server ($GEOD_DATABASE_URL overrides).",

@@ -329,7 +329,7 @@ def run_all_cases(tmp: Path, demo: Path) -> tuple[int, int]:
                 except AssertionError as exc:
                     problems.append(str(exc).splitlines()[0])
             with Client(daemon.socket_path) as client:
-                if client.hello["pid"] != daemon.process.pid:
+                if client.hello.pid != daemon.process.pid:
                     problems.append("the daemon changed")
             tried += 1
             clean += not problems

@@ -92,18 +92,8 @@ def demo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def write_demo_config(directory: Path, demo: Path, **sections: object) -> Path:
-    """A config.yml in ``directory`` that reads the demo layers from ``demo``.
+    """The repository's config.yml pointed at ``demo`` and ``directory`` (see
+    :func:`pipeline.demo.write_demo_config`); keyword arguments replace sections."""
+    from pipeline.demo import write_demo_config as write
 
-    It is the root config.yml with its paths pointed at ``demo`` and ``directory``;
-    keyword arguments replace whole top-level sections.
-    """
-    import yaml
-
-    data = yaml.safe_load((REPO / "config.yml").read_text())
-    for dataset in data["datasets"]:
-        dataset["path"] = str(demo / Path(dataset["path"]).name)
-    data["paths"] = {"work_dir": str(directory / "work"), "output_dir": str(directory / "out")}
-    data.update(sections)
-    path = directory / "config.yml"
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    return path
+    return write(REPO / "config.yml", directory, demo, **sections)

@@ -33,7 +33,7 @@ DAEMON_SCRIPT = (
     "from pathlib import Path\n"
     "logging.basicConfig(level=logging.INFO, stream=sys.stderr,\n"
     "                    format='%(asctime)s %(name)s %(levelname)s %(message)s')\n"
-    "from supervisor.daemon import run_daemon\n"
+    "from supervisor.lifecycle import run_daemon\n"
     "from supervisor.settings import load_settings\n"
     "sys.exit(run_daemon(load_settings(Path(sys.argv[1]))))\n"
 )

@@ -61,7 +61,7 @@ TELEMETRY_TIMEOUT = 60.0
 #: How often the event history is polled for a trigger: well below one window's time.
 TRIGGER_POLL = 0.002
 #: Names of temporary files any part of geod may leave while writing (see
-#: pipeline.export.atomic, pipeline.store, supervisor.runs.atomic_write).
+#: pipeline.export.atomic and pipeline.durable.write_atomic).
 TEMP_PATTERNS = ("*.partial*", ".*.tmp", ".analysis-work")
 
 Target = Literal["worker", "daemon", "both"]

@@ -6,11 +6,11 @@ import io
 import re
 import time
 
-import pytest
 from rich.console import Console, RenderableType
 
+from pipeline.events import LogEvent
 from supervisor.cli import render
-from supervisor.protocol import RunSummary
+from supervisor.protocol import DaemonStatus, RunSummary
 
 NOW = time.time()
 
@@ -19,22 +19,6 @@ def text(renderable: RenderableType) -> str:
     console = Console(width=160, record=True, color_system=None, file=io.StringIO())
     console.print(renderable)
     return console.export_text()
-
-
-@pytest.mark.parametrize(
-    ("value", "expected"),
-    [(None, "-"), (0, "0 B"), (1023, "1023 B"), (1536, "1.5 KiB"), (3 * 1024**3, "3.0 GiB")],
-)
-def test_human_bytes(value: int | None, expected: str) -> None:
-    assert render.human_bytes(value) == expected
-
-
-@pytest.mark.parametrize(
-    ("seconds", "expected"),
-    [(None, "-"), (7.4, "7s"), (306, "5m 06s"), (3 * 3600 + 240, "3h 04m"), (90000, "1d 1h")],
-)
-def test_human_duration(seconds: float | None, expected: str) -> None:
-    assert render.human_duration(seconds) == expected
 
 
 def _run(**fields: object) -> RunSummary:
@@ -102,7 +86,7 @@ def test_stage_tree_nests_by_parent_in_announcement_order() -> None:
     assert names[2].startswith("▶ resample") and "1/2 datasets" in names[2]
     assert names[3].startswith("✔ b") and "9/9" in names[3]
     assert names[4].startswith("✘ a") and "disk full" in names[4]
-    assert names[5].startswith("· orphan")  # unknown parent: kept, under the root
+    assert names[5].startswith("◌ orphan")  # unknown parent: kept, under the root
     # depth: b and a are deeper than resample, which is deeper than demo
     indent = [len(line) - len(line.lstrip(" │├└─")) for line in lines]
     assert indent[1] < indent[2] < indent[3] == indent[4]
@@ -127,28 +111,33 @@ def test_run_detail_shows_peak_rss_outputs_and_stages() -> None:
 
 
 def test_log_line() -> None:
-    record = {
-        "time": NOW,
-        "level": "WARNING",
-        "logger": "pipeline.resample",
-        "stage": "resample",
-        "dataset": "bio1",
-        "message": "slow window",
-    }
+    record = LogEvent(
+        time=NOW,
+        level="WARNING",
+        logger="pipeline.resample",
+        stage="resample",
+        dataset="bio1",
+        message="slow window",
+    )
     line = render.log_line(record).plain
     assert line.split()[1:] == ["WARNING", "resample[bio1]", "slow", "window"]
 
 
 def test_daemon_summary_is_readable_and_keeps_unknown_fields() -> None:
-    status = {
-        "version": "0.1.0",
-        "pid": 42,
-        "started": NOW - 3700,
-        "uptime": 3700.0,
-        "counts": {"running": 1, "queued": 0, "done": 2},
-        "stopping": False,
-        "future_field": "shown",
-    }
+    status = DaemonStatus.model_validate(
+        {
+            "version": "0.1.0",
+            "pid": 42,
+            "started": NOW - 3700,
+            "uptime": 3700.0,
+            "state_dir": "/state",
+            "socket": "/run/geod.sock",
+            "concurrency": 2,
+            "counts": {"running": 1, "queued": 0, "done": 2},
+            "stopping": False,
+            "future_field": "shown",
+        }
+    )
     out = text(render.daemon_summary(status, now=NOW))
     assert "1h 01m" in out and "1 running, 2 done" in out and "queued" not in out
     assert "stopping" not in out

@@ -11,8 +11,19 @@ from typing import Any
 
 import pytest
 
+from pipeline.events import LogEvent, StageEvent
 from supervisor.client import AsyncClient, Client, DaemonNotRunning
-from supervisor.protocol import NOTIFY_EVENT, NOTIFY_RUN, ErrorCode, ProtocolError
+from supervisor.protocol import (
+    NOTIFY_EVENT,
+    NOTIFY_RUN,
+    DaemonStatus,
+    ErrorCode,
+    MemoryHistory,
+    ProtocolError,
+    RunSummary,
+    Selection,
+    Snapshot,
+)
 from tests.daemon_harness import DaemonHarness, fake_config, running_daemon
 
 SUBSCRIBERS = 3
@@ -65,13 +76,49 @@ def test_protocol_version_mismatch_refused(tmp_path: Path) -> None:
 
 def test_sync_client_calls_and_errors(tmp_path: Path) -> None:
     with running_daemon(tmp_path) as daemon, daemon.client() as client:
-        assert client.hello["pid"] == daemon.process.pid
+        assert client.hello.pid == daemon.process.pid
         assert client.call("runs.list") == []
         with pytest.raises(ProtocolError) as error:
             client.call("runs.get", run="r0404")
         assert error.value.code == ErrorCode.UNKNOWN_RUN and "r0404" in error.value.message
         run_id = client.call("runs.submit", config_path=str(fake_config(tmp_path, "steps5")))["id"]
         assert client.call("runs.get", run=run_id)["name"] == "steps5"
+
+
+def test_typed_methods_return_models(tmp_path: Path) -> None:
+    """Every typed method sends its method and reads its reply into the protocol's models."""
+    config = str(fake_config(tmp_path, "steps500-chatty"))
+    with running_daemon(tmp_path) as daemon, daemon.client() as client:
+        assert client.runs() == []
+        status = client.status()
+        assert isinstance(status, DaemonStatus) and status.pid == daemon.process.pid
+        run = client.submit(config, "typed")
+        assert (
+            isinstance(run, RunSummary)
+            and run.name == "typed"
+            and run.state in ("queued", "running")
+        )
+        assert client.run(run.id).id == run.id
+        assert [r.id for r in client.runs()] == [run.id]
+        daemon.wait(run.id, lambda r: r["state"] == "running" and r["last_seq"] >= 5)
+        paused = client.pause(Selection(run=run.id))
+        assert [r.id for r in paused] == [run.id]
+        assert [r.id for r in client.resume(Selection(all=True))] == [run.id]
+        snapshot = client.subscribe(runs=[run.id], events=False)
+        assert isinstance(snapshot, Snapshot) and [r.id for r in snapshot.runs] == [run.id]
+        assert all(isinstance(stage, StageEvent) for stage in snapshot.stages[run.id])
+        killed = client.kill(Selection(run=run.id), force=True)
+        assert [r.state for r in killed] == ["stopping"]
+        final = daemon.wait(run.id, lambda r: r["state"] == "killed")
+        logs = client.logs(run.id, limit=1000)
+        assert logs and all(isinstance(record, LogEvent) for record in logs)
+        assert [r.seq for r in logs] == sorted(r.seq for r in logs)
+        assert isinstance(client.memory(run.id), MemoryHistory)
+        assert client.retry(run.id).state in ("queued", "running")
+        assert final["eta"] is None
+        with pytest.raises(ProtocolError) as error:
+            client.run("r0404")
+        assert error.value.code == ErrorCode.UNKNOWN_RUN
 
 
 async def _watch(

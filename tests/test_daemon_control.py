@@ -18,7 +18,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from supervisor.daemon import EXIT_LOCKED, EXIT_START_FAILED
+from supervisor.lifecycle import EXIT_LOCKED, EXIT_START_FAILED
 from supervisor.protocol import ErrorCode, ProtocolError
 from tests.daemon_harness import DaemonHarness, fake_config, group_alive, running_daemon
 
@@ -343,7 +343,7 @@ def test_unstartable_worker_fails_the_run_not_the_daemon(tmp_path: Path) -> None
 
 def test_telemetry_opened_only_after_the_lock(tmp_path: Path) -> None:
     """A refused second daemon must not touch the database (an embedded server's data dir)."""
-    from supervisor.daemon import run_daemon
+    from supervisor.lifecycle import run_daemon
     from supervisor.settings import load_settings
 
     with running_daemon(tmp_path) as daemon:

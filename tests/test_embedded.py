@@ -10,16 +10,13 @@ from pathlib import Path
 import psycopg2
 import pytest
 
-from supervisor.database import DATABASE_URL_ENV, open_database
+from bench.telemetry_events import realistic_events
+from pipeline.contract import DATABASE_URL_ENV
+from supervisor.database import open_database
 from supervisor.embedded import EmbeddedPostgres
 from supervisor.protocol import RunSummary
 from supervisor.telemetry import open_telemetry
-from tests.telemetry_helpers import (
-    count_rows,
-    embedded_scratch_dir,
-    expected_rows,
-    realistic_events,
-)
+from tests.telemetry_helpers import count_rows, embedded_scratch_dir, expected_rows
 
 FLUSH_TIMEOUT = 30.0
 

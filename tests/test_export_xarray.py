@@ -15,13 +15,14 @@ import pyarrow.parquet as pq
 import pytest
 import xarray as xr
 
+import pipeline
 from pipeline.config import parse_config
 from pipeline.control import StopRequested
 from pipeline.export import run_merge_export
 from pipeline.export.atomic import PARTIAL_MARKER
 from pipeline.grid import TargetGrid
 from pipeline.merge import region_window
-from pipeline.stack import GRID_MAPPING, geod_version, open_stack, stack_layout
+from pipeline.stack import GRID_MAPPING, geod_version, stack_layout
 from tests.test_export import context, export, out_dir
 from tests.test_merge import CHUNK, LAYERS, build_run
 
@@ -113,7 +114,7 @@ def test_open_stack_is_lazy_and_equals_the_zarr_export(tmp_path: Path) -> None:
     export(run)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        stack = open_stack(tmp_path / "config.yml")
+        stack = pipeline.open_stack(tmp_path / "config.yml")
     # Lazy: nothing loaded until asked (xarray keeps a backend array, not numpy).
     assert not isinstance(stack[LAYERS[0].name].variable._data, np.ndarray)
     exported = open_quietly(out_dir(run) / "merged.zarr")

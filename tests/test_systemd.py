@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from supervisor.daemon import EXIT_LOCKED
+from supervisor.lifecycle import EXIT_LOCKED
 
 REPO = Path(__file__).resolve().parent.parent
 UNIT = REPO / "systemd" / "geod.service"

@@ -22,7 +22,7 @@ from tests.daemon_harness import DaemonHarness
 DAEMON_WITH_TELEMETRY = (
     "import sys\n"
     "from pathlib import Path\n"
-    "from supervisor.daemonize import serve\n"
+    "from supervisor.detach import serve\n"
     "from supervisor.settings import load_settings\n"
     "sys.exit(serve(load_settings(Path(sys.argv[1]))))\n"
 )

@@ -6,11 +6,12 @@ from pathlib import Path
 
 import psycopg2
 
+from bench.telemetry_events import Stamper
 from pipeline.events import LogEvent, MemoryEvent, StageEvent
 from supervisor.protocol import RunSummary
 from supervisor.telemetry.writer import TelemetryWriter
 from tests.conftest import write_demo_config
-from tests.telemetry_helpers import Stamper, count_rows, expected_rows
+from tests.telemetry_helpers import count_rows, expected_rows
 from tests.workerproc import WorkerProcess
 
 FLUSH_TIMEOUT = 60.0

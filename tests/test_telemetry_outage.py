@@ -19,17 +19,12 @@ from pathlib import Path
 
 import pytest
 
+from bench.telemetry_events import Stamper, realistic_events
 from supervisor.embedded import EmbeddedPostgres
 from supervisor.protocol import RunSummary
 from supervisor.telemetry.writer import TelemetryWriter
 from tests.conftest import write_demo_config
-from tests.telemetry_helpers import (
-    Stamper,
-    count_rows,
-    embedded_scratch_dir,
-    expected_rows,
-    realistic_events,
-)
+from tests.telemetry_helpers import count_rows, embedded_scratch_dir, expected_rows
 from tests.workerproc import WorkerProcess
 
 OUTAGE_SECONDS = float(os.environ.get("GEOD_TELEMETRY_OUTAGE_SECONDS", "5"))

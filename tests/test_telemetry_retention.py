@@ -6,10 +6,11 @@ from pathlib import Path
 
 import psycopg2
 
+from bench.telemetry_events import realistic_events
 from supervisor.protocol import RunSummary
 from supervisor.telemetry.retention import SECONDS_PER_DAY, prune
 from supervisor.telemetry.writer import TelemetryWriter
-from tests.telemetry_helpers import count_rows, expected_rows, realistic_events
+from tests.telemetry_helpers import count_rows, expected_rows
 
 RETENTION_DAYS = 30
 FLUSH_TIMEOUT = 30.0

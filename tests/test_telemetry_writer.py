@@ -9,11 +9,12 @@ from pathlib import Path
 import psycopg2
 import pytest
 
+from bench.telemetry_events import Stamper, realistic_events
 from pipeline.events import LogEvent, MemoryEvent, StageEvent
 from supervisor.protocol import RunSummary
 from supervisor.telemetry.spool import SPOOL_NAME, Spool
 from supervisor.telemetry.writer import REJECTED_NAME, TelemetryWriter
-from tests.telemetry_helpers import Stamper, count_rows, expected_rows, realistic_events
+from tests.telemetry_helpers import count_rows, expected_rows
 
 #: Generous bound for a flush on a loaded 2-core CI box; tests never time anything.
 FLUSH_TIMEOUT = 30.0

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pipeline.events import LogEvent, MemoryEvent, StageEvent, event_to_json_dict
+from pipeline.events import LogEvent, MemoryEvent, StageEvent, decode_dict
 from tests import tui_recording as rec
 from tui import state as state_module
 from tui.state import DashboardState, LogLine
@@ -13,7 +13,7 @@ def _loaded() -> tuple[DashboardState, list[dict]]:
     events = rec.events()
     state.apply_snapshot(rec.snapshot_before(events, 0))
     for event in events:
-        state.apply_event_dict(event)
+        state.apply_event(decode_dict(event))
     return state, events
 
 
@@ -21,11 +21,11 @@ def test_snapshot_then_events_build_the_stage_tree_with_aggregated_progress() ->
     state, _ = _loaded()
     view = state.runs[rec.RUN]
     assert list(view.children["run"]) == ["catalog", "resample", "merge"]
-    assert view.stages["resample/landcover"].done == 5
+    assert view.stages["resample/landcover"].node.done == 5
     # resample has no count of its own: the mean of its four datasets (1, 1, 5/8, 0).
     assert abs(view.fraction("resample") - (1 + 1 + 5 / 8 + 0) / 4) < 1e-9
-    assert view.stages["merge"].status == "failed"
-    assert view.stages["merge"].error == "merge: disk full writing part-0003"
+    assert view.stages["merge"].node.status == "failed"
+    assert view.stages["merge"].node.error == "merge: disk full writing part-0003"
     assert list(view.ancestors("resample/threat")) == ["resample", "run"]
 
 
@@ -43,7 +43,7 @@ def test_replayed_events_are_dropped_by_seq() -> None:
     before = len(state.runs[rec.RUN].logs)
     state.take_changes()
     for event in events:
-        state.apply_event_dict(event)
+        state.apply_event(decode_dict(event))
     assert len(state.runs[rec.RUN].logs) == before
     assert not state.take_changes()
 
@@ -55,18 +55,18 @@ def test_resync_snapshot_and_log_backfill_never_duplicate_a_line() -> None:
     state = DashboardState()
     state.apply_snapshot(rec.snapshot_before(events, 0))
     for event in events[:half]:
-        state.apply_event_dict(event)
+        state.apply_event(decode_dict(event))
     # Daemon gone; meanwhile the run went on. Reattach: snapshot at the end ...
     state.apply_snapshot(rec.snapshot_before(events, len(events)))
     # ... and the back-fill page overlaps what we already had.
     logs = [event for event in events if event["type"] == "log"]
-    added = state.merge_logs(rec.RUN, logs[-500:])
+    added = state.merge_logs(rec.RUN, [decode_dict(event) for event in logs[-500:]])
     seqs = [line.seq for line in state.runs[rec.RUN].logs]
     assert seqs == sorted(set(seqs))
     assert seqs == [event["seq"] for event in logs]
     assert added == sum(1 for event in logs if event["seq"] > events[half - 1]["seq"])
     # Live events that the snapshot already covered are ignored.
-    state.apply_event_dict(events[-1])
+    state.apply_event(decode_dict(events[-1]))
     assert [line.seq for line in state.runs[rec.RUN].logs] == seqs
 
 
@@ -133,14 +133,11 @@ def test_memory_history_merges_with_live_samples() -> None:
     view = state.runs[rec.RUN]
     live = len(view.memory)
     first = next(e for e in events if e.get("operation") == "sample")
-    history = {
-        "run": rec.RUN,
-        "samples": [
-            {"type": "memory", "time": rec.T0 - 10, "rss": 100, "operation": "sample"},
-            first,  # already held
-        ],
-    }
-    state.merge_memory(rec.RUN, history["samples"])
+    samples = [
+        MemoryEvent(time=rec.T0 - 10, rss=100, operation="sample"),
+        decode_dict(first),  # already held
+    ]
+    state.merge_memory(rec.RUN, samples)
     assert len(view.memory) == live + 1
     assert view.memory[0].time == rec.T0 - 10
     assert [s.time for s in view.memory] == sorted(s.time for s in view.memory)
@@ -155,10 +152,7 @@ def test_log_buffer_is_bounded(monkeypatch) -> None:
     seqs = [line.seq for line in state.runs[rec.RUN].logs]
     assert seqs == list(range(151, 201))
     # Paging back past the bound keeps the newest lines, never the oldest.
-    older = [
-        {**event_to_json_dict(LogEvent(level="INFO", logger="t", message="old")), "seq": seq}
-        for seq in range(100, 150)
-    ]
+    older = [LogEvent(seq=seq, level="INFO", logger="t", message="old") for seq in range(100, 150)]
     state.merge_logs(rec.RUN, older)
     assert [line.seq for line in state.runs[rec.RUN].logs] == list(range(151, 201))
 

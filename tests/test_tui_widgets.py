@@ -7,6 +7,8 @@ filter keeps, which node is open, what a search hits.
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from rich.text import Text
 
@@ -20,7 +22,7 @@ from tui.screens.confirm_kill import ConfirmKill
 from tui.screens.help import HelpScreen
 from tui.widgets.banner import ConnectionBanner
 from tui.widgets.log_view import LogView
-from tui.widgets.memory_chart import MemoryChart
+from tui.widgets.memory_chart import MemoryChart, time_ticks
 from tui.widgets.runs_table import RunsTable
 from tui.widgets.stage_tree import StageTree
 
@@ -42,7 +44,7 @@ async def test_runs_table_shows_state_symbols_and_selects_the_active_run() -> No
         assert _cell(table, rec.RUN, "state") == "▶ running"
         assert _cell(table, rec.OTHER, "state") == "✘ failed"
         assert _cell(table, rec.RUN, "progress").strip() == "42.0%"
-        assert _cell(table, rec.RUN, "elapsed") == "1m00s"
+        assert _cell(table, rec.RUN, "elapsed") == "1m 00s"
         assert _cell(table, rec.RUN, "rss").strip() == "610.0 MiB"
         assert app.selected == rec.RUN
         # Selecting the other row re-points every panel.
@@ -282,6 +284,16 @@ async def test_memory_chart_span_cycles_and_draws_levels() -> None:
         # Free memory (2.9 GiB) is above the worker's range (budget 2 GiB): stated, not drawn.
         assert "avail" not in built
         assert "avail 2.9 GiB" in str(chart.border_subtitle)
+        # The time axis says its unit: durations before the newest sample, ending at "now".
+        assert "now" in built
+        assert re.search(r"-\d+(s|m \d\ds|h \d\dm)\b", built), built
+
+
+def test_memory_chart_time_ticks_carry_a_unit() -> None:
+    ticks, labels = time_ticks(-300.0)
+    assert ticks == [-300.0, -225.0, -150.0, -75.0, 0.0]
+    assert labels == ["-5m 00s", "-3m 45s", "-2m 30s", "-1m 15s", "now"]
+    assert time_ticks(-9.3, count=2)[1] == ["-9s", "now"]
 
 
 @pilot_test

@@ -18,7 +18,7 @@ from pipeline.events import (
     StageEvent,
     event_to_json_dict,
 )
-from supervisor.protocol import RunSummary
+from supervisor.protocol import RunSummary, Snapshot
 
 T0 = 1_767_225_600.0  # 2026-01-01 00:00:00 UTC
 RUN = "r1"
@@ -188,14 +188,16 @@ def events(run: str = RUN) -> list[dict[str, Any]]:
     return stamped
 
 
-def snapshot_before(events_list: list[dict[str, Any]], upto: int) -> dict[str, Any]:
+def snapshot_before(events_list: list[dict[str, Any]], upto: int) -> Snapshot:
     """A ``subscribe`` snapshot as the daemon would send after the first ``upto`` events."""
     stages: dict[str, dict[str, Any]] = {}
     for event in events_list[:upto]:
         if event["type"] == "stage":
             stages[event["id"]] = event
-    return {
-        "runs": summaries(),
-        "stages": {RUN: list(stages.values())},
-        "last_seq": {RUN: events_list[upto - 1]["seq"] if upto else 0},
-    }
+    return Snapshot.model_validate(
+        {
+            "runs": summaries(),
+            "stages": {RUN: list(stages.values())},
+            "last_seq": {RUN: events_list[upto - 1]["seq"] if upto else 0},
+        }
+    )

@@ -7,6 +7,7 @@ import functools
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from pipeline.events import decode_dict
 from tests import tui_recording as rec
 from tui.app import GeodApp
 from tui.state import DashboardState
@@ -28,7 +29,7 @@ def loaded_state() -> DashboardState:
     events = rec.events()
     state.apply_snapshot(rec.snapshot_before(events, 0))
     for event in events:
-        state.apply_event_dict(event)
+        state.apply_event(decode_dict(event))
     return state
 
 

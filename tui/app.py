@@ -27,8 +27,9 @@ from textual.screen import Screen
 from textual.widget import Widget
 from textual.widgets import Footer, Header, Input
 
-from supervisor.protocol import FINAL_STATES, ProtocolError
-from tui import formatting
+from supervisor import formatting
+from supervisor.client import Call, Calls
+from supervisor.protocol import FINAL_STATES, ProtocolError, Selection
 from tui.bindings import APP_BINDINGS, COMMANDS
 from tui.connection import Backoff, DaemonLink, NotConnected
 from tui.screens.confirm_kill import ConfirmKill
@@ -244,14 +245,16 @@ class GeodApp(App[None]):
     # -- actions -----------------------------------------------------------------------
 
     def action_pause(self) -> None:
-        self._control("runs.pause", "pause")
+        if self.selected is not None:
+            self._send(Calls.pause(Selection(run=self.selected)), f"pause {self.selected}")
 
     def action_resume(self) -> None:
-        self._control("runs.resume", "resume")
+        if self.selected is not None:
+            self._send(Calls.resume(Selection(run=self.selected)), f"resume {self.selected}")
 
     def action_retry(self) -> None:
         if self.selected is not None:
-            self._send("runs.retry", f"retry {self.selected}", run=self.selected)
+            self._send(Calls.retry(self.selected), f"retry {self.selected}")
 
     def action_kill(self) -> None:
         self._confirm_kill(force=False)
@@ -267,23 +270,19 @@ class GeodApp(App[None]):
         def done(confirmed: bool | None) -> None:
             if confirmed:
                 verb = "force-kill" if force else "kill"
-                self._send("runs.kill", f"{verb} {run}", run=run, force=force)
+                self._send(Calls.kill(Selection(run=run), force), f"{verb} {run}")
 
         self.push_screen(ConfirmKill(run, force=force), done)
 
-    def _control(self, method: str, verb: str) -> None:
-        if self.selected is not None:
-            self._send(method, f"{verb} {self.selected}", run=self.selected)
+    def _send(self, call: Call[Any], what: str) -> None:
+        self.run_worker(self._request(call, what), group="actions", exit_on_error=False)
 
-    def _send(self, method: str, what: str, **params: Any) -> None:
-        self.run_worker(self._request(method, what, params), group="actions", exit_on_error=False)
-
-    async def _request(self, method: str, what: str, params: dict[str, Any]) -> None:
+    async def _request(self, call: Call[Any], what: str) -> None:
         if self.link is None:
             self.notify(f"{what}: not attached to a daemon", severity="warning")
             return
         try:
-            await self.link.call(method, **params)
+            await self.link.request(call)
         except (ProtocolError, NotConnected) as exc:
             self.notify(f"{what}: {exc}", severity="error")
         else:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from pipeline.contract import SOCKET_ENV
 from supervisor.client import resolve_socket_path
 
 
@@ -21,7 +22,7 @@ def cli() -> None:
     "socket_path",
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
-    help="Daemon socket (default: $GEOD_SOCKET, else the user daemon's socket).",
+    help=f"Daemon socket (default: ${SOCKET_ENV}, else the user daemon's socket).",
 )
 @click.argument("run", required=False)
 def attach(socket_path: Path | None, run: str | None) -> None:

@@ -20,11 +20,13 @@ import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TypeVar
 
-from supervisor.client import AsyncClient, DaemonNotRunning
-from supervisor.protocol import NOTIFY_EVENT, NOTIFY_RUN, ProtocolError
+from supervisor.client import AsyncClient, Call, Calls, DaemonNotRunning
+from supervisor.protocol import ProtocolError
 from tui.state import DashboardState
+
+T = TypeVar("T")
 
 #: Log lines fetched per ``logs.tail`` page (attach, scroll-back, resync gap).
 LOG_PAGE = 500
@@ -95,13 +97,14 @@ class DaemonLink:
             info.state = "connecting"
             self.state.touch_connection()
 
-    async def call(self, method: str, **params: Any) -> Any:
-        """One request; raises :class:`NotConnected` while the daemon is away."""
+    async def request(self, call: Call[T]) -> T:
+        """One typed request (built by :class:`~supervisor.client.Calls`); raises
+        :class:`NotConnected` while the daemon is away."""
         client = self._client
         if client is None:
             raise NotConnected("not connected to the daemon")
         try:
-            return await client.call(method, **params)
+            return await client.request(call)
         except _GONE as exc:
             raise NotConnected(str(exc) or "connection lost") from exc
 
@@ -115,15 +118,12 @@ class DaemonLink:
         if view is None or self._client is None or view.logs_loaded:
             return
         await self.fetch_logs(run_id, None)
-        history = await self.call("memory.history", run=run_id)
-        self.state.merge_memory(run_id, history["samples"])
+        history = await self.request(Calls.memory(run_id))
+        self.state.merge_memory(run_id, history.samples)
 
     async def fetch_logs(self, run_id: str, before_seq: int | None) -> int:
         """One page of log lines older than ``before_seq`` (None = newest); returns lines added."""
-        params: dict[str, Any] = {"run": run_id, "limit": LOG_PAGE}
-        if before_seq is not None:
-            params["before_seq"] = before_seq
-        records = await self.call("logs.tail", **params)
+        records = await self.request(Calls.logs(run_id, LOG_PAGE, before_seq))
         return self.state.merge_logs(run_id, records)
 
     # -- internals ------------------------------------------------------------------
@@ -131,11 +131,10 @@ class DaemonLink:
     async def _session(self) -> None:
         client = await AsyncClient.connect(socket_path=self.socket_path)
         self._client = client
-        status = await client.call("status")
+        status = await client.status()
         info = self.state.connection
-        info.daemon_version, info.daemon_started = status["version"], status["started"]
-        snapshot = await client.call("subscribe", runs=None)
-        self.state.apply_snapshot(snapshot)
+        info.daemon_version, info.daemon_started = status.version, status.started
+        self.state.apply_snapshot(await client.subscribe())
         # Every run may have missed lines while we were away: each is back-filled
         # when it is next shown (the one on screen right now, below).
         for view in self.state.runs.values():
@@ -145,11 +144,8 @@ class DaemonLink:
         for run_id in self._wanted_runs():
             with contextlib.suppress(ProtocolError):  # e.g. the run was removed meanwhile
                 await self.load_run(run_id)
-        async for method, params in client.notifications():
-            if method == NOTIFY_EVENT:
-                self.state.apply_event_dict(params)
-            elif method == NOTIFY_RUN:
-                self.state.apply_run(params)
+        async for update in client.updates():
+            self.state.apply_update(update)
 
     async def _drop(self) -> None:
         client, self._client = self._client, None

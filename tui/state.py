@@ -22,17 +22,9 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
 
-from pipeline.events import (
-    Event,
-    GovernorEvent,
-    LogEvent,
-    MemoryEvent,
-    StageEvent,
-    decode_dict,
-)
-from supervisor.protocol import RunSummary
+from pipeline.events import Event, GovernorEvent, LogEvent, MemoryEvent, StageEvent
+from supervisor.protocol import RunSummary, Snapshot
 
 #: Log lines kept per run in memory; older ones are paged in from the daemon on demand.
 LOG_BUFFER_LINES = 20_000
@@ -47,8 +39,6 @@ WORKER_READING_S = 1.0
 RATE_WINDOW_S = 15.0
 #: Upper bound of progress samples per stage inside the rate window (100 events/s × 15 s).
 RATE_SAMPLES = 1_500
-
-LEVELS: tuple[str, ...] = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 @dataclass(slots=True)
@@ -106,24 +96,15 @@ class MemoryLevels:
 
 
 @dataclass(slots=True)
-class StageInfo:
-    """One stage-tree node plus the recent progress samples its rate and ETA come from."""
+class StageProgress:
+    """A stage-tree node as last reported (the event schema's own :class:`StageEvent`) plus
+    the recent progress samples its rate and ETA come from."""
 
-    id: str
-    parent: str | None
-    kind: str
-    name: str
-    status: str
-    done: int = 0
-    total: int = 0
-    unit: str = "windows"
-    error: str | None = None
+    node: StageEvent
     samples: deque[tuple[float, int]] = field(default_factory=lambda: deque(maxlen=RATE_SAMPLES))
 
     def update(self, event: StageEvent) -> None:
-        self.parent, self.kind, self.name = event.parent, event.kind, event.name
-        self.status, self.done, self.total = event.status, event.done, event.total
-        self.unit, self.error = event.unit, event.error
+        self.node = event
         if event.status == "running":
             self.samples.append((event.time, event.done))
             while self.samples and event.time - self.samples[0][0] > RATE_WINDOW_S:
@@ -133,9 +114,10 @@ class StageInfo:
 
     @property
     def fraction(self) -> float:
-        if self.status == "done":
+        node = self.node
+        if node.status == "done":
             return 1.0
-        return min(1.0, self.done / self.total) if self.total else 0.0
+        return min(1.0, node.done / node.total) if node.total else 0.0
 
     @property
     def rate(self) -> float | None:
@@ -149,10 +131,10 @@ class StageInfo:
 
     @property
     def eta(self) -> float | None:
-        rate = self.rate
-        if not rate or not self.total or self.status != "running":
+        rate, node = self.rate, self.node
+        if not rate or not node.total or node.status != "running":
             return None
-        return max(0.0, (self.total - self.done) / rate)
+        return max(0.0, (node.total - node.done) / rate)
 
 
 @dataclass
@@ -161,7 +143,7 @@ class RunView:
 
     summary: RunSummary
     applied_seq: int = 0
-    stages: dict[str, StageInfo] = field(default_factory=dict)
+    stages: dict[str, StageProgress] = field(default_factory=dict)
     children: dict[str, list[str]] = field(default_factory=dict)
     logs: deque[LogLine] = field(default_factory=lambda: deque(maxlen=LOG_BUFFER_LINES))
     logs_loaded: bool = False
@@ -179,15 +161,15 @@ class RunView:
         """
         info = self.stages[stage_id]
         kids = self.children.get(stage_id)
-        if info.total or info.status == "done" or not kids:
+        if info.node.total or info.node.status == "done" or not kids:
             return info.fraction
         return sum(self.fraction(kid) for kid in kids) / len(kids)
 
     def ancestors(self, stage_id: str) -> Iterator[str]:
-        parent = self.stages[stage_id].parent if stage_id in self.stages else None
+        parent = self.stages[stage_id].node.parent if stage_id in self.stages else None
         while parent is not None and parent in self.stages:
             yield parent
-            parent = self.stages[parent].parent
+            parent = self.stages[parent].node.parent
 
     @property
     def newest_log_seq(self) -> int:
@@ -251,15 +233,14 @@ class DashboardState:
 
     # -- feeding --------------------------------------------------------------------
 
-    def apply_snapshot(self, snapshot: dict[str, Any]) -> None:
+    def apply_snapshot(self, snapshot: Snapshot) -> None:
         """Replace runs and stage trees with a ``subscribe`` snapshot (attach or resync).
 
         Logs and memory already held are kept: the connection back-fills the gap
         with ``logs.tail``/``memory.history``, and seq dedupe drops the overlap.
         """
         seen: set[str] = set()
-        for raw in snapshot.get("runs", []):
-            summary = RunSummary.model_validate(raw)
+        for summary in snapshot.runs:
             seen.add(summary.id)
             view = self._view(summary)
             view.summary = summary
@@ -268,33 +249,33 @@ class DashboardState:
             if run_id not in seen:
                 del self.runs[run_id]
                 self._changes.runs.add(run_id)
-        for run_id, stages in snapshot.get("stages", {}).items():
+        for run_id, stages in snapshot.stages.items():
             view = self.runs.get(run_id)
             if view is None:
                 continue
             view.stages.clear()
             view.children.clear()
-            for raw in stages:
-                event = decode_dict(raw)
-                if isinstance(event, StageEvent):
-                    self._stage(view, event)
+            for stage in stages:
+                self._stage(view, stage)
             self._changes.stages_reset.add(run_id)
             self._changes.stages.pop(run_id, None)
-        for run_id, last in snapshot.get("last_seq", {}).items():
+        for run_id, last in snapshot.last_seq.items():
             view = self.runs.get(run_id)
             if view is not None:
-                view.applied_seq = max(view.applied_seq, int(last))
+                view.applied_seq = max(view.applied_seq, last)
 
-    def apply_run(self, params: dict[str, Any]) -> None:
+    def apply_update(self, update: RunSummary | Event) -> None:
+        """One notification, as :meth:`supervisor.client.AsyncClient.updates` yields it."""
+        if isinstance(update, RunSummary):
+            self.apply_run(update)
+        else:
+            self.apply_event(update)
+
+    def apply_run(self, summary: RunSummary) -> None:
         """A ``run`` notification: the run's summary changed (or a new run appeared)."""
-        summary = RunSummary.model_validate(params)
         view = self._view(summary)
         view.summary = summary
         self._changes.runs.add(summary.id)
-
-    def apply_event_dict(self, params: dict[str, Any]) -> None:
-        """An ``event`` notification; decoded with the shared event schema."""
-        self.apply_event(decode_dict(params))
 
     def apply_event(self, event: Event) -> None:
         run_id = event.run
@@ -325,7 +306,7 @@ class DashboardState:
         # State, checkpoint, output and source events change the run's summary, which
         # the daemon sends as its own ``run`` notification: nothing to keep here.
 
-    def merge_logs(self, run_id: str, records: Iterable[dict[str, Any]]) -> int:
+    def merge_logs(self, run_id: str, records: Iterable[LogEvent]) -> int:
         """Merge ``logs.tail`` records (older pages or a resync gap); returns lines added.
 
         Records already held (same seq) are skipped; the buffer is re-sorted by seq
@@ -336,9 +317,8 @@ class DashboardState:
             return 0
         held = {line.seq for line in view.logs}
         fresh: list[LogLine] = []
-        for raw in records:
-            event = decode_dict({**raw, "type": "log"})
-            if isinstance(event, LogEvent) and event.seq and event.seq not in held:
+        for event in records:
+            if event.seq and event.seq not in held:
                 fresh.append(LogLine.from_event(event))
                 held.add(event.seq)
         view.logs_loaded = True
@@ -353,17 +333,14 @@ class DashboardState:
         self._changes.logs.pop(run_id, None)
         return len(fresh)
 
-    def merge_memory(self, run_id: str, samples: Iterable[dict[str, Any]]) -> None:
+    def merge_memory(self, run_id: str, samples: Iterable[MemoryEvent]) -> None:
         """Merge ``memory.history`` samples (attach or resync) with the live ones."""
         view = self.runs.get(run_id)
         if view is None:
             return
         tree = {sample.time: sample for sample in view.memory}
         worker = {sample.time: sample for sample in view.worker_memory}
-        for raw in samples:
-            event = decode_dict({**raw, "type": "memory"})
-            if not isinstance(event, MemoryEvent):
-                continue
+        for event in samples:
             sample = MemorySample(event.time, event.rss, event.system_available, event.window_size)
             if event.operation == TREE_SAMPLE:
                 tree.setdefault(sample.time, sample)
@@ -376,7 +353,7 @@ class DashboardState:
 
     # -- reading --------------------------------------------------------------------
 
-    def ordered_stages(self, run_id: str) -> Iterator[StageInfo]:
+    def ordered_stages(self, run_id: str) -> Iterator[StageProgress]:
         """Stages in arrival order, which puts every parent before its children."""
         view = self.runs.get(run_id)
         if view is not None:
@@ -399,9 +376,7 @@ class DashboardState:
     def _stage(self, view: RunView, event: StageEvent) -> None:
         info = view.stages.get(event.id)
         if info is None:
-            info = view.stages[event.id] = StageInfo(
-                event.id, event.parent, event.kind, event.name, event.status
-            )
+            info = view.stages[event.id] = StageProgress(event)
             if event.parent is not None:
                 view.children.setdefault(event.parent, []).append(event.id)
         info.update(event)

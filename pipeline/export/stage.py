@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
 
 from pipeline.config import ConfigError, ExportFormat, PipelineConfig
 from pipeline.context import RunContext, StageNode
+from pipeline.contract import DATABASE_URL_ENV
 from pipeline.events import OutputEvent
 from pipeline.export.atomic import clean_partials
 from pipeline.export.base import Exporter
@@ -34,8 +34,6 @@ from pipeline.store import LayerStore
 
 log = logging.getLogger("geod.export")
 
-#: Environment variable consulted last for the Postgres export's database.
-DATABASE_URL_ENV = "GEOD_DATABASE_URL"
 STAGE = "export"
 
 
@@ -49,8 +47,8 @@ def output_path(config: PipelineConfig, fmt: ExportFormat) -> Path:
 
 
 def resolve_database_url(config: PipelineConfig, database_url: str | None) -> str:
-    """export.postgres.url, else the run's database, else ``GEOD_DATABASE_URL``."""
-    url = config.export.postgres.url or database_url or os.environ.get(DATABASE_URL_ENV)
+    """export.postgres.url, else the run's database (the worker's ``GEOD_DATABASE_URL``)."""
+    url = config.export.postgres.url or database_url
     if not url:
         # A config problem (a retry cannot help), so ConfigError: one line, exit 2.
         raise ConfigError(

@@ -15,6 +15,7 @@ from typing import IO, TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
 
+from pipeline.contract import SOCKET_ENV
 from supervisor.cli.main import (
     EXIT_BAD_STATE,
     EXIT_FAILED,
@@ -22,11 +23,10 @@ from supervisor.cli.main import (
     EXIT_UNKNOWN_RUN,
     EXIT_USAGE,
 )
-from supervisor.protocol import ErrorCode, ProtocolError
+from supervisor.protocol import ErrorCode, ProtocolError, Selection
 from supervisor.settings import SettingsError, load_settings
 
 #: Environment variable naming the daemon socket, like pueue's ``--config`` or ``DOCKER_HOST``.
-SOCKET_ENV = "GEOD_SOCKET"
 
 #: Daemon error code → the documented exit code of the command that received it.
 _EXIT_BY_ERROR: dict[int, int] = {
@@ -115,12 +115,6 @@ def connect(socket_path: Path | None) -> Iterator[Client]:
         yield client
 
 
-def call(socket_path: Path | None, method: str, **params: Any) -> Any:
-    """One request to the daemon on its own connection, errors mapped to exit codes."""
-    with connect(socket_path) as client:
-        return client.call(method, **params)
-
-
 def daemon_answers(socket_path: Path) -> bool:
     """Does a daemon accept connections and say ``hello`` on ``socket_path``?"""
     from supervisor.client import Client, DaemonNotRunning
@@ -135,8 +129,8 @@ def daemon_answers(socket_path: Path) -> bool:
 def run_selection(*, allow_all: bool = True) -> Callable[[F], F]:
     """The ``RUN|--all`` argument pair of every control verb, passed on as ``selection``.
 
-    ``selection`` is the protocol's selection params: ``{"run": RUN}`` or
-    ``{"all": True}``. Exactly one of a run id or ``--all`` must be given (the
+    ``selection`` is the protocol's :class:`~supervisor.protocol.Selection`: one run
+    or all of them. Exactly one of a run id or ``--all`` must be given (the
     daemon checks the same rule). With ``allow_all=False`` the verb takes just
     ``RUN`` (retry: re-running every run at once is never meant).
     """
@@ -148,7 +142,7 @@ def run_selection(*, allow_all: bool = True) -> Callable[[F], F]:
                 raise click.UsageError(
                     "give a RUN id or --all, not both" if run else "give a RUN id or --all"
                 )
-            selection: dict[str, Any] = {"all": True} if all_runs else {"run": run}
+            selection = Selection(all=True) if all_runs else Selection(run=run)
             return func(*args, selection=selection, **kwargs)
 
         command = wrapper

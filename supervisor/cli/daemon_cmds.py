@@ -15,7 +15,6 @@ from pathlib import Path
 import click
 
 from supervisor.cli.connection import (
-    call,
     connect,
     daemon_answers,
     daemon_errors,
@@ -24,7 +23,6 @@ from supervisor.cli.connection import (
 )
 from supervisor.cli.follow import wait_for_final_state
 from supervisor.cli.main import EXIT_FAILED, EXIT_NO_DAEMON, EXIT_OK, EXIT_USAGE, cli
-from supervisor.protocol import RunSummary
 from supervisor.settings import SYSTEM_SOCKET, Settings, SettingsError, load_settings
 
 #: How long ``geod start`` waits for a new background daemon to accept connections.
@@ -65,7 +63,7 @@ def serve(settings_path: Path | None, system: bool) -> None:
     Logs go to stderr (the journal under systemd). With Type=notify, systemd is told
     READY=1 once the socket accepts connections.
     """
-    from supervisor.daemonize import serve as serve_foreground
+    from supervisor.detach import serve as serve_foreground
 
     sys.exit(serve_foreground(_load_settings(settings_path, system)))
 
@@ -110,10 +108,8 @@ def start(
     if socket_path is not None:
         settings = settings.model_copy(update={"socket_path": socket_path})
     _ensure_daemon(settings, start_timeout)
-    params: dict[str, str] = {"config_path": str(config)}
-    if name:
-        params["name"] = name
-    run = RunSummary.model_validate(call(settings.socket_path, "runs.submit", **params))
+    with connect(settings.socket_path) as client:
+        run = client.submit(str(config), name or None)
     click.echo(run.id)
     if wait:
         final = wait_for_final_state(settings.socket_path, run.id)
@@ -122,7 +118,7 @@ def start(
 
 def _ensure_daemon(settings: Settings, timeout: float) -> None:
     """Answering daemon, or a new background one (told on stderr, stdout stays the id)."""
-    from supervisor.daemonize import DaemonStartError, log_path, start_background
+    from supervisor.detach import DaemonStartError, log_path, start_background
 
     with daemon_errors(settings.socket_path):
         if daemon_answers(settings.socket_path):
@@ -158,13 +154,13 @@ def stop(timeout: float | None, socket_path: Path | None) -> None:
     "Exited" means the process is gone, not merely the socket closed: telemetry is
     flushed and an embedded database stopped only after the socket closes.
     """
-    from supervisor.daemonize import process_alive
+    from supervisor.detach import process_alive
 
     if timeout is None:
         timeout = _load_settings(None, system=False).kill_grace + STOP_MARGIN
     with connect(socket_path) as client:
-        pid = int(client.hello["pid"])
-        client.call("daemon.stop")
+        pid = client.hello.pid
+        client.stop_daemon()
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if not process_alive(pid):

@@ -9,19 +9,16 @@ supervisor never imports pipeline internals.
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
 import click
 
 from pipeline.config import ConfigError, ExportFormat, load_config
+from pipeline.contract import DATABASE_URL_ENV
 from supervisor.cli.main import EXIT_USAGE, cli
 from supervisor.cli.pipeline_cmds import run_in_foreground
 from supervisor.runs import CONFIG_NAME, WORK_NAME
-
-#: Environment variable the worker reads for the Postgres export's database.
-DATABASE_URL_ENV = "GEOD_DATABASE_URL"
 
 
 def parse_formats(values: tuple[str, ...]) -> list[str]:
@@ -72,6 +69,5 @@ def export(run_dir: Path, format_values: tuple[str, ...], database_url: str | No
     args = [str(config_path), "--work-dir", str(work_dir), "--stages", "export"]
     if formats:
         args += ["--formats", ",".join(formats)]
-    if database_url:
-        os.environ[DATABASE_URL_ENV] = database_url
-    run_in_foreground(args, "export", "run the same command again to redo it")
+    env = {DATABASE_URL_ENV: database_url} if database_url else None
+    run_in_foreground(args, "export", "run the same command again to redo it", env)

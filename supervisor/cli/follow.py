@@ -12,15 +12,15 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 import click
 
+from pipeline.contract import FINAL_STATES, level_rank
+from pipeline.events import LogEvent
 from supervisor.cli.connection import daemon_errors
 from supervisor.cli.main import EXIT_INTERRUPTED
-from supervisor.protocol import FINAL_STATES, NOTIFY_EVENT, NOTIFY_RUN, RunSummary
+from supervisor.protocol import RunSummary
 
-LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 #: Exit status after Ctrl-C, as shells expect (128 + SIGINT).
 
 
@@ -28,8 +28,7 @@ def at_least(level: str | None, threshold: str | None) -> bool:
     """Is a record at ``level`` shown under a ``--level threshold`` filter?"""
     if threshold is None:
         return True
-    rank = {name: index for index, name in enumerate(LOG_LEVELS)}
-    return rank.get(str(level).upper(), len(LOG_LEVELS)) >= rank[threshold]
+    return level_rank(level) >= level_rank(threshold)
 
 
 def follow_logs(
@@ -39,7 +38,7 @@ def follow_logs(
     limit: int,
     level: str | None,
     follow: bool,
-    emit: Callable[[dict[str, Any]], None],
+    emit: Callable[[LogEvent], None],
 ) -> RunSummary:
     """Print the last ``limit`` records of ``run``, then (``follow``) new ones until it ends.
 
@@ -72,34 +71,30 @@ async def _logs(
     limit: int | None,
     level: str | None,
     follow: bool,
-    emit: Callable[[dict[str, Any]], None] | None,
+    emit: Callable[[LogEvent], None] | None,
 ) -> RunSummary:
     from supervisor.client import AsyncClient, DaemonNotRunning
 
     async with await AsyncClient.connect(socket_path) as client:
         if follow:
-            await client.call("subscribe", runs=[run], events=emit is not None)
-        summary = RunSummary.model_validate(await client.call("runs.get", run=run))
+            await client.subscribe(runs=[run], events=emit is not None)
+        summary = await client.run(run)
         last_seq = 0
         if emit is not None and limit is not None:
-            params: dict[str, Any] = {"run": run, "limit": limit}
-            if level is not None:
-                params["level"] = level
-            for record in await client.call("logs.tail", **params):
+            for record in await client.logs(run, limit, level=level):
                 emit(record)
-                last_seq = max(last_seq, int(record.get("seq") or 0))
+                last_seq = max(last_seq, record.seq or 0)
         if not follow or summary.state in FINAL_STATES:
             return summary
-        async for method, params in client.notifications():
-            if params.get("run", params.get("id")) != run:
-                continue
-            if method == NOTIFY_RUN:
-                summary = RunSummary.model_validate(params)
-                if summary.state in FINAL_STATES:
-                    return summary
-            elif method == NOTIFY_EVENT and emit is not None and params.get("type") == "log":
-                seq = int(params.get("seq") or 0)
-                if seq > last_seq and at_least(params.get("level"), level):
+        async for update in client.updates():
+            if isinstance(update, RunSummary):
+                if update.id == run:
+                    summary = update
+                    if summary.state in FINAL_STATES:
+                        return summary
+            elif isinstance(update, LogEvent) and emit is not None and update.run == run:
+                seq = update.seq or 0
+                if seq > last_seq and at_least(update.level, level):
                     last_seq = seq
-                    emit(params)
+                    emit(update)
         raise DaemonNotRunning(socket_path, "the daemon closed the connection")

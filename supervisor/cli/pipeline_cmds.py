@@ -17,14 +17,13 @@ from types import FrameType
 import click
 
 from pipeline.config import ConfigError, PipelineConfig, load_config
-from pipeline.events import EVENTS_FD_ENV, Event, LogEvent, SourceEvent, StateEvent, decode
+from pipeline.contract import EVENTS_FD_ENV, PROBLEM_LEVELS, WORKER_EXIT_INPUT
+from pipeline.events import Event, LogEvent, SourceEvent, StateEvent, decode
 from supervisor.cli.main import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, cli
 from supervisor.cli.progress_view import ProgressView
 
 #: Where ``geod demo-data`` writes when no directory is given: what config.yml uses.
 DEFAULT_DEMO_DIR = Path("demo")
-#: Worker exit code for bad config/input (see pipeline.worker).
-WORKER_EXIT_INPUT = 2
 
 
 def _validate(config_path: Path) -> PipelineConfig:
@@ -49,15 +48,19 @@ def analysed_summary(config: PipelineConfig) -> str:
     return text
 
 
-def run_worker(args: list[str], view: ProgressView | None) -> tuple[int, str | None]:
+def run_worker(
+    args: list[str], view: ProgressView | None, env: dict[str, str] | None = None
+) -> tuple[int, str | None]:
     """Run ``python -m pipeline.worker ARGS``, feeding its events to ``view``.
+
+    ``env`` adds to the worker's environment (never to this process's own).
 
     Returns the worker's exit code and its last lifecycle state. The first
     Ctrl-C asks the worker to stop at the next checkpoint (it gets SIGINT from
     the terminal as well); a second one kills it.
     """
     read_fd, write_fd = os.pipe()
-    env = dict(os.environ, **{EVENTS_FD_ENV: str(write_fd)})
+    env = dict(os.environ, **(env or {}), **{EVENTS_FD_ENV: str(write_fd)})
     process = subprocess.Popen(
         [sys.executable, "-m", "pipeline.worker", *args], env=env, pass_fds=(write_fd,)
     )
@@ -111,10 +114,12 @@ def run(config_path: Path, work_dir: Path | None, stages: str | None, formats: s
     run_in_foreground(args, "run", "run the same command again to resume")
 
 
-def run_in_foreground(args: list[str], what: str, resume_hint: str) -> None:
+def run_in_foreground(
+    args: list[str], what: str, resume_hint: str, env: dict[str, str] | None = None
+) -> None:
     """Run the worker with progress bars; exit as the outcome says, listing outputs."""
     with ProgressView() as view:
-        code, state = run_worker(args, view)
+        code, state = run_worker(args, view, env)
     if state == "stopped":
         click.echo(f"geod: {what} stopped at a checkpoint; {resume_hint}", err=True)
         sys.exit(EXIT_INTERRUPTED)
@@ -147,7 +152,7 @@ class _CheckView(ProgressView):
     def handle(self, event: Event) -> None:
         if isinstance(event, StateEvent) and event.state == "failed":
             click.echo(f"geod: {event.reason}", err=True)
-        elif isinstance(event, LogEvent) and event.level in ("WARNING", "ERROR", "CRITICAL"):
+        elif isinstance(event, LogEvent) and event.level in PROBLEM_LEVELS:
             click.echo(f"{event.level.lower()}: {event.message}", err=True)
         elif isinstance(event, SourceEvent):
             click.echo(f"  {event.dataset}: {event.width}×{event.height} {event.dtype} {event.crs}")

@@ -21,10 +21,9 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from pipeline.contract import PROBLEM_LEVELS
 from pipeline.events import Event, LogEvent, OutputEvent, StageEvent, StateEvent
 
-#: Log levels printed above the bars; INFO stays in the event stream/telemetry.
-PRINTED_LEVELS = frozenset({"WARNING", "ERROR", "CRITICAL"})
 #: Stage-tree kinds that get a bar.
 BAR_KINDS = frozenset({"stage", "dataset"})
 _STATUS_STYLE = {"done": "green", "failed": "red", "paused": "yellow", "skipped": "dim"}
@@ -67,7 +66,7 @@ class ProgressView:
     def handle(self, event: Event) -> None:
         if isinstance(event, StageEvent):
             self._stage(event)
-        elif isinstance(event, LogEvent) and event.level in PRINTED_LEVELS:
+        elif isinstance(event, LogEvent) and event.level in PROBLEM_LEVELS:
             style = "yellow" if event.level == "WARNING" else "red"
             self.console.print(f"[{style}]{event.level.lower()}[/]: {event.message}")
         elif isinstance(event, OutputEvent):
@@ -77,6 +76,12 @@ class ProgressView:
 
     def _stage(self, event: StageEvent) -> None:
         if self._progress is None or event.kind not in BAR_KINDS:
+            return
+        if event.status == "skipped":
+            # Nothing to measure (e.g. no analysis configured): no bar, not "0/? methods".
+            task = self._tasks.pop(event.id, None)
+            if task is not None:
+                self._progress.remove_task(task)
             return
         indent = "  " if event.kind == "dataset" else ""
         style = _STATUS_STYLE.get(event.status)

@@ -19,45 +19,16 @@ from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
-from supervisor.protocol import FINAL_STATES, RunSummary
+from pipeline.events import LogEvent
+from supervisor import formatting
+from supervisor.protocol import FINAL_STATES, DaemonStatus, RunSummary
 
-#: Colour of each run state; final states are dim, trouble is red.
-STATE_STYLES: dict[str, str] = {
-    "queued": "cyan",
-    "running": "green",
-    "paused": "yellow",
-    "stopping": "yellow",
-    "done": "bold green",
-    "failed": "bold red",
-    "killed": "red",
-    "interrupted": "magenta",
-}
-LEVEL_STYLES: dict[str, str] = {
-    "DEBUG": "dim",
-    "INFO": "",
-    "WARNING": "yellow",
-    "ERROR": "red",
-    "CRITICAL": "bold red",
-}
-STAGE_STATUS_MARKS: dict[str, str] = {
-    "pending": "·",
-    "running": "▶",
-    "paused": "‖",
-    "done": "✔",
-    "failed": "✘",
-    "skipped": "↷",
-}
-_BYTE_UNITS = ("B", "KiB", "MiB", "GiB", "TiB")
-_KIB = 1024
-_SECONDS_PER_MINUTE = 60
-_SECONDS_PER_HOUR = 3600
-_SECONDS_PER_DAY = 86400
 #: Line width when stdout is not a terminal (pipes, files): wide enough for any runs table.
 PIPED_WIDTH = 240
 #: Width of the text progress bar in the runs table.
 PROGRESS_BAR_WIDTH = 10
 #: Times older than this are shown with their date, younger ones as a clock time.
-_SAME_DAY_SECONDS = _SECONDS_PER_DAY
+_SAME_DAY_SECONDS = 86400
 
 
 def stdout_console() -> Console:
@@ -80,33 +51,6 @@ def run_json(run: Mapping[str, Any]) -> dict[str, Any]:
     return RunSummary.model_validate(run).model_dump(mode="json")
 
 
-def human_bytes(value: int | None) -> str:
-    if value is None:
-        return "-"
-    size, unit = float(value), 0
-    while size >= _KIB and unit < len(_BYTE_UNITS) - 1:
-        size /= _KIB
-        unit += 1
-    return f"{size:.0f} B" if unit == 0 else f"{size:.1f} {_BYTE_UNITS[unit]}"
-
-
-def human_duration(seconds: float | None) -> str:
-    """``1d 2h``, ``3h 04m``, ``5m 06s``, ``7s``: two units at most, like pueue's table."""
-    if seconds is None:
-        return "-"
-    total = max(0, round(seconds))
-    days, rest = divmod(total, _SECONDS_PER_DAY)
-    hours, rest = divmod(rest, _SECONDS_PER_HOUR)
-    minutes, secs = divmod(rest, _SECONDS_PER_MINUTE)
-    if days:
-        return f"{days}d {hours}h"
-    if hours:
-        return f"{hours}h {minutes:02d}m"
-    if minutes:
-        return f"{minutes}m {secs:02d}s"
-    return f"{secs}s"
-
-
 def human_time(timestamp: float | None, now: float | None = None) -> str:
     if timestamp is None:
         return "-"
@@ -118,14 +62,14 @@ def human_time(timestamp: float | None, now: float | None = None) -> str:
 
 
 def progress_text(progress: float) -> Text:
-    filled = round(max(0.0, min(1.0, progress)) * PROGRESS_BAR_WIDTH)
-    bar = "█" * filled + "░" * (PROGRESS_BAR_WIDTH - filled)
-    return Text(f"{bar} {progress * 100:5.1f}%")
+    text = formatting.bar(progress, PROGRESS_BAR_WIDTH)
+    text.append(f" {progress * 100:5.1f}%")
+    return text
 
 
 def state_text(run: RunSummary) -> Text:
-    label = "paused (hard)" if run.state == "paused" and run.paused_hard else run.state
-    return Text(label, style=STATE_STYLES.get(run.state, ""))
+    """The run's state as a plain word (no glyph: the tables are parsed by scripts)."""
+    return formatting.state_text(run.state, paused_hard=run.paused_hard, glyph=False)
 
 
 def elapsed(run: RunSummary, now: float | None = None) -> float | None:
@@ -150,10 +94,10 @@ def runs_table(runs: Iterable[RunSummary], now: float | None = None) -> Table:
             progress_text(run.progress),
             run.stage or "-",
             human_time(run.started, now),
-            human_duration(elapsed(run, now)),
-            human_duration(run.eta) if run.state == "running" else "-",
-            human_bytes(None if run.state in FINAL_STATES else run.rss),
-            human_bytes(run.peak_rss),
+            formatting.duration(elapsed(run, now)),
+            formatting.duration(run.eta) if run.state == "running" else "-",
+            formatting.size(None if run.state in FINAL_STATES else run.rss),
+            formatting.size(run.peak_rss),
         )
     return table
 
@@ -183,12 +127,12 @@ def stage_tree(title: str, stages: Iterable[Mapping[str, Any]]) -> Tree:
 
 def _stage_label(node: Mapping[str, Any]) -> Text:
     status = str(node.get("status", "pending"))
-    label = Text(f"{STAGE_STATUS_MARKS.get(status, '?')} {node.get('name', node['id'])}")
+    label = Text(f"{formatting.state_glyph(status)} {node.get('name', node['id'])}")
     done, total = int(node.get("done") or 0), int(node.get("total") or 0)
     if total:
         label.append(f"  {done}/{total} {node.get('unit', '')}".rstrip(), style="dim")
     if status not in ("done", "pending"):
-        label.append(f"  {status}", style=STATE_STYLES.get(status, "yellow"))
+        label.append(f"  {status}", style=formatting.state_style(status))
     if node.get("error"):
         label.append(f"  {node['error']}", style="red")
     return label
@@ -210,10 +154,10 @@ def run_detail(run: RunSummary, now: float | None = None) -> RenderableType:
         ("submitted", human_time(run.submitted, now)),
         ("started", human_time(run.started, now)),
         ("finished", human_time(run.finished, now)),
-        ("elapsed", human_duration(elapsed(run, now))),
-        ("eta", human_duration(run.eta) if run.state == "running" else "-"),
-        ("rss", human_bytes(None if run.state in FINAL_STATES else run.rss)),
-        ("peak rss", human_bytes(run.peak_rss)),
+        ("elapsed", formatting.duration(elapsed(run, now))),
+        ("eta", formatting.duration(run.eta) if run.state == "running" else "-"),
+        ("rss", formatting.size(None if run.state in FINAL_STATES else run.rss)),
+        ("peak rss", formatting.size(run.peak_rss)),
         ("retries", str(run.retries)),
     ]
     if run.exit_code is not None:
@@ -238,7 +182,7 @@ def run_detail(run: RunSummary, now: float | None = None) -> RenderableType:
     return Group(*parts)
 
 
-def daemon_summary(status: Mapping[str, Any], now: float | None = None) -> Table:
+def daemon_summary(status: DaemonStatus, now: float | None = None) -> Table:
     """The ``status`` method's facts, readable: times as clock and duration, counts as words.
 
     Fields this function does not know are still shown (as text), so a newer daemon's
@@ -248,11 +192,11 @@ def daemon_summary(status: Mapping[str, Any], now: float | None = None) -> Table
     facts.add_column(style="bold")
     facts.add_column()
     shown: dict[str, str] = {}
-    for key, value in status.items():
+    for key, value in status.model_dump(mode="json").items():
         if key == "started":
             shown["started"] = human_time(value, now)
         elif key == "uptime":
-            shown["uptime"] = human_duration(value)
+            shown["uptime"] = formatting.duration(value)
         elif key == "counts" and isinstance(value, Mapping):
             shown["runs by state"] = (
                 ", ".join(f"{count} {state}" for state, count in value.items() if count) or "none"
@@ -267,16 +211,15 @@ def daemon_summary(status: Mapping[str, Any], now: float | None = None) -> Table
     return facts
 
 
-def log_line(record: Mapping[str, Any]) -> Text:
+def log_line(record: LogEvent) -> Text:
     """One log record as ``HH:MM:SS LEVEL  stage  message``."""
-    level = str(record.get("level", "INFO"))
-    moment = datetime.fromtimestamp(float(record.get("time", 0.0))).strftime("%H:%M:%S")
+    moment = datetime.fromtimestamp(record.time).strftime("%H:%M:%S")
     line = Text(f"{moment} ")
-    line.append(f"{level:<8}", style=LEVEL_STYLES.get(level, ""))
-    where = record.get("stage") or record.get("logger")
+    line.append(f"{record.level:<8}", style=formatting.LEVEL_STYLE.get(record.level, ""))
+    where = record.stage or record.logger
     if where:
         line.append(f" {where}", style="cyan")
-    if record.get("dataset"):
-        line.append(f"[{record['dataset']}]", style="cyan")
-    line.append(f"  {record.get('message', '')}")
+    if record.dataset:
+        line.append(f"[{record.dataset}]", style="cyan")
+    line.append(f"  {record.message}")
     return line

@@ -7,19 +7,20 @@ errors and ``RUN|--all`` in ``connection``, so all verbs look and fail alike.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import sys
 import sysconfig
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
+from pipeline.contract import LOG_LEVELS
+from pipeline.events import LogEvent, encode
 from supervisor.cli import render
 from supervisor.cli.connection import (
-    call,
     connect,
     fail,
     json_option,
@@ -27,9 +28,12 @@ from supervisor.cli.connection import (
     run_selection,
     socket_option,
 )
-from supervisor.cli.follow import LOG_LEVELS, follow_logs
+from supervisor.cli.follow import follow_logs
 from supervisor.cli.main import EXIT_FAILED, cli
-from supervisor.protocol import RunSummary
+from supervisor.protocol import RunSummary, Selection
+
+if TYPE_CHECKING:
+    from supervisor.client import Client
 
 #: ``geod logs`` without ``-n``: one screen of context, like ``tail``'s spirit.
 DEFAULT_LOG_LINES = 50
@@ -51,10 +55,15 @@ def status(run: str | None, as_json: bool, socket_path: Path | None) -> None:
             render.stdout_console().print(render.run_detail(summary))
         return
     with connect(socket_path) as client:
-        daemon = client.call("status")
-        runs = [RunSummary.model_validate(item) for item in client.call("runs.list")]
+        daemon = client.status()
+        runs = client.runs()
     if as_json:
-        render.print_json({"daemon": daemon, "runs": [r.model_dump(mode="json") for r in runs]})
+        render.print_json(
+            {
+                "daemon": daemon.model_dump(mode="json"),
+                "runs": [r.model_dump(mode="json") for r in runs],
+            }
+        )
         return
     console = render.stdout_console()
     console.print(render.daemon_summary(daemon))
@@ -70,9 +79,10 @@ def _run_with_stages(socket_path: Path | None, run: str) -> RunSummary:
     the cheapest way to read it, and the summary comes from the same instant.
     """
     with connect(socket_path) as client:
-        snapshot = client.call("subscribe", runs=[run], events=False)
-    (summary,) = snapshot["runs"]
-    return RunSummary.model_validate({**summary, "stages": snapshot["stages"].get(run, [])})
+        snapshot = client.subscribe(runs=[run], events=False)
+    (summary,) = snapshot.runs
+    stages = [stage.model_dump(mode="json") for stage in snapshot.stages.get(run, [])]
+    return summary.model_copy(update={"stages": stages})
 
 
 @cli.command()
@@ -80,7 +90,8 @@ def _run_with_stages(socket_path: Path | None, run: str) -> RunSummary:
 @socket_option
 def runs(as_json: bool, socket_path: Path | None) -> None:
     """List every run the daemon knows (queued, running, and finished ones)."""
-    summaries = [RunSummary.model_validate(item) for item in call(socket_path, "runs.list")]
+    with connect(socket_path) as client:
+        summaries = client.runs()
     if as_json:
         render.print_json([run.model_dump(mode="json") for run in summaries])
     elif summaries:
@@ -89,17 +100,16 @@ def runs(as_json: bool, socket_path: Path | None) -> None:
         click.echo("no runs")
 
 
-def _control(verb: str, selection: dict[str, Any], socket_path: Path | None, **extra: Any) -> None:
-    """Send ``runs.<verb>``; one ``ID<TAB>VERB requested<TAB>STATE`` line per affected run.
+def _control(
+    verb: str, socket_path: Path | None, send: Callable[[Client], list[RunSummary]]
+) -> None:
+    """Send one control request; one ``ID<TAB>VERB requested<TAB>STATE`` line per affected run.
 
     The state is the run's state when the daemon accepted the request: a pause is
     only acknowledged at the worker's next window boundary (watch ``geod status``).
     """
-    result = call(socket_path, f"runs.{verb}", **selection, **extra)
-    affected = [
-        RunSummary.model_validate(item)
-        for item in (result if isinstance(result, list) else [result])
-    ]
+    with connect(socket_path) as client:
+        affected = send(client)
     if not affected:
         click.echo(f"geod: no run to {verb}", err=True)
     for summary in affected:
@@ -109,38 +119,40 @@ def _control(verb: str, selection: dict[str, Any], socket_path: Path | None, **e
 @cli.command()
 @run_selection()
 @socket_option
-def pause(selection: dict[str, Any], socket_path: Path | None) -> None:
+def pause(selection: Selection, socket_path: Path | None) -> None:
     """Pause RUN (or --all) at the next window boundary, with a checkpoint.
 
     A worker that does not acknowledge within the daemon's pause grace is frozen
     with SIGSTOP instead and shows as "paused (hard)".
     """
-    _control("pause", selection, socket_path)
+    _control("pause", socket_path, lambda client: client.pause(selection))
 
 
 @cli.command()
 @run_selection()
 @socket_option
-def resume(selection: dict[str, Any], socket_path: Path | None) -> None:
+def resume(selection: Selection, socket_path: Path | None) -> None:
     """Resume paused RUN (or --all)."""
-    _control("resume", selection, socket_path)
+    _control("resume", socket_path, lambda client: client.resume(selection))
 
 
 @cli.command()
 @run_selection()
 @click.option("--force", is_flag=True, help="SIGKILL the whole process group now, no checkpoint.")
 @socket_option
-def kill(selection: dict[str, Any], force: bool, socket_path: Path | None) -> None:
+def kill(selection: Selection, force: bool, socket_path: Path | None) -> None:
     """Stop RUN (or --all): SIGTERM (checkpoint at the window boundary), SIGKILL after grace."""
-    _control("kill", selection, socket_path, force=force)
+    _control("kill", socket_path, lambda client: client.kill(selection, force))
 
 
 @cli.command()
 @run_selection(allow_all=False)
 @socket_option
-def retry(selection: dict[str, Any], socket_path: Path | None) -> None:
+def retry(selection: Selection, socket_path: Path | None) -> None:
     """Run a failed, killed or interrupted RUN again from its last checkpoint."""
-    _control("retry", selection, socket_path)
+    assert selection.run is not None  # run_selection(allow_all=False) requires RUN
+    run_id = selection.run
+    _control("retry", socket_path, lambda client: [client.retry(run_id)])
 
 
 @cli.command()
@@ -184,9 +196,9 @@ def logs(
     )
 
 
-def _print_record(console: Any, record: dict[str, Any], as_json: bool) -> None:
+def _print_record(console: Any, record: LogEvent, as_json: bool) -> None:
     if as_json:
-        sys.stdout.write(json.dumps(record, default=str) + "\n")
+        sys.stdout.write(encode(record) + "\n")
         sys.stdout.flush()
     else:
         console.print(render.log_line(record))

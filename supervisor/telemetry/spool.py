@@ -20,14 +20,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from pipeline.durable import cut_torn_tail
 from pipeline.events import decode, encode
 from supervisor.protocol import RunSummary
 
 log = logging.getLogger("geod.telemetry")
 
 SPOOL_NAME = "telemetry.spool"
-#: Bytes read backwards at a time when looking for the last complete line.
-TAIL_SCAN = 64 * 1024
 
 #: A record as the writer handles it: an event, or a run summary with its revision.
 Record = tuple[str, Any] | tuple[str, int, Any]
@@ -52,27 +51,7 @@ def decode_record(line: bytes) -> Record:
 
 def _drop_torn_tail(path: Path) -> None:
     """Cut a half-written last line left by a crash, so new appends start on a fresh line."""
-    if not path.exists():
-        return
-    with open(path, "r+b") as file:
-        size = file.seek(0, os.SEEK_END)
-        if size == 0:
-            return
-        file.seek(size - 1)
-        if file.read(1) == b"\n":
-            return
-        keep = max(0, size - TAIL_SCAN)
-        while True:
-            file.seek(keep)
-            tail = file.read(size - keep)
-            cut = tail.rfind(b"\n")
-            if cut >= 0:
-                file.truncate(keep + cut + 1)
-                break
-            if keep == 0:
-                file.truncate(0)
-                break
-            keep = max(0, keep - TAIL_SCAN)
+    if cut_torn_tail(path):
         log.warning("telemetry spool %s: dropped a torn last line", path)
 
 

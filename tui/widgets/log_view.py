@@ -33,8 +33,9 @@ from textual.message import Message
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
-from tui.formatting import LEVEL_STYLE
-from tui.state import LEVELS, DashboardState, LogLine
+from pipeline.contract import LOG_LEVELS, level_rank
+from supervisor.formatting import LEVEL_STYLE
+from tui.state import DashboardState, LogLine
 
 #: Records kept in the widget; older ones stay in the state buffer and the daemon.
 LOG_VIEW_LINES = 5_000
@@ -116,7 +117,7 @@ class LogView(ScrollView, can_focus=True):
         self._rebuild_tail()
 
     def wants(self, line: LogLine) -> bool:
-        if LEVELS.index(line.level) < LEVELS.index(self.min_level):
+        if level_rank(line.level) < level_rank(self.min_level):
             return False
         return self.stage_filter is None or line.matches_stage(self.stage_filter)
 
@@ -170,7 +171,8 @@ class LogView(ScrollView, can_focus=True):
         self._update_subtitle()
 
     def cycle_level(self) -> str:
-        self.min_level = LEVELS[(LEVELS.index(self.min_level) + 1) % (len(LEVELS) - 1)]
+        # Cycles DEBUG → … → ERROR (CRITICAL alone is never worth a filter).
+        self.min_level = LOG_LEVELS[(level_rank(self.min_level) + 1) % (len(LOG_LEVELS) - 1)]
         self._refilter()
         return self.min_level
 

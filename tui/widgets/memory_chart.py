@@ -2,10 +2,11 @@
 
 Series: RSS and system-available memory (MiB, left axis), the governor's
 window size (pixels, right axis) and flat lines at the budget and at the
-warning/critical fractions of it, so one glance says how close the run is to
-being throttled. The span cycles between the last 5 minutes, the last hour and
-the whole run. Drawing is cheap but not free, so the app redraws it only when
-a new sample arrived, at most a few times a second.
+warning/critical fractions of it, over time before the newest sample (x axis
+ticks read as durations with their unit: ``-4m 00s`` … ``now``), so one glance
+says how close the run is to being throttled. The span cycles between the last
+5 minutes, the last hour and the whole run. Drawing is cheap but not free, so
+the app redraws it only when a new sample arrived, at most a few times a second.
 """
 
 from __future__ import annotations
@@ -14,11 +15,13 @@ from typing import Any
 
 from textual_plotext import PlotextPlot
 
-from tui.formatting import size
+from supervisor.formatting import duration, size
 from tui.state import DashboardState, MemorySample
 
 _MIB = 1024 * 1024
 _MINUTE = 60.0
+#: Labelled ticks on the time axis (its two ends included).
+TIME_TICKS = 5
 #: (label, seconds or None for the whole run) cycled by the ``m`` key.
 SPANS: tuple[tuple[str, float | None], ...] = (
     ("5 min", 5 * _MINUTE),
@@ -72,10 +75,10 @@ class MemoryChart(PlotextPlot):
         now = max(rss[-1].time, readings[-1].time if readings else 0.0)
         start = rss[0].time
 
-        def minutes(t: float) -> float:
-            return (t - now) / _MINUTE
+        def ago(t: float) -> float:
+            return t - now
 
-        xs = [minutes(s.time) for s in rss]
+        xs = [ago(s.time) for s in rss]
         rss_mib = [s.rss / _MIB for s in rss]
         levels = view.levels
         # The y range is the worker's world (its RSS and budget): the machine's free
@@ -88,7 +91,7 @@ class MemoryChart(PlotextPlot):
         low = [s for s in available if (s.system_available or 0) / _MIB < top]
         if low:
             plt.plot(
-                [minutes(s.time) for s in available],
+                [ago(s.time) for s in available],
                 [min(top, (s.system_available or 0) / _MIB) for s in available],
                 label="avail",
                 color="blue",
@@ -96,13 +99,15 @@ class MemoryChart(PlotextPlot):
         windows = [s for s in self._window(readings) if s.window_size and s.time >= start]
         if windows:
             plt.plot(
-                [minutes(s.time) for s in windows],
+                [ago(s.time) for s in windows],
                 [float(s.window_size or 0) for s in windows],
                 label="window px",
                 color="magenta",
                 yside="right",
             )
-        span = [xs[0], 0.0] if xs[0] < 0 else [-1.0, 0.0]
+        span = [xs[0], 0.0] if xs[0] < 0 else [-_MINUTE, 0.0]
+        plt.xlim(*span)
+        plt.xticks(*time_ticks(span[0]))
         if levels.budget:
             budget = levels.budget / _MIB
             plt.plot(span, [budget, budget], label="budget", color="red")
@@ -127,3 +132,15 @@ class MemoryChart(PlotextPlot):
             step = len(samples) / MAX_POINTS
             samples = [samples[int(i * step)] for i in range(MAX_POINTS - 1)] + [samples[-1]]
         return samples
+
+
+def time_ticks(oldest: float, count: int = TIME_TICKS) -> tuple[list[float], list[str]]:
+    """Tick positions from ``oldest`` (seconds, negative) to 0 and their labels with a unit.
+
+    Plotext would label the axis with bare numbers (``-0.155``): nobody can tell
+    minutes from seconds or hours. Each tick reads as a duration before the newest
+    sample instead (``-2m 30s``), the last one as ``now``.
+    """
+    ticks = [oldest * (count - 1 - index) / (count - 1) for index in range(count)]
+    labels = [f"-{duration(-tick)}" if tick < 0 else "now" for tick in ticks]
+    return ticks, labels

@@ -15,8 +15,8 @@ from rich.text import Text
 from textual.message import Message
 from textual.widgets import DataTable
 
+from supervisor import formatting
 from supervisor.protocol import RunSummary
-from tui import formatting
 from tui.state import DashboardState
 
 #: (column key, header, sort key of a run). Order is the on-screen order.

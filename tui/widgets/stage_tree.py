@@ -18,8 +18,8 @@ from rich.text import Text
 from textual.widgets import Tree
 from textual.widgets.tree import TreeNode
 
-from tui import formatting
-from tui.state import DashboardState, StageInfo
+from supervisor import formatting
+from tui.state import DashboardState, StageProgress
 
 #: Cells of each node's progress bar.
 BAR_WIDTH = 12
@@ -64,7 +64,7 @@ class StageTree(Tree[str]):
             return
         self.root.set_label(Text(run_id, style="bold"))
         self.root.expand()
-        self.apply(info.id for info in self._state.ordered_stages(run_id))
+        self.apply(info.node.id for info in self._state.ordered_stages(run_id))
 
     def apply(self, stage_ids: Iterable[str]) -> None:
         """Add or relabel the given stages of the shown run."""
@@ -84,36 +84,44 @@ class StageTree(Tree[str]):
 
     # -- internals ------------------------------------------------------------------
 
-    def _upsert(self, info: StageInfo, fraction: float) -> None:
-        node = self._by_stage.get(info.id)
+    def _upsert(self, info: StageProgress, fraction: float) -> None:
+        node = self._by_stage.get(info.node.id)
         label = stage_label(info, fraction)
         if node is None:
-            if info.parent is None:
+            if info.node.parent is None:
                 node = self.root
-                node.data = info.id
+                node.data = info.node.id
                 node.set_label(label)
             else:
-                parent = self._by_stage.get(info.parent, self.root)
-                leaf = info.kind == "window_group"
-                node = parent.add(label, data=info.id, allow_expand=not leaf)
-            self._by_stage[info.id] = node
+                parent = self._by_stage.get(info.node.parent, self.root)
+                leaf = info.node.kind == "window_group"
+                node = parent.add(label, data=info.node.id, allow_expand=not leaf)
+            self._by_stage[info.node.id] = node
         else:
             node.set_label(label)
         self._follow_activity(info, node)
 
-    def _follow_activity(self, info: StageInfo, node: TreeNode[str]) -> None:
-        if info.status in ("running", "failed"):
+    def _follow_activity(self, info: StageProgress, node: TreeNode[str]) -> None:
+        if info.node.status in ("running", "failed"):
             for ancestor in _ancestors(node):
                 if not ancestor.is_expanded:
                     ancestor.expand()
                     if ancestor.data is not None:
                         self._auto_opened.add(ancestor.data)
-            if info.status == "running" and info.kind != "window_group" and not node.is_expanded:
+            if (
+                info.node.status == "running"
+                and info.node.kind != "window_group"
+                and not node.is_expanded
+            ):
                 node.expand()
-                self._auto_opened.add(info.id)
-        elif info.status == "done" and info.id in self._auto_opened and node is not self.root:
+                self._auto_opened.add(info.node.id)
+        elif (
+            info.node.status == "done"
+            and info.node.id in self._auto_opened
+            and node is not self.root
+        ):
             node.collapse()
-            self._auto_opened.discard(info.id)
+            self._auto_opened.discard(info.node.id)
 
 
 def _ancestors(node: TreeNode[str]) -> Iterable[TreeNode[str]]:
@@ -123,23 +131,31 @@ def _ancestors(node: TreeNode[str]) -> Iterable[TreeNode[str]]:
         parent = parent.parent
 
 
-def stage_label(info: StageInfo, fraction: float) -> Text:
+def stage_label(info: StageProgress, fraction: float) -> Text:
     """``▶ bio1          ████░░░░ 12/40 windows 3.1 windows/s ETA 9s``."""
-    symbol, style = formatting.STATE_STYLE.get(info.status, ("?", "white"))
-    text = Text(f"{symbol} ", style=style)
-    text.append(f"{info.name:<{NAME_WIDTH}}", style="bold red" if info.status == "failed" else "")
+    text = Text(
+        f"{formatting.state_glyph(info.node.status)} ",
+        style=formatting.state_style(info.node.status),
+    )
+    text.append(
+        f"{info.node.name:<{NAME_WIDTH}}", style="bold red" if info.node.status == "failed" else ""
+    )
     text.append(" ")
-    bar_style = "red" if info.status == "failed" else "green"
+    bar_style = "red" if info.node.status == "failed" else "green"
     text.append_text(formatting.bar(fraction, BAR_WIDTH, bar_style))
-    if info.total:
-        text.append(f" {info.done}/{info.total} {info.unit}")
-    speed = formatting.rate(info.rate, info.unit) if info.status == "running" else ""
+    if info.node.total:
+        text.append(f" {info.node.done}/{info.node.total} {info.node.unit}")
+    speed = formatting.rate(info.rate, info.node.unit) if info.node.status == "running" else ""
     if speed:
         text.append(f"  {speed}", style="cyan")
     eta = info.eta
     if eta is not None:
         text.append(f"  ETA {formatting.duration(eta)}", style="bright_black")
-    if info.status == "failed" and info.error:
-        error = info.error if len(info.error) <= ERROR_CHARS else info.error[:ERROR_CHARS] + "…"
+    if info.node.status == "failed" and info.node.error:
+        error = (
+            info.node.error
+            if len(info.node.error) <= ERROR_CHARS
+            else info.node.error[:ERROR_CHARS] + "…"
+        )
         text.append(f"  {error}", style="bold red")
     return text

@@ -31,6 +31,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from pipeline.contract import SOCKET_ENV
 from supervisor import protocol
 from supervisor.process import read_line
 from supervisor.protocol import ErrorCode, ProtocolError
@@ -144,7 +145,7 @@ def check_socket_path(path: Path) -> None:
     if len(os.fsencode(path)) > MAX_SOCKET_PATH_BYTES:
         raise SocketError(
             f"socket path too long ({len(os.fsencode(path))} bytes, Unix sockets allow "
-            f"{MAX_SOCKET_PATH_BYTES}): {path}; set socket_path or GEOD_SOCKET to a shorter one"
+            f"{MAX_SOCKET_PATH_BYTES}): {path}; set socket_path or {SOCKET_ENV} to a shorter one"
         )
 
 

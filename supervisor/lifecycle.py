@@ -1,4 +1,7 @@
-"""The geod daemon: one asyncio process owning every run, serving the socket.
+"""The daemon process's life: lock, start, signals, systemd notifications, stop.
+
+One asyncio process owns every run (:mod:`supervisor.scheduler`) and serves
+the socket (:mod:`supervisor.socket_server`).
 
 ``run_daemon`` is what ``geod serve`` (and ``geod start``'s background child)
 calls; it blocks until the daemon is told to stop and returns its exit code:
@@ -31,11 +34,12 @@ from typing import IO
 from supervisor import sdnotify
 from supervisor.methods import Methods
 from supervisor.protocol import Selection
+from supervisor.recovery import Recovery
 from supervisor.runs import Registry
-from supervisor.server import Server, SocketError
+from supervisor.scheduler import Scheduler
 from supervisor.settings import Settings, SettingsError
 from supervisor.sink import TelemetrySink
-from supervisor.supervise import Supervisor
+from supervisor.socket_server import Server, SocketError
 
 __all__ = ["EXIT_LOCKED", "EXIT_OK", "EXIT_START_FAILED", "TelemetrySink", "run_daemon"]
 
@@ -116,7 +120,7 @@ def run_daemon(
 
 
 class Daemon:
-    """Wiring: registry + supervisor + server + signals + systemd notifications."""
+    """Wiring: registry + scheduler + recovery + server + signals + systemd notifications."""
 
     def __init__(self, settings: Settings, telemetry: TelemetrySink | None) -> None:
         self.settings = settings
@@ -124,9 +128,10 @@ class Daemon:
             settings.state_dir, settings.memory_history, settings.event_history
         )
         self.server: Server | None = None
-        self.supervisor = Supervisor(
+        self.scheduler = Scheduler(
             settings, self.registry, self._notify, telemetry, on_change=self._status_changed
         )
+        self.recovery = Recovery(self.scheduler, telemetry)
         self._stop: asyncio.Event | None = None
         self._last_status: str | None = None
 
@@ -135,7 +140,7 @@ class Daemon:
             self.server.notify(run_id, method, params)
 
     def _status_changed(self) -> None:
-        counts = self.supervisor.counts()
+        counts = self.scheduler.counts()
         order = ("running", "paused", "queued", "stopping", "failed", "interrupted")
         status = ", ".join(f"{counts[s]} {s}" for s in order if counts.get(s)) or "idle"
         if status != self._last_status:
@@ -145,7 +150,7 @@ class Daemon:
     async def run(self, ready: Callable[[], None] | None) -> int:
         self._stop = asyncio.Event()
         self.registry.load()
-        methods = Methods(self.supervisor, self._stop.set)
+        methods = Methods(self.scheduler, self._stop.set)
         self.server = Server(methods, self.settings.client_queue_limit, self.settings.socket_group)
         try:
             await self.server.start(self.settings.socket_path, self.settings.socket_group)
@@ -153,8 +158,8 @@ class Daemon:
             log.error("%s", exc)
             self.registry.close()
             return EXIT_START_FAILED
-        self.supervisor.recover()
-        self.supervisor.schedule()
+        self.recovery.recover()
+        self.scheduler.schedule()
         self._install_signals()
         log.info("geod daemon %d listening on %s", os.getpid(), self.settings.socket_path)
         sdnotify.notify(READY="1")
@@ -165,7 +170,7 @@ class Daemon:
         await self._stop.wait()
         sdnotify.notify(STOPPING="1", STATUS="stopping runs at a checkpoint")
         log.info("stopping: runs checkpoint and exit")
-        await self.supervisor.shutdown()
+        await self.scheduler.shutdown()
         watchdog.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await watchdog
@@ -186,9 +191,9 @@ class Daemon:
     def _all(self, action: str) -> None:
         everything = Selection(all=True)
         changed = (
-            self.supervisor.pause(everything)
+            self.scheduler.pause(everything)
             if action == "pause"
-            else self.supervisor.resume(everything)
+            else self.scheduler.resume(everything)
         )
         log.info("signal: %s all runs (%d affected)", action, len(changed))
 
@@ -205,11 +210,11 @@ class Daemon:
         new._source, new._system = self.settings._source, self.settings._system
         logging.getLogger().setLevel(new.log_level)
         self.settings = new
-        self.supervisor.settings = new
+        self.scheduler.settings = new
         if self.server is not None:
             self.server.queue_limit = new.client_queue_limit
         log.info("SIGHUP: settings reloaded (log level %s)", new.log_level)
-        self.supervisor.schedule()
+        self.scheduler.schedule()
 
     async def _watchdog(self) -> None:
         interval = sdnotify.watchdog_interval()

@@ -1,4 +1,4 @@
-"""Run lifecycle: queue, start, watch, pause/resume/kill, restart policy, recovery.
+"""The scheduler: queue, start, watch, pause/resume/kill and restart policy of runs.
 
 Everything here runs on the daemon's event loop, so a run's state changes,
 its event stamping and the fan-out to subscribers happen without interleaving:
@@ -17,13 +17,13 @@ State machine (``RunSummary.state``)::
 
 A paused run without a worker (paused while queued, or across a daemon
 restart) resumes by being queued: its new worker continues from the checkpoint.
+What a previous daemon left behind is reconciled first by :mod:`supervisor.recovery`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import signal
 import stat
@@ -32,17 +32,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
-import psutil
 from pydantic import ValidationError
 
 from pipeline.config import NAME_PATTERN, ConfigError, dump_config, load_config
-from pipeline.events import Event, LogEvent, decode, decode_dict, encode
-from supervisor.process import (
-    RotatingLog,
-    WorkerProcess,
-    find_leftover_workers,
-    terminate_leftover,
-)
+from pipeline.contract import DATABASE_URL_ENV, RETRYABLE_STATES, WORKER_EXIT_INPUT
+from pipeline.events import Event, LogEvent, StateEvent, decode, encode
+from supervisor.process import RotatingLog, WorkerProcess
 from supervisor.protocol import (
     NOTIFY_EVENT,
     NOTIFY_RUN,
@@ -53,22 +48,16 @@ from supervisor.protocol import (
 )
 from supervisor.runs import Registry, Run
 from supervisor.sampler import sample_tree
-from supervisor.settings import DATABASE_URL_ENV, Settings
+from supervisor.settings import Settings
 from supervisor.sink import TelemetrySink
 
 log = logging.getLogger("geod.daemon")
 
-#: The worker's exit code for "invalid config or input" (pipeline.worker.EXIT_INPUT).
-EXIT_INPUT = 2
 DAEMON_LOGGER = "geod.daemon"
 Notifier = Callable[[str, str, dict[str, Any]], None]
 Intent = Literal["kill", "shutdown"]
 #: A config.yml is a page of YAML; anything far larger is a wrong path, not a config.
 MAX_CONFIG_BYTES = 1024 * 1024
-#: States in which a run has (or is getting) a worker process.
-ACTIVE_STATES = frozenset({"running", "paused", "stopping"})
-#: States a previous daemon may have left with events telemetry had not stored yet.
-_UNSETTLED_STATES = ACTIVE_STATES | {"queued"}
 
 
 def _bad_state(run: Run, action: str) -> ProtocolError:
@@ -97,7 +86,7 @@ def _check_config_file(path: Path) -> None:
         )
 
 
-class Supervisor:
+class Scheduler:
     """Owns every run and its worker; the RPC methods and signals call into it."""
 
     def __init__(
@@ -124,13 +113,13 @@ class Supervisor:
         self._retry_timer: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._exited: dict[str, asyncio.Event] = {}
-        #: Runs whose worker from a previous daemon is still being stopped.
-        self._reaping: set[str] = set()
+        #: Runs not to start yet: their worker from a previous daemon is being stopped.
+        self.held: set[str] = set()
         self.shutting_down = False
 
     # -- helpers ------------------------------------------------------------------
 
-    def _spawn_task(self, coro: Any) -> asyncio.Task[Any]:
+    def spawn_task(self, coro: Any) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -168,86 +157,24 @@ class Supervisor:
         if self._on_change is not None:
             self._on_change()
 
-    def record(self, run: Run, event: Event) -> dict[str, Any]:
-        """Stamp ``event`` with run and seq, store it, apply it, fan it out."""
+    def record(self, run: Run, event: Event) -> None:
+        """Stamp ``event`` with run and seq, store it, apply it, fan it out (typed throughout)."""
         stamped = event.model_copy(update={"run": run.id, "seq": run.next_seq()})
-        line = encode(stamped)
-        data: dict[str, Any] = json.loads(line)
-        run.append(data)
-        run.apply(data)
-        self._notify(run.id, NOTIFY_EVENT, data)
+        run.append(encode(stamped))
+        run.apply(stamped)
+        self._notify(run.id, NOTIFY_EVENT, stamped.model_dump(mode="json", exclude_none=True))
         if self._telemetry is not None:
             try:
                 self._telemetry.record_event(stamped)
             except Exception:
                 log.exception("telemetry record_event failed")
-        if stamped.type == "state":
+        if isinstance(stamped, StateEvent):
             self._on_worker_state(run, stamped.state)
-        return data
 
     def say(self, run: Run, level: Literal["INFO", "WARNING", "ERROR"], message: str) -> None:
         """A daemon-side log record in the run's own log stream (what users read)."""
         getattr(log, level.lower())("run %s: %s", run.id, message)
         self.record(run, LogEvent(level=level, logger=DAEMON_LOGGER, message=message))
-
-    # -- recovery -------------------------------------------------------------------
-
-    def recover(self) -> None:
-        """Reconcile runs persisted by a previous daemon (called once at start)."""
-        runs = self.runs()
-        leftovers = find_leftover_workers({run.id: str(run.config_file) for run in runs})
-        for run in runs:
-            summary = run.summary
-            if summary.state in _UNSETTLED_STATES:
-                self._replay_telemetry(run)
-            summary.pid = None
-            summary.paused_hard = False
-            if summary.state in ("running", "stopping"):
-                stopping = summary.state == "stopping"
-                summary.state = "killed" if stopping else "interrupted"
-                summary.error = None if stopping else "the daemon stopped while it was running"
-                summary.finished = time.time()
-            if run.id in leftovers:
-                self._reaping.add(run.id)
-                self._spawn_task(self._reap_leftover(run, leftovers[run.id]))
-                continue
-            self._after_recovery(run)
-
-    def _replay_telemetry(self, run: Run) -> None:
-        """Hand telemetry the run's whole history again after a restart.
-
-        The writer holds up to a flush interval of events in memory, so a daemon
-        that was SIGKILLed lost those rows although every event is in the history
-        file. Rows are keyed by (run, seq): re-recording stored events changes
-        nothing and the missing ones fill the gap. Only runs a previous daemon left
-        unsettled are replayed, so a restart costs nothing for finished runs.
-        """
-        if self._telemetry is None:
-            return
-        for event in run.read_history():
-            try:
-                self._telemetry.record_event(decode_dict(event))
-            except ValidationError:
-                continue  # not an event this daemon wrote whole
-            except Exception:
-                log.exception("telemetry replay of run %s failed", run.id)
-                return
-
-    async def _reap_leftover(self, run: Run, process: psutil.Process) -> None:
-        try:
-            await asyncio.to_thread(terminate_leftover, process, self.settings.kill_grace)
-        finally:
-            self._reaping.discard(run.id)
-        self.say(run, "WARNING", f"stopped worker {process.pid} left running by a previous daemon")
-        self._after_recovery(run)
-        self.schedule()
-
-    def _after_recovery(self, run: Run) -> None:
-        if run.summary.state == "interrupted" and run.restart_policy().policy == "on-failure":
-            run.summary.state = "queued"
-            run.summary.retry_at = None
-            self.say(run, "INFO", "resuming from its checkpoint (interrupted by a daemon stop)")
-        self.publish(run)
 
     # -- submission and scheduling ----------------------------------------------------
 
@@ -278,7 +205,7 @@ class Supervisor:
         free = self.settings.concurrency - len(self.workers) - len(self._starting)
         next_retry: float | None = None
         for run in self.runs():
-            if run.summary.state != "queued" or run.id in self._reaping:
+            if run.summary.state != "queued" or run.id in self.held:
                 continue  # (a run whose old worker is still being stopped must wait)
             retry_at = run.summary.retry_at
             if retry_at is not None and retry_at > now:
@@ -289,7 +216,7 @@ class Supervisor:
             free -= 1
             self._starting.add(run.id)
             run.summary.state = "running"
-            self._spawn_task(self._start(run))
+            self.spawn_task(self._start(run))
         if self._retry_timer is not None:
             self._retry_timer.cancel()
             self._retry_timer = None
@@ -353,7 +280,7 @@ class Supervisor:
             self._pause_worker(run, worker)
         elif pending in ("kill", "force"):
             self._kill_worker(run, worker, force=pending == "force")
-        self._spawn_task(self._sample(run, worker))
+        self.spawn_task(self._sample(run, worker))
         try:
             code = await worker.wait()
         finally:
@@ -446,7 +373,7 @@ class Supervisor:
         elif code == 0 and run.worker_state == "stopped":
             summary.state = "interrupted"
             summary.error = "the worker was stopped by a signal the daemon did not send"
-        elif code == EXIT_INPUT:
+        elif code == WORKER_EXIT_INPUT:
             summary.state = "failed"
             summary.error = reason or "invalid config or input (worker exit 2)"
         else:
@@ -606,7 +533,7 @@ class Supervisor:
 
     def retry(self, run_id: str) -> RunSummary:
         run = self.get(run_id)
-        if run.summary.state not in ("failed", "killed", "interrupted"):
+        if run.summary.state not in RETRYABLE_STATES:
             raise _bad_state(run, "retry")
         run.summary.state = "queued"
         run.summary.retries = 0  # a manual retry gives the restart policy a fresh budget

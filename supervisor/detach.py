@@ -156,7 +156,7 @@ def serve(settings: Settings, ready: Callable[[], None] | None = None) -> int:
     so a refused second daemon never touches the database — and in the process
     that will own its writer thread, never before a fork.
     """
-    from supervisor.daemon import run_daemon
+    from supervisor.lifecycle import run_daemon
 
     configure_logging(settings.log_level)
     log.info("geod daemon starting, pid %d, state %s", os.getpid(), settings.state_dir)

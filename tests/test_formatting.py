@@ -1,16 +1,16 @@
-"""How numbers and states read on screen (and that reconnect delays back off and cap)."""
+"""How numbers and states read in the CLI and the dashboard (and that reconnects back off)."""
 
 from __future__ import annotations
 
 import pytest
 
-from tui import formatting
+from supervisor import formatting
 from tui.connection import Backoff
 
 
 @pytest.mark.parametrize(
     ("value", "text"),
-    [(None, "–"), (0, "0 B"), (1023, "1023 B"), (1536, "1.5 KiB"), (3 * 1024**3, "3.0 GiB")],
+    [(None, "-"), (0, "0 B"), (1023, "1023 B"), (1536, "1.5 KiB"), (3 * 1024**3, "3.0 GiB")],
 )
 def test_size(value, text) -> None:
     assert formatting.size(value) == text
@@ -18,7 +18,15 @@ def test_size(value, text) -> None:
 
 @pytest.mark.parametrize(
     ("seconds", "text"),
-    [(None, "–"), (0, "0s"), (59.9, "59s"), (75, "1m15s"), (3725, "1h02m"), (90000, "1d01h")],
+    [
+        (None, "-"),
+        (0, "0s"),
+        (7.4, "7s"),
+        (75, "1m 15s"),
+        (306, "5m 06s"),
+        (3725, "1h 02m"),
+        (90000, "1d 1h"),
+    ],
 )
 def test_duration(seconds, text) -> None:
     assert formatting.duration(seconds) == text
@@ -31,7 +39,9 @@ def test_every_state_has_a_symbol_not_only_a_colour() -> None:
         text = formatting.state_text(state)
         assert text.plain.startswith(formatting.STATE_STYLE[state][0])
     assert len(symbols) >= 8
-    assert formatting.state_text("paused", paused_hard=True).plain == "‖ paused (stop)"
+    assert formatting.state_text("paused", paused_hard=True).plain == "‖ paused (hard)"
+    assert formatting.state_text("paused", paused_hard=True, glyph=False).plain == "paused (hard)"
+    assert formatting.state_text("running", paused_hard=True).plain == "▶ running"
 
 
 def test_bar_is_clamped_and_exact_width() -> None:

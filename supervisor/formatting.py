@@ -1,0 +1,110 @@
+"""How states, glyphs, durations and sizes read, for the ``geod`` CLI and the dashboard alike.
+
+One wording for both, so a user reads the same fact the same way wherever it
+is shown ("paused (hard)", "1m 15s", "1.5 KiB"). Every state has a glyph as
+well as a colour (the dashboard must read on a monochrome terminal and for
+colour-blind users), and colours are ANSI names, never true colour, so the
+picture survives SSH and ``TERM=screen``.
+"""
+
+from __future__ import annotations
+
+from rich.text import Text
+
+_BYTE_UNITS = ("B", "KiB", "MiB", "GiB", "TiB")
+_KIB = 1024
+_SECONDS_PER_MINUTE = 60
+_SECONDS_PER_HOUR = 3600
+_SECONDS_PER_DAY = 86400
+#: What a missing value (no RSS yet, no ETA) reads as.
+MISSING = "-"
+
+#: run/stage state → (glyph, ANSI style). Single-cell glyphs only: wide emoji break columns.
+STATE_STYLE: dict[str, tuple[str, str]] = {
+    "queued": ("◌", "bright_black"),
+    "pending": ("◌", "bright_black"),
+    "running": ("▶", "green"),
+    "paused": ("‖", "yellow"),
+    "stopping": ("■", "yellow"),
+    "done": ("✔", "bright_green"),
+    "failed": ("✘", "bold red"),
+    "killed": ("✖", "magenta"),
+    "interrupted": ("↯", "yellow"),
+    "skipped": ("↷", "bright_black"),
+}
+_UNKNOWN_STATE = ("?", "white")
+
+LEVEL_STYLE: dict[str, str] = {
+    "DEBUG": "bright_black",
+    "INFO": "cyan",
+    "WARNING": "yellow",
+    "ERROR": "bold red",
+    "CRITICAL": "bold white on red",
+}
+
+_BAR_FULL = "█"
+_BAR_EMPTY = "░"
+
+
+def size(value: int | float | None) -> str:
+    """1536 → '1.5 KiB'; None → '-'."""
+    if value is None:
+        return MISSING
+    amount, unit = float(value), 0
+    while abs(amount) >= _KIB and unit < len(_BYTE_UNITS) - 1:
+        amount /= _KIB
+        unit += 1
+    return f"{amount:.0f} B" if unit == 0 else f"{amount:.1f} {_BYTE_UNITS[unit]}"
+
+
+def duration(seconds: float | None) -> str:
+    """``1d 2h``, ``3h 04m``, ``5m 06s``, ``7s``: two units at most, like pueue's table."""
+    if seconds is None:
+        return MISSING
+    total = max(0, round(seconds))
+    days, rest = divmod(total, _SECONDS_PER_DAY)
+    hours, rest = divmod(rest, _SECONDS_PER_HOUR)
+    minutes, secs = divmod(rest, _SECONDS_PER_MINUTE)
+    if days:
+        return f"{days}d {hours}h"
+    if hours:
+        return f"{hours}h {minutes:02d}m"
+    if minutes:
+        return f"{minutes}m {secs:02d}s"
+    return f"{secs}s"
+
+
+def state_glyph(state: str) -> str:
+    return STATE_STYLE.get(state, _UNKNOWN_STATE)[0]
+
+
+def state_style(state: str) -> str:
+    return STATE_STYLE.get(state, _UNKNOWN_STATE)[1]
+
+
+def state_label(state: str, *, paused_hard: bool = False) -> str:
+    """'paused (hard)' for a SIGSTOP pause (the worker did not acknowledge), else the state."""
+    return f"{state} (hard)" if paused_hard and state == "paused" else state
+
+
+def state_text(state: str, *, paused_hard: bool = False, glyph: bool = True) -> Text:
+    """'▶ running' in green (or plain 'running' with ``glyph=False``, for tables scripts parse)."""
+    label = state_label(state, paused_hard=paused_hard)
+    return Text(f"{state_glyph(state)} {label}" if glyph else label, style=state_style(state))
+
+
+def bar(fraction: float, width: int, style: str = "green") -> Text:
+    """A text progress bar ``width`` cells wide (no half-blocks: they misrender in some fonts)."""
+    filled = round(max(0.0, min(1.0, fraction)) * width)
+    text = Text(_BAR_FULL * filled, style=style)
+    text.append(_BAR_EMPTY * (width - filled), style="bright_black")
+    return text
+
+
+def rate(value: float | None, unit: str) -> str:
+    """Progress per second, or per minute when slower than one a second."""
+    if value is None:
+        return ""
+    if value >= 1:
+        return f"{value:.1f} {unit}/s"
+    return f"{value * _SECONDS_PER_MINUTE:.1f} {unit}/min"
