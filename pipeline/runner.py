@@ -81,6 +81,11 @@ def _inspect(ctx: RunContext, state: RunState) -> None:
     """Header-only inspection of every input; each result becomes a SourceEvent."""
     state.sources = inspect_all(ctx.config)
     for source in state.sources:
+        for decision in source.decisions:
+            log.info(
+                "%s: %s", source.dataset, decision,
+                extra={"stage": "catalog", "dataset": source.dataset},
+            )  # fmt: skip
         t = source.transform
         ctx.events.emit(
             SourceEvent(
