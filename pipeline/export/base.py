@@ -13,7 +13,7 @@ import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -28,6 +28,9 @@ from pipeline.export.atomic import (
     partial_path,
 )
 from pipeline.grid import TargetGrid
+
+if TYPE_CHECKING:
+    from pipeline.merge import MergedChunk
 
 T = TypeVar("T")
 
@@ -48,6 +51,10 @@ class Exporter(ABC):
     @abstractmethod
     def write(self, batch: pa.RecordBatch) -> None:
         """Append one merged batch."""
+
+    def write_chunk(self, chunk: MergedChunk) -> None:
+        """Append one merged part; tables take its batch, grids also need its window."""
+        self.write(chunk.batch)
 
     @abstractmethod
     def close(self) -> None:
