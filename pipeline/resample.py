@@ -35,6 +35,8 @@ dataset's ``nodata`` override), else the dtype's minimum (signed) or maximum
 
 Datasets already on the grid (:func:`pipeline.grid.place`) are copied window
 by window without any resampling, converting dtype and nodata by the same rule.
+Datasets aligned with the grid at an integer factor (30″ into 5′) are reduced
+block by block for average, sum, min and max (:mod:`pipeline.blockreduce`).
 
 Known differences from the reference gdalwarp 3.6 (rasterio bundles GDAL 3.10;
 tests/test_resample.py pins each one down). The first two also show in a
@@ -77,6 +79,7 @@ from rasterio.warp import reproject
 from rasterio.windows import Window
 from rasterio.windows import transform as window_transform
 
+from pipeline.blockreduce import alignment, is_exact, reduce_window
 from pipeline.config import DatasetConfig, Resampling, ResamplingConfig
 from pipeline.context import RunContext, StageNode
 from pipeline.coverage import CoverageCounter, footprint
@@ -116,7 +119,7 @@ VALUE_PICKING = frozenset(
 #: antimeridian by GDAL (see :func:`_wraps_antimeridian`).
 WRAP_SPAN_DEGREES = 180.0
 #: Bumped whenever the output of the same inputs would change (invalidates stores).
-ALGORITHM_VERSION = 3
+ALGORITHM_VERSION = 4
 _MIB = 1024**2
 
 
@@ -512,6 +515,7 @@ def resample_dataset(
     windows = grid.windows(config.window_size)
     todo = [w for w in windows if not store.is_complete(name, w)]
     node.start(total=len(windows), done=len(windows) - len(todo))
+    aligned = None if placement.passthrough else alignment(source, grid, dataset.resampling)
     chunks = [] if placement.passthrough else warp_plan(source, dataset, grid, config.warp_memory)
     extra = {"stage": "resample", "dataset": name}
     log.info(
@@ -519,6 +523,8 @@ def resample_dataset(
         name,
         "copying (on the grid)"
         if placement.passthrough
+        else f"reducing {aligned.factor_x}×{aligned.factor_y} blocks ({dataset.resampling.value})"
+        if aligned
         else f"resampling ({dataset.resampling.value}, {len(chunks)} GDAL warp chunks)",
         source.width,
         source.height,
@@ -543,6 +549,11 @@ def resample_dataset(
     def compute(piece: Window, warper: ChunkWarper, src: rasterio.io.DatasetReader) -> np.ndarray:
         if placement.passthrough:
             return copy_window(source, dataset, placement, piece, src)
+        if aligned and is_exact(aligned, source, piece):
+            return reduce_window(
+                source, aligned, dataset.resampling, piece,
+                source_nodata(dataset, source), dtype, nodata, src,
+            )  # fmt: skip
         return warper.window(piece, chunks)
 
     def work() -> Iterator[tuple[Window, bool] | None]:
