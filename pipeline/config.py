@@ -90,6 +90,9 @@ class ExportFormat(StrEnum):
     parquet = "parquet"
     csv = "csv"
     postgres = "postgres"
+    #: The merged stack as a grid (one variable per layer, CF attributes): pipeline.stack.
+    zarr = "zarr"
+    netcdf = "netcdf"
 
 
 def parse_size(value: Any) -> int | float:
@@ -500,6 +503,11 @@ class PipelineConfig(StrictModel):
     analysis: AnalysisConfig = Field(default_factory=AnalysisConfig)
     telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
     restart: RestartConfig = Field(default_factory=RestartConfig)
+    report: bool = Field(
+        default=True,
+        description="Write a self-contained HTML report (report.html) into paths.output_dir "
+        "at the end of every run, finished or failed (see pipeline.report).",
+    )
 
     @field_validator("name")
     @classmethod

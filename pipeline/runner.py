@@ -13,12 +13,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from rasterio.transform import array_bounds
+
 from pipeline.catalog import inspect_all
 from pipeline.config import ExportFormat, PipelineConfig
 from pipeline.context import RunContext, StageNode
 from pipeline.control import StopRequested
 from pipeline.events import SourceEvent
-from pipeline.grid import TargetGrid
+from pipeline.grid import TargetGrid, place
 from pipeline.resample import resample_dataset
 from pipeline.source import SourceInfo
 from pipeline.store import LayerStore
@@ -84,6 +86,7 @@ def _inspect(ctx: RunContext, state: RunState) -> None:
                 "%s: %s", source.dataset, decision,
                 extra={"stage": "catalog", "dataset": source.dataset},
             )  # fmt: skip
+        t = source.transform
         ctx.events.emit(
             SourceEvent(
                 dataset=source.dataset,
@@ -94,6 +97,9 @@ def _inspect(ctx: RunContext, state: RunState) -> None:
                 height=source.height,
                 dtype=source.dtype,
                 nodata=source.nodata,
+                bounds=array_bounds(source.height, source.width, t),
+                resolution=(abs(t.a), abs(t.e)),
+                passthrough=place(state.grid, source).passthrough,
             )
         )
 
