@@ -33,6 +33,8 @@ ALIGNMENT_TOLERANCE_PX = 1e-6
 #: Largest source pixels per cell reduced this way (beyond, blocks would be huge arrays).
 MAX_FACTOR = 256
 
+#: Working bytes per source pixel: the read (up to 8), its float64 copy (8), masks and sums.
+WORKING_BYTES_PER_PIXEL = 24
 #: Footprint methods whose block reduction equals GDAL's kernel.
 REDUCIBLE = frozenset({Resampling.average, Resampling.sum, Resampling.min, Resampling.max})
 
@@ -99,22 +101,31 @@ def reduce_window(
     dtype: str,
     nodata: float,
     src: rasterio.io.DatasetReader,
+    working_bytes: int,
 ) -> np.ndarray:
     """The grid cells of ``window`` (one :func:`is_exact` is true for): each the reduction of
-    its block's valid source pixels."""
+    its block's valid source pixels.
+
+    Reduced in bands of cell rows whose source pixels fit ``working_bytes``
+    (``resampling.warp_memory``, the same cap GDAL's warp works within): a whole
+    2048-cell window of a 5× source would otherwise be a 0.8 GB float64 block.
+    """
     height, width = int(window.height), int(window.width)
     fx, fy = align.factor_x, align.factor_y
     col_start = align.col0 + int(window.col_off) * fx
-    row_start = align.row0 + int(window.row_off) * fy
-    data = src.read(source.band, window=Window(col_start, row_start, width * fx, height * fy))
-    block = data.astype("float64")
-    if src_nodata is not None and not math.isnan(src_nodata):
-        block[data == src_nodata] = np.nan
-    cells = block.reshape(height, fy, width, fx)
-    count = (~np.isnan(cells)).sum(axis=(1, 3))
-    valid = count > 0
+    band = max(1, working_bytes // (WORKING_BYTES_PER_PIXEL * fy * width * fx))
     out = np.full((height, width), nodata, dtype=dtype)
-    out[valid] = _reduce(cells, count, method)[valid].astype(dtype)
+    for row in range(0, height, band):
+        rows = min(band, height - row)
+        row_start = align.row0 + (int(window.row_off) + row) * fy
+        data = src.read(source.band, window=Window(col_start, row_start, width * fx, rows * fy))
+        block = data.astype("float64")
+        if src_nodata is not None and not math.isnan(src_nodata):
+            block[data == src_nodata] = np.nan
+        cells = block.reshape(rows, fy, width, fx)
+        count = (~np.isnan(cells)).sum(axis=(1, 3))
+        valid = count > 0
+        out[row : row + rows][valid] = _reduce(cells, count, method)[valid].astype(dtype)
     return out
 
 

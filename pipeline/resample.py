@@ -552,7 +552,7 @@ def resample_dataset(
         if aligned and is_exact(aligned, source, piece):
             return reduce_window(
                 source, aligned, dataset.resampling, piece,
-                source_nodata(dataset, source), dtype, nodata, src,
+                source_nodata(dataset, source), dtype, nodata, src, config.warp_memory,
             )  # fmt: skip
         return warper.window(piece, chunks)
 

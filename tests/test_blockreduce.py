@@ -7,10 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import rasterio
 from rasterio.transform import from_origin
 from rasterio.windows import Window
 
-from pipeline.blockreduce import alignment, is_exact
+from pipeline.blockreduce import alignment, is_exact, reduce_window
 from pipeline.config import DatasetConfig, Resampling
 from pipeline.resample import output_dtype, output_nodata
 from tests.test_resample import (
@@ -105,3 +106,18 @@ def test_misaligned_or_mode_sources_are_warped(tmp_path: Path) -> None:
     third = make_raster(tmp_path / "third.tif", "EPSG:4326",
                         from_origin(-180, 90, 0.3, 0.3), 1200, 600)  # fmt: skip
     assert alignment(source_of(third), GLOBAL_1DEG, Resampling.average) is None
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_reduction_in_bands_equals_one_block(tmp_path: Path, method: str) -> None:
+    """The working-memory cap splits a window into cell-row bands without changing a cell."""
+    source = source_of(_aligned(tmp_path, -180, 90, 3600, 1800, "float32"))
+    align = alignment(source, GLOBAL_1DEG, Resampling(method))
+    assert align is not None
+    window = Window(0, 0, 360, 180)
+    with rasterio.open(source.name) as src:
+        args = (source, align, Resampling(method), window, source.nodata, "float32", math.nan, src)
+        whole = reduce_window(*args, working_bytes=2**40)
+        one_row = reduce_window(*args, working_bytes=1)
+    np.testing.assert_array_equal(one_row, whole)
+    assert not np.isnan(whole).all()
