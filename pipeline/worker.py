@@ -95,7 +95,8 @@ def _write_report(ctx: RunContext, history: EventRecorder | None, state: str) ->
             times={"finished": time.time()},
         )
     except Exception as exc:
-        log.warning("could not write the run report: %s", exc, exc_info=True)
+        # One line, like every other problem the run reports: no traceback.
+        log.warning("could not write the run report: %s", exc)
         return
     ctx.events.emit(OutputEvent(kind="report", path=str(path), stage="report"))
 
