@@ -258,7 +258,20 @@ class ResamplingConfig(StrictModel):
         ge=64,
         description="Output window edge in pixels; a multiple of memory.min_window (store chunk).",
     )
-    threads: int = Field(default=1, ge=1, le=256, description="GDAL warp threads per worker.")
+    threads: int = Field(
+        default=1,
+        ge=1,
+        le=256,
+        description="Windows warped at once per worker, each on its own thread, while the "
+        "previous window is written (1: one warp thread overlapping the writes).",
+    )
+    queue_fraction: float = Field(
+        default=0.125,
+        gt=0,
+        le=1,
+        description="Share of memory.budget the windows warped ahead of the writer may hold; "
+        "bounds the pipeline to fewer windows in flight than threads + 1 when windows are large.",
+    )
     margin: int = Field(
         default=2, ge=0, le=64, description="Extra source pixels read around each window."
     )

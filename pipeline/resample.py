@@ -35,6 +35,8 @@ dataset's ``nodata`` override), else the dtype's minimum (signed) or maximum
 
 Datasets already on the grid (:func:`pipeline.grid.place`) are copied window
 by window without any resampling, converting dtype and nodata by the same rule.
+Datasets aligned with the grid at an integer factor (30″ into 5′) are reduced
+block by block for average, sum, min and max (:mod:`pipeline.blockreduce`).
 
 Known differences from the reference gdalwarp 3.6 (rasterio bundles GDAL 3.10;
 tests/test_resample.py pins each one down). The first two also show in a
@@ -64,6 +66,10 @@ import json
 import logging
 import math
 import os
+import threading
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 import rasterio
@@ -73,7 +79,8 @@ from rasterio.warp import reproject
 from rasterio.windows import Window
 from rasterio.windows import transform as window_transform
 
-from pipeline.config import DatasetConfig, Resampling
+from pipeline.blockreduce import alignment, is_exact, reduce_window
+from pipeline.config import DatasetConfig, Resampling, ResamplingConfig
 from pipeline.context import RunContext, StageNode
 from pipeline.coverage import CoverageCounter, footprint
 from pipeline.events import CheckpointEvent
@@ -112,7 +119,7 @@ VALUE_PICKING = frozenset(
 #: antimeridian by GDAL (see :func:`_wraps_antimeridian`).
 WRAP_SPAN_DEGREES = 180.0
 #: Bumped whenever the output of the same inputs would change (invalidates stores).
-ALGORITHM_VERSION = 3
+ALGORITHM_VERSION = 4
 _MIB = 1024**2
 
 
@@ -365,6 +372,90 @@ def copy_window(
     return out
 
 
+def in_flight(threads: int, queue_bytes: float, window_bytes: int) -> int:
+    """How many windows may be warped ahead of the one being written.
+
+    One per warp thread plus one waiting to be written keeps every core and the
+    writer busy; fewer when that many windows would not fit the queue's share of
+    the memory budget (never fewer than one, which is the serial loop).
+    """
+    return max(1, min(threads + 1, int(queue_bytes // max(1, window_bytes))))
+
+
+class WarpPool:
+    """Warps windows on ``resampling.threads`` threads while the caller writes.
+
+    GDAL and rasterio release the GIL while reading, decompressing and warping,
+    so a window is warped on a pool thread while the previous one is encoded,
+    written and checkpointed on the caller's thread, and with two threads two
+    windows are warped at once. A GDAL dataset is not thread-safe: each pool
+    thread opens its own source dataset and :class:`ChunkWarper` (single
+    threaded; the pool is the parallelism) on first use, closed by :meth:`close`.
+    Every cell is computed exactly as by the serial loop; only the order of
+    work changes, never the order of writes and checkpoints.
+    """
+
+    def __init__(
+        self,
+        source: SourceInfo,
+        dataset: DatasetConfig,
+        grid: TargetGrid,
+        config: ResamplingConfig,
+        gdal_env: dict[str, object],
+        compute: Callable[[Window, ChunkWarper, rasterio.io.DatasetReader], np.ndarray],
+    ) -> None:
+        self._source, self._dataset, self._grid, self._config = source, dataset, grid, config
+        self._gdal_env, self._compute = gdal_env, compute
+        self._local = threading.local()
+        self._opened: list[tuple[rasterio.io.DatasetReader, ChunkWarper]] = []
+        self._lock = threading.Lock()
+        self._executor = ThreadPoolExecutor(config.threads, thread_name_prefix="warp")
+
+    def __enter__(self) -> WarpPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def submit(self, piece: Window) -> Future[np.ndarray]:
+        return self._executor.submit(self._run, piece)
+
+    def _run(self, piece: Window) -> np.ndarray:
+        with rasterio.Env(**self._gdal_env):
+            opened = getattr(self._local, "opened", None)
+            if opened is None:
+                src = rasterio.open(self._source.name)
+                warper = ChunkWarper(
+                    self._source, self._dataset, self._grid, 1, self._config.margin, src
+                )
+                opened = self._local.opened = (src, warper)
+                with self._lock:
+                    self._opened.append(opened)
+            return self._compute(piece, opened[1], opened[0])
+
+    def close(self) -> None:
+        """Drop queued windows, wait for running ones, close every thread's datasets."""
+        self._executor.shutdown(wait=True, cancel_futures=True)
+        for src, warper in self._opened:
+            warper.close()
+            src.close()
+        self._opened.clear()
+
+
+def _drain_one(
+    queue: deque[tuple[Window, Future[np.ndarray] | None] | None],
+    finish: Callable[[Window, np.ndarray | None], None],
+    node: StageNode,
+) -> None:
+    """Finish the oldest queued entry (a window marker advances the progress node)."""
+    entry = queue.popleft()
+    if entry is None:
+        node.advance()
+        return
+    piece, future = entry
+    finish(piece, None if future is None else future.result())
+
+
 def _subwindows(window: Window, size: int) -> list[Window]:
     """``window`` cut into ``size`` pieces (all chunk-aligned since size is a chunk multiple)."""
     row0, col0 = int(window.row_off), int(window.col_off)
@@ -424,6 +515,7 @@ def resample_dataset(
     windows = grid.windows(config.window_size)
     todo = [w for w in windows if not store.is_complete(name, w)]
     node.start(total=len(windows), done=len(windows) - len(todo))
+    aligned = None if placement.passthrough else alignment(source, grid, dataset.resampling)
     chunks = [] if placement.passthrough else warp_plan(source, dataset, grid, config.warp_memory)
     extra = {"stage": "resample", "dataset": name}
     log.info(
@@ -431,6 +523,8 @@ def resample_dataset(
         name,
         "copying (on the grid)"
         if placement.passthrough
+        else f"reducing {aligned.factor_x}×{aligned.factor_y} blocks ({dataset.resampling.value})"
+        if aligned
         else f"resampling ({dataset.resampling.value}, {len(chunks)} GDAL warp chunks)",
         source.width,
         source.height,
@@ -444,41 +538,68 @@ def resample_dataset(
     counter = CoverageCounter(grid, footprint(grid, source))
     pending = {(int(w.row_off), int(w.col_off)) for w in todo}
     cache_mb = max(1, ctx.governor.gdal_cache_bytes() // _MIB)
-    with (
-        rasterio.Env(
-            GDAL_CACHEMAX=cache_mb,
-            GDAL_NUM_THREADS=config.threads,
-            GDAL_HTTP_TIMEOUT=math.ceil(ctx.config.catalog.timeout),
-        ),
-        rasterio.open(source.name) as src,
-        ChunkWarper(source, dataset, grid, config.threads, config.margin, src) as warper,
-    ):
+    gdal_env = {
+        "GDAL_CACHEMAX": cache_mb,
+        "GDAL_NUM_THREADS": config.threads,
+        "GDAL_HTTP_TIMEOUT": math.ceil(ctx.config.catalog.timeout),
+    }
+    window_bytes = config.window_size**2 * np.dtype(dtype).itemsize
+    depth = in_flight(config.threads, ctx.governor.budget * config.queue_fraction, window_bytes)
+
+    def compute(piece: Window, warper: ChunkWarper, src: rasterio.io.DatasetReader) -> np.ndarray:
+        if placement.passthrough:
+            return copy_window(source, dataset, placement, piece, src)
+        if aligned and is_exact(aligned, source, piece):
+            return reduce_window(
+                source, aligned, dataset.resampling, piece,
+                source_nodata(dataset, source), dtype, nodata, src, config.warp_memory,
+            )  # fmt: skip
+        return warper.window(piece, chunks)
+
+    def work() -> Iterator[tuple[Window, bool] | None]:
+        """Pieces in checkpoint order (True: to compute); None closes a window."""
         for window in windows:
             if (int(window.row_off), int(window.col_off)) not in pending:
-                counter.add(window, valid_mask(store.read_window(name, window), nodata))
+                yield window, False
+            else:
+                for piece in _subwindows(window, min(ctx.governor.window_size, config.window_size)):
+                    yield piece, not store.is_complete(name, piece)
+            yield None
+
+    def finish(piece: Window, data: np.ndarray | None) -> None:
+        """In order, on this thread: write, checkpoint (pause/kill happen here), adapt."""
+        if data is None:
+            counter.add(piece, valid_mask(store.read_window(name, piece), nodata))
+            return
+        store.write_window(name, piece, data)
+        counter.add(piece, valid_mask(data, nodata))
+        ctx.events.emit(
+            CheckpointEvent(
+                stage="resample",
+                dataset=name,
+                done=store.completed(name),
+                total=store.total_chunks(),
+                detail={"row_off": int(piece.row_off), "col_off": int(piece.col_off)},
+            )
+        )
+        ctx.control.checkpoint()
+        ctx.governor.after_window(f"resample/{name}")
+
+    with (
+        rasterio.Env(**gdal_env),
+        WarpPool(source, dataset, grid, config, gdal_env, compute) as pool,
+    ):
+        queue: deque[tuple[Window, Future[np.ndarray] | None] | None] = deque()
+        for item in work():
+            if item is None:
+                queue.append(None)
                 continue
-            for piece in _subwindows(window, min(ctx.governor.window_size, config.window_size)):
-                if store.is_complete(name, piece):
-                    counter.add(piece, valid_mask(store.read_window(name, piece), nodata))
-                    continue
-                if placement.passthrough:
-                    data = copy_window(source, dataset, placement, piece, src)
-                else:
-                    data = warper.window(piece, chunks)
-                store.write_window(name, piece, data)
-                counter.add(piece, valid_mask(data, nodata))
-                ctx.events.emit(
-                    CheckpointEvent(
-                        stage="resample",
-                        dataset=name,
-                        done=store.completed(name),
-                        total=store.total_chunks(),
-                        detail={"row_off": int(piece.row_off), "col_off": int(piece.col_off)},
-                    )
-                )
-                ctx.control.checkpoint()
-                ctx.governor.after_window(f"resample/{name}")
-            node.advance()
+            piece, needed = item
+            queue.append((piece, pool.submit(piece) if needed else None))
+            while sum(1 for entry in queue if entry and entry[1]) > depth:
+                _drain_one(queue, finish, node)
+        while queue:
+            _drain_one(queue, finish, node)
     _report_coverage(name, counter, config.coverage_warning)
 
 

@@ -26,6 +26,7 @@ from pipeline.grid import TargetGrid, place
 from pipeline.memory import MemoryGovernor
 from pipeline.resample import (
     ChunkWarper,
+    in_flight,
     output_dtype,
     output_nodata,
     resample_dataset,
@@ -271,13 +272,13 @@ def test_packaged_real_raster_equals_gdalwarp(tmp_path: Path, gdalwarp: str, met
 
 
 def make_config(
-    tmp_path: Path, datasets: list[dict], grid: dict, window: int = 128
+    tmp_path: Path, datasets: list[dict], grid: dict, window: int = 128, threads: int = 1
 ) -> PipelineConfig:
     return parse_config(
         {
             "datasets": datasets,
             "grid": grid,
-            "resampling": {"window_size": window, "threads": 1},
+            "resampling": {"window_size": window, "threads": threads},
             "memory": {"budget": "4GiB", "min_window": WINDOW, "reduced_window": WINDOW},
             "paths": {"work_dir": str(tmp_path / "work")},
         },
@@ -408,15 +409,17 @@ def _chunk_files(root: Path) -> dict[str, bytes]:
     }
 
 
+@pytest.mark.parametrize("threads", [1, 2])
 def test_stopped_run_resumes_to_a_bit_identical_store(
-    rasters: dict[str, Path], tmp_path: Path
+    rasters: dict[str, Path], tmp_path: Path, threads: int
 ) -> None:
+    """Also with two warp threads: windows warped ahead of a stop are dropped, not written."""
     datasets = [{"name": "geo", "path": str(rasters["geographic"]), "resampling": "average"}]
     grid_cfg = {"resolution": 1.0}
     reference_ctx, _ = make_context(make_config(tmp_path / "a", datasets, grid_cfg))
     reference = run_dataset(reference_ctx, tmp_path / "a.zarr", GLOBAL_1DEG, "geo")
 
-    config = make_config(tmp_path / "b", datasets, grid_cfg)
+    config = make_config(tmp_path / "b", datasets, grid_cfg, threads=threads)
     stopper: list[RunContext] = []
 
     def stop_after_three(event: Event) -> None:
@@ -439,6 +442,43 @@ def test_stopped_run_resumes_to_a_bit_identical_store(
     assert len(checkpoints) == len(GLOBAL_1DEG.windows(128)) - 3
     assert resumed.completed("geo") == reference.completed("geo")
     assert _chunk_files(tmp_path / "b.zarr") == _chunk_files(tmp_path / "a.zarr")
+
+
+@pytest.mark.parametrize("method", ["average", "bilinear"])
+def test_pipelined_threads_write_the_same_store_in_the_same_order(
+    rasters: dict[str, Path], tmp_path: Path, method: str
+) -> None:
+    datasets = [{"name": "ease", "path": str(rasters["equal_area"]), "resampling": method}]
+    serial_ctx, serial_events = make_context(
+        make_config(tmp_path / "a", datasets, {"resolution": 1.0}, window=WINDOW)
+    )
+    run_dataset(serial_ctx, tmp_path / "a.zarr", GLOBAL_1DEG, "ease")
+    ctx, events = make_context(
+        make_config(tmp_path / "b", datasets, {"resolution": 1.0}, window=WINDOW, threads=2)
+    )
+    run_dataset(ctx, tmp_path / "b.zarr", GLOBAL_1DEG, "ease")
+    assert _chunk_files(tmp_path / "b.zarr") == _chunk_files(tmp_path / "a.zarr")
+
+    def order(recorded: list[Event]) -> list[tuple[int, int]]:
+        return [
+            (e.detail["row_off"], e.detail["col_off"])
+            for e in recorded
+            if isinstance(e, CheckpointEvent)
+        ]
+
+    assert (
+        order(events)
+        == order(serial_events)
+        == [(int(w.row_off), int(w.col_off)) for w in GLOBAL_1DEG.windows(WINDOW)]
+    )
+
+
+def test_in_flight_is_threads_plus_one_within_the_queue_share() -> None:
+    window_bytes = 1024 * 1024 * 4
+    assert in_flight(1, 100 * window_bytes, window_bytes) == 2
+    assert in_flight(2, 100 * window_bytes, window_bytes) == 3
+    assert in_flight(2, 2.5 * window_bytes, window_bytes) == 2
+    assert in_flight(4, 0.5 * window_bytes, window_bytes) == 1, "never below the serial loop"
 
 
 def _fingerprint_of(store: LayerStore, name: str) -> str:

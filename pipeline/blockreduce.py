@@ -1,0 +1,141 @@
+"""Resampling by block reduction where the grid is an integer multiple of an aligned source.
+
+A source in the grid's CRS whose pixel edges fall on the grid's cell edges,
+``k`` source pixels to a cell (30″ into 5′: k = 10), needs no warp for the
+footprint methods: each cell is exactly a k × k block of source pixels, and
+GDAL's footprint kernels give every such pixel weight one. The block's
+average, sum, minimum or maximum over its valid pixels is computed with numpy
+in float64 (as GDAL accumulates) and cast to the output dtype, which skips
+GDAL's per-pixel coordinate transforms and weight computation.
+
+Only where it is exact: windows wholly inside the source (:func:`is_exact`);
+tests/test_blockreduce.py compares each method, with
+nodata, against the whole-source warp and the gdalwarp binary on every cell.
+``mode`` is not reduced here (GDAL's tie-breaking between equally frequent
+values is an implementation detail) and goes through the warp.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import rasterio
+from rasterio.windows import Window
+
+from pipeline.config import Resampling
+from pipeline.grid import TargetGrid
+from pipeline.source import SourceInfo
+
+#: How far (in source pixels) an edge may sit from a whole pixel and still count as on it.
+ALIGNMENT_TOLERANCE_PX = 1e-6
+#: Largest source pixels per cell reduced this way (beyond, blocks would be huge arrays).
+MAX_FACTOR = 256
+
+#: Working bytes per source pixel: the read (up to 8), its float64 copy (8), masks and sums.
+WORKING_BYTES_PER_PIXEL = 24
+#: Footprint methods whose block reduction equals GDAL's kernel.
+REDUCIBLE = frozenset({Resampling.average, Resampling.sum, Resampling.min, Resampling.max})
+
+
+@dataclass(frozen=True)
+class Alignment:
+    """Source pixels per grid cell and the source pixel at the grid's origin."""
+
+    factor_x: int
+    factor_y: int
+    col0: int
+    row0: int
+
+
+def _whole(value: float) -> int | None:
+    nearest = round(value)
+    return int(nearest) if abs(value - nearest) <= ALIGNMENT_TOLERANCE_PX else None
+
+
+def alignment(source: SourceInfo, grid: TargetGrid, method: Resampling) -> Alignment | None:
+    """The integer-factor alignment of ``source`` on ``grid``, or None when a warp is needed."""
+    if method not in REDUCIBLE or source.crs != grid.crs:
+        return None
+    s, g = source.transform, grid.transform
+    if not (s.b == 0 and s.d == 0 and g.b == 0 and g.d == 0 and s.a > 0 and s.e < 0):
+        return None
+    if g.a <= 0 or g.e >= 0:
+        return None
+    factor_x, factor_y = _whole(g.a / s.a), _whole(g.e / s.e)
+    col0, row0 = _whole((g.c - s.c) / s.a), _whole((g.f - s.f) / s.e)
+    if factor_x is None or factor_y is None or col0 is None or row0 is None:
+        return None
+    if not (1 <= factor_x <= MAX_FACTOR and 1 <= factor_y <= MAX_FACTOR):
+        return None
+    if factor_x == factor_y == 1:
+        return None  # on the grid: pipeline.grid.place copies it
+    return Alignment(factor_x, factor_y, col0, row0)
+
+
+def is_exact(align: Alignment, source: SourceInfo, window: Window) -> bool:
+    """True where every cell of ``window`` lies wholly inside the source.
+
+    At a source's edges GDAL's footprint kernels do more than a block
+    reduction: they give the cell just north (west) of a source starting
+    inside the grid the source's first row (column), and weight partly covered
+    cells' average differently; windows touching an edge are warped.
+    """
+    col_start = align.col0 + int(window.col_off) * align.factor_x
+    row_start = align.row0 + int(window.row_off) * align.factor_y
+    return (
+        col_start >= 0
+        and row_start >= 0
+        and col_start + int(window.width) * align.factor_x <= source.width
+        and row_start + int(window.height) * align.factor_y <= source.height
+    )
+
+
+def reduce_window(
+    source: SourceInfo,
+    align: Alignment,
+    method: Resampling,
+    window: Window,
+    src_nodata: float | None,
+    dtype: str,
+    nodata: float,
+    src: rasterio.io.DatasetReader,
+    working_bytes: int,
+) -> np.ndarray:
+    """The grid cells of ``window`` (one :func:`is_exact` is true for): each the reduction of
+    its block's valid source pixels.
+
+    Reduced in bands of cell rows whose source pixels fit ``working_bytes``
+    (``resampling.warp_memory``, the same cap GDAL's warp works within): a whole
+    2048-cell window of a 5× source would otherwise be a 0.8 GB float64 block.
+    """
+    height, width = int(window.height), int(window.width)
+    fx, fy = align.factor_x, align.factor_y
+    col_start = align.col0 + int(window.col_off) * fx
+    band = max(1, working_bytes // (WORKING_BYTES_PER_PIXEL * fy * width * fx))
+    out = np.full((height, width), nodata, dtype=dtype)
+    for row in range(0, height, band):
+        rows = min(band, height - row)
+        row_start = align.row0 + (int(window.row_off) + row) * fy
+        data = src.read(source.band, window=Window(col_start, row_start, width * fx, rows * fy))
+        block = data.astype("float64")
+        if src_nodata is not None and not math.isnan(src_nodata):
+            block[data == src_nodata] = np.nan
+        cells = block.reshape(rows, fy, width, fx)
+        count = (~np.isnan(cells)).sum(axis=(1, 3))
+        valid = count > 0
+        out[row : row + rows][valid] = _reduce(cells, count, method)[valid].astype(dtype)
+    return out
+
+
+def _reduce(cells: np.ndarray, count: np.ndarray, method: Resampling) -> np.ndarray:
+    """Per-cell reduction over the block axes (1, 3), ignoring NaN (invalid) pixels."""
+    if method is Resampling.min:
+        return np.fmin.reduce(cells, axis=(1, 3))
+    if method is Resampling.max:
+        return np.fmax.reduce(cells, axis=(1, 3))
+    total = np.nansum(cells, axis=(1, 3))
+    if method is Resampling.sum:
+        return total
+    return total / np.maximum(count, 1)

@@ -1,0 +1,46 @@
+"""`geod status` starts without the data path's heavy libraries.
+
+A status query runs often (scripts, prompts, watch loops); importing rasterio,
+zarr or scipy would cost it most of a second on every call. The check runs in
+a fresh interpreter so nothing this test process imported counts.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from pipeline.contract import SOCKET_ENV
+
+#: Libraries only the data path needs.
+HEAVY = ("rasterio", "zarr", "scipy", "xarray", "numcodecs")
+
+_PROBE = """
+import json, sys
+sys.argv = ["geod", "status"]
+from supervisor.cli import main
+# What `status` renders with once a daemon answers (imported on that path).
+import supervisor.cli.render, supervisor.client
+try:
+    main()
+except SystemExit as exit:
+    code = exit.code
+print(json.dumps({"code": code, "loaded": sorted(m for m in sys.modules if m in HEAVY)}))
+"""
+
+
+def test_status_imports_none_of_the_data_path(tmp_path: Path) -> None:
+    env = {
+        SOCKET_ENV: str(tmp_path / "absent.sock"),
+        "PATH": "/usr/bin:/bin",
+        "HOME": str(tmp_path),
+    }
+    script = f"HEAVY = {HEAVY!r}\n{_PROBE}"
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=60
+    )
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["code"] == 3, result.stderr  # no daemon on that socket: exit 3
+    assert report["loaded"] == []
