@@ -156,9 +156,14 @@ class Run:
 
     def _update_progress(self, now: float) -> None:
         """Progress from the windows done (never lower than before), then the time left."""
-        running = [e for e in self.stages.values() if e.status == "running"]
-        # The deepest running node is the one a user wants to see ("resample/bio1").
-        self.summary.stage = max(running, key=lambda e: e.id.count("/")).id if running else None
+        running = [e for e in self.stages.values() if e.status == "running" and e.kind != "run"]
+        # The deepest running node is the one a user wants to see ("resample/bio1"); between
+        # two stages (only the root runs) the last one stays, never the bare root "run".
+        root = self.stages.get("run")
+        if running:
+            self.summary.stage = max(running, key=lambda e: e.id.count("/")).id
+        elif root is None or root.status != "running":
+            self.summary.stage = None
         fraction = run_fraction(self.stages)
         if fraction is None:
             return

@@ -146,3 +146,15 @@ def test_finished_run_rebuilt_from_history_has_no_eta_and_keeps_its_time(tmp_pat
     # Running time ends at the last event, not at the save.
     assert running_seconds(summary, time.time()) == pytest.approx(10 * STEP)
     again.close()
+
+
+def test_stage_between_two_stages_is_the_last_one_never_the_root(tmp_path: Path) -> None:
+    start = time.time() - 1000
+    _registry, run = _running_run(tmp_path, start)
+    assert run.summary.stage == "resample/a"
+    _stage(run, start + 1, "resample/a", "done", done=WINDOWS, total=WINDOWS)
+    _stage(run, start + 1, "resample/b", "done", done=WINDOWS, total=WINDOWS)
+    _stage(run, start + 1, "resample", "done")
+    assert run.summary.stage == "resample"  # only the root runs now: the last stage stays
+    _stage(run, start + 2, "export", "running", total=1)
+    assert run.summary.stage == "export"

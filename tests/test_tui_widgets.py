@@ -8,11 +8,13 @@ filter keeps, which node is open, what a search hits.
 from __future__ import annotations
 
 import re
+import time
 
 import pytest
 from rich.text import Text
 
 from pipeline.events import LogEvent, StageEvent
+from supervisor.protocol import RunSummary
 from tests import tui_recording as rec
 from tests.tui_support import loaded_state, pilot_test, replay_app, until
 from tui.app import GeodApp
@@ -63,14 +65,81 @@ async def test_runs_table_sorts_by_header_click_and_key() -> None:
         table = app.query_one(RunsTable)
         order = lambda: [row.key.value for row in table.ordered_rows]  # noqa: E731
         assert order() == [rec.RUN, rec.OTHER]
+        labels = lambda: [column.label.plain for column in table.columns.values()]  # noqa: E731
+        assert labels()[0] == "Run ▲"
         table.cycle_sort("rss")  # what a click on the RSS header does
-        assert order() == [rec.OTHER, rec.RUN]  # no RSS (failed) sorts first
+        assert "RSS ▲" in labels() and labels()[0] == "Run"
+        # The running run stays pinned above the failed one whichever way RSS sorts.
+        assert order() == [rec.RUN, rec.OTHER]
         table.cycle_sort("rss")  # second click reverses
+        assert "RSS ▼" in labels()
         assert order() == [rec.RUN, rec.OTHER]
         await pilot.press("o")  # the key moves to the next column
-        assert table.sort_column == "id"
+        assert table.sort_column == "peak"
         # The selection follows its run, not its row index.
         assert app.selected == rec.RUN and table.selected_run == rec.RUN
+
+
+def _finished(run_id: str, peak_mib: int) -> RunSummary:
+    return RunSummary(
+        id=run_id,
+        name=f"old-{run_id}",
+        state="done",
+        progress=1.0,
+        started=rec.T0 - 900,
+        finished=rec.T0 - 800,
+        rss=5 * 1024 * 1024,
+        peak_rss=peak_mib * 1024 * 1024,
+    )
+
+
+@pilot_test
+async def test_runs_table_pins_active_runs_and_explains_queued_ones() -> None:
+    app = replay_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        table = app.query_one(RunsTable)
+        state = app.state
+        state.connection.concurrency = 1
+        for run_id, peak in (("r0", 900), ("r3", 100)):
+            state.apply_run(_finished(run_id, peak))
+        state.apply_run(RunSummary(id="r4", name="waiting", state="queued"))
+        await until(pilot, lambda: table.row_count == 5)
+        order = lambda: [row.key.value for row in table.ordered_rows]  # noqa: E731
+        # Live runs (running, queued) above finished ones, each group by id.
+        assert order() == [rec.RUN, "r4", "r0", rec.OTHER, "r3"]
+        table.cycle_sort("peak")
+        # No peak yet (queued, failed early) sorts lowest; descending reverses each group.
+        assert order() == ["r4", rec.RUN, rec.OTHER, "r3", "r0"]
+        table.cycle_sort("peak")
+        assert order() == [rec.RUN, "r4", "r0", "r3", rec.OTHER]
+        # The queued run says why it waits; a finished run shows no current RSS.
+        assert _cell(table, "r4", "why") == "slot 1/1 busy"
+        assert _cell(table, "r0", "rss").strip() == "-"
+        assert _cell(table, "r0", "peak").strip() == "900.0 MiB"
+        # End and Home go to the last and first run.
+        table.focus()
+        await pilot.press("end")
+        assert table.selected_run == order()[-1]
+        await pilot.press("home")
+        assert table.selected_run == order()[0]
+
+
+@pilot_test
+async def test_eta_is_a_clock_time_with_a_range_and_blank_once_final() -> None:
+    app = replay_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        table = app.query_one(RunsTable)
+        summary = app.state.runs[rec.RUN].summary
+        clock = time.strftime("%H:%M", time.localtime(summary.eta_at))
+        assert _cell(table, rec.RUN, "eta") == f"≈ {clock} ±20 s"
+        done = summary.model_copy(
+            update={"state": "done", "eta": None, "eta_at": None, "running_since": None}
+        )
+        app.state.apply_run(done)
+        await until(pilot, lambda: _cell(table, rec.RUN, "eta") == "")
+        assert _cell(table, rec.RUN, "rss").strip() == "-"
 
 
 @pilot_test

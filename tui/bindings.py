@@ -77,6 +77,12 @@ HELP_BINDINGS: list[Binding] = [
     Binding("q", "close", "Close", show=False),
 ]
 
+#: The runs table: Home/End go to the first/last run (DataTable's own move sideways).
+RUNS_TABLE_BINDINGS: list[Binding] = [
+    Binding("home", "scroll_top", "First run", show=False),
+    Binding("end", "scroll_bottom", "Last run", show=False),
+]
+
 #: The log search box.
 SEARCH_BINDINGS: list[Binding] = [
     Binding("escape", "cancel_search", "Cancel search"),

@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 from pipeline.events import Event, GovernorEvent, LogEvent, MemoryEvent, StageEvent
+from supervisor.progress import running_seconds, stage_fraction
 from supervisor.protocol import RunSummary, Snapshot
 
 #: Log lines kept per run in memory; older ones are paged in from the daemon on demand.
@@ -154,16 +155,12 @@ class RunView:
     levels: MemoryLevels = field(default_factory=MemoryLevels)
 
     def fraction(self, stage_id: str) -> float:
-        """Done share of a stage; one without its own count (``total`` 0) averages its children.
+        """Done share of a stage in windows, as the daemon counts the run's progress.
 
-        The run node and stages like ``resample`` only group work, so their bar is
-        the mean of what they contain.
+        The run node and stages like ``resample`` only group work, so their bar
+        counts the windows of what they contain (see :func:`stage_fraction`).
         """
-        info = self.stages[stage_id]
-        kids = self.children.get(stage_id)
-        if info.node.total or info.node.status == "done" or not kids:
-            return info.fraction
-        return sum(self.fraction(kid) for kid in kids) / len(kids)
+        return stage_fraction(stage_id, lambda sid: self.stages[sid].node, self.children)
 
     def ancestors(self, stage_id: str) -> Iterator[str]:
         parent = self.stages[stage_id].node.parent if stage_id in self.stages else None
@@ -208,6 +205,8 @@ class ConnectionInfo:
     socket: str = ""
     daemon_version: str | None = None
     daemon_started: float | None = None
+    #: Runs the daemon executes at once (its ``status``): queued runs wait for a slot.
+    concurrency: int | None = None
     retry_in: float | None = None
     attempts: int = 0
     error: str | None = None
@@ -360,10 +359,8 @@ class DashboardState:
             yield from view.stages.values()
 
     def elapsed(self, summary: RunSummary) -> float | None:
-        if summary.started is None:
-            return None
-        end = summary.finished if summary.finished is not None else self.clock()
-        return max(0.0, end - summary.started)
+        """Running time only (the daemon's clock): pauses and waits for a retry do not count."""
+        return running_seconds(summary, self.clock())
 
     # -- internals ------------------------------------------------------------------
 
