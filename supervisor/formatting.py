@@ -104,12 +104,13 @@ def bar(fraction: float, width: int, style: str = "green") -> Text:
 
 
 def rate(value: float | None, unit: str) -> str:
-    """Progress per second, or per minute when slower than one a second."""
+    """Progress per second, or per minute when slower than one a second ('3.1/s' unitless)."""
     if value is None:
         return ""
+    per = f" {unit}/" if unit else "/"
     if value >= 1:
-        return f"{value:.1f} {unit}/s"
-    return f"{value * _SECONDS_PER_MINUTE:.1f} {unit}/min"
+        return f"{value:.1f}{per}s"
+    return f"{value * _SECONDS_PER_MINUTE:.1f}{per}min"
 
 
 def approx_span(seconds: float) -> str:

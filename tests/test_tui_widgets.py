@@ -166,11 +166,36 @@ async def test_stage_tree_expands_the_active_branch_and_shows_failures() -> None
         assert nodes["resample"].is_expanded
         assert nodes["resample/landcover"].parent is nodes["resample"]
         label = nodes["resample/landcover"].label.plain
-        assert "5/8 windows" in label and "ETA 3s" in label and "1.0 windows/s" in label
+        assert label.endswith("5/8 windows · 1.0/s")
+        # The root carries the run's progress and its one ETA, as a clock time.
+        summary = app.state.runs[rec.RUN].summary
+        clock = time.strftime("%H:%M", time.localtime(summary.eta_at))
+        assert tree.root.label.plain.endswith(f"done ≈ {clock} (±20 s)")
         failed = nodes["merge"].label
         assert "merge: disk full writing part-0003" in failed.plain
         assert any("red" in str(span.style) for span in failed.spans)
         assert nodes["resample/richness"].label.plain.startswith("✔")
+
+
+@pilot_test
+async def test_paused_run_shows_pause_marks_and_no_rate_and_its_clock_stops() -> None:
+    app = replay_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        tree = app.query_one(StageTree)
+        table = app.query_one(RunsTable)
+        summary = app.state.runs[rec.RUN].summary
+        paused = summary.model_copy(
+            update={"state": "paused", "running_time": 60.0, "running_since": None}
+        )
+        app.state.apply_run(paused)
+        landcover = tree._by_stage["resample/landcover"]
+        await until(pilot, lambda: landcover.label.plain.startswith("‖"))
+        assert "/s" not in landcover.label.plain and "done ≈" not in tree.root.label.plain
+        elapsed = _cell(table, rec.RUN, "elapsed")
+        app.state.clock = lambda: rec.T0 + 500  # time passes while paused
+        table.tick()
+        assert _cell(table, rec.RUN, "elapsed") == elapsed == "1m 00s"
 
 
 @pilot_test

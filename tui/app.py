@@ -169,6 +169,8 @@ class GeodApp(App[None]):
             self.runs_table.sync(runs)
             if self.selected is None or self.selected not in self.state.runs:
                 self._choose_initial()
+            elif self.selected in runs and not self._stages_reset:
+                self.stage_tree.run_changed()
         if self._stages_reset:
             self.stage_tree.show_run(self.selected)
         elif self._stages_due:

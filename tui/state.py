@@ -99,7 +99,7 @@ class MemoryLevels:
 @dataclass(slots=True)
 class StageProgress:
     """A stage-tree node as last reported (the event schema's own :class:`StageEvent`) plus
-    the recent progress samples its rate and ETA come from."""
+    the recent progress samples its rate comes from (the run's ETA is the daemon's)."""
 
     node: StageEvent
     samples: deque[tuple[float, int]] = field(default_factory=lambda: deque(maxlen=RATE_SAMPLES))
@@ -114,13 +114,6 @@ class StageProgress:
             self.samples.clear()
 
     @property
-    def fraction(self) -> float:
-        node = self.node
-        if node.status == "done":
-            return 1.0
-        return min(1.0, node.done / node.total) if node.total else 0.0
-
-    @property
     def rate(self) -> float | None:
         """Units per second over the last :data:`RATE_WINDOW_S` seconds, if measurable."""
         if len(self.samples) < 2:
@@ -129,13 +122,6 @@ class StageProgress:
         if t1 <= t0 or d1 < d0:
             return None
         return (d1 - d0) / (t1 - t0)
-
-    @property
-    def eta(self) -> float | None:
-        rate, node = self.rate, self.node
-        if not rate or not node.total or node.status != "running":
-            return None
-        return max(0.0, (node.total - node.done) / rate)
 
 
 @dataclass
