@@ -20,7 +20,7 @@ from tests.tui_support import loaded_state, pilot_test, replay_app, until
 from tui.app import GeodApp
 from tui.bindings import COMMANDS
 from tui.connection import Backoff
-from tui.screens.confirm_kill import ConfirmKill
+from tui.screens.confirm_kill import ConfirmKill, kill_question
 from tui.screens.help import HelpScreen
 from tui.widgets.banner import ConnectionBanner
 from tui.widgets.log_view import LogView
@@ -340,6 +340,14 @@ async def test_kill_asks_for_confirmation_and_cancel_keeps_the_run() -> None:
         assert not isinstance(app.screen, ConfirmKill)
 
 
+def test_kill_question_depends_on_the_state() -> None:
+    queued = kill_question("r7", "queued", force=False)
+    assert "current window" not in queued and "nothing is lost" in queued
+    assert "current window" in kill_question("r7", "running", force=False)
+    assert "SIGKILL" in kill_question("r7", "running", force=True)
+    assert "paused" in kill_question("r7", "paused", force=False)
+
+
 @pilot_test
 async def test_help_lists_every_key_and_closes() -> None:
     app = replay_app()
@@ -455,7 +463,11 @@ async def test_no_daemon_shows_the_banner_and_keeps_retrying(tmp_path) -> None:
             await pilot.pause(0.05)
             if app.state.connection.attempts >= 3 and banner.display:
                 break
-        text = str(banner.content)
-        assert "unreachable" in text and str(socket) in text
+        headline, details = str(banner.content).splitlines()
+        assert re.fullmatch(
+            r"daemon unreachable — showing the last known state, retrying \(\d+\)", headline
+        )
+        assert len(headline) <= 80  # the point of the banner fits an 80-column terminal
+        assert details.count(str(socket)) == 1 and str(socket) not in headline
         assert app.state.connection.attempts >= 3
         assert "disconnected" in app.sub_title

@@ -274,7 +274,9 @@ class GeodApp(App[None]):
                 verb = "force-kill" if force else "kill"
                 self._send(Calls.kill(Selection(run=run), force), f"{verb} {run}")
 
-        self.push_screen(ConfirmKill(run, force=force), done)
+        view = self.state.runs.get(run)
+        state = view.summary.state if view is not None else "running"
+        self.push_screen(ConfirmKill(run, force=force, state=state), done)
 
     def _send(self, call: Call[Any], what: str) -> None:
         self.run_worker(self._request(call, what), group="actions", exit_on_error=False)
