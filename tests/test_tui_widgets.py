@@ -12,6 +12,7 @@ import time
 
 import pytest
 from rich.text import Text
+from textual.widgets._footer import FooterKey
 
 from pipeline.events import LogEvent, StageEvent
 from supervisor.protocol import RunSummary
@@ -365,6 +366,23 @@ async def test_command_palette_has_an_entry_per_action() -> None:
         titles = [command.title for command in app.get_system_commands(app.screen)]
         for command in COMMANDS:
             assert any(title.startswith(command.title) for title in titles), command.title
+        # geod's own actions come first, Textual's built-ins after them.
+        ours = len(COMMANDS)
+        assert [t.split(" (")[0] for t in titles[:ours]] == [c.title for c in COMMANDS]
+        assert {"Pause all", "Resume all"} <= set(titles[:ours])
+        assert any(t in ("Screenshot", "Quit", "Theme", "Keys") for t in titles[ours:])
+
+
+@pilot_test
+async def test_footer_keeps_help_visible_at_80x24() -> None:
+    app = replay_app()
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        keys = [key for key in app.query(FooterKey) if key.key == "question_mark"]
+        assert keys, "no ? key in the footer"
+        region = keys[0].region
+        assert region.width > 0 and region.right <= 80
+        assert "Help" in str(keys[0].render())
 
 
 @pilot_test

@@ -254,6 +254,12 @@ class GeodApp(App[None]):
         if self.selected is not None:
             self._send(Calls.resume(Selection(run=self.selected)), f"resume {self.selected}")
 
+    def action_pause_all(self) -> None:
+        self._send(Calls.pause(Selection(all=True)), "pause all")
+
+    def action_resume_all(self) -> None:
+        self._send(Calls.resume(Selection(all=True)), "resume all")
+
     def action_retry(self) -> None:
         if self.selected is not None:
             self._send(Calls.retry(self.selected), f"retry {self.selected}")
@@ -359,10 +365,8 @@ class GeodApp(App[None]):
         self.push_screen(HelpScreen())
 
     def get_system_commands(self, screen: Screen[Any]) -> Iterable[SystemCommand]:
-        yield from super().get_system_commands(screen)
+        """geod's own actions first; Textual's built-ins (theme, screenshot...) after them."""
         for command in COMMANDS:
-            yield SystemCommand(
-                f"{command.title} ({command.display})",
-                command.help,
-                partial(self.run_action, command.action),
-            )
+            title = f"{command.title} ({command.display})" if command.key else command.title
+            yield SystemCommand(title, command.help, partial(self.run_action, command.action))
+        yield from super().get_system_commands(screen)

@@ -29,10 +29,13 @@ class Command:
 
     @property
     def display(self) -> str:
-        return self.glyph or self.key
+        """The key as printed; a command without a key is reached from the palette."""
+        return self.glyph or self.key or "ctrl+p"
 
 
 COMMANDS: tuple[Command, ...] = (
+    # First, so the footer keeps it visible however narrow the terminal (htop's F1).
+    Command("question_mark", "help", "Help", "Show every key", glyph="?"),
     Command("p", "pause", "Pause", "Pause the selected run at its next window boundary"),
     Command("r", "resume", "Resume", "Resume the selected run"),
     Command("k", "kill", "Kill", "Stop the selected run with a checkpoint (asks first)"),
@@ -53,7 +56,8 @@ COMMANDS: tuple[Command, ...] = (
         "shift+tab", "cycle_panel_back", "Panel back", "Previous panel", show=False, priority=True
     ),
     Command("q", "detach", "Detach", "Leave the dashboard; runs keep going"),
-    Command("question_mark", "help", "Help", "Show every key", glyph="?"),
+    Command("", "pause_all", "Pause all", "Pause every running run (command palette)"),
+    Command("", "resume_all", "Resume all", "Resume every paused run (command palette)"),
 )
 
 APP_BINDINGS: list[Binding] = [
@@ -61,6 +65,7 @@ APP_BINDINGS: list[Binding] = [
         command.key, command.action, command.title, show=command.show, priority=command.priority
     )
     for command in COMMANDS
+    if command.key
 ]
 
 #: The confirmation dialog: y/enter confirm, n/escape cancel.
