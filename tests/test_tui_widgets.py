@@ -25,7 +25,7 @@ from tui.screens.confirm_kill import ConfirmKill, kill_question
 from tui.screens.help import HelpScreen
 from tui.widgets.banner import ConnectionBanner
 from tui.widgets.log_view import LogView
-from tui.widgets.memory_chart import MemoryChart, time_ticks
+from tui.widgets.memory_chart import COLORS, MemoryChart, readout, size_ticks, time_ticks
 from tui.widgets.runs_table import RunsTable
 from tui.widgets.stage_tree import StageTree
 
@@ -399,21 +399,36 @@ async def test_memory_chart_span_cycles_and_draws_levels() -> None:
         await pilot.press("m")
         assert chart.span_label == "5 min"
         built = chart.plt.build()
-        for legend in ("RSS", "budget", "warning", "critical", "window px"):
-            assert legend in built
+        # The legend is in the border, outside the plot; each series has its own colour.
+        legend = str(chart.border_subtitle)
+        for name in ("RSS", "budget", "warning", "critical", "window px"):
+            assert name in legend and name not in built
+        assert len(set(COLORS.values())) == len(COLORS)
         # Free memory (2.9 GiB) is above the worker's range (budget 2 GiB): stated, not drawn.
-        assert "avail" not in built
-        assert "avail 2.9 GiB" in str(chart.border_subtitle)
-        # The time axis says its unit: durations before the newest sample, ending at "now".
-        assert "now" in built
-        assert re.search(r"-\d+(s|m \d\ds|h \d\dm)\b", built), built
+        assert "avail" not in legend.split("·")[0]
+        assert "avail 2.9 GiB" in legend
+        # Sizes on the y axis, clock times on the x axis.
+        assert "GiB" in built or "MiB" in built
+        assert re.search(r"\d\d:\d\d:\d\d", built), built
+        # The readout quotes the numbers behind the lines.
+        assert re.fullmatch(
+            r"RSS [\d.]+ MiB · peak [\d.]+ MiB · budget 2\.0 GiB \(\d+ %\)",
+            str(chart.border_title),
+        )
 
 
-def test_memory_chart_time_ticks_carry_a_unit() -> None:
-    ticks, labels = time_ticks(-300.0)
+def test_memory_chart_ticks_read_as_clock_times_and_sizes() -> None:
+    now = 1_767_225_600.0 + 3600  # 01:00:00 UTC
+    ticks, labels = time_ticks(-300.0, now)
     assert ticks == [-300.0, -225.0, -150.0, -75.0, 0.0]
-    assert labels == ["-5m 00s", "-3m 45s", "-2m 30s", "-1m 15s", "now"]
-    assert time_ticks(-9.3, count=2)[1] == ["-9s", "now"]
+    assert labels == [time.strftime("%H:%M:%S", time.localtime(now + t)) for t in ticks]
+    assert time_ticks(-7200.0, now, count=2)[1][0] == time.strftime(
+        "%H:%M", time.localtime(now - 7200)
+    )
+    assert size_ticks(1024.0, count=3)[1] == ["0 B", "512.0 MiB", "1.0 GiB"]
+    assert readout(174 * 1024**2, 732 * 1024**2, 1024**3) == (
+        "RSS 174.0 MiB · peak 732.0 MiB · budget 1.0 GiB (17 %)"
+    )
 
 
 @pilot_test
