@@ -319,10 +319,68 @@ async def test_follow_toggle_freezes_and_resumes() -> None:
                 LogEvent(run=rec.RUN, seq=seq + offset, level="INFO", logger="t", message="new")
             )
         await until(pilot, lambda: "+3 new" in str(log.border_subtitle))
-        assert len(log.shown) == shown
+        # The new lines join below; what is being read does not move.
+        top = log.scroll_y
+        assert len(log.shown) == shown + 3 and log.scroll_y == top
+        assert "scroll held" in str(log.border_subtitle) and "paused" not in str(
+            log.border_subtitle
+        )
         await pilot.press("f")
         assert log.follow and len(log.shown) == shown + 3
         assert log.scroll_y == log.max_scroll_y
+
+
+@pilot_test
+async def test_search_counts_lines_that_arrive_while_searching() -> None:
+    state = loaded_state()
+    app = GeodApp(state=state, connect=False)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        log = app.query_one(LogView)
+        assert log.set_search("zebra-crossing") == 0
+        assert "(0 hits)" in str(log.border_subtitle)
+        seq = state.runs[rec.RUN].applied_seq
+        message = "a zebra-crossing appeared"
+        state.apply_event(
+            LogEvent(run=rec.RUN, seq=seq + 1, level="INFO", logger="t", message=message)
+        )
+        await until(pilot, lambda: "(1 hit)" in str(log.border_subtitle))
+        assert log.jump(1) == len(log.shown) - 1
+
+
+@pilot_test
+async def test_empty_filter_says_so_and_stage_filter_resets_per_run() -> None:
+    app = replay_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        log = app.query_one(LogView)
+        log.set_stage_filter("export-that-never-ran")
+        await pilot.pause()
+        assert not log.shown
+        assert log.empty_message() == (
+            "no lines in stage export-that-never-ran — s clears the stage"
+        )
+        assert "no lines" in "".join(seg.text for seg in log.render_line(0))
+        app.select_run(rec.OTHER)
+        assert log.stage_filter is None  # another run's stage ids mean nothing here
+        log.set_stage_filter("catalog")
+        await pilot.press("S")  # pinned: it survives the next selection
+        app.select_run(rec.RUN)
+        assert log.stage_filter == "catalog" and "(pinned)" in str(log.border_subtitle)
+
+
+@pilot_test
+async def test_long_lines_say_they_scroll_sideways() -> None:
+    state = loaded_state()
+    app = GeodApp(state=state, connect=False)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        log = app.query_one(LogView)
+        seq = state.runs[rec.RUN].applied_seq
+        state.apply_event(
+            LogEvent(run=rec.RUN, seq=seq + 1, level="INFO", logger="t", message="x" * 300)
+        )
+        await until(pilot, lambda: "→ more" in str(log.border_subtitle))
 
 
 @pilot_test

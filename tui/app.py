@@ -36,7 +36,7 @@ from tui.screens.confirm_kill import ConfirmKill
 from tui.screens.help import HelpScreen
 from tui.state import DashboardState
 from tui.widgets.banner import ConnectionBanner
-from tui.widgets.log_view import LogView
+from tui.widgets.log_view import LogView, plural
 from tui.widgets.memory_chart import MemoryChart
 from tui.widgets.runs_table import RunsTable
 from tui.widgets.search_box import SearchBox
@@ -300,7 +300,7 @@ class GeodApp(App[None]):
 
     def action_follow(self) -> None:
         following = self.log_view.toggle_follow()
-        self.notify("log: following" if following else "log: paused", timeout=1.5)
+        self.notify("log: following" if following else "log: scroll held", timeout=1.5)
 
     def action_level(self) -> None:
         level = self.log_view.cycle_level()
@@ -316,6 +316,13 @@ class GeodApp(App[None]):
             log.set_stage_filter(stage)
             self.notify(f"log: stage {stage}", timeout=1.5)
 
+    def action_pin_stage(self) -> None:
+        log = self.log_view
+        log.pinned = not log.pinned
+        log.set_stage_filter(log.stage_filter)  # repaints the subtitle
+        state = "kept" if log.pinned else "reset"
+        self.notify(f"log: stage filter {state} when another run is selected", timeout=1.5)
+
     def action_search(self) -> None:
         box = self.search_box
         box.display = True
@@ -329,7 +336,7 @@ class GeodApp(App[None]):
         hits = log.set_search(message.value)
         log.focus()
         if message.value:
-            self.notify(f"/{message.value}: {hits} hits", timeout=2)
+            self.notify(f"/{message.value}: {plural(hits, 'hit')}", timeout=2)
 
     def action_search_next(self) -> None:
         self.log_view.jump(1)

@@ -47,6 +47,13 @@ COMMANDS: tuple[Command, ...] = (
     Command("N", "search_prev", "Previous hit", "Jump to the previous search hit", show=False),
     Command("l", "level", "Level", "Cycle the log's minimum level"),
     Command("s", "stage_filter", "Stage", "Show only logs of the stage highlighted in the tree"),
+    Command(
+        "S",
+        "pin_stage",
+        "Pin stage",
+        "Keep the log's stage filter when another run is selected",
+        show=False,
+    ),
     Command("m", "memory_span", "Span", "Memory chart span: 5 min / 1 h / whole run"),
     Command("o", "sort", "Sort", "Cycle the runs table's sort column", show=False),
     Command(
