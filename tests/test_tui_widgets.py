@@ -432,6 +432,28 @@ async def test_command_palette_has_an_entry_per_action() -> None:
 
 
 @pilot_test
+async def test_narrow_terminal_shows_one_panel_at_a_time_and_tab_switches() -> None:
+    app = replay_app()
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        visible = lambda: [  # noqa: E731
+            p.id for p in (app.stage_tree, app.memory_chart, app.log_view) if p.region.area
+        ]
+        assert visible() == ["stages"]
+        assert app.stage_tree.region.width >= 76  # the whole width, not 45 % of it
+        await pilot.press("tab")  # runs → stages
+        await pilot.press("tab")
+        await pilot.pause()
+        assert visible() == ["memory"] and app.focused is app.memory_chart
+        await pilot.press("tab")
+        await pilot.pause()
+        assert visible() == ["log"]
+        await pilot.resize_terminal(160, 48)
+        await pilot.pause()
+        assert visible() == ["stages", "memory", "log"]
+
+
+@pilot_test
 async def test_footer_keeps_help_visible_at_80x24() -> None:
     app = replay_app()
     async with app.run_test(size=(80, 24)) as pilot:

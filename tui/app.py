@@ -51,6 +51,11 @@ PANEL_HZ = 4
 CHART_HZ = 2
 #: Elapsed times and the header's uptime tick once a second.
 CLOCK_S = 1.0
+#: At or below this many columns the body shows one panel at a time (tab switches,
+#: as lazygit's zoom): side by side, each would be too narrow to read.
+NARROW_COLUMNS = 100
+#: At or above this many columns the tree and the log get the extra room.
+WIDE_COLUMNS = 200
 
 _CONNECTION_MARK = {
     "connected": "● connected",
@@ -97,6 +102,8 @@ class GeodApp(App[None]):
         self._stages_due: set[str] = set()
         self._stages_reset = False
         self._panels_drawn = 0.0
+        #: Terminal width the layout classes were chosen for.
+        self._layout_width = 0
         # The panels, built once: frames and actions use these directly (no DOM query
         # per frame, and none that could miss while a modal screen is on top).
         self.runs_table = RunsTable(self.state, id="runs")
@@ -125,6 +132,7 @@ class GeodApp(App[None]):
         self.set_interval(CLOCK_S, self._tick, name="clock")
         self.search_box.display = False
         self.runs_table.focus()
+        self._fit_layout()
         self.state.touch_connection()
         if self.link is not None:
             self.run_worker(self.link.run(), name="daemon-link", group="link", exit_on_error=False)
@@ -135,6 +143,7 @@ class GeodApp(App[None]):
 
     def frame(self) -> None:
         """Apply everything that changed since the last frame."""
+        self._fit_layout()
         changes = self.state.take_changes()
         now = time.monotonic()
         self._runs_due |= changes.runs
@@ -324,6 +333,7 @@ class GeodApp(App[None]):
         self.notify(f"log: stage filter {state} when another run is selected", timeout=1.5)
 
     def action_search(self) -> None:
+        self._show_panel(self.log_view)  # narrow layout: the log is what is searched
         box = self.search_box
         box.display = True
         box.focus()
@@ -359,10 +369,39 @@ class GeodApp(App[None]):
 
     def _cycle(self, step: int) -> None:
         # Tab cycles through the panels only (never into the hidden search box).
-        panels: list[Widget] = [self.runs_table, self.stage_tree, self.memory_chart, self.log_view]
+        panels: list[Widget] = [self.runs_table, *self._body_panels()]
         focused = self.focused
         index = panels.index(focused) if focused in panels else -1
-        panels[(index + step) % len(panels)].focus()
+        panel = panels[(index + step) % len(panels)]
+        if panel is not self.runs_table:
+            self._show_panel(panel)
+        panel.focus()
+
+    def _body_panels(self) -> list[Widget]:
+        return [self.stage_tree, self.memory_chart, self.log_view]
+
+    def _show_panel(self, panel: Widget) -> None:
+        """In the narrow layout, the body shows ``panel`` alone (the others stay built)."""
+        body = self.query_one("#body")
+        for other in self._body_panels():
+            body.set_class(other is panel, f"-show-{other.id}")
+
+    def _fit_layout(self) -> None:
+        """Pick the layout for the terminal's width: narrow (one panel), normal or wide.
+
+        Checked every frame (a comparison): the app's own resize event is consumed
+        by Textual before an app handler would see it.
+        """
+        width = self.size.width
+        if width == self._layout_width:
+            return
+        self._layout_width = width
+        body = self.query_one("#body")
+        narrow = width <= NARROW_COLUMNS
+        body.set_class(narrow, "-narrow")
+        body.set_class(width >= WIDE_COLUMNS, "-wide")
+        if narrow and not any(body.has_class(f"-show-{p.id}") for p in self._body_panels()):
+            self._show_panel(self.stage_tree)
 
     def action_detach(self) -> None:
         """Leave; the daemon keeps every run going (we only ever held a subscription)."""
