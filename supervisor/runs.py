@@ -228,20 +228,24 @@ class Run:
 
     def read_history(self) -> list[Event]:
         """Every stamped event of the history file, decoded; torn or foreign lines skipped."""
-        events: list[Event] = []
-        path = self.run_dir / EVENTS_NAME
-        if not path.exists():
-            return events
-        with open(path, "rb") as handle:
-            for line in handle:
-                with contextlib.suppress(ValueError):  # pydantic's ValidationError included
-                    events.append(decode(line))
-        return events
+        return read_events(self.run_dir / EVENTS_NAME)
 
     def close(self) -> None:
         if self._events_file is not None:
             self._events_file.close()
             self._events_file = None
+
+
+def read_events(path: Path) -> list[Event]:
+    """The events of a history file (``events.ndjson``); torn or foreign lines skipped."""
+    events: list[Event] = []
+    if not path.exists():
+        return events
+    with open(path, "rb") as handle:
+        for line in handle:
+            with contextlib.suppress(ValueError):  # pydantic's ValidationError included
+                events.append(decode(line))
+    return events
 
 
 def _repair_history(path: Path) -> None:

@@ -38,6 +38,7 @@ from tui.state import DashboardState
 from tui.widgets.banner import ConnectionBanner
 from tui.widgets.log_view import LogView, plural
 from tui.widgets.memory_chart import MemoryChart
+from tui.widgets.run_map import RunMapPanel
 from tui.widgets.runs_table import RunsTable
 from tui.widgets.search_box import SearchBox
 from tui.widgets.stage_tree import StageTree
@@ -109,6 +110,8 @@ class GeodApp(App[None]):
         self.runs_table = RunsTable(self.state, id="runs")
         self.stage_tree = StageTree(self.state, id="stages")
         self.memory_chart = MemoryChart(self.state, id="memory")
+        self.run_map = RunMapPanel(self.state, id="map")
+        self._map_due = False
         self.log_view = LogView(self.state, id="log")
         self.search_box = SearchBox(id="search")
         self.banner = ConnectionBanner(id="banner")
@@ -123,6 +126,7 @@ class GeodApp(App[None]):
             yield self.stage_tree
             with Vertical(id="right"):
                 yield self.memory_chart
+                yield self.run_map
                 yield self.log_view
                 yield self.search_box
         yield Footer()
@@ -167,9 +171,15 @@ class GeodApp(App[None]):
             log.append(changes.logs[run])
         if run in changes.memory:
             self._chart_due = True
-        if self._chart_due and now - self._chart_drawn >= 1 / CHART_HZ:
-            self._chart_due, self._chart_drawn = False, now
-            self.memory_chart.redraw()
+        self._map_due |= run in changes.maps
+        if (self._chart_due or self._map_due) and now - self._chart_drawn >= 1 / CHART_HZ:
+            self._chart_drawn = now
+            if self._chart_due:
+                self._chart_due = False
+                self.memory_chart.redraw()
+            if self._map_due and self.map_shown:
+                self._map_due = False
+                self.run_map.redraw()
 
     def _repaint_panels(self) -> None:
         """The table and tree catch up with everything held back since their last repaint."""
@@ -232,6 +242,7 @@ class GeodApp(App[None]):
         self.stage_tree.show_run(run_id)
         self.log_view.show_run(run_id)
         self.memory_chart.show_run(run_id)
+        self.run_map.show_run(run_id)
         if run_id is not None and self.link is not None and self.link.connected:
             self.run_worker(self._load(self.link, run_id), group="load", exit_on_error=False)
 
@@ -378,12 +389,30 @@ class GeodApp(App[None]):
         panel.focus()
 
     def _body_panels(self) -> list[Widget]:
-        return [self.stage_tree, self.memory_chart, self.log_view]
+        middle = self.run_map if self.map_shown else self.memory_chart
+        return [self.stage_tree, middle, self.log_view]
+
+    @property
+    def map_shown(self) -> bool:
+        return self.query_one("#body").has_class("-map")
+
+    def action_map(self) -> None:
+        """Swap the memory chart for the map of the run's windows (and back)."""
+        body = self.query_one("#body")
+        shown = not self.map_shown
+        focused = self.focused in (self.memory_chart, self.run_map)
+        body.set_class(shown, "-map")
+        panel = self.run_map if shown else self.memory_chart
+        if shown:
+            self.run_map.redraw()
+        if body.has_class("-narrow") or focused:
+            self._show_panel(panel)
+            panel.focus()
 
     def _show_panel(self, panel: Widget) -> None:
         """In the narrow layout, the body shows ``panel`` alone (the others stay built)."""
         body = self.query_one("#body")
-        for other in self._body_panels():
+        for other in (self.stage_tree, self.memory_chart, self.run_map, self.log_view):
             body.set_class(other is panel, f"-show-{other.id}")
 
     def _fit_layout(self) -> None:

@@ -54,6 +54,7 @@ COMMANDS: tuple[Command, ...] = (
         "Keep the log's stage filter when another run is selected",
         show=False,
     ),
+    Command("w", "map", "Map", "Show or hide the map of the run's windows"),
     Command("m", "memory_span", "Span", "Memory chart span: 5 min / 1 h / whole run"),
     Command("o", "sort", "Sort", "Cycle the runs table's sort column", show=False),
     Command(
@@ -93,6 +94,12 @@ HELP_BINDINGS: list[Binding] = [
 RUNS_TABLE_BINDINGS: list[Binding] = [
     Binding("home", "scroll_top", "First run", show=False),
     Binding("end", "scroll_bottom", "Last run", show=False),
+]
+
+#: The Map panel: choose the dataset drawn.
+MAP_BINDINGS: list[Binding] = [
+    Binding("left_square_bracket", "dataset(-1)", "Previous dataset", show=False),
+    Binding("right_square_bracket", "dataset(1)", "Next dataset", show=False),
 ]
 
 #: The log search box.

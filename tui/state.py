@@ -23,9 +23,17 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
-from pipeline.events import Event, GovernorEvent, LogEvent, MemoryEvent, StageEvent
+from pipeline.events import (
+    CheckpointEvent,
+    Event,
+    GovernorEvent,
+    LogEvent,
+    MemoryEvent,
+    StageEvent,
+)
 from supervisor.progress import running_seconds, stage_fraction
 from supervisor.protocol import RunSummary, Snapshot
+from supervisor.run_map import RunMap
 
 #: Log lines kept per run in memory; older ones are paged in from the daemon on demand.
 LOG_BUFFER_LINES = 20_000
@@ -139,6 +147,8 @@ class RunView:
     #: The worker's own readings between windows, thinned: RSS and the governor's window.
     worker_memory: deque[MemorySample] = field(default_factory=lambda: deque(maxlen=MEMORY_SAMPLES))
     levels: MemoryLevels = field(default_factory=MemoryLevels)
+    #: The run's windows as a map of the grid, per dataset (from window checkpoints).
+    map: RunMap = field(default_factory=RunMap)
 
     def fraction(self, stage_id: str) -> float:
         """Done share of a stage in windows, as the daemon counts the run's progress.
@@ -169,6 +179,7 @@ class Changes:
     logs: dict[str, list[LogLine]] = field(default_factory=dict)
     logs_reset: set[str] = field(default_factory=set)
     memory: set[str] = field(default_factory=set)
+    maps: set[str] = field(default_factory=set)
     connection: bool = False
 
     def __bool__(self) -> bool:
@@ -179,6 +190,7 @@ class Changes:
             or self.logs
             or self.logs_reset
             or self.memory
+            or self.maps
             or self.connection
         )
 
@@ -282,6 +294,11 @@ class DashboardState:
         elif isinstance(event, StageEvent):
             self._stage(view, event)
             self._changes.stages.setdefault(run_id, set()).add(event.id)
+            if view.map.apply(event):
+                self._changes.maps.add(run_id)
+        elif isinstance(event, CheckpointEvent):
+            if view.map.apply(event):
+                self._changes.maps.add(run_id)
         elif isinstance(event, MemoryEvent):
             self._memory(view, event)
         elif isinstance(event, GovernorEvent):
