@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from pipeline.events import (
+    CheckpointEvent,
     Event,
     GovernorEvent,
     LogEvent,
@@ -63,6 +64,28 @@ def _stage(t: float, **fields: Any) -> StageEvent:
     return StageEvent(time=t, **fields)
 
 
+#: The recorded grid (rows, columns) and its window size: a 2 × 4 lattice of windows.
+GRID = (180, 360)
+WINDOW = 90
+
+
+def _window(t: float, dataset: str, index: int, done: int, total: int) -> CheckpointEvent:
+    row, col = divmod(index, GRID[1] // WINDOW)
+    return CheckpointEvent(
+        time=t,
+        stage="resample",
+        dataset=dataset,
+        done=done,
+        total=total,
+        row_off=row * WINDOW,
+        col_off=col * WINDOW,
+        height=WINDOW,
+        width=WINDOW,
+        grid_height=GRID[0],
+        grid_width=GRID[1],
+    )
+
+
 def events(run: str = RUN) -> list[dict[str, Any]]:
     """The run's events in emission order, with ``run`` and ``seq`` set."""
     out: list[Event] = []
@@ -90,6 +113,12 @@ def events(run: str = RUN) -> list[dict[str, Any]]:
                     total=total,
                 )
             )
+            if step:
+                # Window ``step - 1`` of a 2 × 4 lattice; landcover's second window is
+                # written twice (redone after a fault), so the map shows "recomputed".
+                redo = dataset == "landcover" and step == 3
+                for window in (step - 1, 1) if redo else (step - 1,):
+                    out.append(_window(t, dataset, window, step, total))
             out.append(
                 LogEvent(
                     time=t,

@@ -139,10 +139,17 @@ class RunsTable(DataTable[Any]):
         for key, column in self.columns.items():
             label = _LABELS[str(key.value)]
             column.label = Text(f"{label} {mark}" if key.value == self.sort_column else label)
+            # A column is as wide as its widest cell or label: room for the mark too.
+            column.content_width = max(column.content_width, column.label.cell_len)
         self.refresh_columns()
 
     def refresh_columns(self) -> None:
-        """Re-measure the header after a label changed (DataTable has no public call for it)."""
+        """Re-measure and repaint the header after a label changed.
+
+        DataTable has no public call for a new label: its render caches must go
+        and its dimensions be recomputed, as ``add_column`` does.
+        """
+        self._clear_caches()
         self._require_update_dimensions = True
         self.refresh()
 

@@ -101,6 +101,8 @@ class StageTree(Tree[str]):
         node = self._by_stage.get(info.node.id)
         view = self._state.runs.get(self.run_id) if self.run_id else None
         summary = view.summary if view is not None else None
+        if info.node.kind == "run" and summary is not None:
+            fraction = summary.progress  # the daemon's figure, the same the table shows
         label = stage_label(info, fraction, summary, self._state.clock())
         if node is None:
             if info.node.parent is None:
