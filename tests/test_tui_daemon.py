@@ -247,6 +247,9 @@ async def test_daemon_restart_banner_keeps_state_and_resyncs_without_duplicates(
         await until(pilot, lambda: bool(log.shown))
         assert not banner.display
         shown_before = list(log.shown)
+        await until(pilot, lambda: app.state.runs[run_id].summary.progress > 0)
+        before = app.state.runs[run_id].summary
+        elapsed_before = app.state.elapsed(before) or 0.0
         harness.stop()  # graceful: the worker checkpoints and says so in its last lines
         await until(pilot, lambda: app.state.connection.state != "connected")
         await until(pilot, lambda: banner.display)
@@ -265,6 +268,11 @@ async def test_daemon_restart_banner_keeps_state_and_resyncs_without_duplicates(
         assert shown == sorted(set(shown))
         # And the table agrees with the new daemon about the run.
         await until(pilot, lambda: _state(app, run_id).split()[1] == harness.run(run_id)["state"])
+        # Progress and running time went through the restart and the resume: not back to
+        # zero, never lower than what was on screen before.
+        after = app.state.runs[run_id].summary
+        assert after.progress >= before.progress
+        assert (app.state.elapsed(after) or 0.0) >= elapsed_before
 
 
 @pilot_test

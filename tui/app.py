@@ -22,7 +22,7 @@ from typing import Any
 
 from textual import on
 from textual.app import App, ComposeResult, SystemCommand
-from textual.containers import Horizontal, Vertical
+from textual.containers import Vertical
 from textual.screen import Screen
 from textual.widget import Widget
 from textual.widgets import Footer, Header, Input
@@ -36,6 +36,7 @@ from tui.screens.confirm_kill import ConfirmKill
 from tui.screens.help import HelpScreen
 from tui.state import DashboardState
 from tui.widgets.banner import ConnectionBanner
+from tui.widgets.body import Body
 from tui.widgets.log_view import LogView, plural
 from tui.widgets.memory_chart import MemoryChart
 from tui.widgets.run_map import RunMapPanel
@@ -52,12 +53,6 @@ PANEL_HZ = 4
 CHART_HZ = 2
 #: Elapsed times and the header's uptime tick once a second.
 CLOCK_S = 1.0
-#: At or below this many columns the body shows one panel at a time (tab switches,
-#: as lazygit's zoom): side by side, each would be too narrow to read.
-NARROW_COLUMNS = 100
-#: At or above this many columns the tree and the log get the extra room.
-WIDE_COLUMNS = 200
-
 _CONNECTION_MARK = {
     "connected": "● connected",
     "connecting": "◌ connecting",
@@ -103,8 +98,6 @@ class GeodApp(App[None]):
         self._stages_due: set[str] = set()
         self._stages_reset = False
         self._panels_drawn = 0.0
-        #: Terminal width the layout classes were chosen for.
-        self._layout_width = 0
         # The panels, built once: frames and actions use these directly (no DOM query
         # per frame, and none that could miss while a modal screen is on top).
         self.runs_table = RunsTable(self.state, id="runs")
@@ -115,6 +108,7 @@ class GeodApp(App[None]):
         self.log_view = LogView(self.state, id="log")
         self.search_box = SearchBox(id="search")
         self.banner = ConnectionBanner(id="banner")
+        self.body = Body(id="body")
 
     # -- layout -----------------------------------------------------------------------
 
@@ -122,7 +116,7 @@ class GeodApp(App[None]):
         yield Header(icon="◆")
         yield self.banner
         yield self.runs_table
-        with Horizontal(id="body"):
+        with self.body:
             yield self.stage_tree
             with Vertical(id="right"):
                 yield self.memory_chart
@@ -136,7 +130,6 @@ class GeodApp(App[None]):
         self.set_interval(CLOCK_S, self._tick, name="clock")
         self.search_box.display = False
         self.runs_table.focus()
-        self._fit_layout()
         self.state.touch_connection()
         if self.link is not None:
             self.run_worker(self.link.run(), name="daemon-link", group="link", exit_on_error=False)
@@ -147,7 +140,6 @@ class GeodApp(App[None]):
 
     def frame(self) -> None:
         """Apply everything that changed since the last frame."""
-        self._fit_layout()
         changes = self.state.take_changes()
         now = time.monotonic()
         self._runs_due |= changes.runs
@@ -394,11 +386,11 @@ class GeodApp(App[None]):
 
     @property
     def map_shown(self) -> bool:
-        return self.query_one("#body").has_class("-map")
+        return self.body.has_class("-map")
 
     def action_map(self) -> None:
         """Swap the memory chart for the map of the run's windows (and back)."""
-        body = self.query_one("#body")
+        body = self.body
         shown = not self.map_shown
         focused = self.focused in (self.memory_chart, self.run_map)
         body.set_class(shown, "-map")
@@ -411,26 +403,8 @@ class GeodApp(App[None]):
 
     def _show_panel(self, panel: Widget) -> None:
         """In the narrow layout, the body shows ``panel`` alone (the others stay built)."""
-        body = self.query_one("#body")
-        for other in (self.stage_tree, self.memory_chart, self.run_map, self.log_view):
-            body.set_class(other is panel, f"-show-{other.id}")
-
-    def _fit_layout(self) -> None:
-        """Pick the layout for the terminal's width: narrow (one panel), normal or wide.
-
-        Checked every frame (a comparison): the app's own resize event is consumed
-        by Textual before an app handler would see it.
-        """
-        width = self.size.width
-        if width == self._layout_width:
-            return
-        self._layout_width = width
-        body = self.query_one("#body")
-        narrow = width <= NARROW_COLUMNS
-        body.set_class(narrow, "-narrow")
-        body.set_class(width >= WIDE_COLUMNS, "-wide")
-        if narrow and not any(body.has_class(f"-show-{p.id}") for p in self._body_panels()):
-            self._show_panel(self.stage_tree)
+        panels = [self.stage_tree, self.memory_chart, self.run_map, self.log_view]
+        self.body.show(str(panel.id), [str(other.id) for other in panels])
 
     def action_detach(self) -> None:
         """Leave; the daemon keeps every run going (we only ever held a subscription)."""
