@@ -9,6 +9,7 @@ hand::
     config = pipeline.load_config("config.yml")
     outputs = pipeline.run_stages(config, ["catalog", "resample", "export"])
     store = pipeline.open_store(config)          # the run's resampled layers
+    stack = pipeline.open_stack("config.yml")    # them as a lazy xarray.Dataset (CF grid)
     ctx = pipeline.run_context(config)           # to call one stage function directly
 
 The worker process (``python -m pipeline.worker``) is the same path with signal
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "load_config",
+    "open_stack",
     "open_store",
     "parse_config",
     "run_context",
@@ -102,3 +104,13 @@ def open_store(config: PipelineConfig, grid: TargetGrid | None = None) -> LayerS
     work_dir.mkdir(parents=True, exist_ok=True)
     grid = grid if grid is not None else target_grid(config)
     return LayerStore(work_dir / STORE_NAME, grid, config.memory.min_window)
+
+
+def open_stack(path: str | os.PathLike[str], work_dir: str | os.PathLike[str] | None = None) -> Any:
+    """The run's merged stack as an ``xarray.Dataset`` lazily backed by its layer store.
+
+    ``path``: the run's ``config.yml`` or a daemon run directory (see :mod:`pipeline.stack`).
+    """
+    from pipeline.stack import open_stack as open_lazily
+
+    return open_lazily(Path(path), Path(work_dir) if work_dir is not None else None)

@@ -54,9 +54,11 @@ from rasterio.crs import CRS
 from rasterio.errors import RasterioIOError
 
 from pipeline.source import SourceInfo
+from pipeline.source_names import gdal_name, is_remote, local_file
+from pipeline.sourcevrt import ANTIMERIDIAN, Unpacking, build_vrt, plan_wrap
 
 if TYPE_CHECKING:  # annotations only: the inspection child skips importing pydantic
-    from pipeline.config import CatalogConfig, DatasetConfig, PipelineConfig
+    from pipeline.config import CatalogConfig, DatasetConfig, GridConfig, PipelineConfig
 
 #: Band data types the pipeline can resample and store; complex and other
 #: exotic GDAL types (CInt16, CFloat64, ...) are rejected up front.
@@ -118,9 +120,15 @@ class CatalogError(Exception):
         super().__init__("; ".join(str(p) for p in problems))
 
 
-def inspect(dataset: DatasetConfig, config: CatalogConfig) -> SourceInfo:
-    """Header facts of one dataset, or :class:`CatalogError` with the reason."""
-    with _Prober(config) as prober:
+def inspect(
+    dataset: DatasetConfig, config: CatalogConfig, wrap_longitudes: bool = False
+) -> SourceInfo:
+    """Header facts of one dataset, or :class:`CatalogError` with the reason.
+
+    ``wrap_longitudes``: the target grid is geographic −180…180°, so a
+    geographic source reaching east of 180° is rewritten to −180…180°.
+    """
+    with _Prober(config, wrap_longitudes) as prober:
         result = prober.probe(dataset)
     if isinstance(result, Problem):
         raise CatalogError([result])
@@ -131,7 +139,7 @@ def inspect_all(config: PipelineConfig) -> list[SourceInfo]:
     """Inspect every dataset; raises one :class:`CatalogError` naming every bad one."""
     infos: list[SourceInfo] = []
     problems: list[Problem] = []
-    with _Prober(config.catalog) as prober:
+    with _Prober(config.catalog, grid_wraps_at_antimeridian(config.grid)) as prober:
         for dataset in config.datasets:
             result = prober.probe(dataset)
             if isinstance(result, Problem):
@@ -149,8 +157,9 @@ def inspect_all(config: PipelineConfig) -> list[SourceInfo]:
 class _Prober:
     """A long-lived inspection child; killed and replaced when a request times out."""
 
-    def __init__(self, config: CatalogConfig) -> None:
+    def __init__(self, config: CatalogConfig, wrap_longitudes: bool = False) -> None:
         self._config = config
+        self._wrap_longitudes = wrap_longitudes
         self._proc: subprocess.Popen[bytes] | None = None
         self._buffer = b""
 
@@ -171,6 +180,10 @@ class _Prober:
             "band": dataset.band,
             "nodata": dataset.nodata,
             "max_cells": self._config.max_cells,
+            "crs": dataset.crs,
+            "variable": dataset.variable,
+            "time": dataset.time,
+            "wrap_longitudes": self._wrap_longitudes,
         }
         proc = self._proc
         assert proc is not None and proc.stdin is not None
@@ -255,6 +268,11 @@ class _Prober:
         proc.stdout.close()
 
 
+def grid_wraps_at_antimeridian(grid: GridConfig) -> bool:
+    """Is the target grid geographic and bounded by 180°E (so 0…360° sources must wrap)?"""
+    return bool(CRS.from_user_input(grid.crs).is_geographic and grid.bounds[2] <= ANTIMERIDIAN)
+
+
 def _source_info(dataset: DatasetConfig, facts: dict[str, Any]) -> SourceInfo:
     return SourceInfo(
         dataset=dataset.name,
@@ -268,6 +286,8 @@ def _source_info(dataset: DatasetConfig, facts: dict[str, Any]) -> SourceInfo:
         nodata=facts["nodata"],
         block_shape=tuple(facts["block_shape"]),
         count=facts["count"],
+        open_name=facts["open_name"],
+        decisions=tuple(facts["decisions"]),
     )
 
 
@@ -392,14 +412,157 @@ def _check_last_block(src: Any, path: str, band: int) -> None:
         raise _Reject(reason) from None
 
 
-def _probe(path: str, band: int | None, nodata: float | None, max_cells: int) -> dict[str, Any]:
-    """Header facts of one input, or :class:`_Reject` with the reason."""
-    head = _check_file(path)
+def _open(name: str, head: bytes) -> Any:
     try:
-        src = rasterio.open(path)
+        return rasterio.open(name)
     except RasterioIOError as exc:
-        raise _open_failure(path, head, exc) from None
-    with src:
+        if is_remote(name):
+            raise _Reject(f"cannot open remote input ({_gdal_message(exc, name)})") from None
+        raise _open_failure(name, head, exc) from None
+
+
+def _variable_name(subdataset: str) -> str:
+    """``NETCDF:"f.nc":tas`` → ``tas``; ``HDF5:"f.h5"://grp/tas`` → ``grp/tas``."""
+    return subdataset.rsplit(":", 1)[-1].lstrip("/")
+
+
+def _choose_variable(subdatasets: list[str], variable: str | None) -> str:
+    names = [_variable_name(sub) for sub in subdatasets]
+    if variable is None:
+        raise _Reject(
+            f"has {len(names)} variables: choose one with `variable:` ({', '.join(names)})"
+        )
+    for sub, name in zip(subdatasets, names, strict=True):
+        if variable in (name, name.rsplit("/", 1)[-1]):
+            return sub
+    raise _Reject(f"variable {variable!r} is not in the file (variables: {', '.join(names)})")
+
+
+def _time_labels(src: Any) -> list[str] | None:
+    """ISO labels of each band's CF time (netCDF ``NETCDF_DIM_<time>``), or None.
+
+    Decoded with xarray's CF decoder (standard calendars through pandas; other
+    calendars need cftime, and the error says so).
+    """
+    tags = src.tags()
+    extra = tags.get("NETCDF_DIM_EXTRA", "").strip("{}").split(",")
+    dims = [d for d in extra if d and " since " in tags.get(f"{d}#units", "")]
+    if len(dims) != 1:
+        return None
+    dim = dims[0]
+    raw = [src.tags(b).get(f"NETCDF_DIM_{dim}") for b in range(1, src.count + 1)]
+    if any(value is None for value in raw):
+        return None
+    from xarray.coding.times import decode_cf_datetime  # only files with a time axis pay
+
+    try:
+        times = decode_cf_datetime(
+            np.asarray(raw, dtype="float64"),
+            tags[f"{dim}#units"],
+            tags.get(f"{dim}#calendar", "standard"),
+        )
+    except (ValueError, TypeError, ImportError) as exc:
+        raise _Reject(f"cannot decode its time axis {dim!r} ({exc})") from None
+    stamps = np.asarray(times, dtype="datetime64[s]")
+    midnight = bool((stamps == stamps.astype("datetime64[D]")).all())
+    return [str(v) for v in np.datetime_as_string(stamps, unit="D" if midnight else "s")]
+
+
+def _choose_time(labels: list[str], wanted: str) -> int:
+    try:
+        target = np.datetime64(wanted)
+    except ValueError:
+        raise _Reject(f"time {wanted!r} is not an ISO date such as 2000-01-31") from None
+    for index, label in enumerate(labels):
+        if np.datetime64(label) == target:
+            return index + 1
+    raise _Reject(
+        f"time {wanted!r} is not in the file ({len(labels)} time steps: {labels[0]} … {labels[-1]})"
+    )
+
+
+def _choose_band_or_time(src: Any, band: int | None, time_label: str | None) -> tuple[int, str]:
+    """The band to read and how it was chosen (for the log)."""
+    labels = _time_labels(src) if (time_label is not None or src.count > 1) else None
+    if time_label is not None:
+        if labels is None:
+            raise _Reject(f"time {time_label!r} given but the file has no CF time axis")
+        chosen = _choose_time(labels, time_label)
+        return chosen, f"time {labels[chosen - 1]} (band {chosen})"
+    if band is None and labels is not None and src.count > 1:
+        raise _Reject(
+            f"has {src.count} time steps ({labels[0]} … {labels[-1]}): "
+            "choose one with `time:` (or `band:`)"
+        )
+    chosen = _choose_band(src.count, band)
+    return chosen, f"band {chosen}"
+
+
+def _effective_crs(src: Any, crs: str | None) -> CRS:
+    if crs is not None:
+        try:
+            return CRS.from_user_input(crs)
+        except Exception as exc:
+            raise _Reject(f"crs {crs!r} is not a CRS GDAL accepts ({exc})") from None
+    if src.crs is None:
+        raise _Reject("has no CRS: assign one with `crs:` in its dataset entry (e.g. EPSG:4326)")
+    return src.crs
+
+
+def _adjusted(
+    src: Any, name: str, band: int, crs: CRS, crs_given: bool, nodata: float | None,
+    wrap_longitudes: bool,
+) -> tuple[str, list[str]]:  # fmt: skip
+    """The name every stage opens, and what was adjusted (a VRT document if anything)."""
+    decisions = []
+    scale, offset = src.scales[band - 1], src.offsets[band - 1]
+    unpacking = Unpacking(scale, offset) if (scale, offset) != (1.0, 0.0) else None
+    if unpacking is not None:
+        decisions.append(f"unpacking values × {scale:g} + {offset:g}")
+    if crs_given:
+        decisions.append(f"CRS set to {crs.to_string()}")
+    t = src.transform
+    wrap = None
+    north_up = t.b == 0 and t.d == 0 and t.a > 0 and t.e < 0
+    if wrap_longitudes and crs.is_geographic and north_up:
+        wrap = plan_wrap(t, src.width)
+        if wrap is not None:
+            decisions.append("wrapping longitudes 0…360 → −180…180")
+        elif t.c + src.width * t.a > ANTIMERIDIAN + t.a / 2:
+            raise _Reject(
+                f"reaches {t.c + src.width * t.a:g}°E but its pixel size {t.a:g}° does not "
+                "divide 360°, so it cannot be rewritten to −180…180°"
+            )
+    if unpacking is None and not crs_given and wrap is None:
+        return name, decisions
+    document = build_vrt(
+        name, band, src.width, src.height, src.dtypes[band - 1], t, crs.to_wkt(), nodata,
+        unpacking, wrap,
+    )  # fmt: skip
+    return document, decisions
+
+
+def _probe(
+    path: str,
+    band: int | None,
+    nodata: float | None,
+    max_cells: int,
+    crs: str | None = None,
+    variable: str | None = None,
+    time: str | None = None,
+    wrap_longitudes: bool = False,
+) -> dict[str, Any]:
+    """Header facts of one input, or :class:`_Reject` with the reason."""
+    local = local_file(path)
+    head = _check_file(local) if local is not None else b""
+    name = gdal_name(path)
+    with contextlib.ExitStack() as stack:
+        src = stack.enter_context(_open(name, head))
+        if src.subdatasets and (variable is not None or src.count == 0):
+            name = _choose_variable(src.subdatasets, variable)
+            src = stack.enter_context(_open(name, head))
+        elif variable is not None:
+            raise _Reject(f"variable {variable!r} given but the file has no variables")
         if src.width == 0 or src.height == 0:
             raise _Reject(f"zero-size raster ({src.width} × {src.height})")
         cells = src.width * src.height
@@ -408,29 +571,39 @@ def _probe(path: str, band: int | None, nodata: float | None, max_cells: int) ->
                 f"declared size {src.width:,} × {src.height:,} = {cells:,} cells exceeds "
                 f"catalog.max_cells ({max_cells:,})"
             )
-        chosen = _choose_band(src.count, band)
+        chosen, how = _choose_band_or_time(src, band, time)
         dtype = src.dtypes[chosen - 1]
         if dtype not in SUPPORTED_DTYPES:
             raise _Reject(
                 f"unsupported data type {dtype} (supported: {', '.join(SUPPORTED_DTYPES)})"
             )
-        if src.crs is None:
-            raise _Reject("has no CRS (assign one, e.g. gdal_edit.py -a_srs EPSG:4326)")
+        effective_crs = _effective_crs(src, crs)
         if src.transform.is_identity and not src.gcps[0]:
             raise _Reject("has no geotransform (pixel positions are unknown)")
         value = nodata if nodata is not None else src.nodatavals[chosen - 1]
         _check_nodata(value, dtype)
-        _check_last_block(src, path, chosen)
+        if local is not None and local == path:
+            _check_last_block(src, path, chosen)
+        open_name, decisions = _adjusted(
+            src, name, chosen, effective_crs, crs is not None, value, wrap_longitudes
+        )
+        if time is not None:
+            decisions.insert(0, f"reading {how}")
+        if open_name != name:  # the facts of what the stages will actually read
+            src = stack.enter_context(rasterio.open(open_name))
+            chosen, value = 1, src.nodatavals[0]
         return {
             "band": chosen,
-            "crs": src.crs.to_wkt(),
+            "crs": effective_crs.to_wkt(),
             "transform": list(src.transform)[:6],
             "width": src.width,
             "height": src.height,
-            "dtype": dtype,
+            "dtype": src.dtypes[chosen - 1],
             "nodata": value,
             "block_shape": list(src.block_shapes[chosen - 1]),
             "count": src.count,
+            "open_name": open_name,
+            "decisions": decisions,
         }
 
 

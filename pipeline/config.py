@@ -28,11 +28,16 @@ from pydantic import (
     model_validator,
 )
 
+from pipeline.source_names import is_remote, local_file, resolve_path
+
 #: Names users pick (datasets, run names, output names, table names) must be
 #: plain identifiers: they become file names, column names and SQL identifiers,
 #: so nothing that could traverse a path or reach a shell is accepted.
 NAME_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]{0,62}$")
 SQL_IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+
+#: GDAL refuses warp memory limits below this many bytes ("unreasonably small").
+WARP_MEMORY_MIN = 100_000
 
 _SIZE_UNITS = {
     "": 1,
@@ -85,6 +90,9 @@ class ExportFormat(StrEnum):
     parquet = "parquet"
     csv = "csv"
     postgres = "postgres"
+    #: The merged stack as a grid (one variable per layer, CF attributes): pipeline.stack.
+    zarr = "zarr"
+    netcdf = "netcdf"
 
 
 def parse_size(value: Any) -> int | float:
@@ -127,7 +135,10 @@ class DatasetConfig(StrictModel):
     """One input raster and how it reaches the target grid."""
 
     name: str = Field(description="Column name in the merged table; a plain identifier.")
-    path: Path = Field(description="Raster file (any GDAL format), relative to the config file.")
+    path: Path | str = Field(
+        description="Raster file (any GDAL format), relative to the config file; or an "
+        "http(s):// URL (read with range requests) or a GDAL /vsi... path."
+    )
     resampling: Resampling = Field(
         default=Resampling.average, description="gdalwarp -r method for this dataset."
     )
@@ -136,6 +147,19 @@ class DatasetConfig(StrictModel):
     )
     nodata: float | None = Field(
         default=None, description="Overrides the file's nodata value when set."
+    )
+    crs: str | None = Field(
+        default=None,
+        description="Assigns a CRS to a source without one, or overrides a wrong one "
+        "(any string GDAL accepts: EPSG:4326, a WKT, a PROJ string).",
+    )
+    variable: str | None = Field(
+        default=None, description="NetCDF/HDF5 variable (subdataset) to read, by name."
+    )
+    time: str | None = Field(
+        default=None,
+        description="Time step to read, by its ISO label (2000-01-01), where the file has a "
+        "CF time axis; instead of band.",
     )
     categorical: bool = Field(
         default=False,
@@ -147,6 +171,24 @@ class DatasetConfig(StrictModel):
     @classmethod
     def _name(cls, value: str) -> str:
         return _check_name(value, "dataset name")
+
+    @field_validator("path", mode="before")
+    @classmethod
+    def _path(cls, value: Any) -> Any:
+        """URLs and GDAL virtual paths stay strings; anything else is a local path."""
+        if isinstance(value, str) and is_remote(value):
+            return value
+        return Path(value) if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _band_or_time(self) -> DatasetConfig:
+        if self.band is not None and self.time is not None:
+            raise ValueError("choose a time step with either `band:` or `time:`, not both")
+        return self
+
+    @property
+    def remote(self) -> bool:
+        return is_remote(self.path)
 
 
 class GridConfig(StrictModel):
@@ -204,6 +246,26 @@ class ResamplingConfig(StrictModel):
     margin: int = Field(
         default=2, ge=0, le=64, description="Extra source pixels read around each window."
     )
+    coverage_warning: float = Field(
+        default=0.75,
+        ge=0,
+        le=1,
+        description="Warn when fewer than this share of the rows or columns a source's "
+        "footprint spans on the grid hold any valid cell after resampling (a lost hemisphere).",
+    )
+    warp_memory: Size = Field(
+        default=64 * 1024**2,
+        description="GDAL's warp memory limit, as gdalwarp -wm (default 64 MiB, gdalwarp's). "
+        "GDAL splits a warp into chunks by it and each chunk has its own kernel scale; geod "
+        "replays that chunking so every cell equals a whole-raster warp with the same limit.",
+    )
+
+    @field_validator("warp_memory")
+    @classmethod
+    def _warp_memory(cls, value: int | float) -> int:
+        if value < WARP_MEMORY_MIN:
+            raise ValueError(f"must be at least {WARP_MEMORY_MIN} bytes (GDAL's own minimum)")
+        return int(value)
 
 
 class MemoryConfig(StrictModel):
@@ -428,6 +490,11 @@ class PipelineConfig(StrictModel):
     analysis: AnalysisConfig = Field(default_factory=AnalysisConfig)
     telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
     restart: RestartConfig = Field(default_factory=RestartConfig)
+    report: bool = Field(
+        default=True,
+        description="Write a self-contained HTML report (report.html) into paths.output_dir "
+        "at the end of every run, finished or failed (see pipeline.report).",
+    )
 
     @field_validator("name")
     @classmethod
@@ -544,7 +611,7 @@ def format_validation_error(exc: ValidationError, source: str) -> str:
 
 def _resolve_paths(config: PipelineConfig, base: Path) -> PipelineConfig:
     for dataset in config.datasets:
-        dataset.path = (base / dataset.path).resolve()
+        dataset.path = resolve_path(dataset.path, base)
     config.paths.work_dir = (base / config.paths.work_dir).resolve()
     config.paths.output_dir = (base / config.paths.output_dir).resolve()
     return config
@@ -587,7 +654,8 @@ def load_config(path: str | os.PathLike[str], check_files: bool = True) -> Pipel
     config = parse_config(data, str(path), path.resolve().parent)
     if check_files:
         for index, dataset in enumerate(config.datasets):
-            if not dataset.path.exists():
+            local = local_file(dataset.path)
+            if local is not None and not Path(local).exists():
                 raise ConfigError(f"{path}: datasets[{index}].path: {dataset.path} does not exist")
     return config
 

@@ -135,6 +135,13 @@ class SourceEvent(_Event):
     height: int | None = None
     dtype: str | None = None
     nodata: float | None = None
+    bounds: tuple[float, float, float, float] | None = Field(
+        default=None, description="west, south, east, north in the source's CRS."
+    )
+    resolution: tuple[float, float] | None = None
+    passthrough: bool | None = Field(
+        default=None, description="On the grid: copied by window, not resampled."
+    )
     error: str | None = None
 
 

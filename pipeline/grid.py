@@ -36,6 +36,12 @@ from pipeline.source import SourceInfo
 #: is within this many grid pixels of a grid edge (the issue's alignment bound).
 ALIGNMENT_TOLERANCE_PX = 0.1
 
+#: A source pixel size within this relative difference of the grid step is the
+#: grid step (float rounding in the file's header, e.g. 0.0083333333 written for
+#: 1/120): it does not turn a copy into a resample. At 1e-6 a 21600-pixel row
+#: drifts 0.02 px; the far corner is then taken from the grid step.
+DRIFT_TOLERANCE = 1e-6
+
 #: Bounds within this fraction of a pixel of a grid line count as on it when
 #: snapping: ``-180 / (1/60)`` is ``-10800.000000000002`` in binary floating
 #: point, and a plain ``floor`` would add a spurious column.
@@ -144,9 +150,10 @@ def place(grid: TargetGrid, source: SourceInfo) -> Placement:
 
     "Same resolution" and "whole-pixel offset" are one test: both the source's
     origin and its far corner must sit within :data:`ALIGNMENT_TOLERANCE_PX`
-    of grid edges at exactly ``width``/``height`` grid pixels apart, so a
-    resolution differing by even 1e-6 relative fails on a 21600-pixel-wide
-    source (drift 0.02 px is fine, 0.2 px is not).
+    of grid edges at exactly ``width``/``height`` grid pixels apart. A pixel
+    size within :data:`DRIFT_TOLERANCE` (relative) of the grid step counts as
+    the step, so header rounding never forces a resample however wide the
+    source; a real difference (1e-5 relative on 21600 pixels: 0.2 px) still does.
     """
     g, s = grid.transform, source.transform
     north_up = s.b == 0 and s.d == 0 and s.a > 0 and s.e < 0
@@ -155,8 +162,12 @@ def place(grid: TargetGrid, source: SourceInfo) -> Placement:
     col_off, row_off = round(col_exact), round(row_exact)
     if not north_up or source.crs != grid.crs:
         return Placement(False, row_off, col_off, math.inf)
-    far_col = (s.c + source.width * s.a - g.c) / g.a
-    far_row = (s.f + source.height * s.e - g.f) / g.e
+    drifted = abs(s.a - g.a) <= DRIFT_TOLERANCE * abs(g.a) and abs(s.e - g.e) <= (
+        DRIFT_TOLERANCE * abs(g.e)
+    )
+    step_x, step_y = (g.a, g.e) if drifted else (s.a, s.e)
+    far_col = (s.c + source.width * step_x - g.c) / g.a
+    far_row = (s.f + source.height * step_y - g.f) / g.e
     error = max(
         abs(col_exact - col_off),
         abs(row_exact - row_off),

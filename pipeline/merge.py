@@ -117,6 +117,9 @@ class MergedChunk:
     last: bool
     window: Window
     batch: pa.RecordBatch
+    #: Every layer's raw values in ``window`` (config order): grid outputs write these
+    #: instead of reading the store a second time.
+    layers: tuple[np.ndarray, ...] = ()
 
     @property
     def rows(self) -> tuple[int, int]:
@@ -261,10 +264,10 @@ class MergeStream:
                     "(resume the resample stage first)"
                 )
 
-    def merge_window(self, window: Window) -> pa.RecordBatch:
-        """The merged rows of one grid window (after the skip/require rules)."""
+    def merge_window(self, window: Window) -> tuple[pa.RecordBatch, tuple[np.ndarray, ...]]:
+        """The merged rows of one grid window (after the skip/require rules), and its layers."""
         height, width = int(window.height), int(window.width)
-        layers = [self.store.read_window(spec.name, window) for spec in self.specs]
+        layers = tuple(self.store.read_window(spec.name, window) for spec in self.specs)
         valids = [
             valid_mask(data, spec.nodata) for data, spec in zip(layers, self.specs, strict=True)
         ]
@@ -293,7 +296,7 @@ class MergeStream:
         for data, valid in zip(layers, valids, strict=True):
             invalid = ~pick(valid)
             columns.append(pa.array(pick(data), mask=invalid if invalid.any() else None))
-        return pa.RecordBatch.from_arrays(columns, schema=self.schema)
+        return pa.RecordBatch.from_arrays(columns, schema=self.schema), layers
 
     def _parts(
         self, governor: MemoryGovernor, start_chunk: int
@@ -319,15 +322,21 @@ class MergeStream:
         release the GIL), so at most two parts are in memory at once.
         """
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="geod-merge") as pool:
-            pending: tuple[tuple[int, int, bool, Window], Future[pa.RecordBatch]] | None = None
+            pending: (
+                tuple[
+                    tuple[int, int, bool, Window],
+                    Future[tuple[pa.RecordBatch, tuple[np.ndarray, ...]]],
+                ]
+                | None
+            ) = None
             for part in self._parts(governor, start_chunk):
                 future = pool.submit(self.merge_window, part[3])
                 if pending is not None:
-                    yield MergedChunk(*pending[0], pending[1].result())
+                    yield MergedChunk(*pending[0], *pending[1].result())
                     governor.after_window(STAGE)
                 pending = (part, future)
             if pending is not None:
-                yield MergedChunk(*pending[0], pending[1].result())
+                yield MergedChunk(*pending[0], *pending[1].result())
                 governor.after_window(STAGE)
 
 

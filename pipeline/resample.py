@@ -1,20 +1,25 @@
-"""Windowed resampling of one dataset onto the target grid, matching ``gdalwarp``.
+"""Windowed resampling of one dataset onto the target grid, equal to a whole-raster warp.
 
-Each output window is warped on its own with ``rasterio.warp.reproject`` from
-the open source dataset: GDAL computes the source window that output window
-needs (plus the kernel radius and ``resampling.margin`` extra pixels) and reads
-only that, through a block cache capped from the memory budget. Windows are
-written to the :class:`~pipeline.store.LayerStore` and checkpointed one by one.
+Each output window is warped on its own by GDAL from the open source dataset:
+GDAL computes the source window that window needs (plus the kernel radius and
+``resampling.margin`` extra pixels) and reads only that, through a block cache
+capped from the memory budget. Windows are written to the
+:class:`~pipeline.store.LayerStore` and checkpointed one by one.
 
-Parity with a whole-raster ``gdalwarp``. A warp kernel's footprint on the
-source depends on the scale (target pixels per source pixel). GDAL derives it
-from the source window of each warp call, so a windowed warp would use a
-slightly different kernel in each window, and seams would show. We therefore
-pin ``XSCALE``/``YSCALE`` to the ratio GDAL computes for a warp of the whole
-grid (:func:`gdal_warp_scale`, an emulation of
-``GDALWarpOperation::ComputeSourceWindow``). Setting them to 1, as some
-libraries do, makes bilinear/cubic downsampling sample a 2×2/4×4 neighbourhood
-instead of the whole footprint, which no longer matches gdalwarp at all.
+Parity with a whole-raster warp, on every cell. A warp kernel's footprint on
+the source depends on the scale (target pixels per source pixel), and GDAL's
+own whole-raster warp uses a different scale in each of the chunks it splits
+the grid into (by memory, and where most of a chunk's source window lies
+outside the source). :mod:`pipeline.warpplan` replays that chunk list from
+headers; each window is warped piece by piece, one piece per chunk it
+overlaps, with ``XSCALE``/``YSCALE`` pinned to that chunk's scale, through a
+virtual warped dataset with the grid's own transform (:class:`ChunkWarper`)
+so that destination coordinates are computed bit for bit as GDAL computes
+them. One scale for the whole grid (the previous approach) left partly
+covered edge cells of a small source empty and moved bilinear values of a
+source about one target cell wide; 1, as some libraries use, makes
+bilinear/cubic downsampling sample a 2×2/4×4 neighbourhood instead of the
+whole footprint.
 
 Output dtype rule (so a run and ``gdalwarp -ot <dtype>`` compare like with like):
 
@@ -47,12 +52,9 @@ single whole-raster warp: they are GDAL's, not the windowing's.
   instead (:func:`_wraps_antimeridian`). That column then holds the average of
   the covered part, within 0.2 % of the data range of gdalwarp 3.6's, which
   weights the partly covered edge pixel slightly differently.
-* ``sum`` (and any method that counts whole source pixels) can differ where
-  target pixel edges fall exactly on source pixel edges: GDAL's approximate
-  transformer interpolates along each window's rows, and rounding at ulp level
-  decides whether an edge pixel counts.
-* ``gdal_warp_scale`` emulates GDAL's edge sampling; GDAL's retry with
-  ``CHECK_WITH_INVERT_PROJ`` for bogus source windows is not emulated.
+* :mod:`pipeline.warpplan` samples with exact PROJ transforms where GDAL uses
+  its approximate transformer; for reprojected sources chunk scales can differ
+  in the last digits (well inside the 1e-6-of-range bound).
 """
 
 from __future__ import annotations
@@ -61,20 +63,35 @@ import hashlib
 import json
 import logging
 import math
+import os
 
 import numpy as np
 import rasterio
 from rasterio.enums import Resampling as RioResampling
-from rasterio.warp import reproject, transform
+from rasterio.vrt import WarpedVRT
+from rasterio.warp import reproject
 from rasterio.windows import Window
 from rasterio.windows import transform as window_transform
 
 from pipeline.config import DatasetConfig, Resampling
 from pipeline.context import RunContext, StageNode
+from pipeline.coverage import CoverageCounter, footprint
 from pipeline.events import CheckpointEvent
 from pipeline.grid import Placement, TargetGrid, place
+from pipeline.merge import valid_mask
 from pipeline.source import SourceInfo
+from pipeline.source_names import local_file
 from pipeline.store import LayerStore
+from pipeline.warpplan import (
+    FILTER_RADIUS,
+    GDAL_ROUND_EPSILON,
+    GDAL_SAMPLE_STEPS,
+    PixelCost,
+    WarpChunk,
+    pieces,
+    plan_chunks,
+    to_source_pixels,
+)
 
 log = logging.getLogger("geod.resample")
 
@@ -91,17 +108,11 @@ VALUE_PICKING = frozenset(
     }
 )
 
-#: Sample points per edge GDAL uses to find a warp's source window (SAMPLE_STEPS).
-GDAL_SAMPLE_STEPS = 21
-#: GDAL snaps source-window edges to integers when closer than this (pixels).
-GDAL_ROUND_EPSILON = 1e-6
-#: GDAL's kernel radius in source pixels at scale 1 (GWKGetFilterRadius); 0 otherwise.
-FILTER_RADIUS = {Resampling.bilinear: 1, Resampling.cubic: 2}
 #: Geographic sources wider than this (degrees) may be wrapped round the
 #: antimeridian by GDAL (see :func:`_wraps_antimeridian`).
 WRAP_SPAN_DEGREES = 180.0
 #: Bumped whenever the output of the same inputs would change (invalidates stores).
-ALGORITHM_VERSION = 2
+ALGORITHM_VERSION = 3
 _MIB = 1024**2
 
 
@@ -129,80 +140,20 @@ def output_nodata(dtype: str, nodata: float | None) -> float:
     return float(info.min if kind.kind == "i" else info.max)
 
 
-# --------------------------------------------------------------------------- scale
-
-
-def _to_source_pixels(
-    source: SourceInfo, grid: TargetGrid, cols: np.ndarray, rows: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """Grid pixel coordinates → source pixel coordinates (NaN where not transformable)."""
-    xs, ys = grid.transform @ (cols, rows)
-    if source.crs != grid.crs:
-        with np.errstate(all="ignore"):
-            xs, ys = transform(grid.crs, source.crs, np.ravel(xs), np.ravel(ys))
-    px, py = ~source.transform @ (np.asarray(xs, float), np.asarray(ys, float))
-    bad = ~(np.isfinite(px) & np.isfinite(py))
-    px, py = np.asarray(px, float), np.asarray(py, float)
-    px[bad] = np.nan
-    py[bad] = np.nan
-    return px, py
-
-
-def _edge_samples(width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
-    """GDAL's sample points along the four edges of a destination region."""
-    step = 1.0 / (GDAL_SAMPLE_STEPS - 1)
-    ratios = []
-    ratio = 0.0
-    while ratio <= 1.0 + step * 0.5:  # the same accumulated steps as GDAL
-        ratios.append(ratio)
-        ratio += step
-    r = np.asarray(ratios)
-    cols = np.concatenate([r * width, r * width, np.zeros_like(r), np.full_like(r, width)])
-    rows = np.concatenate([np.zeros_like(r), np.full_like(r, height), r * height, r * height])
-    return cols, rows
-
-
-def _grid_samples(width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
-    """Sample points over the whole destination (GDAL's fallback when edges fail)."""
-    ratios = np.linspace(0.0, 1.0, GDAL_SAMPLE_STEPS)
-    cols, rows = np.meshgrid(ratios * width, ratios * height)
-    return cols.ravel(), rows.ravel()
-
-
-def gdal_warp_scale(source: SourceInfo, grid: TargetGrid) -> tuple[float, float]:
-    """XSCALE/YSCALE as GDAL computes them for a warp of the whole grid.
-
-    Destination pixels per source pixel along each axis: the grid size over the
-    extent (in source pixels) of the grid's footprint, clamped to the source.
-    """
-    px, py = _to_source_pixels(source, grid, *_edge_samples(grid.width, grid.height))
-    if np.isnan(px).any():
-        px, py = _to_source_pixels(source, grid, *_grid_samples(grid.width, grid.height))
-    if np.isnan(px).all():
-        return (1.0, 1.0)
-
-    def snap(value: float) -> float:
-        rounded = round(value)
-        return float(rounded) if abs(rounded - value) < GDAL_ROUND_EPSILON else value
-
-    scales = []
-    for coords, dst_size, src_size in (
-        (px, grid.width, source.width),
-        (py, grid.height, source.height),
-    ):
-        low, high = snap(float(np.nanmin(coords))), snap(float(np.nanmax(coords)))
-        raw = max(0.0, min(src_size - int(max(0.0, low)), high - low))
-        scales.append(dst_size / raw if raw > 0 else 1.0)
-    return (scales[0], scales[1])
-
-
 # --------------------------------------------------------------------------- windows
 
 
 def _window_samples(window: Window) -> tuple[np.ndarray, np.ndarray]:
     """Grid pixel coordinates sampled over a window, edges included."""
-    cols, rows = _grid_samples(int(window.width), int(window.height))
-    return cols + int(window.col_off), rows + int(window.row_off)
+    ratios = np.linspace(0.0, 1.0, GDAL_SAMPLE_STEPS)
+    cols, rows = np.meshgrid(ratios * int(window.width), ratios * int(window.height))
+    return cols.ravel() + int(window.col_off), rows.ravel() + int(window.row_off)
+
+
+def _to_source_pixels(
+    source: SourceInfo, grid: TargetGrid, cols: np.ndarray, rows: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    return to_source_pixels(source, grid.crs, grid.transform, cols, rows)
 
 
 def _wraps_antimeridian(source: SourceInfo, grid: TargetGrid, window: Window) -> bool:
@@ -253,46 +204,135 @@ def _source_window(
     return Window(col0, row0, col1 - col0, row1 - row0)
 
 
-def resample_window(
-    source: SourceInfo,
-    dataset: DatasetConfig,
-    grid: TargetGrid,
-    window: Window,
-    scale: tuple[float, float],
-    threads: int,
-    margin: int,
-    src_dataset: rasterio.io.DatasetReader,
-) -> np.ndarray:
-    """Warp one output window from the open source (GDAL reads only what it needs)."""
+def warp_plan(
+    source: SourceInfo, dataset: DatasetConfig, grid: TargetGrid, warp_memory: int
+) -> list[WarpChunk]:
+    """GDAL's chunks (and their kernel scales) for a whole-raster warp of this dataset."""
     dtype = output_dtype(dataset.resampling, source.dtype)
-    nodata = output_nodata(dtype, source_nodata(dataset, source))
-    out = np.full((int(window.height), int(window.width)), nodata, dtype=dtype)
-    src: object = rasterio.band(src_dataset, source.band)
-    placement: dict[str, object] = {}
-    if _wraps_antimeridian(source, grid, window):
-        crop = _source_window(source, grid, window, dataset.resampling, scale, margin)
-        if crop is None:
-            return out
-        src = src_dataset.read(source.band, window=crop)
-        placement = {
-            "src_transform": window_transform(crop, source.transform),
-            "src_crs": source.crs,
-        }
-    reproject(
-        source=src,
-        destination=out,
-        src_nodata=source_nodata(dataset, source),
-        dst_transform=grid.window_transform(window),
-        dst_crs=grid.crs,
-        dst_nodata=nodata,
-        resampling=RioResampling[dataset.resampling.value],
-        num_threads=threads,
-        XSCALE=repr(scale[0]),
-        YSCALE=repr(scale[1]),
-        SOURCE_EXTRA=margin,
-        **placement,
+    cost = PixelCost.of(source.dtype, dtype, source_nodata(dataset, source) is not None)
+    return plan_chunks(
+        source,
+        grid.crs,
+        grid.transform,
+        (grid.width, grid.height),
+        dataset.resampling,
+        cost,
+        warp_memory,
     )
-    return out
+
+
+class ChunkWarper:
+    """Warps pieces of windows, each with the kernel scale of the GDAL chunk it lies in.
+
+    Pieces are read from one virtual warped dataset per chunk scale, with the
+    grid's own transform and size, so GDAL computes every destination
+    coordinate exactly as in a whole-raster warp. Warping each piece onto its
+    own window transform instead (``reproject`` with origin ``grid origin +
+    col × step``) is faster but not equal: the origin differs in the last bit,
+    which moves ``sum`` by a whole source pixel where target edges coincide
+    with source edges (30″ into 5′), and next to chunk boundaries of a grid
+    split by the warp memory limit bilinear and cubic differed by up to half
+    the data range (tests/test_resample_edges.py). Windows past the east edge
+    of a near-global source are the exception (:func:`_wraps_antimeridian`).
+    The virtual datasets are opened on first use and kept until :meth:`close`.
+    """
+
+    def __init__(
+        self,
+        source: SourceInfo,
+        dataset: DatasetConfig,
+        grid: TargetGrid,
+        threads: int,
+        margin: int,
+        src_dataset: rasterio.io.DatasetReader,
+    ) -> None:
+        self._source, self._dataset, self._grid = source, dataset, grid
+        self._threads, self._margin, self._src = threads, margin, src_dataset
+        self._dtype = output_dtype(dataset.resampling, source.dtype)
+        self._nodata = output_nodata(self._dtype, source_nodata(dataset, source))
+        self._vrts: dict[tuple[float, float], WarpedVRT] = {}
+
+    def __enter__(self) -> ChunkWarper:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        for vrt in self._vrts.values():
+            vrt.close()
+        self._vrts.clear()
+
+    def _vrt(self, scale: tuple[float, float]) -> WarpedVRT:
+        vrt = self._vrts.get(scale)
+        if vrt is None:
+            grid = self._grid
+            vrt = WarpedVRT(
+                self._src,
+                crs=grid.crs,
+                transform=grid.transform,
+                width=grid.width,
+                height=grid.height,
+                src_nodata=source_nodata(self._dataset, self._source),
+                nodata=self._nodata,
+                dtype=self._dtype,
+                resampling=RioResampling[self._dataset.resampling.value],
+                XSCALE=repr(scale[0]),
+                YSCALE=repr(scale[1]),
+                SOURCE_EXTRA=self._margin,
+                NUM_THREADS=self._threads,
+            )
+            self._vrts[scale] = vrt
+        return vrt
+
+    def warp(self, piece: WarpChunk) -> np.ndarray:
+        """The grid cells of ``piece.window`` as GDAL's whole-raster warp computes them."""
+        source, window = self._source, piece.window
+        if _wraps_antimeridian(source, self._grid, window):
+            crop = _source_window(
+                source, self._grid, window, self._dataset.resampling, piece.scale, self._margin
+            )
+            if crop is None:
+                return np.full((int(window.height), int(window.width)), self._nodata, self._dtype)
+            placed = {
+                "src_transform": window_transform(crop, source.transform),
+                "src_crs": source.crs,
+            }
+            return self._reproject(piece, self._src.read(source.band, window=crop), placed)
+        return self._vrt(piece.scale).read(source.band, window=window)
+
+    def _reproject(self, piece: WarpChunk, data: object, placed: dict[str, object]) -> np.ndarray:
+        """One GDAL warp of a piece onto its own window (from a cropped source array)."""
+        source, dataset, window = self._source, self._dataset, piece.window
+        out = np.full((int(window.height), int(window.width)), self._nodata, dtype=self._dtype)
+        reproject(
+            source=data,
+            destination=out,
+            src_nodata=source_nodata(dataset, source),
+            dst_transform=self._grid.window_transform(window),
+            dst_crs=self._grid.crs,
+            dst_nodata=self._nodata,
+            resampling=RioResampling[dataset.resampling.value],
+            num_threads=self._threads,
+            XSCALE=repr(piece.scale[0]),
+            YSCALE=repr(piece.scale[1]),
+            SOURCE_EXTRA=self._margin,
+            **placed,
+        )
+        return out
+
+    def window(self, window: Window, chunks: list[WarpChunk]) -> np.ndarray:
+        """One output window, piece by piece along GDAL's chunks.
+
+        Cells outside every chunk are ones GDAL's whole-raster warp leaves empty too.
+        """
+        out = np.full((int(window.height), int(window.width)), self._nodata, dtype=self._dtype)
+        row0, col0 = int(window.row_off), int(window.col_off)
+        for piece in pieces(window, chunks):
+            part = self.warp(piece)
+            r, c = int(piece.window.row_off) - row0, int(piece.window.col_off) - col0
+            out[r : r + part.shape[0], c : c + part.shape[1]] = part
+        return out
 
 
 def copy_window(
@@ -338,14 +378,16 @@ def _subwindows(window: Window, size: int) -> list[Window]:
 
 def fingerprint(dataset: DatasetConfig, source: SourceInfo, grid: TargetGrid, chunk: int) -> str:
     """Hash of everything that determines a layer's content (a changed one resets it)."""
-    stat = source.path.stat()
+    local = local_file(source.path)
+    stat = os.stat(local) if local is not None else None
     facts = {
         "algorithm": ALGORITHM_VERSION,
         "dataset": dataset.model_dump(mode="json", exclude={"name"}),
         "source": {
             "path": str(source.path),
-            "size": stat.st_size,
-            "mtime_ns": stat.st_mtime_ns,
+            "open_name": source.name,
+            "size": stat.st_size if stat else None,
+            "mtime_ns": stat.st_mtime_ns if stat else None,
             "band": source.band,
             "crs": source.crs.to_wkt(),
             "transform": list(source.transform)[:6],
@@ -382,14 +424,14 @@ def resample_dataset(
     windows = grid.windows(config.window_size)
     todo = [w for w in windows if not store.is_complete(name, w)]
     node.start(total=len(windows), done=len(windows) - len(todo))
-    scale = (1.0, 1.0) if placement.passthrough else gdal_warp_scale(source, grid)
+    chunks = [] if placement.passthrough else warp_plan(source, dataset, grid, config.warp_memory)
     extra = {"stage": "resample", "dataset": name}
     log.info(
         "%s: %s %d×%d %s → grid %d×%d; %d of %d windows to do",
         name,
         "copying (on the grid)"
         if placement.passthrough
-        else f"resampling ({dataset.resampling.value}, scale {scale[0]:.6g}×{scale[1]:.6g})",
+        else f"resampling ({dataset.resampling.value}, {len(chunks)} GDAL warp chunks)",
         source.width,
         source.height,
         source.crs.to_string(),
@@ -399,22 +441,32 @@ def resample_dataset(
         len(windows),
         extra=extra,
     )
+    counter = CoverageCounter(grid, footprint(grid, source))
+    pending = {(int(w.row_off), int(w.col_off)) for w in todo}
     cache_mb = max(1, ctx.governor.gdal_cache_bytes() // _MIB)
     with (
-        rasterio.Env(GDAL_CACHEMAX=cache_mb, GDAL_NUM_THREADS=config.threads),
-        rasterio.open(source.path) as src,
+        rasterio.Env(
+            GDAL_CACHEMAX=cache_mb,
+            GDAL_NUM_THREADS=config.threads,
+            GDAL_HTTP_TIMEOUT=math.ceil(ctx.config.catalog.timeout),
+        ),
+        rasterio.open(source.name) as src,
+        ChunkWarper(source, dataset, grid, config.threads, config.margin, src) as warper,
     ):
-        for window in todo:
+        for window in windows:
+            if (int(window.row_off), int(window.col_off)) not in pending:
+                counter.add(window, valid_mask(store.read_window(name, window), nodata))
+                continue
             for piece in _subwindows(window, min(ctx.governor.window_size, config.window_size)):
                 if store.is_complete(name, piece):
+                    counter.add(piece, valid_mask(store.read_window(name, piece), nodata))
                     continue
                 if placement.passthrough:
                     data = copy_window(source, dataset, placement, piece, src)
                 else:
-                    data = resample_window(
-                        source, dataset, grid, piece, scale, config.threads, config.margin, src
-                    )
+                    data = warper.window(piece, chunks)
                 store.write_window(name, piece, data)
+                counter.add(piece, valid_mask(data, nodata))
                 ctx.events.emit(
                     CheckpointEvent(
                         stage="resample",
@@ -433,3 +485,23 @@ def resample_dataset(
                 ctx.control.checkpoint()
                 ctx.governor.after_window(f"resample/{name}")
             node.advance()
+    _report_coverage(name, counter, config.coverage_warning)
+
+
+def _report_coverage(name: str, counter: CoverageCounter, threshold: float) -> None:
+    """Log the layer's coverage of its footprint; a warning when whole rows/columns are lost."""
+    numbers = counter.numbers()
+    extra = {"stage": "resample", "dataset": name, **numbers}
+    summary = (
+        f"{numbers['valid_cells']:,} valid cells of a {numbers['footprint_cells']:,}-cell "
+        f"footprint; {numbers['valid_columns']} of {numbers['footprint_columns']} columns and "
+        f"{numbers['valid_rows']} of {numbers['footprint_rows']} rows hold data"
+    )
+    if numbers["coverage"] < threshold:
+        log.warning(
+            "%s: far less coverage than its source's footprint predicts: %s "
+            "(below resampling.coverage_warning %g; a lost hemisphere?)",
+            name, summary, threshold, extra=extra,
+        )  # fmt: skip
+    else:
+        log.info("%s: %s", name, summary, extra=extra)

@@ -13,12 +13,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from rasterio.transform import array_bounds
+
 from pipeline.catalog import inspect_all
 from pipeline.config import ExportFormat, PipelineConfig
 from pipeline.context import RunContext, StageNode
 from pipeline.control import StopRequested
 from pipeline.events import SourceEvent
-from pipeline.grid import TargetGrid
+from pipeline.grid import TargetGrid, place
 from pipeline.resample import resample_dataset
 from pipeline.source import SourceInfo
 from pipeline.store import LayerStore
@@ -79,6 +81,12 @@ def _inspect(ctx: RunContext, state: RunState) -> None:
     """Header-only inspection of every input; each result becomes a SourceEvent."""
     state.sources = inspect_all(ctx.config)
     for source in state.sources:
+        for decision in source.decisions:
+            log.info(
+                "%s: %s", source.dataset, decision,
+                extra={"stage": "catalog", "dataset": source.dataset},
+            )  # fmt: skip
+        t = source.transform
         ctx.events.emit(
             SourceEvent(
                 dataset=source.dataset,
@@ -89,6 +97,9 @@ def _inspect(ctx: RunContext, state: RunState) -> None:
                 height=source.height,
                 dtype=source.dtype,
                 nodata=source.nodata,
+                bounds=array_bounds(source.height, source.width, t),
+                resolution=(abs(t.a), abs(t.e)),
+                passthrough=place(state.grid, source).passthrough,
             )
         )
 

@@ -8,13 +8,21 @@ from pathlib import Path
 from affine import Affine
 from rasterio.crs import CRS
 
+from pipeline.source_names import gdal_name
+
 
 @dataclass(frozen=True)
 class SourceInfo:
-    """Header facts of one dataset's band, enough to plan its placement and windows."""
+    """Header facts of one dataset's band, enough to plan its placement and windows.
+
+    ``open_name`` is what every stage opens: the path itself, a subdataset, a
+    ``/vsicurl/`` URL, or a VRT document adjusting CRS, packing and longitudes
+    (:mod:`pipeline.sourcevrt`); ``band`` is a band of it. ``decisions`` are the
+    catalog's one-line notes on what it adjusted, logged once per dataset.
+    """
 
     dataset: str
-    path: Path
+    path: Path | str
     band: int
     crs: CRS
     transform: Affine
@@ -24,6 +32,13 @@ class SourceInfo:
     nodata: float | None
     block_shape: tuple[int, int]
     count: int
+    open_name: str = ""
+    decisions: tuple[str, ...] = ()
+
+    @property
+    def name(self) -> str:
+        """The GDAL dataset name to open."""
+        return self.open_name or gdal_name(self.path)
 
     @property
     def bounds(self) -> tuple[float, float, float, float]:

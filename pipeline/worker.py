@@ -20,6 +20,7 @@ import argparse
 import logging
 import os
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -36,10 +37,12 @@ from pipeline.contract import (
     WORKER_EXIT_OK,
 )
 from pipeline.control import Controller, StopRequested
-from pipeline.events import EventSink, StateEvent
+from pipeline.events import Event, EventSink, OutputEvent, StateEvent
 from pipeline.export.atomic import ExportError
 from pipeline.memory import MemoryGovernor
 from pipeline.merge import MergeError
+from pipeline.report import write_report
+from pipeline.report.history import HISTORY_NAME, EventRecorder, read_history
 from pipeline.runner import STAGES, parse_stages, run_pipeline
 
 log = logging.getLogger("geod.worker")
@@ -79,9 +82,34 @@ def _fail(events: EventSink, message: str, code: int) -> int:
     return code
 
 
+def _write_report(ctx: RunContext, history: EventRecorder | None, state: str) -> None:
+    """The end-of-run report (``report: true``); a failure to draw it never fails the run."""
+    if history is None or not ctx.config.report:
+        return
+    try:
+        path = write_report(
+            ctx.config,
+            ctx.config.paths.work_dir,
+            read_history(history.path),
+            state=state,
+            times={"finished": time.time()},
+        )
+    except Exception as exc:
+        # One line, like every other problem the run reports: no traceback.
+        log.warning("could not write the run report: %s", exc)
+        return
+    ctx.events.emit(OutputEvent(kind="report", path=str(path), stage="report"))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    events = EventSink.from_env()
+    history: EventRecorder | None = None
+
+    def record(event: Event) -> None:
+        if history is not None:
+            history(event)
+
+    events = EventSink.from_env(record)
     if events_enabled := os.environ.get(EVENTS_FD_ENV) is not None:
         logs.install(events)
     else:
@@ -95,6 +123,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, ValueError) as exc:
         return _fail(events, str(exc), WORKER_EXIT_INPUT)
 
+    if stages != ["catalog"]:  # `geod check` writes nothing
+        history = EventRecorder(config.paths.work_dir / HISTORY_NAME)
     control = Controller(events)
     control.install_signal_handlers()
     governor = MemoryGovernor(config.memory, events, config.resampling.window_size)
@@ -104,19 +134,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         run_pipeline(ctx, stages, formats, os.environ.get(DATABASE_URL_ENV) or None)
     except StopRequested:
         log.info("stopped at a checkpoint; rerun or resume to continue")
+        _write_report(ctx, history, "stopped")
         events.emit(StateEvent(state="stopped", reason="stop requested"))
         return WORKER_EXIT_OK
     except (CatalogError, ConfigError) as exc:
+        _write_report(ctx, history, "failed")
         return _fail(events, str(exc), WORKER_EXIT_INPUT)
     except RUN_ERRORS as exc:
         # Already one line naming what and where (disk full, a failed spot check…):
         # a traceback would bury it. Exit 1: freeing space and retrying can help.
         log.error("run failed: %s", exc)
+        _write_report(ctx, history, "failed")
         return _fail(events, f"{type(exc).__name__}: {exc}", WORKER_EXIT_FAILED)
     except Exception as exc:
         log.exception("run failed: %s", exc)
+        _write_report(ctx, history, "failed")
         return _fail(events, f"{type(exc).__name__}: {exc}", WORKER_EXIT_FAILED)
+    else:
+        _write_report(ctx, history, "done")
     finally:
+        if history is not None:
+            history.close()
         if not events_enabled:
             logging.shutdown()
     events.emit(StateEvent(state="done"))

@@ -47,6 +47,7 @@ def test_export_writes_the_requested_formats_from_the_store(
         f"wrote {out / 'merged.csv'}",
         f"wrote {out / 'merged.parquet'}",
         "wrote public.geod_merged",
+        f"wrote {out / 'report.html'}",
     ]
     rows = pq.read_table(out / "merged.parquet").num_rows
     assert rows == pacsv.read_csv(out / "merged.csv").num_rows > 0

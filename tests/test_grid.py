@@ -15,7 +15,7 @@ from rasterio.windows import Window
 from rasterio.windows import transform as window_transform
 
 from pipeline.config import GridConfig
-from pipeline.grid import ALIGNMENT_TOLERANCE_PX, TargetGrid, place
+from pipeline.grid import ALIGNMENT_TOLERANCE_PX, DRIFT_TOLERANCE, TargetGrid, place
 from pipeline.source import SourceInfo
 
 ARC_MINUTE = 1 / 60
@@ -155,3 +155,15 @@ def test_other_resolution_or_crs_is_resampled() -> None:
     assert not coarse.passthrough
     projected = _source(from_origin(-17367530.45, 7314540.83, 1000, 1000), 100, 100, "EPSG:6933")
     assert not place(GRID, projected).passthrough
+
+
+def test_header_rounding_within_the_drift_tolerance_is_the_grid_step() -> None:
+    """1e-6 relative drift over 216,000 pixels is 0.2 px at the far edge: still a copy."""
+    res = ARC_MINUTE * (1 + DRIFT_TOLERANCE * 0.9)
+    wide = _source(from_origin(-180, 90, res, res), 216_000, 100)
+    placement = place(TargetGrid.from_config(GridConfig(resolution=ARC_MINUTE,
+                      bounds=(-180, 80, 3420, 90))), wide)  # fmt: skip
+    assert placement.passthrough and placement.offset_error < 1e-6
+    beyond = _source(from_origin(-180, 90, ARC_MINUTE * (1 + 2e-6), ARC_MINUTE), 216_000, 100)
+    assert not place(TargetGrid.from_config(GridConfig(resolution=ARC_MINUTE,
+                     bounds=(-180, 80, 3420, 90))), beyond).passthrough  # fmt: skip

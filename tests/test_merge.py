@@ -394,7 +394,13 @@ def test_four_demo_datasets_of_different_resolutions_and_crs_merge_correctly(
 
     x, y = table.column("x").to_numpy(), table.column("y").to_numpy()
     outside = (x < 0) | (x > 20) | (y > 10) | (y < -5)  # the 1' landcover subset
-    assert table.column("landcover").is_null().to_numpy(zero_copy_only=False)[outside].all()
+    # GDAL's whole-raster mode warp (which the windowed warp equals on every
+    # cell) also fills the one grid row just north of the source's top edge
+    # from the source's first rows; every other cell outside is null.
+    row_above = (y > 10) & (y < 10 + 1 / 12) & (x > 0) & (x < 20)
+    landcover_null = table.column("landcover").is_null().to_numpy(zero_copy_only=False)
+    assert landcover_null[outside & ~row_above].all()
+    assert not landcover_null[row_above].all()
 
 
 @settings(max_examples=200, deadline=None)
@@ -426,13 +432,16 @@ def test_units_tile_the_region_exactly_within_the_cell_bound(
 
 @settings(max_examples=200, deadline=None)
 @given(
-    west=st.floats(-200, 200), east=st.floats(-200, 200),
-    south=st.floats(-100, 100), north=st.floats(-100, 100),
-)  # fmt: skip
+    west_east=st.tuples(st.floats(-200, 200), st.floats(-200, 200)).map(sorted),
+    south_north=st.tuples(st.floats(-100, 100), st.floats(-100, 100)).map(sorted),
+)
 def test_bounds_select_exactly_the_cells_whose_centres_are_inside(
-    west: float, east: float, south: float, north: float
+    west_east: list[float], south_north: list[float]
 ) -> None:
-    assume(west < east and south < north)  # the config rejects anything else
+    # Drawn as sorted pairs: the config rejects reversed bounds, and filtering three
+    # draws in four away made Hypothesis's health check fail now and then.
+    (west, east), (south, north) = west_east, south_north
+    assume(west < east and south < north)
     data = {
         "datasets": [{"name": "a", "path": "a.tif"}],
         "grid": {"resolution": 2.5},

@@ -25,15 +25,16 @@ from pipeline.events import CheckpointEvent, Event, EventSink, MemoryEvent, Stag
 from pipeline.grid import TargetGrid, place
 from pipeline.memory import MemoryGovernor
 from pipeline.resample import (
-    gdal_warp_scale,
+    ChunkWarper,
     output_dtype,
     output_nodata,
     resample_dataset,
-    resample_window,
     source_nodata,
+    warp_plan,
 )
 from pipeline.source import SourceInfo
 from pipeline.store import LayerStore
+from pipeline.warpplan import WarpChunk
 
 #: Parity bound from the issue: max abs difference ≤ 1e-6 × data range.
 PARITY = 1e-6
@@ -47,6 +48,8 @@ EASE_X, EASE_Y = 17367530.445161499, 7314540.8306386
 EDGE_COLUMN_TOLERANCE = 0.005
 #: Fewest valid pixels a parity comparison must cover to mean anything.
 MIN_COMPARED = 10_000
+#: gdalwarp's default -wm, and geod's resampling.warp_memory default.
+WARP_MEMORY = 64 * 1024**2
 GDAL_TYPES = {"float32": "Float32", "float64": "Float64", "int16": "Int16", "uint8": "Byte"}
 
 GLOBAL_1DEG = TargetGrid.from_config(GridConfig(resolution=1.0))
@@ -83,12 +86,13 @@ def source_of(path: Path, name: str = "layer") -> SourceInfo:
 
 
 def gdalwarp_reference(
-    gdalwarp: str, path: Path, grid: TargetGrid, method: str, dtype: str, nodata: float, out: Path
-) -> np.ndarray:
+    gdalwarp: str, path: Path | str, grid: TargetGrid, method: str, dtype: str, nodata: float,
+    out: Path, extra: tuple[str, ...] = (),
+) -> np.ndarray:  # fmt: skip
     """One whole-raster gdalwarp onto exactly the grid, with our output dtype and nodata."""
     west, south, east, north = grid.bounds
     subprocess.run(
-        [gdalwarp, "-q", "-overwrite", "-r", method, "-t_srs", grid.crs.to_wkt(),
+        [gdalwarp, "-q", "-overwrite", *extra, "-r", method, "-t_srs", grid.crs.to_wkt(),
          "-te", repr(west), repr(south), repr(east), repr(north),
          "-ts", str(grid.width), str(grid.height), "-ot", GDAL_TYPES[dtype],
          "-dstnodata", "nan" if math.isnan(nodata) else repr(nodata), str(path), str(out)],
@@ -99,16 +103,29 @@ def gdalwarp_reference(
 
 
 def warp_in_windows(
-    source: SourceInfo, dataset: DatasetConfig, grid: TargetGrid, scale: tuple[float, float]
+    source: SourceInfo,
+    dataset: DatasetConfig,
+    grid: TargetGrid,
+    chunks: list[WarpChunk] | None = None,
+    window: int = WINDOW,
 ) -> np.ndarray:
+    """Our windowed warp of the whole grid (GDAL's chunk plan unless ``chunks`` is given)."""
+    if chunks is None:
+        chunks = warp_plan(source, dataset, grid, WARP_MEMORY)
     dtype = output_dtype(dataset.resampling, source.dtype)
     out = np.empty((grid.height, grid.width), dtype)
-    with rasterio.open(source.path) as src:
-        for window in grid.windows(WINDOW):
-            out[window.toslices()] = resample_window(
-                source, dataset, grid, window, scale, 1, 2, src
-            )
+    with (
+        rasterio.open(source.name) as src,
+        ChunkWarper(source, dataset, grid, 1, 2, src) as warper,
+    ):
+        for piece in grid.windows(window):
+            out[piece.toslices()] = warper.window(piece, chunks)
     return out
+
+
+def whole_grid_chunk(grid: TargetGrid, scale: tuple[float, float]) -> list[WarpChunk]:
+    """One chunk over the whole grid with a fixed scale (the old single-scale windowing)."""
+    return [WarpChunk(Window(0, 0, grid.width, grid.height), scale)]
 
 
 def _missing(array: np.ndarray, nodata: float) -> np.ndarray:
@@ -182,7 +199,7 @@ def test_windowed_output_equals_gdalwarp(
     dtype = output_dtype(dataset.resampling, source.dtype)
     nodata = output_nodata(dtype, source_nodata(dataset, source))
     assert len(grid.windows(WINDOW)) >= 6, "several windows, so seams are compared"
-    ours = warp_in_windows(source, dataset, grid, gdal_warp_scale(source, grid))
+    ours = warp_in_windows(source, dataset, grid)
     reference = gdalwarp_reference(gdalwarp, source.path, grid, method, dtype, nodata,
                                    tmp_path / "ref.tif")  # fmt: skip
     assert_parity(ours, reference, nodata)
@@ -201,11 +218,14 @@ def test_output_dtype_rule() -> None:
 
 
 def test_scale_is_the_whole_raster_ratio(rasters: dict[str, Path]) -> None:
-    assert gdal_warp_scale(source_of(rasters["geographic"]), GLOBAL_1DEG) == pytest.approx(
-        (0.3, 0.3)
-    )
-    ease = gdal_warp_scale(source_of(rasters["equal_area"]), GLOBAL_1DEG)
-    assert ease == pytest.approx((360 / 1000, 180 / 420))
+    def plan(name: str) -> list[WarpChunk]:
+        source = source_of(rasters[name])
+        return warp_plan(
+            source, DatasetConfig(name="l", path=source.path), GLOBAL_1DEG, WARP_MEMORY
+        )
+
+    assert [c.scale for c in plan("geographic")] == [pytest.approx((0.3, 0.3))]
+    assert [c.scale for c in plan("equal_area")] == [pytest.approx((360 / 1000, 180 / 420))]
 
 
 def test_unit_scale_breaks_bilinear_downsampling_parity(
@@ -214,7 +234,7 @@ def test_unit_scale_breaks_bilinear_downsampling_parity(
     """Why XSCALE/YSCALE are pinned: with 1 the kernel ignores most of the footprint."""
     source = source_of(rasters["geographic"])
     dataset = DatasetConfig(name="layer", path=source.path, resampling="bilinear")
-    ours = warp_in_windows(source, dataset, GLOBAL_1DEG, (1.0, 1.0))
+    ours = warp_in_windows(source, dataset, GLOBAL_1DEG, whole_grid_chunk(GLOBAL_1DEG, (1.0, 1.0)))
     reference = gdalwarp_reference(gdalwarp, source.path, GLOBAL_1DEG, "bilinear", "float32",
                                    math.nan, tmp_path / "ref.tif")  # fmt: skip
     valid = ~np.isnan(reference) & ~np.isnan(ours)
@@ -232,9 +252,9 @@ def test_packaged_real_raster_equals_gdalwarp(tmp_path: Path, gdalwarp: str, met
     source = source_of(EGM96)
     assert (source.width, source.height) == (1440, 721)
     dataset = DatasetConfig(name="geoid", path=EGM96, resampling=method)
-    scale = gdal_warp_scale(source, GLOBAL_1DEG)
-    assert scale == pytest.approx((0.25, 0.25))
-    ours = warp_in_windows(source, dataset, GLOBAL_1DEG, scale)
+    chunks = warp_plan(source, dataset, GLOBAL_1DEG, WARP_MEMORY)
+    assert [c.scale for c in chunks] == [pytest.approx((0.25, 0.25))]
+    ours = warp_in_windows(source, dataset, GLOBAL_1DEG, chunks)
     reference = gdalwarp_reference(gdalwarp, EGM96, GLOBAL_1DEG, method, "float32", math.nan,
                                    tmp_path / "ref.tif")  # fmt: skip
     # The source ends at 179.875°E, so the last column (179°..180°E) is partly

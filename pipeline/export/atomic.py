@@ -53,7 +53,10 @@ def clean_partials(final: Path) -> list[Path]:
         return removed
     for leftover in final.parent.glob(f"{final.name}{PARTIAL_MARKER}*"):
         with contextlib.suppress(FileNotFoundError):
-            leftover.unlink()
+            if leftover.is_dir() and not leftover.is_symlink():
+                shutil.rmtree(leftover)
+            else:
+                leftover.unlink()
             removed.append(leftover)
     return removed
 
@@ -69,6 +72,41 @@ def commit(partial: Path, final: Path) -> None:
         raise ExportError(describe_os_error(final, exc)) from None
 
 
+def size_on_disk(path: Path) -> int | None:
+    """Bytes of a file, or of every file under a directory (a Zarr store); None if gone."""
+    if path.is_file():
+        return path.stat().st_size
+    if path.is_dir():
+        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    return None
+
+
+def commit_tree(partial: Path, final: Path) -> None:
+    """Make the directory ``partial`` (a Zarr store) durable and visible as ``final``.
+
+    Every file and directory in it is fsynced, then it is renamed into place. A
+    directory cannot be renamed over a non-empty one, so an older ``final`` is
+    first renamed aside to a partial name and removed afterwards: a crash in
+    between leaves no ``final`` at all (never a mixed one), and the next export's
+    :func:`clean_partials` removes what is left.
+    """
+    try:
+        for folder, _dirs, files in os.walk(partial):
+            for name in files:
+                fsync_path(Path(folder) / name)
+            fsync_path(Path(folder))
+        old = partial_path(final) if final.exists() else None
+        if old is not None:
+            os.replace(final, old)
+        os.replace(partial, final)
+        fsync_path(final.parent)
+        if old is not None:
+            shutil.rmtree(old)
+    except OSError as exc:
+        discard(partial)
+        raise ExportError(describe_os_error(final, exc)) from None
+
+
 def discard(partial: Path) -> None:
     """Remove a temporary file if it is still there.
 
@@ -76,7 +114,10 @@ def discard(partial: Path) -> None:
     EROFS, not ENOENT; that must not mask the error that made us discard it.
     """
     try:
-        partial.unlink()
+        if partial.is_dir() and not partial.is_symlink():
+            shutil.rmtree(partial)
+        else:
+            partial.unlink()
     except FileNotFoundError:
         pass
     except OSError:

@@ -12,7 +12,7 @@ import contextlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -20,6 +20,9 @@ import pyarrow as pa
 from pipeline.config import ExportFormat
 from pipeline.export.atomic import ExportError, commit, describe_os_error, discard, partial_path
 from pipeline.grid import TargetGrid
+
+if TYPE_CHECKING:
+    from pipeline.merge import MergedChunk
 
 T = TypeVar("T")
 
@@ -40,6 +43,10 @@ class Exporter(ABC):
     @abstractmethod
     def write(self, batch: pa.RecordBatch) -> None:
         """Append one merged batch."""
+
+    def write_chunk(self, chunk: MergedChunk) -> None:
+        """Append one merged part; tables take its batch, grids also need its window."""
+        self.write(chunk.batch)
 
     @abstractmethod
     def close(self) -> None:

@@ -27,6 +27,7 @@ from pipeline.export.csv_text import CsvExporter
 from pipeline.export.parquet import ParquetExporter
 from pipeline.export.postgres import PostgresExporter
 from pipeline.export.validate import ExportedSampler, validate_exports
+from pipeline.export.xarray_stack import NetcdfExporter, ZarrExporter
 from pipeline.grid import TargetGrid
 from pipeline.merge import MergeStream
 from pipeline.store import LayerStore
@@ -36,9 +37,13 @@ log = logging.getLogger("geod.export")
 STAGE = "export"
 
 
+#: File name suffix of each file format (the format's name where not listed).
+SUFFIXES = {ExportFormat.netcdf: "nc"}
+
+
 def output_path(config: PipelineConfig, fmt: ExportFormat) -> Path:
-    """Final path of a file format's output: ``output_dir/NAME.parquet`` / ``.csv``."""
-    return config.paths.output_dir / f"{config.export.name}.{fmt.value}"
+    """Final path of a file format's output: ``output_dir/NAME.parquet``, ``.csv``, ``.nc``…"""
+    return config.paths.output_dir / f"{config.export.name}.{SUFFIXES.get(fmt, fmt.value)}"
 
 
 def resolve_database_url(config: PipelineConfig, database_url: str | None) -> str:
@@ -72,6 +77,10 @@ def open_exporters(
                 opened.append(
                     ParquetExporter(path, stream.schema, config.export.parquet, stream.grid)
                 )
+            elif fmt is ExportFormat.zarr:
+                opened.append(ZarrExporter(path, stream))
+            elif fmt is ExportFormat.netcdf:
+                opened.append(NetcdfExporter(path, stream))
             else:
                 opened.append(CsvExporter(path, stream.schema, config.export.csv))
     except BaseException:
@@ -113,7 +122,7 @@ def run_merge_export(
         with contextlib.closing(stream.chunks(ctx.governor)) as chunks:
             for chunk in chunks:
                 for exporter in exporters:
-                    exporter.write(chunk.batch)
+                    exporter.write_chunk(chunk)
                 sampler.observe(chunk.batch)
                 if chunk.last:
                     node.advance()

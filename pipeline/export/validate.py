@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -25,11 +26,13 @@ import pyarrow as pa
 import rasterio
 from rasterio.windows import Window
 
+from pipeline.catalog import CatalogError, grid_wraps_at_antimeridian, inspect
 from pipeline.export.atomic import ExportError
 from pipeline.export.base import Exporter, locate
 from pipeline.grid import Placement, TargetGrid, place
 from pipeline.merge import MergeStream, valid_mask
 from pipeline.source import SourceInfo
+from pipeline.source_names import local_file
 
 log = logging.getLogger("geod.export")
 
@@ -129,30 +132,25 @@ def expected_cells(stream: MergeStream, keys: np.ndarray) -> dict[int, Expected]
     return out
 
 
-def _open_source(stream: MergeStream, name: str) -> tuple[Any, int, Placement] | None:
-    """The open source raster of a passthrough dataset with its placement, else None."""
-    dataset = stream.config.dataset(name)
-    src = rasterio.open(dataset.path)
-    band = dataset.band or 1
-    nodata = dataset.nodata if dataset.nodata is not None else src.nodatavals[band - 1]
-    info = SourceInfo(
-        name,
-        dataset.path,
-        band,
-        src.crs,
-        src.transform,
-        src.width,
-        src.height,
-        src.dtypes[band - 1],
-        nodata,
-        tuple(src.block_shapes[band - 1]),
-        src.count,
-    )
+def _open_source(stream: MergeStream, name: str) -> tuple[Any, SourceInfo, Placement] | None:
+    """The open source raster of a passthrough dataset with its placement, else None.
+
+    The source is read as the catalog presents it (variable, CRS, unpacking,
+    longitude wrap), so the check compares like with like.
+    """
+    config = stream.config
+    try:
+        info = inspect(
+            config.dataset(name), config.catalog, grid_wraps_at_antimeridian(config.grid)
+        )
+    except CatalogError as exc:
+        log.warning("%s: source not readable for the spot check (%s)", name, exc,
+                    extra={"stage": "export", "dataset": name})  # fmt: skip
+        return None
     placement = place(stream.grid, info)
     if not placement.passthrough:
-        src.close()
         return None
-    return src, band, placement
+    return rasterio.open(info.name), info, placement
 
 
 def source_values(stream: MergeStream, cells: dict[int, Expected]) -> dict[str, dict[int, Any]]:
@@ -160,7 +158,8 @@ def source_values(stream: MergeStream, cells: dict[int, Expected]) -> dict[str, 
     out: dict[str, dict[int, Any]] = {}
     for spec in stream.specs:
         path = stream.config.dataset(spec.name).path
-        if not path.exists():
+        local = local_file(path)
+        if local is not None and not Path(local).exists():
             log.warning(
                 "%s: source %s is gone; its cells are checked against the store only",
                 spec.name,
@@ -171,9 +170,8 @@ def source_values(stream: MergeStream, cells: dict[int, Expected]) -> dict[str, 
         opened = _open_source(stream, spec.name)
         if opened is None:
             continue
-        src, band, placement = opened
-        dataset = stream.config.dataset(spec.name)
-        nodata = dataset.nodata if dataset.nodata is not None else src.nodatavals[band - 1]
+        src, info, placement = opened
+        band, nodata = info.band, info.nodata
         values: dict[int, Any] = {}
         with src:
             for key, cell in cells.items():

@@ -1,4 +1,4 @@
-"""``geod export RUN_DIR --format parquet|csv|postgres``: re-export a finished run.
+"""``geod export RUN_DIR --format parquet|csv|postgres|zarr|netcdf``: re-export a finished run.
 
 A run directory holds the run's frozen ``config.yml`` and its ``work/`` folder
 (the checkpointed layer store). Re-exporting only merges and writes: the worker
@@ -43,7 +43,7 @@ def parse_formats(values: tuple[str, ...]) -> list[str]:
     "--format",
     "format_values",
     multiple=True,
-    metavar="parquet|csv|postgres",
+    metavar="parquet|csv|postgres|zarr|netcdf",
     help="Format to write; repeat or comma-separate for several (default: the config's).",
 )
 @click.option(

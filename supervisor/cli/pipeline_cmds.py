@@ -154,6 +154,8 @@ class _CheckView(ProgressView):
             click.echo(f"geod: {event.reason}", err=True)
         elif isinstance(event, LogEvent) and event.level in PROBLEM_LEVELS:
             click.echo(f"{event.level.lower()}: {event.message}", err=True)
+        elif isinstance(event, LogEvent) and event.stage == "catalog" and event.dataset:
+            click.echo(f"  {event.message}")  # what the catalog adjusted (wrap, unpacking...)
         elif isinstance(event, SourceEvent):
             click.echo(f"  {event.dataset}: {event.width}×{event.height} {event.dtype} {event.crs}")
 
