@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import re
 import time
+from pathlib import Path
 
 import pytest
 from rich.text import Text
 from textual.widgets._footer import FooterKey
 
-from pipeline.events import LogEvent, StageEvent
+from pipeline.events import GovernorEvent, LogEvent, StageEvent
 from supervisor.protocol import RunSummary
 from tests import tui_recording as rec
 from tests.tui_support import loaded_state, pilot_test, replay_app, until
+from tui import app as tui_app
 from tui.app import GeodApp
 from tui.bindings import COMMANDS
 from tui.connection import Backoff
@@ -586,3 +588,44 @@ async def test_no_daemon_shows_the_banner_and_keeps_retrying(tmp_path) -> None:
         assert details.count(str(socket)) == 1 and str(socket) not in headline
         assert app.state.connection.attempts >= 3
         assert "disconnected" in app.sub_title
+
+
+class _BellCountingApp(GeodApp):
+    """The dashboard, counting the bells it rings (the terminal bell itself is real)."""
+
+    CSS_PATH = str(Path(tui_app.__file__).with_name("app.tcss"))
+    rung = 0
+
+    def bell(self) -> None:
+        self.rung += 1
+        super().bell()
+
+
+@pytest.mark.parametrize("bell", [True, False])
+@pilot_test
+async def test_bell_rings_when_a_run_ends_or_memory_turns_critical(bell: bool) -> None:
+    app = _BellCountingApp(state=loaded_state(), connect=False, bell=bell)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause(0.3)
+        assert app.rung == 0  # what was already so at attach rings nothing
+        summary = app.state.runs[rec.RUN].summary
+        seq = app.state.runs[rec.RUN].applied_seq
+        app.state.apply_event(
+            GovernorEvent(
+                run=rec.RUN,
+                seq=seq + 1,
+                old_size=256,
+                new_size=256,
+                rss=1900 * 1024 * 1024,
+                budget=rec.BUDGET,
+                level="critical",
+                reason="RSS ≥ 90 % of budget",
+            )
+        )
+        await pilot.pause(0.3)
+        app.state.apply_run(summary.model_copy(update={"state": "failed"}))
+        await pilot.pause(0.3)
+        assert app.rung == (2 if bell else 0)
+        app.state.apply_run(summary.model_copy(update={"state": "failed", "error": "again"}))
+        await pilot.pause(0.3)
+        assert app.rung == (2 if bell else 0)  # no change of state, no second bell

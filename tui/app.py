@@ -30,6 +30,7 @@ from textual.widgets import Footer, Header, Input
 from supervisor import formatting
 from supervisor.client import Call, Calls
 from supervisor.protocol import FINAL_STATES, ProtocolError, Selection
+from tui.alerts import Alerts
 from tui.bindings import APP_BINDINGS, COMMANDS
 from tui.connection import Backoff, DaemonLink, NotConnected
 from tui.screens.confirm_kill import ConfirmKill
@@ -76,9 +77,13 @@ class GeodApp(App[None]):
         run: str | None = None,
         connect: bool = True,
         backoff: Backoff | None = None,
+        bell: bool = True,
     ) -> None:
         super().__init__()
+        #: Ring the terminal bell when a run ends, fails or hits critical memory.
+        self.ring_bell = bell
         self.state = state or DashboardState()
+        self.alerts = Alerts(self.state)
         self.initial_run = run
         self.selected: str | None = None
         self.link: DaemonLink | None = None
@@ -142,6 +147,10 @@ class GeodApp(App[None]):
         """Apply everything that changed since the last frame."""
         changes = self.state.take_changes()
         now = time.monotonic()
+        reasons = self.alerts.check(changes.runs, changes.memory)
+        if reasons and self.ring_bell:
+            self.bell()
+            self.notify(" · ".join(reasons), severity="warning", timeout=5)
         self._runs_due |= changes.runs
         run = self.selected
         if run is not None:
