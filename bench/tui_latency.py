@@ -18,7 +18,13 @@ press posted by Pilot → its action running, sampled during the storm. CPU is
 this process's CPU seconds per wall second while the run emits (1.0 = one
 core). Ratios: app vs reference, and p95 vs the 250 ms target.
 
+Every progress event comes with a window checkpoint carrying its grid position
+(as the resample stage writes them), and the app runs with its Map panel open
+(``w``) unless ``--no-map``. The machine's load average is printed: on a shared
+machine the figures are only comparable at similar load.
+
     .venv/bin/python bench/tui_latency.py [--seconds 10] [--log-rate 2000] [--progress-rate 100]
+                                          [--no-map]
 """
 
 from __future__ import annotations
@@ -47,6 +53,10 @@ EMIT_TICK_S = 0.01
 DATASETS = 8
 #: Windows per dataset in the emitter's stage tree.
 WINDOWS = 1_000_000
+#: The emitter's grid, in windows (rows, columns) of WINDOW_PX pixels: its checkpoints
+#: walk it row by row, dataset by dataset, so the map has something to draw.
+WINDOW_GRID = (90, 180)
+WINDOW_PX = 120
 #: A key press is sampled this often during the storm.
 KEY_EVERY_S = 0.5
 START_TIMEOUT_S = 30.0
@@ -59,7 +69,7 @@ def emit(log_rate: int, progress_rate: int, seconds: float) -> int:
     """The worker side: log lines and progress events at fixed rates, then done."""
     from pipeline.context import StageNode
     from pipeline.control import Controller, StopRequested
-    from pipeline.events import EventSink, LogEvent, StateEvent
+    from pipeline.events import CheckpointEvent, EventSink, LogEvent, StateEvent
 
     events = EventSink.from_env()
     control = Controller(events)
@@ -89,7 +99,23 @@ def emit(log_rate: int, progress_rate: int, seconds: float) -> int:
                 )
             for _ in range(int(elapsed * progress_rate) - progress):
                 progress += 1
-                nodes[progress % DATASETS].advance()
+                node = nodes[progress % DATASETS]
+                node.advance()
+                row, col = divmod(node.done % (WINDOW_GRID[0] * WINDOW_GRID[1]), WINDOW_GRID[1])
+                events.emit(
+                    CheckpointEvent(
+                        stage="emit",
+                        dataset=node.name,
+                        done=node.done,
+                        total=WINDOWS,
+                        row_off=row * WINDOW_PX,
+                        col_off=col * WINDOW_PX,
+                        height=WINDOW_PX,
+                        width=WINDOW_PX,
+                        grid_height=WINDOW_GRID[0] * WINDOW_PX,
+                        grid_width=WINDOW_GRID[1] * WINDOW_PX,
+                    )
+                )
             control.checkpoint()
             time.sleep(EMIT_TICK_S)
     except StopRequested:
@@ -237,8 +263,8 @@ async def reference(daemon: Daemon) -> Meter:
     return meter
 
 
-async def app_run(daemon: Daemon) -> Meter:
-    """GeodApp under Pilot: latency to the log widget, key handling, CPU."""
+async def app_run(daemon: Daemon, show_map: bool) -> Meter:
+    """GeodApp under Pilot (Map panel open with ``show_map``): latency, key handling, CPU."""
     from supervisor.client import AsyncClient
     from tui.app import GeodApp
     from tui.widgets.log_view import LogView
@@ -268,6 +294,8 @@ async def app_run(daemon: Daemon) -> Meter:
     try:
         app = GeodApp(socket_path=daemon.socket, run=run_id)
         async with app.run_test(size=(120, 40)) as pilot:
+            if show_map:
+                await pilot.press("w")
             done = asyncio.create_task(_wait_done(control, run_id))
             while not done.done():
                 await asyncio.sleep(KEY_EVERY_S)
@@ -319,6 +347,7 @@ def main() -> int:
     parser.add_argument("--log-rate", type=int, default=2000)
     parser.add_argument("--progress-rate", type=int, default=100)
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--no-map", action="store_true", help="keep the Map panel closed")
     args, _worker_args = parser.parse_known_args()  # the daemon appends CONFIG --work-dir DIR
     if args.emit:
         return emit(args.log_rate, args.progress_rate, args.seconds)
@@ -327,7 +356,7 @@ def main() -> int:
     daemon = Daemon(root, args)
     try:
         ref = asyncio.run(reference(daemon))
-        app = asyncio.run(app_run(daemon))
+        app = asyncio.run(app_run(daemon, show_map=not args.no_map))
         terminal = terminal_cpu(daemon)
     finally:
         daemon.stop()
@@ -335,8 +364,10 @@ def main() -> int:
 
     print(
         f"load: {args.log_rate} log lines/s + {args.progress_rate} progress events/s "
-        f"for {args.seconds:g} s, real daemon, {os.cpu_count()} cores"
+        f"(+ as many window checkpoints) for {args.seconds:g} s, real daemon, "
+        f"{os.cpu_count()} cores, Map panel {'closed' if args.no_map else 'open'}"
     )
+    print("machine load average (1/5/15 min): {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
     print(f"{'consumer':<22}{'lines':>8}{'p50 ms':>9}{'p95 ms':>9}{'CPU/core':>10}")
     for name, meter in (("bare client (ref)", ref), ("geo-tui (Pilot)", app)):
         print(

@@ -85,12 +85,24 @@ class GovernorEvent(_Event):
 
 
 class CheckpointEvent(_Event):
+    """A unit of work made durable; a resample window also says where it lies in the grid.
+
+    The window fields are optional (events written before they existed still
+    decode): with them a dashboard can draw the run as a map of its windows.
+    """
+
     type: Literal["checkpoint"] = "checkpoint"
     stage: str
     dataset: str | None = None
     done: int
     total: int
     detail: dict[str, Any] = Field(default_factory=dict)
+    row_off: int | None = Field(default=None, description="Window's first grid row.")
+    col_off: int | None = Field(default=None, description="Window's first grid column.")
+    height: int | None = Field(default=None, description="Window rows.")
+    width: int | None = Field(default=None, description="Window columns.")
+    grid_height: int | None = Field(default=None, description="Rows of the whole grid.")
+    grid_width: int | None = Field(default=None, description="Columns of the whole grid.")
 
 
 class StateEvent(_Event):

@@ -580,6 +580,12 @@ def resample_dataset(
                 done=store.completed(name),
                 total=store.total_chunks(),
                 detail={"row_off": int(piece.row_off), "col_off": int(piece.col_off)},
+                row_off=int(piece.row_off),
+                col_off=int(piece.col_off),
+                height=int(piece.height),
+                width=int(piece.width),
+                grid_height=grid.height,
+                grid_width=grid.width,
             )
         )
         ctx.control.checkpoint()

@@ -9,6 +9,8 @@ picture survives SSH and ``TERM=screen``.
 
 from __future__ import annotations
 
+import time
+
 from rich.text import Text
 
 _BYTE_UNITS = ("B", "KiB", "MiB", "GiB", "TiB")
@@ -102,9 +104,38 @@ def bar(fraction: float, width: int, style: str = "green") -> Text:
 
 
 def rate(value: float | None, unit: str) -> str:
-    """Progress per second, or per minute when slower than one a second."""
+    """Progress per second, or per minute when slower than one a second ('3.1/s' unitless)."""
     if value is None:
         return ""
+    per = f" {unit}/" if unit else "/"
     if value >= 1:
-        return f"{value:.1f} {unit}/s"
-    return f"{value * _SECONDS_PER_MINUTE:.1f} {unit}/min"
+        return f"{value:.1f}{per}s"
+    return f"{value * _SECONDS_PER_MINUTE:.1f}{per}min"
+
+
+def approx_span(seconds: float) -> str:
+    """A range's half-width, rounded as a person says it: '±40 s', '±10 min', '±1h 20m'."""
+    total = max(1, round(seconds))
+    if total < _SECONDS_PER_MINUTE:
+        return f"±{total} s"
+    if total < _SECONDS_PER_HOUR:
+        return f"±{round(total / _SECONDS_PER_MINUTE)} min"
+    hours, rest = divmod(total, _SECONDS_PER_HOUR)
+    return f"±{hours}h {rest // _SECONDS_PER_MINUTE:02d}m"
+
+
+def eta(eta_at: float | None, spread: float | None, now: float, *, compact: bool = False) -> str:
+    """When a run should be done as a clock time with its range: 'done ≈ 20:40 (±10 min)'.
+
+    Tomorrow or later the date is added; ``compact`` drops the words for a table
+    cell ('≈ 20:40 ±10 min'). Without an estimate, '-'.
+    """
+    if eta_at is None:
+        return MISSING
+    when = time.localtime(eta_at)
+    clock = time.strftime("%H:%M", when)
+    if time.strftime("%Y%m%d", when) != time.strftime("%Y%m%d", time.localtime(now)):
+        clock = time.strftime("%a %H:%M", when)
+    if compact:
+        return f"≈ {clock}" + (f" {approx_span(spread)}" if spread is not None else "")
+    return f"done ≈ {clock}" + (f" ({approx_span(spread)})" if spread is not None else "")

@@ -44,6 +44,14 @@ class RunSummary(BaseModel):
     started: float | None = None
     finished: float | None = None
     eta: float | None = Field(default=None, description="Seconds left, if known.")
+    eta_at: float | None = Field(default=None, description="Unix time the run should end.")
+    eta_range: float | None = Field(default=None, description="± seconds around ``eta``.")
+    running_time: float | None = Field(
+        default=None, description="Running seconds before ``running_since`` (pauses excluded)."
+    )
+    running_since: float | None = Field(
+        default=None, description="Unix time the run last started running; None unless running."
+    )
     rss: int | None = None
     peak_rss: int | None = None
     retries: int = 0

@@ -34,7 +34,7 @@ from typing import IO
 from pydantic import ValidationError
 
 from pipeline.config import PipelineConfig, RestartConfig, TelemetryConfig, load_config
-from pipeline.contract import level_rank
+from pipeline.contract import FINAL_STATES, level_rank
 from pipeline.durable import cut_torn_tail, write_atomic
 from pipeline.events import (
     Event,
@@ -45,6 +45,7 @@ from pipeline.events import (
     StateEvent,
     decode,
 )
+from supervisor.progress import RateEstimator, run_fraction, running_seconds
 from supervisor.protocol import RunSummary
 
 log = logging.getLogger("geod.daemon.runs")
@@ -79,6 +80,9 @@ class Run:
     #: Last lifecycle state the current worker reported (StateEvent.state) and its reason.
     worker_state: str | None = None
     worker_reason: str | None = None
+    _rate: RateEstimator = field(default_factory=RateEstimator)
+    #: Worker time of the newest event: where a running clock stops if the daemon died.
+    _last_event: float = 0.0
     _events_file: IO[bytes] | None = None
 
     def __post_init__(self) -> None:
@@ -137,9 +141,10 @@ class Run:
     def apply(self, event: Event) -> None:
         """Fold one event into the in-memory view (also used to replay the history file)."""
         self.summary.last_seq = max(self.summary.last_seq, event.seq or 0)
+        self._last_event = max(self._last_event, event.time)
         if isinstance(event, StageEvent):
             self.stages[event.id] = event
-            self._update_progress()
+            self._update_progress(event.time)
         elif isinstance(event, LogEvent):
             self.recent_logs.append(event)
         elif isinstance(event, MemoryEvent):
@@ -155,29 +160,60 @@ class Run:
             self.worker_state = event.state
             self.worker_reason = event.reason
 
-    def _update_progress(self) -> None:
-        """Progress = finished stages plus the running stage's fraction, over all stages."""
+    def _update_progress(self, now: float) -> None:
+        """Progress from the windows done (never lower than before), then the time left."""
+        running = [e for e in self.stages.values() if e.status == "running" and e.kind != "run"]
+        # The deepest running node is the one a user wants to see ("resample/bio1"); between
+        # two stages (only the root runs) the last one stays, never the bare root "run".
         root = self.stages.get("run")
-        running = [e for e in self.stages.values() if e.status == "running"]
-        # The deepest running node is the one a user wants to see ("resample/bio1").
-        self.summary.stage = max(running, key=lambda e: e.id.count("/")).id if running else None
-        if root is None or not root.total:
+        if running:
+            self.summary.stage = max(running, key=lambda e: e.id.count("/")).id
+        elif root is None or root.status != "running":
+            self.summary.stage = None
+        fraction = run_fraction(self.stages)
+        if fraction is None:
             return
-        fraction = 0.0
-        for event in running:
-            if event.parent == "run" and event.total:
-                fraction = min(1.0, event.done / event.total)
-        if root.status == "done":
-            self.summary.progress = 1.0
-        else:
-            self.summary.progress = min(1.0, (root.done + fraction) / root.total)
-        # Only a running run has time left: a finished run rebuilt from its history at
-        # a daemon start must not carry the ETA of its last progress event.
-        started, progress = self.summary.started, self.summary.progress
-        if started and self.summary.state == "running" and 0 < progress < 1:
-            self.summary.eta = (time.time() - started) * (1 - progress) / progress
-        else:
-            self.summary.eta = None
+        # A resumed or retried worker re-announces its stages from the start: what was
+        # done stays done, so the figure a user saw is never taken back.
+        self.summary.progress = max(self.summary.progress, fraction)
+        if self.summary.state != "running":
+            return
+        elapsed = running_seconds(self.summary, now)
+        if elapsed is not None:
+            self._rate.add(elapsed, self.summary.progress)
+        self._estimate(now)
+
+    def _estimate(self, now: float) -> None:
+        """ETA, its clock time and range while running; all None otherwise."""
+        estimate = None
+        if self.summary.state == "running":
+            estimate = self._rate.estimate(self.summary.progress)
+        if estimate is None:
+            self.summary.eta = self.summary.eta_at = self.summary.eta_range = None
+            return
+        left, spread = estimate
+        self.summary.eta, self.summary.eta_range, self.summary.eta_at = left, spread, now + left
+
+    def note_state(self, now: float) -> None:
+        """Keep the running clock in step with the summary's state (called on every save).
+
+        Only running time counts: leaving ``running`` banks the seconds since it
+        began (up to the last event, so a daemon that was down does not count its
+        absence), and entering it starts the clock again.
+        """
+        summary = self.summary
+        if summary.state == "running":
+            if summary.running_since is None:
+                summary.running_since = now
+            return
+        if summary.running_since is not None:
+            end = min(now, max(self._last_event, summary.running_since))
+            summary.running_time = (summary.running_time or 0.0) + (end - summary.running_since)
+            summary.running_since = None
+        if summary.state in FINAL_STATES:
+            # A finished run has no current memory and nothing left to wait for.
+            summary.rss = None
+        self._estimate(now)
 
     def logs(self, limit: int, before_seq: int | None, level: str | None) -> list[LogEvent]:
         """The newest ``limit`` log events older than ``before_seq``, oldest first."""
@@ -198,20 +234,24 @@ class Run:
 
     def read_history(self) -> list[Event]:
         """Every stamped event of the history file, decoded; torn or foreign lines skipped."""
-        events: list[Event] = []
-        path = self.run_dir / EVENTS_NAME
-        if not path.exists():
-            return events
-        with open(path, "rb") as handle:
-            for line in handle:
-                with contextlib.suppress(ValueError):  # pydantic's ValidationError included
-                    events.append(decode(line))
-        return events
+        return read_events(self.run_dir / EVENTS_NAME)
 
     def close(self) -> None:
         if self._events_file is not None:
             self._events_file.close()
             self._events_file = None
+
+
+def read_events(path: Path) -> list[Event]:
+    """The events of a history file (``events.ndjson``); torn or foreign lines skipped."""
+    events: list[Event] = []
+    if not path.exists():
+        return events
+    with open(path, "rb") as handle:
+        for line in handle:
+            with contextlib.suppress(ValueError):  # pydantic's ValidationError included
+                events.append(decode(line))
+    return events
 
 
 def _repair_history(path: Path) -> None:
@@ -291,6 +331,7 @@ class Registry:
         return run
 
     def save(self, run: Run) -> None:
+        run.note_state(time.time())
         payload = {"summary": run.summary.model_dump(mode="json")}
         write_atomic(run.run_dir / STATE_NAME, json.dumps(payload, indent=1).encode())
 

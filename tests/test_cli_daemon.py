@@ -304,6 +304,17 @@ def test_start_wait_with_a_follower_then_logs(daemon: Daemon) -> None:
     assert run["state"] == "done" and run["finished"] >= run["started"]
     assert run["peak_rss"] and run["peak_rss"] > 0
     assert run["outputs"]
+    # A finished run has no time left (in the CLI's JSON too) and keeps its running time.
+    status = daemon.json("status", run_id)
+    assert status["eta"] is None and status["eta_at"] is None and status["eta_range"] is None
+    assert status["running_time"] > 0 and status["running_since"] is None
+    assert status["progress"] == 1.0 and status["rss"] is None
+    # geod map draws the run's windows; every one of a finished run is done.
+    drawn = daemon.geod("map", run_id, "--width", "40")
+    assert drawn.returncode == 0, drawn.stderr
+    assert "▀" in drawn.stdout and "■ done" in drawn.stdout and "recomputed 0" in drawn.stdout
+    unknown = daemon.geod("map", run_id, "--dataset", "no-such-layer")
+    assert unknown.returncode == EXIT_FAILED and "no-such-layer" in unknown.stderr
 
     history = [
         json.loads(line)

@@ -34,12 +34,25 @@ def test_runs_table_row() -> None:
         rss=2 * 1024**2,
         peak_rss=3 * 1024**2,
         eta=120,
+        eta_at=NOW + 120,
+        eta_range=600,
+        running_time=50,
+        running_since=NOW - 15,
     )
     out = text(render.runs_table([run], now=NOW))
     header, row = out.splitlines()[:2]
     assert header.split()[:3] == ["ID", "NAME", "STATE"]
     assert "r0001" in row and "running" in row and "50.0%" in row
-    assert "1m 05s" in row and "2m 00s" in row and "3.0 MiB" in row
+    # Elapsed is running time (50 s banked + 15 s since the last resume), the ETA a clock time.
+    clock = time.strftime("%H:%M", time.localtime(NOW + 120))
+    assert "1m 05s" in row and f"≈ {clock} ±10 min" in row and "3.0 MiB" in row
+
+
+def test_finished_run_has_no_eta_in_detail() -> None:
+    run = _run(state="done", progress=1.0, eta=None, running_time=42.0, finished=NOW)
+    out = text(render.run_detail(run, now=NOW))
+    assert "42s" in out
+    assert [line.split() for line in out.splitlines() if line.startswith("eta")] == [["eta", "-"]]
 
 
 def test_hard_pause_is_visible() -> None:

@@ -180,13 +180,15 @@ async def test_view_keys_on_a_live_run(daemon) -> None:
         await until(pilot, lambda: view_of() is not None and bool(view_of().memory))
         await until(pilot, lambda: bool(log.shown))
         await pilot.press("f")
-        assert not log.follow and "paused" in str(log.border_subtitle)
+        assert not log.follow and "scroll held" in str(log.border_subtitle)
         await pilot.press("f")
         assert log.follow
         assert [line.seq for line in log.shown] == [line.seq for line in view_of().logs]
         # The chart plots the daemon's samples of this run; m changes the span only.
         await pilot.pause(0.6)
-        assert "RSS" in chart.plt.build()
+        # The readout and the legend live in the borders, outside the plot.
+        assert str(chart.border_title).startswith("RSS ")
+        assert "━[/green] RSS" in str(chart.border_subtitle)
         for span in ("1 h", "whole run", "5 min"):
             await pilot.press("m")
             assert str(chart.border_subtitle).endswith(span)
@@ -247,6 +249,9 @@ async def test_daemon_restart_banner_keeps_state_and_resyncs_without_duplicates(
         await until(pilot, lambda: bool(log.shown))
         assert not banner.display
         shown_before = list(log.shown)
+        await until(pilot, lambda: app.state.runs[run_id].summary.progress > 0)
+        before = app.state.runs[run_id].summary
+        elapsed_before = app.state.elapsed(before) or 0.0
         harness.stop()  # graceful: the worker checkpoints and says so in its last lines
         await until(pilot, lambda: app.state.connection.state != "connected")
         await until(pilot, lambda: banner.display)
@@ -265,6 +270,11 @@ async def test_daemon_restart_banner_keeps_state_and_resyncs_without_duplicates(
         assert shown == sorted(set(shown))
         # And the table agrees with the new daemon about the run.
         await until(pilot, lambda: _state(app, run_id).split()[1] == harness.run(run_id)["state"])
+        # Progress and running time went through the restart and the resume: not back to
+        # zero, never lower than what was on screen before.
+        after = app.state.runs[run_id].summary
+        assert after.progress >= before.progress
+        assert (app.state.elapsed(after) or 0.0) >= elapsed_before
 
 
 @pilot_test

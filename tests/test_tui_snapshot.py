@@ -35,5 +35,17 @@ def test_main_screen_80x24(snap_compare, utc) -> None:
     assert snap_compare(replay_app(), terminal_size=(80, 24), run_before=_settle)
 
 
+def test_main_screen_160x48(snap_compare, utc) -> None:
+    assert snap_compare(replay_app(), terminal_size=(160, 48), run_before=_settle)
+
+
+def test_main_screen_220x60(snap_compare, utc) -> None:
+    assert snap_compare(replay_app(), terminal_size=(220, 60), run_before=_settle)
+
+
+def test_map_panel_160x48(snap_compare, utc) -> None:
+    assert snap_compare(replay_app(), terminal_size=(160, 48), press=["w"], run_before=_settle)
+
+
 def test_kill_confirmation(snap_compare, utc) -> None:
     assert snap_compare(replay_app(), terminal_size=(100, 30), press=["k"], run_before=_settle)

@@ -29,13 +29,12 @@ def test_snapshot_then_events_build_the_stage_tree_with_aggregated_progress() ->
     assert list(view.ancestors("resample/threat")) == ["resample", "run"]
 
 
-def test_rate_and_eta_come_from_event_times() -> None:
+def test_rate_comes_from_event_times() -> None:
     state, _ = _loaded()
     landcover = state.runs[rec.RUN].stages["resample/landcover"]
     # One window per second in the recording.
     assert landcover.rate is not None and abs(landcover.rate - 1.0) < 1e-9
-    assert landcover.eta is not None and abs(landcover.eta - 3.0) < 1e-9
-    assert state.runs[rec.RUN].stages["resample/richness"].eta is None  # done: no ETA
+    assert state.runs[rec.RUN].stages["resample/richness"].rate is None  # done: no rate
 
 
 def test_replayed_events_are_dropped_by_seq() -> None:

@@ -61,6 +61,33 @@ class Tmux:
             assert time.monotonic() < deadline, f"screen never showed {what}:\n{text}"
             time.sleep(POLL)
 
+    def start(self, command: str, width: int, height: int) -> None:
+        """A ``width`` × ``height`` pane, then ``command`` typed into it, as a user would.
+
+        The command starts only once tmux reports the pane's size: a detached
+        session may begin at tmux's default 80×24 and be resized a moment later,
+        and a program started in that moment reads the old size.
+        """
+        size = ("-x", str(width), "-y", str(height))
+        assert self("new-session", "-d", "-s", "tui", *size).returncode == 0
+        deadline = time.monotonic() + SCREEN_TIMEOUT
+        wanted = f"{width}x{height}"
+        while (
+            self("display", "-p", "-t", "tui", "#{pane_width}x#{pane_height}").stdout.strip()
+            != wanted
+        ):
+            assert time.monotonic() < deadline, f"the tmux pane never became {wanted}"
+            time.sleep(POLL)
+        self.keys(f"exec {command}", "Enter")
+
+    def detach(self) -> None:
+        """``q``, then wait for the dashboard to be gone."""
+        self.keys("q")
+        deadline = time.monotonic() + SCREEN_TIMEOUT
+        while self.alive():
+            assert time.monotonic() < deadline, "q did not end the dashboard"
+            time.sleep(POLL)
+
     def alive(self) -> bool:
         return self("has-session", "-t", "tui").returncode == 0
 
@@ -101,16 +128,11 @@ def test_attach_keys_and_detach_in_tmux(geod_env) -> None:
     exports = " ".join(f"{k}={env[k]}" for k in ("GEOD_SOCKET", "GEOD_STATE_DIR"))
     command = f"env {exports} {GEO_TUI} attach"
     try:
-        assert (
-            tmux(
-                "new-session", "-d", "-s", "tui", "-x", str(WIDTH), "-y", str(HEIGHT), command
-            ).returncode
-            == 0
-        )
+        tmux.start(command, WIDTH, HEIGHT)
         screen = tmux.wait_screen(
             lambda text: "▶ running" in _run_row(text, run_id), "the running run"
         )
-        assert "connected" in screen and "Stages" in screen and "Log" in screen
+        assert "connected" in screen and "Stages" in screen and "Log" in screen, screen
 
         tmux.keys("p")
         tmux.wait_screen(lambda text: "‖ paused" in _run_row(text, run_id), "paused")
@@ -130,11 +152,7 @@ def test_attach_keys_and_detach_in_tmux(geod_env) -> None:
         tmux.keys("l")
         tmux.wait_screen(lambda text: "≥INFO" in text, "the level filter in the log title")
 
-        tmux.keys("q")
-        deadline = time.monotonic() + SCREEN_TIMEOUT
-        while tmux.alive():
-            assert time.monotonic() < deadline, "q did not end the dashboard"
-            time.sleep(POLL)
+        tmux.detach()
     finally:
         tmux("kill-server")
 
@@ -146,6 +164,33 @@ def test_attach_keys_and_detach_in_tmux(geod_env) -> None:
     while float(_status(env, run_id)["progress"]) <= first and first < 1.0:
         assert time.monotonic() < deadline, "the run made no progress after detaching"
         time.sleep(POLL)
+
+
+def test_attach_at_80x24_one_panel_at_a_time_help_visible(geod_env) -> None:
+    """At 80×24: the footer keeps ``? Help``, the body shows one panel, tab and ``w`` switch."""
+    env, config = geod_env
+    run_id = _geod(env, "start", str(config))
+    tmux = Tmux()
+    exports = " ".join(f"{k}={env[k]}" for k in ("GEOD_SOCKET", "GEOD_STATE_DIR"))
+    try:
+        tmux.start(f"env {exports} {GEO_TUI} attach", 80, 24)
+        screen = tmux.wait_screen(
+            lambda text: "▶ running" in _run_row(text, run_id), "the running run"
+        )
+        footer = [line for line in screen.splitlines() if line.strip()][-1]
+        assert "? Help" in footer, footer
+        assert "Stages" in screen and "Log" not in screen  # one body panel at a time
+        tmux.keys("Tab")  # runs → stages (the panel already shown)
+        time.sleep(POLL)
+        tmux.keys("Tab")  # stages → memory
+        tmux.wait_screen(lambda text: "RSS " in text and "Stages" not in text, "the memory panel")
+        tmux.keys("w")
+        tmux.wait_screen(lambda text: "Map" in text, "the map panel")
+        tmux.keys("Tab")
+        tmux.wait_screen(lambda text: "Log" in text and "Map" not in text, "the log panel")
+        tmux.detach()
+    finally:
+        tmux("kill-server")
 
 
 def _status(env: dict[str, str], run_id: str) -> dict:

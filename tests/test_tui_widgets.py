@@ -8,21 +8,26 @@ filter keeps, which node is open, what a search hits.
 from __future__ import annotations
 
 import re
+import time
+from pathlib import Path
 
 import pytest
 from rich.text import Text
+from textual.widgets._footer import FooterKey
 
-from pipeline.events import LogEvent, StageEvent
+from pipeline.events import GovernorEvent, LogEvent, StageEvent
+from supervisor.protocol import RunSummary
 from tests import tui_recording as rec
 from tests.tui_support import loaded_state, pilot_test, replay_app, until
+from tui import app as tui_app
 from tui.app import GeodApp
 from tui.bindings import COMMANDS
 from tui.connection import Backoff
-from tui.screens.confirm_kill import ConfirmKill
+from tui.screens.confirm_kill import ConfirmKill, kill_question
 from tui.screens.help import HelpScreen
 from tui.widgets.banner import ConnectionBanner
 from tui.widgets.log_view import LogView
-from tui.widgets.memory_chart import MemoryChart, time_ticks
+from tui.widgets.memory_chart import COLORS, MemoryChart, readout, size_ticks, time_ticks
 from tui.widgets.runs_table import RunsTable
 from tui.widgets.stage_tree import StageTree
 
@@ -63,14 +68,81 @@ async def test_runs_table_sorts_by_header_click_and_key() -> None:
         table = app.query_one(RunsTable)
         order = lambda: [row.key.value for row in table.ordered_rows]  # noqa: E731
         assert order() == [rec.RUN, rec.OTHER]
+        labels = lambda: [column.label.plain for column in table.columns.values()]  # noqa: E731
+        assert labels()[0] == "Run ▲"
         table.cycle_sort("rss")  # what a click on the RSS header does
-        assert order() == [rec.OTHER, rec.RUN]  # no RSS (failed) sorts first
+        assert "RSS ▲" in labels() and labels()[0] == "Run"
+        # The running run stays pinned above the failed one whichever way RSS sorts.
+        assert order() == [rec.RUN, rec.OTHER]
         table.cycle_sort("rss")  # second click reverses
+        assert "RSS ▼" in labels()
         assert order() == [rec.RUN, rec.OTHER]
         await pilot.press("o")  # the key moves to the next column
-        assert table.sort_column == "id"
+        assert table.sort_column == "peak"
         # The selection follows its run, not its row index.
         assert app.selected == rec.RUN and table.selected_run == rec.RUN
+
+
+def _finished(run_id: str, peak_mib: int) -> RunSummary:
+    return RunSummary(
+        id=run_id,
+        name=f"old-{run_id}",
+        state="done",
+        progress=1.0,
+        started=rec.T0 - 900,
+        finished=rec.T0 - 800,
+        rss=5 * 1024 * 1024,
+        peak_rss=peak_mib * 1024 * 1024,
+    )
+
+
+@pilot_test
+async def test_runs_table_pins_active_runs_and_explains_queued_ones() -> None:
+    app = replay_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        table = app.query_one(RunsTable)
+        state = app.state
+        state.connection.concurrency = 1
+        for run_id, peak in (("r0", 900), ("r3", 100)):
+            state.apply_run(_finished(run_id, peak))
+        state.apply_run(RunSummary(id="r4", name="waiting", state="queued"))
+        await until(pilot, lambda: table.row_count == 5)
+        order = lambda: [row.key.value for row in table.ordered_rows]  # noqa: E731
+        # Live runs (running, queued) above finished ones, each group by id.
+        assert order() == [rec.RUN, "r4", "r0", rec.OTHER, "r3"]
+        table.cycle_sort("peak")
+        # No peak yet (queued, failed early) sorts lowest; descending reverses each group.
+        assert order() == ["r4", rec.RUN, rec.OTHER, "r3", "r0"]
+        table.cycle_sort("peak")
+        assert order() == [rec.RUN, "r4", "r0", "r3", rec.OTHER]
+        # The queued run says why it waits; a finished run shows no current RSS.
+        assert _cell(table, "r4", "why") == "slot 1/1 busy"
+        assert _cell(table, "r0", "rss").strip() == "-"
+        assert _cell(table, "r0", "peak").strip() == "900.0 MiB"
+        # End and Home go to the last and first run.
+        table.focus()
+        await pilot.press("end")
+        assert table.selected_run == order()[-1]
+        await pilot.press("home")
+        assert table.selected_run == order()[0]
+
+
+@pilot_test
+async def test_eta_is_a_clock_time_with_a_range_and_blank_once_final() -> None:
+    app = replay_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        table = app.query_one(RunsTable)
+        summary = app.state.runs[rec.RUN].summary
+        clock = time.strftime("%H:%M", time.localtime(summary.eta_at))
+        assert _cell(table, rec.RUN, "eta") == f"≈ {clock} ±20 s"
+        done = summary.model_copy(
+            update={"state": "done", "eta": None, "eta_at": None, "running_since": None}
+        )
+        app.state.apply_run(done)
+        await until(pilot, lambda: _cell(table, rec.RUN, "eta") == "")
+        assert _cell(table, rec.RUN, "rss").strip() == "-"
 
 
 @pilot_test
@@ -97,11 +169,36 @@ async def test_stage_tree_expands_the_active_branch_and_shows_failures() -> None
         assert nodes["resample"].is_expanded
         assert nodes["resample/landcover"].parent is nodes["resample"]
         label = nodes["resample/landcover"].label.plain
-        assert "5/8 windows" in label and "ETA 3s" in label and "1.0 windows/s" in label
+        assert label.endswith("5/8 windows · 1.0/s")
+        # The root carries the run's progress and its one ETA, as a clock time.
+        summary = app.state.runs[rec.RUN].summary
+        clock = time.strftime("%H:%M", time.localtime(summary.eta_at))
+        assert tree.root.label.plain.endswith(f"done ≈ {clock} (±20 s)")
         failed = nodes["merge"].label
         assert "merge: disk full writing part-0003" in failed.plain
         assert any("red" in str(span.style) for span in failed.spans)
         assert nodes["resample/richness"].label.plain.startswith("✔")
+
+
+@pilot_test
+async def test_paused_run_shows_pause_marks_and_no_rate_and_its_clock_stops() -> None:
+    app = replay_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        tree = app.query_one(StageTree)
+        table = app.query_one(RunsTable)
+        summary = app.state.runs[rec.RUN].summary
+        paused = summary.model_copy(
+            update={"state": "paused", "running_time": 60.0, "running_since": None}
+        )
+        app.state.apply_run(paused)
+        landcover = tree._by_stage["resample/landcover"]
+        await until(pilot, lambda: landcover.label.plain.startswith("‖"))
+        assert "/s" not in landcover.label.plain and "done ≈" not in tree.root.label.plain
+        elapsed = _cell(table, rec.RUN, "elapsed")
+        app.state.clock = lambda: rec.T0 + 500  # time passes while paused
+        table.tick()
+        assert _cell(table, rec.RUN, "elapsed") == elapsed == "1m 00s"
 
 
 @pilot_test
@@ -224,10 +321,68 @@ async def test_follow_toggle_freezes_and_resumes() -> None:
                 LogEvent(run=rec.RUN, seq=seq + offset, level="INFO", logger="t", message="new")
             )
         await until(pilot, lambda: "+3 new" in str(log.border_subtitle))
-        assert len(log.shown) == shown
+        # The new lines join below; what is being read does not move.
+        top = log.scroll_y
+        assert len(log.shown) == shown + 3 and log.scroll_y == top
+        assert "scroll held" in str(log.border_subtitle) and "paused" not in str(
+            log.border_subtitle
+        )
         await pilot.press("f")
         assert log.follow and len(log.shown) == shown + 3
         assert log.scroll_y == log.max_scroll_y
+
+
+@pilot_test
+async def test_search_counts_lines_that_arrive_while_searching() -> None:
+    state = loaded_state()
+    app = GeodApp(state=state, connect=False)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        log = app.query_one(LogView)
+        assert log.set_search("zebra-crossing") == 0
+        assert "(0 hits)" in str(log.border_subtitle)
+        seq = state.runs[rec.RUN].applied_seq
+        message = "a zebra-crossing appeared"
+        state.apply_event(
+            LogEvent(run=rec.RUN, seq=seq + 1, level="INFO", logger="t", message=message)
+        )
+        await until(pilot, lambda: "(1 hit)" in str(log.border_subtitle))
+        assert log.jump(1) == len(log.shown) - 1
+
+
+@pilot_test
+async def test_empty_filter_says_so_and_stage_filter_resets_per_run() -> None:
+    app = replay_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        log = app.query_one(LogView)
+        log.set_stage_filter("export-that-never-ran")
+        await pilot.pause()
+        assert not log.shown
+        assert log.empty_message() == (
+            "no lines in stage export-that-never-ran — s clears the stage"
+        )
+        assert "no lines" in "".join(seg.text for seg in log.render_line(0))
+        app.select_run(rec.OTHER)
+        assert log.stage_filter is None  # another run's stage ids mean nothing here
+        log.set_stage_filter("catalog")
+        await pilot.press("S")  # pinned: it survives the next selection
+        app.select_run(rec.RUN)
+        assert log.stage_filter == "catalog" and "(pinned)" in str(log.border_subtitle)
+
+
+@pilot_test
+async def test_long_lines_say_they_scroll_sideways() -> None:
+    state = loaded_state()
+    app = GeodApp(state=state, connect=False)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        log = app.query_one(LogView)
+        seq = state.runs[rec.RUN].applied_seq
+        state.apply_event(
+            LogEvent(run=rec.RUN, seq=seq + 1, level="INFO", logger="t", message="x" * 300)
+        )
+        await until(pilot, lambda: "→ more" in str(log.border_subtitle))
 
 
 @pilot_test
@@ -244,6 +399,14 @@ async def test_kill_asks_for_confirmation_and_cancel_keeps_the_run() -> None:
         assert isinstance(app.screen, ConfirmKill) and app.screen.force
         await pilot.press("escape")
         assert not isinstance(app.screen, ConfirmKill)
+
+
+def test_kill_question_depends_on_the_state() -> None:
+    queued = kill_question("r7", "queued", force=False)
+    assert "current window" not in queued and "nothing is lost" in queued
+    assert "current window" in kill_question("r7", "running", force=False)
+    assert "SIGKILL" in kill_question("r7", "running", force=True)
+    assert "paused" in kill_question("r7", "paused", force=False)
 
 
 @pilot_test
@@ -263,6 +426,45 @@ async def test_command_palette_has_an_entry_per_action() -> None:
         titles = [command.title for command in app.get_system_commands(app.screen)]
         for command in COMMANDS:
             assert any(title.startswith(command.title) for title in titles), command.title
+        # geod's own actions come first, Textual's built-ins after them.
+        ours = len(COMMANDS)
+        assert [t.split(" (")[0] for t in titles[:ours]] == [c.title for c in COMMANDS]
+        assert {"Pause all", "Resume all"} <= set(titles[:ours])
+        assert any(t in ("Screenshot", "Quit", "Theme", "Keys") for t in titles[ours:])
+
+
+@pilot_test
+async def test_narrow_terminal_shows_one_panel_at_a_time_and_tab_switches() -> None:
+    app = replay_app()
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        visible = lambda: [  # noqa: E731
+            p.id for p in (app.stage_tree, app.memory_chart, app.log_view) if p.region.area
+        ]
+        assert visible() == ["stages"]
+        assert app.stage_tree.region.width >= 76  # the whole width, not 45 % of it
+        await pilot.press("tab")  # runs → stages
+        await pilot.press("tab")
+        await pilot.pause()
+        assert visible() == ["memory"] and app.focused is app.memory_chart
+        await pilot.press("tab")
+        await pilot.pause()
+        assert visible() == ["log"]
+        await pilot.resize_terminal(160, 48)
+        await pilot.pause()
+        assert visible() == ["stages", "memory", "log"]
+
+
+@pilot_test
+async def test_footer_keeps_help_visible_at_80x24() -> None:
+    app = replay_app()
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        keys = [key for key in app.query(FooterKey) if key.key == "question_mark"]
+        assert keys, "no ? key in the footer"
+        region = keys[0].region
+        assert region.width > 0 and region.right <= 80
+        assert "Help" in str(keys[0].render())
 
 
 @pilot_test
@@ -279,21 +481,36 @@ async def test_memory_chart_span_cycles_and_draws_levels() -> None:
         await pilot.press("m")
         assert chart.span_label == "5 min"
         built = chart.plt.build()
-        for legend in ("RSS", "budget", "warning", "critical", "window px"):
-            assert legend in built
+        # The legend is in the border, outside the plot; each series has its own colour.
+        legend = str(chart.border_subtitle)
+        for name in ("RSS", "budget", "warning", "critical", "window px"):
+            assert name in legend and name not in built
+        assert len(set(COLORS.values())) == len(COLORS)
         # Free memory (2.9 GiB) is above the worker's range (budget 2 GiB): stated, not drawn.
-        assert "avail" not in built
-        assert "avail 2.9 GiB" in str(chart.border_subtitle)
-        # The time axis says its unit: durations before the newest sample, ending at "now".
-        assert "now" in built
-        assert re.search(r"-\d+(s|m \d\ds|h \d\dm)\b", built), built
+        assert "avail" not in legend.split("·")[0]
+        assert "avail 2.9 GiB" in legend
+        # Sizes on the y axis, clock times on the x axis.
+        assert "GiB" in built or "MiB" in built
+        assert re.search(r"\d\d:\d\d:\d\d", built), built
+        # The readout quotes the numbers behind the lines.
+        assert re.fullmatch(
+            r"RSS [\d.]+ MiB · peak [\d.]+ MiB · budget 2\.0 GiB \(\d+ %\)",
+            str(chart.border_title),
+        )
 
 
-def test_memory_chart_time_ticks_carry_a_unit() -> None:
-    ticks, labels = time_ticks(-300.0)
+def test_memory_chart_ticks_read_as_clock_times_and_sizes() -> None:
+    now = 1_767_225_600.0 + 3600  # 01:00:00 UTC
+    ticks, labels = time_ticks(-300.0, now)
     assert ticks == [-300.0, -225.0, -150.0, -75.0, 0.0]
-    assert labels == ["-5m 00s", "-3m 45s", "-2m 30s", "-1m 15s", "now"]
-    assert time_ticks(-9.3, count=2)[1] == ["-9s", "now"]
+    assert labels == [time.strftime("%H:%M:%S", time.localtime(now + t)) for t in ticks]
+    assert time_ticks(-7200.0, now, count=2)[1][0] == time.strftime(
+        "%H:%M", time.localtime(now - 7200)
+    )
+    assert size_ticks(1024.0, count=3)[1] == ["0 B", "512.0 MiB", "1.0 GiB"]
+    assert readout(174 * 1024**2, 732 * 1024**2, 1024**3) == (
+        "RSS 174.0 MiB · peak 732.0 MiB · budget 1.0 GiB (17 %)"
+    )
 
 
 @pilot_test
@@ -339,7 +556,9 @@ async def test_small_and_large_terminals_and_resize(size: tuple[int, int]) -> No
         await pilot.resize_terminal(*size)
         await pilot.pause()
         assert app.query_one(RunsTable).row_count == 2
-        assert app.query_one(LogView).size.height > 0
+        # Narrow: the one panel shown fills the body; wide: the log has room too.
+        panel = app.query_one(StageTree) if size[0] <= 100 else app.query_one(LogView)
+        assert panel.size.height > 0
 
 
 @pilot_test
@@ -361,7 +580,52 @@ async def test_no_daemon_shows_the_banner_and_keeps_retrying(tmp_path) -> None:
             await pilot.pause(0.05)
             if app.state.connection.attempts >= 3 and banner.display:
                 break
-        text = str(banner.content)
-        assert "unreachable" in text and str(socket) in text
+        headline, details = str(banner.content).splitlines()
+        assert re.fullmatch(
+            r"daemon unreachable — showing the last known state, retrying \(\d+\)", headline
+        )
+        assert len(headline) <= 80  # the point of the banner fits an 80-column terminal
+        assert details.count(str(socket)) == 1 and str(socket) not in headline
         assert app.state.connection.attempts >= 3
         assert "disconnected" in app.sub_title
+
+
+class _BellCountingApp(GeodApp):
+    """The dashboard, counting the bells it rings (the terminal bell itself is real)."""
+
+    CSS_PATH = str(Path(tui_app.__file__).with_name("app.tcss"))
+    rung = 0
+
+    def bell(self) -> None:
+        self.rung += 1
+        super().bell()
+
+
+@pytest.mark.parametrize("bell", [True, False])
+@pilot_test
+async def test_bell_rings_when_a_run_ends_or_memory_turns_critical(bell: bool) -> None:
+    app = _BellCountingApp(state=loaded_state(), connect=False, bell=bell)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause(0.3)
+        assert app.rung == 0  # what was already so at attach rings nothing
+        summary = app.state.runs[rec.RUN].summary
+        seq = app.state.runs[rec.RUN].applied_seq
+        app.state.apply_event(
+            GovernorEvent(
+                run=rec.RUN,
+                seq=seq + 1,
+                old_size=256,
+                new_size=256,
+                rss=1900 * 1024 * 1024,
+                budget=rec.BUDGET,
+                level="critical",
+                reason="RSS ≥ 90 % of budget",
+            )
+        )
+        await pilot.pause(0.3)
+        app.state.apply_run(summary.model_copy(update={"state": "failed"}))
+        await pilot.pause(0.3)
+        assert app.rung == (2 if bell else 0)
+        app.state.apply_run(summary.model_copy(update={"state": "failed", "error": "again"}))
+        await pilot.pause(0.3)
+        assert app.rung == (2 if bell else 0)  # no change of state, no second bell

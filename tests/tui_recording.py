@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from pipeline.events import (
+    CheckpointEvent,
     Event,
     GovernorEvent,
     LogEvent,
@@ -37,6 +38,10 @@ def summaries() -> list[dict[str, Any]]:
         stage="resample/landcover",
         started=T0,
         eta=95.0,
+        eta_at=T0 + 60 + 95.0,
+        eta_range=20.0,
+        running_time=0.0,
+        running_since=T0,
         rss=610 * _MIB,
         peak_rss=700 * _MIB,
         last_seq=0,
@@ -57,6 +62,28 @@ def summaries() -> list[dict[str, Any]]:
 
 def _stage(t: float, **fields: Any) -> StageEvent:
     return StageEvent(time=t, **fields)
+
+
+#: The recorded grid (rows, columns) and its window size: a 2 × 4 lattice of windows.
+GRID = (180, 360)
+WINDOW = 90
+
+
+def _window(t: float, dataset: str, index: int, done: int, total: int) -> CheckpointEvent:
+    row, col = divmod(index, GRID[1] // WINDOW)
+    return CheckpointEvent(
+        time=t,
+        stage="resample",
+        dataset=dataset,
+        done=done,
+        total=total,
+        row_off=row * WINDOW,
+        col_off=col * WINDOW,
+        height=WINDOW,
+        width=WINDOW,
+        grid_height=GRID[0],
+        grid_width=GRID[1],
+    )
 
 
 def events(run: str = RUN) -> list[dict[str, Any]]:
@@ -86,6 +113,12 @@ def events(run: str = RUN) -> list[dict[str, Any]]:
                     total=total,
                 )
             )
+            if step:
+                # Window ``step - 1`` of a 2 × 4 lattice; landcover's second window is
+                # written twice (redone after a fault), so the map shows "recomputed".
+                redo = dataset == "landcover" and step == 3
+                for window in (step - 1, 1) if redo else (step - 1,):
+                    out.append(_window(t, dataset, window, step, total))
             out.append(
                 LogEvent(
                     time=t,

@@ -22,7 +22,7 @@ from typing import Any
 
 from textual import on
 from textual.app import App, ComposeResult, SystemCommand
-from textual.containers import Horizontal, Vertical
+from textual.containers import Vertical
 from textual.screen import Screen
 from textual.widget import Widget
 from textual.widgets import Footer, Header, Input
@@ -30,14 +30,17 @@ from textual.widgets import Footer, Header, Input
 from supervisor import formatting
 from supervisor.client import Call, Calls
 from supervisor.protocol import FINAL_STATES, ProtocolError, Selection
+from tui.alerts import Alerts
 from tui.bindings import APP_BINDINGS, COMMANDS
 from tui.connection import Backoff, DaemonLink, NotConnected
 from tui.screens.confirm_kill import ConfirmKill
 from tui.screens.help import HelpScreen
 from tui.state import DashboardState
 from tui.widgets.banner import ConnectionBanner
-from tui.widgets.log_view import LogView
+from tui.widgets.body import Body
+from tui.widgets.log_view import LogView, plural
 from tui.widgets.memory_chart import MemoryChart
+from tui.widgets.run_map import RunMapPanel
 from tui.widgets.runs_table import RunsTable
 from tui.widgets.search_box import SearchBox
 from tui.widgets.stage_tree import StageTree
@@ -51,7 +54,6 @@ PANEL_HZ = 4
 CHART_HZ = 2
 #: Elapsed times and the header's uptime tick once a second.
 CLOCK_S = 1.0
-
 _CONNECTION_MARK = {
     "connected": "● connected",
     "connecting": "◌ connecting",
@@ -75,9 +77,13 @@ class GeodApp(App[None]):
         run: str | None = None,
         connect: bool = True,
         backoff: Backoff | None = None,
+        bell: bool = True,
     ) -> None:
         super().__init__()
+        #: Ring the terminal bell when a run ends, fails or hits critical memory.
+        self.ring_bell = bell
         self.state = state or DashboardState()
+        self.alerts = Alerts(self.state)
         self.initial_run = run
         self.selected: str | None = None
         self.link: DaemonLink | None = None
@@ -102,9 +108,12 @@ class GeodApp(App[None]):
         self.runs_table = RunsTable(self.state, id="runs")
         self.stage_tree = StageTree(self.state, id="stages")
         self.memory_chart = MemoryChart(self.state, id="memory")
+        self.run_map = RunMapPanel(self.state, id="map")
+        self._map_due = False
         self.log_view = LogView(self.state, id="log")
         self.search_box = SearchBox(id="search")
         self.banner = ConnectionBanner(id="banner")
+        self.body = Body(id="body")
 
     # -- layout -----------------------------------------------------------------------
 
@@ -112,10 +121,11 @@ class GeodApp(App[None]):
         yield Header(icon="◆")
         yield self.banner
         yield self.runs_table
-        with Horizontal(id="body"):
+        with self.body:
             yield self.stage_tree
             with Vertical(id="right"):
                 yield self.memory_chart
+                yield self.run_map
                 yield self.log_view
                 yield self.search_box
         yield Footer()
@@ -137,6 +147,10 @@ class GeodApp(App[None]):
         """Apply everything that changed since the last frame."""
         changes = self.state.take_changes()
         now = time.monotonic()
+        reasons = self.alerts.check(changes.runs, changes.memory)
+        if reasons and self.ring_bell:
+            self.bell()
+            self.notify(" · ".join(reasons), severity="warning", timeout=5)
         self._runs_due |= changes.runs
         run = self.selected
         if run is not None:
@@ -158,9 +172,15 @@ class GeodApp(App[None]):
             log.append(changes.logs[run])
         if run in changes.memory:
             self._chart_due = True
-        if self._chart_due and now - self._chart_drawn >= 1 / CHART_HZ:
-            self._chart_due, self._chart_drawn = False, now
-            self.memory_chart.redraw()
+        self._map_due |= run in changes.maps
+        if (self._chart_due or self._map_due) and now - self._chart_drawn >= 1 / CHART_HZ:
+            self._chart_drawn = now
+            if self._chart_due:
+                self._chart_due = False
+                self.memory_chart.redraw()
+            if self._map_due and self.map_shown:
+                self._map_due = False
+                self.run_map.redraw()
 
     def _repaint_panels(self) -> None:
         """The table and tree catch up with everything held back since their last repaint."""
@@ -169,6 +189,8 @@ class GeodApp(App[None]):
             self.runs_table.sync(runs)
             if self.selected is None or self.selected not in self.state.runs:
                 self._choose_initial()
+            elif self.selected in runs and not self._stages_reset:
+                self.stage_tree.run_changed()
         if self._stages_reset:
             self.stage_tree.show_run(self.selected)
         elif self._stages_due:
@@ -221,6 +243,7 @@ class GeodApp(App[None]):
         self.stage_tree.show_run(run_id)
         self.log_view.show_run(run_id)
         self.memory_chart.show_run(run_id)
+        self.run_map.show_run(run_id)
         if run_id is not None and self.link is not None and self.link.connected:
             self.run_worker(self._load(self.link, run_id), group="load", exit_on_error=False)
 
@@ -252,6 +275,12 @@ class GeodApp(App[None]):
         if self.selected is not None:
             self._send(Calls.resume(Selection(run=self.selected)), f"resume {self.selected}")
 
+    def action_pause_all(self) -> None:
+        self._send(Calls.pause(Selection(all=True)), "pause all")
+
+    def action_resume_all(self) -> None:
+        self._send(Calls.resume(Selection(all=True)), "resume all")
+
     def action_retry(self) -> None:
         if self.selected is not None:
             self._send(Calls.retry(self.selected), f"retry {self.selected}")
@@ -272,7 +301,9 @@ class GeodApp(App[None]):
                 verb = "force-kill" if force else "kill"
                 self._send(Calls.kill(Selection(run=run), force), f"{verb} {run}")
 
-        self.push_screen(ConfirmKill(run, force=force), done)
+        view = self.state.runs.get(run)
+        state = view.summary.state if view is not None else "running"
+        self.push_screen(ConfirmKill(run, force=force, state=state), done)
 
     def _send(self, call: Call[Any], what: str) -> None:
         self.run_worker(self._request(call, what), group="actions", exit_on_error=False)
@@ -290,7 +321,7 @@ class GeodApp(App[None]):
 
     def action_follow(self) -> None:
         following = self.log_view.toggle_follow()
-        self.notify("log: following" if following else "log: paused", timeout=1.5)
+        self.notify("log: following" if following else "log: scroll held", timeout=1.5)
 
     def action_level(self) -> None:
         level = self.log_view.cycle_level()
@@ -306,7 +337,15 @@ class GeodApp(App[None]):
             log.set_stage_filter(stage)
             self.notify(f"log: stage {stage}", timeout=1.5)
 
+    def action_pin_stage(self) -> None:
+        log = self.log_view
+        log.pinned = not log.pinned
+        log.set_stage_filter(log.stage_filter)  # repaints the subtitle
+        state = "kept" if log.pinned else "reset"
+        self.notify(f"log: stage filter {state} when another run is selected", timeout=1.5)
+
     def action_search(self) -> None:
+        self._show_panel(self.log_view)  # narrow layout: the log is what is searched
         box = self.search_box
         box.display = True
         box.focus()
@@ -319,7 +358,7 @@ class GeodApp(App[None]):
         hits = log.set_search(message.value)
         log.focus()
         if message.value:
-            self.notify(f"/{message.value}: {hits} hits", timeout=2)
+            self.notify(f"/{message.value}: {plural(hits, 'hit')}", timeout=2)
 
     def action_search_next(self) -> None:
         self.log_view.jump(1)
@@ -342,10 +381,39 @@ class GeodApp(App[None]):
 
     def _cycle(self, step: int) -> None:
         # Tab cycles through the panels only (never into the hidden search box).
-        panels: list[Widget] = [self.runs_table, self.stage_tree, self.memory_chart, self.log_view]
+        panels: list[Widget] = [self.runs_table, *self._body_panels()]
         focused = self.focused
         index = panels.index(focused) if focused in panels else -1
-        panels[(index + step) % len(panels)].focus()
+        panel = panels[(index + step) % len(panels)]
+        if panel is not self.runs_table:
+            self._show_panel(panel)
+        panel.focus()
+
+    def _body_panels(self) -> list[Widget]:
+        middle = self.run_map if self.map_shown else self.memory_chart
+        return [self.stage_tree, middle, self.log_view]
+
+    @property
+    def map_shown(self) -> bool:
+        return self.body.has_class("-map")
+
+    def action_map(self) -> None:
+        """Swap the memory chart for the map of the run's windows (and back)."""
+        body = self.body
+        shown = not self.map_shown
+        focused = self.focused in (self.memory_chart, self.run_map)
+        body.set_class(shown, "-map")
+        panel = self.run_map if shown else self.memory_chart
+        if shown:
+            self.run_map.redraw()
+        if body.has_class("-narrow") or focused:
+            self._show_panel(panel)
+            panel.focus()
+
+    def _show_panel(self, panel: Widget) -> None:
+        """In the narrow layout, the body shows ``panel`` alone (the others stay built)."""
+        panels = [self.stage_tree, self.memory_chart, self.run_map, self.log_view]
+        self.body.show(str(panel.id), [str(other.id) for other in panels])
 
     def action_detach(self) -> None:
         """Leave; the daemon keeps every run going (we only ever held a subscription)."""
@@ -355,10 +423,8 @@ class GeodApp(App[None]):
         self.push_screen(HelpScreen())
 
     def get_system_commands(self, screen: Screen[Any]) -> Iterable[SystemCommand]:
-        yield from super().get_system_commands(screen)
+        """geod's own actions first; Textual's built-ins (theme, screenshot...) after them."""
         for command in COMMANDS:
-            yield SystemCommand(
-                f"{command.title} ({command.display})",
-                command.help,
-                partial(self.run_action, command.action),
-            )
+            title = f"{command.title} ({command.display})" if command.key else command.title
+            yield SystemCommand(title, command.help, partial(self.run_action, command.action))
+        yield from super().get_system_commands(screen)

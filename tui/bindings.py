@@ -29,10 +29,13 @@ class Command:
 
     @property
     def display(self) -> str:
-        return self.glyph or self.key
+        """The key as printed; a command without a key is reached from the palette."""
+        return self.glyph or self.key or "ctrl+p"
 
 
 COMMANDS: tuple[Command, ...] = (
+    # First, so the footer keeps it visible however narrow the terminal (htop's F1).
+    Command("question_mark", "help", "Help", "Show every key", glyph="?"),
     Command("p", "pause", "Pause", "Pause the selected run at its next window boundary"),
     Command("r", "resume", "Resume", "Resume the selected run"),
     Command("k", "kill", "Kill", "Stop the selected run with a checkpoint (asks first)"),
@@ -44,6 +47,14 @@ COMMANDS: tuple[Command, ...] = (
     Command("N", "search_prev", "Previous hit", "Jump to the previous search hit", show=False),
     Command("l", "level", "Level", "Cycle the log's minimum level"),
     Command("s", "stage_filter", "Stage", "Show only logs of the stage highlighted in the tree"),
+    Command(
+        "S",
+        "pin_stage",
+        "Pin stage",
+        "Keep the log's stage filter when another run is selected",
+        show=False,
+    ),
+    Command("w", "map", "Map", "Show or hide the map of the run's windows"),
     Command("m", "memory_span", "Span", "Memory chart span: 5 min / 1 h / whole run"),
     Command("o", "sort", "Sort", "Cycle the runs table's sort column", show=False),
     Command(
@@ -53,7 +64,8 @@ COMMANDS: tuple[Command, ...] = (
         "shift+tab", "cycle_panel_back", "Panel back", "Previous panel", show=False, priority=True
     ),
     Command("q", "detach", "Detach", "Leave the dashboard; runs keep going"),
-    Command("question_mark", "help", "Help", "Show every key", glyph="?"),
+    Command("", "pause_all", "Pause all", "Pause every running run (command palette)"),
+    Command("", "resume_all", "Resume all", "Resume every paused run (command palette)"),
 )
 
 APP_BINDINGS: list[Binding] = [
@@ -61,6 +73,7 @@ APP_BINDINGS: list[Binding] = [
         command.key, command.action, command.title, show=command.show, priority=command.priority
     )
     for command in COMMANDS
+    if command.key
 ]
 
 #: The confirmation dialog: y/enter confirm, n/escape cancel.
@@ -75,6 +88,18 @@ HELP_BINDINGS: list[Binding] = [
     Binding("escape", "close", "Close"),
     Binding("question_mark", "close", "Close", show=False),
     Binding("q", "close", "Close", show=False),
+]
+
+#: The runs table: Home/End go to the first/last run (DataTable's own move sideways).
+RUNS_TABLE_BINDINGS: list[Binding] = [
+    Binding("home", "scroll_top", "First run", show=False),
+    Binding("end", "scroll_bottom", "Last run", show=False),
+]
+
+#: The Map panel: choose the dataset drawn.
+MAP_BINDINGS: list[Binding] = [
+    Binding("left_square_bracket", "dataset(-1)", "Previous dataset", show=False),
+    Binding("right_square_bracket", "dataset(1)", "Next dataset", show=False),
 ]
 
 #: The log search box.

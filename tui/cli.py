@@ -24,13 +24,19 @@ def cli() -> None:
     default=None,
     help=f"Daemon socket (default: ${SOCKET_ENV}, else the user daemon's socket).",
 )
+@click.option(
+    "--bell/--no-bell",
+    default=True,
+    show_default=True,
+    help="Ring the terminal bell when a run ends, fails or hits critical memory.",
+)
 @click.argument("run", required=False)
-def attach(socket_path: Path | None, run: str | None) -> None:
+def attach(socket_path: Path | None, bell: bool, run: str | None) -> None:
     """Watch and steer runs; RUN selects one at start. q detaches, runs keep going."""
     # Imported here so `geo-tui --help` stays fast (Textual is a heavy import).
     from tui.app import GeodApp
 
-    GeodApp(socket_path=resolve_socket_path(socket_path), run=run).run()
+    GeodApp(socket_path=resolve_socket_path(socket_path), run=run, bell=bell).run()
 
 
 def main() -> None:

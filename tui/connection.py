@@ -134,6 +134,7 @@ class DaemonLink:
         status = await client.status()
         info = self.state.connection
         info.daemon_version, info.daemon_started = status.version, status.started
+        info.concurrency = status.concurrency
         self.state.apply_snapshot(await client.subscribe())
         # Every run may have missed lines while we were away: each is back-filled
         # when it is next shown (the one on screen right now, below).

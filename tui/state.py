@@ -23,8 +23,17 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
-from pipeline.events import Event, GovernorEvent, LogEvent, MemoryEvent, StageEvent
+from pipeline.events import (
+    CheckpointEvent,
+    Event,
+    GovernorEvent,
+    LogEvent,
+    MemoryEvent,
+    StageEvent,
+)
+from supervisor.progress import running_seconds, stage_fraction
 from supervisor.protocol import RunSummary, Snapshot
+from supervisor.run_map import RunMap
 
 #: Log lines kept per run in memory; older ones are paged in from the daemon on demand.
 LOG_BUFFER_LINES = 20_000
@@ -98,7 +107,7 @@ class MemoryLevels:
 @dataclass(slots=True)
 class StageProgress:
     """A stage-tree node as last reported (the event schema's own :class:`StageEvent`) plus
-    the recent progress samples its rate and ETA come from."""
+    the recent progress samples its rate comes from (the run's ETA is the daemon's)."""
 
     node: StageEvent
     samples: deque[tuple[float, int]] = field(default_factory=lambda: deque(maxlen=RATE_SAMPLES))
@@ -113,13 +122,6 @@ class StageProgress:
             self.samples.clear()
 
     @property
-    def fraction(self) -> float:
-        node = self.node
-        if node.status == "done":
-            return 1.0
-        return min(1.0, node.done / node.total) if node.total else 0.0
-
-    @property
     def rate(self) -> float | None:
         """Units per second over the last :data:`RATE_WINDOW_S` seconds, if measurable."""
         if len(self.samples) < 2:
@@ -128,13 +130,6 @@ class StageProgress:
         if t1 <= t0 or d1 < d0:
             return None
         return (d1 - d0) / (t1 - t0)
-
-    @property
-    def eta(self) -> float | None:
-        rate, node = self.rate, self.node
-        if not rate or not node.total or node.status != "running":
-            return None
-        return max(0.0, (node.total - node.done) / rate)
 
 
 @dataclass
@@ -152,18 +147,16 @@ class RunView:
     #: The worker's own readings between windows, thinned: RSS and the governor's window.
     worker_memory: deque[MemorySample] = field(default_factory=lambda: deque(maxlen=MEMORY_SAMPLES))
     levels: MemoryLevels = field(default_factory=MemoryLevels)
+    #: The run's windows as a map of the grid, per dataset (from window checkpoints).
+    map: RunMap = field(default_factory=RunMap)
 
     def fraction(self, stage_id: str) -> float:
-        """Done share of a stage; one without its own count (``total`` 0) averages its children.
+        """Done share of a stage in windows, as the daemon counts the run's progress.
 
-        The run node and stages like ``resample`` only group work, so their bar is
-        the mean of what they contain.
+        The run node and stages like ``resample`` only group work, so their bar
+        counts the windows of what they contain (see :func:`stage_fraction`).
         """
-        info = self.stages[stage_id]
-        kids = self.children.get(stage_id)
-        if info.node.total or info.node.status == "done" or not kids:
-            return info.fraction
-        return sum(self.fraction(kid) for kid in kids) / len(kids)
+        return stage_fraction(stage_id, lambda sid: self.stages[sid].node, self.children)
 
     def ancestors(self, stage_id: str) -> Iterator[str]:
         parent = self.stages[stage_id].node.parent if stage_id in self.stages else None
@@ -186,6 +179,7 @@ class Changes:
     logs: dict[str, list[LogLine]] = field(default_factory=dict)
     logs_reset: set[str] = field(default_factory=set)
     memory: set[str] = field(default_factory=set)
+    maps: set[str] = field(default_factory=set)
     connection: bool = False
 
     def __bool__(self) -> bool:
@@ -196,6 +190,7 @@ class Changes:
             or self.logs
             or self.logs_reset
             or self.memory
+            or self.maps
             or self.connection
         )
 
@@ -208,6 +203,8 @@ class ConnectionInfo:
     socket: str = ""
     daemon_version: str | None = None
     daemon_started: float | None = None
+    #: Runs the daemon executes at once (its ``status``): queued runs wait for a slot.
+    concurrency: int | None = None
     retry_in: float | None = None
     attempts: int = 0
     error: str | None = None
@@ -297,6 +294,11 @@ class DashboardState:
         elif isinstance(event, StageEvent):
             self._stage(view, event)
             self._changes.stages.setdefault(run_id, set()).add(event.id)
+            if view.map.apply(event):
+                self._changes.maps.add(run_id)
+        elif isinstance(event, CheckpointEvent):
+            if view.map.apply(event):
+                self._changes.maps.add(run_id)
         elif isinstance(event, MemoryEvent):
             self._memory(view, event)
         elif isinstance(event, GovernorEvent):
@@ -360,10 +362,8 @@ class DashboardState:
             yield from view.stages.values()
 
     def elapsed(self, summary: RunSummary) -> float | None:
-        if summary.started is None:
-            return None
-        end = summary.finished if summary.finished is not None else self.clock()
-        return max(0.0, end - summary.started)
+        """Running time only (the daemon's clock): pauses and waits for a retry do not count."""
+        return running_seconds(summary, self.clock())
 
     # -- internals ------------------------------------------------------------------
 

@@ -21,6 +21,7 @@ from rich.tree import Tree
 
 from pipeline.events import LogEvent
 from supervisor import formatting
+from supervisor.progress import running_seconds
 from supervisor.protocol import FINAL_STATES, DaemonStatus, RunSummary
 
 #: Line width when stdout is not a terminal (pipes, files): wide enough for any runs table.
@@ -73,10 +74,16 @@ def state_text(run: RunSummary) -> Text:
 
 
 def elapsed(run: RunSummary, now: float | None = None) -> float | None:
-    if run.started is None:
-        return None
-    end = run.finished if run.finished is not None else (time.time() if now is None else now)
-    return end - run.started
+    """Running time only: pauses, queueing and waits between retries do not count."""
+    return running_seconds(run, time.time() if now is None else now)
+
+
+def eta(run: RunSummary, now: float | None = None, *, compact: bool = False) -> str:
+    """'done ≈ 20:40 (±10 min)' while running ('≈ 20:40 ±10 min' ``compact``), else '-'."""
+    if run.state != "running":
+        return formatting.MISSING
+    clock = time.time() if now is None else now
+    return formatting.eta(run.eta_at, run.eta_range, clock, compact=compact)
 
 
 def runs_table(runs: Iterable[RunSummary], now: float | None = None) -> Table:
@@ -95,7 +102,7 @@ def runs_table(runs: Iterable[RunSummary], now: float | None = None) -> Table:
             run.stage or "-",
             human_time(run.started, now),
             formatting.duration(elapsed(run, now)),
-            formatting.duration(run.eta) if run.state == "running" else "-",
+            eta(run, now, compact=True),
             formatting.size(None if run.state in FINAL_STATES else run.rss),
             formatting.size(run.peak_rss),
         )
@@ -155,7 +162,7 @@ def run_detail(run: RunSummary, now: float | None = None) -> RenderableType:
         ("started", human_time(run.started, now)),
         ("finished", human_time(run.finished, now)),
         ("elapsed", formatting.duration(elapsed(run, now))),
-        ("eta", formatting.duration(run.eta) if run.state == "running" else "-"),
+        ("eta", eta(run, now)),
         ("rss", formatting.size(None if run.state in FINAL_STATES else run.rss)),
         ("peak rss", formatting.size(run.peak_rss)),
         ("retries", str(run.retries)),

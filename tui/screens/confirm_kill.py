@@ -15,17 +15,15 @@ class ConfirmKill(ModalScreen[bool]):
 
     BINDINGS = CONFIRM_BINDINGS
 
-    def __init__(self, run_id: str, *, force: bool) -> None:
+    def __init__(self, run_id: str, *, force: bool, state: str = "running") -> None:
         super().__init__()
         self.run_id = run_id
         self.force = force
+        self.state = state
 
     def compose(self) -> ComposeResult:
-        if self.force:
-            question = f"Force-kill run {self.run_id}? SIGKILL, no checkpoint is written."
-        else:
-            question = f"Kill run {self.run_id}? It stops after the current window (checkpoint)."
         with Vertical(id="confirm-dialog"):
+            question = kill_question(self.run_id, self.state, force=self.force)
             yield Label(question, id="confirm-question")
             with Horizontal(id="confirm-buttons"):
                 yield Button("Kill (y)", variant="error", id="confirm-yes")
@@ -42,3 +40,17 @@ class ConfirmKill(ModalScreen[bool]):
 
     def action_cancel(self) -> None:
         self.dismiss(False)
+
+
+def kill_question(run_id: str, state: str, *, force: bool) -> str:
+    """What killing does to a run in ``state``: a queued run has no window to finish."""
+    if state == "queued":
+        return f"Cancel queued run {run_id}? It has not started, so nothing is lost."
+    if force:
+        return f"Force-kill run {run_id}? SIGKILL: work since the last checkpoint is lost."
+    if state == "paused":
+        return (
+            f"Kill paused run {run_id}? It stops at its checkpoint; "
+            "`geod retry` resumes from there."
+        )
+    return f"Kill run {run_id}? It stops after the current window (checkpoint)."

@@ -95,6 +95,8 @@ class LogView(ScrollView, can_focus=True):
         self.run_id: str | None = None
         self.min_level = "DEBUG"
         self.stage_filter: str | None = None
+        #: Keep the stage filter when another run is selected.
+        self.pinned = False
         self.search: str | None = None
         self._pattern: re.Pattern[str] | None = None
         self.follow = True
@@ -112,8 +114,12 @@ class LogView(ScrollView, can_focus=True):
         return self._shown
 
     def show_run(self, run_id: str | None) -> None:
+        """Point at another run: follow it; a stage filter (another run's stage id) is
+        dropped unless pinned (the level is a viewing preference and stays)."""
         self.run_id = run_id
         self.follow = True
+        if not self.pinned:
+            self.stage_filter = None
         self._rebuild_tail()
 
     def wants(self, line: LogLine) -> bool:
@@ -128,15 +134,21 @@ class LogView(ScrollView, can_focus=True):
         fresh = [line for line in lines if line.seq > last and self.wants(line)]
         if not fresh:
             return
-        if not self.follow:
-            self._pending += len(fresh)
-            self._update_subtitle()
-            return
+        # Held (not following): new records still join the view below what is being
+        # read, without moving it, so a search counts and reaches them too.
         self._shown.extend(fresh)
-        if len(self._shown) > LOG_VIEW_LINES:
-            del self._shown[: len(self._shown) - LOG_VIEW_LINES]
+        excess = len(self._shown) - LOG_VIEW_LINES
+        if excess > 0:
+            del self._shown[:excess]
+            self._hit -= excess
+            if not self.follow:
+                self.scroll_to(y=max(0, self.scroll_y - excess), animate=False, immediate=True)
         self._resize(fresh)
-        self._stick_to_end()
+        if self.follow:
+            self._stick_to_end()
+        else:
+            self._pending += len(fresh)
+        self._update_subtitle()
         self.refresh()
 
     def reload(self) -> None:
@@ -295,6 +307,7 @@ class LogView(ScrollView, can_focus=True):
     def on_resize(self, event: events.Resize) -> None:
         if self.follow:
             self._stick_to_end()
+        self._update_subtitle()
 
     def _resize(self, added: list[LogLine]) -> None:
         """Grow the virtual width to the widest row seen (for horizontal scrolling)."""
@@ -320,18 +333,51 @@ class LogView(ScrollView, can_focus=True):
         index = scroll_y + y
         width = self.scrollable_content_region.width
         style = self.rich_style
+        if not self._shown and y == 0 and self.run_id is not None:
+            return Strip([Segment(self.empty_message(), _DIM)]).crop_extend(0, width, style)
         if index >= len(self._shown):
             return Strip.blank(width, style)
         strip = self.row_strip(index).crop_extend(scroll_x, scroll_x + width, style)
         return strip.apply_style(style)
 
+    def empty_message(self) -> str:
+        """What an empty view says: no lines yet, or none pass the filters (and the way out)."""
+        if self.min_level == LOG_LEVELS[0] and self.stage_filter is None:
+            return "no log lines yet"
+        what = [f"≥{self.min_level}"] if self.min_level != LOG_LEVELS[0] else []
+        if self.stage_filter:
+            what.append(f"in stage {self.stage_filter}")
+        keys = " · ".join(
+            hint
+            for hint, active in (
+                ("l cycles the level", self.min_level != LOG_LEVELS[0]),
+                ("s clears the stage", self.stage_filter is not None),
+            )
+            if active
+        )
+        return f"no lines {' '.join(what)} — {keys}"
+
+    def watch_scroll_x(self, old: float, new: float) -> None:
+        super().watch_scroll_x(old, new)
+        self._update_subtitle()
+
     def _update_subtitle(self) -> None:
         parts = [f"≥{self.min_level}"]
         if self.stage_filter:
-            parts.append(f"stage {self.stage_filter}")
+            parts.append(f"stage {self.stage_filter}" + (" (pinned)" if self.pinned else ""))
         if self.search:
-            parts.append(f"/{self.search} ({len(self.hits())})")
-        parts.append("following" if self.follow else "paused")
+            parts.append(f"/{self.search} ({plural(len(self.hits()), 'hit')})")
+        # About the scroll, not the run: "held" never reads as "the run is paused".
+        parts.append("following" if self.follow else "scroll held · f follows")
         if self._pending:
             parts.append(f"+{self._pending} new")
+        if self._widest > self.scrollable_content_region.width + self.scroll_x:
+            parts.append("→ more")
+        elif self.scroll_x > 0:
+            parts.append("← more")
         self.border_subtitle = " · ".join(parts)
+
+
+def plural(count: int, noun: str) -> str:
+    """'1 hit', '0 hits', '3 hits'."""
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"

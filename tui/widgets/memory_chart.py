@@ -1,21 +1,25 @@
 """Memory over time for the selected run: worker RSS against its budget and the governor's levels.
 
-Series: RSS and system-available memory (MiB, left axis), the governor's
-window size (pixels, right axis) and flat lines at the budget and at the
-warning/critical fractions of it, over time before the newest sample (x axis
-ticks read as durations with their unit: ``-4m 00s`` … ``now``), so one glance
-says how close the run is to being throttled. The span cycles between the last
-5 minutes, the last hour and the whole run. Drawing is cheap but not free, so
-the app redraws it only when a new sample arrived, at most a few times a second.
+Series: RSS and system-available memory (left axis, ticks read as sizes:
+``1.0 GiB``), the governor's window size (pixels, right axis) and flat lines at
+the budget and at the warning/critical fractions of it, over clock time (ticks
+read ``15:42:10``, local time, as the log's timestamps do). Each series has its
+own ANSI colour, and the legend sits in the panel's bottom border, never over
+the lines. The top border is a readout a user can quote:
+``RSS 174.0 MiB · peak 732.0 MiB · budget 1.0 GiB (17 %)``. The span cycles
+between the last 5 minutes, the last hour and the whole run. Drawing is cheap
+but not free, so the app redraws it only when a new sample arrived, at most a
+few times a second.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from textual_plotext import PlotextPlot
 
-from supervisor.formatting import duration, size
+from supervisor.formatting import size
 from tui.state import DashboardState, MemorySample
 
 _MIB = 1024 * 1024
@@ -33,6 +37,19 @@ SPANS: tuple[tuple[str, float | None], ...] = (
 MAX_POINTS = 400
 #: Room above the highest of RSS and budget so the top line is not on the frame.
 HEADROOM = 1.15
+#: Labelled ticks on the size axis (zero included).
+SIZE_TICKS = 4
+#: Spans up to this long label their ticks with seconds.
+SECONDS_LABELS_UP_TO = 15 * _MINUTE
+#: One ANSI colour per series, all distinct (plotext names; downsampled safely over SSH).
+COLORS: dict[str, str] = {
+    "RSS": "green",
+    "avail": "blue",
+    "budget": "white",
+    "warning": "yellow",
+    "critical": "red",
+    "window px": "cyan",
+}
 
 
 class MemoryChart(PlotextPlot):
@@ -44,7 +61,7 @@ class MemoryChart(PlotextPlot):
         self.run_id: str | None = None
         self.span_index = 0
         self.can_focus = True
-        self.border_title = "Memory MiB · window px →"
+        self.border_title = "Memory"
 
     @property
     def span_label(self) -> str:
@@ -69,14 +86,20 @@ class MemoryChart(PlotextPlot):
         readings = list(view.worker_memory) if view else []
         rss = self._window(tree or readings)
         if view is None or not rss:
+            self.border_title = "Memory"
             self.border_subtitle = f"no samples · {self.span_label}"
             self.refresh()
             return
         now = max(rss[-1].time, readings[-1].time if readings else 0.0)
         start = rss[0].time
+        drawn: list[str] = []
 
         def ago(t: float) -> float:
             return t - now
+
+        def line(xs: list[float], ys: list[float], name: str, **options: Any) -> None:
+            plt.plot(xs, ys, color=COLORS[name], **options)
+            drawn.append(name)
 
         xs = [ago(s.time) for s in rss]
         rss_mib = [s.rss / _MIB for s in rss]
@@ -86,41 +109,33 @@ class MemoryChart(PlotextPlot):
         # drawn only once it comes down into that range, and stated in the border.
         top = max([*rss_mib, (levels.budget or 0) / _MIB]) * HEADROOM
         plt.ylim(0, top)
-        plt.plot(xs, rss_mib, label="RSS", color="green")
+        plt.yticks(*size_ticks(top))
+        line(xs, rss_mib, "RSS")
         available = [s for s in rss if s.system_available is not None]
         low = [s for s in available if (s.system_available or 0) / _MIB < top]
         if low:
-            plt.plot(
-                [ago(s.time) for s in available],
-                [min(top, (s.system_available or 0) / _MIB) for s in available],
-                label="avail",
-                color="blue",
-            )
+            avail_mib = [min(top, (s.system_available or 0) / _MIB) for s in available]
+            line([ago(s.time) for s in available], avail_mib, "avail")
         windows = [s for s in self._window(readings) if s.window_size and s.time >= start]
         if windows:
-            plt.plot(
-                [ago(s.time) for s in windows],
-                [float(s.window_size or 0) for s in windows],
-                label="window px",
-                color="magenta",
-                yside="right",
-            )
+            sizes = [float(s.window_size or 0) for s in windows]
+            line([ago(s.time) for s in windows], sizes, "window px", yside="right")
         span = [xs[0], 0.0] if xs[0] < 0 else [-_MINUTE, 0.0]
         plt.xlim(*span)
-        plt.xticks(*time_ticks(span[0]))
+        plt.xticks(*time_ticks(span[0], now))
         if levels.budget:
             budget = levels.budget / _MIB
-            plt.plot(span, [budget, budget], label="budget", color="red")
-            for fraction, color, name in (
-                (levels.critical, "orange", "critical"),
-                (levels.warning, "yellow", "warning"),
-            ):
+            line(span, [budget, budget], "budget")
+            for fraction, name in ((levels.warning, "warning"), (levels.critical, "critical")):
                 if fraction:
-                    value = budget * fraction
-                    plt.plot(span, [value, value], label=name, color=color)
-        # Axis names live in the border, not in plot rows: at 80×24 every row counts.
-        free = f"avail {size(available[-1].system_available)} · " if available else ""
-        self.border_subtitle = f"{free}{levels.level} · {self.span_label}"
+                    line(span, [budget * fraction, budget * fraction], name)
+        peak = max(view.summary.peak_rss or 0, max(sample.rss for sample in rss))
+        self.border_title = readout(rss[-1].rss, peak, levels.budget)
+        # The legend and the axis names live in the border: at 80×24 every row counts,
+        # and a legend inside the plot would cover the budget lines.
+        legend = " ".join(f"[{COLORS[name]}]━[/] {name}" for name in drawn)
+        free = f" · avail {size(available[-1].system_available)}" if available else ""
+        self.border_subtitle = f"{legend}{free} · {levels.level} · {self.span_label}"
         self.refresh()
 
     def _window(self, samples: list[MemorySample]) -> list[MemorySample]:
@@ -134,13 +149,27 @@ class MemoryChart(PlotextPlot):
         return samples
 
 
-def time_ticks(oldest: float, count: int = TIME_TICKS) -> tuple[list[float], list[str]]:
-    """Tick positions from ``oldest`` (seconds, negative) to 0 and their labels with a unit.
+def readout(rss: int, peak: int, budget: int | None) -> str:
+    """``RSS 174.0 MiB · peak 732.0 MiB · budget 1.0 GiB (17 %)``: the numbers behind the lines."""
+    text = f"RSS {size(rss)} · peak {size(peak)}"
+    if budget:
+        text += f" · budget {size(budget)} ({round(100 * rss / budget)} %)"
+    return text
 
-    Plotext would label the axis with bare numbers (``-0.155``): nobody can tell
-    minutes from seconds or hours. Each tick reads as a duration before the newest
-    sample instead (``-2m 30s``), the last one as ``now``.
+
+def size_ticks(top_mib: float, count: int = SIZE_TICKS) -> tuple[list[float], list[str]]:
+    """Ticks from 0 to ``top_mib`` (the plot's unit) labelled as sizes: '512.0 MiB', '1.0 GiB'."""
+    ticks = [top_mib * index / (count - 1) for index in range(count)]
+    return ticks, [size(tick * _MIB) for tick in ticks]
+
+
+def time_ticks(oldest: float, now: float, count: int = TIME_TICKS) -> tuple[list[float], list[str]]:
+    """Tick positions from ``oldest`` (seconds before ``now``, negative) to 0, as clock times.
+
+    Plotext would label the axis with bare numbers (``-0.79``): nobody can tell
+    minutes from seconds. Each tick reads as the local clock time instead
+    (``15:42:10``; ``15:42`` when the span is long), as the log's timestamps do.
     """
     ticks = [oldest * (count - 1 - index) / (count - 1) for index in range(count)]
-    labels = [f"-{duration(-tick)}" if tick < 0 else "now" for tick in ticks]
-    return ticks, labels
+    pattern = "%H:%M:%S" if -oldest <= SECONDS_LABELS_UP_TO else "%H:%M"
+    return ticks, [time.strftime(pattern, time.localtime(now + tick)) for tick in ticks]

@@ -4,6 +4,10 @@ Rows are keyed by run id and only the cells of runs that changed are
 rewritten, so a busy run does not repaint the whole table. Highlighting a row
 (keyboard or mouse) posts :class:`RunsTable.RunChosen`; the app points the
 stage tree, memory chart and log at that run.
+
+Runs still going (queued, running, paused, stopping) are pinned above finished
+ones whatever the sort column, so a long history never hides the live run; the
+sort column's header carries ▲ or ▼. A queued run says WHY it waits.
 """
 
 from __future__ import annotations
@@ -16,7 +20,8 @@ from textual.message import Message
 from textual.widgets import DataTable
 
 from supervisor import formatting
-from supervisor.protocol import RunSummary
+from supervisor.protocol import FINAL_STATES, RunSummary
+from tui.bindings import RUNS_TABLE_BINDINGS
 from tui.state import DashboardState
 
 #: (column key, header, sort key of a run). Order is the on-screen order.
@@ -29,7 +34,12 @@ _COLUMNS: tuple[tuple[str, str], ...] = (
     ("eta", "ETA"),
     ("stage", "Stage"),
     ("rss", "RSS"),
+    ("peak", "Peak"),
+    ("why", "Why"),
 )
+_LABELS = dict(_COLUMNS)
+#: Header marks of the sort column, ascending and descending.
+SORT_UP, SORT_DOWN = "▲", "▼"
 SORT_COLUMNS: tuple[str, ...] = tuple(key for key, _ in _COLUMNS)
 #: Width of the stage cell; longer stage ids keep their tail (the most specific part).
 _STAGE_WIDTH = 18
@@ -37,6 +47,8 @@ _STAGE_WIDTH = 18
 
 class RunsTable(DataTable[Any]):
     """All runs the daemon knows, newest state first in each cell."""
+
+    BINDINGS = RUNS_TABLE_BINDINGS
 
     class RunChosen(Message):
         def __init__(self, run_id: str) -> None:
@@ -56,6 +68,7 @@ class RunsTable(DataTable[Any]):
     def on_mount(self) -> None:
         for key, label in _COLUMNS:
             self.add_column(label, key=key)
+        self._mark_sort_column()
 
     @property
     def selected_run(self) -> str | None:
@@ -91,14 +104,21 @@ class RunsTable(DataTable[Any]):
         self._resort(selected, post=added and selected is None)
 
     def tick(self) -> None:
-        """Once a second: elapsed time of runs still going."""
+        """Once a second: running time of runs going, and a queued run's countdown."""
+        now = self._state.clock()
         for run_id, view in self._state.runs.items():
-            if view.summary.finished is None and view.summary.started is not None:
-                elapsed = formatting.duration(self._state.elapsed(view.summary))
-                shown = self._shown.get(run_id)
-                if shown is not None and shown.get("elapsed") != elapsed:
-                    self.update_cell(run_id, "elapsed", elapsed)
-                    shown["elapsed"] = elapsed
+            summary = view.summary
+            shown = self._shown.get(run_id)
+            if shown is None or summary.state in FINAL_STATES:
+                continue
+            ticking = {
+                "elapsed": formatting.duration(self._state.elapsed(summary)),
+                "why": self._why(summary, now),
+            }
+            for column, value in ticking.items():
+                if shown.get(column) != value:
+                    self.update_cell(run_id, column, value, update_width=True)
+                    shown[column] = value
 
     def cycle_sort(self, column: str | None = None) -> None:
         """Sort by ``column`` (a click on its header; again = reversed), or the next column."""
@@ -110,7 +130,28 @@ class RunsTable(DataTable[Any]):
             self.sort_reverse = not self.sort_reverse
         else:
             self.sort_column, self.sort_reverse = column, False
+        self._mark_sort_column()
         self._resort(self.selected_run, post=False)
+
+    def _mark_sort_column(self) -> None:
+        """▲/▼ after the sort column's header, nothing after the others."""
+        mark = SORT_DOWN if self.sort_reverse else SORT_UP
+        for key, column in self.columns.items():
+            label = _LABELS[str(key.value)]
+            column.label = Text(f"{label} {mark}" if key.value == self.sort_column else label)
+            # A column is as wide as its widest cell or label: room for the mark too.
+            column.content_width = max(column.content_width, column.label.cell_len)
+        self.refresh_columns()
+
+    def refresh_columns(self) -> None:
+        """Re-measure and repaint the header after a label changed.
+
+        DataTable has no public call for a new label: its render caches must go
+        and its dimensions be recomputed, as ``add_column`` does.
+        """
+        self._clear_caches()
+        self._require_update_dimensions = True
+        self.refresh()
 
     def select(self, run_id: str) -> None:
         if run_id in self.rows:
@@ -131,15 +172,25 @@ class RunsTable(DataTable[Any]):
         sort_key = _SORT_KEYS[self.sort_column]
         state = self._state
 
-        def by_run(run_id_cell: Text | str) -> Any:
-            run_id = run_id_cell.plain if isinstance(run_id_cell, Text) else run_id_cell
+        def by_column(run_id: str) -> Any:
             view = state.runs.get(run_id)
             return sort_key(view.summary, state) if view else 0
 
-        order = sorted((key.value for key in self.rows), key=by_run, reverse=self.sort_reverse)
+        def finished(run_id: str) -> bool:
+            view = state.runs.get(run_id)
+            return view is None or view.summary.state in FINAL_STATES
+
+        ids = sorted((key.value for key in self.rows), key=by_column, reverse=self.sort_reverse)
+        order = sorted(ids, key=finished)  # stable: live runs first, each group in column order
+        rank = {run_id: index for index, run_id in enumerate(order)}
+
+        def by_run(run_id_cell: Text | str) -> int:
+            run_id = run_id_cell.plain if isinstance(run_id_cell, Text) else run_id_cell
+            return rank.get(run_id, len(rank))
+
         # Sorting clears the table's render caches: only when the order really changes.
         if order != [row.key.value for row in self.ordered_rows]:
-            self.sort("id", key=by_run, reverse=self.sort_reverse)
+            self.sort("id", key=by_run)
         if selected is not None and selected in self.rows:
             self.move_cursor(row=self.get_row_index(selected), animate=False)
         elif post and self.row_count:
@@ -149,19 +200,37 @@ class RunsTable(DataTable[Any]):
                 self.post_message(self.RunChosen(run_id))
 
     def _cells(self, run: RunSummary) -> dict[str, Any]:
-        stage = run.stage or ""
+        stage = run.stage or formatting.MISSING
         if len(stage) > _STAGE_WIDTH:
             stage = "…" + stage[-(_STAGE_WIDTH - 1) :]
+        final = run.state in FINAL_STATES
+        now = self._state.clock()
         return {
             "id": run.id,
             "name": run.name,
             "state": formatting.state_text(run.state, paused_hard=run.paused_hard),
             "progress": Text(f"{run.progress * 100:5.1f}%", justify="right"),
             "elapsed": formatting.duration(self._state.elapsed(run)),
-            "eta": formatting.duration(run.eta) if run.state == "running" else "",
-            "stage": stage,
-            "rss": Text(formatting.size(run.rss), justify="right"),
+            "eta": formatting.eta(run.eta_at, run.eta_range, now, compact=True)
+            if run.state == "running"
+            else "",
+            "stage": stage if not final else "",
+            "rss": Text(formatting.size(None if final else run.rss), justify="right"),
+            "peak": Text(formatting.size(run.peak_rss), justify="right"),
+            "why": self._why(run, now),
         }
+
+    def _why(self, run: RunSummary, now: float) -> str:
+        """Why a queued run waits: its retry backoff, or every slot busy."""
+        if run.state != "queued":
+            return ""
+        if run.retry_at is not None and run.retry_at > now:
+            return f"retry {run.retries} in {formatting.duration(run.retry_at - now)}"
+        slots = self._state.connection.concurrency
+        busy = sum(1 for view in self._state.runs.values() if view.summary.state in _HOLD_SLOT)
+        if slots is not None and busy >= slots:
+            return f"slot {busy}/{slots} busy"
+        return "starting"
 
 
 def _plain(value: Any) -> str:
@@ -175,7 +244,11 @@ _SORT_KEYS: dict[str, _SortKey] = {
     "state": lambda run, _: (run.state, run.id),
     "progress": lambda run, _: run.progress,
     "elapsed": lambda run, state: state.elapsed(run) or 0.0,
-    "eta": lambda run, _: run.eta if run.eta is not None else float("inf"),
+    "eta": lambda run, _: run.eta_at if run.eta_at is not None else float("inf"),
     "stage": lambda run, _: run.stage or "",
     "rss": lambda run, _: run.rss or 0,
+    "peak": lambda run, _: run.peak_rss or 0,
+    "why": lambda run, _: (run.retry_at or 0.0, run.id),
 }
+#: States whose worker holds one of the daemon's concurrency slots.
+_HOLD_SLOT = frozenset({"running", "paused", "stopping"})

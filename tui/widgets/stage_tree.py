@@ -19,6 +19,7 @@ from textual.widgets import Tree
 from textual.widgets.tree import TreeNode
 
 from supervisor import formatting
+from supervisor.protocol import RunSummary
 from tui.state import DashboardState, StageProgress
 
 #: Cells of each node's progress bar.
@@ -44,6 +45,8 @@ class StageTree(Tree[str]):
         #: Nodes we opened because they were running; only those are closed again.
         self._auto_opened: set[str] = set()
         self.border_title = "Stages"
+        #: The shown run's state when the labels were drawn (pausing relabels every node).
+        self._run_state: str | None = None
         self.show_root = True
         self.guide_depth = 2
 
@@ -66,6 +69,16 @@ class StageTree(Tree[str]):
         self.root.expand()
         self.apply(info.node.id for info in self._state.ordered_stages(run_id))
 
+    def run_changed(self) -> None:
+        """The shown run's summary changed: relabel everything if its state did (‖ vs ▶)."""
+        view = self._state.runs.get(self.run_id) if self.run_id else None
+        state = view.summary.state if view is not None else None
+        if state != self._run_state:
+            self._run_state = state
+            self.apply(list(self._by_stage))
+        elif "run" in self._by_stage:
+            self.apply(["run"])  # the root carries the run's ETA
+
     def apply(self, stage_ids: Iterable[str]) -> None:
         """Add or relabel the given stages of the shown run."""
         if self.run_id is None:
@@ -86,7 +99,11 @@ class StageTree(Tree[str]):
 
     def _upsert(self, info: StageProgress, fraction: float) -> None:
         node = self._by_stage.get(info.node.id)
-        label = stage_label(info, fraction)
+        view = self._state.runs.get(self.run_id) if self.run_id else None
+        summary = view.summary if view is not None else None
+        if info.node.kind == "run" and summary is not None:
+            fraction = summary.progress  # the daemon's figure, the same the table shows
+        label = stage_label(info, fraction, summary, self._state.clock())
         if node is None:
             if info.node.parent is None:
                 node = self.root
@@ -131,31 +148,33 @@ def _ancestors(node: TreeNode[str]) -> Iterable[TreeNode[str]]:
         parent = parent.parent
 
 
-def stage_label(info: StageProgress, fraction: float) -> Text:
-    """``▶ bio1          ████░░░░ 12/40 windows 3.1 windows/s ETA 9s``."""
-    text = Text(
-        f"{formatting.state_glyph(info.node.status)} ",
-        style=formatting.state_style(info.node.status),
-    )
-    text.append(
-        f"{info.node.name:<{NAME_WIDTH}}", style="bold red" if info.node.status == "failed" else ""
-    )
+def stage_label(info: StageProgress, fraction: float, run: RunSummary | None, now: float) -> Text:
+    """``▶ bio1          ████░░░░ 12/40 windows · 3.1/s``; the root carries the run's ETA.
+
+    Labels put what matters first and keep it short, so a narrow tree cuts
+    only the tail. While the run is paused a running node shows ‖ and no rate
+    (nothing moves). The root shows the run's own progress and its
+    ``done ≈ 20:40 (±10 min)``, the one ETA the table and the CLI show too.
+    """
+    node = info.node
+    paused = run is not None and run.state == "paused"
+    status = "paused" if paused and node.status == "running" else node.status
+    failed = status == "failed"
+    text = Text(f"{formatting.state_glyph(status)} ", style=formatting.state_style(status))
+    text.append(f"{node.name:<{NAME_WIDTH}}", style="bold red" if failed else "")
     text.append(" ")
-    bar_style = "red" if info.node.status == "failed" else "green"
-    text.append_text(formatting.bar(fraction, BAR_WIDTH, bar_style))
-    if info.node.total:
-        text.append(f" {info.node.done}/{info.node.total} {info.node.unit}")
-    speed = formatting.rate(info.rate, info.node.unit) if info.node.status == "running" else ""
+    text.append_text(formatting.bar(fraction, BAR_WIDTH, "red" if failed else "green"))
+    if node.kind == "run" and run is not None:
+        text.append(f" {fraction * 100:.1f}%")
+        if run.state == "running" and run.eta_at is not None:
+            eta = formatting.eta(run.eta_at, run.eta_range, now)
+            text.append(f"  {eta}", style="bright_black")
+    elif node.total:
+        text.append(f" {node.done}/{node.total} {node.unit}")
+    speed = info.rate if status == "running" and node.kind != "run" else None
     if speed:
-        text.append(f"  {speed}", style="cyan")
-    eta = info.eta
-    if eta is not None:
-        text.append(f"  ETA {formatting.duration(eta)}", style="bright_black")
-    if info.node.status == "failed" and info.node.error:
-        error = (
-            info.node.error
-            if len(info.node.error) <= ERROR_CHARS
-            else info.node.error[:ERROR_CHARS] + "…"
-        )
+        text.append(f" · {formatting.rate(speed, '')}", style="cyan")
+    if failed and node.error:
+        error = node.error if len(node.error) <= ERROR_CHARS else node.error[:ERROR_CHARS] + "…"
         text.append(f"  {error}", style="bold red")
     return text
