@@ -1,25 +1,35 @@
 """Fault-injection summary: crash-anywhere resume, bad inputs, protocol fuzzing.
 
     GEOD_TEST_DATABASE_URL=postgresql://postgres@127.0.0.1:5432/test \\
-        .venv/bin/python bench/faults.py [--points all] [--fuzz-seconds 60] [--seed 0]
+        .venv/bin/python bench/faults.py [--points all] [--fuzz-seconds 60] [--seed 0] \\
+        [--skip faults,bad,fuzz,trust]
 
-1. Every kill point of tests/faults.py (each anchor × worker/daemon/both, plus
-   seeded random times; ``--points`` or ``GEOD_FAULT_POINTS`` to choose): an
+Every section is a set of tests run by one pytest subprocess (``-p
+no:cacheprovider``, ``--junitxml``); this script imports nothing from tests/.
+Parameters reach the tests through environment variables, and the tests hand
+their figures back as JUnit properties (``record_property``, recorded before
+they assert), which this script reads to print one table.
+
+1. tests/test_faults_resume.py with ``GEOD_FAULT_POINTS`` (``--points``: every
+   kill point of tests/faults.py by default, each anchor × worker/daemon/both
+   plus seeded random times) and ``GEOD_FAULT_SEED`` (``--seed``): an
    uninterrupted reference run, then one run per point under a real daemon
-   (``geod serve``, telemetry in a fresh PostgreSQL database), SIGKILLed there and
-   resumed. Counted: faults injected, runs resumed to "done", outputs identical
-   (files, layer store, no temporary files), telemetry rows lost and duplicated.
-2. Every bad input of tests/bad_inputs.py through ``geod check``, ``geod run``
-   and the daemon: rejected cleanly = one line naming it, non-zero exit, daemon
-   still up, nothing under a final name.
-3. Protocol fuzzing of a live daemon for ``--fuzz-seconds`` (hypothesis): the
-   daemon never dies, answers a probe after every example, and holds no more
+   (``geod serve``, telemetry in a fresh PostgreSQL database), SIGKILLed there
+   and resumed. Counted from each point's properties: faults injected, runs
+   resumed to "done", outputs identical (files, layer store, no temporary
+   files), telemetry rows lost and duplicated. A point whose test failed before
+   recording counts as not resumed.
+2. The bad-input table of tests/test_bad_inputs.py through ``geod check``,
+   ``geod run`` and the daemon: a case (its ``bad_input`` property) is rejected
+   cleanly when all its tests passed (one line naming it, non-zero exit, daemon
+   still up, nothing under a final name); cases skipped everywhere (a tmpfs
+   mount without root) are not counted.
+3. tests/fuzzing.py (named explicitly: the suite never collects it) with
+   ``GEOD_FUZZ_SECONDS`` (``--fuzz-seconds``), hypothesis against a live daemon:
+   it never dies, answers a probe after every example, and holds no more
    descriptors at the end than at the start.
-
-4. The trust-boundary cases (``--skip trust`` to leave out): each is a test that
-   runs a real daemon (a second uid where it matters); they run under pytest in
-   a subprocess (``-p no:cacheprovider``, JUnit XML read back), so this script
-   needs nothing from tests/ for them. Counted: cases that hold, per group.
+4. The trust-boundary cases (each a test running a real daemon, a second uid
+   where it matters). Counted: cases that hold, per group.
 
 Prints one table; the ratio column is achieved / target.
 """
@@ -28,131 +38,24 @@ from __future__ import annotations
 
 import argparse
 import os
+import subprocess
 import sys
 import tempfile
 import time
-import uuid
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import psycopg2
-from psycopg2 import sql
-
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-from tests.faults import (  # noqa: E402
-    FaultDaemon,
-    chosen_points,
-    fault_config,
-    inject,
-    leftovers,
-    output_differences,
-    output_dir,
-    store_differences,
-    store_dir,
-    telemetry_count,
-)
-
 DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/test"
-
-
-class Database:
-    """A fresh database on the server for one daemon, dropped afterwards."""
-
-    def __init__(self, server_url: str) -> None:
-        from psycopg2.extensions import make_dsn, parse_dsn
-
-        self.server_url = server_url
-        self.name = f"geod_bench_{uuid.uuid4().hex[:12]}"
-        self._admin("CREATE DATABASE {}")
-        params = parse_dsn(server_url)
-        params["dbname"] = self.name
-        self.url = make_dsn(**params)
-
-    def _admin(self, statement: str) -> None:
-        conn = psycopg2.connect(self.server_url)
-        conn.autocommit = True
-        try:
-            with conn.cursor() as cur:
-                if statement.startswith("DROP"):
-                    cur.execute(
-                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
-                        (self.name,),
-                    )
-                cur.execute(sql.SQL(statement).format(sql.Identifier(self.name)))
-        finally:
-            conn.close()
-
-    def drop(self) -> None:
-        self._admin("DROP DATABASE IF EXISTS {}")
-
-
-def run_faults(server_url: str, spec: str, seed: int, tmp: Path) -> dict[str, int]:
-    from pipeline.demo import generate
-
-    demo = tmp / "demo"
-    generate(demo, "small", seed=0)
-    points = chosen_points(spec, seed)
-    reference_daemon = FaultDaemon(tmp / "reference", server_url, telemetry=False)
-    try:
-        reference_daemon.start()
-        run_id = reference_daemon.submit(fault_config(tmp / "reference" / "run", demo))
-        reference = reference_daemon.wait(run_id, "done", 180)
-    finally:
-        reference_daemon.cleanup()
-    totals = {"injected": 0, "resumed": 0, "identical": 0, "lost": 0, "duplicates": 0}
-    print(f"{'point':<34} {'stage at kill':<14} {'attempts':>8} {'identical':>9} {'lost':>5}")
-    for index, point in enumerate(points):
-        database = Database(server_url)
-        daemon = FaultDaemon(tmp / f"p{index}", database.url)
-        try:
-            daemon.start()
-            try:
-                result = inject(daemon, fault_config(tmp / f"p{index}" / "run", demo), point)
-            except AssertionError as exc:  # counted as not resumed; the next point goes on
-                print(f"{point.label:<34} FAILED: {str(exc).splitlines()[0]}", flush=True)
-                continue
-            run = result.run
-            totals["injected"] += int(result.landed)
-            done = run["state"] == "done"
-            totals["resumed"] += int(done)
-            problems = []
-            if done:
-                problems += output_differences(output_dir(reference), output_dir(run))
-                problems += store_differences(store_dir(reference), store_dir(run))
-                problems += [f"left {p}" for p in leftovers(output_dir(run), Path(run["run_dir"]))]
-            identical = done and not problems
-            totals["identical"] += int(identical)
-            count = telemetry_count(database.url, result.run_id, run["last_seq"])
-            totals["lost"] += count.lost
-            totals["duplicates"] += count.duplicates
-            print(
-                f"{point.label:<34} {result.stage_at_kill or '-':<14} {result.attempts:>8} "
-                f"{'yes' if identical else 'NO':>9} {count.lost:>5}"
-                + (f"  {problems}" if problems else ""),
-                flush=True,
-            )
-        finally:
-            daemon.cleanup()
-            database.drop()
-    totals["points"] = len(points)
-    return totals
-
-
-def run_bad_inputs(tmp: Path) -> tuple[int, int]:
-    from pipeline.demo import generate
-    from tests.bad_inputs import run_all_cases
-
-    demo = tmp / "demo"
-    generate(demo, "small", seed=0)
-    return run_all_cases(tmp, demo)
-
-
-def run_fuzz(seconds: float, tmp: Path) -> dict[str, int]:
-    from tests.fuzzing import fuzz_daemon
-
-    return fuzz_daemon(tmp, seconds)
-
+FAULT_TESTS = ("tests/test_faults_resume.py",)
+BAD_INPUT_TESTS = (
+    "tests/test_bad_inputs.py::test_cli_rejects_bad_input_in_one_line",
+    "tests/test_bad_inputs.py::test_daemon_rejects_bad_input_and_stays_up",
+)
+FUZZ_TESTS = ("tests/fuzzing.py",)
+#: pytest-timeout's per-test bound (pyproject) must leave room for the fuzzing budget.
+TIMEOUT_MARGIN = 300.0
 
 #: Trust-boundary groups: label → pytest node ids (files or single tests).
 TRUST_CASES: dict[str, tuple[str, ...]] = {
@@ -190,14 +93,21 @@ TRUST_CASES: dict[str, tuple[str, ...]] = {
 }
 
 
-def run_trust(tmp: Path) -> list[tuple[str, int, int, int]]:
-    """(label, passed, tried, skipped) per trust group, from one pytest subprocess."""
-    import subprocess
-    import xml.etree.ElementTree as ET
+@dataclass
+class Outcome:
+    """One test case of the JUnit report: its node id, result and recorded properties."""
 
-    report = tmp / "trust.xml"
-    tmp.mkdir(parents=True, exist_ok=True)
-    node_ids = [node for nodes in TRUST_CASES.values() for node in nodes]
+    node: str
+    result: str  # passed | failed | skipped
+    message: str = ""
+    properties: dict[str, str] = field(default_factory=dict)
+
+
+def run_pytest(
+    node_ids: list[str], env: dict[str, str], report: Path, timeout: float
+) -> list[Outcome]:
+    """Run ``node_ids`` in one pytest subprocess; every test case of its JUnit XML."""
+    report.parent.mkdir(parents=True, exist_ok=True)
     subprocess.run(
         [
             sys.executable,
@@ -206,27 +116,98 @@ def run_trust(tmp: Path) -> list[tuple[str, int, int, int]]:
             "-q",
             "-p",
             "no:cacheprovider",
+            f"--timeout={timeout:.0f}",
+            "-o",
+            "junit_family=xunit1",  # record_property needs it
             f"--junitxml={report}",
             *node_ids,
         ],
         cwd=REPO,
+        env={**os.environ, **env},
         check=False,
     )
-    outcomes: list[tuple[str, str]] = []  # (file::name, passed|failed|skipped)
+    outcomes = []
     for case in ET.parse(report).getroot().iter("testcase"):
         module = case.get("classname", "").replace(".", "/") + ".py"
-        name = f"{module}::{case.get('name', '')}"
-        if case.find("skipped") is not None:
-            outcomes.append((name, "skipped"))
-        elif case.find("failure") is not None or case.find("error") is not None:
-            outcomes.append((name, "failed"))
-        else:
-            outcomes.append((name, "passed"))
+        outcome = Outcome(f"{module}::{case.get('name', '')}", "passed")
+        for tag in ("failure", "error", "skipped"):  # a skip decides, as pytest reports it
+            found = case.find(tag)
+            if found is not None:
+                outcome.result = "skipped" if tag == "skipped" else "failed"
+                outcome.message = (found.get("message") or "").partition("\n")[0]
+        outcome.properties = {p.get("name", ""): p.get("value", "") for p in case.iter("property")}
+        outcomes.append(outcome)
+    return outcomes
+
+
+def of(outcomes: list[Outcome], nodes: tuple[str, ...]) -> list[Outcome]:
+    """The outcomes of ``nodes`` (files or node ids, parametrized cases included)."""
+    return [o for o in outcomes if any(o.node.startswith(node) for node in nodes)]
+
+
+def fault_rows(outcomes: list[Outcome]) -> list[Row]:
+    """Per-point lines (printed), then the five summary rows of the kill points."""
+    totals = dict.fromkeys(("landed", "resumed", "identical", "lost", "duplicates"), 0)
+    print(f"{'point':<34} {'stage at kill':<14} {'attempts':>8} {'identical':>9} {'lost':>5}")
+    for outcome in outcomes:
+        figures = outcome.properties
+        if "label" not in figures:  # failed before its figures: counted as not resumed
+            print(f"{outcome.node.split('[')[-1].rstrip(']'):<34} FAILED: {outcome.message}")
+            continue
+        for name in totals:
+            totals[name] += int(figures[name])
+        problems = f"  [{figures['problems']}]" if figures["problems"] else ""
+        print(
+            f"{figures['label']:<34} {figures['stage_at_kill']:<14} {figures['attempts']:>8} "
+            f"{'yes' if figures['identical'] == '1' else 'NO':>9} {figures['lost']:>5}{problems}"
+        )
+    n = len(outcomes)
+    return [
+        _count("faults injected (SIGKILL landed mid-run)", totals["landed"], n),
+        _count("runs resumed to done", totals["resumed"], n),
+        _count("outputs identical (files, store, no temp)", totals["identical"], n),
+        _zero("telemetry rows lost", totals["lost"]),
+        _zero("telemetry duplicate rows", totals["duplicates"]),
+    ]
+
+
+def bad_input_row(outcomes: list[Outcome]) -> Row:
+    """A case is tried when any of its tests ran, clean when every one that ran passed."""
+    results: dict[str, list[str]] = {}
+    for outcome in outcomes:
+        if outcome.result != "skipped":
+            results.setdefault(outcome.properties.get("bad_input", outcome.node), []).append(
+                outcome.result
+            )
+    for case, got in results.items():
+        print(f"{case:<40} {'clean' if set(got) == {'passed'} else got}")
+    clean = sum(set(got) == {"passed"} for got in results.values())
+    return _count("bad inputs rejected cleanly", clean, len(results))
+
+
+def fuzz_rows(outcomes: list[Outcome]) -> list[Row]:
+    """Examples, crashes and leaked fds of the fuzzing test (a crash if it recorded none)."""
+    figures = outcomes[0].properties if outcomes else {}
+    if "examples" not in figures:
+        message = outcomes[0].message if outcomes else "not run"
+        print(f"fuzzing FAILED: {message}")
+        figures = {"seconds": "-", "examples": "0", "crashes": "1", "leaked_fds": "0"}
+    return [
+        (f"fuzz examples in {figures['seconds']} s", figures["examples"], "-", "-"),
+        _zero("fuzz: daemon crashes", int(figures["crashes"])),
+        _zero("fuzz: leaked descriptors", int(figures["leaked_fds"])),
+    ]
+
+
+def trust_rows(outcomes: list[Outcome]) -> list[Row]:
+    """Cases that hold per trust group (skipped ones noted, not counted)."""
     rows = []
     for label, nodes in TRUST_CASES.items():
-        mine = [o for n, o in outcomes if any(n.startswith(node) for node in nodes)]
-        tried = sum(o != "skipped" for o in mine)
-        rows.append((label, mine.count("passed"), tried, mine.count("skipped")))
+        mine = [o.result for o in of(outcomes, nodes)]
+        tried = sum(result != "skipped" for result in mine)
+        skipped = mine.count("skipped")
+        note = f" ({skipped} skipped)" if skipped else ""
+        rows.append(_count(label + note, mine.count("passed"), tried))
     return rows
 
 
@@ -237,36 +218,34 @@ def main() -> int:
     parser.add_argument("--fuzz-seconds", type=float, default=60.0)
     parser.add_argument("--skip", default="", help="comma list of faults,bad,fuzz,trust to skip")
     args = parser.parse_args()
-    server_url = os.environ.get("GEOD_TEST_DATABASE_URL", DEFAULT_URL)
     skip = set(filter(None, args.skip.split(",")))
-    rows: list[Row] = []
+    sections = {
+        "faults": FAULT_TESTS,
+        "bad": BAD_INPUT_TESTS,
+        "fuzz": FUZZ_TESTS,
+        "trust": tuple(node for nodes in TRUST_CASES.values() for node in nodes),
+    }
+    node_ids = [node for name, nodes in sections.items() if name not in skip for node in nodes]
+    env = {
+        "GEOD_TEST_DATABASE_URL": os.environ.get("GEOD_TEST_DATABASE_URL", DEFAULT_URL),
+        "GEOD_FAULT_POINTS": args.points,
+        "GEOD_FAULT_SEED": str(args.seed),
+        "GEOD_FUZZ_SECONDS": str(args.fuzz_seconds),
+    }
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="geod-faults-") as scratch:
-        tmp = Path(scratch)
-        if "faults" not in skip:
-            t = run_faults(server_url, args.points, args.seed, tmp / "faults")
-            n = t["points"]
-            rows += [
-                _count("faults injected (SIGKILL landed mid-run)", t["injected"], n),
-                _count("runs resumed to done", t["resumed"], n),
-                _count("outputs identical (files, store, no temp)", t["identical"], n),
-                _zero("telemetry rows lost", t["lost"]),
-                _zero("telemetry duplicate rows", t["duplicates"]),
-            ]
-        if "bad" not in skip:
-            clean, tried = run_bad_inputs(tmp / "bad")
-            rows.append(_count("bad inputs rejected cleanly", clean, tried))
-        if "fuzz" not in skip:
-            f = run_fuzz(args.fuzz_seconds, tmp / "fuzz")
-            rows += [
-                (f"fuzz examples in {f['seconds']} s", str(f["examples"]), "-", "-"),
-                _zero("fuzz: daemon crashes", f["crashes"]),
-                _zero("fuzz: leaked descriptors", max(0, f["leaked_fds"])),
-            ]
-        if "trust" not in skip:
-            for label, passed, tried, skipped in run_trust(tmp / "trust"):
-                note = f" ({skipped} skipped)" if skipped else ""
-                rows.append(_count(label + note, passed, tried))
+        report = Path(scratch) / "faults.xml"
+        outcomes = run_pytest(node_ids, env, report, args.fuzz_seconds + TIMEOUT_MARGIN)
+    print()
+    rows: list[Row] = []
+    if "faults" not in skip:
+        rows += fault_rows(of(outcomes, FAULT_TESTS))
+    if "bad" not in skip:
+        rows.append(bad_input_row(of(outcomes, BAD_INPUT_TESTS)))
+    if "fuzz" not in skip:
+        rows += fuzz_rows(of(outcomes, FUZZ_TESTS))
+    if "trust" not in skip:
+        rows += trust_rows(outcomes)
     print()
     print(f"{'check':<52} {'got':>6} {'target':>7} {'ratio':>6}")
     for label, got, target, ratio in rows:

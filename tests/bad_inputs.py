@@ -8,7 +8,7 @@ where, a non-zero exit (or a failed run), nothing under a final output name, and
 the daemon still answering. Raster files come from the catalog tests' builders
 (real GeoTIFFs written by GDAL, then damaged); config mistakes are real YAML.
 
-Shared by tests/test_bad_inputs.py and bench/faults.py.
+Used by tests/test_bad_inputs.py (which bench/faults.py runs for its summary).
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ from typing import Any
 import numpy as np
 import yaml
 
-from supervisor.client import Client
 from tests import test_catalog as rasters
 from tests.conftest import REPO
 from tests.daemon_harness import DaemonHarness
@@ -305,35 +304,3 @@ def through_daemon(daemon: DaemonHarness, config: Path) -> str:
     assert run["state"] == "failed", run
     assert run["pid"] is None and run["exit_code"] != 0
     return str(run["error"])
-
-
-def run_all_cases(tmp: Path, demo: Path) -> tuple[int, int]:
-    """Every case through every verb and the daemon (bench/faults.py): (clean, tried)."""
-    from tests.faults import WORKER
-
-    clean = tried = 0
-    daemon = DaemonHarness(tmp / "daemon", worker_command=WORKER, concurrency=2)
-    try:
-        daemon.start()
-        for index, case in enumerate(CASES):
-            if case.mount is not None and not can_mount():
-                continue
-            problems: list[str] = []
-            with prepared(case, tmp / f"c{index}", demo) as config:
-                for verb in case.verbs:
-                    problems += check_cli(case, verb, config, tmp / f"c{index}")
-            with prepared(case, tmp / f"d{index}", demo) as config:
-                try:
-                    message = through_daemon(daemon, config)
-                    problems += daemon_problems(case, message, tmp / f"d{index}")
-                except AssertionError as exc:
-                    problems.append(str(exc).splitlines()[0])
-            with Client(daemon.socket_path) as client:
-                if client.hello.pid != daemon.process.pid:
-                    problems.append("the daemon changed")
-            tried += 1
-            clean += not problems
-            print(f"{case.name:<40} {problems or 'clean'}", flush=True)
-    finally:
-        daemon.cleanup()
-    return clean, tried

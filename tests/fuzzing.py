@@ -1,5 +1,9 @@
 """Time-bounded protocol fuzzing of a live daemon, for bench/faults.py (60 s or more).
 
+Not a ``test_*`` module, so the suite never collects it: bench/faults.py names
+this file on its pytest command line with ``GEOD_FUZZ_SECONDS`` set, and reads
+the figures the test records (``record_property``) from the JUnit XML.
+
 The suite's share is tests/test_protocol_fuzz.py (about 20 s); this runs the
 same payloads (random bytes, random JSON, JSON-RPC calls of every method with
 garbage params) plus lines around and far over the 1 MiB limit, for as long as
@@ -10,7 +14,9 @@ descriptors than at the start (psutil).
 
 from __future__ import annotations
 
+import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import psutil
@@ -72,3 +78,13 @@ def fuzz_daemon(tmp: Path, seconds: float) -> dict[str, int]:
             "leaked_fds": max(0, leaked),
             "seconds": round(time.monotonic() - started),
         }
+
+
+def test_fuzz_for_a_time_budget(
+    tmp_path: Path, record_property: Callable[[str, object], None]
+) -> None:
+    """``GEOD_FUZZ_SECONDS`` of fuzzing: the daemon never crashes nor leaks a descriptor."""
+    figures = fuzz_daemon(tmp_path, float(os.environ.get("GEOD_FUZZ_SECONDS", "60")))
+    for name, value in figures.items():
+        record_property(name, value)
+    assert figures["crashes"] == 0 and figures["leaked_fds"] == 0, figures

@@ -7,12 +7,16 @@ answering ``hello``. A NaN-only layer is the valid case of the table: it is
 submitted first, runs alongside all the bad ones and must complete with an
 all-null column. Then the daemon's own bad environments: PostgreSQL down at
 start (it starts and spools), a socket path too long, a stale socket file.
+
+Each test of the table records its case's name (``record_property``), so
+bench/faults.py, which runs the two table tests under pytest with
+``--junitxml``, counts a case as rejected cleanly when all its tests passed.
 """
 
 from __future__ import annotations
 
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -50,8 +54,13 @@ def _skip_unmountable(case: BadInput) -> None:
     ("case", "verb"), CLI_CASES, ids=[f"{verb}-{case.name}" for case, verb in CLI_CASES]
 )
 def test_cli_rejects_bad_input_in_one_line(
-    case: BadInput, verb: str, tmp_path: Path, demo_dir: Path
+    case: BadInput,
+    verb: str,
+    tmp_path: Path,
+    demo_dir: Path,
+    record_property: Callable[[str, object], None],
 ) -> None:
+    record_property("bad_input", case.name)
     _skip_unmountable(case)
     with prepared(case, tmp_path / "case", demo_dir) as config:
         assert check_cli(case, verb, config, tmp_path / "case") == []
@@ -95,7 +104,9 @@ def test_daemon_rejects_bad_input_and_stays_up(
     valid_run: tuple[str, Path],
     tmp_path: Path,
     demo_dir: Path,
+    record_property: Callable[[str, object], None],
 ) -> None:
+    record_property("bad_input", case.name)
     _skip_unmountable(case)
     with prepared(case, tmp_path / "case", demo_dir) as config:
         message = through_daemon(daemon, config)

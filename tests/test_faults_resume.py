@@ -9,14 +9,17 @@ checkpoints, and everything it produced must equal the uninterrupted run's:
 outputs, layer store, no temporary file left, every telemetry event stored once.
 
 This module runs the seven points of ``faults.SUITE_POINTS`` (every stage and
-every target); ``GEOD_FAULT_POINTS=all`` (or a count, or names) runs more, and
-bench/faults.py runs all of them with a summary table.
+every target); ``GEOD_FAULT_POINTS=all`` (or a count, or names) runs more,
+``GEOD_FAULT_SEED`` draws other delays. Each test records its figures (stage at
+kill, attempts, identical, telemetry rows lost and duplicated) with
+``record_property`` before asserting, so bench/faults.py, which runs this module
+under pytest with ``--junitxml``, reads them back for its summary table.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +40,9 @@ from tests.faults import (
     telemetry_count,
 )
 
-POINTS = chosen_points(os.environ.get("GEOD_FAULT_POINTS"))
+POINTS = chosen_points(
+    os.environ.get("GEOD_FAULT_POINTS"), int(os.environ.get("GEOD_FAULT_SEED", "0"))
+)
 
 
 @pytest.fixture(scope="module")
@@ -64,22 +69,39 @@ def test_killed_run_resumes_to_identical_outputs(
     database_url: str,
     demo_dir: Path,
     tmp_path: Path,
+    record_property: Callable[[str, object], None],
 ) -> None:
     daemon = FaultDaemon(tmp_path, database_url)
     try:
         daemon.start()
         result = inject(daemon, fault_config(tmp_path / "run", demo_dir), point)
         run = result.run
-        assert run["state"] == "done", f"{point.label}: {run}\n{daemon.log()}"
+        done = run["state"] == "done"
+        problems: list[str] = []
+        if done:
+            problems += output_differences(output_dir(reference), output_dir(run))
+            problems += store_differences(store_dir(reference), store_dir(run))
+            problems += [f"left {p}" for p in leftovers(output_dir(run), Path(run["run_dir"]))]
+        count = telemetry_count(database_url, result.run_id, run["last_seq"])
+        for name, value in {
+            "label": point.label,
+            "stage_at_kill": result.stage_at_kill or "-",
+            "attempts": result.attempts,
+            "landed": int(result.landed),
+            "resumed": int(done),
+            "identical": int(done and not problems),
+            "lost": count.lost,
+            "duplicates": count.duplicates,
+            "problems": "; ".join(problems),
+        }.items():
+            record_property(name, value)
+        assert done, f"{point.label}: {run}\n{daemon.log()}"
         assert result.landed, f"{point.label}: the kill came after the run had finished"
         assert result.attempts >= 2 or point.target == "daemon", "resumed in a new worker"
         expected_stage = ANCHORS[point.anchor][0] if point.anchor else None
         if expected_stage is not None:
             assert result.stage_at_kill == expected_stage
-        assert output_differences(output_dir(reference), output_dir(run)) == []
-        assert store_differences(store_dir(reference), store_dir(run)) == []
-        assert leftovers(output_dir(run), Path(run["run_dir"])) == []
-        count = telemetry_count(database_url, result.run_id, run["last_seq"])
+        assert problems == []
         assert (count.lowest, count.highest) == (1, run["last_seq"])
         assert count.duplicates == 0 and count.lost == 0, count
     finally:
