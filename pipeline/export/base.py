@@ -80,29 +80,13 @@ class Exporter(ABC):
         """Drop everything written so far; safe to call more than once."""
 
 
-class FileExporter(Exporter):
-    """An exporter that streams into one file through an Arrow writer, published atomically.
-
-    The writer targets ``NAME.partial-XXXXXXXX`` next to ``path``; any OS error
-    (disk full, permissions) discards it and becomes one :class:`ExportError`
-    line; :meth:`commit` fsyncs and renames it over ``path``.
-    """
+class PathExporter(Exporter):
+    """An exporter that publishes one path (a file or a directory) from a partial name."""
 
     def __init__(self, path: Path) -> None:
         super().__init__()
         self.path = path
         self.partial = partial_path(path)
-        self._writer: Any = None
-        self._hold: int | None = None
-        try:
-            self._hold = hold_partial(self.partial)
-        except OSError as exc:
-            raise ExportError(describe_os_error(path, exc)) from None
-
-    def _release(self) -> None:
-        hold, self._hold = self._hold, None
-        if hold is not None:
-            os.close(hold)
 
     @property
     def target(self) -> str:
@@ -115,6 +99,29 @@ class FileExporter(Exporter):
         except OSError as exc:
             self.abort()
             raise ExportError(describe_os_error(self.path, exc)) from None
+
+
+class FileExporter(PathExporter):
+    """An exporter that streams into one file through an Arrow writer, published atomically.
+
+    The writer targets ``NAME.partial-XXXXXXXX`` next to ``path``; any OS error
+    (disk full, permissions) discards it and becomes one :class:`ExportError`
+    line; :meth:`commit` fsyncs and renames it over ``path``.
+    """
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self._writer: Any = None
+        self._hold: int | None = None
+        try:
+            self._hold = hold_partial(self.partial)
+        except OSError as exc:
+            raise ExportError(describe_os_error(path, exc)) from None
+
+    def _release(self) -> None:
+        hold, self._hold = self._hold, None
+        if hold is not None:
+            os.close(hold)
 
     def close(self) -> None:
         writer, self._writer = self._writer, None

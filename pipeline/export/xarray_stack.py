@@ -25,9 +25,8 @@ from __future__ import annotations
 
 import contextlib
 from abc import abstractmethod
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import h5netcdf
 import numpy as np
@@ -37,33 +36,26 @@ from zarr.storage import LocalStore
 
 from pipeline.config import ExportFormat
 from pipeline.export.atomic import (
-    ExportError,
     commit,
     commit_tree,
-    describe_os_error,
     discard,
-    partial_path,
     size_on_disk,
 )
-from pipeline.export.base import Exporter
+from pipeline.export.base import PathExporter
 from pipeline.grid import TargetGrid
 from pipeline.merge import MergedChunk, MergeStream, valid_mask
 from pipeline.stack import GRID_MAPPING, StackLayout, stack_layout
-
-T = TypeVar("T")
 
 #: NetCDF deflate level: 4 gets nearly all of level 9's size on raster layers at
 #: a fraction of its time (the NetCDF/HDF5 community's usual choice).
 NETCDF_DEFLATE_LEVEL = 4
 
 
-class GridExporter(Exporter):
+class GridExporter(PathExporter):
     """Common part of the grid outputs: region writes from the store, read-back, publish."""
 
     def __init__(self, path: Path, stream: MergeStream) -> None:
-        super().__init__()
-        self.path = path
-        self.partial = partial_path(path)
+        super().__init__(path)
         self.stream = stream
         self.layout: StackLayout = stack_layout(
             stream.grid,
@@ -75,18 +67,6 @@ class GridExporter(Exporter):
         self._col0 = int(stream.plan.region.col_off)
         self._open = True
         self._guard(self._create)
-
-    @property
-    def target(self) -> str:
-        return str(self.path)
-
-    def _guard(self, action: Callable[[], T]) -> T:
-        """Run a write action; an OS error aborts and becomes one ExportError line."""
-        try:
-            return action()
-        except OSError as exc:
-            self.abort()
-            raise ExportError(describe_os_error(self.path, exc)) from None
 
     @abstractmethod
     def _create(self) -> None:
