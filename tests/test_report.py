@@ -25,6 +25,8 @@ from PIL import Image
 from pipeline.events import LogEvent, MemoryEvent, OutputEvent, StageEvent, StateEvent
 from pipeline.report.history import HISTORY_NAME, read_history
 from pipeline.report.model import lifecycle_marks, stage_bars
+from supervisor.telemetry import SPOOL_DIR_NAME
+from supervisor.telemetry.identity import load_instance, run_key
 from supervisor.telemetry.migrate import migrate_url
 from tests import browser
 from tests.conftest import write_demo_config
@@ -138,23 +140,26 @@ def test_geod_report_reads_telemetry_and_falls_back_to_the_run_directory(
     shutil.copyfile(demo_run / "work" / HISTORY_NAME, run_dir / "events.ndjson")
     migrate_url(database_url)
     first = history[0].time
+    # The key the daemon of this state directory (GEOD_STATE_DIR below) gives r0042.
+    key = str(run_key(load_instance(tmp_path / SPOOL_DIR_NAME), "r0042"))
     with psycopg2.connect(database_url) as conn, conn.cursor() as cur:
         for seq, event in enumerate(history):
             payload = json.loads(event.model_dump_json(exclude_none=True))
             cur.execute(
-                "INSERT INTO geod.events (run, seq, time, type, payload) "
-                "VALUES (%s, %s, to_timestamp(%s), %s, %s)",
-                ("r0042", seq, event.time, payload["type"], json.dumps(payload)),
+                "INSERT INTO geod.events (run, run_key, seq, time, type, payload) "
+                "VALUES (%s, %s, %s, to_timestamp(%s), %s, %s)",
+                ("r0042", key, seq, event.time, payload["type"], json.dumps(payload)),
             )
         cur.execute(
-            "INSERT INTO geod.memory_samples (run, seq, time, rss, window_size) "
-            "VALUES ('r0042', 1, to_timestamp(%s), 123456789, 512)",
-            (first + 1,),
+            "INSERT INTO geod.memory_samples (run, run_key, seq, time, rss, window_size) "
+            "VALUES ('r0042', %s, 1, to_timestamp(%s), 123456789, 512)",
+            (key, first + 1),
         )
         cur.execute(
-            "INSERT INTO geod.runs (id, name, state, started, finished, summary, rev, updated) "
-            "VALUES ('r0042', 'demo', 'done', to_timestamp(%s), to_timestamp(%s), '{}', 1, now())",
-            (first, history[-1].time),
+            "INSERT INTO geod.runs (id, run_key, name, state, started, finished, summary, rev, "
+            "updated) VALUES ('r0042', %s, 'demo', 'done', to_timestamp(%s), to_timestamp(%s), "
+            "'{}', 1, now())",
+            (key, first, history[-1].time),
         )
     target = tmp_path / "from-telemetry.html"
     env = dict(os.environ, GEOD_DATABASE_URL=database_url, GEOD_STATE_DIR=str(tmp_path))

@@ -29,6 +29,8 @@ from supervisor.database import configured_url, open_database
 from supervisor.embedded import EmbeddedPostgres
 from supervisor.runs import CONFIG_NAME, EVENTS_NAME, RUN_ID_PATTERN, WORK_NAME
 from supervisor.settings import SettingsError, load_settings
+from supervisor.telemetry import SPOOL_DIR_NAME
+from supervisor.telemetry.identity import load_instance, run_key
 
 #: Seconds to wait for the telemetry database before using the run directory instead.
 CONNECT_TIMEOUT = 5
@@ -82,20 +84,25 @@ def telemetry_url() -> str | None:
 def fetch_telemetry(url: str, run_id: str, folder: Path) -> list[str] | None:
     """Write the run's events, memory samples and times from telemetry into ``folder``.
 
+    Rows are selected by the run's global key (this state directory's daemon and
+    ``run_id``), so another daemon's run of the same short id in a shared
+    database is never mixed in.
+
     Returns the extra worker arguments, or None when telemetry has no events of it.
     """
     with (
         psycopg2.connect(url, connect_timeout=CONNECT_TIMEOUT) as conn,
         conn.cursor() as cur,
     ):
-        cur.execute("SELECT payload FROM geod.events WHERE run = %s ORDER BY seq", (run_id,))
+        key = str(run_key(load_instance(load_settings().state_dir / SPOOL_DIR_NAME), run_id))
+        cur.execute("SELECT payload FROM geod.events WHERE run_key = %s ORDER BY seq", (key,))
         events = [row[0] for row in cur.fetchall()]
         if not events:
             return None
         cur.execute(
             "SELECT extract(epoch FROM time), rss, window_size FROM geod.memory_samples "
-            "WHERE run = %s ORDER BY seq",
-            (run_id,),
+            "WHERE run_key = %s ORDER BY seq",
+            (key,),
         )
         samples = [
             {"time": float(t), "rss": int(rss), "window_size": window}
@@ -103,8 +110,8 @@ def fetch_telemetry(url: str, run_id: str, folder: Path) -> list[str] | None:
         ]
         cur.execute(
             "SELECT state, extract(epoch FROM started), extract(epoch FROM finished) "
-            "FROM geod.runs WHERE id = %s",
-            (run_id,),
+            "FROM geod.runs WHERE run_key = %s",
+            (key,),
         )
         row = cur.fetchone()
     (folder / "events.ndjson").write_text("".join(json.dumps(e) + "\n" for e in events))
