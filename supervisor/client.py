@@ -50,6 +50,7 @@ from supervisor.protocol import (
     MemoryHistory,
     MemoryHistoryParams,
     ProtocolError,
+    RunMapReply,
     RunParams,
     RunSummary,
     Selection,
@@ -146,6 +147,10 @@ class Calls:
     def memory(run_id: str, since: float | None = None) -> Call[MemoryHistory]:
         params = MemoryHistoryParams(run=run_id, since=since)
         return Call("memory.history", _params(params), MemoryHistory.model_validate)
+
+    @staticmethod
+    def run_map(run_id: str) -> Call[RunMapReply]:
+        return Call("runs.map", _params(RunParams(run=run_id)), RunMapReply.model_validate)
 
     @staticmethod
     def subscribe(runs: list[str] | None = None, events: bool = True) -> Call[Snapshot]:

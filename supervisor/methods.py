@@ -6,6 +6,7 @@ values (summaries as dicts) so the server only frames them.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -20,6 +21,7 @@ from pipeline.events import Event
 from supervisor import protocol
 from supervisor.peercred import worker_identity
 from supervisor.protocol import ErrorCode, ProtocolError
+from supervisor.run_map import RunMap, to_reply
 from supervisor.scheduler import Scheduler
 from supervisor.socket_server import Connection
 
@@ -60,6 +62,7 @@ class Methods:
             "runs.retry": self.runs_retry,
             "logs.tail": self.logs_tail,
             "memory.history": self.memory_history,
+            "runs.map": self.runs_map,
             "subscribe": self.subscribe,
             "unsubscribe": self.unsubscribe,
             "daemon.stop": self.daemon_stop,
@@ -145,6 +148,14 @@ class Methods:
         since = params.since
         samples = [s for s in run.memory if since is None or s.time >= since]
         return {"run": run.id, "samples": _events(samples)}  # a protocol.MemoryHistory
+
+    async def runs_map(self, conn: Connection, params: protocol.RunParams) -> dict[str, Any]:
+        """The run's windows from its whole history (read off the loop), then its
+        stages now (which datasets are running)."""
+        run = self.scheduler.get(params.run)
+        windows = await asyncio.to_thread(run.read_history, ("checkpoint",))
+        run_map = RunMap().feed(windows).feed(list(run.stages.values()))
+        return to_reply(run.id, run_map).model_dump(mode="json")
 
     async def subscribe(self, conn: Connection, params: protocol.SubscribeParams) -> dict[str, Any]:
         """Snapshot and subscription in one step with no await between: no gap, no duplicate."""

@@ -56,6 +56,11 @@ class RunSummary(BaseModel):
     peak_rss: int | None = None
     retries: int = 0
     retry_at: float | None = Field(default=None, description="Unix time of the next retry.")
+    wait_reason: str | None = Field(
+        default=None,
+        description="Why a queued run does not start, in the daemon's words "
+        "(e.g. waiting for another run's outputs, or for memory); None: no reason given.",
+    )
     pid: int | None = Field(default=None, description="Worker pid (its process group id).")
     exit_code: int | None = None
     error: str | None = None
@@ -176,6 +181,32 @@ class MemoryHistory(BaseModel):
     samples: list[MemoryEvent] = Field(default_factory=list)
 
 
+class DatasetWindows(BaseModel):
+    """One dataset of ``runs.map``: its grid and every window written so far."""
+
+    name: str
+    grid_height: int
+    grid_width: int
+    windows: list[tuple[int, int, int, int, int]] = Field(
+        default_factory=list, description="(row_off, col_off, height, width, times written)."
+    )
+    newest: tuple[int, int, int, int] | None = None
+    running: bool = False
+
+
+class RunMapReply(BaseModel):
+    """``runs.map``: where a run is, from its whole history (what ``geod map`` draws).
+
+    ``last_seq`` is the newest window event included: a subscriber folds in only
+    window events after it, so nothing is counted twice.
+    """
+
+    run: str
+    last_seq: int = 0
+    latest: str | None = None
+    datasets: list[DatasetWindows] = Field(default_factory=list)
+
+
 class Snapshot(BaseModel):
     """``subscribe``: runs and stage trees at the instant the subscription began."""
 
@@ -202,6 +233,7 @@ METHODS: dict[str, type[BaseModel]] = {
     "runs.retry": RunParams,
     "logs.tail": LogsTailParams,
     "memory.history": MemoryHistoryParams,
+    "runs.map": RunParams,
     "subscribe": SubscribeParams,
     "unsubscribe": EmptyParams,
     "daemon.stop": EmptyParams,

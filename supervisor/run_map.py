@@ -25,6 +25,7 @@ import numpy as np
 from rich.text import Text
 
 from pipeline.events import CheckpointEvent, Event, StageEvent
+from supervisor.protocol import DatasetWindows, RunMapReply
 
 #: Cell states, in the order their codes are painted (a later one wins a shared cell).
 STATES: tuple[str, ...] = ("pending", "done", "recomputed", "running")
@@ -92,10 +93,16 @@ class RunMap:
     datasets: dict[str, DatasetMap] = field(default_factory=dict)
     #: Dataset of the newest window (what a view shows unless told otherwise).
     latest: str | None = None
+    #: Newest window event folded in: one at or below it is already counted.
+    last_seq: int = 0
 
     def apply(self, event: Event) -> bool:
         """Fold one event in; True if the map changed."""
         if isinstance(event, CheckpointEvent):
+            if event.seq is not None:
+                if event.seq <= self.last_seq:
+                    return False  # already in (a history fetched after it arrived live)
+                self.last_seq = event.seq
             return self._window(event)
         if isinstance(event, StageEvent) and event.parent == RESAMPLE:
             dataset = self.datasets.get(event.name)
@@ -123,6 +130,35 @@ class RunMap:
         dataset.record(box)  # type: ignore[arg-type]  # checked above: no None left
         self.latest = event.dataset
         return True
+
+
+def to_reply(run_id: str, run_map: RunMap) -> RunMapReply:
+    """The map as ``runs.map`` sends it: windows with their write counts, per dataset."""
+    datasets = [
+        DatasetWindows(
+            name=dataset.name,
+            grid_height=dataset.grid_height,
+            grid_width=dataset.grid_width,
+            windows=[(*box, writes) for box, writes in dataset.writes.items()],
+            newest=dataset.newest,
+            running=dataset.running,
+        )
+        for dataset in run_map.datasets.values()
+    ]
+    return RunMapReply(
+        run=run_id, last_seq=run_map.last_seq, latest=run_map.latest, datasets=datasets
+    )
+
+
+def from_reply(reply: RunMapReply) -> RunMap:
+    """The map a ``runs.map`` reply describes (the inverse of :func:`to_reply`)."""
+    run_map = RunMap(latest=reply.latest, last_seq=reply.last_seq)
+    for wire in reply.datasets:
+        dataset = DatasetMap(wire.name, wire.grid_height, wire.grid_width, running=wire.running)
+        dataset.writes = {(row, col, h, w): n for row, col, h, w, n in wire.windows}
+        dataset.newest = wire.newest
+        run_map.datasets[wire.name] = dataset
+    return run_map
 
 
 def fit(dataset: DatasetMap, columns: int, rows: int) -> tuple[int, int]:

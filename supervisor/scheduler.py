@@ -128,6 +128,9 @@ class Scheduler:
 
     def publish(self, run: Run, save: bool = True) -> None:
         """A summary changed: persist it, tell subscribers, telemetry and systemd."""
+        if run.summary.state != "queued":
+            run.summary.wait_reason = None  # only a queued run waits for something
+            self._waiting_output.discard(run.id)
         if save:
             try:
                 self.registry.save(run)
@@ -243,6 +246,7 @@ class Scheduler:
             if claim is not None:
                 claimed[claim] = run.id
             self._waiting_output.discard(run.id)
+            run.summary.wait_reason = None
             self._starting.add(run.id)
             run.summary.state = "running"
             self.spawn_task(self._start(run))
@@ -279,13 +283,18 @@ class Scheduler:
         """Say once why a queued run is not starting: another run writes its outputs."""
         if run.id not in self._waiting_output:
             self._waiting_output.add(run.id)
+            run.summary.wait_reason = f"waiting for {holder} (same output)"
+            self.publish(run, save=False)
             self.say(
                 run, "INFO", f"waiting for run {holder}, which writes the same output {claim}.*"
             )
 
     async def _start(self, run: Run) -> None:
         summary = run.summary
-        summary.started = time.time()
+        # The first start only: a retry or a resume continues the same run, whose
+        # running time (not this clock) says how long it has worked.
+        if summary.started is None:
+            summary.started = time.time()
         summary.finished = None
         summary.exit_code = None
         summary.retry_at = None

@@ -8,6 +8,7 @@ needs; a test that wants activity resumes it and pauses it again.
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -26,6 +27,7 @@ from tui.screens.help import HelpScreen
 from tui.widgets.banner import ConnectionBanner
 from tui.widgets.log_view import LogView
 from tui.widgets.memory_chart import MemoryChart
+from tui.widgets.run_map import RunMapPanel
 from tui.widgets.runs_table import RunsTable
 from tui.widgets.stage_tree import StageTree
 
@@ -200,6 +202,42 @@ async def test_view_keys_on_a_live_run(daemon) -> None:
         assert isinstance(app.screen, HelpScreen)
         await pilot.press("escape")
         assert harness.run(run_id)["state"] == "paused"
+
+
+def _windows_in_history(run_dir: Path) -> dict[str, set[tuple[int, int]]]:
+    """Every window position each dataset wrote, read straight from the run's history."""
+    written: dict[str, set[tuple[int, int]]] = {}
+    for line in (run_dir / "events.ndjson").read_text().splitlines():
+        event = json.loads(line)
+        if event.get("type") == "checkpoint" and event.get("row_off") is not None:
+            written.setdefault(event["dataset"], set()).add((event["row_off"], event["col_off"]))
+    return written
+
+
+@pilot_test
+async def test_map_shows_windows_written_before_attach(daemon) -> None:
+    """The run wrote windows before the dashboard existed: the Map has them all at once."""
+    harness, run_id = daemon
+    expected = _windows_in_history(Path(harness.run(run_id)["run_dir"]))
+    assert expected, "the fixture's run should have written windows before attaching"
+    app = attached(harness, run_id)
+    async with app.run_test(size=SIZE) as pilot:
+        view_of = lambda: app.state.runs.get(run_id)  # noqa: E731
+        await until(pilot, lambda: view_of() is not None and bool(view_of().map.datasets))
+        run_map = view_of().map
+        # Windows can only have been added since (the run is paused, but a resume by
+        # another test is not excluded): at least everything the history held.
+        for dataset, boxes in expected.items():
+            got = {(row, col) for row, col, _, _ in run_map.datasets[dataset].writes}
+            assert boxes <= got, dataset
+        await pilot.press("w")
+        panel = app.query_one(RunMapPanel)
+        await until(pilot, lambda: panel.display and panel.size.height > 0)
+        first = next(iter(expected))
+        while panel.dataset is not None and panel.dataset.name != first:
+            await pilot.press("left_square_bracket")  # go back to the first dataset
+        counts = panel.dataset.counts()
+        assert counts["done"] + counts["recomputed"] >= len(expected[first])
 
 
 @pilot_test

@@ -147,8 +147,12 @@ class RunView:
     #: The worker's own readings between windows, thinned: RSS and the governor's window.
     worker_memory: deque[MemorySample] = field(default_factory=lambda: deque(maxlen=MEMORY_SAMPLES))
     levels: MemoryLevels = field(default_factory=MemoryLevels)
-    #: The run's windows as a map of the grid, per dataset (from window checkpoints).
+    #: The run's windows as a map of the grid, per dataset: the daemon's ``runs.map``
+    #: (its whole history) plus the window checkpoints that arrive live.
     map: RunMap = field(default_factory=RunMap)
+    #: Window events that arrived while a ``runs.map`` request was on its way
+    #: (None when none is): folded into the reply, which may not include them yet.
+    map_held: list[CheckpointEvent] | None = None
 
     def fraction(self, stage_id: str) -> float:
         """Done share of a stage in windows, as the daemon counts the run's progress.
@@ -297,6 +301,8 @@ class DashboardState:
             if view.map.apply(event):
                 self._changes.maps.add(run_id)
         elif isinstance(event, CheckpointEvent):
+            if view.map_held is not None:
+                view.map_held.append(event)
             if view.map.apply(event):
                 self._changes.maps.add(run_id)
         elif isinstance(event, MemoryEvent):
@@ -352,6 +358,28 @@ class DashboardState:
         view.memory = deque((tree[t] for t in sorted(tree)), maxlen=MEMORY_SAMPLES)
         view.worker_memory = deque((worker[t] for t in sorted(worker)), maxlen=MEMORY_SAMPLES)
         self._changes.memory.add(run_id)
+
+    def hold_windows(self, run_id: str, holding: bool = True) -> None:
+        """Keep (or stop keeping) the run's window events while its map is being fetched."""
+        view = self.runs.get(run_id)
+        if view is not None:
+            view.map_held = [] if holding else None
+
+    def merge_map(self, run_id: str, run_map: RunMap) -> None:
+        """Replace the run's map with the daemon's whole-history one (attach or resync).
+
+        Window events held since the request was sent are folded in (those the
+        reply already counts are skipped by seq), then the stage tree says which
+        datasets are running now.
+        """
+        view = self.runs.get(run_id)
+        if view is None:
+            return
+        held, view.map_held = view.map_held or [], None
+        run_map.feed(held)
+        run_map.feed([info.node for info in view.stages.values()])
+        view.map = run_map
+        self._changes.maps.add(run_id)
 
     # -- reading --------------------------------------------------------------------
 

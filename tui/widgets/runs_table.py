@@ -221,11 +221,13 @@ class RunsTable(DataTable[Any]):
         }
 
     def _why(self, run: RunSummary, now: float) -> str:
-        """Why a queued run waits: its retry backoff, or every slot busy."""
+        """Why a queued run waits: its retry backoff, the daemon's reason, or every slot busy."""
         if run.state != "queued":
             return ""
         if run.retry_at is not None and run.retry_at > now:
             return f"retry {run.retries} in {formatting.duration(run.retry_at - now)}"
+        if run.wait_reason:
+            return run.wait_reason
         slots = self._state.connection.concurrency
         busy = sum(1 for view in self._state.runs.values() if view.summary.state in _HOLD_SLOT)
         if slots is not None and busy >= slots:
