@@ -165,10 +165,14 @@ class Methods:
         conn.subscribed = True
         conn.subscribed_runs = None if params.runs is None else set(params.runs)
         conn.subscribed_events = params.events
+        transitions = sorted(
+            (event for run in runs for event in run.transitions), key=lambda event: event.time
+        )
         return {  # a protocol.Snapshot: summaries whole, events as the worker wrote them
             "runs": _dump([run.summary for run in runs]),
             "stages": {run.id: _events(run.stages.values()) for run in runs},
             "last_seq": {run.id: run.summary.last_seq for run in runs},
+            "transitions": _events(transitions[-protocol.SNAPSHOT_TRANSITIONS :]),
         }
 
     async def unsubscribe(self, conn: Connection, params: protocol.EmptyParams) -> dict[str, Any]:

@@ -18,9 +18,12 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from pipeline.contract import FINAL_STATES, RunState
-from pipeline.events import LogEvent, MemoryEvent, StageEvent
+from pipeline.events import LogEvent, MemoryEvent, RunStateEvent, StageEvent
 
 PROTOCOL_VERSION = 1
+#: Run-state changes a ``subscribe`` snapshot carries, newest of every run together:
+#: the history a dashboard's events pane starts from.
+SNAPSHOT_TRANSITIONS = 200
 #: Lines longer than this are answered with ``LINE_TOO_LONG`` and discarded.
 MAX_LINE_BYTES = 1024 * 1024
 
@@ -213,6 +216,9 @@ class Snapshot(BaseModel):
     runs: list[RunSummary] = Field(default_factory=list)
     stages: dict[str, list[StageEvent]] = Field(default_factory=dict)
     last_seq: dict[str, int] = Field(default_factory=dict)
+    transitions: list[RunStateEvent] = Field(
+        default_factory=list, description="Newest run-state changes of these runs, oldest first."
+    )
 
 
 #: What ``logs.tail`` returns: the run's log events, oldest first.

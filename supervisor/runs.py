@@ -34,19 +34,20 @@ from typing import IO
 from pydantic import ValidationError
 
 from pipeline.config import PipelineConfig, RestartConfig, TelemetryConfig, load_config
-from pipeline.contract import FINAL_STATES, level_rank
+from pipeline.contract import FINAL_STATES, RunState, level_rank
 from pipeline.durable import cut_torn_tail, write_atomic
 from pipeline.events import (
     Event,
     LogEvent,
     MemoryEvent,
     OutputEvent,
+    RunStateEvent,
     StageEvent,
     StateEvent,
     decode,
 )
 from supervisor.progress import RateEstimator, run_fraction, running_seconds
-from supervisor.protocol import RunSummary
+from supervisor.protocol import SNAPSHOT_TRANSITIONS, RunSummary
 
 log = logging.getLogger("geod.daemon.runs")
 
@@ -80,6 +81,10 @@ class Run:
     #: Last lifecycle state the current worker reported (StateEvent.state) and its reason.
     worker_state: str | None = None
     worker_reason: str | None = None
+    #: The run's newest state changes (RunStateEvent), rebuilt from the history too.
+    transitions: deque[RunStateEvent] = field(
+        default_factory=lambda: deque(maxlen=SNAPSHOT_TRANSITIONS)
+    )
     _rate: RateEstimator = field(default_factory=RateEstimator)
     #: Worker time of the newest event: where a running clock stops if the daemon died.
     _last_event: float = 0.0
@@ -159,6 +164,13 @@ class Run:
         elif isinstance(event, StateEvent):
             self.worker_state = event.state
             self.worker_reason = event.reason
+        elif isinstance(event, RunStateEvent):
+            self.transitions.append(event)
+
+    @property
+    def announced_state(self) -> RunState | None:
+        """The state the history last recorded for the run (None before the first)."""
+        return self.transitions[-1].state if self.transitions else None
 
     def _update_progress(self, now: float) -> None:
         """Progress from the windows done (never lower than before), then the time left."""

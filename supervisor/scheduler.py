@@ -36,10 +36,11 @@ from pydantic import ValidationError
 
 from pipeline.config import NAME_PATTERN, ConfigError, dump_config, load_config
 from pipeline.contract import DATABASE_URL_ENV, RETRYABLE_STATES, WORKER_EXIT_INPUT
-from pipeline.events import Event, LogEvent, StateEvent, decode, encode
+from pipeline.events import Event, LogEvent, RunStateEvent, StateEvent, decode, encode
 from supervisor.asuser import read_config_as
 from supervisor.peercred import Identity
 from supervisor.process import RotatingLog, WorkerProcess
+from supervisor.progress import running_seconds
 from supervisor.protocol import (
     NOTIFY_EVENT,
     NOTIFY_RUN,
@@ -131,6 +132,8 @@ class Scheduler:
         if run.summary.state != "queued":
             run.summary.wait_reason = None  # only a queued run waits for something
             self._waiting_output.discard(run.id)
+        if run.summary.state != run.announced_state:
+            self._announce(run)
         if save:
             try:
                 self.registry.save(run)
@@ -144,6 +147,22 @@ class Scheduler:
                 log.exception("telemetry record_run failed")
         if self._on_change is not None:
             self._on_change()
+
+    def _announce(self, run: Run) -> None:
+        """Record the run's new state in its history: what the events pane lists."""
+        summary = run.summary
+        self.record(
+            run,
+            RunStateEvent(
+                state=summary.state,
+                previous=run.announced_state,
+                stage=summary.stage,
+                error=summary.error,
+                retries=summary.retries,
+                max_retries=run.restart_policy().max_retries,
+                running_time=running_seconds(summary, time.time()),
+            ),
+        )
 
     def _vanished(self, run: Run) -> None:
         """The run directory was deleted under a run: fail it for good, keep serving.

@@ -271,10 +271,20 @@ async def test_two_dashboards_see_the_same_actions(daemon) -> None:
     async with first.run_test(size=SIZE) as pilot_a, second.run_test(size=SIZE) as pilot_b:
         for app, pilot in ((first, pilot_a), (second, pilot_b)):
             await until(pilot, lambda app=app: run_id in app.query_one(RunsTable).rows)
+        # The events pane has the changes from before either attached (the run was
+        # queued, started and paused by the fixture) ...
+        lines = lambda app: [strip.text for strip in app.events_pane.lines]  # noqa: E731
+        mine = lambda app: [t.split(" ", 1)[1] for t in lines(app) if f" {run_id} " in t]  # noqa: E731
+        await until(pilot_a, lambda: any(" paused" in t for t in mine(first)))
+        assert f"{run_id} ◌ queued" in mine(first)[0] and "started" in mine(first)[1]
         await pilot_a.press("r")
         await until(pilot_b, lambda: _state(second, run_id) == "▶ running")
         await pilot_b.press("p")
         await until(pilot_a, lambda: _state(first, run_id).startswith("‖ paused"))
+        # ... and both show the same lines for what happened since: resumed, paused.
+        await until(pilot_a, lambda: mine(first)[-2:] == mine(second)[-2:])
+        assert mine(first)[-2].endswith("resumed") and " paused" in mine(first)[-1]
+        assert lines(first) == lines(second)
 
 
 @pilot_test

@@ -438,9 +438,8 @@ async def test_narrow_terminal_shows_one_panel_at_a_time_and_tab_switches() -> N
     app = replay_app()
     async with app.run_test(size=(80, 24)) as pilot:
         await pilot.pause()
-        visible = lambda: [  # noqa: E731
-            p.id for p in (app.stage_tree, app.memory_chart, app.log_view) if p.region.area
-        ]
+        panels = (app.stage_tree, app.memory_chart, app.events_pane, app.log_view)
+        visible = lambda: [p.id for p in panels if p.region.area]  # noqa: E731
         assert visible() == ["stages"]
         assert app.stage_tree.region.width >= 76  # the whole width, not 45 % of it
         await pilot.press("tab")  # runs → stages
@@ -449,10 +448,13 @@ async def test_narrow_terminal_shows_one_panel_at_a_time_and_tab_switches() -> N
         assert visible() == ["memory"] and app.focused is app.memory_chart
         await pilot.press("tab")
         await pilot.pause()
+        assert visible() == ["events"] and app.focused is app.events_pane
+        await pilot.press("tab")
+        await pilot.pause()
         assert visible() == ["log"]
         await pilot.resize_terminal(160, 48)
         await pilot.pause()
-        assert visible() == ["stages", "memory", "log"]
+        assert visible() == ["stages", "memory", "events", "log"]
 
 
 @pilot_test
@@ -519,10 +521,10 @@ async def test_tab_cycles_panels() -> None:
     async with app.run_test(size=SIZE) as pilot:
         await pilot.pause()
         seen = []
-        for _ in range(4):
+        for _ in range(5):
             await pilot.press("tab")
             seen.append(app.focused.id if app.focused else None)
-        assert seen == ["stages", "memory", "log", "runs"]
+        assert seen == ["stages", "memory", "events", "log", "runs"]
 
 
 @pilot_test

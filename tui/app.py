@@ -38,6 +38,7 @@ from tui.screens.help import HelpScreen
 from tui.state import DashboardState
 from tui.widgets.banner import ConnectionBanner
 from tui.widgets.body import Body
+from tui.widgets.events_pane import EventsPane
 from tui.widgets.log_view import LogView, plural
 from tui.widgets.memory_chart import MemoryChart
 from tui.widgets.run_map import RunMapPanel
@@ -110,6 +111,7 @@ class GeodApp(App[None]):
         self.memory_chart = MemoryChart(self.state, id="memory")
         self.run_map = RunMapPanel(self.state, id="map")
         self._map_due = False
+        self.events_pane = EventsPane(self.state, id="events")
         self.log_view = LogView(self.state, id="log")
         self.search_box = SearchBox(id="search")
         self.banner = ConnectionBanner(id="banner")
@@ -126,6 +128,7 @@ class GeodApp(App[None]):
             with Vertical(id="right"):
                 yield self.memory_chart
                 yield self.run_map
+                yield self.events_pane
                 yield self.log_view
                 yield self.search_box
         yield Footer()
@@ -162,6 +165,10 @@ class GeodApp(App[None]):
         if changes.connection:
             self.banner.show_info(self.state.connection)
             self._update_header()
+        if changes.transitions_reset:
+            self.events_pane.reload()
+        elif changes.transitions:
+            self.events_pane.add(changes.transitions)
         run = self.selected
         if run is None:
             return
@@ -391,7 +398,7 @@ class GeodApp(App[None]):
 
     def _body_panels(self) -> list[Widget]:
         middle = self.run_map if self.map_shown else self.memory_chart
-        return [self.stage_tree, middle, self.log_view]
+        return [self.stage_tree, middle, self.events_pane, self.log_view]
 
     @property
     def map_shown(self) -> bool:
@@ -412,7 +419,7 @@ class GeodApp(App[None]):
 
     def _show_panel(self, panel: Widget) -> None:
         """In the narrow layout, the body shows ``panel`` alone (the others stay built)."""
-        panels = [self.stage_tree, self.memory_chart, self.run_map, self.log_view]
+        panels = [self.stage_tree, self.memory_chart, self.run_map, self.events_pane, self.log_view]
         self.body.show(str(panel.id), [str(other.id) for other in panels])
 
     def action_detach(self) -> None:

@@ -29,6 +29,7 @@ from pipeline.events import (
     GovernorEvent,
     LogEvent,
     MemoryEvent,
+    RunStateEvent,
     StageEvent,
 )
 from supervisor.progress import running_seconds, stage_fraction
@@ -48,6 +49,8 @@ WORKER_READING_S = 1.0
 RATE_WINDOW_S = 15.0
 #: Upper bound of progress samples per stage inside the rate window (100 events/s × 15 s).
 RATE_SAMPLES = 1_500
+#: Run-state changes the events pane keeps (a snapshot brings the newest of them).
+TRANSITIONS_KEPT = 500
 
 
 @dataclass(slots=True)
@@ -184,11 +187,17 @@ class Changes:
     logs_reset: set[str] = field(default_factory=set)
     memory: set[str] = field(default_factory=set)
     maps: set[str] = field(default_factory=set)
+    #: Run-state changes that arrived (the events pane appends them) ...
+    transitions: list[RunStateEvent] = field(default_factory=list)
+    #: ... or a snapshot replaced the whole list (the pane redraws it).
+    transitions_reset: bool = False
     connection: bool = False
 
     def __bool__(self) -> bool:
         return bool(
-            self.runs
+            self.transitions
+            or self.transitions_reset
+            or self.runs
             or self.stages
             or self.stages_reset
             or self.logs
@@ -221,6 +230,8 @@ class DashboardState:
         self.clock = clock
         self.runs: dict[str, RunView] = {}
         self.connection = ConnectionInfo()
+        #: Every run's state changes, oldest first, as the daemon recorded them.
+        self.transitions: deque[RunStateEvent] = deque(maxlen=TRANSITIONS_KEPT)
         self._changes = Changes()
 
     # -- draining -------------------------------------------------------------------
@@ -264,6 +275,10 @@ class DashboardState:
             view = self.runs.get(run_id)
             if view is not None:
                 view.applied_seq = max(view.applied_seq, last)
+        # The daemon's history replaces ours: it holds what happened while we were away.
+        self.transitions = deque(snapshot.transitions, maxlen=TRANSITIONS_KEPT)
+        self._changes.transitions_reset = True
+        self._changes.transitions.clear()
 
     def apply_update(self, update: RunSummary | Event) -> None:
         """One notification, as :meth:`supervisor.client.AsyncClient.updates` yields it."""
@@ -311,6 +326,9 @@ class DashboardState:
             view.levels.budget = event.budget
             view.levels.level = event.level
             self._changes.memory.add(run_id)
+        elif isinstance(event, RunStateEvent):
+            self.transitions.append(event)
+            self._changes.transitions.append(event)
         # State, checkpoint, output and source events change the run's summary, which
         # the daemon sends as its own ``run`` notification: nothing to keep here.
 
