@@ -151,6 +151,8 @@ class Scheduler:
     def _announce(self, run: Run) -> None:
         """Record the run's new state in its history: what the events pane lists."""
         summary = run.summary
+        now = time.time()
+        run.note_state(now)  # the running clock as the state file will keep it
         self.record(
             run,
             RunStateEvent(
@@ -160,7 +162,7 @@ class Scheduler:
                 error=summary.error,
                 retries=summary.retries,
                 max_retries=run.restart_policy().max_retries,
-                running_time=running_seconds(summary, time.time()),
+                running_time=running_seconds(summary, now),
             ),
         )
 
