@@ -28,7 +28,7 @@ from tui.screens.help import HelpScreen
 from tui.widgets.banner import ConnectionBanner
 from tui.widgets.log_view import LogView
 from tui.widgets.memory_chart import COLORS, MemoryChart, readout, size_ticks, time_ticks
-from tui.widgets.runs_table import RunsTable
+from tui.widgets.runs_table import SORT_COLUMNS, RunsTable
 from tui.widgets.stage_tree import StageTree
 
 SIZE = (120, 40)
@@ -126,6 +126,34 @@ async def test_runs_table_pins_active_runs_and_explains_queued_ones() -> None:
         assert table.selected_run == order()[-1]
         await pilot.press("home")
         assert table.selected_run == order()[0]
+
+
+@pilot_test
+async def test_runs_table_fits_80_columns_without_scrolling_sideways() -> None:
+    app = replay_app()
+    async with app.run_test(size=(80, 24)) as pilot:
+        table = app.runs_table
+        await until(pilot, lambda: table.row_count == 2)
+        fits = lambda: table.virtual_size.width <= table.size.width  # noqa: E731
+        await until(pilot, fits)
+        assert table.max_scroll_x == 0
+        # Peak and stage are the first to go; RSS is whole (not "176.6 Mi").
+        assert "peak" not in table.shown_columns and "stage" not in table.shown_columns
+        assert {"id", "state", "progress", "eta", "rss"} <= set(table.shown_columns)
+        assert _cell(table, rec.RUN, "rss").strip() == "610.0 MiB"
+        # A queued run: its WHY matters more than the columns after it in DROP_ORDER.
+        app.state.apply_run(
+            RunSummary(
+                id="r4", name="waiting", state="queued", wait_reason="waiting for memory: 1.2 GiB"
+            )
+        )
+        await until(pilot, lambda: "why" in table.shown_columns and table.row_count == 3)
+        await until(pilot, fits)
+        assert _cell(table, "r4", "why") == "waiting for memory: 1.2 GiB"
+        # Room again: every column comes back.
+        await pilot.resize_terminal(220, 60)
+        await until(pilot, lambda: len(table.shown_columns) == len(SORT_COLUMNS))
+        assert _cell(table, rec.RUN, "stage") == "resample/landcover"
 
 
 @pilot_test
