@@ -9,6 +9,10 @@ Runs still going (queued, running, paused, stopping) are pinned above finished
 ones whatever the sort column, so a long history never hides the live run; the
 sort column's header carries ▲ or ▼. A queued run says WHY it waits.
 
+``:`` filters the rows (:class:`~tui.run_filter.RunFilter`: ``:running`` by
+state, ``:/demo`` by name); the border title says so and how many runs it
+hides, and escape shows every run again.
+
 The table never scrolls sideways: when its columns do not fit the terminal the
 least needed ones are left out (:data:`DROP_ORDER`: peak RSS first, then the
 stage, which the tree shows anyway), and come back when there is room.
@@ -27,6 +31,7 @@ from textual.widgets import DataTable
 from supervisor import formatting
 from supervisor.protocol import FINAL_STATES, RunSummary
 from tui.bindings import RUNS_TABLE_BINDINGS
+from tui.run_filter import RunFilter
 from tui.state import DashboardState
 
 #: (column key, header, sort key of a run). Order is the on-screen order.
@@ -78,6 +83,8 @@ class RunsTable(DataTable[Any]):
         self._shown: dict[str, dict[str, str]] = {}
         #: Columns on screen, in on-screen order (see DROP_ORDER).
         self.shown_columns: tuple[str, ...] = SORT_COLUMNS
+        #: Which runs have a row (all, until ``:`` sets a filter).
+        self.run_filter = RunFilter()
 
     def on_mount(self) -> None:
         for key in self.shown_columns:
@@ -101,7 +108,7 @@ class RunsTable(DataTable[Any]):
         for run_id in sorted(changed):
             view = self._state.runs.get(run_id)
             exists = run_id in self.rows
-            if view is None:
+            if view is None or not self.run_filter.matches(view.summary):
                 if exists:
                     self.remove_row(run_id)
                     self._shown.pop(run_id, None)
@@ -120,6 +127,24 @@ class RunsTable(DataTable[Any]):
             self._shown[run_id] = plain
         self._resort(selected, post=added and selected is None)
         self._fit()
+        self._show_filter()
+
+    def set_filter(self, run_filter: RunFilter) -> None:
+        """Keep only the runs ``run_filter`` matches (an empty filter keeps all)."""
+        self.run_filter = run_filter
+        self.sync(set(self._state.runs) | set(self._shown))
+
+    def action_clear_filter(self) -> None:
+        if self.run_filter:
+            self.set_filter(RunFilter())
+
+    def _show_filter(self) -> None:
+        """The border title says a filter is on, which, and how many runs it leaves."""
+        if not self.run_filter:
+            self.border_title = "Runs"
+            return
+        total = len(self._state.runs)
+        self.border_title = f"Runs · {self.run_filter} ({self.row_count} of {total}) · esc clears"
 
     def tick(self) -> None:
         """Once a second: running time of runs going, and a queued run's countdown."""
