@@ -76,3 +76,15 @@ async def test_pane_shows_the_history_from_before_attach_then_live_changes() -> 
         # A resync replaces the list with the daemon's (no line twice).
         app.state.apply_snapshot(rec.snapshot_before(rec.events(), len(rec.events())))
         await until(pilot, lambda: len(lines()) == len(rec.transitions()))
+
+
+@pilot_test
+async def test_the_newest_change_stays_in_view_after_a_resize() -> None:
+    app = replay_app()
+    async with app.run_test(size=(80, 24)) as pilot:
+        pane = app.events_pane
+        await pilot.press("tab", "tab", "tab")  # runs → stages → memory → events
+        await until(pilot, lambda: bool(pane.region.area) and len(pane.lines) > 0)
+        await pilot.resize_terminal(160, 48)  # a short pane next to the log now
+        await until(pilot, lambda: pane.size.height < len(pane.lines))
+        await until(pilot, lambda: pane.scroll_y == pane.max_scroll_y > 0)

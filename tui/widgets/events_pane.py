@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from rich.text import Text
+from textual import events
 from textual.widgets import RichLog
 
 from pipeline.events import RunStateEvent
@@ -40,6 +41,11 @@ class EventsPane(RichLog):
         super().__init__(max_lines=TRANSITIONS_KEPT, wrap=False, markup=False, **kwargs)
         self._state = state
         self.border_title = "Events"
+
+    def on_resize(self, event: events.Resize) -> None:
+        super().on_resize(event)  # RichLog writes what waited for a width
+        # The newest change stays in view when the layout changes the pane's height.
+        self.scroll_end(animate=False)
 
     def reload(self) -> None:
         """Redraw from the state's list (attach or resync brought the daemon's history)."""
