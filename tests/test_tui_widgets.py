@@ -519,8 +519,11 @@ async def test_memory_chart_span_cycles_and_draws_levels() -> None:
         # Free memory (2.9 GiB) is above the worker's range (budget 2 GiB): stated, not drawn.
         assert "avail" not in legend.split("·")[0]
         assert "avail 2.9 GiB" in legend
-        # Sizes on the y axis, clock times on the x axis.
+        # Sizes on the y axis, clock times on the x axis, whole window sizes on the right.
         assert "GiB" in built or "MiB" in built
+        sizes = {s.window_size for s in app.state.runs[rec.RUN].worker_memory if s.window_size}
+        assert sizes and all(f"┤{size}" in built or f"├{size}" in built for size in sizes)
+        assert not re.search(r"├\d+\.\d", built), built
         assert re.search(r"\d\d:\d\d:\d\d", built), built
         # The readout quotes the numbers behind the lines.
         assert re.fullmatch(

@@ -120,6 +120,9 @@ class MemoryChart(PlotextPlot):
         if windows:
             sizes = [float(s.window_size or 0) for s in windows]
             line([ago(s.time) for s in windows], sizes, "window px", yside="right")
+            # The governor's sizes are few and whole: tick exactly those, not fractions.
+            steps = sorted(set(sizes))
+            plt.yticks(steps, [f"{step:.0f}" for step in steps], yside="right")
         span = [xs[0], 0.0] if xs[0] < 0 else [-_MINUTE, 0.0]
         plt.xlim(*span)
         plt.xticks(*time_ticks(span[0], now))
