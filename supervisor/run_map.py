@@ -41,6 +41,9 @@ _CODE = {state: code for code, state in enumerate(STATES)}
 _HALF = "▀"
 #: Stage id prefix of the datasets the map follows.
 RESAMPLE = "resample"
+#: Rasters (one per drawn size) a dataset keeps up to date window by window; a view
+#: is usually drawn at one or two sizes (a resize), so more would only hold memory.
+RASTERS_KEPT = 2
 
 Box = tuple[int, int, int, int]  # row_off, col_off, height, width
 
@@ -55,10 +58,17 @@ class DatasetMap:
     writes: dict[Box, int] = field(default_factory=dict)
     newest: Box | None = None
     running: bool = False
+    #: Done/recomputed codes per drawn size, painted as windows arrive: a redraw of a
+    #: long run's map then costs its characters, not a pass over every window.
+    _rasters: dict[tuple[int, int], np.ndarray] = field(
+        default_factory=dict, repr=False, compare=False
+    )
 
     def record(self, box: Box) -> None:
-        self.writes[box] = self.writes.get(box, 0) + 1
+        writes = self.writes[box] = self.writes.get(box, 0) + 1
         self.newest = box
+        for (rows, columns), codes in self._rasters.items():
+            self._paint_written(codes, rows, columns, box, writes)
 
     def counts(self) -> dict[str, int]:
         """Windows per state (pending is not counted: the grid's windows are not all known)."""
@@ -67,14 +77,26 @@ class DatasetMap:
 
     def cells(self, rows: int, columns: int) -> np.ndarray:
         """State codes of a ``rows`` × ``columns`` raster of the grid (each window painted)."""
-        codes = np.zeros((rows, columns), dtype=np.uint8)
-        scale_y, scale_x = rows / self.grid_height, columns / self.grid_width
-        for (row, col, height, width), writes in self.writes.items():
-            state = "recomputed" if writes > 1 else "done"
-            _paint(codes, (row, col, height, width), scale_y, scale_x, _CODE[state])
+        written = self._rasters.get((rows, columns))
+        if written is None:
+            if len(self._rasters) >= RASTERS_KEPT:
+                self._rasters.clear()
+            written = self._rasters[(rows, columns)] = np.zeros((rows, columns), dtype=np.uint8)
+            for box, writes in self.writes.items():
+                self._paint_written(written, rows, columns, box, writes)
+        codes = written.copy()
         if self.running and self.newest is not None:
-            _paint(codes, self.newest, scale_y, scale_x, _CODE["running"])
+            _paint(codes, self.newest, *self._scale(rows, columns), _CODE["running"])
         return codes
+
+    def _scale(self, rows: int, columns: int) -> tuple[float, float]:
+        return rows / self.grid_height, columns / self.grid_width
+
+    def _paint_written(
+        self, codes: np.ndarray, rows: int, columns: int, box: Box, writes: int
+    ) -> None:
+        state = "recomputed" if writes > 1 else "done"
+        _paint(codes, box, *self._scale(rows, columns), _CODE[state])
 
 
 def _paint(codes: np.ndarray, box: Box, scale_y: float, scale_x: float, code: int) -> None:

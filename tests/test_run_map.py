@@ -148,3 +148,21 @@ def test_history_fetched_after_attach_counts_each_window_once() -> None:
     state.apply_event(window("bio1", 0, 0, run="r1", seq=5))
     state.apply_event(window("bio1", 0, 1, run="r1", seq=2))
     assert dataset.counts() == {"done": 3, "recomputed": 1}
+
+
+def test_a_drawn_map_follows_new_windows_as_a_fresh_one_would() -> None:
+    """The raster kept per drawn size is painted window by window: after more windows (one
+    written again) it equals a map built from scratch, at every size asked for."""
+    run_map = RunMap().feed([window("bio1", 0, 0, seq=1)])
+    dataset = run_map.datasets["bio1"]
+    sizes = [(2, 4), (8, 16), (3, 5)]  # three sizes: one more than a dataset keeps
+    for rows, columns in sizes:
+        dataset.cells(rows, columns)
+    run_map.feed([window("bio1", 1, 3, seq=2), window("bio1", 0, 0, seq=3)])
+    fresh = RunMap().feed([window("bio1", 0, 0), window("bio1", 1, 3), window("bio1", 0, 0)])
+    for rows, columns in sizes:
+        drawn = dataset.cells(rows, columns).tolist()
+        assert drawn == fresh.datasets["bio1"].cells(rows, columns).tolist()
+    assert dataset.cells(2, 4).tolist() == [[3, 0, 0, 0], [0, 0, 0, 1]]  # newest: running
+    dataset.running = False
+    assert dataset.cells(2, 4).tolist() == [[2, 0, 0, 0], [0, 0, 0, 1]]  # written twice
