@@ -55,6 +55,10 @@ def test_a_retried_failure_is_marked_as_a_failure() -> None:
     line = change_line(event)
     assert "r0007 ✘ failed at export, retry 1" in line.plain
     assert any("red" in str(span.style) for span in line.spans)
+    # Only the clock time is dim: the words keep the pane's own colour.
+    assert not line.style
+    words = line.plain.index("failed")
+    assert all(span.end <= words for span in line.spans)
 
 
 @pilot_test

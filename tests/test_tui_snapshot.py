@@ -49,3 +49,14 @@ def test_map_panel_160x48(snap_compare, utc) -> None:
 
 def test_kill_confirmation(snap_compare, utc) -> None:
     assert snap_compare(replay_app(), terminal_size=(100, 30), press=["k"], run_before=_settle)
+
+
+def test_events_panel_80x24(snap_compare, utc) -> None:
+    """Narrow: tab to the events pane (runs → stages → memory → events)."""
+    press = ["tab", "tab", "tab"]
+    assert snap_compare(replay_app(), terminal_size=(80, 24), press=press, run_before=_settle)
+
+
+def test_runs_filter_80x24(snap_compare, utc) -> None:
+    press = ["colon", *"failed", "enter"]
+    assert snap_compare(replay_app(), terminal_size=(80, 24), press=press, run_before=_settle)

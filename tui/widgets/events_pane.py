@@ -27,7 +27,8 @@ def change_line(event: RunStateEvent) -> Text:
     words = formatting.state_change(event)
     # A failure the restart policy queues again is a failure to the reader.
     shown = "failed" if words.startswith("failed") else event.state
-    line = Text(time.strftime("%H:%M:%S ", time.localtime(event.time)), style="bright_black")
+    line = Text()
+    line.append(time.strftime("%H:%M:%S ", time.localtime(event.time)), style="bright_black")
     line.append(f"{event.run or formatting.MISSING} ", style="bold")
     line.append(f"{formatting.state_glyph(shown)} ", style=formatting.state_style(shown))
     line.append(words)
