@@ -165,7 +165,8 @@ def state_change(event: RunStateEvent) -> str:
         return f"started (retry {event.retries}{bound})" if event.retries else "started"
     if state == "done":
         return f"done in {duration(event.running_time)}"
-    text = f"{state}{where}"
+    # Where it stopped matters for a run that stopped; a queued one has not begun again.
+    text = state if state == "queued" else f"{state}{where}"
     if state in ("failed", "interrupted") and event.error:
         error = event.error
         if len(error) > CHANGE_ERROR_CHARS:

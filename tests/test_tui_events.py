@@ -15,6 +15,7 @@ from tui.widgets.events_pane import change_line
     ("fields", "words"),
     [
         ({"state": "queued"}, "queued"),
+        ({"state": "queued", "previous": "interrupted", "stage": "resample/bio1"}, "queued"),
         ({"state": "running", "previous": "queued"}, "started"),
         (
             {"state": "running", "previous": "queued", "retries": 2, "max_retries": 3},
