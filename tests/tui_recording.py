@@ -223,7 +223,10 @@ def events(run: str = RUN) -> list[dict[str, Any]]:
 
 
 def transitions() -> list[dict[str, Any]]:
-    """The run-state changes the daemon recorded before the dashboard attached."""
+    """The run-state changes the daemon recorded before the dashboard attached: the failed
+    run failed at its catalog, was retried once by its policy and failed again."""
+    error = "catalog: threat_ease.tif has no CRS"
+    failure = {"previous": "running", "stage": "catalog", "retries": 1, "max_retries": 1}
     changes = [
         RunStateEvent(run=OTHER, time=T0 - 601, state="queued"),
         RunStateEvent(run=OTHER, time=T0 - 600, state="running", previous="queued"),
@@ -231,26 +234,15 @@ def transitions() -> list[dict[str, Any]]:
             run=OTHER,
             time=T0 - 570,
             state="queued",
-            previous="running",
-            stage="catalog",
-            error="catalog: threat_ease.tif has no CRS; retry 1/1 in 30 s",
-            retries=1,
-            max_retries=1,
+            error=f"{error}; retry 1/1 in 30 s",
             running_time=30.0,
+            **failure,
         ),
         RunStateEvent(
             run=OTHER, time=T0 - 560, state="running", previous="queued", retries=1, max_retries=1
         ),
         RunStateEvent(
-            run=OTHER,
-            time=T0 - 540,
-            state="failed",
-            previous="running",
-            stage="catalog",
-            error="catalog: threat_ease.tif has no CRS",
-            retries=1,
-            max_retries=1,
-            running_time=50.0,
+            run=OTHER, time=T0 - 540, state="failed", error=error, running_time=50.0, **failure
         ),
         RunStateEvent(run=RUN, time=T0 - 1, state="queued"),
         RunStateEvent(run=RUN, time=T0, state="running", previous="queued"),
