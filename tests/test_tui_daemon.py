@@ -190,7 +190,7 @@ async def test_view_keys_on_a_live_run(daemon) -> None:
         await pilot.pause(0.6)
         # The readout and the legend live in the borders, outside the plot.
         assert str(chart.border_title).startswith("RSS ")
-        assert "━[/green] RSS" in str(chart.border_subtitle)
+        assert "[ansi_green]━[/ansi_green] RSS" in str(chart.border_subtitle)
         for span in ("1 h", "whole run", "5 min"):
             await pilot.press("m")
             assert str(chart.border_subtitle).endswith(span)

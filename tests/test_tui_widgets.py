@@ -516,6 +516,7 @@ async def test_memory_chart_span_cycles_and_draws_levels() -> None:
         for name in ("RSS", "budget", "warning", "critical", "window px"):
             assert name in legend and name not in built
         assert len(set(COLORS.values())) == len(COLORS)
+
         # Free memory (2.9 GiB) is above the worker's range (budget 2 GiB): stated, not drawn.
         assert "avail" not in legend.split("·")[0]
         assert "avail 2.9 GiB" in legend
@@ -530,6 +531,32 @@ async def test_memory_chart_span_cycles_and_draws_levels() -> None:
             r"RSS [\d.]+ MiB · peak [\d.]+ MiB · budget 2\.0 GiB \(\d+ %\)",
             str(chart.border_title),
         )
+
+
+@pilot_test
+async def test_memory_lines_have_the_colours_their_legend_shows() -> None:
+    """Each series is painted in its legend's colour: plotext and the legend read the same
+    standard colour number (plotext has no "yellow": a name it does not know is painted
+    in its next default colour, which once made the warning line purple)."""
+    app = replay_app()
+    async with app.run_test(size=(160, 48)) as pilot:  # room for every level line
+        await pilot.pause(0.6)
+        chart = app.memory_chart
+        chart.redraw()
+        await pilot.pause()
+        legend = str(chart.border_subtitle)
+        painted = {
+            segment.style.color.number
+            for y in range(chart.size.height)
+            for segment in chart.render_line(y)
+            if segment.style and segment.style.color and segment.text.strip()
+            if not segment.text.strip("▀▄▖▗▘▝▚▞▐▌")
+        }
+        ansi = ("black", "red", "green", "yellow", "blue", "magenta", "cyan", "white")
+        for name in ("RSS", "budget", "warning", "critical", "window px"):
+            assert COLORS[name] in painted, name
+            bright = "bright_" if COLORS[name] >= len(ansi) else ""
+            assert f"[ansi_{bright}{ansi[COLORS[name] % len(ansi)]}]━" in legend, name
 
 
 def test_memory_chart_ticks_read_as_clock_times_and_sizes() -> None:
