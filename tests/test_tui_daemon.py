@@ -83,6 +83,13 @@ async def until(pilot, predicate: Callable[[], bool], timeout: float = WAIT_S) -
     return time.monotonic() - start
 
 
+def _cell_seconds(table: RunsTable, run_id: str) -> int:
+    """The Elapsed cell (``1m 05s``, ``7s``) in seconds."""
+    units = {"d": 86400, "h": 3600, "m": 60, "s": 1}
+    text = str(table.get_cell(run_id, "elapsed"))
+    return sum(int(part[:-1]) * units[part[-1]] for part in text.split())
+
+
 def _state(app: GeodApp, run_id: str) -> str:
     cell = app.query_one(RunsTable).get_cell(run_id, "state")
     return cell.plain
@@ -339,7 +346,20 @@ async def test_kill_confirms_then_retry(daemon) -> None:
         await pilot.press("K")
         await pilot.press("y")
         await until(pilot, lambda: _state(app, run_id) == "✖ killed")
+        killed = app.state.runs[run_id].summary
+        worked = app.state.elapsed(killed) or 0.0
+        assert worked > 0
         await pilot.press("R")
-        await until(pilot, lambda: _state(app, run_id) in ("▶ running", "◌ queued"))
+        await until(pilot, lambda: _state(app, run_id) == "▶ running")
+        # The retry continues the run: STARTED stays the first start, Elapsed goes on
+        # from what it had worked (the table shows the same figure).
+        retried = app.state.runs[run_id].summary
+        assert retried.started == killed.started
+        assert (app.state.elapsed(retried) or 0.0) >= worked
+        table = app.query_one(RunsTable)
+        await until(pilot, lambda: _cell_seconds(table, run_id) >= int(worked))
+        # The events pane says what happened, in order.
+        lines = [strip.text for strip in app.events_pane.lines if f" {run_id} " in strip.text]
+        assert "killed" in lines[-3] and "queued" in lines[-2] and "started" in lines[-1]
         harness.call("runs.kill", run=run_id, force=True)
         await until(pilot, lambda: _state(app, run_id) == "✖ killed")
