@@ -72,6 +72,8 @@ async def test_pane_shows_the_history_from_before_attach_then_live_changes() -> 
         assert "r2 ✘ failed at catalog, retry 1/1" in lines()[2]
         assert lines()[-1].endswith("r1 ▶ started")
         assert pane.region.area  # on screen next to the log at 160×48
+        # Shorter than its history: the newest lines are the ones in view.
+        await until(pilot, lambda: pane.scroll_y == pane.max_scroll_y > 0)
         app.state.apply_event(
             RunStateEvent(
                 run=rec.RUN, seq=10_000, time=rec.T0 + 61, state="paused", previous="running"
