@@ -129,7 +129,7 @@ def inspect(
     ``wrap_longitudes``: the target grid is geographic −180…180°, so a
     geographic source reaching east of 180° is rewritten to −180…180°.
     """
-    with _Prober(config, wrap_longitudes) as prober:
+    with Prober(config, wrap_longitudes) as prober:
         result = prober.probe(dataset)
     if isinstance(result, Problem):
         raise CatalogError([result])
@@ -140,7 +140,7 @@ def inspect_all(config: PipelineConfig) -> list[SourceInfo]:
     """Inspect every dataset; raises one :class:`CatalogError` naming every bad one."""
     infos: list[SourceInfo] = []
     problems: list[Problem] = []
-    with _Prober(config.catalog, grid_wraps_at_antimeridian(config.grid)) as prober:
+    with Prober(config.catalog, grid_wraps_at_antimeridian(config.grid)) as prober:
         for dataset in config.datasets:
             result = prober.probe(dataset)
             if isinstance(result, Problem):
@@ -155,8 +155,12 @@ def inspect_all(config: PipelineConfig) -> list[SourceInfo]:
 # --------------------------------------------------------------------------- parent side
 
 
-class _Prober:
-    """A long-lived inspection child; killed and replaced when a request times out."""
+class Prober:
+    """A long-lived inspection child; killed and replaced when a request times out.
+
+    Public for the daemon's watched folders, which inspect arriving files one by
+    one with the same checks (and timeout) a run's catalog applies.
+    """
 
     def __init__(self, config: CatalogConfig, wrap_longitudes: bool = False) -> None:
         self._config = config
@@ -164,7 +168,7 @@ class _Prober:
         self._proc: subprocess.Popen[bytes] | None = None
         self._buffer = b""
 
-    def __enter__(self) -> _Prober:
+    def __enter__(self) -> Prober:
         return self
 
     def __exit__(self, *exc: object) -> None:

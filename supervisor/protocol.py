@@ -132,6 +132,10 @@ class MemoryHistoryParams(_Params):
     since: float | None = Field(default=None, description="Unix time; None = whole history.")
 
 
+class SourcesParams(_Params):
+    rule: str | None = Field(default=None, description="One watch rule's files; None = all.")
+
+
 class SubscribeParams(_Params):
     runs: list[str] | None = Field(default=None, description="None = every run, new ones too.")
     events: bool = True
@@ -167,6 +171,31 @@ class DaemonStatus(BaseModel):
     counts: dict[str, int] = Field(default_factory=dict, description="Runs per state.")
     runs: int = 0
     stopping: bool = False
+    settings_file: str | None = None
+    settings_loaded: float | None = Field(default=None, description="Unix time of the last load.")
+    settings_error: str | None = Field(default=None, description="Why the last reload failed.")
+    watching: list[str] = Field(default_factory=list, description="One line per watch rule.")
+
+
+class WatchedSource(BaseModel):
+    """``sources.list``: one file of a watched folder (see supervisor.watch_state)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    rule: str
+    path: str
+    dataset: str
+    status: str = Field(description="ok, error (not a usable raster) or gone.")
+    change: str = Field(description="new, replaced or gone.")
+    size: int | None = None
+    mtime_ns: int | None = None
+    taken: float
+    crs: str | None = None
+    width: int | None = None
+    height: int | None = None
+    dtype: str | None = None
+    error: str | None = None
+    run: str | None = None
 
 
 class MemoryHistory(BaseModel):
@@ -202,6 +231,7 @@ METHODS: dict[str, type[BaseModel]] = {
     "runs.retry": RunParams,
     "logs.tail": LogsTailParams,
     "memory.history": MemoryHistoryParams,
+    "sources.list": SourcesParams,
     "subscribe": SubscribeParams,
     "unsubscribe": EmptyParams,
     "daemon.stop": EmptyParams,

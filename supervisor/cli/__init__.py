@@ -7,6 +7,7 @@ from supervisor.cli import map_cmd as map_cmd  # registers map
 from supervisor.cli import pipeline_cmds  # noqa: F401  (registers run/check/demo-data)
 from supervisor.cli import report_cmd as report_cmd  # registers report/open
 from supervisor.cli import run_cmds as run_cmds  # registers status/runs/logs/attach/control
+from supervisor.cli import sources_cmd as sources_cmd  # registers sources
 from supervisor.cli.main import cli
 
 
