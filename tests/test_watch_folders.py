@@ -19,11 +19,13 @@ from typing import Any
 
 import numpy as np
 import psycopg2
+import pytest
 import rasterio
 import yaml
 from rasterio.transform import from_origin
 
 from supervisor.client import Client
+from tests import daemon_harness
 from tests.daemon_harness import DaemonHarness, running_daemon
 
 #: Short settling keeps the tests to seconds; the logic is the same at 10 s.
@@ -90,7 +92,10 @@ def _watch_rows(url: str, rule: str) -> list[tuple[Any, ...]]:
         return cur.fetchall()
 
 
-def test_slow_copy_rename_replace_delete(tmp_path: Path, database_url: str) -> None:
+def test_slow_copy_rename_replace_delete(
+    tmp_path: Path, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(daemon_harness, "DAEMON_SCRIPT", daemon_harness.DAEMON_WITH_TELEMETRY)
     inbox, drop, staging = tmp_path / "inbox", tmp_path / "drop", tmp_path / "staging"
     inbox.mkdir()
     drop.mkdir()
@@ -189,8 +194,11 @@ def test_a_thousand_files_at_once_give_few_runs_and_a_responsive_daemon(tmp_path
         try:
             for index in range(1000):
                 shutil.copyfile(template, inbox / f"layer{index:04d}.tif")
+            # Every file recorded, and each in a submitted run.
             _until(
-                lambda: len(_sources(daemon)) == 1000 and daemon.call("runs.list"),
+                lambda: (
+                    len(found := _sources(daemon)) == 1000 and all(s["run"] for s in found.values())
+                ),
                 lambda: f"{len(_sources(daemon))} recorded\n{daemon.log()[-2000:]}",
             )
             time.sleep(SETTLE * 2)  # any further run would be submitted by now
@@ -217,7 +225,7 @@ def test_a_thousand_files_at_once_give_few_runs_and_a_responsive_daemon(tmp_path
 def test_settled_file_to_run_start_latency_and_no_duplicate_queued_run(tmp_path: Path) -> None:
     inbox, staging = tmp_path / "inbox", tmp_path / "staging"
     inbox.mkdir()
-    config = _glob_config(tmp_path, inbox, "steps40")  # 2 s per run: a second one queues
+    config = _glob_config(tmp_path, inbox, "steps200")  # 10 s per run: the next one queues
     rule = _rule(inbox, on_new="submit", config=str(config))
     with running_daemon(tmp_path / "d", watch=[rule], concurrency=1) as daemon:
         _raster(staging / "a.tif")
@@ -234,9 +242,16 @@ def test_settled_file_to_run_start_latency_and_no_duplicate_queued_run(tmp_path:
             os.rename(staging / f"{name}.tif", inbox / f"{name}.tif")
             time.sleep(SETTLE * 1.5)
         runs = daemon.call("runs.list")
-        assert [r["state"] for r in runs].count("queued") == 1, runs
-        assert len(runs) == 2
-        assert _sources(daemon)[str(inbox / "c.tif")]["run"] in {r["id"] for r in runs}
+        assert [r["state"] for r in runs] == ["running", "queued"], runs
+        sources = _sources(daemon)
+        assert sources[str(inbox / "b.tif")]["run"] == runs[1]["id"]
+        assert sources[str(inbox / "c.tif")]["run"] is None  # waits for the next run
+        # Once the queued run starts, the waiting file gets a run of its own.
+        daemon.call("runs.kill", run=runs[0]["id"])
+        _until(
+            lambda: _sources(daemon)[str(inbox / "c.tif")]["run"] == "r0003",
+            lambda: daemon.log()[-2000:],
+        )
 
 
 def test_files_arriving_while_the_daemon_is_down_are_found_once(tmp_path: Path) -> None:
@@ -257,8 +272,7 @@ def test_files_arriving_while_the_daemon_is_down_are_found_once(tmp_path: Path) 
         os.remove(inbox / "a.tif")
         daemon.start()
         _until(
-            lambda: len(daemon.call("runs.list")) == 2
-            and str(inbox / "b.tif") in _sources(daemon),
+            lambda: len(daemon.call("runs.list")) == 2 and str(inbox / "b.tif") in _sources(daemon),
             lambda: daemon.log()[-2000:],
         )
         time.sleep(SETTLE * 2)
