@@ -27,6 +27,9 @@ from rasterio.transform import from_origin
 from supervisor.client import Client
 from tests import daemon_harness
 from tests.daemon_harness import DaemonHarness, running_daemon
+from tests.tui_support import pilot_test
+from tui.app import GeodApp
+from tui.screens.sources import SourcesScreen
 
 #: Short settling keeps the tests to seconds; the logic is the same at 10 s.
 SETTLE = 1.0
@@ -329,3 +332,26 @@ def test_geod_yml_edits_are_reloaded_and_invalid_ones_refused(tmp_path: Path) ->
         assert status["settings_error"] is None and status["settings_loaded"] > loaded
         _raster(inbox / "a.tif")  # the rule added by the edit is live
         _until(lambda: _sources(daemon), lambda: daemon.log()[-2000:])
+
+
+@pilot_test
+async def test_dashboard_lists_watched_sources_from_the_palette(tmp_path: Path) -> None:
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    with running_daemon(tmp_path / "d", watch=[_rule(inbox)]) as daemon:
+        _raster(inbox / "tree cover.tif")
+        _until(lambda: _sources(daemon), lambda: daemon.log()[-2000:])
+        app = GeodApp(socket_path=daemon.socket_path)
+        async with app.run_test(size=(160, 40)) as pilot:
+            while app.link is None or not app.link.connected:
+                await pilot.pause(0.05)
+            app.action_sources()  # what the palette's "Watched sources" runs
+            while not isinstance(app.screen, SourcesScreen):
+                await pilot.pause(0.05)
+            await pilot.pause(0.1)
+            shown = app.export_screenshot()
+            assert "Watched&#160;sources" in shown
+            for text in ("tree_cover", "8×8", "float32", "EPSG:4326"):
+                assert text in shown, text
+            await pilot.press("escape")
+            assert not isinstance(app.screen, SourcesScreen)
