@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -36,6 +38,7 @@ SETTLE = 1.0
 TIMEOUT = 60.0
 POLL = 0.05
 MIB = 1024 * 1024
+GEOD = str(Path(sys.executable).parent / "geod")
 
 
 def _raster(path: Path, side: int = 8, value: float = 1.0) -> Path:
@@ -305,6 +308,17 @@ def test_deleted_watch_folder_is_logged_and_resumed(tmp_path: Path) -> None:
             lambda: daemon.log()[-2000:],
         )
         assert "watching" in daemon.call("status")["watching"][0]
+        # What users type: `geod sources` and `geod status` show the same.
+        socket = ["--socket", str(daemon.socket_path)]
+        listed = subprocess.run(
+            [GEOD, "sources", *socket], capture_output=True, text=True, timeout=60
+        )
+        assert listed.returncode == 0, listed.stderr
+        rows = {line.split()[1]: line.split()[2] for line in listed.stdout.splitlines()[1:]}
+        assert rows == {"a": "gone", "b": "ok"}
+        shown = subprocess.run([GEOD, "status", *socket], capture_output=True, text=True)
+        assert f"inbox: watching {inbox} (record; 1 taken, 0 settling)" in shown.stdout
+        assert "settings loaded" in shown.stdout
 
 
 def test_geod_yml_edits_are_reloaded_and_invalid_ones_refused(tmp_path: Path) -> None:
