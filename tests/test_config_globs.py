@@ -136,17 +136,16 @@ def test_vsi_glob_lists_through_gdal(tmp_path: Path) -> None:
     )
 
 
+def _check(config: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [GEOD, "check", str(config)], capture_output=True, text=True, cwd=REPO, timeout=120
+    )
+
+
 def test_geod_check_prints_the_expansion(tmp_path: Path) -> None:
     for name in ("layers/b.tif", "layers/a.tif"):
         _raster(tmp_path / name)
-    path = _config(tmp_path, [{"glob": "layers/*.tif"}])
-    result = subprocess.run(
-        [GEOD, "check", str(path)],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        timeout=120,
-    )
+    result = _check(_config(tmp_path, [{"glob": "layers/*.tif"}]))
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[:3] == [
@@ -154,13 +153,6 @@ def test_geod_check_prints_the_expansion(tmp_path: Path) -> None:
         f"    a ← {tmp_path / 'layers' / 'a.tif'}",
         f"    b ← {tmp_path / 'layers' / 'b.tif'}",
     ]
-    clash = _config(tmp_path, [{"glob": "layers/*.tif"}, {"glob": "layers/a.tif"}])
-    result = subprocess.run(
-        [GEOD, "check", str(clash)],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        timeout=120,
-    )
+    result = _check(_config(tmp_path, [{"glob": "layers/*.tif"}, {"glob": "layers/a.tif"}]))
     assert result.returncode == 2
     assert result.stderr.strip().endswith("both become dataset 'a'")

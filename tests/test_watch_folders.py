@@ -242,6 +242,13 @@ def test_settled_file_to_run_start_latency_and_no_duplicate_queued_run(tmp_path:
         latency = run["started"] - taken
         assert 0 <= latency < 5.0
         print(f"\nsettled file → run started: {latency * 1000:.0f} ms, load {os.getloadavg()}")
+        # Editing the template changes no submitted run: its config was frozen.
+        frozen = (Path(run["run_dir"]) / "config.yml").read_text()
+        template = config.read_text()
+        config.write_text(template.replace("steps200", "steps1"))
+        assert (Path(run["run_dir"]) / "config.yml").read_text() == frozen
+        assert daemon.run(run["id"])["name"] == "steps200"
+        config.write_text(template)
         # While the first run works, two more arrivals: one queued run, not two.
         for name in ("b", "c"):
             _raster(staging / f"{name}.tif")
@@ -369,3 +376,25 @@ async def test_dashboard_lists_watched_sources_from_the_palette(tmp_path: Path) 
                 assert text in shown, text
             await pilot.press("escape")
             assert not isinstance(app.screen, SourcesScreen)
+
+
+def test_a_file_that_never_becomes_a_raster_is_retried_then_reported(tmp_path: Path) -> None:
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    rule = _rule(inbox, settle_seconds=0.5, attempts=2)
+    with running_daemon(tmp_path / "d", watch=[rule]) as daemon:
+        began = time.monotonic()
+        (inbox / "bad.tif").write_bytes(os.urandom(4096))
+        found = _until(
+            lambda: _sources(daemon).get(str(inbox / "bad.tif")), lambda: daemon.log()[-2000:]
+        )
+        assert found["status"] == "error" and "not a raster GDAL can read" in found["error"]
+        assert time.monotonic() - began >= 2 * 0.5  # settled, tried, settled again, tried
+        assert "still not a usable raster after 2 attempts" in daemon.log()
+        # Completed later (renamed over it): taken.
+        _raster(tmp_path / "good.tif")
+        os.replace(tmp_path / "good.tif", inbox / "bad.tif")
+        _until(
+            lambda: _sources(daemon)[str(inbox / "bad.tif")]["status"] == "ok",
+            lambda: daemon.log()[-2000:],
+        )
