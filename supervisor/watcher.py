@@ -5,8 +5,9 @@ renamed in from another folder is known to be complete) runs in its own
 thread and only appends to a queue; the event loop drains it and keeps each
 rule's bookkeeping (:mod:`supervisor.watch_folder`). Inspections run one batch
 at a time in one more thread, with the catalog's inspection child
-(:class:`pipeline.catalog.Prober`), so neither GDAL nor a slow disk ever holds
-the loop that answers the socket. Every ``tick`` the loop asks each folder
+(:class:`pipeline.inspector.Inspector`: a run's catalog checks, GDAL in a child
+process), so neither GDAL nor a slow disk ever holds the loop that answers the
+socket, and the daemon never loads rasterio. Every ``tick`` the loop asks each folder
 which files have settled, notices a watched folder that disappeared (logged;
 its files gone) or came back (watched again and rescanned), submits the runs of
 ``submit`` rules and writes the rules' state files.
@@ -35,16 +36,16 @@ from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers.api import ObservedWatch
 from watchdog.observers.inotify import InotifyObserver
 
-from pipeline.config import ConfigError
+from pipeline.config import CatalogConfig, ConfigError, DatasetConfig
 from pipeline.events import SourceEvent
 from pipeline.globs import dataset_name
+from pipeline.inspector import Inspector, Problem
 from supervisor.protocol import ProtocolError
 from supervisor.watch_folder import FolderWatch, Probe, stat_key
 from supervisor.watch_rules import WatchRule
 from supervisor.watch_state import StateFile, WatchedFile
 
 if TYPE_CHECKING:
-    from pipeline.catalog import Prober
     from supervisor.scheduler import Scheduler
 
 log = logging.getLogger("geod.daemon.watch")
@@ -92,7 +93,7 @@ class Watcher:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
         self._probe_pool = ThreadPoolExecutor(1, thread_name_prefix="geod-watch-probe")
-        self._prober: Prober | None = None
+        self._inspector: Inspector | None = None
         self._probes: set[asyncio.Future[list[Probe]]] = set()
         #: Monotonic time the first file of the current submit batch was taken, per rule.
         self._batch_since: dict[str, float] = {}
@@ -133,8 +134,8 @@ class Watcher:
         for folder in self.folders.values():
             self._save(folder)
         await asyncio.to_thread(self._probe_pool.shutdown)
-        if self._prober is not None:
-            self._prober.__exit__(None, None, None)
+        if self._inspector is not None:
+            self._inspector.__exit__(None, None, None)
 
     # -- what clients see --------------------------------------------------------------------
 
@@ -305,27 +306,24 @@ class Watcher:
 
     def _inspect(self, paths: list[str]) -> list[Probe]:
         """In the inspection thread: the catalog's header checks of each file."""
-        from pipeline.catalog import Prober, Problem
-        from pipeline.config import CatalogConfig, DatasetConfig
-
-        if self._prober is None:
-            self._prober = Prober(CatalogConfig())
+        if self._inspector is None:
+            self._inspector = Inspector(CatalogConfig())
         results = []
         for path in paths:
             before = stat_key(path)
             if before is None:
                 continue
             dataset = DatasetConfig(name=dataset_name(os.path.basename(path)), path=path)
-            found = self._prober.probe(dataset)
+            found = self._inspector.facts(dataset)
             after = stat_key(path) or before
             if isinstance(found, Problem):
                 results.append(Probe(path, *after, None, found.reason))
                 continue
             facts: dict[str, Any] = {
-                "crs": found.crs.to_string(),
-                "width": found.width,
-                "height": found.height,
-                "dtype": found.dtype,
+                "crs": found["crs_name"],
+                "width": found["width"],
+                "height": found["height"],
+                "dtype": found["dtype"],
             }
             # Changed while being read: the facts may be of a partial file; settle again.
             results.append(Probe(path, *after, facts if after == before else None, None))

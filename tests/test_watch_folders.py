@@ -304,6 +304,8 @@ def test_deleted_watch_folder_is_logged_and_resumed(tmp_path: Path) -> None:
     with running_daemon(tmp_path / "d", watch=[_rule(inbox)]) as daemon:
         _raster(inbox / "a.tif")
         _until(lambda: _sources(daemon), lambda: daemon.log()[-2000:])
+        # Inspected in a child process: the daemon itself never loads GDAL.
+        assert "libgdal" not in Path(f"/proc/{daemon.process.pid}/maps").read_text()
         shutil.rmtree(inbox)
         _until(lambda: "watched folder" in daemon.log(), lambda: daemon.log()[-2000:])
         assert _sources(daemon)[str(inbox / "a.tif")]["status"] == "gone"
