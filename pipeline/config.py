@@ -775,6 +775,28 @@ def parse_yaml(data: bytes, path: Path, error: type[ValueError] = ConfigError) -
         raise error(f"{path}:{where}: {_excerpt(problem)}") from None
 
 
+def expand_globs_in(content: bytes, path: Path) -> bytes:
+    """The config text with its ``glob:`` entries expanded (unchanged if it has none).
+
+    A root daemon has a member's config read by a child running as that member;
+    the child expands the globs too, so the files a member's run gets are the
+    ones the member can list, never the daemon's view of a folder.
+    """
+    try:
+        data = parse_yaml(content, path)
+    except ConfigError:
+        return content  # the daemon phrases it as it would any unreadable config
+    if not isinstance(data, dict):
+        return content
+    try:
+        expanded = expand(data.get("datasets"), path.resolve().parent)
+    except GlobError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    if not expanded.expansions:
+        return content
+    return yaml.safe_dump({**data, "datasets": expanded.datasets}, sort_keys=False).encode()
+
+
 def load_config(
     path: str | os.PathLike[str], check_files: bool = True, content: bytes | None = None
 ) -> PipelineConfig:
