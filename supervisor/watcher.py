@@ -301,6 +301,8 @@ class Watcher:
                 if taken is not None and folder.rule.on_new == "submit":
                     folder.state.waiting.append(taken.path)
                     self._batch_since.setdefault(folder.key, now)
+            if folder.rule.on_new == "submit":
+                self._submit_if_due(folder)  # now, not at the next tick
 
         future.add_done_callback(done)
 
