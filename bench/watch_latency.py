@@ -19,7 +19,6 @@ import argparse
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,60 +29,31 @@ import numpy as np
 import rasterio
 import yaml
 from rasterio.transform import from_origin
+from serve import start_daemon
 
-from supervisor.client import Client, DaemonNotRunning
+from supervisor.client import Client
 
 REPO = Path(__file__).resolve().parent.parent
 FAKE_WORKER = [sys.executable, str(REPO / "tests" / "fake_worker.py")]
-START_TIMEOUT = 30.0
 ROUND_TIMEOUT = 60.0
 POLL = 0.01
 
 
 def raster(path: Path) -> Path:
-    profile = {
-        "driver": "GTiff",
-        "width": 8,
-        "height": 8,
-        "count": 1,
-        "dtype": "float32",
-        "crs": "EPSG:4326",
-        "transform": from_origin(-180, 90, 45, 22.5),
-    }
-    with rasterio.open(path, "w", **profile) as dst:
+    """An 8 × 8 float32 global GeoTIFF (the benchmark imports nothing from tests/)."""
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        width=8,
+        height=8,
+        count=1,
+        dtype="float32",
+        crs="EPSG:4326",
+        transform=from_origin(-180, 90, 45, 22.5),
+    ) as dst:
         dst.write(np.ones((1, 8, 8), "float32"))
     return path
-
-
-def start_daemon(tmp: Path, inbox: Path, config: Path, settle: float) -> tuple[Any, Path]:
-    socket_path = Path(tempfile.mkdtemp(prefix="geodw-", dir="/tmp")) / "s.sock"
-    settings = tmp / "geod.yml"
-    rule = {"dir": str(inbox), "on_new": "submit", "config": str(config)}
-    rule["settle_seconds"] = settle
-    settings.write_text(
-        yaml.safe_dump(
-            {
-                "state_dir": str(tmp / "state"),
-                "socket_path": str(socket_path),
-                "telemetry": False,
-                "concurrency": 1,
-                "worker_command": FAKE_WORKER,
-                "watch": [rule],
-            }
-        )
-    )
-    geod = Path(sys.executable).parent / "geod"
-    log = open(tmp / "daemon.log", "wb")  # noqa: SIM115 - the daemon's stderr for its life
-    process = subprocess.Popen([str(geod), "serve", "--config", str(settings)], stderr=log)
-    deadline = time.monotonic() + START_TIMEOUT
-    while True:
-        try:
-            Client(socket_path).close()
-            return process, socket_path
-        except DaemonNotRunning:
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"daemon did not start; see {tmp / 'daemon.log'}") from None
-            time.sleep(0.05)
 
 
 def wait_for(client: Client, predicate: Any) -> Any:
@@ -122,7 +92,14 @@ def main() -> None:
     config = tmp / "steps1.yml"
     config.write_text(yaml.safe_dump({"name": "steps1", "datasets": [{"glob": "inbox/*.tif"}]}))
     raster(inbox / "seed.tif")  # the glob matches something for the reference submissions
-    process, socket_path = start_daemon(tmp, inbox, config, args.settle)
+    rule = {"dir": str(inbox), "on_new": "submit", "config": str(config)}
+    process, socket_path = start_daemon(
+        tmp,
+        telemetry=False,
+        concurrency=1,
+        worker_command=FAKE_WORKER,
+        watch=[{**rule, "settle_seconds": args.settle}],
+    )
     watched, copied, direct = [], [], []
     try:
         with Client(socket_path) as client:

@@ -7,32 +7,14 @@ import sys
 import zipfile
 from pathlib import Path
 
-import numpy as np
 import pytest
-import rasterio
 import yaml
-from rasterio.transform import from_origin
 
 from pipeline.config import ConfigError, dump_config, load_config
+from tests.rasters import global_geotiff as _raster
 
 REPO = Path(__file__).resolve().parent.parent
 GEOD = str(Path(sys.executable).parent / "geod")
-
-
-def _raster(path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    profile = {
-        "driver": "GTiff",
-        "width": 36,
-        "height": 18,
-        "count": 1,
-        "dtype": "float32",
-        "crs": "EPSG:4326",
-        "transform": from_origin(-180, 90, 10, 10),
-    }
-    with rasterio.open(path, "w", **profile) as dst:
-        dst.write(np.ones((1, 18, 36), "float32"))
-    return path
 
 
 def _config(tmp_path: Path, datasets: list[dict]) -> Path:

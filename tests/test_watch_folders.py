@@ -19,16 +19,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import psycopg2
 import pytest
-import rasterio
 import yaml
-from rasterio.transform import from_origin
 
 from supervisor.client import Client
 from tests import daemon_harness
 from tests.daemon_harness import DaemonHarness, running_daemon
+from tests.rasters import global_geotiff as _raster
 from tests.tui_support import pilot_test
 from tui.app import GeodApp
 from tui.screens.sources import SourcesScreen
@@ -39,22 +37,6 @@ TIMEOUT = 60.0
 POLL = 0.05
 MIB = 1024 * 1024
 GEOD = str(Path(sys.executable).parent / "geod")
-
-
-def _raster(path: Path, side: int = 8, value: float = 1.0) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    profile = {
-        "driver": "GTiff",
-        "width": side,
-        "height": side,
-        "count": 1,
-        "dtype": "float32",
-        "crs": "EPSG:4326",
-        "transform": from_origin(-180, 90, 360 / side, 180 / side),
-    }
-    with rasterio.open(path, "w", **profile) as dst:
-        dst.write(np.full((1, side, side), value, "float32"))
-    return path
 
 
 def _rule(folder: Path, **keys: Any) -> dict[str, Any]:
