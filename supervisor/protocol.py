@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import math
 from enum import IntEnum
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -178,24 +178,24 @@ class DaemonStatus(BaseModel):
 
 
 class WatchedSource(BaseModel):
-    """``sources.list``: one file of a watched folder (see supervisor.watch_state)."""
-
-    model_config = ConfigDict(extra="allow")
+    """``sources.list``: one file of a watched folder, as the daemon also keeps it on disk."""
 
     rule: str
     path: str
-    dataset: str
-    status: str = Field(description="ok, error (not a usable raster) or gone.")
-    change: str = Field(description="new, replaced or gone.")
+    dataset: str = Field(description="The dataset name a glob: entry gives this file.")
+    status: Literal["ok", "error", "gone"] = Field(
+        description="ok; error: not a usable raster after its attempts; gone: deleted."
+    )
+    change: Literal["new", "replaced", "gone"]
     size: int | None = None
     mtime_ns: int | None = None
-    taken: float
+    taken: float = Field(description="Unix time the file was taken (or found gone).")
     crs: str | None = None
     width: int | None = None
     height: int | None = None
     dtype: str | None = None
     error: str | None = None
-    run: str | None = None
+    run: str | None = Field(default=None, description="The run submitted with it (submit).")
 
 
 class MemoryHistory(BaseModel):

@@ -24,8 +24,9 @@ from typing import Literal
 
 from pipeline.events import SourceEvent
 from pipeline.globs import dataset_name
+from supervisor.protocol import WatchedSource
 from supervisor.watch_rules import WatchRule
-from supervisor.watch_state import RuleState, StateFile, WatchedFile
+from supervisor.watch_state import RuleState, StateFile
 
 log = logging.getLogger("geod.daemon.watch")
 
@@ -129,7 +130,7 @@ class FolderWatch:
         if known is None or known.status == "gone":
             return
         self._emit(
-            WatchedFile(
+            WatchedSource(
                 rule=self.key,
                 path=path,
                 dataset=known.dataset,
@@ -193,7 +194,7 @@ class FolderWatch:
         self.probing.update(ready)
         return ready
 
-    def inspected(self, probe: Probe, now: float) -> WatchedFile | None:
+    def inspected(self, probe: Probe, now: float) -> WatchedSource | None:
         """Take the file, retry it later, or report it; returns the file if it was taken."""
         self.probing.discard(probe.path)
         entry = self.pending.get(probe.path)
@@ -230,7 +231,7 @@ class FolderWatch:
             "replaced" if known is not None and known.status != "gone" else "new"
         )
         facts = probe.facts or {}
-        taken = WatchedFile(
+        taken = WatchedSource(
             rule=self.key,
             path=probe.path,
             dataset=dataset_name(os.path.basename(probe.path)),
@@ -248,7 +249,7 @@ class FolderWatch:
         self._emit(taken)
         return taken if taken.status == "ok" else None
 
-    def _emit(self, watched: WatchedFile) -> None:
+    def _emit(self, watched: WatchedSource) -> None:
         self.state.seq += 1
         self.state.files[watched.path] = watched
         self.dirty = True

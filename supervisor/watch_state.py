@@ -14,42 +14,22 @@ import contextlib
 import json
 import logging
 from pathlib import Path
-from typing import Literal
 
 from pydantic import BaseModel, Field, ValidationError
 
 from pipeline.durable import write_atomic
+from supervisor.protocol import WatchedSource
 
 log = logging.getLogger("geod.daemon.watch")
 
 WATCH_DIR_NAME = "watch"
-FileStatus = Literal["ok", "error", "gone"]
-
-
-class WatchedFile(BaseModel):
-    """One file of a watched folder as ``geod sources`` lists it (the wire shape too)."""
-
-    rule: str
-    path: str
-    dataset: str = Field(description="The dataset name a glob: entry gives this file.")
-    status: FileStatus
-    change: Literal["new", "replaced", "gone"]
-    size: int | None = None
-    mtime_ns: int | None = None
-    taken: float = Field(description="Unix time the file was taken (or found gone).")
-    crs: str | None = None
-    width: int | None = None
-    height: int | None = None
-    dtype: str | None = None
-    error: str | None = None
-    run: str | None = Field(default=None, description="The run submitted with it (submit).")
 
 
 class RuleState(BaseModel):
     """The persisted record of one rule."""
 
     seq: int = 0
-    files: dict[str, WatchedFile] = Field(default_factory=dict)
+    files: dict[str, WatchedSource] = Field(default_factory=dict)
     #: Files taken for a ``submit`` rule that no submitted run includes yet.
     waiting: list[str] = Field(default_factory=list)
     #: The rule's latest run: while it is still queued, no second run is queued.

@@ -40,10 +40,10 @@ from pipeline.config import CatalogConfig, ConfigError, DatasetConfig
 from pipeline.events import SourceEvent
 from pipeline.globs import dataset_name
 from pipeline.inspector import Inspector, Problem
-from supervisor.protocol import ProtocolError
+from supervisor.protocol import ProtocolError, WatchedSource
 from supervisor.watch_folder import FolderWatch, Probe, stat_key
 from supervisor.watch_rules import WatchRule
-from supervisor.watch_state import StateFile, WatchedFile
+from supervisor.watch_state import StateFile
 
 if TYPE_CHECKING:
     from supervisor.scheduler import Scheduler
@@ -139,7 +139,7 @@ class Watcher:
 
     # -- what clients see --------------------------------------------------------------------
 
-    def sources(self, rule: str | None = None) -> list[WatchedFile]:
+    def sources(self, rule: str | None = None) -> list[WatchedSource]:
         """Every file the rules have recorded (or only ``rule``'s), by rule and path."""
         found = []
         for key, folder in sorted(self.folders.items()):
