@@ -116,6 +116,10 @@ class FolderWatch:
         key = stat_key(path)
         if key is None:
             return
+        known = self.state.files.get(path)
+        taken_as = None if known is None else (known.size, known.mtime_ns)
+        if not renamed and known is not None and known.status != "gone" and taken_as == key:
+            return  # touched (chmod, a reader's close), not rewritten: nothing new to take
         now = time.monotonic()
         entry = self.pending.get(path)
         if entry is None or (entry.size, entry.mtime_ns) != key or renamed:
@@ -175,11 +179,17 @@ class FolderWatch:
 
     # -- settling --------------------------------------------------------------------------
 
-    def due(self, now: float) -> list[str]:
-        """Files to inspect now: settled (or renamed in), not already being inspected."""
+    def due(self, now: float, renamed_only: bool = False) -> list[str]:
+        """Files to inspect now: settled (or renamed in), not already being inspected.
+
+        ``renamed_only`` looks at renamed files alone: what a burst of events can
+        make due at once, without a stat of every settling file per burst.
+        """
         ready = []
         for path, entry in list(self.pending.items()):
             if path in self.probing or now < entry.not_before:
+                continue
+            if renamed_only and not entry.immediate:
                 continue
             key = stat_key(path)
             if key is None:

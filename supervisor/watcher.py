@@ -181,7 +181,7 @@ class Watcher:
             if folder is not None:
                 self._apply(folder, event)
         if events:
-            self._start_probes()
+            self._start_probes(renamed_only=True)  # the tick takes the settled ones
 
     def _apply(self, folder: FolderWatch, event: FileSystemEvent) -> None:
         src = os.fsdecode(event.src_path)
@@ -275,10 +275,10 @@ class Watcher:
             if folder.rule.on_new == "submit":
                 self._submit_if_due(folder)
 
-    def _start_probes(self) -> None:
+    def _start_probes(self, renamed_only: bool = False) -> None:
         now = time.monotonic()
         for folder in self.folders.values():
-            due = folder.due(now)
+            due = folder.due(now, renamed_only)
             for start in range(0, len(due), PROBE_BATCH):
                 self._probe(folder, due[start : start + PROBE_BATCH])
 

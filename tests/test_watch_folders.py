@@ -105,6 +105,7 @@ def test_slow_copy_rename_replace_delete(
         assert found["size"] == big.stat().st_size and found["width"] == 3620
         assert found["taken"] >= copied
         assert "not a complete raster yet" in daemon.log()  # the stall was seen, and retried
+        os.chmod(inbox / "big.tif", 0o640)  # touched, not rewritten: not taken again
 
         # 2. Renamed in (from a hidden temporary name, and from outside the folder):
         #    taken at once, although this rule settles for 30 s.
@@ -129,6 +130,7 @@ def test_slow_copy_rename_replace_delete(
         assert _sources(daemon)[str(drop / "fresh.tif")]["width"] == 16
 
         # 4. Deleted: recorded as gone.
+        time.sleep(SETTLE * 1.5)  # time enough for the chmod to be (wrongly) taken again
         os.remove(inbox / "big.tif")
         _until(
             lambda: _sources(daemon)[str(inbox / "big.tif")]["status"] == "gone",
@@ -182,12 +184,14 @@ def test_a_thousand_files_at_once_give_few_runs_and_a_responsive_daemon(tmp_path
         try:
             for index in range(1000):
                 shutil.copyfile(template, inbox / f"layer{index:04d}.tif")
-            # Every file recorded, and each in a submitted run.
+            # Every file recorded (status says so cheaply), then each in a submitted run.
             _until(
-                lambda: (
-                    len(found := _sources(daemon)) == 1000 and all(s["run"] for s in found.values())
-                ),
-                lambda: f"{len(_sources(daemon))} recorded\n{daemon.log()[-2000:]}",
+                lambda: "1000 taken, 0 settling" in daemon.call("status")["watching"][0],
+                lambda: f"{daemon.call('status')['watching']}\n{daemon.log()[-2000:]}",
+            )
+            _until(
+                lambda: all(s["run"] for s in _sources(daemon).values()),
+                lambda: daemon.log()[-2000:],
             )
             time.sleep(SETTLE * 2)  # any further run would be submitted by now
         finally:
@@ -196,7 +200,7 @@ def test_a_thousand_files_at_once_give_few_runs_and_a_responsive_daemon(tmp_path
         sources = _sources(daemon)
         assert all(s["status"] == "ok" for s in sources.values())
         runs = daemon.call("runs.list")
-        assert 1 <= len(runs) <= 3, runs
+        assert 1 <= len(runs) <= 5, runs  # "one or a few", never one per file
         assert max(latencies) < 1.0, f"slowest status answer {max(latencies):.3f} s"
         # The frozen run config lists the glob's datasets, one per file taken before it.
         first = min(runs, key=lambda r: r["id"])
