@@ -34,6 +34,7 @@ from typing import IO
 from pipeline.durable import write_atomic
 from supervisor import sdnotify
 from supervisor.detach import LOG_FILE, PID_FILE
+from supervisor.hooks import HookRunner
 from supervisor.methods import Methods
 from supervisor.protocol import Selection
 from supervisor.recovery import Recovery
@@ -171,8 +172,14 @@ class Daemon:
             settings.state_dir, settings.memory_history, settings.event_history
         )
         self.server: Server | None = None
+        self.hooks = HookRunner(settings.hooks, settings.hook_workers)
         self.scheduler = Scheduler(
-            settings, self.registry, self._notify, telemetry, on_change=self._status_changed
+            settings,
+            self.registry,
+            self._notify,
+            telemetry,
+            on_change=self._status_changed,
+            on_transition=self.hooks.fire,
         )
         self.recovery = Recovery(self.scheduler, telemetry)
         self._stop: asyncio.Event | None = None
@@ -193,6 +200,7 @@ class Daemon:
     async def run(self, ready: Callable[[], None] | None) -> int:
         self._stop = asyncio.Event()
         self.registry.load()
+        self.scheduler.seed_states()
         methods = Methods(self.scheduler, self._stop.set)
         self.server = Server(methods, self.settings.client_queue_limit, self.settings.socket_group)
         try:
@@ -200,6 +208,7 @@ class Daemon:
         except SocketError as exc:
             log.error("%s", exc)
             self.registry.close()
+            self.hooks.close()
             return EXIT_START_FAILED
         self.recovery.recover()
         self.scheduler.schedule()
@@ -219,6 +228,7 @@ class Daemon:
             await watchdog
         await self.server.close()
         self.registry.close()
+        self.hooks.close()  # hooks of the last state changes (interrupted runs) still run
         log.info("stopped")
         return EXIT_OK
 
@@ -253,7 +263,8 @@ class Daemon:
         new._source, new._system = self.settings._source, self.settings._system
         logging.getLogger().setLevel(new.log_level)
         self.settings = new
-        self.scheduler.settings = new
+        self.scheduler.use_settings(new)
+        self.hooks.configure(new.hooks)
         if self.server is not None:
             self.server.queue_limit = new.client_queue_limit
         log.info("SIGHUP: settings reloaded (log level %s)", new.log_level)

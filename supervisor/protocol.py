@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from enum import IntEnum
 from typing import Any
 
@@ -25,6 +26,8 @@ PROTOCOL_VERSION = 1
 MAX_LINE_BYTES = 1024 * 1024
 
 __all__ = ["FINAL_STATES", "RunState"]  # re-exported: clients need only this module
+#: A label key (``geod start --label KEY=VALUE``): a word, as environment and JSON keys like.
+LABEL_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,62}$")
 
 
 class RunSummary(BaseModel):
@@ -63,6 +66,17 @@ class RunSummary(BaseModel):
     outputs: list[dict[str, Any]] = Field(default_factory=list)
     owner: dict[str, Any] | None = Field(
         default=None, description="uid, gid, groups the worker runs as (root daemon only)."
+    )
+    priority: int = Field(default=0, description="Higher starts first; ties in submission order.")
+    after: list[str] = Field(
+        default_factory=list, description="Runs that must end done before this one starts."
+    )
+    start_at: float | None = Field(
+        default=None, description="Unix time before which the run does not start (scheduled)."
+    )
+    labels: dict[str, str] = Field(default_factory=dict, description="User's KEY=VALUE tags.")
+    waiting: str | None = Field(
+        default=None, description="Why a queued run does not start yet (None: it may start)."
     )
 
 
@@ -114,6 +128,28 @@ class RunParams(_Params):
 class SubmitParams(_Params):
     config_path: str = Field(description="Absolute path of a config.yml the daemon can read.")
     name: str | None = None
+    priority: int = 0
+    after: list[str] = Field(default_factory=list, description="Run ids to wait for (done).")
+    start_at: float | None = Field(default=None, description="Unix time; None = now.")
+    labels: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _label_keys(self) -> SubmitParams:
+        for key in self.labels:
+            if not LABEL_KEY.fullmatch(key):
+                raise ValueError(
+                    f"label {key!r}: keys are a letter or '_' then letters, digits, '_.-'"
+                )
+        return self
+
+
+class PriorityParams(_Params):
+    run: str
+    priority: int
+
+
+class ParallelParams(_Params):
+    concurrency: int = Field(ge=1, description="Runs executing at once from now on.")
 
 
 class KillParams(Selection):
@@ -169,6 +205,13 @@ class DaemonStatus(BaseModel):
     stopping: bool = False
 
 
+class QueueSettings(BaseModel):
+    """``queue.parallel``: the concurrency in force and the settings file's (its default)."""
+
+    concurrency: int
+    settings_concurrency: int
+
+
 class MemoryHistory(BaseModel):
     """``memory.history``: a run's memory events (daemon samples and worker readings)."""
 
@@ -200,6 +243,8 @@ METHODS: dict[str, type[BaseModel]] = {
     "runs.resume": Selection,
     "runs.kill": KillParams,
     "runs.retry": RunParams,
+    "runs.priority": PriorityParams,
+    "queue.parallel": ParallelParams,
     "logs.tail": LogsTailParams,
     "memory.history": MemoryHistoryParams,
     "subscribe": SubscribeParams,
