@@ -97,6 +97,7 @@ class Methods:
             "state_dir": str(settings.state_dir),
             "socket": str(settings.socket_path),
             "concurrency": self.scheduler.concurrency,
+            "settings_concurrency": settings.concurrency,
             "counts": self.scheduler.counts(),
             "runs": len(self.scheduler.runs()),
             "stopping": self.scheduler.shutting_down,

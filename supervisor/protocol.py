@@ -200,6 +200,9 @@ class DaemonStatus(BaseModel):
     state_dir: str
     socket: str
     concurrency: int
+    settings_concurrency: int | None = Field(
+        default=None, description="The settings file's concurrency (``geod parallel`` overrides)."
+    )
     counts: dict[str, int] = Field(default_factory=dict, description="Runs per state.")
     runs: int = 0
     stopping: bool = False
