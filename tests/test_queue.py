@@ -71,12 +71,12 @@ def usage_error(result: subprocess.CompletedProcess, *words: str) -> None:
 
 def test_priority_orders_the_queue_and_can_change(tmp_path: Path) -> None:
     with running_daemon(tmp_path, concurrency=1) as daemon:
-        blocker = start(daemon, BLOCKER)
+        blocker = submit(daemon, BLOCKER)
         daemon.wait(blocker, "running")
-        low = start(daemon, QUICK)
+        low = submit(daemon, QUICK)
         high = start(daemon, QUICK, "--priority", "5")
-        tie = start(daemon, QUICK, "--priority", "5")  # same priority: after `high`
-        late = start(daemon, QUICK, "--priority", "-1")
+        tie = submit(daemon, QUICK, priority=5)  # same priority: after `high`
+        late = submit(daemon, QUICK, priority=-1)
         changed = geod(daemon, "priority", late, "9")  # raise the last one
         assert changed.returncode == 0, changed.stderr
         assert changed.stdout.split("\t")[:2] == [late, "priority 9"]
@@ -143,10 +143,10 @@ def test_queue_survives_a_daemon_sigkill(tmp_path: Path) -> None:
     with running_daemon(tmp_path, concurrency=1) as daemon:
         blocker = start(daemon, BLOCKER, **NEVER)  # interrupted by the crash, stays so
         daemon.wait(blocker, "running")
-        scheduled = start(daemon, QUICK, "--delay", "1h", "--priority", "3")
-        low = start(daemon, QUICK)
-        high = start(daemon, QUICK, "--priority", "7", "--after", low)
-        urgent = start(daemon, QUICK, "--priority", "4")
+        scheduled = submit(daemon, QUICK, start_at=time.time() + 3600, priority=3)
+        low = submit(daemon, QUICK)
+        high = submit(daemon, QUICK, priority=7, after=[low])
+        urgent = submit(daemon, QUICK, priority=4)
         assert geod(daemon, "parallel", "1").returncode == 0
         before = {run: daemon.run(run) for run in (scheduled, low, high, urgent)}
         daemon.crash()
@@ -170,8 +170,8 @@ def test_queue_survives_a_daemon_sigkill(tmp_path: Path) -> None:
 
 def test_parallel_is_persisted_and_a_settings_change_wins(tmp_path: Path) -> None:
     with running_daemon(tmp_path, concurrency=1) as daemon:
-        first = start(daemon, BLOCKER)
-        second = start(daemon, BLOCKER)
+        first = submit(daemon, BLOCKER)
+        second = submit(daemon, BLOCKER)
         daemon.wait(first, "running")
         assert daemon.run(second)["state"] == "queued"
         result = geod(daemon, "parallel", "2")
@@ -196,17 +196,17 @@ def test_parallel_is_persisted_and_a_settings_change_wins(tmp_path: Path) -> Non
 
 def test_wait_exit_codes(tmp_path: Path) -> None:
     with running_daemon(tmp_path, concurrency=3) as daemon:
-        good = start(daemon, "steps10")
-        other = start(daemon, QUICK)
+        good = submit(daemon, "steps10")
+        other = submit(daemon, QUICK)
         waited = geod(daemon, "wait", good, other)
         assert waited.returncode == 0, waited.stderr
         assert sorted(waited.stdout.split("\n")[:2]) == sorted([f"{good}\tdone", f"{other}\tdone"])
-        bad = start(daemon, "steps2-alwaysfail", **NEVER)
+        bad = submit(daemon, "steps2-alwaysfail", NEVER)
         result = geod(daemon, "wait", good, bad, "--json")
         assert result.returncode == EXIT_FAILED
         assert [r["state"] for r in json.loads(result.stdout)] == ["done", "failed"]
-        long = start(daemon, BLOCKER)
-        follower = start(daemon, QUICK, "--after", long)
+        long = submit(daemon, BLOCKER)
+        follower = submit(daemon, QUICK, after=[long])
         timed_out = geod(daemon, "wait", "--all", "--timeout", "0.5")
         one_error_line(timed_out, EXIT_TIMEOUT, "timed out", long, follower)
         # --all waits for the runs going when it starts: a killed one makes it exit 1.
