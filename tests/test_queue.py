@@ -17,8 +17,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from supervisor.cli.main import EXIT_BAD_STATE, EXIT_FAILED, EXIT_UNKNOWN_RUN, EXIT_USAGE
-from supervisor.cli.queue_cmds import EXIT_TIMEOUT
+from supervisor.cli.main import (
+    EXIT_BAD_STATE,
+    EXIT_FAILED,
+    EXIT_TIMEOUT,
+    EXIT_UNKNOWN_RUN,
+    EXIT_USAGE,
+)
 from supervisor.run_queue import QUEUE_STATE_NAME
 from tests.daemon_harness import DaemonHarness, fake_config, running_daemon
 

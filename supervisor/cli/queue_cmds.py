@@ -16,11 +16,8 @@ import click
 from supervisor.cli import render
 from supervisor.cli.connection import connect, json_option, resolve_socket, socket_option
 from supervisor.cli.follow import wait_for_runs
-from supervisor.cli.main import EXIT_FAILED, EXIT_OK, cli
+from supervisor.cli.main import EXIT_FAILED, EXIT_OK, EXIT_TIMEOUT, cli
 from supervisor.protocol import FINAL_STATES, QueueSettings, RunSummary
-
-#: ``geod wait``'s exit status when ``--timeout`` runs out (timeout(1)'s).
-EXIT_TIMEOUT = 124
 
 
 @cli.command(context_settings={"ignore_unknown_options": True})
