@@ -167,13 +167,13 @@ class Scheduler:
 
     def publish(self, run: Run, save: bool = True) -> None:
         """A summary changed: persist it, tell subscribers, telemetry, systemd, hooks."""
+        if run.summary.state != "queued":
+            run.summary.waiting = None  # only a queued run waits for something
         if save:
             try:
                 self.registry.save(run)
             except FileNotFoundError:
                 self._vanished(run)
-        if run.summary.state != "queued":
-            run.summary.waiting = None  # only a queued run waits for something
         previous = self._published_state.get(run.id)
         if previous != run.summary.state:
             self._published_state[run.id] = run.summary.state
@@ -286,7 +286,8 @@ class Scheduler:
                 continue  # (a run whose old worker is still being stopped must wait)
             retry_at = run.summary.retry_at
             if retry_at is not None and retry_at > now:
-                continue  # its error says when the retry comes
+                self._set_waiting(run, None)  # its error says when the retry comes
+                continue
             reason = run_queue.dependencies(run, self.registry.get).waiting
             claim = self._output_claim(run)
             if reason is None and claim is not None and claim in claimed:
@@ -333,7 +334,7 @@ class Scheduler:
                 self.say(run, "INFO", "its start time has come: queued")
                 self.publish(run)
 
-    def _set_waiting(self, run: Run, reason: str) -> None:
+    def _set_waiting(self, run: Run, reason: str | None) -> None:
         """Say why a queued run does not start (published only when the reason changes)."""
         if run.summary.waiting != reason:
             run.summary.waiting = reason

@@ -14,8 +14,11 @@ import signal
 import subprocess
 import sysconfig
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from supervisor.cli.main import (
     EXIT_BAD_STATE,
@@ -24,6 +27,7 @@ from supervisor.cli.main import (
     EXIT_UNKNOWN_RUN,
     EXIT_USAGE,
 )
+from supervisor.cli.timespec import parse_moment, parse_span
 from supervisor.run_queue import QUEUE_STATE_NAME
 from tests.daemon_harness import DaemonHarness, fake_config, running_daemon
 
@@ -258,3 +262,24 @@ def test_bad_queue_options_are_refused_and_nothing_is_submitted(tmp_path: Path) 
         assert daemon.call("runs.list") == []  # nothing submitted
         one_error_line(geod(daemon, "priority", "r9999", "1"), EXIT_UNKNOWN_RUN, "r9999")
         assert daemon.process is not None and daemon.process.poll() is None
+
+
+def test_time_spans_and_moments() -> None:
+    assert [parse_span(t) for t in ("45s", "45", "30m", "1h30m", "7d", "1.5s")] == [
+        45.0,
+        45.0,
+        1800.0,
+        5400.0,
+        604800.0,
+        1.5,
+    ]
+    for bad in ("", "m", "5x", "30 m", "-5s"):
+        with pytest.raises(ValueError, match="not a duration"):
+            parse_span(bad)
+    evening = datetime(2026, 12, 23, 22, 30).timestamp()
+    assert parse_moment("02:00", now=evening) == datetime(2026, 12, 24, 2, 0).timestamp()
+    assert parse_moment("23:00", now=evening) == datetime(2026, 12, 23, 23, 0).timestamp()
+    zoned = parse_moment("2026-12-24T02:00+00:00")
+    assert zoned == datetime(2026, 12, 24, 2, 0, tzinfo=UTC).timestamp()
+    with pytest.raises(ValueError, match="not a time"):
+        parse_moment("tomorrow")

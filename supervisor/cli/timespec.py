@@ -48,32 +48,37 @@ def parse_moment(text: str, now: float | None = None) -> float:
         ) from None
 
 
-class Span(click.ParamType):
+class _Parsed(click.ParamType):
+    """A parameter read by :meth:`parse`, whose ValueError becomes click's usage error."""
+
+    def parse(self, text: str) -> float:
+        raise NotImplementedError
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, float):
+            return value
+        try:
+            return self.parse(str(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+class Span(_Parsed):
     """``--delay 30m``: seconds as a float."""
 
     name = "duration"
 
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        if isinstance(value, float):
-            return value
-        try:
-            return parse_span(str(value))
-        except ValueError as exc:
-            self.fail(str(exc), param, ctx)
+    def parse(self, text: str) -> float:
+        return parse_span(text)
 
 
-class Moment(click.ParamType):
+class Moment(_Parsed):
     """``--at 2026-12-24T02:00``: a Unix time, which must lie ahead."""
 
     name = "time"
 
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        if isinstance(value, float):
-            return value
-        try:
-            moment = parse_moment(str(value))
-        except ValueError as exc:
-            self.fail(str(exc), param, ctx)
+    def parse(self, text: str) -> float:
+        moment = parse_moment(text)
         if moment <= time.time():
-            self.fail(f"{value!r} is in the past", param, ctx)
+            raise ValueError(f"{text!r} is in the past")
         return moment
