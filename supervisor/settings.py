@@ -164,7 +164,9 @@ class Settings(BaseModel):
         description="Commands or webhooks run when a run enters a state (supervisor/hooks.py).",
     )
     hook_workers: int = Field(
-        default=4, ge=1, description="Hooks running at once; further ones wait their turn."
+        default=4,
+        ge=1,
+        description="Hooks running at once; further ones wait their turn (restart to change).",
     )
 
     _source: Path | None = PrivateAttr(default=None)
