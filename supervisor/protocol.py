@@ -75,8 +75,10 @@ class RunSummary(BaseModel):
         default=None, description="Unix time before which the run does not start (scheduled)."
     )
     labels: dict[str, str] = Field(default_factory=dict, description="User's KEY=VALUE tags.")
-    waiting: str | None = Field(
-        default=None, description="Why a queued run does not start yet (None: it may start)."
+    wait_reason: str | None = Field(
+        default=None,
+        description="Why a queued run does not start or the daemon paused it "
+        "('waiting for memory: needs ~3.1 GiB, 1.4 GiB free of the host budget').",
     )
 
 

@@ -168,7 +168,7 @@ class Scheduler:
     def publish(self, run: Run, save: bool = True) -> None:
         """A summary changed: persist it, tell subscribers, telemetry, systemd, hooks."""
         if run.summary.state != "queued":
-            run.summary.waiting = None  # only a queued run waits for something
+            run.summary.wait_reason = None  # only a queued run waits for something
         if save:
             try:
                 self.registry.save(run)
@@ -293,7 +293,7 @@ class Scheduler:
             if reason is None and claim is not None and claim in claimed:
                 reason = self._wait_for_output(run, claimed[claim], claim)
             if reason is None and free <= 0:
-                reason = f"all {self.concurrency} slots busy"
+                reason = f"waiting for a free slot (concurrency {self.concurrency})"
             for check in self.admission_checks if reason is None else ():
                 reason = check(run)
                 if reason is not None:
@@ -307,7 +307,7 @@ class Scheduler:
             self._waiting_output.discard(run.id)
             self._starting.add(run.id)
             run.summary.state = "running"
-            run.summary.waiting = None
+            run.summary.wait_reason = None
             self.spawn_task(self._start(run))
         self._arm_wake(now)
 
@@ -325,7 +325,7 @@ class Scheduler:
             if failed is not None:
                 summary.state = "failed"
                 summary.error = failed
-                summary.waiting = None
+                summary.wait_reason = None
                 summary.finished = now
                 self.say(run, "ERROR", failed)
                 self.publish(run)
@@ -336,8 +336,8 @@ class Scheduler:
 
     def _set_waiting(self, run: Run, reason: str | None) -> None:
         """Say why a queued run does not start (published only when the reason changes)."""
-        if run.summary.waiting != reason:
-            run.summary.waiting = reason
+        if run.summary.wait_reason != reason:
+            run.summary.wait_reason = reason
             self.publish(run, save=False)
 
     def _arm_wake(self, now: float) -> None:

@@ -91,7 +91,7 @@ def test_priority_orders_the_queue_and_can_change(tmp_path: Path) -> None:
         assert changed.stdout.split("\t")[:2] == [late, "priority 9"]
         queued = {r["id"]: r for r in json.loads(geod(daemon, "runs", "--json").stdout)}
         assert queued[high]["priority"] == 5 and queued[late]["priority"] == 9
-        assert queued[low]["waiting"] == "all 1 slots busy"
+        assert queued[low]["wait_reason"] == "waiting for a free slot (concurrency 1)"
         assert geod(daemon, "kill", blocker).returncode == 0
         for run_id in (low, high, tie, late):
             daemon.wait(run_id, "done")
@@ -108,7 +108,7 @@ def test_after_waits_for_done_and_a_failure_fails_the_chain(tmp_path: Path) -> N
         waiting = daemon.run(second)
         assert daemon.run(first)["state"] == "running"
         assert waiting["state"] == "queued" and waiting["after"] == [first]
-        assert waiting["waiting"] == f"waiting for {first} (running)"
+        assert waiting["wait_reason"] == f"waiting for {first} (running)"
         assert f"waiting for {first}" in geod(daemon, "status", second).stdout
         broken = submit(daemon, "steps2-alwaysfail", NEVER)
         victim = start(daemon, QUICK, "--after", f"{first},{broken}")

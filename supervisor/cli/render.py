@@ -94,8 +94,8 @@ def queue_text(run: RunSummary, now: float | None = None) -> str:
         return formatting.MISSING
     if run.retry_at is not None and run.retry_at > (time.time() if now is None else now):
         return f"retry at {human_time(run.retry_at, now)}"
-    if run.waiting:
-        return run.waiting
+    if run.wait_reason:
+        return run.wait_reason
     return f"after {','.join(run.after)}" if run.after else formatting.MISSING
 
 

@@ -231,8 +231,8 @@ class RunsTable(DataTable[Any]):
             return ""
         if run.retry_at is not None and run.retry_at > now:
             return f"retry {run.retries} in {formatting.duration(run.retry_at - now)}"
-        if run.waiting:
-            return run.waiting
+        if run.wait_reason:
+            return run.wait_reason
         if run.after:
             return f"after {', '.join(run.after)}"
         slots = self._state.connection.concurrency
