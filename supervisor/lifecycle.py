@@ -191,7 +191,7 @@ class Daemon:
 
     def _status_changed(self) -> None:
         counts = self.scheduler.counts()
-        order = ("running", "paused", "queued", "stopping", "failed", "interrupted")
+        order = ("running", "paused", "queued", "scheduled", "stopping", "failed", "interrupted")
         status = ", ".join(f"{counts[s]} {s}" for s in order if counts.get(s)) or "idle"
         if status != self._last_status:
             self._last_status = status
