@@ -38,6 +38,7 @@ from typing import IO, Any
 from pipeline.durable import write_atomic
 from supervisor import sdnotify
 from supervisor.detach import LOG_FILE, PID_FILE
+from supervisor.hooks import HookRunner
 from supervisor.methods import Methods
 from supervisor.protocol import Selection
 from supervisor.recovery import Recovery
@@ -177,8 +178,14 @@ class Daemon:
             settings.state_dir, settings.memory_history, settings.event_history
         )
         self.server: Server | None = None
+        self.hooks = HookRunner(settings.hooks, settings.hook_workers)
         self.scheduler = Scheduler(
-            settings, self.registry, self._notify, telemetry, on_change=self._status_changed
+            settings,
+            self.registry,
+            self._notify,
+            telemetry,
+            on_change=self._status_changed,
+            on_transition=self.hooks.fire,
         )
         self.recovery = Recovery(self.scheduler, telemetry)
         record = None if telemetry is None else telemetry.record_event
@@ -198,7 +205,7 @@ class Daemon:
 
     def _status_changed(self) -> None:
         counts = self.scheduler.counts()
-        order = ("running", "paused", "queued", "stopping", "failed", "interrupted")
+        order = ("running", "paused", "queued", "scheduled", "stopping", "failed", "interrupted")
         status = ", ".join(f"{counts[s]} {s}" for s in order if counts.get(s)) or "idle"
         if status != self._last_status:
             self._last_status = status
@@ -207,6 +214,7 @@ class Daemon:
     async def run(self, ready: Callable[[], None] | None) -> int:
         self._stop = asyncio.Event()
         self.registry.load()
+        self.scheduler.seed_states()
         methods = Methods(self.scheduler, self._stop.set, self.watcher, self._settings_status)
         self.server = Server(methods, self.settings.client_queue_limit, self.settings.socket_group)
         try:
@@ -214,6 +222,7 @@ class Daemon:
         except SocketError as exc:
             log.error("%s", exc)
             self.registry.close()
+            self.hooks.close()
             return EXIT_START_FAILED
         self.recovery.recover()
         self.scheduler.schedule()
@@ -237,6 +246,7 @@ class Daemon:
             await watchdog
         await self.server.close()
         self.registry.close()
+        self.hooks.close()  # hooks of the last state changes (interrupted runs) still run
         log.info("stopped")
         return EXIT_OK
 
@@ -286,7 +296,8 @@ class Daemon:
         new._source, new._system = self.settings._source, self.settings._system
         logging.getLogger().setLevel(new.log_level)
         self.settings = new
-        self.scheduler.settings = new
+        self.scheduler.use_settings(new)
+        self.hooks.configure(new.hooks)
         if self.server is not None:
             self.server.queue_limit = new.client_queue_limit
         log.info("%s: settings reloaded (log level %s)", why, new.log_level)

@@ -34,6 +34,7 @@ from pydantic import ConfigDict, Field, PrivateAttr, ValidationError, model_vali
 
 from pipeline.config import read_yaml
 from pipeline.contract import DATABASE_URL_ENV, SOCKET_ENV, STATE_DIR_ENV, LogLevel
+from supervisor.hooks import HookConfig
 from supervisor.watch_rules import WatchSettings
 
 SYSTEM_STATE_DIR = Path("/var/lib/geod")
@@ -110,7 +111,12 @@ class Settings(WatchSettings):
         default=None,
         description="Group allowed to connect: the socket becomes 0660 owned by it (else 0600).",
     )
-    concurrency: int = Field(default=2, ge=1, description="Runs executing at once; others queue.")
+    concurrency: int = Field(
+        default=2,
+        ge=1,
+        description="Runs executing at once; others queue (`geod parallel N` overrides it "
+        "until this value changes).",
+    )
     pause_grace: float = Field(
         default=10.0,
         gt=0,
@@ -158,6 +164,16 @@ class Settings(WatchSettings):
         description="argv prefix of a worker; the daemon appends CONFIG --work-dir DIR.",
     )
 
+    hooks: list[HookConfig] = Field(
+        default_factory=list,
+        description="Commands or webhooks run when a run enters a state (supervisor/hooks.py).",
+    )
+    hook_workers: int = Field(
+        default=4,
+        ge=1,
+        description="Hooks running at once; further ones wait their turn (restart to change).",
+    )
+
     _source: Path | None = PrivateAttr(default=None)
     _system: bool = PrivateAttr(default=False)
 
@@ -190,7 +206,8 @@ def _describe(error: dict[str, Any]) -> str:
     path = ".".join(str(part) for part in error["loc"])
     if error["type"] == "extra_forbidden":
         key = str(error["loc"][-1])
-        hint = difflib.get_close_matches(key, list(Settings.model_fields), n=1)
+        known = HookConfig.model_fields if error["loc"][0] == "hooks" else Settings.model_fields
+        hint = difflib.get_close_matches(key, list(known), n=1)
         suffix = f" (did you mean {hint[0]!r}?)" if hint else ""
         return f"{path}: unknown setting{suffix}"
     message = error["msg"].removeprefix("Value error, ")

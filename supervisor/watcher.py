@@ -37,10 +37,11 @@ from watchdog.observers.api import ObservedWatch
 from watchdog.observers.inotify import InotifyObserver
 
 from pipeline.config import CatalogConfig, ConfigError, DatasetConfig
+from pipeline.contract import WAITING_STATES
 from pipeline.events import SourceEvent
 from pipeline.globs import dataset_name
 from pipeline.inspector import Inspector, Problem
-from supervisor.protocol import ProtocolError, WatchedSource
+from supervisor.protocol import ProtocolError, SubmitParams, WatchedSource
 from supervisor.watch_folder import FolderWatch, Probe, stat_key
 from supervisor.watch_rules import WatchRule
 from supervisor.watch_state import StateFile
@@ -350,7 +351,7 @@ class Watcher:
             return  # more of the same arrival are still settling: one run for all of them
         if state.last_run is not None:
             previous = self.scheduler.registry.get(state.last_run)
-            if previous is not None and previous.summary.state == "queued":
+            if previous is not None and previous.summary.state in WAITING_STATES:
                 return  # that run has not started; the files wait for the next one
         files = list(state.waiting)
         state.waiting.clear()
@@ -363,7 +364,7 @@ class Watcher:
         config = folder.rule.config
         assert config is not None
         try:
-            summary = await self.scheduler.submit(str(config), None)
+            summary = await self.scheduler.submit(SubmitParams(config_path=str(config)))
         except (ProtocolError, ConfigError) as exc:
             message = getattr(exc, "message", str(exc))
             log.error("watch %s: run of %s not submitted: %s", folder.key, config, message)
