@@ -49,14 +49,19 @@ from supervisor.protocol import (
     LogsTailParams,
     MemoryHistory,
     MemoryHistoryParams,
+    ParallelParams,
+    PriorityParams,
     ProtocolError,
+    QueueSettings,
     RunMapReply,
     RunParams,
     RunSummary,
     Selection,
     Snapshot,
+    SourcesParams,
     SubmitParams,
     SubscribeParams,
+    WatchedSource,
     request,
 )
 
@@ -72,6 +77,7 @@ DEFAULT_LOG_LIMIT = LogsTailParams.model_fields["limit"].default
 T = TypeVar("T")
 _SUMMARIES: TypeAdapter[list[RunSummary]] = TypeAdapter(list[RunSummary])
 _LOG_PAGE: TypeAdapter[list[LogEvent]] = TypeAdapter(LogPage)
+_SOURCES: TypeAdapter[list[WatchedSource]] = TypeAdapter(list[WatchedSource])
 
 
 @dataclass(frozen=True)
@@ -112,8 +118,11 @@ class Calls:
         return Call("runs.get", _params(RunParams(run=run_id)), RunSummary.model_validate)
 
     @staticmethod
-    def submit(config_path: str, name: str | None = None) -> Call[RunSummary]:
-        params = SubmitParams(config_path=config_path, name=name)
+    def submit(config: str | SubmitParams, name: str | None = None) -> Call[RunSummary]:
+        """A config path (and run name), or the whole request with its queue options."""
+        params = config if isinstance(config, SubmitParams) else SubmitParams(config_path=config)
+        if name is not None:
+            params = params.model_copy(update={"name": name})
         return Call("runs.submit", _params(params), RunSummary.model_validate)
 
     @staticmethod
@@ -134,6 +143,16 @@ class Calls:
         return Call("runs.retry", _params(RunParams(run=run_id)), RunSummary.model_validate)
 
     @staticmethod
+    def priority(run_id: str, priority: int) -> Call[RunSummary]:
+        params = PriorityParams(run=run_id, priority=priority)
+        return Call("runs.priority", _params(params), RunSummary.model_validate)
+
+    @staticmethod
+    def parallel(concurrency: int) -> Call[QueueSettings]:
+        params = ParallelParams(concurrency=concurrency)
+        return Call("queue.parallel", _params(params), QueueSettings.model_validate)
+
+    @staticmethod
     def logs(
         run_id: str,
         limit: int = DEFAULT_LOG_LIMIT,
@@ -151,6 +170,11 @@ class Calls:
     @staticmethod
     def run_map(run_id: str) -> Call[RunMapReply]:
         return Call("runs.map", _params(RunParams(run=run_id)), RunMapReply.model_validate)
+
+    @staticmethod
+    def sources(rule: str | None = None) -> Call[list[WatchedSource]]:
+        params = SourcesParams(rule=rule)
+        return Call("sources.list", _params(params), _SOURCES.validate_python)
 
     @staticmethod
     def subscribe(runs: list[str] | None = None, events: bool = True) -> Call[Snapshot]:
@@ -280,8 +304,8 @@ class Client:
     def run(self, run_id: str) -> RunSummary:
         return self.request(Calls.run(run_id))
 
-    def submit(self, config_path: str, name: str | None = None) -> RunSummary:
-        return self.request(Calls.submit(config_path, name))
+    def submit(self, config: str | SubmitParams, name: str | None = None) -> RunSummary:
+        return self.request(Calls.submit(config, name))
 
     def pause(self, selection: Selection) -> list[RunSummary]:
         return self.request(Calls.pause(selection))
@@ -295,6 +319,12 @@ class Client:
     def retry(self, run_id: str) -> RunSummary:
         return self.request(Calls.retry(run_id))
 
+    def priority(self, run_id: str, priority: int) -> RunSummary:
+        return self.request(Calls.priority(run_id, priority))
+
+    def parallel(self, concurrency: int) -> QueueSettings:
+        return self.request(Calls.parallel(concurrency))
+
     def logs(
         self,
         run_id: str,
@@ -306,6 +336,9 @@ class Client:
 
     def memory(self, run_id: str, since: float | None = None) -> MemoryHistory:
         return self.request(Calls.memory(run_id, since))
+
+    def sources(self, rule: str | None = None) -> list[WatchedSource]:
+        return self.request(Calls.sources(rule))
 
     def subscribe(self, runs: list[str] | None = None, events: bool = True) -> Snapshot:
         return self.request(Calls.subscribe(runs, events))
@@ -441,8 +474,8 @@ class AsyncClient:
     async def run(self, run_id: str) -> RunSummary:
         return await self.request(Calls.run(run_id))
 
-    async def submit(self, config_path: str, name: str | None = None) -> RunSummary:
-        return await self.request(Calls.submit(config_path, name))
+    async def submit(self, config: str | SubmitParams, name: str | None = None) -> RunSummary:
+        return await self.request(Calls.submit(config, name))
 
     async def pause(self, selection: Selection) -> list[RunSummary]:
         return await self.request(Calls.pause(selection))
@@ -456,6 +489,12 @@ class AsyncClient:
     async def retry(self, run_id: str) -> RunSummary:
         return await self.request(Calls.retry(run_id))
 
+    async def priority(self, run_id: str, priority: int) -> RunSummary:
+        return await self.request(Calls.priority(run_id, priority))
+
+    async def parallel(self, concurrency: int) -> QueueSettings:
+        return await self.request(Calls.parallel(concurrency))
+
     async def logs(
         self,
         run_id: str,
@@ -467,6 +506,9 @@ class AsyncClient:
 
     async def memory(self, run_id: str, since: float | None = None) -> MemoryHistory:
         return await self.request(Calls.memory(run_id, since))
+
+    async def sources(self, rule: str | None = None) -> list[WatchedSource]:
+        return await self.request(Calls.sources(rule))
 
     async def subscribe(self, runs: list[str] | None = None, events: bool = True) -> Snapshot:
         return await self.request(Calls.subscribe(runs, events))

@@ -99,7 +99,7 @@ def _finished(run_id: str, peak_mib: int) -> RunSummary:
 @pilot_test
 async def test_runs_table_pins_active_runs_and_explains_queued_ones() -> None:
     app = replay_app()
-    async with app.run_test(size=SIZE) as pilot:
+    async with app.run_test(size=(160, 48)) as pilot:  # every column fits
         await pilot.pause()
         table = app.query_one(RunsTable)
         state = app.state
