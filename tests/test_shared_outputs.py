@@ -21,7 +21,7 @@ def test_second_run_on_the_same_outputs_waits_for_the_first(tmp_path: Path) -> N
         waiting = daemon.run(second)
         assert waiting["state"] == "queued"  # a free slot, but not its outputs
         # The summary says why (the dashboard's WHY column shows it).
-        assert waiting["wait_reason"] == f"waiting for {first} (same output)"
+        assert waiting["wait_reason"].startswith(f"waiting for run {first}, which writes")
         logs = daemon.call("logs.tail", run=second)
         expected = f"waiting for run {first}, which writes the same output"
         assert any(expected in event.get("message", "") for event in logs)
