@@ -38,6 +38,7 @@ from pipeline.contract import (
 )
 from pipeline.control import Controller, StopRequested
 from pipeline.events import Event, EventSink, OutputEvent, StateEvent
+from pipeline.executor import Executor, ExecutorError, open_executor
 from pipeline.export.atomic import ExportError
 from pipeline.memory import MemoryGovernor
 from pipeline.merge import MergeError
@@ -48,7 +49,7 @@ from pipeline.runner import STAGES, parse_stages, run_pipeline
 log = logging.getLogger("geod.worker")
 
 #: Failures the stages phrase for the user themselves (worth a retry: exit 1).
-RUN_ERRORS = (ExportError, MergeError, AnalysisError)
+RUN_ERRORS = (ExportError, MergeError, AnalysisError, ExecutorError)
 
 
 def _parse_formats(text: str | None) -> list[ExportFormat] | None:
@@ -130,7 +131,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     governor = MemoryGovernor(config.memory, events, config.resampling.window_size)
     ctx = RunContext(config, events, control, governor)
     events.emit(StateEvent(state="running"))
+    executor: Executor | None = None
     try:
+        if stages != ["catalog"]:
+            executor = ctx.executor = open_executor(config, events)
+            control.settle = executor.settle
         run_pipeline(ctx, stages, formats, os.environ.get(DATABASE_URL_ENV) or None)
     except StopRequested:
         log.info("stopped at a checkpoint; rerun or resume to continue")
@@ -153,6 +158,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         _write_report(ctx, history, "done")
     finally:
+        if executor is not None:
+            executor.close()
         if history is not None:
             history.close()
         if not events_enabled:
