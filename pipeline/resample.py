@@ -452,6 +452,15 @@ def compute_window(job: WindowJob, piece: Window) -> np.ndarray:
                 _close_opened(id(held))
             src = rasterio.open(job.source.name)
             warper = ChunkWarper(job.source, job.dataset, job.grid, 1, job.margin, src)
+            # On a cluster this line says which Dask worker reads which source
+            # (forwarded with its address); locally, once per thread and dataset.
+            log.info(
+                "%s: opened %s on thread %s",
+                job.dataset.name,
+                job.source.name,
+                threading.current_thread().name,
+                extra={"stage": "resample", "dataset": job.dataset.name},
+            )
             held = _opened.entry = (job.token, src, warper)
             with _opened_lock:
                 _all_opened[id(held)] = held
