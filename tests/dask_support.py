@@ -122,6 +122,13 @@ def dask_worker_processes(pid: int) -> list[psutil.Process]:
     return found
 
 
+def assert_exited(processes: list[psutil.Process], timeout: float = 10.0) -> None:
+    """Every one of ``processes`` ends within ``timeout`` (a zombie counts as ended)."""
+    _, alive = psutil.wait_procs(processes, timeout=timeout)
+    alive = [p for p in alive if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    assert alive == [], f"Dask worker processes left behind: {alive}"
+
+
 def outputs(directory: Path) -> dict[str, Any]:
     """Everything compared between runs: every layer's values and manifest, the tables."""
     store = directory / "work" / STORE_NAME

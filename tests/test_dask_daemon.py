@@ -18,11 +18,16 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import psutil
 import pytest
 
 from tests.daemon_harness import DaemonHarness, group_alive
-from tests.dask_support import DASK, RUN_TIMEOUT, dask_worker_processes, quick_config
+from tests.dask_support import (
+    DASK,
+    RUN_TIMEOUT,
+    assert_exited,
+    dask_worker_processes,
+    quick_config,
+)
 
 GEOD = str(Path(sysconfig.get_path("scripts")) / "geod")
 WORKER = [sys.executable, "-m", "pipeline.worker"]
@@ -76,6 +81,5 @@ def test_pause_resume_kill_a_dask_run_from_the_cli(
     killed = daemon.wait(run_id, "killed")
     assert killed["exit_code"] == 0, "SIGTERM stopped the worker at a checkpoint"
     assert group_alive(running["pid"]) == []
-    gone, alive = psutil.wait_procs(workers, timeout=10)
-    assert alive == [], f"Dask worker processes left behind: {alive}"
+    assert_exited(workers)
     assert not (tmp_path / "run" / "out" / "demo.parquet").exists()

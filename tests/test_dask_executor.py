@@ -23,6 +23,7 @@ from pipeline.contract import WORKER_EXIT_FAILED, WORKER_EXIT_OK
 from pipeline.events import CheckpointEvent, Event, StateEvent
 from tests.dask_support import (
     DASK,
+    assert_exited,
     assert_same_outputs,
     dask_worker_processes,
     outputs,
@@ -113,8 +114,7 @@ def test_stop_closes_the_local_cluster(demo_dir: Path, tmp_path: Path) -> None:
     run = run_worker(quick_config(tmp_path, demo_dir, **DASK), stop)
     assert run.code == WORKER_EXIT_OK, run.stderr
     assert len(children) == 2
-    gone, alive = psutil.wait_procs(children, timeout=10)
-    assert alive == [], f"Dask worker processes left behind: {alive}"
+    assert_exited(children)
 
 
 def test_unreachable_scheduler_is_one_line_within_the_timeout(
