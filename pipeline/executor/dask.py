@@ -31,9 +31,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import signal
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, Generic, TypeVar
 
 import dask
@@ -289,6 +290,25 @@ def _dask_config(config: PipelineConfig) -> DaskConfig:
     return config.dask
 
 
+@contextlib.contextmanager
+def _sigint_ignored_by_children() -> Iterator[None]:
+    """Worker processes started in here ignore SIGINT (an ignored signal survives exec).
+
+    Ctrl-C in a terminal signals the whole foreground process group: the run's
+    worker stops at a checkpoint and closes the cluster, while Dask workers that
+    took SIGINT themselves would die mid-task with a traceback each. Only from
+    the main thread (where signal handlers live); the run's handler is restored.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def _start_local_cluster(config: PipelineConfig, dask_config: DaskConfig) -> LocalCluster:
     """Worker processes with the geod-derived memory fractions (see DaskWorkerMemory)."""
     local = dask_config.local_cluster
@@ -300,7 +320,7 @@ def _start_local_cluster(config: PipelineConfig, dask_config: DaskConfig) -> Loc
         limit = int(limit * psutil.virtual_memory().total)
     fractions = dask_config.worker_memory.fractions(config.memory)
     settings = {f"distributed.worker.memory.{key}": value for key, value in fractions.items()}
-    with dask.config.set(settings):
+    with dask.config.set(settings), _sigint_ignored_by_children():
         cluster = LocalCluster(
             n_workers=local.n_workers,
             threads_per_worker=local.threads_per_worker,
