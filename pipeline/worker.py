@@ -136,6 +136,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if stages != ["catalog"]:
             executor = ctx.executor = open_executor(config, events)
             control.settle = executor.settle
+            governor.external = executor.pressure
         run_pipeline(ctx, stages, formats, os.environ.get(DATABASE_URL_ENV) or None)
     except StopRequested:
         log.info("stopped at a checkpoint; rerun or resume to continue")

@@ -79,6 +79,11 @@ class Executor(Protocol):
         """Block until none of this run's tasks is computing (before a pause is acknowledged)."""
         ...
 
+    def pressure(self) -> tuple[float, str] | None:
+        """The busiest remote worker's memory as a fraction of its limit, and its name;
+        None when tasks share this process's memory (the governor reads that itself)."""
+        ...
+
     def close(self) -> None:
         """Cancel what is left and release the cluster (a LocalCluster is shut down)."""
         ...

@@ -18,6 +18,11 @@ the same signals as a local one:
   ``distributed.scheduler.allowed-failures``); a task that *raised* is
   resubmitted ``dask.retries`` times. The departure is a warning log record.
 
+The memory governor on a cluster: the busiest worker's memory as a fraction of
+its Dask memory limit counts as the run's pressure (:meth:`DaskExecutor.pressure`),
+so a worker near its limit shrinks the windows, merge parts and GWPCA chunks as
+the run's own RSS near its budget would.
+
 Telemetry: every ``telemetry.memory_interval`` the scheduler's view of each
 worker (process memory, memory limit, status) becomes a
 :class:`~pipeline.events.MemoryEvent` labelled with the worker's address; a
@@ -158,6 +163,9 @@ class DaskExecutor:
         self._levels = dask_config.worker_memory.fractions(config.memory) if cluster else None
         self._interval = config.telemetry.memory_interval
         self._known: dict[str, str] = {}
+        #: Each worker's memory / memory limit at the last reading (for the governor).
+        self._pressure: dict[str, float] = {}
+        self._lock = threading.Lock()
         self._stop = threading.Event()
         self._monitor = threading.Thread(target=self._watch, name="geod-dask-monitor", daemon=True)
         client.register_plugin(_LogLevel())
@@ -218,6 +226,15 @@ class DaskExecutor:
             log.info("pausing: waiting for %d Dask task(s) in flight", len(pending))
             wait(pending)
 
+    def pressure(self) -> tuple[float, str] | None:
+        """The busiest worker at the last reading: memory / memory limit, and its address."""
+        with self._lock:
+            readings = dict(self._pressure)
+        if not readings:
+            return None
+        address = max(readings, key=readings.__getitem__)
+        return readings[address], f"Dask worker {address}"
+
     def close(self) -> None:
         """Stop the monitor, cancel what is left, close the client and any LocalCluster."""
         self._stop.set()
@@ -243,6 +260,12 @@ class DaskExecutor:
     def _poll(self) -> None:
         """One reading of every worker: memory samples, joins, departures and pauses."""
         workers = self.client.scheduler_info(n_workers=-1)["workers"]
+        with self._lock:
+            self._pressure = {
+                address: int(info["metrics"]["memory"]) / int(info["memory_limit"])
+                for address, info in workers.items()
+                if info.get("memory_limit")
+            }
         for address in set(self._known) - set(workers):
             log.warning(
                 "Dask worker %s left the cluster; the scheduler reruns its tasks on the others",

@@ -73,5 +73,9 @@ class LocalExecutor:
     def settle(self) -> None:
         """Nothing to wait for: pool threads finish their window and then idle in the pause."""
 
+    def pressure(self) -> tuple[float, str] | None:
+        """Tasks run in this process: its RSS is the whole story."""
+        return None
+
     def close(self) -> None:
         """Pools are closed by the stages that opened them."""
