@@ -208,8 +208,7 @@ class MemoryGovernor:
         if self._calm >= config.calm_windows and self.window_size < self.initial_window:
             self._calm = 0
             reason = (
-                f"{used} < {_percent(config.calm)} of {budget} "
-                f"for {config.calm_windows} windows"
+                f"{used} < {_percent(config.calm)} of {budget} for {config.calm_windows} windows"
             )
             return min(self.window_size * 2, self.initial_window), reason
         return self.window_size, ""

@@ -17,6 +17,7 @@ from ``GEOD_DATABASE_URL``, read here once and passed down as an argument.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
@@ -38,7 +39,7 @@ from pipeline.contract import (
 )
 from pipeline.control import Controller, StopRequested
 from pipeline.events import Event, EventSink, OutputEvent, StateEvent
-from pipeline.executor import Executor, ExecutorError, open_executor
+from pipeline.executor import ExecutorError, run_executor
 from pipeline.export.atomic import ExportError
 from pipeline.memory import MemoryGovernor
 from pipeline.merge import MergeError
@@ -131,13 +132,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     governor = MemoryGovernor(config.memory, events, config.resampling.window_size)
     ctx = RunContext(config, events, control, governor)
     events.emit(StateEvent(state="running"))
-    executor: Executor | None = None
     try:
-        if stages != ["catalog"]:
-            executor = ctx.executor = open_executor(config, events)
-            control.settle = executor.settle
-            governor.external = executor.pressure
-        run_pipeline(ctx, stages, formats, os.environ.get(DATABASE_URL_ENV) or None)
+        with contextlib.ExitStack() as resources:
+            if stages != ["catalog"]:  # `geod check` computes nothing: no cluster
+                resources.enter_context(run_executor(ctx))
+            run_pipeline(ctx, stages, formats, os.environ.get(DATABASE_URL_ENV) or None)
     except StopRequested:
         log.info("stopped at a checkpoint; rerun or resume to continue")
         _write_report(ctx, history, "stopped")
@@ -159,8 +158,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         _write_report(ctx, history, "done")
     finally:
-        if executor is not None:
-            executor.close()
         if history is not None:
             history.close()
         if not events_enabled:

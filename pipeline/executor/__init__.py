@@ -20,11 +20,12 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, contextmanager
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
 if TYPE_CHECKING:
     from pipeline.config import PipelineConfig
+    from pipeline.context import RunContext
     from pipeline.events import EventSink
 
 R = TypeVar("R")
@@ -124,3 +125,16 @@ def open_executor(config: PipelineConfig, events: EventSink) -> Executor:
     from pipeline.executor.local import LocalExecutor
 
     return LocalExecutor()
+
+
+@contextmanager
+def run_executor(ctx: RunContext) -> Iterator[Executor]:
+    """The run's executor wired into ``ctx`` (stages, pause, governor), closed on the way out."""
+    executor = open_executor(ctx.config, ctx.events)
+    ctx.executor = executor
+    ctx.control.settle = executor.settle
+    ctx.governor.external = executor.pressure
+    try:
+        yield executor
+    finally:
+        executor.close()
