@@ -33,6 +33,11 @@ GEOD = str(Path(sysconfig.get_path("scripts")) / "geod")
 WORKER = [sys.executable, "-m", "pipeline.worker"]
 #: A pause must be acknowledged within this: the tasks in flight (one window each) finish first.
 PAUSE_GRACE = 10.0
+#: 128-pixel windows (288 tasks): the run is still resampling when a CLI command arrives.
+MANY_WINDOWS: dict[str, Any] = {
+    "resampling": {"window_size": 128, "threads": 1},
+    "memory": {"budget": "2GiB", "min_window": 128, "reduced_window": 128},
+}
 #: How long a paused run is watched for progress it should not make.
 PAUSED_WATCH = 2.0
 
@@ -58,7 +63,7 @@ def resampling(run: dict[str, Any]) -> bool:
 def test_pause_resume_kill_a_dask_run_from_the_cli(
     daemon: DaemonHarness, demo_dir: Path, tmp_path: Path
 ) -> None:
-    config = quick_config(tmp_path / "run", demo_dir, **DASK)
+    config = quick_config(tmp_path / "run", demo_dir, **DASK, **MANY_WINDOWS)
     started = geod(daemon, "start", str(config))
     assert started.returncode == 0, started.stderr
     run_id = started.stdout.strip()
@@ -69,6 +74,7 @@ def test_pause_resume_kill_a_dask_run_from_the_cli(
     assert geod(daemon, "pause", run_id).returncode == 0
     paused = daemon.wait(run_id, "paused")
     assert not paused["paused_hard"], "acknowledged by the worker, not frozen by SIGSTOP"
+    assert paused["stage"].startswith("resample/"), "paused between windows"
     time.sleep(PAUSED_WATCH)
     still = daemon.run(run_id)
     assert (still["state"], still["progress"]) == ("paused", paused["progress"])
