@@ -13,14 +13,17 @@ counted; it is printed apart).
 Printed: each stage time; the speed-up of 2 Dask workers over 1 (target ≥ 1.7 on
 a 2-core machine); Dask against local at equal cores (target ≤ 1.2); and the
 overhead per task, (Dask 1 worker − local 1 thread) / tasks: scheduling,
-pickling the window to the worker and its result back. The load average is
-printed before and after: the figures mean something on a quiet machine only.
+pickling the window to the worker and its result back. The CPU seconds of each
+whole run (worker, scheduler and Dask workers) are steadier than wall times on
+a shared machine. The load average is printed before and after: the wall
+figures mean something on a quiet machine only.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -72,16 +75,22 @@ def _run(directory: Path, demo: Path, window: int, setup: dict[str, object]) -> 
     shutil.rmtree(directory, ignore_errors=True)
     directory.mkdir(parents=True)
     config = _config(directory, demo, window, setup)
-    started = time.monotonic()
+    started, cpu = time.monotonic(), _children_cpu()
     subprocess.run(
         [sys.executable, "-m", "pipeline.worker", str(config), "--stages", "resample"],
         check=True,
         cwd=REPO,
         capture_output=True,
     )
-    total = time.monotonic() - started
+    total, cpu = time.monotonic() - started, _children_cpu() - cpu
     seconds, windows, before = _stage_seconds(directory / "work")
-    return seconds, windows, before, total
+    return seconds, windows, before, total, cpu
+
+
+def _children_cpu() -> float:
+    """CPU seconds of every finished descendant (a LocalCluster's workers included)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def main() -> None:
@@ -99,11 +108,11 @@ def main() -> None:
         times: dict[str, float] = {}
         tasks = 0
         for label, setup in RUNS:
-            seconds, tasks, before, total = _run(root / "run", demo, args.window, setup)
+            seconds, tasks, before, total, cpu = _run(root / "run", demo, args.window, setup)
             times[label] = seconds
             print(
                 f"{label:17s} resample {seconds:6.2f} s for {tasks} windows "
-                f"(start-up {before:.1f} s, whole worker {total:.1f} s)",
+                f"(start-up {before:.1f} s, whole worker {total:.1f} s, CPU {cpu:.1f} s)",
                 flush=True,
             )
         one, two = times["dask, 1 worker"], times["dask, 2 workers"]
