@@ -86,6 +86,7 @@ def test_pause_resume_kill_a_dask_run_from_the_cli(
     assert geod(daemon, "kill", run_id).returncode == 0
     killed = daemon.wait(run_id, "killed")
     assert killed["exit_code"] == 0, "SIGTERM stopped the worker at a checkpoint"
+    assert killed["retries"] == 0, "the worker never failed on the way"
     assert group_alive(running["pid"]) == []
     assert_exited(workers)
     assert not (tmp_path / "run" / "out" / "demo.parquet").exists()

@@ -3,16 +3,21 @@
 Every run is a real worker process on the demo layers (quarter-degree grid,
 resample → Parquet export → GWPCA). The local run is the reference: a Dask run,
 a Dask run that loses a worker process to SIGKILL, and a run that stops under the
-local executor and is finished by Dask must all leave the same layer store
-(values and completion manifest) and the same tables.
+local executor and is finished by Dask, and a run on an existing cluster
+(``dask scheduler`` and ``dask worker`` processes, reached by
+``dask.scheduler_address``) must all leave the same layer store (values and
+completion manifest) and the same tables.
 """
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import subprocess
+import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +38,8 @@ from tests.dask_support import (
 
 #: Resample checkpoints before a test interferes (of 72): well inside the stage.
 EARLY = 12
+#: Dask's command line, installed next to this interpreter.
+DASK_CLI = str(Path(sys.executable).with_name("dask"))
 
 
 @pytest.fixture(scope="module")
@@ -117,13 +124,59 @@ def test_stop_closes_the_local_cluster(demo_dir: Path, tmp_path: Path) -> None:
     assert_exited(children)
 
 
+def _free_port() -> int:
+    """A port nothing listens on (once the probe socket is closed)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture()
+def dask_cluster(tmp_path: Path) -> Iterator[str]:
+    """``dask scheduler`` and ``dask worker`` (2 processes × 1 thread), as the README has it."""
+    address = f"tcp://127.0.0.1:{_free_port()}"
+    port = address.rsplit(":", 1)[1]
+    log = (tmp_path / "cluster.log").open("wb")
+    scheduler = subprocess.Popen(
+        [DASK_CLI, "scheduler", "--host", "127.0.0.1", "--port", port, "--no-dashboard"],
+        stdout=log,
+        stderr=log,
+        start_new_session=True,
+    )
+    workers = subprocess.Popen(
+        [DASK_CLI, "worker", address, "--nworkers", "2", "--nthreads", "1", "--no-dashboard"],
+        stdout=log,
+        stderr=log,
+        start_new_session=True,
+    )
+    try:
+        yield address
+    finally:
+        for process in (workers, scheduler):
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+        log.close()
+
+
+def test_existing_cluster_by_scheduler_address(
+    dask_cluster: str, demo_dir: Path, reference: dict[str, Any], tmp_path: Path
+) -> None:
+    dask = {"scheduler_address": dask_cluster, "connect_timeout": 30}
+    run = run_worker(quick_config(tmp_path / "run", demo_dir, executor="dask", dask=dask))
+    assert run.code == WORKER_EXIT_OK, run.stderr
+    assert_same_outputs(outputs(tmp_path / "run"), reference)
+    assert any(f"connected to {dask_cluster}" in log.message for log in run.logs())
+    assert len({sample.worker for sample in run.dask_samples()}) == 2
+
+
 def test_unreachable_scheduler_is_one_line_within_the_timeout(
     demo_dir: Path, tmp_path: Path
 ) -> None:
-    with socket.socket() as probe:  # a port nothing listens on once closed
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    address = f"tcp://127.0.0.1:{port}"
+    address = f"tcp://127.0.0.1:{_free_port()}"
     dask = {"scheduler_address": address, "connect_timeout": 2}
     started = time.monotonic()
     run = run_worker(quick_config(tmp_path, demo_dir, executor="dask", dask=dask))

@@ -39,6 +39,7 @@ import logging
 import signal
 import threading
 import uuid
+import weakref
 from collections.abc import Callable, Iterator
 from typing import Any, Generic, TypeVar
 
@@ -79,25 +80,20 @@ class _LogLevel(WorkerPlugin):
         logging.getLogger(FORWARDED_LOGGER).setLevel(logging.INFO)
 
 
-class _Live:
-    """Futures not yet finished (finished ones leave by their done callback)."""
+class _Futures:
+    """Futures still referenced by a stage (held weakly: a consumed one drops out by itself)."""
 
     def __init__(self) -> None:
-        self._futures: set[Future] = set()
+        self._futures: weakref.WeakSet[Future] = weakref.WeakSet()
         self._lock = threading.Lock()
 
     def add(self, future: Future) -> None:
         with self._lock:
             self._futures.add(future)
-        future.add_done_callback(self._discard)
 
-    def _discard(self, future: Future) -> None:
+    def unfinished(self) -> list[Future]:
         with self._lock:
-            self._futures.discard(future)
-
-    def snapshot(self) -> list[Future]:
-        with self._lock:
-            return list(self._futures)
+            return [future for future in self._futures if not future.done()]
 
 
 class DaskPool(Generic[S, I, R]):
@@ -113,7 +109,7 @@ class DaskPool(Generic[S, I, R]):
         self._executor, self._fn, self._cleanup = executor, fn, cleanup
         self._client = executor.client
         self._shared = self._client.scatter(shared, broadcast=True, hash=False)
-        self._live = _Live()
+        self._live = _Futures()
 
     def __enter__(self) -> DaskPool[S, I, R]:
         return self
@@ -137,7 +133,7 @@ class DaskPool(Generic[S, I, R]):
     def close(self) -> None:
         """Cancel unfinished tasks, drop the scattered object, run the cleanup on every worker."""
         with contextlib.suppress(Exception):  # a closing or lost cluster has nothing to cancel
-            self._client.cancel(self._live.snapshot(), force=True)
+            self._client.cancel(self._live.unfinished(), force=True)
         self._shared.release()
         if self._cleanup is not None:
             with contextlib.suppress(Exception):
@@ -159,7 +155,7 @@ class DaskExecutor:
         self.client, self._cluster, self._events = client, cluster, events
         dask_config = _dask_config(config)
         self.retries = dask_config.retries
-        self.live = _Live()
+        self.live = _Futures()
         self._levels = dask_config.worker_memory.fractions(config.memory) if cluster else None
         self._interval = config.telemetry.memory_interval
         self._known: dict[str, str] = {}
@@ -198,10 +194,27 @@ class DaskExecutor:
                     f"(none joined within {timeout:g} s)"
                 ) from None
             log.info("executor dask: connected to %s", address)
-            return cls(client, None, config, events)
+            return cls._wired(client, None, config, events)
         cluster = _start_local_cluster(config, dask_config)
-        client = Client(cluster, timeout=timeout, set_as_default=False)
-        return cls(client, cluster, config, events)
+        try:
+            client = Client(cluster, timeout=timeout, set_as_default=False)
+        except BaseException:
+            cluster.close()
+            raise
+        return cls._wired(client, cluster, config, events)
+
+    @classmethod
+    def _wired(
+        cls, client: Client, cluster: LocalCluster | None, config: PipelineConfig, events: EventSink
+    ) -> DaskExecutor:
+        """The executor, or nothing left running if setting it up fails."""
+        try:
+            return cls(client, cluster, config, events)
+        except BaseException:
+            client.close()
+            if cluster is not None:
+                cluster.close()
+            raise
 
     # -- the Executor protocol ----------------------------------------------------------
 
@@ -221,10 +234,11 @@ class DaskExecutor:
 
     def settle(self) -> None:
         """Wait for every task of this run that is still computing (results are kept)."""
-        pending = self.live.snapshot()
+        pending = self.live.unfinished()
         if pending:
             log.info("pausing: waiting for %d Dask task(s) in flight", len(pending))
-            wait(pending)
+            with self.client.as_current():  # wait() finds its client there (none is global)
+                wait(pending)
 
     def pressure(self) -> tuple[float, str] | None:
         """The busiest worker at the last reading: memory / memory limit, and its address."""
@@ -241,7 +255,7 @@ class DaskExecutor:
         if self._monitor.is_alive():
             self._monitor.join()
         with contextlib.suppress(Exception):
-            self.client.cancel(self.live.snapshot(), force=True)
+            self.client.cancel(self.live.unfinished(), force=True)
         with contextlib.suppress(Exception):
             self.client.close()
         if self._cluster is not None:
