@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING
 from pipeline.config import PipelineConfig
 from pipeline.control import Controller
 from pipeline.events import EventSink, StageEvent, StageKind, StageStatus
+from pipeline.executor import Executor
+from pipeline.executor.local import LocalExecutor
 
 if TYPE_CHECKING:
     from pipeline.memory import MemoryGovernor
@@ -94,6 +96,8 @@ class RunContext:
     events: EventSink
     control: Controller
     governor: MemoryGovernor
+    #: Where work units compute (pipeline.executor); the worker opens and closes it.
+    executor: Executor = field(default_factory=LocalExecutor)
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("geod.pipeline"))
 
     def root(self) -> StageNode:

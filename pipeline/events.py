@@ -70,6 +70,11 @@ class MemoryEvent(_Event):
     critical: float | None = Field(default=None, description="Critical level, fraction.")
     stage: str | None = None
     operation: str | None = None
+    worker: str | None = Field(
+        default=None,
+        description="A Dask worker's address: a sample of that worker, not of the run's "
+        "process tree (one series per worker).",
+    )
 
 
 class GovernorEvent(_Event):

@@ -103,6 +103,9 @@ class MemoryGovernor:
         self.budget = config.budget_bytes()
         self._calm = 0
         self._lock = threading.Lock()
+        #: Memory pressure elsewhere, as (fraction of its own limit, what): on a Dask
+        #: cluster the busiest worker's (see :meth:`after_window`). None: only this RSS.
+        self.external: Callable[[], tuple[float, str] | None] | None = None
 
     # -- readings -----------------------------------------------------------------
 
@@ -140,10 +143,18 @@ class MemoryGovernor:
     def after_window(self, stage: str | None = None) -> int:
         """Sample RSS, adapt the window size, report; returns the size for the next window."""
         rss = self.rss()
-        level = self.level(rss)
+        load, what = rss, f"RSS {format_bytes(rss)}"
+        elsewhere = self.external() if self.external is not None else None
+        if elsewhere is not None and elsewhere[0] * self.budget > rss:
+            # The windows run on Dask workers: a worker near its own limit shrinks
+            # them just as this process near its budget would.
+            load = int(elsewhere[0] * self.budget)
+            share = _percent(elsewhere[0])
+            what = f"{elsewhere[1]} at {share} of its limit (as {format_bytes(load)})"
+        level = self.level(load)
         with self._lock:  # analysis batches may report from several threads
             old = self.window_size
-            new, reason = self._decide(rss, level)
+            new, reason = self._decide(load, level, what)
             self.window_size = new
         self._events.emit(
             MemoryEvent(
@@ -171,15 +182,17 @@ class MemoryGovernor:
             log.log(log_level, "window %d → %d: %s", old, new, reason)
         return new
 
-    def _decide(self, rss: int, level: Level) -> tuple[int, str]:
-        """Next window size and the human reason for a change ("" when unchanged)."""
+    def _decide(self, rss: int, level: Level, used: str) -> tuple[int, str]:
+        """Next window size and the human reason for a change ("" when unchanged).
+
+        ``rss`` is the load compared with the budget, ``used`` how the reason names it.
+        """
         config = self._config
-        used = format_bytes(rss)
         budget = format_bytes(self.budget)
         if level == "critical":
             self._calm = 0
             gc.collect()
-            reason = f"RSS {used} ≥ {_percent(config.critical)} of {budget}; ran GC"
+            reason = f"{used} ≥ {_percent(config.critical)} of {budget}; ran GC"
             return config.min_window, reason
         if level == "warning":
             self._calm = 0
@@ -187,7 +200,7 @@ class MemoryGovernor:
             # Never grow here: a window already below the floor (after a critical
             # drop) stays where it is.
             new = min(self.window_size, max(halved, config.reduced_window))
-            return new, f"RSS {used} ≥ {_percent(config.warning)} of {budget}"
+            return new, f"{used} ≥ {_percent(config.warning)} of {budget}"
         if rss >= config.calm * self.budget:
             self._calm = 0
             return self.window_size, ""
@@ -195,8 +208,7 @@ class MemoryGovernor:
         if self._calm >= config.calm_windows and self.window_size < self.initial_window:
             self._calm = 0
             reason = (
-                f"RSS {used} < {_percent(config.calm)} of {budget} "
-                f"for {config.calm_windows} windows"
+                f"{used} < {_percent(config.calm)} of {budget} for {config.calm_windows} windows"
             )
             return min(self.window_size * 2, self.initial_window), reason
         return self.window_size, ""

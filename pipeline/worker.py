@@ -17,6 +17,7 @@ from ``GEOD_DATABASE_URL``, read here once and passed down as an argument.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
@@ -38,6 +39,7 @@ from pipeline.contract import (
 )
 from pipeline.control import Controller, StopRequested
 from pipeline.events import Event, EventSink, OutputEvent, StateEvent
+from pipeline.executor import ExecutorError, run_executor
 from pipeline.export.atomic import ExportError
 from pipeline.memory import MemoryGovernor
 from pipeline.merge import MergeError
@@ -48,7 +50,7 @@ from pipeline.runner import STAGES, parse_stages, run_pipeline
 log = logging.getLogger("geod.worker")
 
 #: Failures the stages phrase for the user themselves (worth a retry: exit 1).
-RUN_ERRORS = (ExportError, MergeError, AnalysisError)
+RUN_ERRORS = (ExportError, MergeError, AnalysisError, ExecutorError)
 
 
 def _parse_formats(text: str | None) -> list[ExportFormat] | None:
@@ -131,7 +133,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     ctx = RunContext(config, events, control, governor)
     events.emit(StateEvent(state="running"))
     try:
-        run_pipeline(ctx, stages, formats, os.environ.get(DATABASE_URL_ENV) or None)
+        with contextlib.ExitStack() as resources:
+            if stages != ["catalog"]:  # `geod check` computes nothing: no cluster
+                resources.enter_context(run_executor(ctx))
+            run_pipeline(ctx, stages, formats, os.environ.get(DATABASE_URL_ENV) or None)
     except StopRequested:
         log.info("stopped at a checkpoint; rerun or resume to continue")
         _write_report(ctx, history, "stopped")

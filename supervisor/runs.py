@@ -152,7 +152,9 @@ class Run:
             self._update_progress(event.time)
         elif isinstance(event, LogEvent):
             self.recent_logs.append(event)
-        elif isinstance(event, MemoryEvent):
+        elif isinstance(event, MemoryEvent) and event.worker is None:
+            # A Dask worker's sample (worker set) is that worker's, not the run's process
+            # tree: telemetry keeps it, the run's RSS and peak do not count it.
             self.memory.append(event)
             if event.operation == "sample":
                 self.summary.rss = event.rss

@@ -107,6 +107,26 @@ def test_each_change_is_one_log_record_in_the_documented_wording(
     ]
 
 
+def test_a_dask_worker_near_its_limit_shrinks_the_windows(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """On a cluster the busiest worker's share of its own limit counts like this RSS."""
+    governor, recorder, _ = scripted([0.3, 0.3, 0.3])
+    shares = iter([0.5, 0.85, None])
+    governor.external = lambda: (
+        None if (share := next(shares)) is None else (share, "Dask worker tcp://10.0.0.2:4242")
+    )
+    with caplog.at_level(logging.INFO, logger="geod.memory"):
+        assert run(governor, 3) == [2048, 1024, 1024]
+    records = [r.getMessage() for r in caplog.records if r.name == "geod.memory"]
+    assert records == [
+        "window 2048 → 1024: Dask worker tcp://10.0.0.2:4242 at 85 % of its limit "
+        "(as 870 MiB) ≥ 80 % of 1.0 GiB"
+    ]
+    # The samples stay the run's own RSS: the worker's memory has its own series.
+    assert [m.rss for m in recorder.of(MemoryEvent)] == [int(0.3 * BUDGET)] * 3
+
+
 def test_pressure_between_calm_windows_restarts_the_hysteresis_count() -> None:
     governor, recorder, _ = scripted([0.95, 0.5, 0.5, 0.5, 0.82, 0.5, 0.5, 0.5, 0.5])
 

@@ -44,3 +44,26 @@ def test_status_imports_none_of_the_data_path(tmp_path: Path) -> None:
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["code"] == 3, result.stderr  # no daemon on that socket: exit 3
     assert report["loaded"] == []
+
+
+_LOCAL_PROBE = """
+import json, sys
+from pipeline.config import parse_config
+from pipeline.events import EventSink
+from pipeline.executor import open_executor
+import pipeline.worker, pipeline.runner, pipeline.export, pipeline.analysis.gwpca
+config = parse_config({"datasets": [{"name": "a", "path": "a.tif"}]}, "config.yml")
+executor = open_executor(config, EventSink())
+print(json.dumps({"executor": executor.name,
+                  "loaded": sorted(m for m in sys.modules if m.split(".")[0] in DASK)}))
+"""
+
+
+def test_local_executor_imports_no_dask() -> None:
+    """``executor: local`` (the default) runs the whole data path without importing Dask."""
+    script = f"DASK = {('dask', 'distributed')!r}\n{_LOCAL_PROBE}"
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+    )
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report == {"executor": "local", "loaded": []}, result.stderr

@@ -320,7 +320,8 @@ class DashboardState:
                 view.map_held.append(event)
             if view.map.apply(event):
                 self._changes.maps.add(run_id)
-        elif isinstance(event, MemoryEvent):
+        elif isinstance(event, MemoryEvent) and event.worker is None:
+            # Dask workers' samples stay in telemetry and the report; the panel shows the run.
             self._memory(view, event)
         elif isinstance(event, GovernorEvent):
             view.levels.budget = event.budget

@@ -63,6 +63,10 @@ class Mark:
     what: str
 
 
+#: ``MemoryPoint.origin`` prefix of a Dask worker's samples (followed by its address).
+DASK_ORIGIN = "Dask worker "
+
+
 @dataclass
 class MemoryPoint:
     time: float
@@ -290,9 +294,13 @@ def build_report(
     states = [e for e in events if isinstance(e, StateEvent)]
     final_state = state or (states[-1].state if states else "unknown")
     memory_events = [e for e in events if isinstance(e, MemoryEvent)]
-    memory = [MemoryPoint(e.time, e.rss, e.window_size, "worker") for e in memory_events]
+    memory = [
+        MemoryPoint(e.time, e.rss, e.window_size, DASK_ORIGIN + e.worker if e.worker else "worker")
+        for e in memory_events
+    ]
     memory += daemon_memory or []
-    last_memory = next((e for e in reversed(memory_events) if e.budget), None)
+    # The budget lines are the run's own; a Dask worker's sample carries its own limit.
+    last_memory = next((e for e in reversed(memory_events) if e.budget and not e.worker), None)
     problems = [
         (e.time, e.level, e.message)
         for e in events

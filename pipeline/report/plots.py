@@ -23,7 +23,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 from pipeline.merge import valid_mask
-from pipeline.report.model import Bar, Mark, ReportData
+from pipeline.report.model import DASK_ORIGIN, Bar, Mark, ReportData
 
 #: Longest side of a quick-look map, in cells read (a 1-arcmin global layer is read
 #: with a stride of 30: 720 × 360 values, about 1 MiB as float32).
@@ -111,6 +111,15 @@ def memory_chart(data: ReportData) -> bytes:
                 color="#3b7dd8",
                 label=f"RSS ({origin})",
             )
+    for origin in sorted({p.origin for p in data.memory if p.origin.startswith(DASK_ORIGIN)}):
+        points = [p for p in data.memory if p.origin == origin]
+        axes.plot(
+            [p.time - data.start for p in points],
+            [p.rss / GIB for p in points],
+            "-.",
+            linewidth=1,
+            label=f"RSS ({origin})",
+        )
     if data.budget:
         axes.axhline(data.budget / GIB, color="black", linewidth=1, label="budget")
         for level, colour, name in (
