@@ -166,6 +166,25 @@ def test_chunk_rows_and_gdal_cache_follow_the_window_and_budget() -> None:
     assert governor.chunk_rows(512, floor=100) == 100
 
 
+def test_fit_caps_the_window_by_estimated_cost_until_cleared() -> None:
+    """Room below warning is 0.8 − 0.5 = 0.3 GiB: 40 B/cell fits 2048 (160 MiB), 100 does not."""
+    governor, recorder, _ = scripted([0.5] * 22)
+
+    assert governor.fit(40, "cheap") == 2048
+    assert not recorder.of(GovernorEvent)
+    assert governor.fit(100, "fine") == 1024  # 2048² × 100 B = 400 MiB > 307 MiB
+    change = recorder.of(GovernorEvent)[-1]
+    assert (change.old_size, change.new_size) == (2048, 1024)
+    assert change.reason.startswith("a 2048-pixel window of fine would hold about 400 MiB")
+    assert governor.fit(10_000, "huge") == 256  # never below min_window
+    # Calm readings grow back to the cap, not past it.
+    assert governor.fit(100, "fine") == 256 and governor.window_size == 256
+    assert run(governor, 8) == [256, 256, 256, 512, 512, 512, 512, 1024]
+    assert run(governor, 4) == [1024] * 4
+    governor.clear_ceiling()  # calm all along: grows at the next reading
+    assert run(governor, 2) == [2048, 2048]
+
+
 @pytest.mark.parametrize("initial", [0, 300, -256])
 def test_initial_window_must_be_a_multiple_of_the_minimum(initial: int) -> None:
     with pytest.raises(ValueError, match=r"multiple of memory\.min_window"):
