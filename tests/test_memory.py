@@ -374,7 +374,6 @@ def test_run_under_a_tight_budget_fits_windows_and_report_and_matches(tmp_path: 
     assert "window of fine would hold" in first_change.reason
     assert all(e.window_size <= 1024 for e in tight.readings("fine"))
     assert tight.peak < budget
-    assert max(e.rss for e in tight.readings("fine")) < default_windows
     # The report was drawn within the budget: maps at a coarser stride, not left out.
     strides, loose_strides = map_strides(tight), map_strides(loose)
     assert len(strides) == len(loose_strides) == 2
