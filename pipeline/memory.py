@@ -234,7 +234,7 @@ class MemoryGovernor:
         return self.window_size
 
     def clear_ceiling(self) -> None:
-        """Drop the cap :meth:`fit` set (its stage is over): calm readings may grow to the start size."""
+        """Drop the cap :meth:`fit` set (its stage is over): calm readings may grow past it."""
         with self._lock:
             self._ceiling = self.initial_window
 

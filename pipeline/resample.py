@@ -36,7 +36,8 @@ dataset's ``nodata`` override), else the dtype's minimum (signed) or maximum
 Datasets already on the grid (:func:`pipeline.grid.place`) are copied window
 by window without any resampling, converting dtype and nodata by the same rule.
 Datasets aligned with the grid at an integer factor (30″ into 5′) are reduced
-block by block for average, sum, min and max (:mod:`pipeline.blockreduce`).
+block by block for average, sum, min and max, and for mode where that is quicker
+than GDAL's kernel (16-bit integers, small blocks; :mod:`pipeline.blockreduce`).
 
 Known differences from the reference gdalwarp 3.6 (rasterio bundles GDAL 3.10;
 tests/test_resample.py pins each one down). The first two also show in a
@@ -374,7 +375,7 @@ def copy_window(
 
 
 def source_cells_per_cell(source: SourceInfo, grid: TargetGrid) -> float:
-    """Source pixels per grid cell, from the source's extent on the grid (1.0 if PROJ cannot say)."""
+    """Source pixels per grid cell, from the source's extent on the grid (1.0 if PROJ cannot)."""
     bounds = source.bounds
     try:
         if source.crs != grid.crs:
