@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import shlex
 import shutil
 import sys
@@ -41,7 +40,7 @@ import rasterio
 import yaml
 from rasterio.transform import from_origin
 from rasterio.windows import Window
-from resample_child import Measured, run_measured
+from resample_child import Measured, load_average, run_measured
 
 from pipeline.config import Resampling
 from pipeline.memory import format_bytes
@@ -218,7 +217,7 @@ def main() -> None:
                       f"{layer.dtype:8} {layer.method}")  # fmt: skip
         print(f"grid {resolution * 60:g}′ {BOUNDS}, budget {format_bytes(BUDGET)}, "
               f"threads {args.threads}, size {args.size}")  # fmt: skip
-        print("load average before: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()), flush=True)
+        print(load_average("before"), flush=True)
         theirs: Measured | None = None
         ours: Measured | None = None
         for _ in range(args.repeat):
@@ -247,7 +246,7 @@ def main() -> None:
                 output_nodata(dtype, layer.nodata),
             )
             print(f"    {layer.name:7} {layer.method:9} {verdict}")
-        print("load average after: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
+        print(load_average("after"))
     finally:
         if args.dir is None:
             shutil.rmtree(folder, ignore_errors=True)
