@@ -69,7 +69,7 @@ import math
 import os
 import threading
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
@@ -81,7 +81,7 @@ from rasterio.windows import Window
 from rasterio.windows import transform as window_transform
 
 from pipeline.blockreduce import alignment, is_exact, reduce_window
-from pipeline.config import DatasetConfig, Resampling
+from pipeline.config import DatasetConfig, Resampling, ResamplingConfig
 from pipeline.context import RunContext, StageNode
 from pipeline.coverage import DENSIFY_POINTS, CoverageCounter, footprint, valid_mask
 from pipeline.events import CheckpointEvent
@@ -413,25 +413,33 @@ def in_flight(threads: int, queue_bytes: float, window_bytes: int) -> int:
 
 
 class WarpPool:
-    """Warps windows, of any dataset, on ``resampling.threads`` threads while the caller writes.
+    """Warps windows on ``resampling.threads`` threads while the caller writes.
 
     GDAL and rasterio release the GIL while reading, decompressing and warping,
     so a window is warped on a pool thread while the previous one is encoded,
     written and checkpointed on the caller's thread, and with two threads two
     windows are warped at once. A GDAL dataset is not thread-safe: each pool
     thread opens its own source dataset and :class:`ChunkWarper` (single
-    threaded; the pool is the parallelism) per dataset on first use; they are
-    closed by :meth:`release` once the dataset's last window is written, so the
-    next dataset's windows can already be warping while that happens. Every
-    cell is computed exactly as by the serial loop; only the order of work
-    changes, never the order of writes and checkpoints.
+    threaded; the pool is the parallelism) on first use, closed by :meth:`close`.
+    Every cell is computed exactly as by the serial loop; only the order of
+    work changes, never the order of writes and checkpoints.
     """
 
-    def __init__(self, threads: int, gdal_env: dict[str, object]) -> None:
-        self._gdal_env = gdal_env
-        self._opened: dict[tuple[int, str], tuple[rasterio.io.DatasetReader, ChunkWarper]] = {}
+    def __init__(
+        self,
+        source: SourceInfo,
+        dataset: DatasetConfig,
+        grid: TargetGrid,
+        config: ResamplingConfig,
+        gdal_env: dict[str, object],
+        compute: Callable[[Window, ChunkWarper, rasterio.io.DatasetReader], np.ndarray],
+    ) -> None:
+        self._source, self._dataset, self._grid, self._config = source, dataset, grid, config
+        self._gdal_env, self._compute = gdal_env, compute
+        self._local = threading.local()
+        self._opened: list[tuple[rasterio.io.DatasetReader, ChunkWarper]] = []
         self._lock = threading.Lock()
-        self._executor = ThreadPoolExecutor(threads, thread_name_prefix="warp")
+        self._executor = ThreadPoolExecutor(config.threads, thread_name_prefix="warp")
 
     def __enter__(self) -> WarpPool:
         return self
@@ -439,165 +447,43 @@ class WarpPool:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def submit(self, job: DatasetJob, piece: Window) -> Future[np.ndarray]:
-        return self._executor.submit(self._run, job, piece)
+    def submit(self, piece: Window) -> Future[np.ndarray]:
+        return self._executor.submit(self._run, piece)
 
-    def _run(self, job: DatasetJob, piece: Window) -> np.ndarray:
-        key = (threading.get_ident(), job.name)
+    def _run(self, piece: Window) -> np.ndarray:
         with rasterio.Env(**self._gdal_env):
-            with self._lock:
-                opened = self._opened.get(key)
+            opened = getattr(self._local, "opened", None)
             if opened is None:
-                src = rasterio.open(job.source.name)
-                warper = ChunkWarper(job.source, job.dataset, job.grid, 1, job.margin, src)
-                opened = (src, warper)
+                src = rasterio.open(self._source.name)
+                warper = ChunkWarper(
+                    self._source, self._dataset, self._grid, 1, self._config.margin, src
+                )
+                opened = self._local.opened = (src, warper)
                 with self._lock:
-                    self._opened[key] = opened
-            return job.compute(piece, opened[1], opened[0])
-
-    def release(self, name: str) -> None:
-        """Close every thread's datasets of ``name`` (all its windows are written)."""
-        with self._lock:
-            keys = [key for key in self._opened if key[1] == name]
-            pairs = [self._opened.pop(key) for key in keys]
-        for src, warper in pairs:
-            warper.close()
-            src.close()
+                    self._opened.append(opened)
+            return self._compute(piece, opened[1], opened[0])
 
     def close(self) -> None:
         """Drop queued windows, wait for running ones, close every thread's datasets."""
         self._executor.shutdown(wait=True, cancel_futures=True)
-        for name in {key[1] for key in self._opened}:
-            self.release(name)
+        for src, warper in self._opened:
+            warper.close()
+            src.close()
+        self._opened.clear()
 
 
-class DatasetJob:
-    """One dataset's share of the resample stage: its windows, how to compute and write them.
-
-    Made when the stage reaches the dataset (while the previous dataset's last
-    windows may still be warping or being written): the layer is created or
-    verified, the window cap fitted, the plan logged.
-    """
-
-    def __init__(
-        self,
-        ctx: RunContext,
-        dataset: DatasetConfig,
-        source: SourceInfo,
-        grid: TargetGrid,
-        store: LayerStore,
-        node: StageNode,
-    ) -> None:
-        config = ctx.config.resampling
-        self.ctx, self.dataset, self.source, self.grid, self.store = (
-            ctx,
-            dataset,
-            source,
-            grid,
-            store,
-        )
-        self.node, self.name, self.margin = node, dataset.name, config.margin
-        self.placement = place(grid, source)
-        self.dtype = output_dtype(dataset.resampling, source.dtype)
-        self.nodata = output_nodata(self.dtype, source_nodata(dataset, source))
-        store.ensure_layer(
-            self.name, self.dtype, self.nodata, fingerprint(dataset, source, grid, store.chunk)
-        )
-        self.windows = grid.windows(config.window_size)
-        todo = [w for w in self.windows if not store.is_complete(self.name, w)]
-        node.start(total=len(self.windows), done=len(self.windows) - len(todo))
-        passthrough = self.placement.passthrough
-        self.aligned = None if passthrough else alignment(source, grid, dataset.resampling)
-        self.chunks = [] if passthrough else warp_plan(source, dataset, grid, config.warp_memory)
-        self._log_plan(len(todo))
-        self.counter = CoverageCounter(grid, footprint(grid, source))
-        self.pending = {(int(w.row_off), int(w.col_off)) for w in todo}
-        window_bytes = config.window_size**2 * np.dtype(self.dtype).itemsize
-        queue_bytes = ctx.governor.budget * config.queue_fraction
-        self.depth = in_flight(config.threads, queue_bytes, window_bytes)
-        ctx.governor.fit(window_cell_bytes(source, self.dtype, grid, self.depth), self.name)
-
-    def _log_plan(self, todo: int) -> None:
-        source, grid, aligned = self.source, self.grid, self.aligned
-        method = self.dataset.resampling.value
-        log.info(
-            "%s: %s %d×%d %s → grid %d×%d; %d of %d windows to do",
-            self.name,
-            "copying (on the grid)"
-            if self.placement.passthrough
-            else f"reducing {aligned.factor_x}×{aligned.factor_y} blocks ({method})"
-            if aligned
-            else f"resampling ({method}, {len(self.chunks)} GDAL warp chunks)",
-            source.width,
-            source.height,
-            source.crs.to_string(),
-            grid.width,
-            grid.height,
-            todo,
-            len(self.windows),
-            extra={"stage": "resample", "dataset": self.name},
-        )
-
-    def compute(
-        self, piece: Window, warper: ChunkWarper, src: rasterio.io.DatasetReader
-    ) -> np.ndarray:
-        """One window's cells (on a pool thread): copied, reduced by blocks, or warped."""
-        dataset, source = self.dataset, self.source
-        if self.placement.passthrough:
-            return copy_window(source, dataset, self.placement, piece, src)
-        if self.aligned and is_exact(self.aligned, source, piece):
-            return reduce_window(
-                source, self.aligned, dataset.resampling, piece, source_nodata(dataset, source),
-                self.dtype, self.nodata, src, self.ctx.config.resampling.warp_memory,
-            )  # fmt: skip
-        return warper.window(piece, self.chunks)
-
-    def work(self) -> Iterator[tuple[Window, bool] | None]:
-        """Pieces in checkpoint order (True: to compute); None closes a window."""
-        size = self.ctx.config.resampling.window_size
-        for window in self.windows:
-            if (int(window.row_off), int(window.col_off)) not in self.pending:
-                yield window, False
-            else:
-                for piece in _subwindows(window, min(self.ctx.governor.window_size, size)):
-                    yield piece, not self.store.is_complete(self.name, piece)
-            yield None
-
-    def finish(self, piece: Window, data: np.ndarray | None) -> None:
-        """In order, on the stage's thread: write, checkpoint (pause/kill happen here), adapt."""
-        ctx, grid, name = self.ctx, self.grid, self.name
-        if data is None:
-            self.counter.add(piece, valid_mask(self.store.read_window(name, piece), self.nodata))
-            return
-        self.store.write_window(name, piece, data)
-        self.counter.add(piece, valid_mask(data, self.nodata))
-        ctx.events.emit(
-            CheckpointEvent(
-                stage="resample",
-                dataset=name,
-                done=self.store.completed(name),
-                total=self.store.total_chunks(),
-                detail={"row_off": int(piece.row_off), "col_off": int(piece.col_off)},
-                row_off=int(piece.row_off),
-                col_off=int(piece.col_off),
-                height=int(piece.height),
-                width=int(piece.width),
-                grid_height=grid.height,
-                grid_width=grid.width,
-            )
-        )
-        ctx.control.checkpoint()
-        ctx.governor.after_window(f"resample/{name}")
-
-    def done(self) -> None:
-        """The dataset's last window is written: log its coverage."""
-        _report_coverage(self.name, self.counter, self.ctx.config.resampling.coverage_warning)
-
-
-#: Queue markers: a window's pieces are all written; a dataset's windows are all written.
-WINDOW_DONE, DATASET_DONE = "window", "dataset"
-#: One queue entry: the job, a piece (or a marker), and its warp (None: nothing to compute).
-Entry = tuple[DatasetJob, Window | str, Future[np.ndarray] | None]
+def _drain_one(
+    queue: deque[tuple[Window, Future[np.ndarray] | None] | None],
+    finish: Callable[[Window, np.ndarray | None], None],
+    node: StageNode,
+) -> None:
+    """Finish the oldest queued entry (a window marker advances the progress node)."""
+    entry = queue.popleft()
+    if entry is None:
+        node.advance()
+        return
+    piece, future = entry
+    finish(piece, None if future is None else future.result())
 
 
 def _subwindows(window: Window, size: int) -> list[Window]:
@@ -640,58 +526,6 @@ def fingerprint(dataset: DatasetConfig, source: SourceInfo, grid: TargetGrid, ch
     return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()
 
 
-def resample_datasets(
-    ctx: RunContext,
-    datasets: Iterable[tuple[DatasetConfig, SourceInfo, StageNode]],
-    grid: TargetGrid,
-    store: LayerStore,
-    on_done: Callable[[StageNode], None] = lambda node: None,
-) -> None:
-    """Resample (or copy) each dataset into the store, window by window, resumably.
-
-    One pool warps for all of them: the next dataset's first windows are
-    warped while the last ones of the previous dataset are written, so the
-    threads do not idle at every dataset boundary (with few windows per
-    dataset, most of the stage). ``datasets`` is consumed lazily, a dataset
-    when its first window is due; ``on_done`` gets its node once its last
-    window is written. Writes and checkpoints stay in dataset and grid order.
-    """
-    config = ctx.config.resampling
-    gdal_env = {
-        "GDAL_CACHEMAX": max(1, ctx.governor.gdal_cache_bytes() // _MIB),
-        "GDAL_NUM_THREADS": config.threads,
-        "GDAL_HTTP_TIMEOUT": math.ceil(ctx.config.catalog.timeout),
-    }
-    with rasterio.Env(**gdal_env), WarpPool(config.threads, gdal_env) as pool:
-        queue: deque[Entry] = deque()
-
-        def drain_one() -> None:
-            job, piece, future = queue.popleft()
-            if piece == WINDOW_DONE:
-                job.node.advance()
-            elif piece == DATASET_DONE:
-                pool.release(job.name)
-                job.done()
-                on_done(job.node)
-            else:
-                assert isinstance(piece, Window)
-                job.finish(piece, None if future is None else future.result())
-
-        for dataset, source, node in datasets:
-            job = DatasetJob(ctx, dataset, source, grid, store, node)
-            for item in job.work():
-                if item is None:
-                    queue.append((job, WINDOW_DONE, None))
-                    continue
-                piece, needed = item
-                queue.append((job, piece, pool.submit(job, piece) if needed else None))
-                while sum(1 for entry in queue if entry[2] is not None) > job.depth:
-                    drain_one()
-            queue.append((job, DATASET_DONE, None))
-        while queue:
-            drain_one()
-
-
 def resample_dataset(
     ctx: RunContext,
     dataset: DatasetConfig,
@@ -700,8 +534,110 @@ def resample_dataset(
     store: LayerStore,
     node: StageNode,
 ) -> None:
-    """Resample (or copy) one dataset into the store (:func:`resample_datasets` of one)."""
-    resample_datasets(ctx, [(dataset, source, node)], grid, store)
+    """Resample (or copy) one dataset into the store, window by window, resumably."""
+    config = ctx.config.resampling
+    name = dataset.name
+    placement = place(grid, source)
+    dtype = output_dtype(dataset.resampling, source.dtype)
+    nodata = output_nodata(dtype, source_nodata(dataset, source))
+    store.ensure_layer(name, dtype, nodata, fingerprint(dataset, source, grid, store.chunk))
+
+    windows = grid.windows(config.window_size)
+    todo = [w for w in windows if not store.is_complete(name, w)]
+    node.start(total=len(windows), done=len(windows) - len(todo))
+    aligned = None if placement.passthrough else alignment(source, grid, dataset.resampling)
+    chunks = [] if placement.passthrough else warp_plan(source, dataset, grid, config.warp_memory)
+    extra = {"stage": "resample", "dataset": name}
+    log.info(
+        "%s: %s %d×%d %s → grid %d×%d; %d of %d windows to do",
+        name,
+        "copying (on the grid)"
+        if placement.passthrough
+        else f"reducing {aligned.factor_x}×{aligned.factor_y} blocks ({dataset.resampling.value})"
+        if aligned
+        else f"resampling ({dataset.resampling.value}, {len(chunks)} GDAL warp chunks)",
+        source.width,
+        source.height,
+        source.crs.to_string(),
+        grid.width,
+        grid.height,
+        len(todo),
+        len(windows),
+        extra=extra,
+    )
+    counter = CoverageCounter(grid, footprint(grid, source))
+    pending = {(int(w.row_off), int(w.col_off)) for w in todo}
+    cache_mb = max(1, ctx.governor.gdal_cache_bytes() // _MIB)
+    gdal_env = {
+        "GDAL_CACHEMAX": cache_mb,
+        "GDAL_NUM_THREADS": config.threads,
+        "GDAL_HTTP_TIMEOUT": math.ceil(ctx.config.catalog.timeout),
+    }
+    window_bytes = config.window_size**2 * np.dtype(dtype).itemsize
+    depth = in_flight(config.threads, ctx.governor.budget * config.queue_fraction, window_bytes)
+    ctx.governor.fit(window_cell_bytes(source, dtype, grid, depth), name)
+
+    def compute(piece: Window, warper: ChunkWarper, src: rasterio.io.DatasetReader) -> np.ndarray:
+        if placement.passthrough:
+            return copy_window(source, dataset, placement, piece, src)
+        if aligned and is_exact(aligned, source, piece):
+            return reduce_window(
+                source, aligned, dataset.resampling, piece,
+                source_nodata(dataset, source), dtype, nodata, src, config.warp_memory,
+            )  # fmt: skip
+        return warper.window(piece, chunks)
+
+    def work() -> Iterator[tuple[Window, bool] | None]:
+        """Pieces in checkpoint order (True: to compute); None closes a window."""
+        for window in windows:
+            if (int(window.row_off), int(window.col_off)) not in pending:
+                yield window, False
+            else:
+                for piece in _subwindows(window, min(ctx.governor.window_size, config.window_size)):
+                    yield piece, not store.is_complete(name, piece)
+            yield None
+
+    def finish(piece: Window, data: np.ndarray | None) -> None:
+        """In order, on this thread: write, checkpoint (pause/kill happen here), adapt."""
+        if data is None:
+            counter.add(piece, valid_mask(store.read_window(name, piece), nodata))
+            return
+        store.write_window(name, piece, data)
+        counter.add(piece, valid_mask(data, nodata))
+        ctx.events.emit(
+            CheckpointEvent(
+                stage="resample",
+                dataset=name,
+                done=store.completed(name),
+                total=store.total_chunks(),
+                detail={"row_off": int(piece.row_off), "col_off": int(piece.col_off)},
+                row_off=int(piece.row_off),
+                col_off=int(piece.col_off),
+                height=int(piece.height),
+                width=int(piece.width),
+                grid_height=grid.height,
+                grid_width=grid.width,
+            )
+        )
+        ctx.control.checkpoint()
+        ctx.governor.after_window(f"resample/{name}")
+
+    with (
+        rasterio.Env(**gdal_env),
+        WarpPool(source, dataset, grid, config, gdal_env, compute) as pool,
+    ):
+        queue: deque[tuple[Window, Future[np.ndarray] | None] | None] = deque()
+        for item in work():
+            if item is None:
+                queue.append(None)
+                continue
+            piece, needed = item
+            queue.append((piece, pool.submit(piece) if needed else None))
+            while sum(1 for entry in queue if entry and entry[1]) > depth:
+                _drain_one(queue, finish, node)
+        while queue:
+            _drain_one(queue, finish, node)
+    _report_coverage(name, counter, config.coverage_warning)
 
 
 def _report_coverage(name: str, counter: CoverageCounter, threshold: float) -> None:

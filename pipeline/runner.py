@@ -21,7 +21,7 @@ from pipeline.context import RunContext, StageNode
 from pipeline.control import StopRequested
 from pipeline.events import SourceEvent
 from pipeline.grid import TargetGrid, place
-from pipeline.resample import resample_datasets
+from pipeline.resample import resample_dataset
 from pipeline.source import SourceInfo
 from pipeline.store import LayerStore
 
@@ -114,16 +114,11 @@ def _resample(ctx: RunContext, state: RunState, node: StageNode) -> None:
     if not state.sources:
         _inspect(ctx, state)
     node.start(total=len(state.sources))
-    datasets = (
-        (dataset, source, node.child(dataset.name, "dataset"))
-        for dataset, source in zip(ctx.config.datasets, state.sources, strict=True)
-    )
-
-    def done(child: StageNode) -> None:
+    for dataset, source in zip(ctx.config.datasets, state.sources, strict=True):
+        child = node.child(dataset.name, "dataset")
+        resample_dataset(ctx, dataset, source, state.grid, state.store, child)
         child.finish()
         node.advance()
-
-    resample_datasets(ctx, datasets, state.grid, state.store, done)
     ctx.governor.clear_ceiling()  # the datasets' window caps do not bind the merge
     node.finish()
 

@@ -30,7 +30,6 @@ from pipeline.resample import (
     output_dtype,
     output_nodata,
     resample_dataset,
-    resample_datasets,
     source_nodata,
     warp_plan,
 )
@@ -478,52 +477,6 @@ def test_pipelined_threads_write_the_same_store_in_the_same_order(
         == order(serial_events)
         == [(int(w.row_off), int(w.col_off)) for w in GLOBAL_1DEG.windows(WINDOW)]
     )
-
-
-def test_datasets_share_the_pool_and_stay_in_order(
-    rasters: dict[str, Path], tmp_path: Path
-) -> None:
-    """The next dataset starts warping before the previous one's last window is written;
-    the stores equal one dataset at a time, and writes stay in dataset, then grid order."""
-    datasets = [
-        {"name": "ease", "path": str(rasters["equal_area"]), "resampling": "bilinear"},
-        {"name": "geo", "path": str(rasters["geographic"]), "resampling": "average"},
-    ]
-    one_by_one, _ = make_context(
-        make_config(tmp_path / "a", datasets, {"resolution": 1.0}, window=WINDOW, threads=2)
-    )
-    for name in ("ease", "geo"):
-        run_dataset(one_by_one, tmp_path / "a.zarr", GLOBAL_1DEG, name)
-    ctx, events = make_context(
-        make_config(tmp_path / "b", datasets, {"resolution": 1.0}, window=WINDOW, threads=2)
-    )
-    store = LayerStore(tmp_path / "b.zarr", GLOBAL_1DEG, ctx.config.memory.min_window)
-    stage = ctx.stage("resample")
-    finished: list[str] = []
-    resample_datasets(
-        ctx,
-        (
-            (ctx.config.dataset(name), source_of(ctx.config.dataset(name).path, name),
-             stage.child(name, "dataset"))
-            for name in ("ease", "geo")
-        ),
-        GLOBAL_1DEG,
-        store,
-        lambda node: finished.append(node.name),
-    )  # fmt: skip
-    assert finished == ["ease", "geo"]
-    assert _chunk_files(tmp_path / "b.zarr") == _chunk_files(tmp_path / "a.zarr")
-    grid_order = [(int(w.row_off), int(w.col_off)) for w in GLOBAL_1DEG.windows(WINDOW)]
-    writes = [(e.dataset, e.row_off, e.col_off) for e in events if isinstance(e, CheckpointEvent)]
-    assert writes == [(n, r, c) for n in ("ease", "geo") for r, c in grid_order]
-    started = next(
-        i for i, e in enumerate(events)
-        if isinstance(e, StageEvent) and e.id.endswith("/geo") and e.status == "running"
-    )  # fmt: skip
-    last_ease = max(
-        i for i, e in enumerate(events) if isinstance(e, CheckpointEvent) and e.dataset == "ease"
-    )
-    assert started < last_ease, "geo was set up (and warping) before ease's last write"
 
 
 def test_in_flight_is_threads_plus_one_within_the_queue_share() -> None:
