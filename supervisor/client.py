@@ -49,13 +49,18 @@ from supervisor.protocol import (
     LogsTailParams,
     MemoryHistory,
     MemoryHistoryParams,
+    ParallelParams,
+    PriorityParams,
     ProtocolError,
+    QueueSettings,
     RunParams,
     RunSummary,
     Selection,
     Snapshot,
+    SourcesParams,
     SubmitParams,
     SubscribeParams,
+    WatchedSource,
     request,
 )
 
@@ -71,6 +76,7 @@ DEFAULT_LOG_LIMIT = LogsTailParams.model_fields["limit"].default
 T = TypeVar("T")
 _SUMMARIES: TypeAdapter[list[RunSummary]] = TypeAdapter(list[RunSummary])
 _LOG_PAGE: TypeAdapter[list[LogEvent]] = TypeAdapter(LogPage)
+_SOURCES: TypeAdapter[list[WatchedSource]] = TypeAdapter(list[WatchedSource])
 
 
 @dataclass(frozen=True)
@@ -111,8 +117,11 @@ class Calls:
         return Call("runs.get", _params(RunParams(run=run_id)), RunSummary.model_validate)
 
     @staticmethod
-    def submit(config_path: str, name: str | None = None) -> Call[RunSummary]:
-        params = SubmitParams(config_path=config_path, name=name)
+    def submit(config: str | SubmitParams, name: str | None = None) -> Call[RunSummary]:
+        """A config path (and run name), or the whole request with its queue options."""
+        params = config if isinstance(config, SubmitParams) else SubmitParams(config_path=config)
+        if name is not None:
+            params = params.model_copy(update={"name": name})
         return Call("runs.submit", _params(params), RunSummary.model_validate)
 
     @staticmethod
@@ -133,6 +142,16 @@ class Calls:
         return Call("runs.retry", _params(RunParams(run=run_id)), RunSummary.model_validate)
 
     @staticmethod
+    def priority(run_id: str, priority: int) -> Call[RunSummary]:
+        params = PriorityParams(run=run_id, priority=priority)
+        return Call("runs.priority", _params(params), RunSummary.model_validate)
+
+    @staticmethod
+    def parallel(concurrency: int) -> Call[QueueSettings]:
+        params = ParallelParams(concurrency=concurrency)
+        return Call("queue.parallel", _params(params), QueueSettings.model_validate)
+
+    @staticmethod
     def logs(
         run_id: str,
         limit: int = DEFAULT_LOG_LIMIT,
@@ -146,6 +165,11 @@ class Calls:
     def memory(run_id: str, since: float | None = None) -> Call[MemoryHistory]:
         params = MemoryHistoryParams(run=run_id, since=since)
         return Call("memory.history", _params(params), MemoryHistory.model_validate)
+
+    @staticmethod
+    def sources(rule: str | None = None) -> Call[list[WatchedSource]]:
+        params = SourcesParams(rule=rule)
+        return Call("sources.list", _params(params), _SOURCES.validate_python)
 
     @staticmethod
     def subscribe(runs: list[str] | None = None, events: bool = True) -> Call[Snapshot]:
@@ -275,8 +299,8 @@ class Client:
     def run(self, run_id: str) -> RunSummary:
         return self.request(Calls.run(run_id))
 
-    def submit(self, config_path: str, name: str | None = None) -> RunSummary:
-        return self.request(Calls.submit(config_path, name))
+    def submit(self, config: str | SubmitParams, name: str | None = None) -> RunSummary:
+        return self.request(Calls.submit(config, name))
 
     def pause(self, selection: Selection) -> list[RunSummary]:
         return self.request(Calls.pause(selection))
@@ -290,6 +314,12 @@ class Client:
     def retry(self, run_id: str) -> RunSummary:
         return self.request(Calls.retry(run_id))
 
+    def priority(self, run_id: str, priority: int) -> RunSummary:
+        return self.request(Calls.priority(run_id, priority))
+
+    def parallel(self, concurrency: int) -> QueueSettings:
+        return self.request(Calls.parallel(concurrency))
+
     def logs(
         self,
         run_id: str,
@@ -301,6 +331,9 @@ class Client:
 
     def memory(self, run_id: str, since: float | None = None) -> MemoryHistory:
         return self.request(Calls.memory(run_id, since))
+
+    def sources(self, rule: str | None = None) -> list[WatchedSource]:
+        return self.request(Calls.sources(rule))
 
     def subscribe(self, runs: list[str] | None = None, events: bool = True) -> Snapshot:
         return self.request(Calls.subscribe(runs, events))
@@ -436,8 +469,8 @@ class AsyncClient:
     async def run(self, run_id: str) -> RunSummary:
         return await self.request(Calls.run(run_id))
 
-    async def submit(self, config_path: str, name: str | None = None) -> RunSummary:
-        return await self.request(Calls.submit(config_path, name))
+    async def submit(self, config: str | SubmitParams, name: str | None = None) -> RunSummary:
+        return await self.request(Calls.submit(config, name))
 
     async def pause(self, selection: Selection) -> list[RunSummary]:
         return await self.request(Calls.pause(selection))
@@ -451,6 +484,12 @@ class AsyncClient:
     async def retry(self, run_id: str) -> RunSummary:
         return await self.request(Calls.retry(run_id))
 
+    async def priority(self, run_id: str, priority: int) -> RunSummary:
+        return await self.request(Calls.priority(run_id, priority))
+
+    async def parallel(self, concurrency: int) -> QueueSettings:
+        return await self.request(Calls.parallel(concurrency))
+
     async def logs(
         self,
         run_id: str,
@@ -462,6 +501,9 @@ class AsyncClient:
 
     async def memory(self, run_id: str, since: float | None = None) -> MemoryHistory:
         return await self.request(Calls.memory(run_id, since))
+
+    async def sources(self, rule: str | None = None) -> list[WatchedSource]:
+        return await self.request(Calls.sources(rule))
 
     async def subscribe(self, runs: list[str] | None = None, events: bool = True) -> Snapshot:
         return await self.request(Calls.subscribe(runs, events))

@@ -22,6 +22,7 @@ from supervisor.peercred import worker_identity
 from supervisor.protocol import ErrorCode, ProtocolError
 from supervisor.scheduler import Scheduler
 from supervisor.socket_server import Connection
+from supervisor.watcher import Watcher
 
 
 def _version() -> str:
@@ -43,9 +44,17 @@ def _events(events: Iterable[Event]) -> list[dict[str, Any]]:
 class Methods:
     """Dispatch table bound to one daemon's supervisor."""
 
-    def __init__(self, scheduler: Scheduler, request_stop: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        scheduler: Scheduler,
+        request_stop: Callable[[], None],
+        watcher: Watcher | None = None,
+        settings_status: Callable[[], dict[str, Any]] | None = None,
+    ) -> None:
         self.scheduler = scheduler
         self.request_stop = request_stop
+        self.watcher = watcher
+        self.settings_status = settings_status
         self.started = time.time()
         self.version = _version()
         self._table: dict[str, Callable[[Connection, Any], Awaitable[Any]]] = {
@@ -58,8 +67,11 @@ class Methods:
             "runs.resume": self.runs_resume,
             "runs.kill": self.runs_kill,
             "runs.retry": self.runs_retry,
+            "runs.priority": self.runs_priority,
+            "queue.parallel": self.queue_parallel,
             "logs.tail": self.logs_tail,
             "memory.history": self.memory_history,
+            "sources.list": self.sources_list,
             "subscribe": self.subscribe,
             "unsubscribe": self.unsubscribe,
             "daemon.stop": self.daemon_stop,
@@ -94,10 +106,12 @@ class Methods:
             "uptime": time.time() - self.started,
             "state_dir": str(settings.state_dir),
             "socket": str(settings.socket_path),
-            "concurrency": settings.concurrency,
+            "concurrency": self.scheduler.concurrency,
+            "settings_concurrency": settings.concurrency,
             "counts": self.scheduler.counts(),
             "runs": len(self.scheduler.runs()),
             "stopping": self.scheduler.shutting_down,
+            **(self.settings_status() if self.settings_status is not None else {}),
         }
 
     async def runs_list(self, conn: Connection, params: protocol.EmptyParams) -> list[Any]:
@@ -113,7 +127,7 @@ class Methods:
                 f"config_path must be absolute (the daemon has its own cwd): {params.config_path}",
             )
         owner = worker_identity(conn.peer)
-        summary = await self.scheduler.submit(params.config_path, params.name, owner)
+        summary = await self.scheduler.submit(params, owner)
         return summary.model_dump(mode="json")
 
     async def runs_pause(self, conn: Connection, params: protocol.Selection) -> list[Any]:
@@ -128,6 +142,16 @@ class Methods:
 
     async def runs_retry(self, conn: Connection, params: protocol.RunParams) -> dict[str, Any]:
         return self.scheduler.retry(params.run).model_dump(mode="json")
+
+    async def runs_priority(
+        self, conn: Connection, params: protocol.PriorityParams
+    ) -> dict[str, Any]:
+        return self.scheduler.set_priority(params.run, params.priority).model_dump(mode="json")
+
+    async def queue_parallel(
+        self, conn: Connection, params: protocol.ParallelParams
+    ) -> dict[str, Any]:
+        return self.scheduler.set_concurrency(params.concurrency).model_dump(mode="json")
 
     async def logs_tail(self, conn: Connection, params: protocol.LogsTailParams) -> list[Any]:
         if params.level is not None and params.level.upper() not in LOG_LEVELS:
@@ -145,6 +169,12 @@ class Methods:
         since = params.since
         samples = [s for s in run.memory if since is None or s.time >= since]
         return {"run": run.id, "samples": _events(samples)}  # a protocol.MemoryHistory
+
+    async def sources_list(self, conn: Connection, params: protocol.SourcesParams) -> list[Any]:
+        """Files of the watched folders (a ``protocol.WatchedSource`` each)."""
+        if self.watcher is None:
+            return []
+        return [f.model_dump(mode="json") for f in self.watcher.sources(params.rule)]
 
     async def subscribe(self, conn: Connection, params: protocol.SubscribeParams) -> dict[str, Any]:
         """Snapshot and subscription in one step with no await between: no gap, no duplicate."""

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from enum import IntEnum
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -25,6 +26,8 @@ PROTOCOL_VERSION = 1
 MAX_LINE_BYTES = 1024 * 1024
 
 __all__ = ["FINAL_STATES", "RunState"]  # re-exported: clients need only this module
+#: A label key (``geod start --label KEY=VALUE``): a word, as environment and JSON keys like.
+LABEL_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,62}$")
 
 
 class RunSummary(BaseModel):
@@ -63,6 +66,19 @@ class RunSummary(BaseModel):
     outputs: list[dict[str, Any]] = Field(default_factory=list)
     owner: dict[str, Any] | None = Field(
         default=None, description="uid, gid, groups the worker runs as (root daemon only)."
+    )
+    priority: int = Field(default=0, description="Higher starts first; ties in submission order.")
+    after: list[str] = Field(
+        default_factory=list, description="Runs that must end done before this one starts."
+    )
+    start_at: float | None = Field(
+        default=None, description="Unix time before which the run does not start (scheduled)."
+    )
+    labels: dict[str, str] = Field(default_factory=dict, description="User's KEY=VALUE tags.")
+    wait_reason: str | None = Field(
+        default=None,
+        description="Why a queued run does not start or the daemon paused it "
+        "('waiting for memory: needs ~3.1 GiB, 1.4 GiB free of the host budget').",
     )
 
 
@@ -114,6 +130,28 @@ class RunParams(_Params):
 class SubmitParams(_Params):
     config_path: str = Field(description="Absolute path of a config.yml the daemon can read.")
     name: str | None = None
+    priority: int = 0
+    after: list[str] = Field(default_factory=list, description="Run ids to wait for (done).")
+    start_at: float | None = Field(default=None, description="Unix time; None = now.")
+    labels: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _label_keys(self) -> SubmitParams:
+        for key in self.labels:
+            if not LABEL_KEY.fullmatch(key):
+                raise ValueError(
+                    f"label {key!r}: keys are a letter or '_' then letters, digits, '_.-'"
+                )
+        return self
+
+
+class PriorityParams(_Params):
+    run: str
+    priority: int
+
+
+class ParallelParams(_Params):
+    concurrency: int = Field(ge=1, description="Runs executing at once from now on.")
 
 
 class KillParams(Selection):
@@ -130,6 +168,10 @@ class LogsTailParams(_Params):
 class MemoryHistoryParams(_Params):
     run: str
     since: float | None = Field(default=None, description="Unix time; None = whole history.")
+
+
+class SourcesParams(_Params):
+    rule: str | None = Field(default=None, description="One watch rule's files; None = all.")
 
 
 class SubscribeParams(_Params):
@@ -164,9 +206,44 @@ class DaemonStatus(BaseModel):
     state_dir: str
     socket: str
     concurrency: int
+    settings_concurrency: int | None = Field(
+        default=None, description="The settings file's concurrency (``geod parallel`` overrides)."
+    )
     counts: dict[str, int] = Field(default_factory=dict, description="Runs per state.")
     runs: int = 0
     stopping: bool = False
+    settings_file: str | None = None
+    settings_loaded: float | None = Field(default=None, description="Unix time of the last load.")
+    settings_error: str | None = Field(default=None, description="Why the last reload failed.")
+    watching: list[str] = Field(default_factory=list, description="One line per watch rule.")
+
+
+class WatchedSource(BaseModel):
+    """``sources.list``: one file of a watched folder, as the daemon also keeps it on disk."""
+
+    rule: str
+    path: str
+    dataset: str = Field(description="The dataset name a glob: entry gives this file.")
+    status: Literal["ok", "error", "gone"] = Field(
+        description="ok; error: not a usable raster after its attempts; gone: deleted."
+    )
+    change: Literal["new", "replaced", "gone"]
+    size: int | None = None
+    mtime_ns: int | None = None
+    taken: float = Field(description="Unix time the file was taken (or found gone).")
+    crs: str | None = None
+    width: int | None = None
+    height: int | None = None
+    dtype: str | None = None
+    error: str | None = None
+    run: str | None = Field(default=None, description="The run submitted with it (submit).")
+
+
+class QueueSettings(BaseModel):
+    """``queue.parallel``: the concurrency in force and the settings file's (its default)."""
+
+    concurrency: int
+    settings_concurrency: int
 
 
 class MemoryHistory(BaseModel):
@@ -200,8 +277,11 @@ METHODS: dict[str, type[BaseModel]] = {
     "runs.resume": Selection,
     "runs.kill": KillParams,
     "runs.retry": RunParams,
+    "runs.priority": PriorityParams,
+    "queue.parallel": ParallelParams,
     "logs.tail": LogsTailParams,
     "memory.history": MemoryHistoryParams,
+    "sources.list": SourcesParams,
     "subscribe": SubscribeParams,
     "unsubscribe": EmptyParams,
     "daemon.stop": EmptyParams,

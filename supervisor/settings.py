@@ -30,10 +30,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+from pydantic import ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 from pipeline.config import read_yaml
 from pipeline.contract import DATABASE_URL_ENV, SOCKET_ENV, STATE_DIR_ENV, LogLevel
+from supervisor.hooks import HookConfig
+from supervisor.watch_rules import WatchSettings
 
 SYSTEM_STATE_DIR = Path("/var/lib/geod")
 SYSTEM_SOCKET = Path("/run/geod/geod.sock")
@@ -87,8 +89,12 @@ def _default_worker_command() -> list[str]:
     return [sys.executable, "-m", "pipeline.worker"]
 
 
-class Settings(BaseModel):
-    """Everything the daemon itself is configured by, with its documented default."""
+class Settings(WatchSettings):
+    """Everything the daemon itself is configured by, with its documented default.
+
+    The ``watch:`` folders and ``reload_debounce`` are documented in
+    :mod:`supervisor.watch_rules`.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
@@ -105,7 +111,12 @@ class Settings(BaseModel):
         default=None,
         description="Group allowed to connect: the socket becomes 0660 owned by it (else 0600).",
     )
-    concurrency: int = Field(default=2, ge=1, description="Runs executing at once; others queue.")
+    concurrency: int = Field(
+        default=2,
+        ge=1,
+        description="Runs executing at once; others queue (`geod parallel N` overrides it "
+        "until this value changes).",
+    )
     pause_grace: float = Field(
         default=10.0,
         gt=0,
@@ -153,6 +164,16 @@ class Settings(BaseModel):
         description="argv prefix of a worker; the daemon appends CONFIG --work-dir DIR.",
     )
 
+    hooks: list[HookConfig] = Field(
+        default_factory=list,
+        description="Commands or webhooks run when a run enters a state (supervisor/hooks.py).",
+    )
+    hook_workers: int = Field(
+        default=4,
+        ge=1,
+        description="Hooks running at once; further ones wait their turn (restart to change).",
+    )
+
     _source: Path | None = PrivateAttr(default=None)
     _system: bool = PrivateAttr(default=False)
 
@@ -175,12 +196,18 @@ class Settings(BaseModel):
         """Read the same file and environment again (the daemon's SIGHUP)."""
         return load_settings(self._source, system=self._system)
 
+    @property
+    def source_file(self) -> Path:
+        """The settings file read (or that would be read: the default one is optional)."""
+        return self._source or default_settings_file(self._system)
+
 
 def _describe(error: dict[str, Any]) -> str:
     path = ".".join(str(part) for part in error["loc"])
     if error["type"] == "extra_forbidden":
         key = str(error["loc"][-1])
-        hint = difflib.get_close_matches(key, list(Settings.model_fields), n=1)
+        known = HookConfig.model_fields if error["loc"][0] == "hooks" else Settings.model_fields
+        hint = difflib.get_close_matches(key, list(known), n=1)
         suffix = f" (did you mean {hint[0]!r}?)" if hint else ""
         return f"{path}: unknown setting{suffix}"
     message = error["msg"].removeprefix("Value error, ")
@@ -223,6 +250,7 @@ def load_settings(path: Path | None = None, system: bool = False) -> Settings:
     except ValidationError as exc:
         where = source if source.exists() else "settings"
         raise SettingsError("; ".join(f"{where}: {_describe(e)}" for e in exc.errors())) from None
+    settings.watch = [rule.resolved(source.resolve().parent) for rule in settings.watch]
     settings._source = path
     settings._system = system
     return settings
