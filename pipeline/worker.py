@@ -26,10 +26,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pipeline import logs
-from pipeline.analysis.io import AnalysisError
 from pipeline.catalog import CatalogError
 from pipeline.config import ConfigError, ExportFormat, load_config
-from pipeline.context import RunContext
+from pipeline.context import RunContext, RunError
 from pipeline.contract import (
     DATABASE_URL_ENV,
     EVENTS_FD_ENV,
@@ -40,17 +39,11 @@ from pipeline.contract import (
 from pipeline.control import Controller, StopRequested
 from pipeline.events import Event, EventSink, OutputEvent, StateEvent
 from pipeline.executor import ExecutorError, run_executor
-from pipeline.export.atomic import ExportError
-from pipeline.memory import MemoryGovernor
-from pipeline.merge import MergeError
-from pipeline.report import write_report
+from pipeline.memory import MemoryGovernor, release_freed_memory
 from pipeline.report.history import HISTORY_NAME, EventRecorder, read_history
 from pipeline.runner import STAGES, parse_stages, run_pipeline
 
 log = logging.getLogger("geod.worker")
-
-#: Failures the stages phrase for the user themselves (worth a retry: exit 1).
-RUN_ERRORS = (ExportError, MergeError, AnalysisError, ExecutorError)
 
 
 def _parse_formats(text: str | None) -> list[ExportFormat] | None:
@@ -88,6 +81,9 @@ def _write_report(ctx: RunContext, history: EventRecorder | None, state: str) ->
     """The end-of-run report (``report: true``); a failure to draw it never fails the run."""
     if history is None or not ctx.config.report:
         return
+    from pipeline.report import write_report  # the drawing stack, only when drawing
+
+    release_freed_memory()  # the maps are sized from what is left of the budget
     try:
         path = write_report(
             ctx.config,
@@ -145,7 +141,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (CatalogError, ConfigError) as exc:
         _write_report(ctx, history, "failed")
         return _fail(events, str(exc), WORKER_EXIT_INPUT)
-    except RUN_ERRORS as exc:
+    except (RunError, ExecutorError) as exc:
         # Already one line naming what and where (disk full, a failed spot check…):
         # a traceback would bury it. Exit 1: freeing space and retrying can help.
         log.error("run failed: %s", exc)
