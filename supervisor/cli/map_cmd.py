@@ -10,8 +10,6 @@ import click
 from supervisor.cli import render
 from supervisor.cli.connection import connect, fail, socket_option
 from supervisor.cli.main import cli
-from supervisor.run_map import from_reply, legend
-from supervisor.run_map import render as draw
 
 #: Rows a map may take when stdout is not a terminal (its width decides otherwise).
 FALLBACK_ROWS = 20
@@ -28,7 +26,10 @@ def map_command(run: str, dataset: str | None, width: int | None, socket_path: P
     The daemon builds the map from the run's whole history (``runs.map``), as it
     does for the dashboard's Map panel: the same picture in both.
     """
+    # The map model paints with numpy: imported here so that no other verb pays for it.
     from supervisor.client import Calls
+    from supervisor.run_map import from_reply, legend
+    from supervisor.run_map import render as draw
 
     with connect(socket_path) as client:
         run_map = from_reply(client.request(Calls.run_map(run)))
