@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pipeline import logs
-from pipeline.catalog import CatalogError
+from pipeline.catalog import CatalogError, prefork
 from pipeline.config import ConfigError, ExportFormat, load_config
 from pipeline.context import RunContext, RunError
 from pipeline.contract import (
@@ -120,6 +120,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         formats = _parse_formats(args.formats)
     except (ConfigError, ValueError) as exc:
         return _fail(events, str(exc), WORKER_EXIT_INPUT)
+    if "catalog" in stages or "resample" in stages:  # both inspect every input first
+        prefork()  # before the controller, governor and executor start threads
 
     if stages != ["catalog"]:  # `geod check` writes nothing
         history = EventRecorder(config.paths.work_dir / HISTORY_NAME)

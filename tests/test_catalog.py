@@ -31,6 +31,7 @@ import yaml
 from rasterio.crs import CRS
 from rasterio.transform import from_origin
 
+from pipeline import catalog
 from pipeline.catalog import PARENT_SIGNALS, CatalogError, inspect, inspect_all
 from pipeline.config import CatalogConfig, DatasetConfig, PipelineConfig
 from pipeline.events import EVENTS_FD_ENV
@@ -349,7 +350,14 @@ def test_a_real_tiff_shipped_with_python_is_read_but_has_no_crs() -> None:
     assert str(caught.value).startswith(f"python ({path}): has no CRS")
 
 
-def test_inspect_all_reports_every_bad_dataset_and_survives_a_hang(tmp_path: Path) -> None:
+@pytest.mark.parametrize("forked", [False, True], ids=["spawned", "forked"])
+def test_inspect_all_reports_every_bad_dataset_and_survives_a_hang(
+    tmp_path: Path, forked: bool
+) -> None:
+    """Also with the first child forked by ``prefork`` (as the worker does): killed alike."""
+    if forked:
+        catalog.prefork()
+        assert catalog._spare is not None, "this test process runs threads: nothing forked"
     good = write_tif(tmp_path / "good.tif", noise((32, 32)))
     (tmp_path / "hang").mkdir()
     hang, _ = vrt_over_a_fifo(tmp_path / "hang")
@@ -385,8 +393,10 @@ def test_inspect_all_returns_every_source_in_config_order(tmp_path: Path) -> Non
 
 _STUCK_INSPECTION = (
     "import signal, sys; from pathlib import Path\n"
+    "from pipeline.catalog import CatalogError, inspect, prefork\n"
+    "if sys.argv[2] == 'forked':\n"
+    "    prefork()  # as the worker does before its threads start\n"
     "signal.signal(signal.SIGINT, lambda *_: None)  # as the worker's Controller does\n"
-    "from pipeline.catalog import CatalogError, inspect\n"
     "from pipeline.config import CatalogConfig, DatasetConfig\n"
     "try:\n"
     "    inspect(DatasetConfig(name='slow', path=Path(sys.argv[1])), CatalogConfig())\n"
@@ -408,12 +418,13 @@ def _open_writer(fifo: Path, deadline: float) -> int | None:
 
 
 @contextlib.contextmanager
-def stuck_inspection(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], int]]:
-    """A process inspecting a VRT over a FIFO, its child blocked inside GDAL; yields the
-    process (leader of its own group) and a held write end of the FIFO."""
+def stuck_inspection(tmp_path: Path, child: str) -> Iterator[tuple[subprocess.Popen[str], int]]:
+    """A process inspecting a VRT over a FIFO, its child (``spawned`` or ``forked``) blocked
+    inside GDAL; yields the process (leader of its own group) and a held write end of the FIFO."""
     path, _ = vrt_over_a_fifo(tmp_path)
     proc = subprocess.Popen(
-        [sys.executable, "-c", _STUCK_INSPECTION, str(path)], cwd=Path(__file__).parent.parent,
+        [sys.executable, "-c", _STUCK_INSPECTION, str(path), child],
+        cwd=Path(__file__).parent.parent,
         start_new_session=True, stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
@@ -426,10 +437,11 @@ def stuck_inspection(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], in
         proc.communicate()
 
 
-def test_inspection_child_survives_ctrl_c_to_its_process_group(tmp_path: Path) -> None:
+@pytest.mark.parametrize("child", ["spawned", "forked"])
+def test_inspection_child_survives_ctrl_c_to_its_process_group(tmp_path: Path, child: str) -> None:
     """Ctrl-C reaches the whole foreground group while the worker stops cooperatively:
     the child must finish its inspection, or a stop would read as a bad input."""
-    with stuck_inspection(tmp_path) as (proc, writer):
+    with stuck_inspection(tmp_path, child) as (proc, writer):
         (child,) = psutil.Process(proc.pid).children()
         status = Path(f"/proc/{child.pid}/status").read_text()
         ignored = int(next(v for k, v in _fields(status) if k == "SigIgn"), 16)
@@ -456,9 +468,10 @@ def _fields(status: str) -> Iterator[tuple[str, str]]:
         yield key, value.strip()
 
 
-def test_inspection_child_never_outlives_its_parent(tmp_path: Path) -> None:
+@pytest.mark.parametrize("child", ["spawned", "forked"])
+def test_inspection_child_never_outlives_its_parent(tmp_path: Path, child: str) -> None:
     """SIGKILL of the worker alone (not its group) still ends a child stuck in GDAL."""
-    with stuck_inspection(tmp_path) as (proc, writer):
+    with stuck_inspection(tmp_path, child) as (proc, writer):
         (child,) = psutil.Process(proc.pid).children()
         proc.kill()
         proc.wait()
