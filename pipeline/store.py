@@ -57,8 +57,15 @@ PARTIAL_SUFFIX = ".partial"
 #: Chunk files fsynced concurrently: independent fsyncs overlap in the journal
 #: (64 chunk files here: 0.32 s one after another, 0.03 s with 8 threads).
 FSYNC_THREADS = 8
+#: Chunks zarr's codec pipeline encodes per batch (its default, 1, runs each chunk of
+#: a window through its own round of asyncio tasks). The bytes written are the same;
+#: a window's 32–64 chunks in one batch cost ~10 % less CPU in the store's writes.
+CODEC_BATCH_CHUNKS = 64
 #: blake2b digest size: 16 bytes is ample to catch torn or foreign chunk files.
 DIGEST_BYTES = 16
+
+
+zarr.config.set({"codec_pipeline.batch_size": CODEC_BATCH_CHUNKS})
 
 
 def _digest(data: bytes) -> str:
@@ -86,6 +93,7 @@ class LayerStore:
         self.root.mkdir(parents=True, exist_ok=True)
         self._group = zarr.open_group(store=LocalStore(self.root), mode="a", zarr_format=3)
         self._done: dict[str, dict[tuple[int, int], str]] = {}
+        self._pool: ThreadPoolExecutor | None = None
         self._ensure_grid()
 
     # -- grid metadata --------------------------------------------------------------
@@ -236,15 +244,23 @@ class LayerStore:
         self._array(name)[row0 : row0 + shape[0], col0 : col0 + shape[1]] = data
         keys = self._chunks_of(window)
         paths = [self._chunk_path(name, key) for key in keys]
-        with ThreadPoolExecutor(FSYNC_THREADS) as pool:
-            lines = list(zip(keys, pool.map(_durable_checksum, paths), strict=True))
-            directories = {self.root / name, self.root / name / "c"} | {p.parent for p in paths}
-            list(pool.map(fsync_path, [d for d in directories if d.exists()]))
+        pool = self._fsync_pool()
+        lines = list(zip(keys, pool.map(_durable_checksum, paths), strict=True))
+        directories = {self.root / name, self.root / name / "c"} | {p.parent for p in paths}
+        list(pool.map(fsync_path, [d for d in directories if d.exists()]))
         with open(self._manifest(name), "a") as handle:
             handle.write("".join(f"{r} {k} {checksum}\n" for (r, k), checksum in lines))
             handle.flush()
             os.fsync(handle.fileno())
         self._entries(name).update(lines)
+
+    def _fsync_pool(self) -> ThreadPoolExecutor:
+        """Threads that fsync chunk files, started on the first write and kept for the next
+        windows: a pool per window started and joined 8 threads each time (~0.1 s of CPU
+        in 24 windows)."""
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(FSYNC_THREADS, thread_name_prefix="geod-fsync")
+        return self._pool
 
     def read_window(self, name: str, window: Window) -> np.ndarray:
         """The window's values (nodata where never written); reads only its chunks."""
