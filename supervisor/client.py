@@ -39,6 +39,8 @@ from supervisor.protocol import (
     NOTIFY_EVENT,
     NOTIFY_RUN,
     PROTOCOL_VERSION,
+    CleanedRun,
+    CleanParams,
     DaemonStatus,
     EmptyParams,
     ErrorCode,
@@ -71,6 +73,7 @@ DEFAULT_LOG_LIMIT = LogsTailParams.model_fields["limit"].default
 T = TypeVar("T")
 _SUMMARIES: TypeAdapter[list[RunSummary]] = TypeAdapter(list[RunSummary])
 _LOG_PAGE: TypeAdapter[list[LogEvent]] = TypeAdapter(LogPage)
+_CLEANED: TypeAdapter[list[CleanedRun]] = TypeAdapter(list[CleanedRun])
 
 
 @dataclass(frozen=True)
@@ -131,6 +134,10 @@ class Calls:
     @staticmethod
     def retry(run_id: str) -> Call[RunSummary]:
         return Call("runs.retry", _params(RunParams(run=run_id)), RunSummary.model_validate)
+
+    @staticmethod
+    def clean(params: CleanParams) -> Call[list[CleanedRun]]:
+        return Call("runs.clean", params.model_dump(), _CLEANED.validate_python)
 
     @staticmethod
     def logs(
@@ -289,6 +296,9 @@ class Client:
 
     def retry(self, run_id: str) -> RunSummary:
         return self.request(Calls.retry(run_id))
+
+    def clean(self, params: CleanParams) -> list[CleanedRun]:
+        return self.request(Calls.clean(params))
 
     def logs(
         self,
@@ -450,6 +460,9 @@ class AsyncClient:
 
     async def retry(self, run_id: str) -> RunSummary:
         return await self.request(Calls.retry(run_id))
+
+    async def clean(self, params: CleanParams) -> list[CleanedRun]:
+        return await self.request(Calls.clean(params))
 
     async def logs(
         self,

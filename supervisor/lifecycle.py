@@ -34,6 +34,7 @@ from typing import IO
 from pipeline.durable import write_atomic
 from supervisor import sdnotify
 from supervisor.detach import LOG_FILE, PID_FILE
+from supervisor.host_guard import HostGuard
 from supervisor.methods import Methods
 from supervisor.protocol import Selection
 from supervisor.recovery import Recovery
@@ -43,6 +44,7 @@ from supervisor.settings import Settings, SettingsError
 from supervisor.sink import TelemetrySink
 from supervisor.socket_server import Server, SocketError
 from supervisor.telemetry import SPOOL_DIR_NAME
+from supervisor.telemetry.peaks import peak_lookup
 
 __all__ = ["EXIT_LOCKED", "EXIT_OK", "EXIT_START_FAILED", "TelemetrySink", "run_daemon"]
 
@@ -171,9 +173,16 @@ class Daemon:
             settings.state_dir, settings.memory_history, settings.event_history
         )
         self.server: Server | None = None
+        url = getattr(telemetry, "url", None)  # the writer's database: earlier runs' peaks
         self.scheduler = Scheduler(
-            settings, self.registry, self._notify, telemetry, on_change=self._status_changed
+            settings,
+            self.registry,
+            self._notify,
+            telemetry,
+            on_change=self._status_changed,
+            peak_lookup=peak_lookup(url) if isinstance(url, str) else None,
         )
+        self.guard = HostGuard(self.scheduler)
         self.recovery = Recovery(self.scheduler, telemetry)
         self._stop: asyncio.Event | None = None
         self._last_status: str | None = None
@@ -193,7 +202,7 @@ class Daemon:
     async def run(self, ready: Callable[[], None] | None) -> int:
         self._stop = asyncio.Event()
         self.registry.load()
-        methods = Methods(self.scheduler, self._stop.set)
+        methods = Methods(self.scheduler, self._stop.set, self.guard.cleaner)
         self.server = Server(methods, self.settings.client_queue_limit, self.settings.socket_group)
         try:
             await self.server.start(self.settings.socket_path, self.settings.socket_group)
@@ -203,6 +212,7 @@ class Daemon:
             return EXIT_START_FAILED
         self.recovery.recover()
         self.scheduler.schedule()
+        self.guard.start()
         self._install_signals()
         log.info("geod daemon %d listening on %s", os.getpid(), self.settings.socket_path)
         sdnotify.notify(READY="1")

@@ -18,6 +18,7 @@ from pydantic import BaseModel
 from pipeline.contract import LOG_LEVELS
 from pipeline.events import Event
 from supervisor import protocol
+from supervisor.cleanup import Cleaner
 from supervisor.peercred import worker_identity
 from supervisor.protocol import ErrorCode, ProtocolError
 from supervisor.scheduler import Scheduler
@@ -43,9 +44,12 @@ def _events(events: Iterable[Event]) -> list[dict[str, Any]]:
 class Methods:
     """Dispatch table bound to one daemon's supervisor."""
 
-    def __init__(self, scheduler: Scheduler, request_stop: Callable[[], None]) -> None:
+    def __init__(
+        self, scheduler: Scheduler, request_stop: Callable[[], None], cleaner: Cleaner
+    ) -> None:
         self.scheduler = scheduler
         self.request_stop = request_stop
+        self.cleaner = cleaner
         self.started = time.time()
         self.version = _version()
         self._table: dict[str, Callable[[Connection, Any], Awaitable[Any]]] = {
@@ -58,6 +62,7 @@ class Methods:
             "runs.resume": self.runs_resume,
             "runs.kill": self.runs_kill,
             "runs.retry": self.runs_retry,
+            "runs.clean": self.runs_clean,
             "logs.tail": self.logs_tail,
             "memory.history": self.memory_history,
             "subscribe": self.subscribe,
@@ -98,6 +103,9 @@ class Methods:
             "counts": self.scheduler.counts(),
             "runs": len(self.scheduler.runs()),
             "stopping": self.scheduler.shutting_down,
+            "host_memory": self.scheduler.broker.status(
+                self.scheduler.get(run_id) for run_id in self.scheduler.workers
+            ),
         }
 
     async def runs_list(self, conn: Connection, params: protocol.EmptyParams) -> list[Any]:
@@ -128,6 +136,10 @@ class Methods:
 
     async def runs_retry(self, conn: Connection, params: protocol.RunParams) -> dict[str, Any]:
         return self.scheduler.retry(params.run).model_dump(mode="json")
+
+    async def runs_clean(self, conn: Connection, params: protocol.CleanParams) -> list[Any]:
+        cleaned = await self.cleaner.clean(params)
+        return [item.model_dump(mode="json") for item in cleaned]
 
     async def logs_tail(self, conn: Connection, params: protocol.LogsTailParams) -> list[Any]:
         if params.level is not None and params.level.upper() not in LOG_LEVELS:

@@ -35,9 +35,18 @@ from typing import Any, Literal
 from pydantic import ValidationError
 
 from pipeline.config import NAME_PATTERN, ConfigError, dump_config, load_config
-from pipeline.contract import DATABASE_URL_ENV, RETRYABLE_STATES, WORKER_EXIT_INPUT
+from pipeline.contract import (
+    DATABASE_URL_ENV,
+    FINAL_STATES,
+    RETRYABLE_STATES,
+    WORKER_EXIT_INPUT,
+)
+from pipeline.control import SHRINK_SIGNAL
 from pipeline.events import Event, LogEvent, StateEvent, decode, encode
 from supervisor.asuser import read_config_as
+from supervisor.cleanup import run_disk_used
+from supervisor.memory_broker import MemoryBroker, PeakLookup
+from supervisor.oom import OomWatch
 from supervisor.peercred import Identity
 from supervisor.process import RotatingLog, WorkerProcess
 from supervisor.protocol import (
@@ -76,8 +85,14 @@ class Scheduler:
         notify: Notifier,
         telemetry: TelemetrySink | None = None,
         on_change: Callable[[], None] | None = None,
+        peak_lookup: PeakLookup | None = None,
     ) -> None:
         self.settings = settings
+        #: Shares host_memory among workers by predicted peaks (admission, pressure state).
+        self.broker = MemoryBroker(lambda: self.settings.host_memory_bytes(), peak_lookup)
+        self._oom = OomWatch(settings.oom)
+        #: The OOM kill count when each worker started (see supervisor.oom).
+        self._oom_baseline: dict[str, int | None] = {}
         self.registry = registry
         self._notify = notify
         self._telemetry = telemetry
@@ -128,6 +143,7 @@ class Scheduler:
 
     def publish(self, run: Run, save: bool = True) -> None:
         """A summary changed: persist it, tell subscribers, telemetry and systemd."""
+        _tidy_reasons(run)
         if save:
             try:
                 self.registry.save(run)
@@ -209,6 +225,7 @@ class Scheduler:
             ) from None
         if owner is not None:
             self._hand_over(run, owner)
+        await self.broker.predict(run)
         log.info("run %s submitted from %s", run.id, config_path)
         self.publish(run)
         self.schedule()
@@ -239,6 +256,8 @@ class Scheduler:
                 continue
             if free <= 0:
                 break
+            if self._waits_for_memory(run):
+                break  # the first run that does not fit holds back the ones behind it
             free -= 1
             if claim is not None:
                 claimed[claim] = run.id
@@ -252,6 +271,17 @@ class Scheduler:
         if next_retry is not None:
             delay = max(0.0, next_retry - time.time())
             self._retry_timer = asyncio.get_running_loop().call_later(delay, self.schedule)
+
+    def _waits_for_memory(self, run: Run) -> bool:
+        """Ask the memory broker; say (once per change) why the run waits."""
+        started = [self.get(run_id) for run_id in (*self.workers, *self._starting)]
+        reason = self.broker.admit(run, started)
+        if reason != run.summary.wait_reason:
+            run.summary.wait_reason = reason
+            if reason is not None:
+                log.info("run %s: %s", run.id, reason)
+            self.publish(run)
+        return reason is not None
 
     def _hand_over(self, run: Run, owner: Identity) -> None:
         """Give the run directory to the submitting user, whose uid the worker runs as."""
@@ -291,6 +321,7 @@ class Scheduler:
         summary.retry_at = None
         summary.paused_hard = False
         summary.eta = None
+        summary.wait_reason = None
         run.worker_state = None
         run.worker_reason = None
         argv = [
@@ -299,6 +330,9 @@ class Scheduler:
             "--work-dir",
             str(run.work_dir),
         ]
+        if summary.start_window is not None:
+            argv += ["--start-window", str(summary.start_window)]
+        self._oom_baseline[run.id] = self._oom.baseline()
         log_file: RotatingLog | None = None
         try:
             log_file = RotatingLog(
@@ -417,6 +451,8 @@ class Scheduler:
         summary.finished = time.time()
         summary.exit_code = code
         summary.eta = None
+        summary.oom = False
+        baseline = self._oom_baseline.pop(run.id, None)
         reason = run.worker_reason
         if not run.run_dir.is_dir():
             self._vanished(run)
@@ -438,12 +474,44 @@ class Scheduler:
         elif code == WORKER_EXIT_INPUT:
             summary.state = "failed"
             summary.error = reason or "invalid config or input (worker exit 2)"
+        elif code == -signal.SIGKILL and (oom := self._oom_evidence(run, worker, baseline)):
+            self._failed(run, code, oom)
         else:
             self._failed(run, code, reason)
         log.info("run %s: worker %d exited %d → %s", run.id, worker.pid, code, summary.state)
         self.publish(run)
+        self.spawn_task(self._measure_disk(run))
         run.close()  # the history file reopens on the next event; idle runs hold no fd
         self.schedule()
+
+    def _oom_evidence(self, run: Run, worker: WorkerProcess, baseline: int | None) -> str | None:
+        """If the OOM killer ended the worker: mark the run ``oom``, halve its next window."""
+        evidence = self._oom.evidence(worker.pid, baseline)
+        if evidence is None:
+            return None
+        last = next(
+            (e.window_size for e in reversed(run.memory) if e.window_size is not None),
+            run.summary.start_window,
+        )
+        config = run.config
+        if config is not None:
+            step = config.memory.min_window
+            last = last or config.resampling.window_size
+            run.summary.start_window = max(step, last // 2 // step * step)
+        run.summary.oom = True
+        window = run.summary.start_window
+        return f"oom: killed by the kernel's OOM killer ({evidence}); next window {window}"
+
+    def shrink(self, run: Run) -> None:
+        """Ask a running worker to halve its window (once its signal handlers exist)."""
+        worker = self.workers.get(run.id)
+        if worker is not None and run.worker_state is not None:
+            worker.signal(SHRINK_SIGNAL)
+
+    async def _measure_disk(self, run: Run) -> None:
+        """Bytes the run directory holds now that its worker wrote its last."""
+        run.summary.disk_used = await asyncio.to_thread(run_disk_used, run)
+        self.publish(run)
 
     def _failed(self, run: Run, code: int, reason: str | None) -> None:
         summary = run.summary
@@ -518,6 +586,7 @@ class Scheduler:
         changed = []
         for run in self._select(selection, frozenset({"paused", "running"})):
             summary = run.summary
+            summary.paused_by = None  # resumed (by the user or the host guard): no longer held
             worker = self.workers.get(run.id)
             pause_pending = (run.id, "pause") in self._timers or run.id in self._pending
             if summary.state == "paused" and worker is not None:
@@ -641,3 +710,12 @@ class Scheduler:
         for run in self.runs():
             counts[run.summary.state] = counts.get(run.summary.state, 0) + 1
         return counts
+
+
+def _tidy_reasons(run: Run) -> None:
+    """A wait reason belongs to a waiting run only; a pause mark to an unfinished one."""
+    summary = run.summary
+    if summary.state in FINAL_STATES or summary.state in ("interrupted", "stopping"):
+        summary.paused_by = None
+    if summary.state not in ("queued", "paused") and summary.paused_by is None:
+        summary.wait_reason = None

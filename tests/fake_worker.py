@@ -15,6 +15,9 @@ one daemon can host well-behaved and misbehaving runs side by side:
   badinput      exits 2 at once, like an invalid input
   chatty        prints plain lines on stdout and stderr
 
+It logs ``start window N`` when started with ``--start-window`` (a retry after an
+OOM kill) and ``shrink requested`` at the step after the daemon's shrink signal.
+
 Progress is checkpointed to ``work/done`` after every step, so a resumed run
 continues where it stopped, like the real pipeline's chunk manifest.
 """
@@ -44,6 +47,7 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("config", type=Path)
     parser.add_argument("--work-dir", type=Path, required=True)
+    parser.add_argument("--start-window", type=int)
     args = parser.parse_args()
     name = yaml.safe_load(args.config.read_text())["name"]
     tokens = name.split("-")
@@ -80,6 +84,9 @@ def main() -> int:
     done_file = work / "done"
     done = int(done_file.read_text()) if done_file.exists() else 0
     events.emit(StateEvent(state="running"))
+    if args.start_window is not None:
+        message = f"start window {args.start_window}"
+        events.emit(LogEvent(level="INFO", logger="fake", message=message))
     root = StageNode(events, "run", None, "run", name, unit="stages")
     root.start(total=1)
     stage = StageNode(events, "steps", "run", "stage", "steps", unit="steps")
@@ -97,6 +104,8 @@ def main() -> int:
             if "alwaysfail" in flags or (fail_at and done == fail_at and attempt == 1):
                 events.emit(StateEvent(state="failed", reason=f"fake failure at step {done}"))
                 return 1
+            if control.take_shrink():
+                events.emit(LogEvent(level="WARNING", logger="fake", message="shrink requested"))
             control.checkpoint()
     except StopRequested:
         events.emit(StateEvent(state="stopped", reason="stop requested"))

@@ -70,7 +70,10 @@ def progress_text(progress: float) -> Text:
 
 def state_text(run: RunSummary) -> Text:
     """The run's state as a plain word (no glyph: the tables are parsed by scripts)."""
-    return formatting.state_text(run.state, paused_hard=run.paused_hard, glyph=False)
+    text = formatting.state_text(run.state, paused_hard=run.paused_hard, glyph=False)
+    if run.oom:
+        text.append(" (oom)")
+    return text
 
 
 def elapsed(run: RunSummary, now: float | None = None) -> float | None:
@@ -93,6 +96,8 @@ def runs_table(runs: Iterable[RunSummary], now: float | None = None) -> Table:
         table.add_column(column, no_wrap=column != "STAGE", overflow="fold")
     table.add_column("RSS", justify="right", no_wrap=True)
     table.add_column("PEAK", justify="right", no_wrap=True)
+    table.add_column("DISK", justify="right", no_wrap=True)
+    table.add_column("WHY", overflow="fold")
     for run in runs:
         table.add_row(
             run.id,
@@ -105,6 +110,8 @@ def runs_table(runs: Iterable[RunSummary], now: float | None = None) -> Table:
             eta(run, now, compact=True),
             formatting.size(None if run.state in FINAL_STATES else run.rss),
             formatting.size(run.peak_rss),
+            formatting.size(run.disk_used),
+            run.wait_reason or formatting.MISSING,
         )
     return table
 
@@ -207,6 +214,13 @@ def daemon_summary(status: DaemonStatus, now: float | None = None) -> Table:
         elif key == "counts" and isinstance(value, Mapping):
             shown["runs by state"] = (
                 ", ".join(f"{count} {state}" for state, count in value.items() if count) or "none"
+            )
+        elif key == "host_memory" and isinstance(value, Mapping):
+            pressure = value.get("pressure")
+            shown["host memory"] = (
+                f"{formatting.size(value.get('reserved'))} reserved of "
+                f"{formatting.size(value.get('budget'))}"
+                + (f"; under pressure: {pressure}" if pressure else "")
             )
         elif key == "stopping":
             if value:

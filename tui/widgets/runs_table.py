@@ -221,7 +221,10 @@ class RunsTable(DataTable[Any]):
         }
 
     def _why(self, run: RunSummary, now: float) -> str:
-        """Why a queued run waits: its retry backoff, or every slot busy."""
+        """Why a run waits: the daemon's reason (memory, disk), its retry backoff, or every
+        slot busy."""
+        if run.wait_reason:
+            return run.wait_reason
         if run.state != "queued":
             return ""
         if run.retry_at is not None and run.retry_at > now:
