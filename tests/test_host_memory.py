@@ -1,0 +1,134 @@
+"""The host memory broker through a real daemon: admission by predicted peak, pressure, OOM.
+
+Workers are tests/fake_worker.py (real processes, real signals); the pressure
+source and the cgroup OOM counter are files the settings point at, written by
+the tests, and the OOM kill is a real SIGKILL of the worker's process group.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+from tests.daemon_harness import POLL, STATE_TIMEOUT, DaemonHarness, fake_config, running_daemon
+
+GIB = 1024**3
+CALM_PSI = "some avg10=0.00 avg60=0.00 avg300=0.00 total=0\n"
+#: 50 % of the last 10 s stalled on memory: above the default threshold of 20 %.
+HIGH_PSI = "some avg10=50.00 avg60=10.00 avg300=2.00 total=123456\n"
+MEMINFO = "MemTotal:       24000000 kB\nMemAvailable:   20000000 kB\n"
+#: A fast pressure loop so the test sees each step within a second.
+PRESSURE = {"interval": 0.2, "calm_checks": 2}
+
+
+def _budgeted(tmp: Path, name: str, budget: str, **sections: Any) -> Path:
+    return fake_config(tmp / name, name, memory={"budget": budget}, **sections)
+
+
+def _logs(daemon: DaemonHarness, run_id: str) -> list[str]:
+    return [event.get("message", "") for event in daemon.call("logs.tail", run=run_id)]
+
+
+def test_runs_whose_peaks_exceed_the_host_budget_run_two_at_a_time(tmp_path: Path) -> None:
+    with running_daemon(tmp_path, concurrency=3, host_memory="2.5GiB") as daemon:
+        ids = [daemon.submit(_budgeted(tmp_path, f"steps30-n{i}", "1GiB")) for i in range(3)]
+        first = daemon.run(ids[0])
+        assert first["predicted_peak"] == GIB and first["prediction"] == "memory.budget"
+        third = daemon.wait(ids[2], lambda r: r["wait_reason"] is not None)
+        assert third["state"] == "queued"
+        assert third["wait_reason"] == (
+            "waiting for memory: needs ~1.0 GiB, 512 MiB free of the host budget"
+        )
+        most = 0
+        deadline = time.monotonic() + STATE_TIMEOUT
+        while True:
+            runs = [daemon.run(run_id) for run_id in ids]
+            most = max(most, sum(r["state"] == "running" for r in runs))
+            if all(r["state"] == "done" for r in runs):
+                break
+            assert time.monotonic() < deadline, runs
+            time.sleep(POLL)
+        assert most == 2
+        third = daemon.run(ids[2])
+        assert third["wait_reason"] is None
+        assert third["started"] >= min(daemon.run(i)["finished"] for i in ids[:2])
+        status = daemon.call("status")["host_memory"]
+        assert status["budget"] == int(2.5 * GIB) and status["reserved"] == 0
+
+
+def test_pressure_shrinks_then_pauses_the_lowest_priority_run_and_resumes_it(
+    tmp_path: Path,
+) -> None:
+    psi, meminfo = tmp_path / "psi", tmp_path / "meminfo"
+    psi.write_text(CALM_PSI)
+    meminfo.write_text(MEMINFO)
+    pressure = {**PRESSURE, "psi_file": str(psi), "meminfo_file": str(meminfo)}
+    with running_daemon(tmp_path, concurrency=3, pressure=pressure) as daemon:
+        older = daemon.submit(fake_config(tmp_path / "a", "steps120-slow50"))
+        newer = daemon.submit(fake_config(tmp_path / "b", "steps120-slow50"))
+        for run_id in (older, newer):
+            daemon.wait(run_id, lambda r: r["state"] == "running" and r["progress"] > 0)
+        psi.write_text(HIGH_PSI)
+        paused = daemon.wait(newer, "paused")
+        assert paused["paused_by"] == "memory"
+        assert paused["wait_reason"] == (
+            "paused for host memory pressure: PSI some avg10 50 % above 20 %"
+        )
+        # First every worker was asked to shrink its windows (the fake worker says so).
+        for run_id in (older, newer):
+            assert "shrink requested" in _logs(daemon, run_id)
+        waiting = daemon.submit(fake_config(tmp_path / "c", "steps5"))
+        daemon.wait(waiting, lambda r: r["wait_reason"] is not None)
+        assert daemon.run(waiting)["wait_reason"].startswith(
+            "waiting for memory: the host is under memory pressure (PSI some avg10 50 %"
+        )
+        assert daemon.call("status")["host_memory"]["pressure"].startswith("PSI some avg10")
+        # Memory pressure from MemAvailable alone counts too (below 5 % of MemTotal).
+        psi.write_text(CALM_PSI)
+        meminfo.write_text("MemTotal:       24000000 kB\nMemAvailable:     100000 kB\n")
+        # The pressure lasts, so the next reading pauses the next run (the older one).
+        paused = daemon.wait(older, "paused")
+        assert paused["wait_reason"] == (
+            "paused for host memory pressure: MemAvailable 98 MiB below 1.1 GiB"
+        )
+        meminfo.write_text(MEMINFO)
+        for run_id in (older, newer, waiting):
+            done = daemon.wait(run_id, "done")
+            assert done["paused_by"] is None and done["wait_reason"] is None
+        # The paused run lost nothing: every step done exactly once, as undisturbed.
+        for run_id in (older, newer):
+            assert (daemon.state_dir / "runs" / run_id / "work" / "done").read_text() == "120"
+        resumed = [m for m in _logs(daemon, newer) if m.startswith("resuming:")]
+        assert resumed == ["resuming: host memory pressure is over"]
+
+
+def test_an_oom_kill_is_reported_and_retried_at_half_the_window(tmp_path: Path) -> None:
+    events = tmp_path / "memory.events"
+    events.write_text("low 0\nhigh 0\nmax 0\noom 0\noom_kill 0\n")
+    with running_daemon(tmp_path, oom={"memory_events": str(events)}) as daemon:
+        config = fake_config(
+            tmp_path / "oom",
+            "steps400-slow50",
+            resampling={"window_size": 1024},
+            restart={"backoff": 0.1},
+        )
+        run_id = daemon.submit(config)
+        run = daemon.wait(run_id, lambda r: r["state"] == "running" and r["progress"] > 0)
+        events.write_text("low 0\nhigh 0\nmax 0\noom 1\noom_kill 1\n")
+        os.killpg(run["pid"], signal.SIGKILL)
+        retried = daemon.wait(run_id, lambda r: r["retries"] == 1)
+        assert retried["oom"] is True and retried["start_window"] == 512
+        assert retried["error"].startswith(
+            f"oom: killed by the kernel's OOM killer ({events}: oom_kill 0 → 1); next window 512"
+        )
+        daemon.wait(run_id, lambda r: "start window 512" in _logs(daemon, run_id))
+        # A SIGKILL with no OOM record is a plain failure, not an OOM.
+        run = daemon.wait(run_id, lambda r: r["state"] == "running" and r["pid"] != run["pid"])
+        os.killpg(run["pid"], signal.SIGKILL)
+        again = daemon.wait(run_id, lambda r: r["retries"] == 2)
+        assert again["oom"] is False and again["start_window"] == 512
+        assert again["error"].startswith("worker killed by SIGKILL")
+        daemon.call("runs.kill", run=run_id)
