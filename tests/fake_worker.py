@@ -14,6 +14,7 @@ one daemon can host well-behaved and misbehaving runs side by side:
   alwaysfail    exits 1 at step 1 on every attempt
   badinput      exits 2 at once, like an invalid input
   chatty        prints plain lines on stdout and stderr
+  bulkN         writes N KiB to work/bulk.bin first (a stand-in layer store)
 
 It logs ``start window N`` when started with ``--start-window`` (a retry after an
 OOM kill) and ``shrink requested`` at the step after the daemon's shrink signal.
@@ -78,6 +79,8 @@ def main() -> int:
         child = subprocess.Popen(["sleep", GRANDCHILD_SLEEP])
         (work / "grandchild.pid").write_text(str(child.pid))
 
+    if bulk := number("bulk", 0):
+        (work / "bulk.bin").write_bytes(b"\0" * 1024 * bulk)
     steps = number("steps", DEFAULT_STEPS)
     step_seconds = number("slow", int(STEP_SECONDS * 1000)) / 1000
     fail_at = number("fail", 0)
