@@ -161,4 +161,15 @@ def test_daemon_summary_is_readable_and_keeps_unknown_fields() -> None:
 def test_finished_run_shows_no_current_rss() -> None:
     run = _run(state="done", rss=0, peak_rss=1024**2, started=NOW - 5, finished=NOW)
     row = text(render.runs_table([run], now=NOW)).splitlines()[1]
-    assert row.split()[-3:] == ["-", "1.0", "MiB"]
+    assert row.split()[-5:] == ["-", "1.0", "MiB", "-", "-"]  # RSS, PEAK, DISK, WHY
+
+
+def test_runs_table_says_why_a_run_waits_its_disk_and_an_oom() -> None:
+    reason = "waiting for memory: needs ~3.1 GiB, 1.4 GiB free of the host budget"
+    waiting = _run(id="r0002", state="queued", wait_reason=reason, disk_used=3 * 1024**2)
+    oom = _run(id="r0003", state="failed", oom=True, started=NOW - 5, finished=NOW)
+    out = text(render.runs_table([waiting, oom], now=NOW))
+    rows = {line.split()[0]: line for line in out.splitlines()[1:]}
+    assert "3.0 MiB  waiting for memory" in rows["r0002"]
+    assert reason in " ".join(out.split())  # the WHY column may fold on a narrow terminal
+    assert "failed (oom)" in rows["r0003"]
