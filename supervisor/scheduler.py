@@ -90,9 +90,8 @@ class Scheduler:
         self.settings = settings
         #: Shares host_memory among workers by predicted peaks (admission, pressure state).
         self.broker = MemoryBroker(lambda: self.settings.host_memory_bytes(), peak_lookup)
-        self._oom = OomWatch(settings.oom)
-        #: The OOM kill count when each worker started (see supervisor.oom).
-        self._oom_baseline: dict[str, int | None] = {}
+        #: Each worker's OOM sources and their kill count when it started (supervisor.oom).
+        self._oom_baseline: dict[str, tuple[OomWatch, int | None]] = {}
         self.registry = registry
         self._notify = notify
         self._telemetry = telemetry
@@ -332,7 +331,8 @@ class Scheduler:
         ]
         if summary.start_window is not None:
             argv += ["--start-window", str(summary.start_window)]
-        self._oom_baseline[run.id] = self._oom.baseline()
+        oom = OomWatch(self.settings.oom)  # (the settings of now: SIGHUP may change them)
+        self._oom_baseline[run.id] = (oom, oom.baseline())
         log_file: RotatingLog | None = None
         try:
             log_file = RotatingLog(
@@ -452,7 +452,7 @@ class Scheduler:
         summary.exit_code = code
         summary.eta = None
         summary.oom = False
-        baseline = self._oom_baseline.pop(run.id, None)
+        oom_watch = self._oom_baseline.pop(run.id, None)
         reason = run.worker_reason
         if not run.run_dir.is_dir():
             self._vanished(run)
@@ -474,7 +474,7 @@ class Scheduler:
         elif code == WORKER_EXIT_INPUT:
             summary.state = "failed"
             summary.error = reason or "invalid config or input (worker exit 2)"
-        elif code == -signal.SIGKILL and (oom := self._oom_evidence(run, worker, baseline)):
+        elif code == -signal.SIGKILL and (oom := self._oom_evidence(run, worker, oom_watch)):
             self._failed(run, code, oom)
         else:
             self._failed(run, code, reason)
@@ -484,9 +484,11 @@ class Scheduler:
         run.close()  # the history file reopens on the next event; idle runs hold no fd
         self.schedule()
 
-    def _oom_evidence(self, run: Run, worker: WorkerProcess, baseline: int | None) -> str | None:
+    def _oom_evidence(
+        self, run: Run, worker: WorkerProcess, watch: tuple[OomWatch, int | None] | None
+    ) -> str | None:
         """If the OOM killer ended the worker: mark the run ``oom``, halve its next window."""
-        evidence = self._oom.evidence(worker.pid, baseline)
+        evidence = None if watch is None else watch[0].evidence(worker.pid, watch[1])
         if evidence is None:
             return None
         last = next(

@@ -37,6 +37,14 @@ DAEMON_SCRIPT = (
     "from supervisor.settings import load_settings\n"
     "sys.exit(run_daemon(load_settings(Path(sys.argv[1]))))\n"
 )
+#: What ``geod serve`` runs, telemetry included (patch DAEMON_SCRIPT with it for telemetry).
+DAEMON_WITH_TELEMETRY = (
+    "import sys\n"
+    "from pathlib import Path\n"
+    "from supervisor.detach import serve\n"
+    "from supervisor.settings import load_settings\n"
+    "sys.exit(serve(load_settings(Path(sys.argv[1]))))\n"
+)
 #: Bound for the daemon to accept connections after it was started.
 START_TIMEOUT = 30.0
 #: Bound for asynchronous state changes (pause ack, kill, a tiny run finishing).

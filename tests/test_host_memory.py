@@ -13,7 +13,18 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests.daemon_harness import POLL, STATE_TIMEOUT, DaemonHarness, fake_config, running_daemon
+import psycopg2
+import pytest
+
+from tests import daemon_harness
+from tests.daemon_harness import (
+    DAEMON_WITH_TELEMETRY,
+    POLL,
+    STATE_TIMEOUT,
+    DaemonHarness,
+    fake_config,
+    running_daemon,
+)
 
 GIB = 1024**3
 CALM_PSI = "some avg10=0.00 avg60=0.00 avg300=0.00 total=0\n"
@@ -22,6 +33,8 @@ HIGH_PSI = "some avg10=50.00 avg60=10.00 avg300=2.00 total=123456\n"
 MEMINFO = "MemTotal:       24000000 kB\nMemAvailable:   20000000 kB\n"
 #: A fast pressure loop so the test sees each step within a second.
 PRESSURE = {"interval": 0.2, "calm_checks": 2}
+#: Steps of 50 ms: enough running time for three rounds of pressure and calm.
+STEPS = 200
 
 
 def _budgeted(tmp: Path, name: str, budget: str, **sections: Any) -> Path:
@@ -59,6 +72,12 @@ def test_runs_whose_peaks_exceed_the_host_budget_run_two_at_a_time(tmp_path: Pat
         assert status["budget"] == int(2.5 * GIB) and status["reserved"] == 0
 
 
+def _pressure_log(daemon: DaemonHarness, run_id: str, prefix: str) -> list[tuple[float, str]]:
+    """(time, message) of the run's log records starting with ``prefix``."""
+    events = daemon.call("logs.tail", run=run_id)
+    return [(e["time"], e["message"]) for e in events if e.get("message", "").startswith(prefix)]
+
+
 def test_pressure_shrinks_then_pauses_the_lowest_priority_run_and_resumes_it(
     tmp_path: Path,
 ) -> None:
@@ -67,8 +86,8 @@ def test_pressure_shrinks_then_pauses_the_lowest_priority_run_and_resumes_it(
     meminfo.write_text(MEMINFO)
     pressure = {**PRESSURE, "psi_file": str(psi), "meminfo_file": str(meminfo)}
     with running_daemon(tmp_path, concurrency=3, pressure=pressure) as daemon:
-        older = daemon.submit(fake_config(tmp_path / "a", "steps120-slow50"))
-        newer = daemon.submit(fake_config(tmp_path / "b", "steps120-slow50"))
+        older = daemon.submit(fake_config(tmp_path / "a", f"steps{STEPS}-slow50"))
+        newer = daemon.submit(fake_config(tmp_path / "b", f"steps{STEPS}-slow50"))
         for run_id in (older, newer):
             daemon.wait(run_id, lambda r: r["state"] == "running" and r["progress"] > 0)
         psi.write_text(HIGH_PSI)
@@ -79,18 +98,34 @@ def test_pressure_shrinks_then_pauses_the_lowest_priority_run_and_resumes_it(
         )
         # First every worker was asked to shrink its windows (the fake worker says so).
         for run_id in (older, newer):
-            assert "shrink requested" in _logs(daemon, run_id)
+            daemon.wait(run_id, lambda r, i=run_id: "shrink requested" in _logs(daemon, i))
         waiting = daemon.submit(fake_config(tmp_path / "c", "steps5"))
         daemon.wait(waiting, lambda r: r["wait_reason"] is not None)
         assert daemon.run(waiting)["wait_reason"].startswith(
             "waiting for memory: the host is under memory pressure (PSI some avg10 50 %"
         )
         assert daemon.call("status")["host_memory"]["pressure"].startswith("PSI some avg10")
-        # Memory pressure from MemAvailable alone counts too (below 5 % of MemTotal).
-        psi.write_text(CALM_PSI)
+        # While the pressure lasts, each reading pauses one more run: the older one next.
+        daemon.wait(older, "paused")
+        (newer_paused, _), (older_paused, _) = (
+            _pressure_log(daemon, run_id, "paused for host memory pressure")[0]
+            for run_id in (newer, older)
+        )
+        assert newer_paused < older_paused
+        assert daemon.run(waiting)["state"] == "queued"
+
+        psi.write_text(CALM_PSI)  # calm: resumed one by one, the older (first submitted) first
+        for run_id in (older, newer):
+            daemon.wait(run_id, lambda r: r["state"] == "running" and r["paused_by"] is None)
+        (older_resumed, why), (newer_resumed, _) = (
+            _pressure_log(daemon, run_id, "resuming:")[0] for run_id in (older, newer)
+        )
+        assert older_resumed < newer_resumed and why == "resuming: host memory pressure is over"
+        daemon.wait(waiting, lambda r: r["state"] in ("running", "done"))
+
+        # MemAvailable below 5 % of MemTotal is pressure too, PSI calm or not.
         meminfo.write_text("MemTotal:       24000000 kB\nMemAvailable:     100000 kB\n")
-        # The pressure lasts, so the next reading pauses the next run (the older one).
-        paused = daemon.wait(older, "paused")
+        paused = daemon.wait(newer, "paused")
         assert paused["wait_reason"] == (
             "paused for host memory pressure: MemAvailable 98 MiB below 1.1 GiB"
         )
@@ -98,11 +133,10 @@ def test_pressure_shrinks_then_pauses_the_lowest_priority_run_and_resumes_it(
         for run_id in (older, newer, waiting):
             done = daemon.wait(run_id, "done")
             assert done["paused_by"] is None and done["wait_reason"] is None
-        # The paused run lost nothing: every step done exactly once, as undisturbed.
+        # The paused runs lost nothing: every step done exactly once, as undisturbed.
         for run_id in (older, newer):
-            assert (daemon.state_dir / "runs" / run_id / "work" / "done").read_text() == "120"
-        resumed = [m for m in _logs(daemon, newer) if m.startswith("resuming:")]
-        assert resumed == ["resuming: host memory pressure is over"]
+            done_file = daemon.state_dir / "runs" / run_id / "work" / "done"
+            assert done_file.read_text() == str(STEPS)
 
 
 def test_an_oom_kill_is_reported_and_retried_at_half_the_window(tmp_path: Path) -> None:
@@ -132,3 +166,45 @@ def test_an_oom_kill_is_reported_and_retried_at_half_the_window(tmp_path: Path) 
         assert again["oom"] is False and again["start_window"] == 512
         assert again["error"].startswith("worker killed by SIGKILL")
         daemon.call("runs.kill", run=run_id)
+
+
+def _peak_in_telemetry(url: str, run_id: str) -> int | None:
+    """The run's peak RSS once telemetry holds it as done, else None."""
+    conn = psycopg2.connect(url)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(
+                "SELECT max(m.peak_rss) FROM geod.runs r "
+                "JOIN geod.v_memory_by_stage m ON m.run_key = r.run_key "
+                "WHERE r.id = %s AND r.state = 'done'",
+                (run_id,),
+            )
+            return cur.fetchone()[0]
+    finally:
+        conn.close()
+
+
+def test_a_rerun_is_predicted_from_the_measured_peak_of_the_last_run(
+    tmp_path: Path, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(daemon_harness, "DAEMON_SCRIPT", DAEMON_WITH_TELEMETRY)
+    sampled = {"telemetry": {"memory_interval": 0.1}}
+    with running_daemon(tmp_path, telemetry=True, database_url=database_url) as daemon:
+        config = fake_config(tmp_path / "inputs", "steps20", **sampled)
+        first = daemon.submit(config)
+        assert daemon.run(first)["prediction"] == "memory.budget"  # nothing measured yet
+        daemon.wait(first, "done")
+        deadline = time.monotonic() + STATE_TIMEOUT
+        while (peak := _peak_in_telemetry(database_url, first)) is None:
+            assert time.monotonic() < deadline, "the run's memory never reached telemetry"
+            time.sleep(POLL)
+        rerun = daemon.run(daemon.submit(config))
+        assert (rerun["predicted_peak"], rerun["prediction"]) == (peak, f"peak of run {first}")
+        # Another config on the same inputs (datasets and grid) is predicted from it too.
+        renamed = fake_config(tmp_path / "inputs", "steps20-renamed", **sampled)
+        same_data = daemon.run(daemon.submit(renamed))
+        assert same_data["config_fingerprint"] != rerun["config_fingerprint"]
+        assert same_data["data_fingerprint"] == rerun["data_fingerprint"]
+        assert same_data["prediction"] == f"peak of run {first}"
+        other = daemon.run(daemon.submit(fake_config(tmp_path / "other", "steps20", **sampled)))
+        assert other["prediction"] == "memory.budget"

@@ -18,15 +18,8 @@ import pytest
 from supervisor.sampler import SAMPLE_OPERATION
 from tests import daemon_harness
 from tests.conftest import write_demo_config
-from tests.daemon_harness import DaemonHarness
+from tests.daemon_harness import DAEMON_WITH_TELEMETRY, DaemonHarness
 
-DAEMON_WITH_TELEMETRY = (
-    "import sys\n"
-    "from pathlib import Path\n"
-    "from supervisor.detach import serve\n"
-    "from supervisor.settings import load_settings\n"
-    "sys.exit(serve(load_settings(Path(sys.argv[1]))))\n"
-)
 #: Seconds between the daemon's memory samples of the worker tree in this test.
 MEMORY_INTERVAL = 0.5
 RUN_TIMEOUT = 300.0
