@@ -173,3 +173,19 @@ def test_runs_table_says_why_a_run_waits_its_disk_and_an_oom() -> None:
     assert "3.0 MiB  waiting for memory" in rows["r0002"]
     assert reason in " ".join(out.split())  # the WHY column may fold on a narrow terminal
     assert "failed (oom)" in rows["r0003"]
+
+
+def test_run_detail_shows_the_memory_prediction_disk_and_why_it_waits() -> None:
+    run = _run(
+        state="queued",
+        predicted_peak=3 * 1024**3,
+        prediction="peak of run r0001",
+        disk_used=5 * 1024**2,
+        wait_reason="waiting for memory: needs ~3.0 GiB, 1.4 GiB free of the host budget",
+        start_window=512,
+    )
+    out = " ".join(text(render.run_detail(run, now=NOW)).split())
+    assert "predicted peak 3.0 GiB (peak of run r0001)" in out
+    assert "disk used 5.0 MiB" in out
+    assert "waiting waiting for memory: needs ~3.0 GiB, 1.4 GiB free of the host budget" in out
+    assert "start window 512" in out

@@ -172,8 +172,14 @@ def run_detail(run: RunSummary, now: float | None = None) -> RenderableType:
         ("eta", eta(run, now)),
         ("rss", formatting.size(None if run.state in FINAL_STATES else run.rss)),
         ("peak rss", formatting.size(run.peak_rss)),
+        ("predicted peak", _prediction(run)),
+        ("disk used", formatting.size(run.disk_used)),
         ("retries", str(run.retries)),
     ]
+    if run.wait_reason:
+        rows.append(("waiting", Text(run.wait_reason, style="yellow")))
+    if run.start_window is not None:
+        rows.append(("start window", str(run.start_window)))
     if run.exit_code is not None:
         rows.append(("exit code", str(run.exit_code)))
     if run.error:
@@ -194,6 +200,13 @@ def run_detail(run: RunSummary, now: float | None = None) -> RenderableType:
             outputs.add_row(str(output.get("path", "?")), str(output.get("kind", "-")))
         parts.append(outputs)
     return Group(*parts)
+
+
+def _prediction(run: RunSummary) -> str:
+    """'1.2 GiB (peak of run r0003)': what the memory broker reserves for the run, and why."""
+    if run.predicted_peak is None:
+        return formatting.MISSING
+    return f"{formatting.size(run.predicted_peak)} ({run.prediction or 'unknown source'})"
 
 
 def daemon_summary(status: DaemonStatus, now: float | None = None) -> Table:
