@@ -100,16 +100,19 @@ def test_sigkill_mid_run_then_resume_gives_identical_outputs(
     skipped = [e for e in resumed.of_type(StageEvent) if e.kind == "dataset"]
     assert skipped, "the resumed run reports dataset progress"
 
-    expected, actual = _store_arrays(reference_dir / "work"), _store_arrays(crashed_dir / "work")
+    _assert_same_results(reference_dir, crashed_dir, resumed)
+
+
+def _assert_same_results(reference_dir: Path, run_dir: Path, worker: WorkerProcess) -> None:
+    """The layer store and the Parquet outputs ``worker`` wrote equal the reference run's."""
+    expected, actual = _store_arrays(reference_dir / "work"), _store_arrays(run_dir / "work")
     assert expected.keys() == actual.keys()
     for name in expected:
         np.testing.assert_array_equal(actual[name], expected[name], err_msg=name)
-
-    outputs = [Path(e.path) for e in resumed.of_type(OutputEvent) if e.path.endswith(".parquet")]
+    outputs = [Path(e.path) for e in worker.of_type(OutputEvent) if e.path.endswith(".parquet")]
     assert outputs
     for path in outputs:
-        twin = reference_dir / "out" / path.name
-        assert pq.read_table(path).equals(pq.read_table(twin))
+        assert pq.read_table(path).equals(pq.read_table(reference_dir / "out" / path.name))
 
 
 def test_bad_config_exits_2_with_one_line(tmp_path: Path) -> None:
@@ -160,15 +163,7 @@ def test_shrink_pause_resume_and_a_halved_start_window_keep_outputs_identical(
     worker.process.send_signal(signal.SIGUSR2)
     worker.wait_for(_state("resumed"), timeout=5)
     assert worker.finish() == 0, worker.process.stderr.read()
-
-    expected, actual = _store_arrays(reference_dir / "work"), _store_arrays(pressed_dir / "work")
-    assert expected.keys() == actual.keys()
-    for name in expected:
-        np.testing.assert_array_equal(actual[name], expected[name], err_msg=name)
-    outputs = [Path(e.path) for e in worker.of_type(OutputEvent) if e.path.endswith(".parquet")]
-    assert outputs
-    for path in outputs:
-        assert pq.read_table(path).equals(pq.read_table(reference_dir / "out" / path.name))
+    _assert_same_results(reference_dir, pressed_dir, worker)
 
 
 def test_a_start_window_off_the_chunk_grid_is_bad_input(tmp_path: Path, demo_dir: Path) -> None:
