@@ -237,6 +237,7 @@ class Scheduler:
         now = time.time()
         free = self.settings.concurrency - len(self.workers) - len(self._starting)
         next_retry: float | None = None
+        blocked: Run | None = None
         claimed = {
             claim: run_id
             for run_id in (*self.workers, *self._starting)
@@ -255,8 +256,9 @@ class Scheduler:
                 continue
             if free <= 0:
                 break
-            if self._waits_for_memory(run):
-                break  # the first run that does not fit holds back the ones behind it
+            if self._waits_for_memory(run, blocked):
+                blocked = blocked or run  # the first that does not fit holds back the rest
+                continue
             free -= 1
             if claim is not None:
                 claimed[claim] = run.id
@@ -271,10 +273,13 @@ class Scheduler:
             delay = max(0.0, next_retry - time.time())
             self._retry_timer = asyncio.get_running_loop().call_later(delay, self.schedule)
 
-    def _waits_for_memory(self, run: Run) -> bool:
-        """Ask the memory broker; say (once per change) why the run waits."""
-        started = [self.get(run_id) for run_id in (*self.workers, *self._starting)]
-        reason = self.broker.admit(run, started)
+    def _waits_for_memory(self, run: Run, blocked: Run | None) -> bool:
+        """Ask the memory broker (unless an earlier run already waits); say why the run waits."""
+        if blocked is not None and self.broker.pressure is None:
+            reason: str | None = f"waiting for memory: run {blocked.id} goes first"
+        else:
+            started = [self.get(run_id) for run_id in (*self.workers, *self._starting)]
+            reason = self.broker.admit(run, started)
         if reason != run.summary.wait_reason:
             run.summary.wait_reason = reason
             if reason is not None:
@@ -719,5 +724,5 @@ def _tidy_reasons(run: Run) -> None:
     summary = run.summary
     if summary.state in FINAL_STATES or summary.state in ("interrupted", "stopping"):
         summary.paused_by = None
-    if summary.state not in ("queued", "paused") and summary.paused_by is None:
+    if summary.state != "queued" and summary.paused_by is None:
         summary.wait_reason = None

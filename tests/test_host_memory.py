@@ -46,8 +46,10 @@ def _logs(daemon: DaemonHarness, run_id: str) -> list[str]:
 
 
 def test_runs_whose_peaks_exceed_the_host_budget_run_two_at_a_time(tmp_path: Path) -> None:
-    with running_daemon(tmp_path, concurrency=3, host_memory="2.5GiB") as daemon:
+    with running_daemon(tmp_path, concurrency=4, host_memory="2.5GiB") as daemon:
         ids = [daemon.submit(_budgeted(tmp_path, f"steps30-n{i}", "1GiB")) for i in range(3)]
+        # A small run behind it waits its turn: a big run is never starved by small ones.
+        small = daemon.submit(_budgeted(tmp_path, "steps30-small", "100MiB"))
         first = daemon.run(ids[0])
         assert first["predicted_peak"] == GIB and first["prediction"] == "memory.budget"
         third = daemon.wait(ids[2], lambda r: r["wait_reason"] is not None)
@@ -55,6 +57,8 @@ def test_runs_whose_peaks_exceed_the_host_budget_run_two_at_a_time(tmp_path: Pat
         assert third["wait_reason"] == (
             "waiting for memory: needs ~1.0 GiB, 512 MiB free of the host budget"
         )
+        behind = daemon.wait(small, lambda r: r["wait_reason"] is not None)
+        assert behind["wait_reason"] == f"waiting for memory: run {ids[2]} goes first"
         most = 0
         deadline = time.monotonic() + STATE_TIMEOUT
         while True:
@@ -68,6 +72,7 @@ def test_runs_whose_peaks_exceed_the_host_budget_run_two_at_a_time(tmp_path: Pat
         third = daemon.run(ids[2])
         assert third["wait_reason"] is None
         assert third["started"] >= min(daemon.run(i)["finished"] for i in ids[:2])
+        assert daemon.wait(small, "done")["started"] >= third["started"]
         status = daemon.call("status")["host_memory"]
         assert status["budget"] == int(2.5 * GIB) and status["reserved"] == 0
 
