@@ -51,12 +51,18 @@ def read_oom_kills(path: Path | None) -> int | None:
 
 
 def kmsg_names(path: Path, pid: int) -> bool:
-    """Does the kernel log hold an OOM record naming ``pid``? (Reads it without blocking.)"""
+    """Does the kernel log hold an OOM record naming ``pid``? (Read without blocking.)
+
+    ``/dev/kmsg`` returns one record per read; a plain file (a saved log) returns
+    chunks, so the end of each chunk is kept to find a record cut in two.
+    """
     wanted = (f"Killed process {pid} ".encode(), f",pid={pid},".encode())
+    overlap = max(len(token) for token in wanted)
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except OSError:
         return False
+    tail = b""
     try:
         while True:
             try:
@@ -67,8 +73,10 @@ def kmsg_names(path: Path, pid: int) -> bool:
                 return False  # EAGAIN: the end; anything else: unreadable
             if not record:
                 return False
-            if any(token in record for token in wanted):
+            text = tail + record
+            if any(token in text for token in wanted):
                 return True
+            tail = text[-overlap:]
     finally:
         os.close(fd)
 

@@ -145,14 +145,16 @@ def test_pressure_shrinks_then_pauses_the_lowest_priority_run_and_resumes_it(
 
 
 def test_an_oom_kill_is_reported_and_retried_at_half_the_window(tmp_path: Path) -> None:
-    events = tmp_path / "memory.events"
+    events, kmsg = tmp_path / "memory.events", tmp_path / "kmsg"
     events.write_text("low 0\nhigh 0\nmax 0\noom 0\noom_kill 0\n")
-    with running_daemon(tmp_path, oom={"memory_events": str(events)}) as daemon:
+    kmsg.write_text("6,1,10,-;a kernel record that names no worker\n")
+    oom = {"memory_events": str(events), "kmsg": str(kmsg)}
+    with running_daemon(tmp_path, oom=oom) as daemon:
         config = fake_config(
             tmp_path / "oom",
             "steps400-slow50",
             resampling={"window_size": 1024},
-            restart={"backoff": 0.1},
+            restart={"backoff": 0.1, "max_retries": 5},
         )
         run_id = daemon.submit(config)
         run = daemon.wait(run_id, lambda r: r["state"] == "running" and r["progress"] > 0)
@@ -170,6 +172,17 @@ def test_an_oom_kill_is_reported_and_retried_at_half_the_window(tmp_path: Path) 
         again = daemon.wait(run_id, lambda r: r["retries"] == 2)
         assert again["oom"] is False and again["start_window"] == 512
         assert again["error"].startswith("worker killed by SIGKILL")
+        # The kernel log's OOM record naming the worker's pid is enough (no cgroup counter).
+        run = daemon.wait(run_id, lambda r: r["state"] == "running" and r["pid"] != run["pid"])
+        padding = "x" * 8150  # the pid straddles the first 8 KiB read
+        kmsg.write_text(
+            f"6,2,20,-;{padding}\n3,3,30,-;Out of memory: Killed process {run['pid']} "
+            "(python) total-vm:1000kB, anon-rss:900kB\n"
+        )
+        os.killpg(run["pid"], signal.SIGKILL)
+        third = daemon.wait(run_id, lambda r: r["retries"] == 3)
+        assert third["oom"] is True and third["start_window"] == 256
+        assert f"{kmsg}: the kernel's OOM record names pid {run['pid']}" in third["error"]
         daemon.call("runs.kill", run=run_id)
 
 
