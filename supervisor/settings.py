@@ -175,7 +175,7 @@ class DiskSettings(_Section):
     min_free: Size = Field(
         default=1024**3,
         description="A run pauses when its work or output directory has less free space "
-        "(bytes, '5GiB' or '2%' of the filesystem); it resumes when space returns.",
+        "(bytes, '5GiB' or '2%' of the filesystem); it resumes when space returns. 0: never.",
     )
     interval: float = Field(default=10.0, gt=0, description="Seconds between free-space checks.")
     probe_file: Path | None = Field(
