@@ -54,14 +54,25 @@ def level_rank(level: str | None) -> int:
 
 #: What a worker says about itself (``StateEvent.state``).
 WorkerState = Literal["running", "paused", "resumed", "stopping", "stopped", "done", "failed"]
-#: A run's state as the daemon keeps it (``RunSummary.state``).
+#: A run's state as the daemon keeps it (``RunSummary.state``); ``scheduled`` waits for
+#: its start time (``geod start --delay/--at``), then is ``queued`` like any other run.
 RunState = Literal[
-    "queued", "running", "paused", "stopping", "done", "failed", "killed", "interrupted"
+    "scheduled",
+    "queued",
+    "running",
+    "paused",
+    "stopping",
+    "done",
+    "failed",
+    "killed",
+    "interrupted",
 ]
 RUN_STATES: tuple[RunState, ...] = get_args(RunState)
 #: States a run never leaves without a user action.
 FINAL_STATES: frozenset[str] = frozenset({"done", "failed", "killed"})
 #: States in which a run has (or is getting) a worker process.
 ACTIVE_STATES: frozenset[str] = frozenset({"running", "paused", "stopping"})
+#: States of a run waiting for its first (or next) worker: the queue.
+WAITING_STATES: frozenset[str] = frozenset({"scheduled", "queued"})
 #: States a run can be retried from.
 RETRYABLE_STATES: frozenset[str] = frozenset({"failed", "killed", "interrupted"})

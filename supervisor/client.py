@@ -51,7 +51,10 @@ from supervisor.protocol import (
     LogsTailParams,
     MemoryHistory,
     MemoryHistoryParams,
+    ParallelParams,
+    PriorityParams,
     ProtocolError,
+    QueueSettings,
     RunParams,
     RunSummary,
     Selection,
@@ -114,8 +117,11 @@ class Calls:
         return Call("runs.get", _params(RunParams(run=run_id)), RunSummary.model_validate)
 
     @staticmethod
-    def submit(config_path: str, name: str | None = None) -> Call[RunSummary]:
-        params = SubmitParams(config_path=config_path, name=name)
+    def submit(config: str | SubmitParams, name: str | None = None) -> Call[RunSummary]:
+        """A config path (and run name), or the whole request with its queue options."""
+        params = config if isinstance(config, SubmitParams) else SubmitParams(config_path=config)
+        if name is not None:
+            params = params.model_copy(update={"name": name})
         return Call("runs.submit", _params(params), RunSummary.model_validate)
 
     @staticmethod
@@ -134,6 +140,16 @@ class Calls:
     @staticmethod
     def retry(run_id: str) -> Call[RunSummary]:
         return Call("runs.retry", _params(RunParams(run=run_id)), RunSummary.model_validate)
+
+    @staticmethod
+    def priority(run_id: str, priority: int) -> Call[RunSummary]:
+        params = PriorityParams(run=run_id, priority=priority)
+        return Call("runs.priority", _params(params), RunSummary.model_validate)
+
+    @staticmethod
+    def parallel(concurrency: int) -> Call[QueueSettings]:
+        params = ParallelParams(concurrency=concurrency)
+        return Call("queue.parallel", _params(params), QueueSettings.model_validate)
 
     @staticmethod
     def clean(params: CleanParams) -> Call[list[CleanedRun]]:
@@ -282,8 +298,8 @@ class Client:
     def run(self, run_id: str) -> RunSummary:
         return self.request(Calls.run(run_id))
 
-    def submit(self, config_path: str, name: str | None = None) -> RunSummary:
-        return self.request(Calls.submit(config_path, name))
+    def submit(self, config: str | SubmitParams, name: str | None = None) -> RunSummary:
+        return self.request(Calls.submit(config, name))
 
     def pause(self, selection: Selection) -> list[RunSummary]:
         return self.request(Calls.pause(selection))
@@ -296,6 +312,12 @@ class Client:
 
     def retry(self, run_id: str) -> RunSummary:
         return self.request(Calls.retry(run_id))
+
+    def priority(self, run_id: str, priority: int) -> RunSummary:
+        return self.request(Calls.priority(run_id, priority))
+
+    def parallel(self, concurrency: int) -> QueueSettings:
+        return self.request(Calls.parallel(concurrency))
 
     def clean(self, params: CleanParams) -> list[CleanedRun]:
         return self.request(Calls.clean(params))
@@ -446,8 +468,8 @@ class AsyncClient:
     async def run(self, run_id: str) -> RunSummary:
         return await self.request(Calls.run(run_id))
 
-    async def submit(self, config_path: str, name: str | None = None) -> RunSummary:
-        return await self.request(Calls.submit(config_path, name))
+    async def submit(self, config: str | SubmitParams, name: str | None = None) -> RunSummary:
+        return await self.request(Calls.submit(config, name))
 
     async def pause(self, selection: Selection) -> list[RunSummary]:
         return await self.request(Calls.pause(selection))
@@ -460,6 +482,12 @@ class AsyncClient:
 
     async def retry(self, run_id: str) -> RunSummary:
         return await self.request(Calls.retry(run_id))
+
+    async def priority(self, run_id: str, priority: int) -> RunSummary:
+        return await self.request(Calls.priority(run_id, priority))
+
+    async def parallel(self, concurrency: int) -> QueueSettings:
+        return await self.request(Calls.parallel(concurrency))
 
     async def clean(self, params: CleanParams) -> list[CleanedRun]:
         return await self.request(Calls.clean(params))

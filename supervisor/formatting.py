@@ -23,6 +23,7 @@ MISSING = "-"
 
 #: run/stage state → (glyph, ANSI style). Single-cell glyphs only: wide emoji break columns.
 STATE_STYLE: dict[str, tuple[str, str]] = {
+    "scheduled": ("◷", "blue"),
     "queued": ("◌", "bright_black"),
     "pending": ("◌", "bright_black"),
     "running": ("▶", "green"),

@@ -34,6 +34,7 @@ from typing import IO
 from pipeline.durable import write_atomic
 from supervisor import sdnotify
 from supervisor.detach import LOG_FILE, PID_FILE
+from supervisor.hooks import HookRunner
 from supervisor.host_guard import HostGuard
 from supervisor.methods import Methods
 from supervisor.protocol import Selection
@@ -173,6 +174,7 @@ class Daemon:
             settings.state_dir, settings.memory_history, settings.event_history
         )
         self.server: Server | None = None
+        self.hooks = HookRunner(settings.hooks, settings.hook_workers)
         url = getattr(telemetry, "url", None)  # the writer's database: earlier runs' peaks
         self.scheduler = Scheduler(
             settings,
@@ -180,6 +182,7 @@ class Daemon:
             self._notify,
             telemetry,
             on_change=self._status_changed,
+            on_transition=self.hooks.fire,
             peak_lookup=peak_lookup(url) if isinstance(url, str) else None,
         )
         self.guard = HostGuard(self.scheduler)
@@ -193,7 +196,7 @@ class Daemon:
 
     def _status_changed(self) -> None:
         counts = self.scheduler.counts()
-        order = ("running", "paused", "queued", "stopping", "failed", "interrupted")
+        order = ("running", "paused", "queued", "scheduled", "stopping", "failed", "interrupted")
         status = ", ".join(f"{counts[s]} {s}" for s in order if counts.get(s)) or "idle"
         if status != self._last_status:
             self._last_status = status
@@ -202,6 +205,7 @@ class Daemon:
     async def run(self, ready: Callable[[], None] | None) -> int:
         self._stop = asyncio.Event()
         self.registry.load()
+        self.scheduler.seed_states()
         methods = Methods(self.scheduler, self._stop.set, self.guard.cleaner)
         self.server = Server(methods, self.settings.client_queue_limit, self.settings.socket_group)
         try:
@@ -209,6 +213,7 @@ class Daemon:
         except SocketError as exc:
             log.error("%s", exc)
             self.registry.close()
+            self.hooks.close()
             return EXIT_START_FAILED
         self.recovery.recover()
         self.scheduler.schedule()
@@ -229,6 +234,7 @@ class Daemon:
             await watchdog
         await self.server.close()
         self.registry.close()
+        self.hooks.close()  # hooks of the last state changes (interrupted runs) still run
         log.info("stopped")
         return EXIT_OK
 
@@ -263,7 +269,8 @@ class Daemon:
         new._source, new._system = self.settings._source, self.settings._system
         logging.getLogger().setLevel(new.log_level)
         self.settings = new
-        self.scheduler.settings = new
+        self.scheduler.use_settings(new)
+        self.hooks.configure(new.hooks)
         if self.server is not None:
             self.server.queue_limit = new.client_queue_limit
         log.info("SIGHUP: settings reloaded (log level %s)", new.log_level)

@@ -16,8 +16,8 @@ wait for ever), with a warning. While the host is under memory pressure nothing
 starts. The first queued run that does not fit blocks the ones behind it, so a
 big run is never starved by a stream of small ones.
 
-The run the broker pauses under pressure is the lowest-priority running one
-(the ``priority`` field when runs have one, higher = more important), the newest
+The run the host guard pauses under pressure is the lowest-priority running one
+(``priority``, higher = more important, as the queue orders runs), the newest
 submission among equals: the one whose pause costs least.
 """
 
@@ -37,6 +37,8 @@ log = logging.getLogger("geod.daemon.memory")
 
 #: (config fingerprint, data fingerprint) → (peak bytes, id of the run it was measured on).
 PeakLookup = Callable[[str, str], tuple[int, str] | None]
+#: How a run that does not fit says so (the runs behind it in the queue wait for it).
+NEEDS = "waiting for memory: needs"
 #: Longest a submission waits for the telemetry lookup before the budget is used instead.
 LOOKUP_TIMEOUT = 10.0
 
@@ -60,10 +62,9 @@ def _digest(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def priority(run: Run) -> float:
-    """The run's priority (higher first); 0 for runs (or daemons) without one."""
-    value = getattr(run.summary, "priority", None)
-    return float(value) if isinstance(value, int | float) else 0.0
+def priority(run: Run) -> int:
+    """The run's priority (higher first, as the queue orders runs)."""
+    return run.summary.priority
 
 
 def lowest_priority(runs: Iterable[Run]) -> Run | None:
@@ -121,10 +122,17 @@ class MemoryBroker:
     def reserved(self, running: Iterable[Run]) -> int:
         return sum(held(run) for run in running)
 
-    def admit(self, run: Run, running: list[Run]) -> str | None:
-        """None if ``run`` may start beside ``running``, else why it waits (one line)."""
+    def admit(self, run: Run, running: list[Run], earlier: list[Run]) -> str | None:
+        """None if ``run`` may start beside ``running``, else why it waits (one line).
+
+        ``earlier`` are the queued runs before it in start order, already decided in
+        this pass: one of them waiting for memory goes first.
+        """
         if self.pressure is not None:
             return f"waiting for memory: the host is under memory pressure ({self.pressure})"
+        ahead = next((r for r in earlier if (r.summary.wait_reason or "").startswith(NEEDS)), None)
+        if ahead is not None:
+            return f"waiting for memory: run {ahead.id} goes first"
         peak = need(run)
         if not running:
             budget = self._budget()
@@ -139,10 +147,7 @@ class MemoryBroker:
         free = max(0, self._budget() - self.reserved(running))
         if peak <= free:
             return None
-        return (
-            f"waiting for memory: needs ~{format_bytes(peak)}, "
-            f"{format_bytes(free)} free of the host budget"
-        )
+        return f"{NEEDS} ~{format_bytes(peak)}, {format_bytes(free)} free of the host budget"
 
     def status(self, running: Iterable[Run]) -> dict[str, object]:
         """What ``geod status`` shows of the broker."""

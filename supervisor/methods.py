@@ -62,6 +62,8 @@ class Methods:
             "runs.resume": self.runs_resume,
             "runs.kill": self.runs_kill,
             "runs.retry": self.runs_retry,
+            "runs.priority": self.runs_priority,
+            "queue.parallel": self.queue_parallel,
             "runs.clean": self.runs_clean,
             "logs.tail": self.logs_tail,
             "memory.history": self.memory_history,
@@ -99,7 +101,8 @@ class Methods:
             "uptime": time.time() - self.started,
             "state_dir": str(settings.state_dir),
             "socket": str(settings.socket_path),
-            "concurrency": settings.concurrency,
+            "concurrency": self.scheduler.concurrency,
+            "settings_concurrency": settings.concurrency,
             "counts": self.scheduler.counts(),
             "runs": len(self.scheduler.runs()),
             "stopping": self.scheduler.shutting_down,
@@ -121,7 +124,7 @@ class Methods:
                 f"config_path must be absolute (the daemon has its own cwd): {params.config_path}",
             )
         owner = worker_identity(conn.peer)
-        summary = await self.scheduler.submit(params.config_path, params.name, owner)
+        summary = await self.scheduler.submit(params, owner)
         return summary.model_dump(mode="json")
 
     async def runs_pause(self, conn: Connection, params: protocol.Selection) -> list[Any]:
@@ -136,6 +139,16 @@ class Methods:
 
     async def runs_retry(self, conn: Connection, params: protocol.RunParams) -> dict[str, Any]:
         return self.scheduler.retry(params.run).model_dump(mode="json")
+
+    async def runs_priority(
+        self, conn: Connection, params: protocol.PriorityParams
+    ) -> dict[str, Any]:
+        return self.scheduler.set_priority(params.run, params.priority).model_dump(mode="json")
+
+    async def queue_parallel(
+        self, conn: Connection, params: protocol.ParallelParams
+    ) -> dict[str, Any]:
+        return self.scheduler.set_concurrency(params.concurrency).model_dump(mode="json")
 
     async def runs_clean(self, conn: Connection, params: protocol.CleanParams) -> list[Any]:
         cleaned = await self.cleaner.clean(params)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from enum import IntEnum
 from typing import Any
 
@@ -25,6 +26,8 @@ PROTOCOL_VERSION = 1
 MAX_LINE_BYTES = 1024 * 1024
 
 __all__ = ["FINAL_STATES", "RunState"]  # re-exported: clients need only this module
+#: A label key (``geod start --label KEY=VALUE``): a word, as environment and JSON keys like.
+LABEL_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,62}$")
 
 
 class RunSummary(BaseModel):
@@ -64,6 +67,14 @@ class RunSummary(BaseModel):
     owner: dict[str, Any] | None = Field(
         default=None, description="uid, gid, groups the worker runs as (root daemon only)."
     )
+    priority: int = Field(default=0, description="Higher starts first; ties in submission order.")
+    after: list[str] = Field(
+        default_factory=list, description="Runs that must end done before this one starts."
+    )
+    start_at: float | None = Field(
+        default=None, description="Unix time before which the run does not start (scheduled)."
+    )
+    labels: dict[str, str] = Field(default_factory=dict, description="User's KEY=VALUE tags.")
     wait_reason: str | None = Field(
         default=None,
         description="Why a queued run does not start or the daemon paused it "
@@ -142,6 +153,28 @@ class RunParams(_Params):
 class SubmitParams(_Params):
     config_path: str = Field(description="Absolute path of a config.yml the daemon can read.")
     name: str | None = None
+    priority: int = 0
+    after: list[str] = Field(default_factory=list, description="Run ids to wait for (done).")
+    start_at: float | None = Field(default=None, description="Unix time; None = now.")
+    labels: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _label_keys(self) -> SubmitParams:
+        for key in self.labels:
+            if not LABEL_KEY.fullmatch(key):
+                raise ValueError(
+                    f"label {key!r}: keys are a letter or '_' then letters, digits, '_.-'"
+                )
+        return self
+
+
+class PriorityParams(_Params):
+    run: str
+    priority: int
+
+
+class ParallelParams(_Params):
+    concurrency: int = Field(ge=1, description="Runs executing at once from now on.")
 
 
 class KillParams(Selection):
@@ -209,6 +242,9 @@ class DaemonStatus(BaseModel):
     state_dir: str
     socket: str
     concurrency: int
+    settings_concurrency: int | None = Field(
+        default=None, description="The settings file's concurrency (``geod parallel`` overrides)."
+    )
     counts: dict[str, int] = Field(default_factory=dict, description="Runs per state.")
     runs: int = 0
     stopping: bool = False
@@ -223,6 +259,13 @@ class CleanedRun(BaseModel):
     run: str
     freed: int = Field(description="Bytes freed (or that would be).")
     paths: list[str] = Field(default_factory=list)
+
+
+class QueueSettings(BaseModel):
+    """``queue.parallel``: the concurrency in force and the settings file's (its default)."""
+
+    concurrency: int
+    settings_concurrency: int
 
 
 class MemoryHistory(BaseModel):
@@ -256,6 +299,8 @@ METHODS: dict[str, type[BaseModel]] = {
     "runs.resume": Selection,
     "runs.kill": KillParams,
     "runs.retry": RunParams,
+    "runs.priority": PriorityParams,
+    "queue.parallel": ParallelParams,
     "runs.clean": CleanParams,
     "logs.tail": LogsTailParams,
     "memory.history": MemoryHistoryParams,

@@ -6,6 +6,7 @@ a client that subscribes gets a snapshot and then exactly the events after it.
 
 State machine (``RunSummary.state``)::
 
+    scheduled ──start time──▶ queued    (a dependency failed or killed: failed)
     queued ──start──▶ running ──ack──▶ paused ──resume──▶ running
        │                 │   └─no ack in pause_grace─▶ paused (hard, SIGSTOP)
        │                 ├─exit 0 + "done"──▶ done
@@ -18,6 +19,8 @@ State machine (``RunSummary.state``)::
 A paused run without a worker (paused while queued, or across a daemon
 restart) resumes by being queued: its new worker continues from the checkpoint.
 What a previous daemon left behind is reconciled first by :mod:`supervisor.recovery`.
+Which queued run starts next, and what it still waits for (start time,
+dependencies, priority), is :mod:`supervisor.run_queue`'s to say.
 """
 
 from __future__ import annotations
@@ -39,10 +42,12 @@ from pipeline.contract import (
     DATABASE_URL_ENV,
     FINAL_STATES,
     RETRYABLE_STATES,
+    WAITING_STATES,
     WORKER_EXIT_INPUT,
 )
 from pipeline.control import SHRINK_SIGNAL
 from pipeline.events import Event, LogEvent, StateEvent, decode, encode
+from supervisor import run_queue
 from supervisor.asuser import read_config_as
 from supervisor.cleanup import run_disk_used
 from supervisor.memory_broker import MemoryBroker, PeakLookup
@@ -54,8 +59,10 @@ from supervisor.protocol import (
     NOTIFY_RUN,
     ErrorCode,
     ProtocolError,
+    QueueSettings,
     RunSummary,
     Selection,
+    SubmitParams,
 )
 from supervisor.runs import TRAVERSE_ONLY_DIR, Registry, Run
 from supervisor.sampler import sample_tree
@@ -67,6 +74,8 @@ log = logging.getLogger("geod.daemon")
 DAEMON_LOGGER = "geod.daemon"
 Notifier = Callable[[str, str, dict[str, Any]], None]
 Intent = Literal["kill", "shutdown"]
+#: Told of every state change of a run: its summary and the state it left (None: new run).
+Transition = Callable[[RunSummary, str | None], None]
 
 
 def _bad_state(run: Run, action: str) -> ProtocolError:
@@ -85,6 +94,7 @@ class Scheduler:
         notify: Notifier,
         telemetry: TelemetrySink | None = None,
         on_change: Callable[[], None] | None = None,
+        on_transition: Transition | None = None,
         peak_lookup: PeakLookup | None = None,
     ) -> None:
         self.settings = settings
@@ -96,6 +106,12 @@ class Scheduler:
         self._notify = notify
         self._telemetry = telemetry
         self._on_change = on_change
+        self._on_transition = on_transition
+        #: Each run's state as last published: a publish in another state is a transition.
+        self._published_state: dict[str, str] = {}
+        self.queue_state = run_queue.QueueState(settings.state_dir)
+        #: Further reasons a queued run may not start yet, asked when a slot is free.
+        self.admission_checks: list[run_queue.AdmissionCheck] = [self._memory_admission]
         self.workers: dict[str, WorkerProcess] = {}
         #: Runs between "chosen to start" and "worker spawned" (count against concurrency).
         self._starting: set[str] = set()
@@ -104,7 +120,8 @@ class Scheduler:
         #: Control requested while a worker was being spawned, applied once it exists.
         self._pending: dict[str, Literal["pause", "kill", "force"]] = {}
         self._timers: dict[tuple[str, str], asyncio.TimerHandle] = {}
-        self._retry_timer: asyncio.TimerHandle | None = None
+        #: Wakes the queue at the next start time or retry time.
+        self._wake_timer: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._exited: dict[str, asyncio.Event] = {}
         #: Runs not to start yet: their worker from a previous daemon is being stopped.
@@ -140,14 +157,36 @@ class Scheduler:
     def runs(self) -> list[Run]:
         return list(self.registry.runs.values())
 
+    @property
+    def concurrency(self) -> int:
+        """Runs executing at once: ``geod parallel``'s value, else the settings'."""
+        return self.queue_state.effective(self.settings.concurrency)
+
+    def seed_states(self) -> None:
+        """Note every loaded run's state, so only later changes count as transitions."""
+        for run in self.runs():
+            self._published_state[run.id] = run.summary.state
+
+    def use_settings(self, settings: Settings) -> None:
+        """New settings (SIGHUP); a changed ``concurrency`` there beats ``geod parallel``."""
+        if settings.concurrency != self.settings.concurrency and self.queue_state.concurrency:
+            log.info("concurrency %d from the settings file", settings.concurrency)
+            self.queue_state.set_concurrency(None)
+        self.settings = settings
+
     def publish(self, run: Run, save: bool = True) -> None:
-        """A summary changed: persist it, tell subscribers, telemetry and systemd."""
+        """A summary changed: persist it, tell subscribers, telemetry, systemd, hooks."""
         _tidy_reasons(run)
         if save:
             try:
                 self.registry.save(run)
             except FileNotFoundError:
                 self._vanished(run)
+        previous = self._published_state.get(run.id)
+        if previous != run.summary.state:
+            self._published_state[run.id] = run.summary.state
+            if self._on_transition is not None:
+                self._on_transition(run.summary.model_copy(deep=True), previous)
         self._notify(run.id, NOTIFY_RUN, run.summary.model_dump(mode="json"))
         if self._telemetry is not None:
             try:
@@ -197,15 +236,18 @@ class Scheduler:
 
     # -- submission and scheduling ----------------------------------------------------
 
-    async def submit(
-        self, config_path: str, name: str | None, owner: Identity | None = None
-    ) -> RunSummary:
-        """Queue a run of ``config_path``; with ``owner``, read and run as that user."""
+    async def submit(self, params: SubmitParams, owner: Identity | None = None) -> RunSummary:
+        """Queue a run of ``params.config_path``; with ``owner``, read and run as that user."""
+        name = params.name
         if name is not None and not NAME_PATTERN.fullmatch(name):
             raise ProtocolError(
                 ErrorCode.INVALID_PARAMS,
                 f"name: {name!r} must be letters, digits, '_' or '-' (at most 63)",
             )
+        for run_id in params.after:
+            if self.registry.get(run_id) is None:
+                raise ProtocolError(ErrorCode.UNKNOWN_RUN, f"after: no run {run_id!r}")
+        config_path = params.config_path
         try:
             content = None if owner is None else await read_config_as(owner, Path(config_path))
             config = await asyncio.to_thread(load_config, config_path, True, content)
@@ -222,6 +264,12 @@ class Scheduler:
                 f"cannot create a run directory in {self.registry.root}: "
                 f"{exc.strerror or exc} ({where})",
             ) from None
+        summary = run.summary
+        summary.priority = params.priority
+        summary.after = list(dict.fromkeys(params.after))
+        summary.start_at = params.start_at
+        summary.labels = dict(params.labels)
+        summary.state = run_queue.waiting_state(summary, time.time())
         if owner is not None:
             self._hand_over(run, owner)
         await self.broker.predict(run)
@@ -231,33 +279,36 @@ class Scheduler:
         return run.summary
 
     def schedule(self) -> None:
-        """Start queued runs while slots are free; retries wait for their backoff."""
+        """Start queued runs, in :func:`run_queue.start_order`, while slots are free."""
         if self.shutting_down:
             return
         now = time.time()
-        free = self.settings.concurrency - len(self.workers) - len(self._starting)
-        next_retry: float | None = None
-        blocked: Run | None = None
+        self._advance_queue(now)
+        free = self.concurrency - len(self.workers) - len(self._starting)
         claimed = {
             claim: run_id
             for run_id in (*self.workers, *self._starting)
             if (claim := self._output_claim(self.get(run_id))) is not None
         }
-        for run in self.runs():
-            if run.summary.state != "queued" or run.id in self.held:
+        for run in run_queue.start_order(self.runs()):
+            if run.id in self.held:
                 continue  # (a run whose old worker is still being stopped must wait)
-            claim = self._output_claim(run)
-            if claim is not None and claim in claimed:
-                self._wait_for_output(run, claimed[claim], claim)
-                continue
             retry_at = run.summary.retry_at
             if retry_at is not None and retry_at > now:
-                next_retry = retry_at if next_retry is None else min(next_retry, retry_at)
+                self._set_waiting(run, None)  # its error says when the retry comes
                 continue
-            if free <= 0:
-                break
-            if self._waits_for_memory(run, blocked):
-                blocked = blocked or run  # the first that does not fit holds back the rest
+            reason = run_queue.dependencies(run, self.registry.get).waiting
+            claim = self._output_claim(run)
+            if reason is None and claim is not None and claim in claimed:
+                reason = self._wait_for_output(run, claimed[claim], claim)
+            if reason is None and free <= 0:
+                reason = f"waiting for a free slot (concurrency {self.concurrency})"
+            for check in self.admission_checks if reason is None else ():
+                reason = check(run)
+                if reason is not None:
+                    break
+            if reason is not None:
+                self._set_waiting(run, reason)
                 continue
             free -= 1
             if claim is not None:
@@ -265,27 +316,54 @@ class Scheduler:
             self._waiting_output.discard(run.id)
             self._starting.add(run.id)
             run.summary.state = "running"
+            run.summary.wait_reason = None
             self.spawn_task(self._start(run))
-        if self._retry_timer is not None:
-            self._retry_timer.cancel()
-            self._retry_timer = None
-        if next_retry is not None:
-            delay = max(0.0, next_retry - time.time())
-            self._retry_timer = asyncio.get_running_loop().call_later(delay, self.schedule)
+        self._arm_wake(now)
 
-    def _waits_for_memory(self, run: Run, blocked: Run | None) -> bool:
-        """Ask the memory broker (unless an earlier run already waits); say why the run waits."""
-        if blocked is not None and self.broker.pressure is None:
-            reason: str | None = f"waiting for memory: run {blocked.id} goes first"
-        else:
-            started = [self.get(run_id) for run_id in (*self.workers, *self._starting)]
-            reason = self.broker.admit(run, started)
-        if reason != run.summary.wait_reason:
+    def _advance_queue(self, now: float) -> None:
+        """Scheduled runs whose time came join the queue; broken dependencies fail runs.
+
+        Runs are visited in submission order and a dependency is always older than
+        its dependent, so a whole chain behind a failed run fails in one pass.
+        """
+        for run in self.runs():
+            summary = run.summary
+            if summary.state not in WAITING_STATES:
+                continue
+            failed = run_queue.dependencies(run, self.registry.get).failed
+            if failed is not None:
+                summary.state = "failed"
+                summary.error = failed
+                summary.wait_reason = None
+                summary.finished = now
+                self.say(run, "ERROR", failed)
+                self.publish(run)
+            elif summary.state == "scheduled" and run_queue.waiting_state(summary, now) == "queued":
+                summary.state = "queued"
+                self.say(run, "INFO", "its start time has come: queued")
+                self.publish(run)
+
+    def _set_waiting(self, run: Run, reason: str | None) -> None:
+        """Say why a queued run does not start (published only when the reason changes)."""
+        if run.summary.wait_reason != reason:
             run.summary.wait_reason = reason
-            if reason is not None:
-                log.info("run %s: %s", run.id, reason)
-            self.publish(run)
-        return reason is not None
+            self.publish(run, save=False)
+
+    def _arm_wake(self, now: float) -> None:
+        if self._wake_timer is not None:
+            self._wake_timer.cancel()
+            self._wake_timer = None
+        wake = run_queue.next_wake(self.runs(), now)
+        if wake is not None:
+            delay = max(0.0, wake - time.time())
+            self._wake_timer = asyncio.get_running_loop().call_later(delay, self.schedule)
+
+    def _memory_admission(self, run: Run) -> str | None:
+        """The host memory broker's admission check: does the run's predicted peak fit?"""
+        order = run_queue.start_order(self.runs())
+        earlier = order[: order.index(run)] if run in order else []
+        started = [self.get(run_id) for run_id in (*self.workers, *self._starting)]
+        return self.broker.admit(run, started, earlier)
 
     def _hand_over(self, run: Run, owner: Identity) -> None:
         """Give the run directory to the submitting user, whose uid the worker runs as."""
@@ -309,13 +387,13 @@ class Scheduler:
         config = run.config
         return None if config is None else config.paths.output_dir / config.export.name
 
-    def _wait_for_output(self, run: Run, holder: str, claim: Path) -> None:
-        """Say once why a queued run is not starting: another run writes its outputs."""
+    def _wait_for_output(self, run: Run, holder: str, claim: Path) -> str:
+        """Why a queued run is not starting: another run writes its outputs (logged once)."""
+        reason = f"waiting for run {holder}, which writes the same output {claim}.*"
         if run.id not in self._waiting_output:
             self._waiting_output.add(run.id)
-            self.say(
-                run, "INFO", f"waiting for run {holder}, which writes the same output {claim}.*"
-            )
+            self.say(run, "INFO", reason)
+        return reason
 
     async def _start(self, run: Run) -> None:
         summary = run.summary
@@ -547,12 +625,12 @@ class Scheduler:
 
     def pause(self, selection: Selection) -> list[RunSummary]:
         changed = []
-        for run in self._select(selection, frozenset({"running", "queued"})):
+        for run in self._select(selection, frozenset({"running", *WAITING_STATES})):
             state = run.summary.state
             worker = self.workers.get(run.id)
             if state == "paused":
                 pass  # already paused: pausing is idempotent
-            elif state == "queued":
+            elif state in WAITING_STATES:
                 run.summary.state = "paused"
                 run.summary.retry_at = None
                 self.publish(run)
@@ -607,7 +685,7 @@ class Scheduler:
                 summary.state = "running"
                 self.publish(run)
             elif summary.state == "paused":
-                summary.state = "queued"
+                summary.state = run_queue.waiting_state(summary, time.time())
                 self.publish(run)
                 self.schedule()
             elif summary.state == "running" and pause_pending:
@@ -625,7 +703,7 @@ class Scheduler:
 
     def kill(self, selection: Selection, force: bool) -> list[RunSummary]:
         changed = []
-        active = frozenset({"running", "paused", "stopping", "queued"})
+        active = frozenset({"running", "paused", "stopping", *WAITING_STATES})
         for run in self._select(selection, active):
             summary = run.summary
             worker = self.workers.get(run.id)
@@ -639,7 +717,7 @@ class Scheduler:
                 self._pending[run.id] = "force" if force else "kill"
                 summary.state = "stopping"
                 self.publish(run)
-            elif summary.state in ("queued", "paused", "interrupted"):
+            elif summary.state in ("paused", "interrupted", *WAITING_STATES):
                 summary.state = "killed"
                 summary.retry_at = None
                 summary.finished = time.time()
@@ -647,6 +725,8 @@ class Scheduler:
             else:
                 raise _bad_state(run, "kill")
             changed.append(summary)
+        if changed:
+            self.schedule()  # runs waiting for a killed one fail now
         return changed
 
     def _kill_worker(self, run: Run, worker: WorkerProcess, force: bool) -> None:
@@ -673,7 +753,7 @@ class Scheduler:
         run = self.get(run_id)
         if run.summary.state not in RETRYABLE_STATES:
             raise _bad_state(run, "retry")
-        run.summary.state = "queued"
+        run.summary.state = run_queue.waiting_state(run.summary, time.time())
         run.summary.retries = 0  # a manual retry gives the restart policy a fresh budget
         run.summary.retry_at = None
         run.summary.error = None
@@ -682,13 +762,36 @@ class Scheduler:
         self.schedule()
         return run.summary
 
+    def set_priority(self, run_id: str, priority: int) -> RunSummary:
+        """A run's new priority: the queue reorders (a running run keeps its slot)."""
+        run = self.get(run_id)
+        if run.summary.state in FINAL_STATES:
+            raise _bad_state(run, "change the priority of")
+        run.summary.priority = priority
+        log.info("run %s: priority %d", run.id, priority)
+        self.publish(run)
+        self.schedule()
+        return run.summary
+
+    def set_concurrency(self, concurrency: int) -> QueueSettings:
+        """``geod parallel N``: persisted; more slots start queued runs now, fewer let
+        running ones finish (none is stopped to make room)."""
+        self.queue_state.set_concurrency(concurrency)
+        log.info("concurrency %d (geod parallel)", concurrency)
+        self.schedule()
+        if self._on_change is not None:
+            self._on_change()
+        return QueueSettings(
+            concurrency=self.concurrency, settings_concurrency=self.settings.concurrency
+        )
+
     # -- shutdown ---------------------------------------------------------------------
 
     async def shutdown(self) -> None:
         """Stop every worker at a checkpoint (SIGKILL after ``kill_grace``) and wait."""
         self.shutting_down = True
-        if self._retry_timer is not None:
-            self._retry_timer.cancel()
+        if self._wake_timer is not None:
+            self._wake_timer.cancel()
         waits = []
         for run_id, worker in list(self.workers.items()):
             run = self.get(run_id)

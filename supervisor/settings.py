@@ -44,6 +44,7 @@ from pydantic import (
 
 from pipeline.config import Size, read_yaml
 from pipeline.contract import DATABASE_URL_ENV, SOCKET_ENV, STATE_DIR_ENV, LogLevel
+from supervisor.hooks import HookConfig
 
 SYSTEM_STATE_DIR = Path("/var/lib/geod")
 SYSTEM_SOCKET = Path("/run/geod/geod.sock")
@@ -207,7 +208,12 @@ class Settings(BaseModel):
         default=None,
         description="Group allowed to connect: the socket becomes 0660 owned by it (else 0600).",
     )
-    concurrency: int = Field(default=2, ge=1, description="Runs executing at once; others queue.")
+    concurrency: int = Field(
+        default=2,
+        ge=1,
+        description="Runs executing at once; others queue (`geod parallel N` overrides it "
+        "until this value changes).",
+    )
     pause_grace: float = Field(
         default=10.0,
         gt=0,
@@ -271,6 +277,16 @@ class Settings(BaseModel):
         default=86400.0, description="Seconds between retention passes (daily)."
     )
 
+    hooks: list[HookConfig] = Field(
+        default_factory=list,
+        description="Commands or webhooks run when a run enters a state (supervisor/hooks.py).",
+    )
+    hook_workers: int = Field(
+        default=4,
+        ge=1,
+        description="Hooks running at once; further ones wait their turn (restart to change).",
+    )
+
     _source: Path | None = PrivateAttr(default=None)
     _system: bool = PrivateAttr(default=False)
 
@@ -302,7 +318,8 @@ def _describe(error: dict[str, Any]) -> str:
     path = ".".join(str(part) for part in error["loc"])
     if error["type"] == "extra_forbidden":
         key = str(error["loc"][-1])
-        hint = difflib.get_close_matches(key, list(Settings.model_fields), n=1)
+        known = HookConfig.model_fields if error["loc"][0] == "hooks" else Settings.model_fields
+        hint = difflib.get_close_matches(key, list(known), n=1)
         suffix = f" (did you mean {hint[0]!r}?)" if hint else ""
         return f"{path}: unknown setting{suffix}"
     message = error["msg"].removeprefix("Value error, ")

@@ -285,6 +285,14 @@ class GeodApp(App[None]):
         if self.selected is not None:
             self._send(Calls.retry(self.selected), f"retry {self.selected}")
 
+    def action_priority(self, step: int) -> None:
+        """``+``/``-``: the selected run's priority one up or down (the queue reorders)."""
+        view = self.state.runs.get(self.selected) if self.selected is not None else None
+        if view is not None:
+            priority = view.summary.priority + step
+            call = Calls.priority(view.summary.id, priority)
+            self._send(call, f"priority {view.summary.id} → {priority}")
+
     def action_kill(self) -> None:
         self._confirm_kill(force=False)
 

@@ -41,6 +41,10 @@ COMMANDS: tuple[Command, ...] = (
     Command("k", "kill", "Kill", "Stop the selected run with a checkpoint (asks first)"),
     Command("K", "force_kill", "Force kill", "SIGKILL the run's process group (asks first)"),
     Command("R", "retry", "Retry", "Start a failed, killed or interrupted run again"),
+    Command("plus", "priority(1)", "Priority +", "Raise the run's priority", show=False, glyph="+"),
+    Command(
+        "minus", "priority(-1)", "Priority -", "Lower the run's priority", show=False, glyph="-"
+    ),
     Command("f", "follow", "Follow", "Toggle following the newest log lines"),
     Command("slash", "search", "Search", "Search the log; n / N jump between hits", glyph="/"),
     Command("n", "search_next", "Next hit", "Jump to the next search hit", show=False),

@@ -23,6 +23,8 @@ from supervisor.cli.connection import (
 )
 from supervisor.cli.follow import wait_for_final_state
 from supervisor.cli.main import EXIT_FAILED, EXIT_NO_DAEMON, EXIT_OK, EXIT_USAGE, cli
+from supervisor.cli.timespec import Moment, Span
+from supervisor.protocol import LABEL_KEY, SubmitParams
 from supervisor.settings import SYSTEM_SOCKET, Settings, SettingsError, load_settings
 
 #: How long ``geod start`` waits for a new background daemon to accept connections.
@@ -83,6 +85,27 @@ def serve(settings_path: Path | None, system: bool) -> None:
     show_default=True,
     help="Seconds to wait for a newly started daemon to answer.",
 )
+@click.option(
+    "--priority",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Higher starts first among queued runs (ties: submission order).",
+)
+@click.option(
+    "--after",
+    "after",
+    multiple=True,
+    metavar="RUN[,RUN...]",
+    help="Start only once these runs ended done; fail if one fails or is killed. Repeatable.",
+)
+@click.option("--delay", type=Span(), help="Start no earlier than this from now (30m, 2h, 1d).")
+@click.option(
+    "--at", "at", type=Moment(), help="Start no earlier than this time (2026-12-24T02:00, 02:00)."
+)
+@click.option(
+    "--label", "labels", multiple=True, metavar="KEY=VALUE", help="Tag the run. Repeatable."
+)
 @_settings_option
 @socket_option
 def start(
@@ -90,15 +113,32 @@ def start(
     name: str | None,
     wait: bool,
     start_timeout: float,
+    priority: int,
+    after: tuple[str, ...],
+    delay: float | None,
+    at: float | None,
+    labels: tuple[str, ...],
     settings_path: Path | None,
     socket_path: Path | None,
 ) -> None:
     """Submit CONFIG as a new run, starting the daemon in the background if none answers.
 
-    Prints only the run id on stdout, so RUN=$(geod start config.yml) works.
+    Prints only the run id on stdout, so RUN=$(geod start config.yml) works. With
+    --delay or --at the run is "scheduled" until then; with --after it waits in the
+    queue for the runs it names.
     """
     from pipeline.config import ConfigError, load_config
 
+    if delay is not None and at is not None:
+        raise click.UsageError("give --delay or --at, not both")
+    request = SubmitParams(
+        config_path=str(config.resolve()),
+        name=name or None,
+        priority=priority,
+        after=[run for value in after for run in value.split(",") if run],
+        start_at=time.time() + delay if delay is not None else at,
+        labels=_labels(labels),
+    )
     config = config.resolve()
     try:
         load_config(config)  # fail fast, before a daemon is started for nothing
@@ -109,11 +149,24 @@ def start(
         settings = settings.model_copy(update={"socket_path": socket_path})
     _ensure_daemon(settings, start_timeout)
     with connect(settings.socket_path) as client:
-        run = client.submit(str(config), name or None)
+        run = client.submit(request)
     click.echo(run.id)
     if wait:
         final = wait_for_final_state(settings.socket_path, run.id)
         sys.exit(EXIT_OK if final.state == "done" else EXIT_FAILED)
+
+
+def _labels(values: tuple[str, ...]) -> dict[str, str]:
+    """``KEY=VALUE`` options as a mapping; a malformed one is a usage error naming it."""
+    labels: dict[str, str] = {}
+    for value in values:
+        key, sep, text = value.partition("=")
+        if not sep or not LABEL_KEY.fullmatch(key):
+            raise click.BadParameter(
+                f"{value!r} is not KEY=VALUE with a word as KEY", param_hint="'--label'"
+            )
+        labels[key] = text
+    return labels
 
 
 def _ensure_daemon(settings: Settings, timeout: float) -> None:

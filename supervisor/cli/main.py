@@ -3,6 +3,7 @@
 Exit codes (documented in the README):
 0 success, 1 the run or command failed, 2 bad usage or invalid config/input,
 3 the daemon is not running, 4 unknown run, 5 action not allowed in the run's state,
+124 ``geod wait --timeout`` ran out (as timeout(1) exits),
 130 interrupted with Ctrl-C (a run stops at a checkpoint and can be resumed).
 """
 
@@ -16,6 +17,7 @@ EXIT_USAGE = 2
 EXIT_NO_DAEMON = 3
 EXIT_UNKNOWN_RUN = 4
 EXIT_BAD_STATE = 5
+EXIT_TIMEOUT = 124
 #: 128 + SIGINT, as shells report a Ctrl-C.
 EXIT_INTERRUPTED = 130
 

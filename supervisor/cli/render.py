@@ -89,29 +89,46 @@ def eta(run: RunSummary, now: float | None = None, *, compact: bool = False) -> 
     return formatting.eta(run.eta_at, run.eta_range, clock, compact=compact)
 
 
+def queue_text(run: RunSummary, now: float | None = None) -> str:
+    """What a waiting run waits for: its start time, its dependencies, a slot, memory;
+    or why the daemon paused it (host memory pressure, low disk); else '-'."""
+    if run.state == "paused" and run.wait_reason:
+        return run.wait_reason
+    if run.state == "scheduled":
+        return f"starts {human_time(run.start_at, now)}"
+    if run.state != "queued":
+        return formatting.MISSING
+    if run.retry_at is not None and run.retry_at > (time.time() if now is None else now):
+        return f"retry at {human_time(run.retry_at, now)}"
+    if run.wait_reason:
+        return run.wait_reason
+    return f"after {','.join(run.after)}" if run.after else formatting.MISSING
+
+
 def runs_table(runs: Iterable[RunSummary], now: float | None = None) -> Table:
     table = Table(box=None, header_style="bold", pad_edge=False)
-    for column in ("ID", "NAME", "STATE", "PROGRESS", "STAGE", "STARTED", "ELAPSED", "ETA"):
-        # The stage may wrap; an id or a state cut to "r00…" would be useless.
-        table.add_column(column, no_wrap=column != "STAGE", overflow="fold")
+    columns = ("ID", "NAME", "STATE", "PRIO", "PROGRESS", "STAGE", "STARTED", "ELAPSED", "ETA")
+    for column in (*columns, "WAITS"):
+        # The stage and the wait reason may wrap; an id or a state cut to "r00…" would be useless.
+        table.add_column(column, no_wrap=column not in ("STAGE", "WAITS"), overflow="fold")
     table.add_column("RSS", justify="right", no_wrap=True)
     table.add_column("PEAK", justify="right", no_wrap=True)
     table.add_column("DISK", justify="right", no_wrap=True)
-    table.add_column("WHY", overflow="fold")
     for run in runs:
         table.add_row(
             run.id,
             run.name,
             state_text(run),
+            str(run.priority),
             progress_text(run.progress),
             run.stage or "-",
             human_time(run.started, now),
             formatting.duration(elapsed(run, now)),
             eta(run, now, compact=True),
+            queue_text(run, now),
             formatting.size(None if run.state in FINAL_STATES else run.rss),
             formatting.size(run.peak_rss),
             formatting.size(run.disk_used),
-            run.wait_reason or formatting.MISSING,
         )
     return table
 
@@ -175,9 +192,16 @@ def run_detail(run: RunSummary, now: float | None = None) -> RenderableType:
         ("predicted peak", _prediction(run)),
         ("disk used", formatting.size(run.disk_used)),
         ("retries", str(run.retries)),
+        ("priority", str(run.priority)),
     ]
-    if run.wait_reason:
-        rows.append(("waiting", Text(run.wait_reason, style="yellow")))
+    if run.after:
+        rows.append(("after", ", ".join(run.after)))
+    if run.start_at is not None:
+        rows.append(("start at", human_time(run.start_at, now)))
+    if run.state in ("scheduled", "queued") or run.wait_reason:
+        rows.append(("waits", queue_text(run, now)))
+    if run.labels:
+        rows.append(("labels", " ".join(f"{k}={v}" for k, v in sorted(run.labels.items()))))
     if run.start_window is not None:
         rows.append(("start window", str(run.start_window)))
     if run.exit_code is not None:

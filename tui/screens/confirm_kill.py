@@ -43,9 +43,9 @@ class ConfirmKill(ModalScreen[bool]):
 
 
 def kill_question(run_id: str, state: str, *, force: bool) -> str:
-    """What killing does to a run in ``state``: a queued run has no window to finish."""
-    if state == "queued":
-        return f"Cancel queued run {run_id}? It has not started, so nothing is lost."
+    """What killing does to a run in ``state``: a waiting run has no window to finish."""
+    if state in ("queued", "scheduled"):
+        return f"Cancel {state} run {run_id}? It has not started, so nothing is lost."
     if force:
         return f"Force-kill run {run_id}? SIGKILL: work since the last checkpoint is lost."
     if state == "paused":

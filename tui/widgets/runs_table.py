@@ -7,7 +7,8 @@ stage tree, memory chart and log at that run.
 
 Runs still going (queued, running, paused, stopping) are pinned above finished
 ones whatever the sort column, so a long history never hides the live run; the
-sort column's header carries ▲ or ▼. A queued run says WHY it waits.
+sort column's header carries ▲ or ▼. A queued run says WHY it waits (a slot,
+its ``--after`` runs, what the daemon reports), a scheduled one when it starts.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ _COLUMNS: tuple[tuple[str, str], ...] = (
     ("id", "Run"),
     ("name", "Name"),
     ("state", "State"),
+    ("priority", "Prio"),
     ("progress", "Done"),
     ("elapsed", "Elapsed"),
     ("eta", "ETA"),
@@ -209,6 +211,7 @@ class RunsTable(DataTable[Any]):
             "id": run.id,
             "name": run.name,
             "state": formatting.state_text(run.state, paused_hard=run.paused_hard),
+            "priority": Text(str(run.priority), justify="right"),
             "progress": Text(f"{run.progress * 100:5.1f}%", justify="right"),
             "elapsed": formatting.duration(self._state.elapsed(run)),
             "eta": formatting.eta(run.eta_at, run.eta_range, now, compact=True)
@@ -221,14 +224,20 @@ class RunsTable(DataTable[Any]):
         }
 
     def _why(self, run: RunSummary, now: float) -> str:
-        """Why a run waits: the daemon's reason (memory, disk), its retry backoff, or every
-        slot busy."""
-        if run.wait_reason:
+        """Why a waiting run waits: its start time, retry backoff, dependencies, a slot,
+        memory; or why the daemon paused it (host memory pressure, low disk)."""
+        if run.state == "paused" and run.wait_reason:
             return run.wait_reason
+        if run.state == "scheduled" and run.start_at is not None:
+            return f"starts in {formatting.duration(run.start_at - now)}"
         if run.state != "queued":
             return ""
         if run.retry_at is not None and run.retry_at > now:
             return f"retry {run.retries} in {formatting.duration(run.retry_at - now)}"
+        if run.wait_reason:
+            return run.wait_reason
+        if run.after:
+            return f"after {', '.join(run.after)}"
         slots = self._state.connection.concurrency
         busy = sum(1 for view in self._state.runs.values() if view.summary.state in _HOLD_SLOT)
         if slots is not None and busy >= slots:
@@ -245,13 +254,14 @@ _SORT_KEYS: dict[str, _SortKey] = {
     "id": lambda run, _: run.id,
     "name": lambda run, _: (run.name, run.id),
     "state": lambda run, _: (run.state, run.id),
+    "priority": lambda run, _: (run.priority, run.id),
     "progress": lambda run, _: run.progress,
     "elapsed": lambda run, state: state.elapsed(run) or 0.0,
     "eta": lambda run, _: run.eta_at if run.eta_at is not None else float("inf"),
     "stage": lambda run, _: run.stage or "",
     "rss": lambda run, _: run.rss or 0,
     "peak": lambda run, _: run.peak_rss or 0,
-    "why": lambda run, _: (run.retry_at or 0.0, run.id),
+    "why": lambda run, _: (run.start_at or run.retry_at or 0.0, run.id),
 }
 #: States whose worker holds one of the daemon's concurrency slots.
 _HOLD_SLOT = frozenset({"running", "paused", "stopping"})
