@@ -25,10 +25,11 @@ from typing import Any
 
 import psutil
 import yaml
+from serve import start_daemon
 
 from pipeline.contract import FINAL_STATES
 from pipeline.events import StateEvent
-from supervisor.client import AsyncClient, Client, DaemonNotRunning
+from supervisor.client import AsyncClient
 from supervisor.protocol import RunSummary, Selection
 
 REPO = Path(__file__).resolve().parent.parent
@@ -40,7 +41,6 @@ IDLE_CPU_TARGET = 1.0
 RUN_BETWEEN = 0.2
 FOOTPRINT_RUNS = 3
 CPU_WINDOW = 10.0
-START_TIMEOUT = 30.0
 SLOWEST_SHOWN = 3
 #: Longer than the daemon's default pause_grace (10 s), after which it SIGSTOPs anyway.
 ACK_TIMEOUT = 30.0
@@ -62,33 +62,6 @@ def demo_config(directory: Path, demo: Path) -> Path:
     path = directory / "config.yml"
     path.write_text(yaml.safe_dump(data))
     return path
-
-
-def start_daemon(tmp: Path) -> tuple[subprocess.Popen[bytes], Path]:
-    socket_path = Path(tempfile.mkdtemp(prefix="geodb-", dir="/tmp")) / "s.sock"
-    settings = tmp / "geod.yml"
-    settings.write_text(
-        yaml.safe_dump(
-            {
-                "state_dir": str(tmp / "state"),
-                "socket_path": str(socket_path),
-                "concurrency": FOOTPRINT_RUNS,
-                "telemetry": False,
-            }
-        )
-    )
-    geod = Path(sys.executable).parent / "geod"
-    log = open(tmp / "daemon.log", "wb")  # noqa: SIM115 - the daemon's stderr for its life
-    process = subprocess.Popen([str(geod), "serve", "--config", str(settings)], stderr=log)
-    deadline = time.monotonic() + START_TIMEOUT
-    while True:
-        try:
-            Client(socket_path).close()
-            return process, socket_path
-        except DaemonNotRunning:
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"daemon did not start; see {tmp / 'daemon.log'}") from None
-            time.sleep(0.05)
 
 
 def _said(update: Any, run_id: str, state: str) -> bool:
@@ -235,7 +208,7 @@ def main() -> int:
             check=True,
             stdout=subprocess.DEVNULL,
         )
-        daemon, socket_path = start_daemon(tmp)
+        daemon, socket_path = start_daemon(tmp, concurrency=FOOTPRINT_RUNS, telemetry=False)
         try:
             asyncio.run(latency(socket_path, demo_config(tmp / "latency", demo), args.cycles))
             configs = [demo_config(tmp / f"run{i}", demo) for i in range(FOOTPRINT_RUNS)]

@@ -36,15 +36,10 @@ import ctypes
 import json
 import math
 import os
-import selectors
 import signal
 import stat
-import subprocess
 import sys
-import time
 import warnings
-from dataclasses import dataclass
-from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
@@ -54,6 +49,7 @@ from rasterio.crs import CRS
 from rasterio.errors import RasterioIOError
 
 from pipeline.config import in_pseudo_filesystem
+from pipeline.inspector import READY, Inspector, Problem
 from pipeline.source import SourceInfo
 from pipeline.source_names import gdal_name, is_remote, local_file
 from pipeline.sourcevrt import ANTIMERIDIAN, Unpacking, build_vrt, plan_wrap
@@ -81,14 +77,6 @@ SUPPORTED_DTYPES = (
 #: the GeoTIFF offset check runs. 4 Mi cells is 16 MiB of float32.
 MAX_PROBE_BLOCK_CELLS = 4 * 1024 * 1024
 
-#: The child imports GDAL before it can answer; a cold start is not the input's
-#: fault, so it gets its own allowance rather than the per-file timeout.
-STARTUP_TIMEOUT = 60.0
-
-#: How long to wait for a killed child to be reaped (it may be stuck in the kernel
-#: on a dead mount; then it is left behind rather than hanging the run).
-REAP_TIMEOUT = 5.0
-
 #: Signals a worker's process group receives for the worker itself (Ctrl-C, a
 #: graceful stop, pause/resume): the child ignores them, or a cooperative stop
 #: would kill it mid-inspection and look like a bad input.
@@ -97,20 +85,6 @@ PARENT_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
 _PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 _TIFF_SIGNATURES = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 _ZERO_SIZE_HINTS = ("invalid dataset dimensions", "zero scanline size", "zero width", "zero height")
-_READY = "ready"
-_REPO_ROOT = Path(__file__).resolve().parent.parent
-
-
-@dataclass(frozen=True)
-class Problem:
-    """One bad dataset: what, where and why."""
-
-    dataset: str
-    path: Path
-    reason: str
-
-    def __str__(self) -> str:
-        return f"{self.dataset} ({self.path}): {self.reason}"
 
 
 class CatalogError(Exception):
@@ -155,118 +129,12 @@ def inspect_all(config: PipelineConfig) -> list[SourceInfo]:
 # --------------------------------------------------------------------------- parent side
 
 
-class _Prober:
-    """A long-lived inspection child; killed and replaced when a request times out."""
-
-    def __init__(self, config: CatalogConfig, wrap_longitudes: bool = False) -> None:
-        self._config = config
-        self._wrap_longitudes = wrap_longitudes
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._buffer = b""
-
-    def __enter__(self) -> _Prober:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop(kill=False)
+class _Prober(Inspector):
+    """The inspection child, answering with :class:`SourceInfo`."""
 
     def probe(self, dataset: DatasetConfig) -> SourceInfo | Problem:
-        def problem(reason: str) -> Problem:
-            return Problem(dataset.name, dataset.path, reason)
-
-        if self._proc is None:
-            self._start()
-        request = {
-            "path": str(dataset.path),
-            "band": dataset.band,
-            "nodata": dataset.nodata,
-            "max_cells": self._config.max_cells,
-            "crs": dataset.crs,
-            "variable": dataset.variable,
-            "time": dataset.time,
-            "wrap_longitudes": self._wrap_longitudes,
-        }
-        proc = self._proc
-        assert proc is not None and proc.stdin is not None
-        try:
-            proc.stdin.write((json.dumps(request) + "\n").encode())
-            proc.stdin.flush()
-            line = self._read_line(self._config.timeout)
-        except BrokenPipeError:
-            line = None
-        if line is None:
-            returncode = proc.poll()
-            self._stop(kill=True)
-            if returncode is None:
-                return problem(
-                    f"header inspection timed out after {self._config.timeout:g} s "
-                    "(GDAL did not answer; the inspecting process was killed)"
-                )
-            if returncode < 0:
-                name = signal.Signals(-returncode).name
-                return problem(f"GDAL crashed reading the header (inspecting process got {name})")
-            return problem(f"the inspecting process died (exit code {returncode})")
-        answer = json.loads(line)
-        if "error" in answer:
-            return problem(answer["error"])
-        return _source_info(dataset, answer["ok"])
-
-    def _start(self) -> None:
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(
-            p for p in (str(_REPO_ROOT), env.get("PYTHONPATH")) if p
-        )
-        self._proc = subprocess.Popen(
-            [sys.executable, "-m", "pipeline.catalog", "--serve", "--parent", str(os.getpid())],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            env=env,
-        )
-        self._buffer = b""
-        line = self._read_line(max(STARTUP_TIMEOUT, self._config.timeout))
-        if line is None or json.loads(line) != _READY:
-            self._stop(kill=True)
-            raise RuntimeError(
-                f"catalog: the inspection process did not start within {STARTUP_TIMEOUT:g} s"
-            )
-
-    def _read_line(self, timeout: float) -> str | None:
-        """One line from the child, or None on timeout or end of stream."""
-        proc = self._proc
-        assert proc is not None and proc.stdout is not None
-        fd = proc.stdout.fileno()
-        deadline = time.monotonic() + timeout
-        with selectors.DefaultSelector() as selector:
-            selector.register(fd, selectors.EVENT_READ)
-            while b"\n" not in self._buffer:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0 or not selector.select(remaining):
-                    return None
-                chunk = os.read(fd, 65536)
-                if not chunk:
-                    return None
-                self._buffer += chunk
-        line, _, self._buffer = self._buffer.partition(b"\n")
-        return line.decode()
-
-    def _stop(self, kill: bool) -> None:
-        proc, self._proc = self._proc, None
-        if proc is None:
-            return
-        if kill:
-            proc.kill()
-        with contextlib.suppress(OSError):
-            assert proc.stdin is not None
-            proc.stdin.close()
-        try:
-            proc.wait(REAP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(REAP_TIMEOUT)
-        assert proc.stdout is not None
-        proc.stdout.close()
+        facts = self.facts(dataset)
+        return facts if isinstance(facts, Problem) else _source_info(dataset, facts)
 
 
 def grid_wraps_at_antimeridian(grid: GridConfig) -> bool:
@@ -598,6 +466,7 @@ def _probe(
         return {
             "band": chosen,
             "crs": effective_crs.to_wkt(),
+            "crs_name": effective_crs.to_string(),  # EPSG:4326 where it has a code
             "transform": list(src.transform)[:6],
             "width": src.width,
             "height": src.height,
@@ -618,7 +487,7 @@ def _serve(requests: IO[str], answers: IO[bytes]) -> None:
         answers.write((json.dumps(message) + "\n").encode())
         answers.flush()
 
-    send(_READY)
+    send(READY)
     for line in requests:
         request = json.loads(line)
         try:

@@ -24,11 +24,13 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationError,
     field_validator,
     model_validator,
 )
 
+from pipeline.globs import Expansion, GlobError, expand
 from pipeline.source_names import is_remote, local_file, resolve_path
 
 #: Names users pick (datasets, run names, output names, table names) must be
@@ -524,6 +526,8 @@ class PipelineConfig(StrictModel):
         description="Write a self-contained HTML report (report.html) into paths.output_dir "
         "at the end of every run, finished or failed (see pipeline.report).",
     )
+    #: What each ``glob:`` entry of the file became (pipeline.globs), for ``geod check``.
+    _expansions: list[Expansion] = PrivateAttr(default_factory=list)
 
     @field_validator("name")
     @classmethod
@@ -560,6 +564,11 @@ class PipelineConfig(StrictModel):
                 "analysis.methods: analysis reads the Parquet export; add parquet to export.formats"
             )
         return self
+
+    @property
+    def expansions(self) -> list[Expansion]:
+        """The ``glob:`` entries of the file and the datasets each became (in order)."""
+        return self._expansions
 
     def dataset(self, name: str) -> DatasetConfig:
         return next(d for d in self.datasets if d.name == name)
@@ -636,9 +645,21 @@ def _describe(error: dict[str, Any]) -> str:
     return f"{path}: {message}" if path else message
 
 
-def format_validation_error(exc: ValidationError, source: str) -> str:
-    """One line per problem, prefixed by the config file; the first line leads."""
-    return "; ".join(f"{source}: {_describe(e)}" for e in exc.errors())
+def format_validation_error(
+    exc: ValidationError, source: str, origin: dict[int, int] | None = None
+) -> str:
+    """One line per problem, prefixed by the config file; the first line leads.
+
+    ``origin`` maps a dataset's index after glob expansion to its entry in the
+    file, so a mistake in a ``glob:`` entry is reported where the user wrote it.
+    """
+    errors = exc.errors()
+    if origin:
+        for error in errors:
+            loc = error["loc"]
+            if len(loc) > 1 and loc[0] == "datasets" and isinstance(loc[1], int):
+                error["loc"] = (loc[0], origin.get(loc[1], loc[1]), *loc[2:])
+    return "; ".join(f"{source}: {_describe(e)}" for e in errors)
 
 
 def in_pseudo_filesystem(path: str | os.PathLike[str]) -> bool:
@@ -685,11 +706,19 @@ def parse_config(data: Any, source: str = "config", base: Path | None = None) ->
     if not _looks_like_config(data):
         # Whatever else the file is (a password file, a log), its content stays out of the error.
         raise ConfigError(f"{source}: {NOT_A_CONFIG}")
+    base = base or Path.cwd()
+    try:
+        expanded = expand(data.get("datasets"), base)
+    except GlobError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+    if expanded.expansions:
+        data = {**data, "datasets": expanded.datasets}
     try:
         config = PipelineConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc, source)) from None
-    return _resolve_paths(config, base or Path.cwd(), source)
+        raise ConfigError(format_validation_error(exc, source, expanded.origin)) from None
+    config._expansions = expanded.expansions
+    return _resolve_paths(config, base, source)
 
 
 def read_capped(path: Path, error: type[ValueError] = ConfigError) -> bytes:
@@ -744,6 +773,28 @@ def parse_yaml(data: bytes, path: Path, error: type[ValueError] = ConfigError) -
         where = f" line {mark.line + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or "invalid YAML"
         raise error(f"{path}:{where}: {_excerpt(problem)}") from None
+
+
+def expand_globs_in(content: bytes, path: Path) -> bytes:
+    """The config text with its ``glob:`` entries expanded (unchanged if it has none).
+
+    A root daemon has a member's config read by a child running as that member;
+    the child expands the globs too, so the files a member's run gets are the
+    ones the member can list, never the daemon's view of a folder.
+    """
+    try:
+        data = parse_yaml(content, path)
+    except ConfigError:
+        return content  # the daemon phrases it as it would any unreadable config
+    if not isinstance(data, dict):
+        return content
+    try:
+        expanded = expand(data.get("datasets"), path.resolve().parent)
+    except GlobError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    if not expanded.expansions:
+        return content
+    return yaml.safe_dump({**data, "datasets": expanded.datasets}, sort_keys=False).encode()
 
 
 def load_config(

@@ -124,12 +124,17 @@ class OutputEvent(_Event):
 
 
 class SourceEvent(_Event):
-    """Catalog result for one input raster (telemetry's raster_sources)."""
+    """Catalog result for one input raster (telemetry's raster_sources).
+
+    The daemon's watched folders (supervisor.watcher) record arrivals the same
+    way, in a stream of their own (``run`` = ``watch:RULE``), with what changed
+    and the file's size and mtime; a deleted file is recorded as ``gone``.
+    """
 
     type: Literal["source"] = "source"
     dataset: str
     path: str
-    status: Literal["ok", "error"]
+    status: Literal["ok", "error", "gone"]
     crs: str | None = None
     width: int | None = None
     height: int | None = None
@@ -143,6 +148,11 @@ class SourceEvent(_Event):
         default=None, description="On the grid: copied by window, not resampled."
     )
     error: str | None = None
+    change: Literal["new", "replaced", "gone"] | None = Field(
+        default=None, description="Watched folders only: what happened to the file."
+    )
+    size: int | None = Field(default=None, description="Watched folders only: bytes.")
+    mtime: float | None = Field(default=None, description="Watched folders only: Unix time.")
 
 
 Event = Annotated[

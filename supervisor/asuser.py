@@ -4,7 +4,8 @@ A daemon running as root for a ``socket_group`` must not read, for a group
 member, a file that member could not read themselves (``/etc/shadow`` as a
 config). The read happens in a forked child that switches to the member's
 groups, gid and uid before it opens anything, then applies the same rules as
-a local read (regular file, size cap: :func:`pipeline.config.read_capped`).
+a local read (regular file, size cap: :func:`pipeline.config.read_capped`) and
+expands the config's ``glob:`` datasets as the member lists the folders.
 A fork without exec, so it works wherever the daemon's interpreter lives.
 """
 
@@ -14,7 +15,7 @@ import asyncio
 import os
 from pathlib import Path
 
-from pipeline.config import ConfigError, read_capped
+from pipeline.config import ConfigError, expand_globs_in, read_capped
 from supervisor.peercred import Identity
 
 #: First byte of the child's answer: the file's bytes follow, or a one-line error.
@@ -26,7 +27,7 @@ def _child(identity: Identity, path: Path, write_fd: int) -> None:  # pragma: no
         os.setgroups(list(identity.groups))
         os.setgid(identity.gid)
         os.setuid(identity.uid)
-        answer = _OK + read_capped(path)
+        answer = _OK + expand_globs_in(read_capped(path), path)
     except ConfigError as exc:
         answer = _REFUSED + str(exc).encode()
     except BaseException as exc:

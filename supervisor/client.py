@@ -59,8 +59,10 @@ from supervisor.protocol import (
     RunSummary,
     Selection,
     Snapshot,
+    SourcesParams,
     SubmitParams,
     SubscribeParams,
+    WatchedSource,
     request,
 )
 
@@ -76,6 +78,7 @@ DEFAULT_LOG_LIMIT = LogsTailParams.model_fields["limit"].default
 T = TypeVar("T")
 _SUMMARIES: TypeAdapter[list[RunSummary]] = TypeAdapter(list[RunSummary])
 _LOG_PAGE: TypeAdapter[list[LogEvent]] = TypeAdapter(LogPage)
+_SOURCES: TypeAdapter[list[WatchedSource]] = TypeAdapter(list[WatchedSource])
 _CLEANED: TypeAdapter[list[CleanedRun]] = TypeAdapter(list[CleanedRun])
 
 
@@ -169,6 +172,11 @@ class Calls:
     def memory(run_id: str, since: float | None = None) -> Call[MemoryHistory]:
         params = MemoryHistoryParams(run=run_id, since=since)
         return Call("memory.history", _params(params), MemoryHistory.model_validate)
+
+    @staticmethod
+    def sources(rule: str | None = None) -> Call[list[WatchedSource]]:
+        params = SourcesParams(rule=rule)
+        return Call("sources.list", _params(params), _SOURCES.validate_python)
 
     @staticmethod
     def subscribe(runs: list[str] | None = None, events: bool = True) -> Call[Snapshot]:
@@ -333,6 +341,9 @@ class Client:
 
     def memory(self, run_id: str, since: float | None = None) -> MemoryHistory:
         return self.request(Calls.memory(run_id, since))
+
+    def sources(self, rule: str | None = None) -> list[WatchedSource]:
+        return self.request(Calls.sources(rule))
 
     def subscribe(self, runs: list[str] | None = None, events: bool = True) -> Snapshot:
         return self.request(Calls.subscribe(runs, events))
@@ -503,6 +514,9 @@ class AsyncClient:
 
     async def memory(self, run_id: str, since: float | None = None) -> MemoryHistory:
         return await self.request(Calls.memory(run_id, since))
+
+    async def sources(self, rule: str | None = None) -> list[WatchedSource]:
+        return await self.request(Calls.sources(rule))
 
     async def subscribe(self, runs: list[str] | None = None, events: bool = True) -> Snapshot:
         return await self.request(Calls.subscribe(runs, events))

@@ -12,7 +12,10 @@ calls; it blocks until the daemon is told to stop and returns its exit code:
 
 Signals: SIGUSR1 pauses every run, SIGUSR2 resumes every run, SIGTERM/SIGINT
 stop all runs at a checkpoint and exit, SIGHUP re-reads the settings (log
-level, limits) without touching running workers.
+level, limits, watched folders) without touching running workers; so does an
+edit of the settings file (:mod:`supervisor.settings_reload`). A settings file
+that does not validate is refused with one logged line and the old settings
+stay; ``status`` shows when the settings were last loaded and the last error.
 
 systemd: READY=1 once the socket accepts connections, STATUS= with a one-line
 summary on every change, WATCHDOG=1 every half ``WatchdogSec`` while the event
@@ -27,9 +30,10 @@ import fcntl
 import logging
 import os
 import signal
+import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from pipeline.durable import write_atomic
 from supervisor import sdnotify
@@ -42,10 +46,12 @@ from supervisor.recovery import Recovery
 from supervisor.runs import TRAVERSE_ONLY_DIR, Registry
 from supervisor.scheduler import Scheduler
 from supervisor.settings import Settings, SettingsError
+from supervisor.settings_reload import SettingsFileWatch
 from supervisor.sink import TelemetrySink
 from supervisor.socket_server import Server, SocketError
 from supervisor.telemetry import SPOOL_DIR_NAME
 from supervisor.telemetry.peaks import peak_lookup
+from supervisor.watcher import Watcher
 
 __all__ = ["EXIT_LOCKED", "EXIT_OK", "EXIT_START_FAILED", "TelemetrySink", "run_daemon"]
 
@@ -187,6 +193,14 @@ class Daemon:
         )
         self.guard = HostGuard(self.scheduler)
         self.recovery = Recovery(self.scheduler, telemetry)
+        record = None if telemetry is None else telemetry.record_event
+        self.watcher = Watcher(self.scheduler, settings.state_dir, record)
+        self.settings_watch = SettingsFileWatch(
+            settings.source_file, lambda: self.settings.reload_debounce, self._reload_edit
+        )
+        #: When the settings were last loaded (start or reload) and why the last reload failed.
+        self.settings_loaded = time.time()
+        self.settings_error: str | None = None
         self._stop: asyncio.Event | None = None
         self._last_status: str | None = None
 
@@ -206,7 +220,13 @@ class Daemon:
         self._stop = asyncio.Event()
         self.registry.load()
         self.scheduler.seed_states()
-        methods = Methods(self.scheduler, self._stop.set, self.guard.cleaner)
+        methods = Methods(
+            self.scheduler,
+            self._stop.set,
+            self.guard.cleaner,
+            self.watcher,
+            self._settings_status,
+        )
         self.server = Server(methods, self.settings.client_queue_limit, self.settings.socket_group)
         try:
             await self.server.start(self.settings.socket_path, self.settings.socket_group)
@@ -218,6 +238,8 @@ class Daemon:
         self.recovery.recover()
         self.scheduler.schedule()
         self.guard.start()
+        self.watcher.configure(self.settings.watch)
+        self.settings_watch.start()
         self._install_signals()
         log.info("geod daemon %d listening on %s", os.getpid(), self.settings.socket_path)
         sdnotify.notify(READY="1")
@@ -228,6 +250,8 @@ class Daemon:
         await self._stop.wait()
         sdnotify.notify(STOPPING="1", STATUS="stopping runs at a checkpoint")
         log.info("stopping: runs checkpoint and exit")
+        await self.settings_watch.close()
+        await self.watcher.close()
         await self.scheduler.shutdown()
         watchdog.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -243,7 +267,7 @@ class Daemon:
         assert self._stop is not None
         loop.add_signal_handler(signal.SIGTERM, self._stop.set)
         loop.add_signal_handler(signal.SIGINT, self._stop.set)
-        loop.add_signal_handler(signal.SIGHUP, self._reload)
+        loop.add_signal_handler(signal.SIGHUP, self._reload, "SIGHUP")
         loop.add_signal_handler(signal.SIGUSR1, self._all, "pause")
         loop.add_signal_handler(signal.SIGUSR2, self._all, "resume")
 
@@ -256,15 +280,30 @@ class Daemon:
         )
         log.info("signal: %s all runs (%d affected)", action, len(changed))
 
-    def _reload(self) -> None:
+    def _settings_status(self) -> dict[str, Any]:
+        """The settings file, when it was last loaded and the last reload's error."""
+        return {
+            "settings_file": str(self.settings.source_file),
+            "settings_loaded": self.settings_loaded,
+            "settings_error": self.settings_error,
+            "watching": self.watcher.summary(),
+        }
+
+    def _reload_edit(self) -> None:
+        self._reload(f"{self.settings.source_file} edited")
+
+    def _reload(self, why: str) -> None:
         try:
             new = self.settings.reload()
         except SettingsError as exc:
-            log.error("SIGHUP: settings not reloaded: %s", exc)
+            self.settings_error = str(exc)
+            log.error("%s: settings not reloaded, the old ones stay: %s", why, exc)
             return
+        self.settings_loaded = time.time()
+        self.settings_error = None
         for key in _FIXED_ON_RELOAD:
             if getattr(new, key) != getattr(self.settings, key):
-                log.warning("SIGHUP: %s changed; it takes effect after a restart", key)
+                log.warning("%s: %s changed; it takes effect after a restart", why, key)
                 setattr(new, key, getattr(self.settings, key))
         new._source, new._system = self.settings._source, self.settings._system
         logging.getLogger().setLevel(new.log_level)
@@ -273,7 +312,8 @@ class Daemon:
         self.hooks.configure(new.hooks)
         if self.server is not None:
             self.server.queue_limit = new.client_queue_limit
-        log.info("SIGHUP: settings reloaded (log level %s)", new.log_level)
+        log.info("%s: settings reloaded (log level %s)", why, new.log_level)
+        self.watcher.configure(new.watch)
         self.scheduler.schedule()
 
     async def _watchdog(self) -> None:

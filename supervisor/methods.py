@@ -23,6 +23,7 @@ from supervisor.peercred import worker_identity
 from supervisor.protocol import ErrorCode, ProtocolError
 from supervisor.scheduler import Scheduler
 from supervisor.socket_server import Connection
+from supervisor.watcher import Watcher
 
 
 def _version() -> str:
@@ -45,11 +46,18 @@ class Methods:
     """Dispatch table bound to one daemon's supervisor."""
 
     def __init__(
-        self, scheduler: Scheduler, request_stop: Callable[[], None], cleaner: Cleaner
+        self,
+        scheduler: Scheduler,
+        request_stop: Callable[[], None],
+        cleaner: Cleaner,
+        watcher: Watcher | None = None,
+        settings_status: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
         self.scheduler = scheduler
         self.request_stop = request_stop
         self.cleaner = cleaner
+        self.watcher = watcher
+        self.settings_status = settings_status
         self.started = time.time()
         self.version = _version()
         self._table: dict[str, Callable[[Connection, Any], Awaitable[Any]]] = {
@@ -67,6 +75,7 @@ class Methods:
             "runs.clean": self.runs_clean,
             "logs.tail": self.logs_tail,
             "memory.history": self.memory_history,
+            "sources.list": self.sources_list,
             "subscribe": self.subscribe,
             "unsubscribe": self.unsubscribe,
             "daemon.stop": self.daemon_stop,
@@ -109,6 +118,7 @@ class Methods:
             "host_memory": self.scheduler.broker.status(
                 self.scheduler.get(run_id) for run_id in self.scheduler.workers
             ),
+            **(self.settings_status() if self.settings_status is not None else {}),
         }
 
     async def runs_list(self, conn: Connection, params: protocol.EmptyParams) -> list[Any]:
@@ -170,6 +180,12 @@ class Methods:
         since = params.since
         samples = [s for s in run.memory if since is None or s.time >= since]
         return {"run": run.id, "samples": _events(samples)}  # a protocol.MemoryHistory
+
+    async def sources_list(self, conn: Connection, params: protocol.SourcesParams) -> list[Any]:
+        """Files of the watched folders (a ``protocol.WatchedSource`` each)."""
+        if self.watcher is None:
+            return []
+        return [f.model_dump(mode="json") for f in self.watcher.sources(params.rule)]
 
     async def subscribe(self, conn: Connection, params: protocol.SubscribeParams) -> dict[str, Any]:
         """Snapshot and subscription in one step with no await between: no gap, no duplicate."""

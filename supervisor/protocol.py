@@ -14,7 +14,7 @@ import json
 import math
 import re
 from enum import IntEnum
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -210,6 +210,10 @@ class MemoryHistoryParams(_Params):
     since: float | None = Field(default=None, description="Unix time; None = whole history.")
 
 
+class SourcesParams(_Params):
+    rule: str | None = Field(default=None, description="One watch rule's files; None = all.")
+
+
 class SubscribeParams(_Params):
     runs: list[str] | None = Field(default=None, description="None = every run, new ones too.")
     events: bool = True
@@ -251,6 +255,10 @@ class DaemonStatus(BaseModel):
     host_memory: dict[str, Any] | None = Field(
         default=None, description="Host budget, reserved bytes and pressure (memory broker)."
     )
+    settings_file: str | None = None
+    settings_loaded: float | None = Field(default=None, description="Unix time of the last load.")
+    settings_error: str | None = Field(default=None, description="Why the last reload failed.")
+    watching: list[str] = Field(default_factory=list, description="One line per watch rule.")
 
 
 class CleanedRun(BaseModel):
@@ -259,6 +267,27 @@ class CleanedRun(BaseModel):
     run: str
     freed: int = Field(description="Bytes freed (or that would be).")
     paths: list[str] = Field(default_factory=list)
+
+
+class WatchedSource(BaseModel):
+    """``sources.list``: one file of a watched folder, as the daemon also keeps it on disk."""
+
+    rule: str
+    path: str
+    dataset: str = Field(description="The dataset name a glob: entry gives this file.")
+    status: Literal["ok", "error", "gone"] = Field(
+        description="ok; error: not a usable raster after its attempts; gone: deleted."
+    )
+    change: Literal["new", "replaced", "gone"]
+    size: int | None = None
+    mtime_ns: int | None = None
+    taken: float = Field(description="Unix time the file was taken (or found gone).")
+    crs: str | None = None
+    width: int | None = None
+    height: int | None = None
+    dtype: str | None = None
+    error: str | None = None
+    run: str | None = Field(default=None, description="The run submitted with it (submit).")
 
 
 class QueueSettings(BaseModel):
@@ -304,6 +333,7 @@ METHODS: dict[str, type[BaseModel]] = {
     "runs.clean": CleanParams,
     "logs.tail": LogsTailParams,
     "memory.history": MemoryHistoryParams,
+    "sources.list": SourcesParams,
     "subscribe": SubscribeParams,
     "unsubscribe": EmptyParams,
     "daemon.stop": EmptyParams,

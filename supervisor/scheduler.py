@@ -37,7 +37,13 @@ from typing import Any, Literal
 
 from pydantic import ValidationError
 
-from pipeline.config import NAME_PATTERN, ConfigError, dump_config, load_config
+from pipeline.config import (
+    NAME_PATTERN,
+    ConfigError,
+    PipelineConfig,
+    dump_config,
+    load_config,
+)
 from pipeline.contract import (
     DATABASE_URL_ENV,
     FINAL_STATES,
@@ -82,6 +88,12 @@ def _bad_state(run: Run, action: str) -> ProtocolError:
     return ProtocolError(
         ErrorCode.BAD_STATE, f"cannot {action} run {run.id}: it is {run.summary.state}"
     )
+
+
+def _load_and_freeze(config_path: str, content: bytes | None) -> tuple[PipelineConfig, str]:
+    """Validate a submitted config and its frozen text (YAML), off the event loop."""
+    config = load_config(config_path, True, content)
+    return config, dump_config(config)
 
 
 class Scheduler:
@@ -250,13 +262,13 @@ class Scheduler:
         config_path = params.config_path
         try:
             content = None if owner is None else await read_config_as(owner, Path(config_path))
-            config = await asyncio.to_thread(load_config, config_path, True, content)
+            config, frozen = await asyncio.to_thread(_load_and_freeze, config_path, content)
         except ConfigError as exc:
             raise ProtocolError(ErrorCode.BAD_CONFIG, str(exc)) from None
         except ValidationError as exc:  # defensive: load_config phrases its own errors
             raise ProtocolError(ErrorCode.BAD_CONFIG, f"{config_path}: {exc}") from None
         try:
-            run = self.registry.create(dump_config(config), name or config.name, config_path)
+            run = self.registry.create(frozen, name or config.name, config_path)
         except OSError as exc:  # runs/ read-only, immutable, full: the daemon stays up
             where = exc.filename or self.registry.root
             raise ProtocolError(
@@ -264,6 +276,9 @@ class Scheduler:
                 f"cannot create a run directory in {self.registry.root}: "
                 f"{exc.strerror or exc} ({where})",
             ) from None
+        # What the frozen file holds, already parsed: a config of hundreds of datasets
+        # (a glob's expansion) takes a while to parse, and the scheduler reads it on the loop.
+        run.config = config
         summary = run.summary
         summary.priority = params.priority
         summary.after = list(dict.fromkeys(params.after))

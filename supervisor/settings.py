@@ -45,6 +45,7 @@ from pydantic import (
 from pipeline.config import Size, read_yaml
 from pipeline.contract import DATABASE_URL_ENV, SOCKET_ENV, STATE_DIR_ENV, LogLevel
 from supervisor.hooks import HookConfig
+from supervisor.watch_rules import WatchSettings
 
 SYSTEM_STATE_DIR = Path("/var/lib/geod")
 SYSTEM_SOCKET = Path("/run/geod/geod.sock")
@@ -190,8 +191,12 @@ def _default_worker_command() -> list[str]:
     return [sys.executable, "-m", "pipeline.worker"]
 
 
-class Settings(BaseModel):
-    """Everything the daemon itself is configured by, with its documented default."""
+class Settings(WatchSettings):
+    """Everything the daemon itself is configured by, with its documented default.
+
+    The ``watch:`` folders and ``reload_debounce`` are documented in
+    :mod:`supervisor.watch_rules`.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
@@ -313,6 +318,11 @@ class Settings(BaseModel):
         """Read the same file and environment again (the daemon's SIGHUP)."""
         return load_settings(self._source, system=self._system)
 
+    @property
+    def source_file(self) -> Path:
+        """The settings file read (or that would be read: the default one is optional)."""
+        return self._source or default_settings_file(self._system)
+
 
 def _describe(error: dict[str, Any]) -> str:
     path = ".".join(str(part) for part in error["loc"])
@@ -362,6 +372,7 @@ def load_settings(path: Path | None = None, system: bool = False) -> Settings:
     except ValidationError as exc:
         where = source if source.exists() else "settings"
         raise SettingsError("; ".join(f"{where}: {_describe(e)}" for e in exc.errors())) from None
+    settings.watch = [rule.resolved(source.resolve().parent) for rule in settings.watch]
     settings._source = path
     settings._system = system
     return settings

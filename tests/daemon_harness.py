@@ -37,7 +37,7 @@ DAEMON_SCRIPT = (
     "from supervisor.settings import load_settings\n"
     "sys.exit(run_daemon(load_settings(Path(sys.argv[1]))))\n"
 )
-#: What ``geod serve`` runs, telemetry included (patch DAEMON_SCRIPT with it for telemetry).
+#: What ``geod serve`` runs: telemetry on, its sink from ``open_telemetry``.
 DAEMON_WITH_TELEMETRY = (
     "import sys\n"
     "from pathlib import Path\n"

@@ -158,6 +158,25 @@ def test_daemon_summary_is_readable_and_keeps_unknown_fields() -> None:
     assert str(int(NOW)) not in out  # no raw epoch seconds
 
 
+def test_daemon_summary_shows_settings_load_and_watch_rules() -> None:
+    base = {"version": "0.1.0", "pid": 42, "started": NOW - 60, "uptime": 60.0}
+    base |= {"state_dir": "/state", "socket": "/s.sock", "concurrency": 2}
+    status = DaemonStatus.model_validate(
+        base
+        | {
+            "settings_file": "/etc/geod/geod.yml",
+            "settings_loaded": NOW - 30,
+            "settings_error": "/etc/geod/geod.yml: concurrency: Input should be ≥ 1",
+            "watching": ["in: watching /data/in (record; 3 taken, 0 settling)", "out: …"],
+        }
+    )
+    out = text(render.daemon_summary(status, now=NOW))
+    assert re.search(r"settings file +/etc/geod/geod.yml", out)
+    assert "settings loaded" in out and str(int(NOW - 30)) not in out
+    assert "Input should be ≥ 1 (the previous settings are in force)" in out
+    assert re.search(r"watch 1 +in: watching /data/in", out) and "watch 2" in out
+
+
 def test_finished_run_shows_no_current_rss() -> None:
     run = _run(state="done", rss=0, peak_rss=1024**2, started=NOW - 5, finished=NOW)
     row = text(render.runs_table([run], now=NOW)).splitlines()[1]

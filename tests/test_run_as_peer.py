@@ -123,6 +123,25 @@ def test_member_runs_are_read_and_run_as_the_member(
         logs = daemon.call("logs.tail", run=run["id"], limit=1000)
         messages = " ".join(e.get("message", "") for e in logs)
         assert f"cannot open '{secret_raster}' for reading: Permission denied" in messages, messages
+        # Globs are expanded as the member lists folders: a folder only root can
+        # list matches nothing for them (its file names never reach their run).
+        private = shared / "private"
+        private.mkdir(mode=0o700)
+        _raster(private / "hidden.tif")
+        globbed = shared / "globbed.yml"
+        globbed.write_text(
+            yaml.safe_dump({"name": "peer", "datasets": [{"glob": "private/*.tif"}]})
+        )
+        globbed.chmod(0o644)
+        refused = _submit_as_member(daemon.socket_path, globbed)
+        assert refused["code"] == ErrorCode.BAD_CONFIG, refused
+        assert refused["message"] == f"{globbed}: datasets[0].glob: private/*.tif matches no file"
+        private.chmod(0o755)
+        answer = _submit_as_member(daemon.socket_path, globbed)
+        assert "result" in answer, answer
+        frozen = yaml.safe_load((Path(answer["result"]["run_dir"]) / "config.yml").read_text())
+        assert [d["name"] for d in frozen["datasets"]] == ["hidden"]
+        daemon.call("runs.kill", run=answer["result"]["id"], force=True)
         # The root user's own runs still run as root.
         root_run = daemon.submit(readable)
         assert daemon.run(root_run)["owner"] is None

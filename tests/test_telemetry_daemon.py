@@ -29,7 +29,7 @@ RUN_TIMEOUT = 300.0
 def daemon(
     tmp_path: Path, database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[DaemonHarness]:
-    monkeypatch.setattr(daemon_harness, "DAEMON_SCRIPT", DAEMON_WITH_TELEMETRY)
+    monkeypatch.setattr(daemon_harness, "DAEMON_SCRIPT", daemon_harness.DAEMON_WITH_TELEMETRY)
     harness = DaemonHarness(
         tmp_path,
         telemetry=True,
@@ -104,7 +104,7 @@ def test_two_daemons_share_one_database_without_mixing_runs(
 ) -> None:
     """Two state directories, one database, both run the demo as r0001: each run's rows
     are complete and its own (events equal that run's events.ndjson)."""
-    monkeypatch.setattr(daemon_harness, "DAEMON_SCRIPT", DAEMON_WITH_TELEMETRY)
+    monkeypatch.setattr(daemon_harness, "DAEMON_SCRIPT", daemon_harness.DAEMON_WITH_TELEMETRY)
     harnesses = [
         DaemonHarness(
             tmp_path / name,

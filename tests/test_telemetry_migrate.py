@@ -50,7 +50,7 @@ def test_from_empty_then_rerun_is_a_noop(database_url: str) -> None:
     assert migrate_url(database_url) == everything
     tables, views, versions = _catalog(database_url)
     assert tables == TABLES
-    assert views == {"v_memory_by_stage", "v_memory_timeline"}
+    assert views == {"v_memory_by_stage", "v_memory_timeline", "v_watched_sources"}
     assert versions == everything
 
     assert migrate_url(database_url) == []

@@ -35,6 +35,7 @@ from tui.bindings import APP_BINDINGS, COMMANDS
 from tui.connection import Backoff, DaemonLink, NotConnected
 from tui.screens.confirm_kill import ConfirmKill
 from tui.screens.help import HelpScreen
+from tui.screens.sources import SourcesScreen
 from tui.state import DashboardState
 from tui.widgets.banner import ConnectionBanner
 from tui.widgets.body import Body
@@ -429,6 +430,20 @@ class GeodApp(App[None]):
 
     def action_help(self) -> None:
         self.push_screen(HelpScreen())
+
+    def action_sources(self) -> None:
+        self.run_worker(self._show_sources(), group="actions", exit_on_error=False)
+
+    async def _show_sources(self) -> None:
+        if self.link is None:
+            self.notify("sources: not attached to a daemon", severity="warning")
+            return
+        try:
+            sources = await self.link.request(Calls.sources())
+        except (ProtocolError, NotConnected) as exc:
+            self.notify(f"sources: {exc}", severity="error")
+            return
+        self.push_screen(SourcesScreen(sources))
 
     def get_system_commands(self, screen: Screen[Any]) -> Iterable[SystemCommand]:
         """geod's own actions first; Textual's built-ins (theme, screenshot...) after them."""

@@ -70,6 +70,7 @@ COMMANDS: tuple[Command, ...] = (
     Command("q", "detach", "Detach", "Leave the dashboard; runs keep going"),
     Command("", "pause_all", "Pause all", "Pause every running run (command palette)"),
     Command("", "resume_all", "Resume all", "Resume every paused run (command palette)"),
+    Command("", "sources", "Watched sources", "Files the watched folders took (command palette)"),
 )
 
 APP_BINDINGS: list[Binding] = [

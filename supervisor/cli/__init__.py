@@ -9,6 +9,7 @@ from supervisor.cli import pipeline_cmds  # noqa: F401  (registers run/check/dem
 from supervisor.cli import queue_cmds as queue_cmds  # registers priority/parallel/wait
 from supervisor.cli import report_cmd as report_cmd  # registers report/open
 from supervisor.cli import run_cmds as run_cmds  # registers status/runs/logs/attach/control
+from supervisor.cli import sources_cmd as sources_cmd  # registers sources
 from supervisor.cli.main import cli
 
 

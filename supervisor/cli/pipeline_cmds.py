@@ -135,6 +135,14 @@ def run_in_foreground(
 def check(config_path: Path) -> None:
     """Validate CONFIG and inspect every input's header; runs nothing."""
     config = _validate(config_path)
+    for expansion in config.expansions:
+        count = len(expansion.datasets)
+        click.echo(
+            f"  datasets[{expansion.index}] glob {expansion.pattern}: "
+            f"{count} dataset{'s' if count != 1 else ''}"
+        )
+        for name, path in expansion.datasets:
+            click.echo(f"    {name} ← {path}")
     code, _state = run_worker([str(config_path), "--stages", "catalog"], view=_CheckView())
     if code != EXIT_OK:
         sys.exit(EXIT_USAGE if code == WORKER_EXIT_INPUT else EXIT_FAILED)

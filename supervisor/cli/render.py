@@ -262,6 +262,14 @@ def daemon_summary(status: DaemonStatus, now: float | None = None) -> Table:
         elif key == "stopping":
             if value:
                 shown["stopping"] = "yes: runs are checkpointing"
+        elif key == "settings_loaded":
+            shown["settings loaded"] = human_time(value, now) if value else "never"
+        elif key == "settings_error":
+            if value:
+                shown["settings error"] = f"{value} (the previous settings are in force)"
+        elif key == "watching" and isinstance(value, list):
+            for index, line in enumerate(value):
+                shown[f"watch {index + 1}" if len(value) > 1 else "watch"] = str(line)
         elif not isinstance(value, list | Mapping):
             shown[key.replace("_", " ")] = str(value)
     for key, value in shown.items():

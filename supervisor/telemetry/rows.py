@@ -271,6 +271,9 @@ TABLES: dict[str, TableSpec] = {
                 Column("dtype", "text"),
                 Column("nodata", "double precision"),
                 Column("error", "text"),
+                Column("change", "text"),
+                Column("size", "bigint"),
+                _time("mtime"),
                 Column("run_key", "uuid"),
             ),
             _APPEND_ONLY,
@@ -422,6 +425,9 @@ class Batch:
                     event.dtype,
                     event.nodata,
                     event.error,
+                    event.change,
+                    event.size,
+                    event.mtime,
                 ),
             )
 
