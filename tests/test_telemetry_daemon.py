@@ -18,7 +18,7 @@ import pytest
 from supervisor.sampler import SAMPLE_OPERATION
 from tests import daemon_harness
 from tests.conftest import write_demo_config
-from tests.daemon_harness import DAEMON_WITH_TELEMETRY, DaemonHarness
+from tests.daemon_harness import DaemonHarness
 
 #: Seconds between the daemon's memory samples of the worker tree in this test.
 MEMORY_INTERVAL = 0.5
