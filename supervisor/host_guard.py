@@ -12,8 +12,10 @@ warning in the daemon log and in the run's own log stream.
 
 Disk: every ``disk.interval`` seconds each active run's work and output
 directories are checked; a run pauses (it does not fail) when either has less
-free space than ``disk.min_free`` and resumes when space is back. The same
-pass refreshes each active run's ``disk_used``.
+free space than ``disk.min_free`` and resumes when space is back; a queued run
+does not start on such a disk (an admission check of the queue), and the same
+timer lets it start once space is back. The pass also refreshes each active
+run's ``disk_used``.
 
 Runs the guard paused carry ``paused_by`` (persisted), so they are resumed by
 it even after a daemon restart; a user's ``geod resume`` clears the mark.
@@ -43,6 +45,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("geod.daemon.host")
 
 Cause = Literal["memory", "disk"]
+#: How a queued run held back by low disk space says so.
+DISK_WAIT = "waiting for disk space:"
 
 
 def free_space(directory: Path, settings: DiskSettings) -> tuple[int, int]:
@@ -93,6 +97,12 @@ class HostGuard:
         self.cleaner = Cleaner(scheduler.runs, scheduler.publish)
         self._shrunk = False
         self._calm = 0
+        scheduler.admission_checks.append(self._disk_admission)
+
+    def _disk_admission(self, run: Run) -> str | None:
+        """A queued run does not start on a disk it would be paused for at once."""
+        low = low_disk(run, self.scheduler.settings.disk)
+        return None if low is None else f"{DISK_WAIT} {low}"
 
     def start(self) -> None:
         for loop in (self._measure_all, self._watch_memory, self._watch_disk, self._retention):
@@ -171,6 +181,12 @@ class HostGuard:
                 for run, low, used in checks:
                     run.summary.disk_used = used
                     self.disk_reading(run, low)
+                if any(
+                    run.summary.state == "queued"
+                    and (run.summary.wait_reason or "").startswith(DISK_WAIT)
+                    for run in self.scheduler.runs()
+                ):
+                    self.scheduler.schedule()  # (asks the disk again for those runs)
             await asyncio.sleep(settings.interval)
 
     def disk_reading(self, run: Run, low: str | None) -> None:

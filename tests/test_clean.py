@@ -113,7 +113,13 @@ def test_a_run_pauses_on_low_disk_and_resumes_when_space_returns(tmp_path: Path)
         assert paused["wait_reason"] == (
             f"paused for disk space: 300 MiB free in {work}, below disk.min_free 1.0 GiB"
         )
+        # A queued run does not start on that disk: it waits, and starts once space is back.
+        queued = daemon.submit(fake_config(tmp_path / "e", "steps5"))
+        waiting = daemon.wait(queued, lambda r: r["wait_reason"] is not None)
+        assert waiting["state"] == "queued"
+        assert waiting["wait_reason"].startswith("waiting for disk space: 300 MiB free in ")
         probe.write_text("5GiB")
         done = daemon.wait(run_id, "done")
         assert done["paused_by"] is None and done["error"] is None
         assert (work / "done").read_text() == "80"
+        assert daemon.wait(queued, "done")["wait_reason"] is None
