@@ -211,6 +211,9 @@ class Meter:
     def __init__(self) -> None:
         self.latencies: list[float] = []
         self.keys: list[float] = []
+        #: Map panel redraws during the storm and windows on its map at the end.
+        self.map_redraws = 0
+        self.map_windows = 0
         self._cpu0 = self._wall0 = 0.0
         self.cpu_share = 0.0
 
@@ -268,12 +271,14 @@ async def app_run(daemon: Daemon, show_map: bool) -> Meter:
     from supervisor.client import AsyncClient
     from tui.app import GeodApp
     from tui.widgets.log_view import LogView
+    from tui.widgets.run_map import RunMapPanel
 
     meter = Meter()
     control = await AsyncClient.connect(daemon.socket)
     run_id = (await control.submit(str(daemon.config))).id
     original_append: Callable[..., None] = LogView.append
     original_follow = GeodApp.action_follow
+    original_redraw = RunMapPanel.redraw
     pressed: list[float] = []
 
     def timed_append(self: LogView, lines: Any) -> None:
@@ -289,13 +294,22 @@ async def app_run(daemon: Daemon, show_map: bool) -> Meter:
             meter.keys.append(time.perf_counter() - pressed.pop())
         original_follow(self)
 
+    def counted_redraw(self: RunMapPanel) -> None:
+        if self.region.area:  # on screen: what a user watching the map costs
+            meter.map_redraws += 1
+        original_redraw(self)
+
     LogView.append = timed_append  # type: ignore[method-assign]
     GeodApp.action_follow = timed_follow  # type: ignore[method-assign]
+    RunMapPanel.redraw = counted_redraw  # type: ignore[method-assign]
     try:
         app = GeodApp(socket_path=daemon.socket, run=run_id)
         async with app.run_test(size=(120, 40)) as pilot:
             if show_map:
                 await pilot.press("w")
+                await pilot.pause()
+                if not app.run_map.region.area:
+                    raise SystemExit("the Map panel did not open: the figures would not count it")
             done = asyncio.create_task(_wait_done(control, run_id))
             while not done.done():
                 await asyncio.sleep(KEY_EVERY_S)
@@ -305,9 +319,12 @@ async def app_run(daemon: Daemon, show_map: bool) -> Meter:
                         pressed.append(time.perf_counter())
                         await pilot.press("f")
             meter.stop()
+            view = app.state.runs[run_id]
+            meter.map_windows = sum(len(d.writes) for d in view.map.datasets.values())
     finally:
         LogView.append = original_append  # type: ignore[method-assign]
         GeodApp.action_follow = original_follow  # type: ignore[method-assign]
+        RunMapPanel.redraw = original_redraw  # type: ignore[method-assign]
         await control.close()
     return meter
 
@@ -376,6 +393,8 @@ def main() -> int:
             f"{_quantile(meter.latencies, 0.95) * 1000:>9.1f}"
             f"{meter.cpu_share:>10.2f}"
         )
+    if not args.no_map:
+        print(f"Map panel: open, {app.map_redraws} redraws, {app.map_windows} windows on it")
     app_p95, ref_p95 = _quantile(app.latencies, 0.95), _quantile(ref.latencies, 0.95)
     key_p95 = _quantile(app.keys, 0.95)
     print(f"app p95 / target {TARGET_P95_S * 1000:.0f} ms: {app_p95 / TARGET_P95_S:.2f}")

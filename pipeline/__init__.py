@@ -88,11 +88,14 @@ def run_stages(
     database_url: str | None = None,
     events: EventSink | None = None,
 ) -> list[Path]:
-    """Run ``stages`` (default: all, in order) like the worker does; the outputs written."""
+    """Run ``stages`` (default: all, in order) like the worker does, on the config's
+    executor; the outputs written."""
+    from pipeline.executor import run_executor
     from pipeline.runner import STAGES, run_pipeline
 
     ctx = run_context(config, events)
-    return run_pipeline(ctx, list(stages) if stages else STAGES, formats, database_url)
+    with run_executor(ctx):
+        return run_pipeline(ctx, list(stages) if stages else STAGES, formats, database_url)
 
 
 def open_store(config: PipelineConfig, grid: TargetGrid | None = None) -> LayerStore:

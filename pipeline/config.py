@@ -506,6 +506,88 @@ class RestartConfig(StrictModel):
     max_backoff: float = Field(default=300.0, gt=0)
 
 
+#: Dask's own default for ``distributed.worker.memory.terminate`` (the nanny restarts
+#: a worker at this fraction of its limit); geod's memory section has no such level.
+DASK_TERMINATE = 0.95
+#: Scheduler address schemes Dask's comms speak.
+DASK_ADDRESS = re.compile(r"^(tcp|tls|ucx|inproc|ws|wss)://\S+$")
+
+
+class LocalClusterConfig(StrictModel):
+    """A Dask LocalCluster the run's worker starts and closes (tests, one big machine)."""
+
+    n_workers: int = Field(default=2, ge=1, le=256, description="Dask worker processes.")
+    threads_per_worker: int = Field(default=1, ge=1, le=256, description="Threads per process.")
+    memory_limit: Size | None = Field(
+        default=None,
+        description="Memory limit of each Dask worker (bytes, '2GiB' or '25%' of RAM); "
+        "default memory.budget split evenly over n_workers.",
+    )
+
+
+class DaskWorkerMemory(StrictModel):
+    """Dask's ``distributed.worker.memory.*`` fractions (of each worker's memory limit).
+
+    Unset fractions come from geod's ``memory:`` section, so one set of levels
+    governs both executors: ``target`` (start spilling the oldest results to
+    disk) = ``memory.calm``, ``spill`` (spill by process memory) = ``memory.warning``,
+    ``pause`` (the worker stops starting tasks; geod logs it) = ``memory.critical``,
+    ``terminate`` (the nanny restarts the worker; its tasks are retried) = 0.95.
+    They apply to a LocalCluster; the workers of an existing cluster keep the
+    settings they were started with.
+    """
+
+    target: float | None = Field(default=None, gt=0, le=1, description="Default memory.calm.")
+    spill: float | None = Field(default=None, gt=0, le=1, description="Default memory.warning.")
+    pause: float | None = Field(default=None, gt=0, le=1, description="Default memory.critical.")
+    terminate: float = Field(default=DASK_TERMINATE, gt=0, le=1)
+
+    def fractions(self, memory: MemoryConfig) -> dict[str, float]:
+        """The four fractions, geod's levels filling the unset ones."""
+        return {
+            "target": self.target if self.target is not None else memory.calm,
+            "spill": self.spill if self.spill is not None else memory.warning,
+            "pause": self.pause if self.pause is not None else memory.critical,
+            "terminate": self.terminate,
+        }
+
+
+class DaskConfig(StrictModel):
+    """Where ``executor: dask`` runs its tasks: an existing scheduler or a LocalCluster."""
+
+    scheduler_address: str | None = Field(
+        default=None, description="An existing cluster's scheduler, e.g. tcp://host:8786."
+    )
+    local_cluster: LocalClusterConfig | None = Field(
+        default=None, description="Start (and close) a LocalCluster instead of connecting."
+    )
+    connect_timeout: float = Field(
+        default=10.0, gt=0, description="Seconds to reach the scheduler before the run fails."
+    )
+    worker_memory: DaskWorkerMemory = Field(default_factory=DaskWorkerMemory)
+    retries: int = Field(
+        default=2,
+        ge=0,
+        description="Times a task that raised is resubmitted (a task lost with its worker is "
+        "retried by the scheduler regardless, up to distributed.scheduler.allowed-failures).",
+    )
+
+    @field_validator("scheduler_address")
+    @classmethod
+    def _address(cls, value: str | None) -> str | None:
+        if value is not None and not DASK_ADDRESS.fullmatch(value):
+            raise ValueError(
+                f"{_excerpt(repr(value))} is not a scheduler address like tcp://host:8786"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _one_cluster(self) -> DaskConfig:
+        if (self.scheduler_address is None) == (self.local_cluster is None):
+            raise ValueError("dask: set exactly one of scheduler_address and local_cluster")
+        return self
+
+
 class PipelineConfig(StrictModel):
     """The whole ``config.yml``."""
 
@@ -521,6 +603,12 @@ class PipelineConfig(StrictModel):
     analysis: AnalysisConfig = Field(default_factory=AnalysisConfig)
     telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
     restart: RestartConfig = Field(default_factory=RestartConfig)
+    executor: Literal["local", "dask"] = Field(
+        default="local",
+        description="Where resampling windows, merge blocks and GWPCA batches run: this "
+        "process's threads, or the Dask cluster of the dask: section (see pipeline.executor).",
+    )
+    dask: DaskConfig | None = Field(default=None, description="Required with executor: dask.")
     report: bool = Field(
         default=True,
         description="Write a self-contained HTML report (report.html) into paths.output_dir "
@@ -554,6 +642,17 @@ class PipelineConfig(StrictModel):
                 f"resampling.window_size: {self.resampling.window_size} is not a multiple of "
                 f"memory.min_window ({self.memory.min_window})"
             )
+        if self.executor == "dask" and self.dask is None:
+            raise ValueError(
+                "executor: dask needs a dask: section (scheduler_address or local_cluster)"
+            )
+        if self.dask is not None:
+            fractions = self.dask.worker_memory.fractions(self.memory)
+            if list(fractions.values()) != sorted(fractions.values()):
+                raise ValueError(
+                    "dask.worker_memory: target ≤ spill ≤ pause ≤ terminate must hold "
+                    f"(with memory's levels filling unset ones: {fractions})"
+                )
         if self.analysis.methods and not self.analysed_variables():
             raise ValueError(
                 "analysis.variables: every dataset is categorical; list the ones to analyse "
@@ -639,7 +738,9 @@ def _describe(error: dict[str, Any]) -> str:
     message = error["msg"].removeprefix("Value error, ")
     path = _excerpt(path)
     if message.startswith(
-        tuple(f"{p}" for p in ("datasets[", "merge.", "analysis.", "resampling."))
+        tuple(
+            f"{p}" for p in ("datasets[", "merge.", "analysis.", "resampling.", "dask", "executor")
+        )
     ):
         return message
     return f"{path}: {message}" if path else message

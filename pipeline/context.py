@@ -14,9 +14,20 @@ from typing import TYPE_CHECKING
 from pipeline.config import PipelineConfig
 from pipeline.control import Controller
 from pipeline.events import EventSink, StageEvent, StageKind, StageStatus
+from pipeline.executor import Executor
+from pipeline.executor.local import LocalExecutor
 
 if TYPE_CHECKING:
     from pipeline.memory import MemoryGovernor
+
+
+class RunError(RuntimeError):
+    """A failure a stage phrases for the user itself: one line naming what and where.
+
+    The worker reports these without a traceback and exits 1 (freeing space and
+    retrying can help). The stages' own errors derive from it so the worker can
+    catch them without importing the stages (and their libraries) it does not run.
+    """
 
 
 @dataclass
@@ -94,6 +105,8 @@ class RunContext:
     events: EventSink
     control: Controller
     governor: MemoryGovernor
+    #: Where work units compute (pipeline.executor); the worker opens and closes it.
+    executor: Executor = field(default_factory=LocalExecutor)
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("geod.pipeline"))
 
     def root(self) -> StageNode:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import signal
 import time
+from collections.abc import Callable
 from types import FrameType
 
 from pipeline.events import EventSink, StateEvent
@@ -46,6 +47,9 @@ class Controller:
         self._pause = False
         self._stop = False
         self._shrink = False
+        #: Called before a pause is acknowledged: the run's executor waits there until
+        #: none of its tasks is computing (a no-op for the local executor).
+        self.settle: Callable[[], None] = lambda: None
 
     # -- requests (signal-handler safe: they only assign flags) -------------------
 
@@ -104,6 +108,7 @@ class Controller:
             raise StopRequested()
         if not self._pause:
             return
+        self.settle()
         self._events.emit(StateEvent(state="paused", reason="paused at a window boundary"))
         while self._pause and not self._stop:
             time.sleep(PAUSE_POLL_SECONDS)

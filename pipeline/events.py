@@ -18,7 +18,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
-from pipeline.contract import EVENTS_FD_ENV, LogLevel, WorkerState
+from pipeline.contract import EVENTS_FD_ENV, LogLevel, RunState, WorkerState
 
 StageKind = Literal["run", "stage", "dataset", "window_group"]
 StageStatus = Literal["pending", "running", "done", "failed", "skipped", "paused"]
@@ -70,6 +70,11 @@ class MemoryEvent(_Event):
     critical: float | None = Field(default=None, description="Critical level, fraction.")
     stage: str | None = None
     operation: str | None = None
+    worker: str | None = Field(
+        default=None,
+        description="A Dask worker's address: a sample of that worker, not of the run's "
+        "process tree (one series per worker).",
+    )
 
 
 class GovernorEvent(_Event):
@@ -111,6 +116,24 @@ class StateEvent(_Event):
     type: Literal["state"] = "state"
     state: WorkerState
     reason: str | None = None
+
+
+class RunStateEvent(_Event):
+    """A run changed state, as the daemon saw it (never sent by a worker).
+
+    The daemon writes one into the run's history on every change, so the
+    dashboards' events pane shows the same lines, including those from before
+    they attached: ``r0007 failed at export, retry 1/3``, ``r0003 done in 4m 12s``.
+    """
+
+    type: Literal["run_state"] = "run_state"
+    state: RunState
+    previous: RunState | None = None
+    stage: str | None = Field(default=None, description="Deepest running stage at the change.")
+    error: str | None = None
+    retries: int = 0
+    max_retries: int | None = Field(default=None, description="The restart policy's bound.")
+    running_time: float | None = Field(default=None, description="Running seconds so far.")
 
 
 class OutputEvent(_Event):
@@ -162,6 +185,7 @@ Event = Annotated[
     | GovernorEvent
     | CheckpointEvent
     | StateEvent
+    | RunStateEvent
     | OutputEvent
     | SourceEvent,
     Field(discriminator="type"),

@@ -18,9 +18,13 @@ with the budget (``memory.budget``):
   changes with growth allowed right below 80 %, 2 with the 70 % calm level).
 
 Every size is a multiple of ``min_window`` so windows always cover whole store
-chunks. The governor acts between windows, so a run's first window runs at the
-configured size: the budget must leave room for one such window above the
-worker's baseline (about 190 MiB of imported libraries).
+chunks. Readings come after windows, so they cannot stop a window that is too
+big from the start (the first window of a dataset whose source is far finer
+than the last one's). Before each dataset the resample stage calls
+:meth:`MemoryGovernor.fit` with its estimate of the bytes a window holds per
+output cell: the largest size whose estimate fits below the warning level over
+the current RSS becomes the ceiling for that dataset (the window shrinks to it
+at once; calm readings grow it back no further).
 
 Each reading is a :class:`~pipeline.events.MemoryEvent`; each change is a
 :class:`~pipeline.events.GovernorEvent` plus one log record on the
@@ -47,6 +51,8 @@ process tree on its own schedule.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import gc
 import logging
 import threading
@@ -73,10 +79,27 @@ def format_bytes(value: int) -> str:
     return f"{value / _MIB:.0f} MiB"
 
 
-def _own_rss() -> int:
+def own_rss() -> int:
+    """This process's resident set size, in bytes."""
     # A fresh Process each time: one cached at import would keep the parent's
     # pid in a forked child.
     return psutil.Process().memory_info().rss
+
+
+def release_freed_memory() -> None:
+    """Collect garbage and hand the C heap's free pages back to the OS (glibc only).
+
+    After a stage, glibc keeps the pages of freed windows (measured: 40 of a
+    resample's 160 MiB RSS); RSS then overstates what the process holds, and
+    whatever is sized from the room left in the budget next (the report's maps)
+    would be sized too small. Elsewhere than glibc this only collects garbage.
+    """
+    gc.collect()
+    name = ctypes.util.find_library("c")
+    libc = ctypes.CDLL(name) if name else None
+    trim = getattr(libc, "malloc_trim", None)
+    if trim is not None:
+        trim(0)
 
 
 def _system_available() -> int:
@@ -107,13 +130,17 @@ class MemoryGovernor:
                 )
         self._config = config
         self._events = events
-        self._read_rss = rss_reader or _own_rss
+        self._read_rss = rss_reader or own_rss
         self._shrink_requested = shrink_requested or (lambda: False)
         self.initial_window = initial_window
         self.window_size = min(start_window or initial_window, initial_window)
+        self._ceiling = initial_window
         self.budget = config.budget_bytes()
         self._calm = 0
         self._lock = threading.Lock()
+        #: Memory pressure elsewhere, as (fraction of its own limit, what): on a Dask
+        #: cluster the busiest worker's (see :meth:`after_window`). None: only this RSS.
+        self.external: Callable[[], tuple[float, str] | None] | None = None
 
     # -- readings -----------------------------------------------------------------
 
@@ -151,10 +178,18 @@ class MemoryGovernor:
     def after_window(self, stage: str | None = None) -> int:
         """Sample RSS, adapt the window size, report; returns the size for the next window."""
         rss = self.rss()
-        level = self.level(rss)
+        load, what = rss, f"RSS {format_bytes(rss)}"
+        elsewhere = self.external() if self.external is not None else None
+        if elsewhere is not None and elsewhere[0] * self.budget > rss:
+            # The windows run on Dask workers: a worker near its own limit shrinks
+            # them just as this process near its budget would.
+            load = int(elsewhere[0] * self.budget)
+            share = _percent(elsewhere[0])
+            what = f"{elsewhere[1]} at {share} of its limit (as {format_bytes(load)})"
+        level = self.level(load)
         with self._lock:  # analysis batches may report from several threads
             old = self.window_size
-            new, reason = self._decide(rss, level)
+            new, reason = self._decide(load, level, what)
             self.window_size = new
         self._events.emit(
             MemoryEvent(
@@ -182,10 +217,55 @@ class MemoryGovernor:
             log.log(log_level, "window %d → %d: %s", old, new, reason)
         return new
 
-    def _decide(self, rss: int, level: Level) -> tuple[int, str]:
-        """Next window size and the human reason for a change ("" when unchanged)."""
+    def fit(self, bytes_per_cell: float, what: str) -> int:
+        """Cap the window for ``what`` at the largest size whose estimated cost fits; returns it.
+
+        ``bytes_per_cell`` is the stage's estimate of what its windows hold per
+        output cell (source pixels read, warp buffers, windows in flight). The
+        cap holds until the next call: calm readings grow the window up to it,
+        not past it. Never below ``min_window`` (the smallest window always runs).
+        """
         config = self._config
-        used = format_bytes(rss)
+        rss = self.rss()
+        room = config.warning * self.budget - rss
+        size = self.initial_window
+        while size > config.min_window and size * size * bytes_per_cell > room:
+            size = max(config.min_window, size // 2 // config.min_window * config.min_window)
+        with self._lock:
+            old = self.window_size
+            self._ceiling = size
+            self.window_size = min(old, size)
+        if self.window_size != old:
+            reason = (
+                f"a {old}-pixel window of {what} would hold about "
+                f"{format_bytes(int(old * old * bytes_per_cell))}; "
+                f"{format_bytes(max(0, int(room)))} left below {_percent(config.warning)} "
+                f"of {format_bytes(self.budget)}"
+            )
+            self._events.emit(
+                GovernorEvent(
+                    old_size=old,
+                    new_size=self.window_size,
+                    rss=rss,
+                    budget=self.budget,
+                    level=self.level(rss),
+                    reason=reason,
+                )
+            )
+            log.warning("window %d → %d: %s", old, self.window_size, reason)
+        return self.window_size
+
+    def clear_ceiling(self) -> None:
+        """Drop the cap :meth:`fit` set (its stage is over): calm readings may grow past it."""
+        with self._lock:
+            self._ceiling = self.initial_window
+
+    def _decide(self, rss: int, level: Level, used: str) -> tuple[int, str]:
+        """Next window size and the human reason for a change ("" when unchanged).
+
+        ``rss`` is the load compared with the budget, ``used`` how the reason names it.
+        """
+        config = self._config
         budget = format_bytes(self.budget)
         if self._shrink_requested():
             self._calm = 0
@@ -194,7 +274,7 @@ class MemoryGovernor:
         if level == "critical":
             self._calm = 0
             gc.collect()
-            reason = f"RSS {used} ≥ {_percent(config.critical)} of {budget}; ran GC"
+            reason = f"{used} ≥ {_percent(config.critical)} of {budget}; ran GC"
             return config.min_window, reason
         if level == "warning":
             self._calm = 0
@@ -202,18 +282,17 @@ class MemoryGovernor:
             # Never grow here: a window already below the floor (after a critical
             # drop) stays where it is.
             new = min(self.window_size, max(halved, config.reduced_window))
-            return new, f"RSS {used} ≥ {_percent(config.warning)} of {budget}"
+            return new, f"{used} ≥ {_percent(config.warning)} of {budget}"
         if rss >= config.calm * self.budget:
             self._calm = 0
             return self.window_size, ""
         self._calm += 1
-        if self._calm >= config.calm_windows and self.window_size < self.initial_window:
+        if self._calm >= config.calm_windows and self.window_size < self._ceiling:
             self._calm = 0
             reason = (
-                f"RSS {used} < {_percent(config.calm)} of {budget} "
-                f"for {config.calm_windows} windows"
+                f"{used} < {_percent(config.calm)} of {budget} for {config.calm_windows} windows"
             )
-            return min(self.window_size * 2, self.initial_window), reason
+            return min(self.window_size * 2, self._ceiling), reason
         return self.window_size, ""
 
 

@@ -31,10 +31,10 @@ exact and identical whichever chunk a cell falls in.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -42,9 +42,13 @@ import pyarrow as pa
 from rasterio.windows import Window
 
 from pipeline.config import PipelineConfig
+from pipeline.context import RunError
+from pipeline.coverage import valid_mask
+from pipeline.executor import Executor, ordered
+from pipeline.executor.local import LocalExecutor
 from pipeline.grid import TargetGrid
 from pipeline.memory import MemoryGovernor
-from pipeline.store import LayerStore
+from pipeline.store import LayerStore, StoreReader
 
 #: Key of the schema's key-value metadata that carries grid and provenance JSON.
 SCHEMA_METADATA_KEY = b"geod"
@@ -53,9 +57,12 @@ SCHEMA_METADATA_KEY = b"geod"
 _EDGE_TOLERANCE_PX = 1e-6
 #: Governor stage name for memory readings taken between merge parts.
 STAGE = "merge"
+#: Parts merged ahead of the one being written, locally (a cluster merges as many as
+#: it has threads): one keeps a second core busy and at most two parts in memory.
+READ_AHEAD = 1
 
 
-class MergeError(ValueError):
+class MergeError(RunError, ValueError):
     """The layers cannot be merged as configured (missing or incomplete layer, empty bounds)."""
 
 
@@ -160,18 +167,6 @@ def plan_merge(grid: TargetGrid, config: PipelineConfig, store_chunk: int) -> Me
     return MergePlan(region, band_rows, block_cols)
 
 
-def valid_mask(data: np.ndarray, nodata: float | None) -> np.ndarray:
-    """True where a cell holds data: not the nodata value and, for floats, not NaN."""
-    if data.dtype.kind == "f":
-        valid = ~np.isnan(data)
-        if nodata is not None and not math.isnan(nodata):
-            valid &= data != data.dtype.type(nodata)
-        return valid
-    if nodata is None:
-        return np.ones(data.shape, dtype=bool)
-    return data != nodata
-
-
 def layer_specs(store: LayerStore, config: PipelineConfig) -> list[LayerSpec]:
     """The dataset columns in config order; every dataset must have a layer in the store."""
     present = set(store.layer_names())
@@ -229,6 +224,60 @@ def read_schema_metadata(schema: pa.Schema) -> dict[str, object]:
     return json.loads(raw)
 
 
+@dataclass(frozen=True)
+class WindowMerger:
+    """Turns one grid window of the store into merged rows; picklable for a Dask worker."""
+
+    reader: StoreReader
+    grid: TargetGrid
+    specs: tuple[LayerSpec, ...]
+    required: tuple[int, ...]
+    skip_all_nodata: bool
+    include_row_col: bool
+    schema: pa.Schema
+
+    def merge(self, window: Window) -> tuple[pa.RecordBatch, tuple[np.ndarray, ...]]:
+        """The merged rows of ``window`` (after the skip/require rules), and its layers."""
+        height, width = int(window.height), int(window.width)
+        layers = tuple(self.reader.read_window(spec.name, window) for spec in self.specs)
+        valids = [
+            valid_mask(data, spec.nodata) for data, spec in zip(layers, self.specs, strict=True)
+        ]
+        keep = np.logical_or.reduce(valids) if self.skip_all_nodata else None
+        for index in self.required:
+            keep = valids[index] if keep is None else keep & valids[index]
+        if keep is not None and keep.all():
+            keep = None
+
+        def pick(values: np.ndarray) -> np.ndarray:
+            """Row-major values of the kept cells (boolean indexing: no index arrays)."""
+            return values.ravel() if keep is None else values[keep]
+
+        xs, ys = self.grid.cell_centers(window)
+        columns: list[pa.Array] = [
+            pa.array(pick(np.broadcast_to(xs, (height, width)))),
+            pa.array(pick(np.broadcast_to(ys[:, None], (height, width)))),
+        ]
+        if self.include_row_col:
+            rows = np.arange(int(window.row_off), int(window.row_off) + height, dtype=np.int32)
+            cols = np.arange(int(window.col_off), int(window.col_off) + width, dtype=np.int32)
+            columns += [
+                pa.array(pick(np.broadcast_to(rows[:, None], (height, width)))),
+                pa.array(pick(np.broadcast_to(cols, (height, width)))),
+            ]
+        for data, valid in zip(layers, valids, strict=True):
+            invalid = ~pick(valid)
+            columns.append(pa.array(pick(data), mask=invalid if invalid.any() else None))
+        return pa.RecordBatch.from_arrays(columns, schema=self.schema), layers
+
+
+def merge_window(
+    merger: WindowMerger, part: tuple[int, int, bool, Window]
+) -> tuple[pa.RecordBatch, tuple[np.ndarray, ...]]:
+    """One merge part, as a task: ``(unit, part, last, window)`` → rows and layers."""
+    return merger.merge(part[3])
+
+
 class MergeStream:
     """The merge of one run: its columns, schema and unit plan, and the chunk iterator."""
 
@@ -253,6 +302,15 @@ class MergeStream:
         fields += [pa.field(spec.name, pa.from_numpy_dtype(spec.dtype)) for spec in self.specs]
         metadata = schema_metadata(grid, config, self.specs, self.plan)
         self.schema = pa.schema(fields, metadata={SCHEMA_METADATA_KEY: json.dumps(metadata)})
+        self.merger = WindowMerger(
+            StoreReader(store.root),
+            grid,
+            tuple(self.specs),
+            tuple(self._required),
+            config.merge.skip_all_nodata,
+            config.merge.include_row_col,
+            self.schema,
+        )
 
     def _check_complete(self, window: Window) -> None:
         for spec in self.specs:
@@ -266,37 +324,7 @@ class MergeStream:
 
     def merge_window(self, window: Window) -> tuple[pa.RecordBatch, tuple[np.ndarray, ...]]:
         """The merged rows of one grid window (after the skip/require rules), and its layers."""
-        height, width = int(window.height), int(window.width)
-        layers = tuple(self.store.read_window(spec.name, window) for spec in self.specs)
-        valids = [
-            valid_mask(data, spec.nodata) for data, spec in zip(layers, self.specs, strict=True)
-        ]
-        keep = np.logical_or.reduce(valids) if self.config.merge.skip_all_nodata else None
-        for index in self._required:
-            keep = valids[index] if keep is None else keep & valids[index]
-        if keep is not None and keep.all():
-            keep = None
-
-        def pick(values: np.ndarray) -> np.ndarray:
-            """Row-major values of the kept cells (boolean indexing: no index arrays)."""
-            return values.ravel() if keep is None else values[keep]
-
-        xs, ys = self.grid.cell_centers(window)
-        columns: list[pa.Array] = [
-            pa.array(pick(np.broadcast_to(xs, (height, width)))),
-            pa.array(pick(np.broadcast_to(ys[:, None], (height, width)))),
-        ]
-        if self.config.merge.include_row_col:
-            rows = np.arange(int(window.row_off), int(window.row_off) + height, dtype=np.int32)
-            cols = np.arange(int(window.col_off), int(window.col_off) + width, dtype=np.int32)
-            columns += [
-                pa.array(pick(np.broadcast_to(rows[:, None], (height, width)))),
-                pa.array(pick(np.broadcast_to(cols, (height, width)))),
-            ]
-        for data, valid in zip(layers, valids, strict=True):
-            invalid = ~pick(valid)
-            columns.append(pa.array(pick(data), mask=invalid if invalid.any() else None))
-        return pa.RecordBatch.from_arrays(columns, schema=self.schema), layers
+        return self.merger.merge(window)
 
     def _parts(
         self, governor: MemoryGovernor, start_chunk: int
@@ -314,29 +342,25 @@ class MergeStream:
                 yield index, part, done >= unit.height, window
                 part += 1
 
-    def chunks(self, governor: MemoryGovernor, start_chunk: int = 0) -> Iterator[MergedChunk]:
+    def chunks(
+        self,
+        governor: MemoryGovernor,
+        start_chunk: int = 0,
+        executor: Executor | None = None,
+    ) -> Iterator[MergedChunk]:
         """Merged chunks of units ``start_chunk..``; parts thin out under memory pressure.
 
-        The next part is read and merged on a helper thread while the consumer
-        writes the current one (Zarr decoding, numpy and the Arrow writers all
-        release the GIL), so at most two parts are in memory at once.
+        Parts are merged by ``executor`` (default: local) ahead of the consumer:
+        locally the next part on a helper thread while the consumer writes the
+        current one (Zarr decoding, numpy and the Arrow writers all release the
+        GIL), so at most two parts are in memory at once; on a Dask cluster as
+        many parts as it has threads, each read from the shared store by a worker.
         """
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="geod-merge") as pool:
-            pending: (
-                tuple[
-                    tuple[int, int, bool, Window],
-                    Future[tuple[pa.RecordBatch, tuple[np.ndarray, ...]]],
-                ]
-                | None
-            ) = None
-            for part in self._parts(governor, start_chunk):
-                future = pool.submit(self.merge_window, part[3])
-                if pending is not None:
-                    yield MergedChunk(*pending[0], *pending[1].result())
-                    governor.after_window(STAGE)
-                pending = (part, future)
-            if pending is not None:
-                yield MergedChunk(*pending[0], *pending[1].result())
+        parts = self._parts(governor, start_chunk)
+        merged = ordered(executor or LocalExecutor(), merge_window, self.merger, parts, READ_AHEAD)
+        with contextlib.closing(merged):
+            for part, (batch, layers) in merged:
+                yield MergedChunk(*part, batch, layers)
                 governor.after_window(STAGE)
 
 

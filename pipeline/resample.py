@@ -36,7 +36,8 @@ dataset's ``nodata`` override), else the dtype's minimum (signed) or maximum
 Datasets already on the grid (:func:`pipeline.grid.place`) are copied window
 by window without any resampling, converting dtype and nodata by the same rule.
 Datasets aligned with the grid at an integer factor (30″ into 5′) are reduced
-block by block for average, sum, min and max (:mod:`pipeline.blockreduce`).
+block by block for average, sum, min and max, and for mode where that is quicker
+than GDAL's kernel (16-bit integers, small blocks; :mod:`pipeline.blockreduce`).
 
 Known differences from the reference gdalwarp 3.6 (rasterio bundles GDAL 3.10;
 tests/test_resample.py pins each one down). The first two also show in a
@@ -61,6 +62,7 @@ single whole-raster warp: they are GDAL's, not the windowing's.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -69,23 +71,23 @@ import os
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 
 import numpy as np
 import rasterio
 from rasterio.enums import Resampling as RioResampling
 from rasterio.vrt import WarpedVRT
-from rasterio.warp import reproject
+from rasterio.warp import reproject, transform_bounds
 from rasterio.windows import Window
 from rasterio.windows import transform as window_transform
 
-from pipeline.blockreduce import alignment, is_exact, reduce_window
-from pipeline.config import DatasetConfig, Resampling, ResamplingConfig
+from pipeline.blockreduce import Alignment, alignment, is_exact, reduce_window
+from pipeline.config import DatasetConfig, Resampling
 from pipeline.context import RunContext, StageNode
-from pipeline.coverage import CoverageCounter, footprint
+from pipeline.coverage import DENSIFY_POINTS, CoverageCounter, footprint, valid_mask
 from pipeline.events import CheckpointEvent
+from pipeline.executor import TaskFuture
 from pipeline.grid import Placement, TargetGrid, place
-from pipeline.merge import valid_mask
 from pipeline.source import SourceInfo
 from pipeline.source_names import local_file
 from pipeline.store import LayerStore
@@ -121,6 +123,8 @@ WRAP_SPAN_DEGREES = 180.0
 #: Bumped whenever the output of the same inputs would change (invalidates stores).
 ALGORITHM_VERSION = 4
 _MIB = 1024**2
+#: Copies of a window's output alive while it is warped and written (GDAL's buffer, ours).
+OUTPUT_COPIES = 2
 
 
 def output_dtype(method: Resampling, source_dtype: str) -> str:
@@ -372,6 +376,34 @@ def copy_window(
     return out
 
 
+def source_cells_per_cell(source: SourceInfo, grid: TargetGrid) -> float:
+    """Source pixels per grid cell, from the source's extent on the grid (1.0 if PROJ cannot)."""
+    bounds = source.bounds
+    try:
+        if source.crs != grid.crs:
+            bounds = transform_bounds(source.crs, grid.crs, *bounds, densify_pts=DENSIFY_POINTS)
+    except Exception:  # a source PROJ cannot map as a whole
+        return 1.0
+    west, south, east, north = bounds
+    cols = (east - west) / abs(grid.transform.a)
+    rows = (north - south) / abs(grid.transform.e)
+    if not (cols > 0 and rows > 0):
+        return 1.0
+    return source.width / cols * source.height / rows
+
+
+def window_cell_bytes(source: SourceInfo, dtype: str, grid: TargetGrid, depth: int) -> float:
+    """What the pipeline holds per output cell of a window size, for :meth:`MemoryGovernor.fit`.
+
+    Per window in flight: the source pixels it reads (GDAL's warp buffer) and
+    the output twice (GDAL's destination buffer and the array handed to the
+    writer). Measured on a 30″ float32 source warped onto a 1′ grid: RSS rose by
+    16–22 bytes per cell of a 2048-pixel window, against 24 estimated here.
+    """
+    read = source_cells_per_cell(source, grid) * np.dtype(source.dtype).itemsize
+    return depth * (read + OUTPUT_COPIES * np.dtype(dtype).itemsize)
+
+
 def in_flight(threads: int, queue_bytes: float, window_bytes: int) -> int:
     """How many windows may be warped ahead of the one being written.
 
@@ -382,68 +414,99 @@ def in_flight(threads: int, queue_bytes: float, window_bytes: int) -> int:
     return max(1, min(threads + 1, int(queue_bytes // max(1, window_bytes))))
 
 
-class WarpPool:
-    """Warps windows on ``resampling.threads`` threads while the caller writes.
+@dataclass(frozen=True)
+class WindowJob:
+    """Everything one dataset's windows need, by value, so any thread or process computes them.
 
-    GDAL and rasterio release the GIL while reading, decompressing and warping,
-    so a window is warped on a pool thread while the previous one is encoded,
-    written and checkpointed on the caller's thread, and with two threads two
-    windows are warped at once. A GDAL dataset is not thread-safe: each pool
-    thread opens its own source dataset and :class:`ChunkWarper` (single
-    threaded; the pool is the parallelism) on first use, closed by :meth:`close`.
-    Every cell is computed exactly as by the serial loop; only the order of
-    work changes, never the order of writes and checkpoints.
+    A job holds no open dataset: :func:`compute_window` opens the source by its
+    GDAL name (a path or a VSI URL) on the thread that computes, so a job can be
+    pickled to a Dask worker as it is (rasterio datasets are never pickled).
+    ``token`` names the job's opened datasets in the per-thread cache.
     """
 
-    def __init__(
-        self,
-        source: SourceInfo,
-        dataset: DatasetConfig,
-        grid: TargetGrid,
-        config: ResamplingConfig,
-        gdal_env: dict[str, object],
-        compute: Callable[[Window, ChunkWarper, rasterio.io.DatasetReader], np.ndarray],
-    ) -> None:
-        self._source, self._dataset, self._grid, self._config = source, dataset, grid, config
-        self._gdal_env, self._compute = gdal_env, compute
-        self._local = threading.local()
-        self._opened: list[tuple[rasterio.io.DatasetReader, ChunkWarper]] = []
-        self._lock = threading.Lock()
-        self._executor = ThreadPoolExecutor(config.threads, thread_name_prefix="warp")
+    token: str
+    source: SourceInfo
+    dataset: DatasetConfig
+    grid: TargetGrid
+    margin: int
+    warp_memory: int
+    gdal_env: dict[str, object]
+    placement: Placement
+    aligned: Alignment | None
+    chunks: tuple[WarpChunk, ...]
+    dtype: str
+    nodata: float
 
-    def __enter__(self) -> WarpPool:
-        return self
+    def compute(
+        self, piece: Window, warper: ChunkWarper, src: rasterio.io.DatasetReader
+    ) -> np.ndarray:
+        """One window (or piece of one) from an open source: copied, reduced or warped."""
+        dataset, source, aligned = self.dataset, self.source, self.aligned
+        if self.placement.passthrough:
+            return copy_window(source, dataset, self.placement, piece, src)
+        if aligned and is_exact(aligned, source, piece):
+            return reduce_window(
+                source, aligned, dataset.resampling, piece,
+                source_nodata(dataset, source), self.dtype, self.nodata, src, self.warp_memory,
+            )  # fmt: skip
+        return warper.window(piece, list(self.chunks))
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
-    def submit(self, piece: Window) -> Future[np.ndarray]:
-        return self._executor.submit(self._run, piece)
+#: Per thread: the token of the job whose source it holds open, and that source and warper.
+_opened = threading.local()
+#: Every thread's open (token, source, warper), so a finished job's can be closed.
+_all_opened: dict[int, tuple[str, rasterio.io.DatasetReader, ChunkWarper]] = {}
+_opened_lock = threading.Lock()
 
-    def _run(self, piece: Window) -> np.ndarray:
-        with rasterio.Env(**self._gdal_env):
-            opened = getattr(self._local, "opened", None)
-            if opened is None:
-                src = rasterio.open(self._source.name)
-                warper = ChunkWarper(
-                    self._source, self._dataset, self._grid, 1, self._config.margin, src
-                )
-                opened = self._local.opened = (src, warper)
-                with self._lock:
-                    self._opened.append(opened)
-            return self._compute(piece, opened[1], opened[0])
 
-    def close(self) -> None:
-        """Drop queued windows, wait for running ones, close every thread's datasets."""
-        self._executor.shutdown(wait=True, cancel_futures=True)
-        for src, warper in self._opened:
-            warper.close()
-            src.close()
-        self._opened.clear()
+def _close_opened(key: int) -> None:
+    with _opened_lock:
+        entry = _all_opened.pop(key, None)
+    if entry is not None:
+        entry[2].close()
+        entry[1].close()
+
+
+def compute_window(job: WindowJob, piece: Window) -> np.ndarray:
+    """Compute one piece of ``job`` on this thread (a pool thread or a Dask worker's).
+
+    A GDAL dataset is not thread-safe: each thread opens its own source and
+    :class:`ChunkWarper` (single threaded; the pool is the parallelism) on first
+    use and keeps it for the job's next pieces; a thread moving on to another job
+    closes the previous one's. :func:`release_job` closes them when a job ends.
+    """
+    with rasterio.Env(**job.gdal_env):
+        held = getattr(_opened, "entry", None)
+        if held is None or held[0] != job.token or id(held) not in _all_opened:
+            if held is not None:
+                _close_opened(id(held))
+            src = rasterio.open(job.source.name)
+            warper = ChunkWarper(job.source, job.dataset, job.grid, 1, job.margin, src)
+            # On a cluster this line says which Dask worker reads which source
+            # (forwarded with its address); locally, once per thread and dataset.
+            log.info(
+                "%s: opened %s on thread %s",
+                job.dataset.name,
+                job.source.name,
+                threading.current_thread().name,
+                extra={"stage": "resample", "dataset": job.dataset.name},
+            )
+            held = _opened.entry = (job.token, src, warper)
+            with _opened_lock:
+                _all_opened[id(held)] = held
+        return job.compute(piece, held[2], held[1])
+
+
+def release_job(token: str) -> None:
+    """Close every thread's datasets opened for the job ``token`` (its windows are done)."""
+    with _opened_lock:
+        keys = [key for key, entry in _all_opened.items() if entry[0] == token]
+    for key in keys:
+        _close_opened(key)
 
 
 def _drain_one(
-    queue: deque[tuple[Window, Future[np.ndarray] | None] | None],
+    queue: deque[tuple[Window, TaskFuture[np.ndarray] | None] | None],
     finish: Callable[[Window, np.ndarray | None], None],
     node: StageNode,
 ) -> None:
@@ -510,7 +573,8 @@ def resample_dataset(
     placement = place(grid, source)
     dtype = output_dtype(dataset.resampling, source.dtype)
     nodata = output_nodata(dtype, source_nodata(dataset, source))
-    store.ensure_layer(name, dtype, nodata, fingerprint(dataset, source, grid, store.chunk))
+    layer_print = fingerprint(dataset, source, grid, store.chunk)
+    store.ensure_layer(name, dtype, nodata, layer_print)
 
     windows = grid.windows(config.window_size)
     todo = [w for w in windows if not store.is_complete(name, w)]
@@ -544,17 +608,24 @@ def resample_dataset(
         "GDAL_HTTP_TIMEOUT": math.ceil(ctx.config.catalog.timeout),
     }
     window_bytes = config.window_size**2 * np.dtype(dtype).itemsize
-    depth = in_flight(config.threads, ctx.governor.budget * config.queue_fraction, window_bytes)
+    slots = ctx.executor.parallelism(config.threads)
+    depth = in_flight(slots, ctx.governor.budget * config.queue_fraction, window_bytes)
+    ctx.governor.fit(window_cell_bytes(source, dtype, grid, depth), name)
 
-    def compute(piece: Window, warper: ChunkWarper, src: rasterio.io.DatasetReader) -> np.ndarray:
-        if placement.passthrough:
-            return copy_window(source, dataset, placement, piece, src)
-        if aligned and is_exact(aligned, source, piece):
-            return reduce_window(
-                source, aligned, dataset.resampling, piece,
-                source_nodata(dataset, source), dtype, nodata, src, config.warp_memory,
-            )  # fmt: skip
-        return warper.window(piece, chunks)
+    job = WindowJob(
+        token=f"{layer_print}:{config.margin}:{config.warp_memory}",
+        source=source,
+        dataset=dataset,
+        grid=grid,
+        margin=config.margin,
+        warp_memory=config.warp_memory,
+        gdal_env=gdal_env,
+        placement=placement,
+        aligned=aligned,
+        chunks=tuple(chunks),
+        dtype=dtype,
+        nodata=nodata,
+    )
 
     def work() -> Iterator[tuple[Window, bool] | None]:
         """Pieces in checkpoint order (True: to compute); None closes a window."""
@@ -591,11 +662,12 @@ def resample_dataset(
         ctx.control.checkpoint()
         ctx.governor.after_window(f"resample/{name}")
 
+    release = functools.partial(release_job, job.token)
     with (
         rasterio.Env(**gdal_env),
-        WarpPool(source, dataset, grid, config, gdal_env, compute) as pool,
+        ctx.executor.pool(compute_window, job, config.threads, release) as pool,
     ):
-        queue: deque[tuple[Window, Future[np.ndarray] | None] | None] = deque()
+        queue: deque[tuple[Window, TaskFuture[np.ndarray] | None] | None] = deque()
         for item in work():
             if item is None:
                 queue.append(None)

@@ -366,3 +366,34 @@ class LayerStore:
         write_atomic(self._manifest(name), text)
         self._done[name] = good
         return len(good)
+
+
+class StoreReader:
+    """A read-only view of a layer store by its path: picklable, opened lazily per process.
+
+    Merge blocks computed on a Dask worker read the layers through this (the
+    store's directory must be on a filesystem the workers share); it never
+    writes, never reads the manifest (the run's worker checks completeness
+    before it hands out a block) and pickles as its path alone.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self._group: zarr.Group | None = None
+
+    def __getstate__(self) -> dict[str, object]:
+        return {"root": self.root}
+
+    def __setstate__(self, state: dict[str, Path]) -> None:
+        self.root = state["root"]
+        self._group = None
+
+    def read_window(self, name: str, window: Window) -> np.ndarray:
+        """The window's values (nodata where never written), as LayerStore.read_window."""
+        if self._group is None:
+            self._group = zarr.open_group(store=LocalStore(self.root, read_only=True), mode="r")
+        row0, col0 = int(window.row_off), int(window.col_off)
+        array = self._group[name]
+        return np.asarray(
+            array[row0 : row0 + int(window.height), col0 : col0 + int(window.width)]  # type: ignore[index]
+        )

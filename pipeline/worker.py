@@ -17,6 +17,7 @@ from ``GEOD_DATABASE_URL``, read here once and passed down as an argument.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
@@ -25,10 +26,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pipeline import logs
-from pipeline.analysis.io import AnalysisError
 from pipeline.catalog import CatalogError
 from pipeline.config import ConfigError, ExportFormat, load_config
-from pipeline.context import RunContext
+from pipeline.context import RunContext, RunError
 from pipeline.contract import (
     DATABASE_URL_ENV,
     EVENTS_FD_ENV,
@@ -38,17 +38,12 @@ from pipeline.contract import (
 )
 from pipeline.control import Controller, StopRequested
 from pipeline.events import Event, EventSink, OutputEvent, StateEvent
-from pipeline.export.atomic import ExportError
-from pipeline.memory import MemoryGovernor
-from pipeline.merge import MergeError
-from pipeline.report import write_report
+from pipeline.executor import ExecutorError, run_executor
+from pipeline.memory import MemoryGovernor, release_freed_memory
 from pipeline.report.history import HISTORY_NAME, EventRecorder, read_history
 from pipeline.runner import STAGES, parse_stages, run_pipeline
 
 log = logging.getLogger("geod.worker")
-
-#: Failures the stages phrase for the user themselves (worth a retry: exit 1).
-RUN_ERRORS = (ExportError, MergeError, AnalysisError)
 
 
 def _parse_formats(text: str | None) -> list[ExportFormat] | None:
@@ -91,6 +86,9 @@ def _write_report(ctx: RunContext, history: EventRecorder | None, state: str) ->
     """The end-of-run report (``report: true``); a failure to draw it never fails the run."""
     if history is None or not ctx.config.report:
         return
+    from pipeline.report import write_report  # the drawing stack, only when drawing
+
+    release_freed_memory()  # the maps are sized from what is left of the budget
     try:
         path = write_report(
             ctx.config,
@@ -145,7 +143,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     ctx = RunContext(config, events, control, governor)
     events.emit(StateEvent(state="running"))
     try:
-        run_pipeline(ctx, stages, formats, os.environ.get(DATABASE_URL_ENV) or None)
+        with contextlib.ExitStack() as resources:
+            if stages != ["catalog"]:  # `geod check` computes nothing: no cluster
+                resources.enter_context(run_executor(ctx))
+            run_pipeline(ctx, stages, formats, os.environ.get(DATABASE_URL_ENV) or None)
     except StopRequested:
         log.info("stopped at a checkpoint; rerun or resume to continue")
         _write_report(ctx, history, "stopped")
@@ -154,7 +155,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (CatalogError, ConfigError) as exc:
         _write_report(ctx, history, "failed")
         return _fail(events, str(exc), WORKER_EXIT_INPUT)
-    except RUN_ERRORS as exc:
+    except (RunError, ExecutorError) as exc:
         # Already one line naming what and where (disk full, a failed spot check…):
         # a traceback would bury it. Exit 1: freeing space and retrying can help.
         log.error("run failed: %s", exc)

@@ -55,6 +55,7 @@ from supervisor.protocol import (
     PriorityParams,
     ProtocolError,
     QueueSettings,
+    RunMapReply,
     RunParams,
     RunSummary,
     Selection,
@@ -172,6 +173,10 @@ class Calls:
     def memory(run_id: str, since: float | None = None) -> Call[MemoryHistory]:
         params = MemoryHistoryParams(run=run_id, since=since)
         return Call("memory.history", _params(params), MemoryHistory.model_validate)
+
+    @staticmethod
+    def run_map(run_id: str) -> Call[RunMapReply]:
+        return Call("runs.map", _params(RunParams(run=run_id)), RunMapReply.model_validate)
 
     @staticmethod
     def sources(rule: str | None = None) -> Call[list[WatchedSource]]:

@@ -10,8 +10,12 @@ picture survives SSH and ``TERM=screen``.
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
 from rich.text import Text
+
+if TYPE_CHECKING:
+    from pipeline.events import RunStateEvent
 
 _BYTE_UNITS = ("B", "KiB", "MiB", "GiB", "TiB")
 _KIB = 1024
@@ -44,6 +48,9 @@ LEVEL_STYLE: dict[str, str] = {
     "ERROR": "bold red",
     "CRITICAL": "bold white on red",
 }
+
+#: Longest error text in a one-line state change (the run's log has all of it).
+CHANGE_ERROR_CHARS = 60
 
 _BAR_FULL = "█"
 _BAR_EMPTY = "░"
@@ -140,3 +147,30 @@ def eta(eta_at: float | None, spread: float | None, now: float, *, compact: bool
     if compact:
         return f"≈ {clock}" + (f" {approx_span(spread)}" if spread is not None else "")
     return f"done ≈ {clock}" + (f" ({approx_span(spread)})" if spread is not None else "")
+
+
+def state_change(event: RunStateEvent) -> str:
+    """One run-state change in words: 'failed at export, retry 1/3', 'done in 4m 12s'.
+
+    A run the restart policy queues again after a failure is told as the failure
+    and its retry; a run running again after a pause as "resumed".
+    """
+    state, previous = event.state, event.previous
+    where = f" at {event.stage}" if event.stage else ""
+    bound = f"/{event.max_retries}" if event.max_retries is not None else ""
+    if state == "queued" and previous == "running" and event.retries:
+        return f"failed{where}, retry {event.retries}{bound}"
+    if state == "running" and previous == "paused":
+        return "resumed"
+    if state == "running":
+        return f"started (retry {event.retries}{bound})" if event.retries else "started"
+    if state == "done":
+        return f"done in {duration(event.running_time)}"
+    # Where it stopped matters for a run that stopped; a queued one has not begun again.
+    text = state if state == "queued" else f"{state}{where}"
+    if state in ("failed", "interrupted") and event.error:
+        error = event.error
+        if len(error) > CHANGE_ERROR_CHARS:
+            error = error[: CHANGE_ERROR_CHARS - 1] + "…"
+        text += f": {error}"
+    return text

@@ -6,6 +6,7 @@ values (summaries as dicts) so the server only frames them.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -21,6 +22,7 @@ from supervisor import protocol
 from supervisor.cleanup import Cleaner
 from supervisor.peercred import worker_identity
 from supervisor.protocol import ErrorCode, ProtocolError
+from supervisor.run_map import RunMap, to_reply
 from supervisor.scheduler import Scheduler
 from supervisor.socket_server import Connection
 from supervisor.watcher import Watcher
@@ -75,6 +77,7 @@ class Methods:
             "runs.clean": self.runs_clean,
             "logs.tail": self.logs_tail,
             "memory.history": self.memory_history,
+            "runs.map": self.runs_map,
             "sources.list": self.sources_list,
             "subscribe": self.subscribe,
             "unsubscribe": self.unsubscribe,
@@ -181,6 +184,14 @@ class Methods:
         samples = [s for s in run.memory if since is None or s.time >= since]
         return {"run": run.id, "samples": _events(samples)}  # a protocol.MemoryHistory
 
+    async def runs_map(self, conn: Connection, params: protocol.RunParams) -> dict[str, Any]:
+        """The run's windows from its whole history (read off the loop), then its
+        stages now (which datasets are running)."""
+        run = self.scheduler.get(params.run)
+        windows = await asyncio.to_thread(run.read_history, ("checkpoint",))
+        run_map = RunMap().feed(windows).feed(list(run.stages.values()))
+        return to_reply(run.id, run_map).model_dump(mode="json")
+
     async def sources_list(self, conn: Connection, params: protocol.SourcesParams) -> list[Any]:
         """Files of the watched folders (a ``protocol.WatchedSource`` each)."""
         if self.watcher is None:
@@ -195,10 +206,14 @@ class Methods:
         conn.subscribed = True
         conn.subscribed_runs = None if params.runs is None else set(params.runs)
         conn.subscribed_events = params.events
+        transitions = sorted(
+            (event for run in runs for event in run.transitions), key=lambda event: event.time
+        )
         return {  # a protocol.Snapshot: summaries whole, events as the worker wrote them
             "runs": _dump([run.summary for run in runs]),
             "stages": {run.id: _events(run.stages.values()) for run in runs},
             "last_seq": {run.id: run.summary.last_seq for run in runs},
+            "transitions": _events(transitions[-protocol.SNAPSHOT_TRANSITIONS :]),
         }
 
     async def unsubscribe(self, conn: Connection, params: protocol.EmptyParams) -> dict[str, Any]:

@@ -19,9 +19,12 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from pipeline.contract import FINAL_STATES, RunState
-from pipeline.events import LogEvent, MemoryEvent, StageEvent
+from pipeline.events import LogEvent, MemoryEvent, RunStateEvent, StageEvent
 
 PROTOCOL_VERSION = 1
+#: Run-state changes a ``subscribe`` snapshot carries, newest of every run together:
+#: the history a dashboard's events pane starts from.
+SNAPSHOT_TRANSITIONS = 200
 #: Lines longer than this are answered with ``LINE_TOO_LONG`` and discarded.
 MAX_LINE_BYTES = 1024 * 1024
 
@@ -59,6 +62,11 @@ class RunSummary(BaseModel):
     peak_rss: int | None = None
     retries: int = 0
     retry_at: float | None = Field(default=None, description="Unix time of the next retry.")
+    wait_reason: str | None = Field(
+        default=None,
+        description="Why a queued run does not start, in the daemon's words "
+        "(e.g. waiting for another run's outputs, or for memory); None: no reason given.",
+    )
     pid: int | None = Field(default=None, description="Worker pid (its process group id).")
     exit_code: int | None = None
     error: str | None = None
@@ -304,12 +312,41 @@ class MemoryHistory(BaseModel):
     samples: list[MemoryEvent] = Field(default_factory=list)
 
 
+class DatasetWindows(BaseModel):
+    """One dataset of ``runs.map``: its grid and every window written so far."""
+
+    name: str
+    grid_height: int
+    grid_width: int
+    windows: list[tuple[int, int, int, int, int]] = Field(
+        default_factory=list, description="(row_off, col_off, height, width, times written)."
+    )
+    newest: tuple[int, int, int, int] | None = None
+    running: bool = False
+
+
+class RunMapReply(BaseModel):
+    """``runs.map``: where a run is, from its whole history (what ``geod map`` draws).
+
+    ``last_seq`` is the newest window event included: a subscriber folds in only
+    window events after it, so nothing is counted twice.
+    """
+
+    run: str
+    last_seq: int = 0
+    latest: str | None = None
+    datasets: list[DatasetWindows] = Field(default_factory=list)
+
+
 class Snapshot(BaseModel):
     """``subscribe``: runs and stage trees at the instant the subscription began."""
 
     runs: list[RunSummary] = Field(default_factory=list)
     stages: dict[str, list[StageEvent]] = Field(default_factory=dict)
     last_seq: dict[str, int] = Field(default_factory=dict)
+    transitions: list[RunStateEvent] = Field(
+        default_factory=list, description="Newest run-state changes of these runs, oldest first."
+    )
 
 
 #: What ``logs.tail`` returns: the run's log events, oldest first.
@@ -333,6 +370,7 @@ METHODS: dict[str, type[BaseModel]] = {
     "runs.clean": CleanParams,
     "logs.tail": LogsTailParams,
     "memory.history": MemoryHistoryParams,
+    "runs.map": RunParams,
     "sources.list": SourcesParams,
     "subscribe": SubscribeParams,
     "unsubscribe": EmptyParams,

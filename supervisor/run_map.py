@@ -25,6 +25,7 @@ import numpy as np
 from rich.text import Text
 
 from pipeline.events import CheckpointEvent, Event, StageEvent
+from supervisor.protocol import DatasetWindows, RunMapReply
 
 #: Cell states, in the order their codes are painted (a later one wins a shared cell).
 STATES: tuple[str, ...] = ("pending", "done", "recomputed", "running")
@@ -40,6 +41,9 @@ _CODE = {state: code for code, state in enumerate(STATES)}
 _HALF = "▀"
 #: Stage id prefix of the datasets the map follows.
 RESAMPLE = "resample"
+#: Rasters (one per drawn size) a dataset keeps up to date window by window; a view
+#: is usually drawn at one or two sizes (a resize), so more would only hold memory.
+RASTERS_KEPT = 2
 
 Box = tuple[int, int, int, int]  # row_off, col_off, height, width
 
@@ -54,10 +58,17 @@ class DatasetMap:
     writes: dict[Box, int] = field(default_factory=dict)
     newest: Box | None = None
     running: bool = False
+    #: Done/recomputed codes per drawn size, painted as windows arrive: a redraw of a
+    #: long run's map then costs its characters, not a pass over every window.
+    _rasters: dict[tuple[int, int], np.ndarray] = field(
+        default_factory=dict, repr=False, compare=False
+    )
 
     def record(self, box: Box) -> None:
-        self.writes[box] = self.writes.get(box, 0) + 1
+        writes = self.writes[box] = self.writes.get(box, 0) + 1
         self.newest = box
+        for (rows, columns), codes in self._rasters.items():
+            self._paint_written(codes, rows, columns, box, writes)
 
     def counts(self) -> dict[str, int]:
         """Windows per state (pending is not counted: the grid's windows are not all known)."""
@@ -66,14 +77,26 @@ class DatasetMap:
 
     def cells(self, rows: int, columns: int) -> np.ndarray:
         """State codes of a ``rows`` × ``columns`` raster of the grid (each window painted)."""
-        codes = np.zeros((rows, columns), dtype=np.uint8)
-        scale_y, scale_x = rows / self.grid_height, columns / self.grid_width
-        for (row, col, height, width), writes in self.writes.items():
-            state = "recomputed" if writes > 1 else "done"
-            _paint(codes, (row, col, height, width), scale_y, scale_x, _CODE[state])
+        written = self._rasters.get((rows, columns))
+        if written is None:
+            if len(self._rasters) >= RASTERS_KEPT:
+                self._rasters.clear()
+            written = self._rasters[(rows, columns)] = np.zeros((rows, columns), dtype=np.uint8)
+            for box, writes in self.writes.items():
+                self._paint_written(written, rows, columns, box, writes)
+        codes = written.copy()
         if self.running and self.newest is not None:
-            _paint(codes, self.newest, scale_y, scale_x, _CODE["running"])
+            _paint(codes, self.newest, *self._scale(rows, columns), _CODE["running"])
         return codes
+
+    def _scale(self, rows: int, columns: int) -> tuple[float, float]:
+        return rows / self.grid_height, columns / self.grid_width
+
+    def _paint_written(
+        self, codes: np.ndarray, rows: int, columns: int, box: Box, writes: int
+    ) -> None:
+        state = "recomputed" if writes > 1 else "done"
+        _paint(codes, box, *self._scale(rows, columns), _CODE[state])
 
 
 def _paint(codes: np.ndarray, box: Box, scale_y: float, scale_x: float, code: int) -> None:
@@ -92,10 +115,16 @@ class RunMap:
     datasets: dict[str, DatasetMap] = field(default_factory=dict)
     #: Dataset of the newest window (what a view shows unless told otherwise).
     latest: str | None = None
+    #: Newest window event folded in: one at or below it is already counted.
+    last_seq: int = 0
 
     def apply(self, event: Event) -> bool:
         """Fold one event in; True if the map changed."""
         if isinstance(event, CheckpointEvent):
+            if event.seq is not None:
+                if event.seq <= self.last_seq:
+                    return False  # already in (a history fetched after it arrived live)
+                self.last_seq = event.seq
             return self._window(event)
         if isinstance(event, StageEvent) and event.parent == RESAMPLE:
             dataset = self.datasets.get(event.name)
@@ -123,6 +152,35 @@ class RunMap:
         dataset.record(box)  # type: ignore[arg-type]  # checked above: no None left
         self.latest = event.dataset
         return True
+
+
+def to_reply(run_id: str, run_map: RunMap) -> RunMapReply:
+    """The map as ``runs.map`` sends it: windows with their write counts, per dataset."""
+    datasets = [
+        DatasetWindows(
+            name=dataset.name,
+            grid_height=dataset.grid_height,
+            grid_width=dataset.grid_width,
+            windows=[(*box, writes) for box, writes in dataset.writes.items()],
+            newest=dataset.newest,
+            running=dataset.running,
+        )
+        for dataset in run_map.datasets.values()
+    ]
+    return RunMapReply(
+        run=run_id, last_seq=run_map.last_seq, latest=run_map.latest, datasets=datasets
+    )
+
+
+def from_reply(reply: RunMapReply) -> RunMap:
+    """The map a ``runs.map`` reply describes (the inverse of :func:`to_reply`)."""
+    run_map = RunMap(latest=reply.latest, last_seq=reply.last_seq)
+    for wire in reply.datasets:
+        dataset = DatasetMap(wire.name, wire.grid_height, wire.grid_width, running=wire.running)
+        dataset.writes = {(row, col, h, w): n for row, col, h, w, n in wire.windows}
+        dataset.newest = wire.newest
+        run_map.datasets[wire.name] = dataset
+    return run_map
 
 
 def fit(dataset: DatasetMap, columns: int, rows: int) -> tuple[int, int]:

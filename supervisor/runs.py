@@ -34,19 +34,20 @@ from typing import IO
 from pydantic import ValidationError
 
 from pipeline.config import PipelineConfig, RestartConfig, TelemetryConfig, load_config
-from pipeline.contract import FINAL_STATES, level_rank
+from pipeline.contract import FINAL_STATES, RunState, level_rank
 from pipeline.durable import cut_torn_tail, write_atomic
 from pipeline.events import (
     Event,
     LogEvent,
     MemoryEvent,
     OutputEvent,
+    RunStateEvent,
     StageEvent,
     StateEvent,
     decode,
 )
 from supervisor.progress import RateEstimator, run_fraction, running_seconds
-from supervisor.protocol import RunSummary
+from supervisor.protocol import SNAPSHOT_TRANSITIONS, RunSummary
 
 log = logging.getLogger("geod.daemon.runs")
 
@@ -80,6 +81,10 @@ class Run:
     #: Last lifecycle state the current worker reported (StateEvent.state) and its reason.
     worker_state: str | None = None
     worker_reason: str | None = None
+    #: The run's newest state changes (RunStateEvent), rebuilt from the history too.
+    transitions: deque[RunStateEvent] = field(
+        default_factory=lambda: deque(maxlen=SNAPSHOT_TRANSITIONS)
+    )
     _rate: RateEstimator = field(default_factory=RateEstimator)
     #: Worker time of the newest event: where a running clock stops if the daemon died.
     _last_event: float = 0.0
@@ -147,7 +152,9 @@ class Run:
             self._update_progress(event.time)
         elif isinstance(event, LogEvent):
             self.recent_logs.append(event)
-        elif isinstance(event, MemoryEvent):
+        elif isinstance(event, MemoryEvent) and event.worker is None:
+            # A Dask worker's sample (worker set) is that worker's, not the run's process
+            # tree: telemetry keeps it, the run's RSS and peak do not count it.
             self.memory.append(event)
             if event.operation == "sample":
                 self.summary.rss = event.rss
@@ -159,6 +166,13 @@ class Run:
         elif isinstance(event, StateEvent):
             self.worker_state = event.state
             self.worker_reason = event.reason
+        elif isinstance(event, RunStateEvent):
+            self.transitions.append(event)
+
+    @property
+    def announced_state(self) -> RunState | None:
+        """The state the history last recorded for the run (None before the first)."""
+        return self.transitions[-1].state if self.transitions else None
 
     def _update_progress(self, now: float) -> None:
         """Progress from the windows done (never lower than before), then the time left."""
@@ -232,9 +246,10 @@ class Run:
             recent = [e for e in self.read_history() if isinstance(e, LogEvent) and wanted(e)]
         return recent[-limit:]
 
-    def read_history(self) -> list[Event]:
-        """Every stamped event of the history file, decoded; torn or foreign lines skipped."""
-        return read_events(self.run_dir / EVENTS_NAME)
+    def read_history(self, types: tuple[str, ...] = ()) -> list[Event]:
+        """Every stamped event of the history file (only ``types``, if given), decoded;
+        torn or foreign lines skipped."""
+        return read_events(self.run_dir / EVENTS_NAME, types)
 
     def close(self) -> None:
         if self._events_file is not None:
@@ -242,13 +257,22 @@ class Run:
             self._events_file = None
 
 
-def read_events(path: Path) -> list[Event]:
-    """The events of a history file (``events.ndjson``); torn or foreign lines skipped."""
+def read_events(path: Path, types: tuple[str, ...] = ()) -> list[Event]:
+    """The events of a history file (``events.ndjson``); torn or foreign lines skipped.
+
+    With ``types``, only events of those types: other lines are skipped by their
+    text before any decoding, which is what makes one type of a long history
+    (a six-hour run's windows among its logs and memory samples) cheap to read.
+    """
     events: list[Event] = []
     if not path.exists():
         return events
+    # Lines are written by ``encode`` (compact JSON), so a type reads exactly like this.
+    marks = [f'"type":"{kind}"'.encode() for kind in types]
     with open(path, "rb") as handle:
         for line in handle:
+            if marks and not any(mark in line for mark in marks):
+                continue
             with contextlib.suppress(ValueError):  # pydantic's ValidationError included
                 events.append(decode(line))
     return events

@@ -52,7 +52,7 @@ from pipeline.contract import (
     WORKER_EXIT_INPUT,
 )
 from pipeline.control import SHRINK_SIGNAL
-from pipeline.events import Event, LogEvent, StateEvent, decode, encode
+from pipeline.events import Event, LogEvent, RunStateEvent, StateEvent, decode, encode
 from supervisor import run_queue
 from supervisor.asuser import read_config_as
 from supervisor.cleanup import run_disk_used
@@ -60,6 +60,7 @@ from supervisor.memory_broker import MemoryBroker, PeakLookup
 from supervisor.oom import OomWatch
 from supervisor.peercred import Identity
 from supervisor.process import RotatingLog, WorkerProcess
+from supervisor.progress import running_seconds
 from supervisor.protocol import (
     NOTIFY_EVENT,
     NOTIFY_RUN,
@@ -189,6 +190,8 @@ class Scheduler:
     def publish(self, run: Run, save: bool = True) -> None:
         """A summary changed: persist it, tell subscribers, telemetry, systemd, hooks."""
         _tidy_reasons(run)
+        if run.summary.state != run.announced_state:
+            self._announce(run)
         if save:
             try:
                 self.registry.save(run)
@@ -207,6 +210,24 @@ class Scheduler:
                 log.exception("telemetry record_run failed")
         if self._on_change is not None:
             self._on_change()
+
+    def _announce(self, run: Run) -> None:
+        """Record the run's new state in its history: what the events pane lists."""
+        summary = run.summary
+        now = time.time()
+        run.note_state(now)  # the running clock as the state file will keep it
+        self.record(
+            run,
+            RunStateEvent(
+                state=summary.state,
+                previous=run.announced_state,
+                stage=summary.stage,
+                error=summary.error,
+                retries=summary.retries,
+                max_retries=run.restart_policy().max_retries,
+                running_time=running_seconds(summary, now),
+            ),
+        )
 
     def _vanished(self, run: Run) -> None:
         """The run directory was deleted under a run: fail it for good, keep serving.
@@ -329,6 +350,7 @@ class Scheduler:
             if claim is not None:
                 claimed[claim] = run.id
             self._waiting_output.discard(run.id)
+            run.summary.wait_reason = None
             self._starting.add(run.id)
             run.summary.state = "running"
             run.summary.wait_reason = None
@@ -412,7 +434,10 @@ class Scheduler:
 
     async def _start(self, run: Run) -> None:
         summary = run.summary
-        summary.started = time.time()
+        # The first start only: a retry or a resume continues the same run, whose
+        # running time (not this clock) says how long it has worked.
+        if summary.started is None:
+            summary.started = time.time()
         summary.finished = None
         summary.exit_code = None
         summary.retry_at = None

@@ -175,3 +175,62 @@ def test_dataset_in_a_pseudo_filesystem_refused_before_resolution(path: str) -> 
 def test_root_config_is_valid() -> None:
     config = load_config(Path(__file__).parent.parent / "config.yml", check_files=False)
     assert [d.name for d in config.datasets] == ["richness", "endemism", "landcover", "threat"]
+
+
+LOCAL_CLUSTER = {"local_cluster": {"n_workers": 2}}
+
+
+@pytest.mark.parametrize(
+    ("sections", "expected"),
+    [
+        ({"executor": "dusk"}, "config.yml: executor: Input should be 'local' or 'dask'"),
+        (
+            {"executor": "dask"},
+            "config.yml: executor: dask needs a dask: section (scheduler_address or local_cluster)",
+        ),
+        (
+            {"executor": "dask", "dask": {}},
+            "config.yml: dask: set exactly one of scheduler_address and local_cluster",
+        ),
+        (
+            {"executor": "dask", "dask": {"local_cluster": {"n_workers": 0}}},
+            "config.yml: dask.local_cluster.n_workers: Input should be greater than or equal to 1",
+        ),
+        (
+            {"executor": "dask", "dask": {"local_cluster": {"n_wrkers": 2}}},
+            "config.yml: dask.local_cluster.n_wrkers: unknown key (did you mean 'n_workers'?)",
+        ),
+        (
+            {"executor": "dask", "dask": {"scheduler_address": "host:8786"}},
+            "config.yml: dask.scheduler_address: 'host:8786' is not a scheduler address like "
+            "tcp://host:8786",
+        ),
+        (
+            {"executor": "dask", "dask": {**LOCAL_CLUSTER, "connect_timeout": 0}},
+            "config.yml: dask.connect_timeout: Input should be greater than 0",
+        ),
+        (
+            {"executor": "dask", "dask": {**LOCAL_CLUSTER, "worker_memory": {"target": 0.85}}},
+            "config.yml: dask.worker_memory: target ≤ spill ≤ pause ≤ terminate must hold "
+            "(with memory's levels filling unset ones: "
+            "{'target': 0.85, 'spill': 0.8, 'pause': 0.9, 'terminate': 0.95})",
+        ),
+    ],
+)
+def test_executor_errors_name_the_key(sections: dict, expected: str) -> None:
+    assert _error(_with(**sections)) == expected
+
+
+def test_dask_worker_memory_follows_the_memory_section() -> None:
+    config = parse_config(
+        _with(
+            executor="dask",
+            dask={**LOCAL_CLUSTER, "worker_memory": {"terminate": 0.98}},
+            memory={"calm": 0.6, "warning": 0.75, "critical": 0.85},
+        ),
+        "config.yml",
+    )
+    assert config.dask is not None and config.dask.connect_timeout == 10
+    fractions = config.dask.worker_memory.fractions(config.memory)
+    assert fractions == {"target": 0.6, "spill": 0.75, "pause": 0.85, "terminate": 0.98}
+    assert parse_config(BASE, "config.yml").executor == "local"

@@ -18,6 +18,8 @@ from pathlib import Path
 import psutil
 import pytest
 
+from pipeline.events import RunStateEvent
+from supervisor import formatting
 from supervisor.lifecycle import EXIT_LOCKED, EXIT_START_FAILED
 from supervisor.protocol import ErrorCode, ProtocolError
 from tests.daemon_harness import DaemonHarness, fake_config, group_alive, running_daemon
@@ -132,6 +134,19 @@ def test_restart_policy(tmp_path: Path) -> None:
         steps = [e for e in history(daemon, flaky) if e["type"] == "stage" and e["id"] == "steps"]
         restarts = [e["done"] for e in steps if e["status"] == "running"]
         assert 5 in restarts[1:], restarts
+        # Every state change is in the history, in words for the events pane; the retry
+        # did not restart the run's clock: STARTED is the first start.
+        changes = [
+            RunStateEvent.model_validate(e)
+            for e in history(daemon, flaky)
+            if e["type"] == "run_state"
+        ]
+        assert [c.state for c in changes] == ["queued", "running", "queued", "running", "done"]
+        words = [formatting.state_change(c) for c in changes]
+        assert words[2] == "failed at steps, retry 1/2", words
+        assert words[3] == "started (retry 1/2)" and words[4].startswith("done in ")
+        assert done["started"] <= changes[1].time < changes[3].time
+        assert done["running_time"] >= changes[4].running_time > changes[2].running_time > 0
         failed = daemon.wait(broken, "failed")
         assert failed["retries"] == 2 and failed["exit_code"] == 1
         assert failed["error"] == "fake failure at step 3"  # 3 attempts, each resumed

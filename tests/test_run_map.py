@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from pipeline.events import CheckpointEvent, StageEvent, decode, encode
-from supervisor.run_map import STATE_COLORS, RunMap, fit, legend, render
+from supervisor.protocol import RunSummary
+from supervisor.run_map import STATE_COLORS, RunMap, fit, from_reply, legend, render, to_reply
 from tests import tui_recording as rec
 from tests.tui_support import pilot_test, replay_app, until
+from tui.state import DashboardState
 from tui.widgets.run_map import RunMapPanel
 
 GRID_H, GRID_W, WIN = 180, 360, 90  # a 2 × 4 lattice of windows
@@ -111,3 +113,56 @@ async def test_map_panel_colours_follow_window_events() -> None:
         await pilot.press("w")
         await pilot.pause()
         assert app.memory_chart.region.area and not panel.region.area
+
+
+def test_wire_form_round_trips() -> None:
+    run_map = RunMap().feed(
+        [window("bio1", 0, 0, seq=1), window("bio1", 0, 0, seq=2), window("bio2", 1, 1, seq=3)]
+    )
+    again = from_reply(to_reply("r0001", run_map))
+    assert again.last_seq == 3 and again.latest == "bio2"
+    for name, dataset in run_map.datasets.items():
+        copy = again.datasets[name]
+        assert copy.writes == dataset.writes and copy.newest == dataset.newest
+        assert copy.cells(2, 4).tolist() == dataset.cells(2, 4).tolist()
+
+
+def test_history_fetched_after_attach_counts_each_window_once() -> None:
+    """Attach: windows 1-2 before it (history only), 3-4 arrive live while ``runs.map`` is on
+    its way, the reply counts 1-3: the merged map has 1-4, each written once."""
+    state = DashboardState()
+    state.apply_run(RunSummary(id="r1", name="demo", state="running"))
+    state.hold_windows("r1")
+    live = [window("bio1", 1, col, run="r1", seq=seq) for col, seq in ((0, 3), (1, 4))]
+    for event in live:
+        state.apply_event(event)
+    history = [window("bio1", 0, col, run="r1", seq=seq) for col, seq in ((0, 1), (1, 2))]
+    reply = to_reply("r1", RunMap().feed([*history, live[0]]))
+    assert reply.last_seq == 3
+    state.merge_map("r1", from_reply(reply))
+    dataset = state.runs["r1"].map.datasets["bio1"]
+    assert dataset.counts() == {"done": 4, "recomputed": 0}
+    assert dataset.newest == (WIN, WIN, WIN, WIN)
+    assert state.runs["r1"].map_held is None
+    # Later live windows still count, older seqs never again.
+    state.apply_event(window("bio1", 0, 0, run="r1", seq=5))
+    state.apply_event(window("bio1", 0, 1, run="r1", seq=2))
+    assert dataset.counts() == {"done": 3, "recomputed": 1}
+
+
+def test_a_drawn_map_follows_new_windows_as_a_fresh_one_would() -> None:
+    """The raster kept per drawn size is painted window by window: after more windows (one
+    written again) it equals a map built from scratch, at every size asked for."""
+    run_map = RunMap().feed([window("bio1", 0, 0, seq=1)])
+    dataset = run_map.datasets["bio1"]
+    sizes = [(2, 4), (8, 16), (3, 5)]  # three sizes: one more than a dataset keeps
+    for rows, columns in sizes:
+        dataset.cells(rows, columns)
+    run_map.feed([window("bio1", 1, 3, seq=2), window("bio1", 0, 0, seq=3)])
+    fresh = RunMap().feed([window("bio1", 0, 0), window("bio1", 1, 3), window("bio1", 0, 0)])
+    for rows, columns in sizes:
+        drawn = dataset.cells(rows, columns).tolist()
+        assert drawn == fresh.datasets["bio1"].cells(rows, columns).tolist()
+    assert dataset.cells(2, 4).tolist() == [[3, 0, 0, 0], [0, 0, 0, 1]]  # newest: running
+    dataset.running = False
+    assert dataset.cells(2, 4).tolist() == [[2, 0, 0, 0], [0, 0, 0, 1]]  # written twice

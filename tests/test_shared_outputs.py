@@ -18,13 +18,17 @@ def test_second_run_on_the_same_outputs_waits_for_the_first(tmp_path: Path) -> N
         second = daemon.submit(config)
         other = daemon.submit(fake_config(tmp_path / "other", "steps60"))
         daemon.wait(other, lambda r: r["state"] in ("running", "done"))
-        assert daemon.run(second)["state"] == "queued"  # a free slot, but not its outputs
+        waiting = daemon.run(second)
+        assert waiting["state"] == "queued"  # a free slot, but not its outputs
+        # The summary says why (the dashboard's WHY column shows it).
+        assert waiting["wait_reason"].startswith(f"waiting for run {first}, which writes")
         logs = daemon.call("logs.tail", run=second)
         expected = f"waiting for run {first}, which writes the same output"
         assert any(expected in event.get("message", "") for event in logs)
         done = daemon.wait(first, "done")
         started = daemon.wait(second, lambda r: r["started"] is not None)
         assert started["started"] >= done["finished"]
+        assert started["wait_reason"] is None
         daemon.wait(second, "done")
 
 

@@ -8,6 +8,7 @@ needs; a test that wants activity resumes it and pauses it again.
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -26,6 +27,7 @@ from tui.screens.help import HelpScreen
 from tui.widgets.banner import ConnectionBanner
 from tui.widgets.log_view import LogView
 from tui.widgets.memory_chart import MemoryChart
+from tui.widgets.run_map import RunMapPanel
 from tui.widgets.runs_table import RunsTable
 from tui.widgets.stage_tree import StageTree
 
@@ -79,6 +81,13 @@ async def until(pilot, predicate: Callable[[], bool], timeout: float = WAIT_S) -
         assert time.monotonic() - start < timeout, "condition not reached in time"
         await pilot.pause(0.02)
     return time.monotonic() - start
+
+
+def _cell_seconds(table: RunsTable, run_id: str) -> int:
+    """The Elapsed cell (``1m 05s``, ``7s``) in seconds."""
+    units = {"d": 86400, "h": 3600, "m": 60, "s": 1}
+    text = str(table.get_cell(run_id, "elapsed"))
+    return sum(int(part[:-1]) * units[part[-1]] for part in text.split())
 
 
 def _state(app: GeodApp, run_id: str) -> str:
@@ -188,7 +197,7 @@ async def test_view_keys_on_a_live_run(daemon) -> None:
         await pilot.pause(0.6)
         # The readout and the legend live in the borders, outside the plot.
         assert str(chart.border_title).startswith("RSS ")
-        assert "━[/green] RSS" in str(chart.border_subtitle)
+        assert "[ansi_green]━[/ansi_green] RSS" in str(chart.border_subtitle)
         for span in ("1 h", "whole run", "5 min"):
             await pilot.press("m")
             assert str(chart.border_subtitle).endswith(span)
@@ -200,6 +209,42 @@ async def test_view_keys_on_a_live_run(daemon) -> None:
         assert isinstance(app.screen, HelpScreen)
         await pilot.press("escape")
         assert harness.run(run_id)["state"] == "paused"
+
+
+def _windows_in_history(run_dir: Path) -> dict[str, set[tuple[int, int]]]:
+    """Every window position each dataset wrote, read straight from the run's history."""
+    written: dict[str, set[tuple[int, int]]] = {}
+    for line in (run_dir / "events.ndjson").read_text().splitlines():
+        event = json.loads(line)
+        if event.get("type") == "checkpoint" and event.get("row_off") is not None:
+            written.setdefault(event["dataset"], set()).add((event["row_off"], event["col_off"]))
+    return written
+
+
+@pilot_test
+async def test_map_shows_windows_written_before_attach(daemon) -> None:
+    """The run wrote windows before the dashboard existed: the Map has them all at once."""
+    harness, run_id = daemon
+    expected = _windows_in_history(Path(harness.run(run_id)["run_dir"]))
+    assert expected, "the fixture's run should have written windows before attaching"
+    app = attached(harness, run_id)
+    async with app.run_test(size=SIZE) as pilot:
+        view_of = lambda: app.state.runs.get(run_id)  # noqa: E731
+        await until(pilot, lambda: view_of() is not None and bool(view_of().map.datasets))
+        run_map = view_of().map
+        # Windows can only have been added since (the run is paused, but a resume by
+        # another test is not excluded): at least everything the history held.
+        for dataset, boxes in expected.items():
+            got = {(row, col) for row, col, _, _ in run_map.datasets[dataset].writes}
+            assert boxes <= got, dataset
+        await pilot.press("w")
+        panel = app.query_one(RunMapPanel)
+        await until(pilot, lambda: panel.display and panel.size.height > 0)
+        first = next(iter(expected))
+        while panel.dataset is not None and panel.dataset.name != first:
+            await pilot.press("left_square_bracket")  # go back to the first dataset
+        counts = panel.dataset.counts()
+        assert counts["done"] + counts["recomputed"] >= len(expected[first])
 
 
 @pilot_test
@@ -233,10 +278,20 @@ async def test_two_dashboards_see_the_same_actions(daemon) -> None:
     async with first.run_test(size=SIZE) as pilot_a, second.run_test(size=SIZE) as pilot_b:
         for app, pilot in ((first, pilot_a), (second, pilot_b)):
             await until(pilot, lambda app=app: run_id in app.query_one(RunsTable).rows)
+        # The events pane has the changes from before either attached (the run was
+        # queued, started and paused by the fixture) ...
+        lines = lambda app: [strip.text for strip in app.events_pane.lines]  # noqa: E731
+        mine = lambda app: [t.split(" ", 1)[1] for t in lines(app) if f" {run_id} " in t]  # noqa: E731
+        await until(pilot_a, lambda: any(" paused" in t for t in mine(first)))
+        assert f"{run_id} ◌ queued" in mine(first)[0] and "started" in mine(first)[1]
         await pilot_a.press("r")
         await until(pilot_b, lambda: _state(second, run_id) == "▶ running")
         await pilot_b.press("p")
         await until(pilot_a, lambda: _state(first, run_id).startswith("‖ paused"))
+        # ... and both show the same lines for what happened since: resumed, paused.
+        await until(pilot_a, lambda: mine(first)[-2:] == mine(second)[-2:])
+        assert mine(first)[-2].endswith("resumed") and " paused" in mine(first)[-1]
+        assert lines(first) == lines(second)
 
 
 @pilot_test
@@ -291,7 +346,20 @@ async def test_kill_confirms_then_retry(daemon) -> None:
         await pilot.press("K")
         await pilot.press("y")
         await until(pilot, lambda: _state(app, run_id) == "✖ killed")
+        killed = app.state.runs[run_id].summary
+        worked = app.state.elapsed(killed) or 0.0
+        assert worked > 0
         await pilot.press("R")
-        await until(pilot, lambda: _state(app, run_id) in ("▶ running", "◌ queued"))
+        await until(pilot, lambda: _state(app, run_id) == "▶ running")
+        # The retry continues the run: STARTED stays the first start, Elapsed goes on
+        # from what it had worked (the table shows the same figure).
+        retried = app.state.runs[run_id].summary
+        assert retried.started == killed.started
+        assert (app.state.elapsed(retried) or 0.0) >= worked
+        table = app.query_one(RunsTable)
+        await until(pilot, lambda: _cell_seconds(table, run_id) >= int(worked))
+        # The events pane says what happened, in order.
+        lines = [strip.text for strip in app.events_pane.lines if f" {run_id} " in strip.text]
+        assert "killed" in lines[-3] and "queued" in lines[-2] and "started" in lines[-1]
         harness.call("runs.kill", run=run_id, force=True)
         await until(pilot, lambda: _state(app, run_id) == "✖ killed")

@@ -25,6 +25,10 @@ def utc(monkeypatch: pytest.MonkeyPatch):
 
 async def _settle(pilot) -> None:
     await pilot.pause(0.6)  # past the first frame and the chart's redraw interval
+    # The chart is redrawn on a timer: on a loaded machine its last draw may predate the
+    # final layout, so draw it once more at the size it has now.
+    pilot.app.memory_chart.redraw()
+    await pilot.pause()
 
 
 def test_main_screen(snap_compare, utc) -> None:
@@ -49,3 +53,14 @@ def test_map_panel_160x48(snap_compare, utc) -> None:
 
 def test_kill_confirmation(snap_compare, utc) -> None:
     assert snap_compare(replay_app(), terminal_size=(100, 30), press=["k"], run_before=_settle)
+
+
+def test_events_panel_80x24(snap_compare, utc) -> None:
+    """Narrow: tab to the events pane (runs → stages → memory → events)."""
+    press = ["tab", "tab", "tab"]
+    assert snap_compare(replay_app(), terminal_size=(80, 24), press=press, run_before=_settle)
+
+
+def test_runs_filter_80x24(snap_compare, utc) -> None:
+    press = ["colon", *"failed", "enter"]
+    assert snap_compare(replay_app(), terminal_size=(80, 24), press=press, run_before=_settle)

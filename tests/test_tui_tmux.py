@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sysconfig
@@ -167,7 +168,8 @@ def test_attach_keys_and_detach_in_tmux(geod_env) -> None:
 
 
 def test_attach_at_80x24_one_panel_at_a_time_help_visible(geod_env) -> None:
-    """At 80×24: the footer keeps ``? Help``, the body shows one panel, tab and ``w`` switch."""
+    """At 80×24: the footer keeps ``? Help``, the table fits, the body shows one panel, tab
+    and ``w`` switch (map, events, log), ``:`` filters the runs."""
     env, config = geod_env
     run_id = _geod(env, "start", str(config))
     tmux = Tmux()
@@ -180,14 +182,33 @@ def test_attach_at_80x24_one_panel_at_a_time_help_visible(geod_env) -> None:
         footer = [line for line in screen.splitlines() if line.strip()][-1]
         assert "? Help" in footer, footer
         assert "Stages" in screen and "Log" not in screen  # one body panel at a time
+        # The runs table fits: no cell cut at the border ("176.6 Mi"), no sideways scroll.
+        table = screen.split("Stages")[0]
+        assert not re.search(r"\d Mi│|\d M│", table), table
+        header = next(line for line in table.splitlines() if "Run" in line and "State" in line)
+        last = header.strip("│ ").split()[-1]
+        assert last in {"Name", "State", "Done", "Elapsed", "ETA", "Stage", "RSS", "Peak", "Why"}
+        assert all(len(line) <= 80 for line in table.splitlines())
         tmux.keys("Tab")  # runs → stages (the panel already shown)
         time.sleep(POLL)
         tmux.keys("Tab")  # stages → memory
         tmux.wait_screen(lambda text: "RSS " in text and "Stages" not in text, "the memory panel")
         tmux.keys("w")
         tmux.wait_screen(lambda text: "Map" in text, "the map panel")
+        tmux.keys("Tab")  # map → events: the run's changes, from before we attached too
+        tmux.wait_screen(
+            lambda text: "Events" in text and f"{run_id} ▶ started" in text, "the events pane"
+        )
         tmux.keys("Tab")
         tmux.wait_screen(lambda text: "Log" in text and "Map" not in text, "the log panel")
+        # ':' filters the runs table by state; escape in the table clears it.
+        tmux.keys(":")
+        tmux.wait_screen(lambda text: "filter runs" in text, "the filter prompt")
+        tmux.keys("done", "Enter")
+        tmux.wait_screen(lambda text: ":done (" in text, "the filter in the table's title")
+        assert _run_row(tmux.screen(), run_id) == "" or _status(env, run_id)["state"] == "done"
+        tmux.keys("Escape")
+        tmux.wait_screen(lambda text: ":done" not in text and run_id in text, "the filter cleared")
         tmux.detach()
     finally:
         tmux("kill-server")

@@ -28,7 +28,7 @@ from tui.screens.help import HelpScreen
 from tui.widgets.banner import ConnectionBanner
 from tui.widgets.log_view import LogView
 from tui.widgets.memory_chart import COLORS, MemoryChart, readout, size_ticks, time_ticks
-from tui.widgets.runs_table import RunsTable
+from tui.widgets.runs_table import SORT_COLUMNS, RunsTable
 from tui.widgets.stage_tree import StageTree
 
 SIZE = (120, 40)
@@ -99,7 +99,7 @@ def _finished(run_id: str, peak_mib: int) -> RunSummary:
 @pilot_test
 async def test_runs_table_pins_active_runs_and_explains_queued_ones() -> None:
     app = replay_app()
-    async with app.run_test(size=SIZE) as pilot:
+    async with app.run_test(size=(160, 48)) as pilot:  # every column fits
         await pilot.pause()
         table = app.query_one(RunsTable)
         state = app.state
@@ -130,6 +130,34 @@ async def test_runs_table_pins_active_runs_and_explains_queued_ones() -> None:
         assert table.selected_run == order()[-1]
         await pilot.press("home")
         assert table.selected_run == order()[0]
+
+
+@pilot_test
+async def test_runs_table_fits_80_columns_without_scrolling_sideways() -> None:
+    app = replay_app()
+    async with app.run_test(size=(80, 24)) as pilot:
+        table = app.runs_table
+        await until(pilot, lambda: table.row_count == 2)
+        fits = lambda: table.virtual_size.width <= table.size.width  # noqa: E731
+        await until(pilot, fits)
+        assert table.max_scroll_x == 0
+        # Peak and stage are the first to go; RSS is whole (not "176.6 Mi").
+        assert "peak" not in table.shown_columns and "stage" not in table.shown_columns
+        assert {"id", "state", "progress", "eta", "rss"} <= set(table.shown_columns)
+        assert _cell(table, rec.RUN, "rss").strip() == "610.0 MiB"
+        # A queued run: its WHY matters more than the columns after it in DROP_ORDER.
+        app.state.apply_run(
+            RunSummary(
+                id="r4", name="waiting", state="queued", wait_reason="waiting for memory: 1.2 GiB"
+            )
+        )
+        await until(pilot, lambda: "why" in table.shown_columns and table.row_count == 3)
+        await until(pilot, fits)
+        assert _cell(table, "r4", "why") == "waiting for memory: 1.2 GiB"
+        # Room again: every column comes back.
+        await pilot.resize_terminal(220, 60)
+        await until(pilot, lambda: len(table.shown_columns) == len(SORT_COLUMNS))
+        assert _cell(table, rec.RUN, "stage") == "resample/landcover"
 
 
 @pilot_test
@@ -442,9 +470,8 @@ async def test_narrow_terminal_shows_one_panel_at_a_time_and_tab_switches() -> N
     app = replay_app()
     async with app.run_test(size=(80, 24)) as pilot:
         await pilot.pause()
-        visible = lambda: [  # noqa: E731
-            p.id for p in (app.stage_tree, app.memory_chart, app.log_view) if p.region.area
-        ]
+        panels = (app.stage_tree, app.memory_chart, app.events_pane, app.log_view)
+        visible = lambda: [p.id for p in panels if p.region.area]  # noqa: E731
         assert visible() == ["stages"]
         assert app.stage_tree.region.width >= 76  # the whole width, not 45 % of it
         await pilot.press("tab")  # runs → stages
@@ -453,10 +480,13 @@ async def test_narrow_terminal_shows_one_panel_at_a_time_and_tab_switches() -> N
         assert visible() == ["memory"] and app.focused is app.memory_chart
         await pilot.press("tab")
         await pilot.pause()
+        assert visible() == ["events"] and app.focused is app.events_pane
+        await pilot.press("tab")
+        await pilot.pause()
         assert visible() == ["log"]
         await pilot.resize_terminal(160, 48)
         await pilot.pause()
-        assert visible() == ["stages", "memory", "log"]
+        assert visible() == ["stages", "memory", "events", "log"]
 
 
 @pilot_test
@@ -490,17 +520,47 @@ async def test_memory_chart_span_cycles_and_draws_levels() -> None:
         for name in ("RSS", "budget", "warning", "critical", "window px"):
             assert name in legend and name not in built
         assert len(set(COLORS.values())) == len(COLORS)
+
         # Free memory (2.9 GiB) is above the worker's range (budget 2 GiB): stated, not drawn.
         assert "avail" not in legend.split("·")[0]
         assert "avail 2.9 GiB" in legend
-        # Sizes on the y axis, clock times on the x axis.
+        # Sizes on the y axis, clock times on the x axis, whole window sizes on the right.
         assert "GiB" in built or "MiB" in built
+        sizes = {s.window_size for s in app.state.runs[rec.RUN].worker_memory if s.window_size}
+        assert sizes and all(f"┤{size}" in built or f"├{size}" in built for size in sizes)
+        assert not re.search(r"├\d+\.\d", built), built
         assert re.search(r"\d\d:\d\d:\d\d", built), built
         # The readout quotes the numbers behind the lines.
         assert re.fullmatch(
             r"RSS [\d.]+ MiB · peak [\d.]+ MiB · budget 2\.0 GiB \(\d+ %\)",
             str(chart.border_title),
         )
+
+
+@pilot_test
+async def test_memory_lines_have_the_colours_their_legend_shows() -> None:
+    """Each series is painted in its legend's colour: plotext and the legend read the same
+    standard colour number (plotext has no "yellow": a name it does not know is painted
+    in its next default colour, which once made the warning line purple)."""
+    app = replay_app()
+    async with app.run_test(size=(160, 48)) as pilot:  # room for every level line
+        await pilot.pause(0.6)
+        chart = app.memory_chart
+        chart.redraw()
+        await pilot.pause()
+        legend = str(chart.border_subtitle)
+        painted = {
+            segment.style.color.number
+            for y in range(chart.size.height)
+            for segment in chart.render_line(y)
+            if segment.style and segment.style.color and segment.text.strip()
+            if not segment.text.strip("▀▄▖▗▘▝▚▞▐▌")
+        }
+        ansi = ("black", "red", "green", "yellow", "blue", "magenta", "cyan", "white")
+        for name in ("RSS", "budget", "warning", "critical", "window px"):
+            assert COLORS[name] in painted, name
+            bright = "bright_" if COLORS[name] >= len(ansi) else ""
+            assert f"[ansi_{bright}{ansi[COLORS[name] % len(ansi)]}]━" in legend, name
 
 
 def test_memory_chart_ticks_read_as_clock_times_and_sizes() -> None:
@@ -523,10 +583,10 @@ async def test_tab_cycles_panels() -> None:
     async with app.run_test(size=SIZE) as pilot:
         await pilot.pause()
         seen = []
-        for _ in range(4):
+        for _ in range(5):
             await pilot.press("tab")
             seen.append(app.focused.id if app.focused else None)
-        assert seen == ["stages", "memory", "log", "runs"]
+        assert seen == ["stages", "memory", "events", "log", "runs"]
 
 
 @pilot_test

@@ -16,6 +16,7 @@ from pipeline.events import (
     GovernorEvent,
     LogEvent,
     MemoryEvent,
+    RunStateEvent,
     StageEvent,
     event_to_json_dict,
 )
@@ -221,6 +222,34 @@ def events(run: str = RUN) -> list[dict[str, Any]]:
     return stamped
 
 
+def transitions() -> list[dict[str, Any]]:
+    """The run-state changes the daemon recorded before the dashboard attached: the failed
+    run failed at its catalog, was retried once by its policy and failed again."""
+    error = "catalog: threat_ease.tif has no CRS"
+    failure = {"previous": "running", "stage": "catalog", "retries": 1, "max_retries": 1}
+    changes = [
+        RunStateEvent(run=OTHER, time=T0 - 601, state="queued"),
+        RunStateEvent(run=OTHER, time=T0 - 600, state="running", previous="queued"),
+        RunStateEvent(
+            run=OTHER,
+            time=T0 - 570,
+            state="queued",
+            error=f"{error}; retry 1/1 in 30 s",
+            running_time=30.0,
+            **failure,
+        ),
+        RunStateEvent(
+            run=OTHER, time=T0 - 560, state="running", previous="queued", retries=1, max_retries=1
+        ),
+        RunStateEvent(
+            run=OTHER, time=T0 - 540, state="failed", error=error, running_time=50.0, **failure
+        ),
+        RunStateEvent(run=RUN, time=T0 - 1, state="queued"),
+        RunStateEvent(run=RUN, time=T0, state="running", previous="queued"),
+    ]
+    return [event_to_json_dict(change) for change in changes]
+
+
 def snapshot_before(events_list: list[dict[str, Any]], upto: int) -> Snapshot:
     """A ``subscribe`` snapshot as the daemon would send after the first ``upto`` events."""
     stages: dict[str, dict[str, Any]] = {}
@@ -232,5 +261,6 @@ def snapshot_before(events_list: list[dict[str, Any]], upto: int) -> Snapshot:
             "runs": summaries(),
             "stages": {RUN: list(stages.values())},
             "last_seq": {RUN: events_list[upto - 1]["seq"] if upto else 0},
+            "transitions": transitions(),
         }
     )

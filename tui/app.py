@@ -33,12 +33,15 @@ from supervisor.protocol import FINAL_STATES, ProtocolError, Selection
 from tui.alerts import Alerts
 from tui.bindings import APP_BINDINGS, COMMANDS
 from tui.connection import Backoff, DaemonLink, NotConnected
+from tui.run_filter import FilterError, RunFilter
 from tui.screens.confirm_kill import ConfirmKill
 from tui.screens.help import HelpScreen
 from tui.screens.sources import SourcesScreen
 from tui.state import DashboardState
 from tui.widgets.banner import ConnectionBanner
 from tui.widgets.body import Body
+from tui.widgets.events_pane import EventsPane
+from tui.widgets.filter_box import FilterBox
 from tui.widgets.log_view import LogView, plural
 from tui.widgets.memory_chart import MemoryChart
 from tui.widgets.run_map import RunMapPanel
@@ -111,8 +114,10 @@ class GeodApp(App[None]):
         self.memory_chart = MemoryChart(self.state, id="memory")
         self.run_map = RunMapPanel(self.state, id="map")
         self._map_due = False
+        self.events_pane = EventsPane(self.state, id="events")
         self.log_view = LogView(self.state, id="log")
         self.search_box = SearchBox(id="search")
+        self.filter_box = FilterBox(id="filter")
         self.banner = ConnectionBanner(id="banner")
         self.body = Body(id="body")
 
@@ -121,12 +126,14 @@ class GeodApp(App[None]):
     def compose(self) -> ComposeResult:
         yield Header(icon="◆")
         yield self.banner
+        yield self.filter_box
         yield self.runs_table
         with self.body:
             yield self.stage_tree
             with Vertical(id="right"):
                 yield self.memory_chart
                 yield self.run_map
+                yield self.events_pane
                 yield self.log_view
                 yield self.search_box
         yield Footer()
@@ -135,6 +142,7 @@ class GeodApp(App[None]):
         self.set_interval(1 / FRAME_HZ, self.frame, name="frame")
         self.set_interval(CLOCK_S, self._tick, name="clock")
         self.search_box.display = False
+        self.filter_box.display = False
         self.runs_table.focus()
         self.state.touch_connection()
         if self.link is not None:
@@ -163,6 +171,10 @@ class GeodApp(App[None]):
         if changes.connection:
             self.banner.show_info(self.state.connection)
             self._update_header()
+        if changes.transitions_reset:
+            self.events_pane.reload()
+        elif changes.transitions:
+            self.events_pane.add(changes.transitions)
         run = self.selected
         if run is None:
             return
@@ -369,6 +381,25 @@ class GeodApp(App[None]):
         if message.value:
             self.notify(f"/{message.value}: {plural(hits, 'hit')}", timeout=2)
 
+    def action_filter(self) -> None:
+        """``:`` as in k9s: a prompt over the runs table, holding the filter in force."""
+        box = self.filter_box
+        table = self.runs_table
+        box.value = str(table.run_filter)[1:] if table.run_filter else ""
+        box.display = True
+        box.focus()
+
+    @on(Input.Submitted, "#filter")
+    def _on_filter(self, message: Input.Submitted) -> None:
+        try:
+            run_filter = RunFilter.parse(message.value)
+        except FilterError as exc:
+            self.notify(str(exc), severity="error", timeout=4)
+            return  # the prompt stays open with what was typed
+        self.filter_box.display = False
+        self.runs_table.set_filter(run_filter)
+        self.runs_table.focus()
+
     def action_search_next(self) -> None:
         self.log_view.jump(1)
 
@@ -400,7 +431,7 @@ class GeodApp(App[None]):
 
     def _body_panels(self) -> list[Widget]:
         middle = self.run_map if self.map_shown else self.memory_chart
-        return [self.stage_tree, middle, self.log_view]
+        return [self.stage_tree, middle, self.events_pane, self.log_view]
 
     @property
     def map_shown(self) -> bool:
@@ -421,7 +452,7 @@ class GeodApp(App[None]):
 
     def _show_panel(self, panel: Widget) -> None:
         """In the narrow layout, the body shows ``panel`` alone (the others stay built)."""
-        panels = [self.stage_tree, self.memory_chart, self.run_map, self.log_view]
+        panels = [self.stage_tree, self.memory_chart, self.run_map, self.events_pane, self.log_view]
         self.body.show(str(panel.id), [str(other.id) for other in panels])
 
     def action_detach(self) -> None:

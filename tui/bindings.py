@@ -62,6 +62,13 @@ COMMANDS: tuple[Command, ...] = (
     Command("m", "memory_span", "Span", "Memory chart span: 5 min / 1 h / whole run"),
     Command("o", "sort", "Sort", "Cycle the runs table's sort column", show=False),
     Command(
+        "colon",
+        "filter",
+        "Filter",
+        "Filter the runs: ':running' by state, ':/demo' by name; esc clears",
+        glyph=":",
+    ),
+    Command(
         "tab", "cycle_panel", "Panel", "Move focus to the next panel", show=False, priority=True
     ),
     Command(
@@ -95,16 +102,23 @@ HELP_BINDINGS: list[Binding] = [
     Binding("q", "close", "Close", show=False),
 ]
 
-#: The runs table: Home/End go to the first/last run (DataTable's own move sideways).
+#: The runs table: Home/End go to the first/last run (DataTable's own move sideways);
+#: escape drops the ``:`` filter.
 RUNS_TABLE_BINDINGS: list[Binding] = [
     Binding("home", "scroll_top", "First run", show=False),
     Binding("end", "scroll_bottom", "Last run", show=False),
+    Binding("escape", "clear_filter", "Clear filter", show=False),
 ]
 
 #: The Map panel: choose the dataset drawn.
 MAP_BINDINGS: list[Binding] = [
     Binding("left_square_bracket", "dataset(-1)", "Previous dataset", show=False),
     Binding("right_square_bracket", "dataset(1)", "Next dataset", show=False),
+]
+
+#: The runs filter box: escape leaves it with no filter.
+FILTER_BINDINGS: list[Binding] = [
+    Binding("escape", "clear_filter", "Clear filter"),
 ]
 
 #: The log search box.

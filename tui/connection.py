@@ -24,6 +24,7 @@ from typing import TypeVar
 
 from supervisor.client import AsyncClient, Call, Calls, DaemonNotRunning
 from supervisor.protocol import ProtocolError
+from supervisor.run_map import from_reply
 from tui.state import DashboardState
 
 T = TypeVar("T")
@@ -109,10 +110,11 @@ class DaemonLink:
             raise NotConnected(str(exc) or "connection lost") from exc
 
     async def load_run(self, run_id: str) -> None:
-        """Back-fill one run's newest logs and its memory history, once per attach.
+        """Back-fill one run's newest logs, its memory history and its map, once per attach.
 
         After a reconnect the newest page overlaps what we already hold; seq dedupe
-        keeps only the lines emitted while we were away.
+        keeps only the lines emitted while we were away. The map comes whole from
+        the run's history, so windows written before we attached are on it too.
         """
         view = self.state.runs.get(run_id)
         if view is None or self._client is None or view.logs_loaded:
@@ -120,6 +122,15 @@ class DaemonLink:
         await self.fetch_logs(run_id, None)
         history = await self.request(Calls.memory(run_id))
         self.state.merge_memory(run_id, history.samples)
+        if view.map_held is not None:
+            return  # another load of this run is fetching its map right now
+        self.state.hold_windows(run_id)
+        try:
+            reply = await self.request(Calls.run_map(run_id))
+        except BaseException:
+            self.state.hold_windows(run_id, holding=False)
+            raise
+        self.state.merge_map(run_id, from_reply(reply))
 
     async def fetch_logs(self, run_id: str, before_seq: int | None) -> int:
         """One page of log lines older than ``before_seq`` (None = newest); returns lines added."""

@@ -29,6 +29,7 @@ from pipeline.events import (
     GovernorEvent,
     LogEvent,
     MemoryEvent,
+    RunStateEvent,
     StageEvent,
 )
 from supervisor.progress import running_seconds, stage_fraction
@@ -48,6 +49,8 @@ WORKER_READING_S = 1.0
 RATE_WINDOW_S = 15.0
 #: Upper bound of progress samples per stage inside the rate window (100 events/s × 15 s).
 RATE_SAMPLES = 1_500
+#: Run-state changes the events pane keeps (a snapshot brings the newest of them).
+TRANSITIONS_KEPT = 500
 
 
 @dataclass(slots=True)
@@ -147,8 +150,12 @@ class RunView:
     #: The worker's own readings between windows, thinned: RSS and the governor's window.
     worker_memory: deque[MemorySample] = field(default_factory=lambda: deque(maxlen=MEMORY_SAMPLES))
     levels: MemoryLevels = field(default_factory=MemoryLevels)
-    #: The run's windows as a map of the grid, per dataset (from window checkpoints).
+    #: The run's windows as a map of the grid, per dataset: the daemon's ``runs.map``
+    #: (its whole history) plus the window checkpoints that arrive live.
     map: RunMap = field(default_factory=RunMap)
+    #: Window events that arrived while a ``runs.map`` request was on its way
+    #: (None when none is): folded into the reply, which may not include them yet.
+    map_held: list[CheckpointEvent] | None = None
 
     def fraction(self, stage_id: str) -> float:
         """Done share of a stage in windows, as the daemon counts the run's progress.
@@ -180,11 +187,17 @@ class Changes:
     logs_reset: set[str] = field(default_factory=set)
     memory: set[str] = field(default_factory=set)
     maps: set[str] = field(default_factory=set)
+    #: Run-state changes that arrived (the events pane appends them) ...
+    transitions: list[RunStateEvent] = field(default_factory=list)
+    #: ... or a snapshot replaced the whole list (the pane redraws it).
+    transitions_reset: bool = False
     connection: bool = False
 
     def __bool__(self) -> bool:
         return bool(
-            self.runs
+            self.transitions
+            or self.transitions_reset
+            or self.runs
             or self.stages
             or self.stages_reset
             or self.logs
@@ -217,6 +230,8 @@ class DashboardState:
         self.clock = clock
         self.runs: dict[str, RunView] = {}
         self.connection = ConnectionInfo()
+        #: Every run's state changes, oldest first, as the daemon recorded them.
+        self.transitions: deque[RunStateEvent] = deque(maxlen=TRANSITIONS_KEPT)
         self._changes = Changes()
 
     # -- draining -------------------------------------------------------------------
@@ -260,6 +275,10 @@ class DashboardState:
             view = self.runs.get(run_id)
             if view is not None:
                 view.applied_seq = max(view.applied_seq, last)
+        # The daemon's history replaces ours: it holds what happened while we were away.
+        self.transitions = deque(snapshot.transitions, maxlen=TRANSITIONS_KEPT)
+        self._changes.transitions_reset = True
+        self._changes.transitions.clear()
 
     def apply_update(self, update: RunSummary | Event) -> None:
         """One notification, as :meth:`supervisor.client.AsyncClient.updates` yields it."""
@@ -297,14 +316,20 @@ class DashboardState:
             if view.map.apply(event):
                 self._changes.maps.add(run_id)
         elif isinstance(event, CheckpointEvent):
+            if view.map_held is not None:
+                view.map_held.append(event)
             if view.map.apply(event):
                 self._changes.maps.add(run_id)
-        elif isinstance(event, MemoryEvent):
+        elif isinstance(event, MemoryEvent) and event.worker is None:
+            # Dask workers' samples stay in telemetry and the report; the panel shows the run.
             self._memory(view, event)
         elif isinstance(event, GovernorEvent):
             view.levels.budget = event.budget
             view.levels.level = event.level
             self._changes.memory.add(run_id)
+        elif isinstance(event, RunStateEvent):
+            self.transitions.append(event)
+            self._changes.transitions.append(event)
         # State, checkpoint, output and source events change the run's summary, which
         # the daemon sends as its own ``run`` notification: nothing to keep here.
 
@@ -352,6 +377,28 @@ class DashboardState:
         view.memory = deque((tree[t] for t in sorted(tree)), maxlen=MEMORY_SAMPLES)
         view.worker_memory = deque((worker[t] for t in sorted(worker)), maxlen=MEMORY_SAMPLES)
         self._changes.memory.add(run_id)
+
+    def hold_windows(self, run_id: str, holding: bool = True) -> None:
+        """Keep (or stop keeping) the run's window events while its map is being fetched."""
+        view = self.runs.get(run_id)
+        if view is not None:
+            view.map_held = [] if holding else None
+
+    def merge_map(self, run_id: str, run_map: RunMap) -> None:
+        """Replace the run's map with the daemon's whole-history one (attach or resync).
+
+        Window events held since the request was sent are folded in (those the
+        reply already counts are skipped by seq), then the stage tree says which
+        datasets are running now.
+        """
+        view = self.runs.get(run_id)
+        if view is None:
+            return
+        held, view.map_held = view.map_held or [], None
+        run_map.feed(held)
+        run_map.feed([info.node for info in view.stages.values()])
+        view.map = run_map
+        self._changes.maps.add(run_id)
 
     # -- reading --------------------------------------------------------------------
 

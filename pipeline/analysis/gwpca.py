@@ -86,6 +86,7 @@ results of earlier versions, which used it for ``gaussian``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from collections.abc import Callable, Iterator
@@ -115,6 +116,7 @@ from pipeline.analysis.io import (
 )
 from pipeline.analysis.runtime import MethodRun
 from pipeline.config import DEFAULT_GAUSSIAN_REACH, GwpcaConfig
+from pipeline.executor import ordered
 
 log = logging.getLogger("geod.analysis.gwpca")
 
@@ -498,6 +500,24 @@ def evaluate_parallel(
     )
 
 
+@dataclass(frozen=True)
+class LocalFits:
+    """What every batch of local fits shares: the observations with their KD-tree."""
+
+    obs: Observations
+    bandwidth: Bandwidth
+    max_neighbours: int
+    workers: int
+
+
+def local_fits(fits: LocalFits, batch: tuple[int, np.ndarray, int]) -> LocalPca:
+    """One batch ``(index, points, chunk)`` of local PCAs, as a task."""
+    _, points, chunk = batch
+    return evaluate_parallel(
+        fits.obs, points, fits.bandwidth, fits.max_neighbours, chunk, fits.workers
+    )
+
+
 # --------------------------------------------------------------------------- bandwidth
 
 
@@ -691,18 +711,26 @@ def run_gwpca(run: MethodRun) -> list[Path]:
 
     batches = math.ceil(len(eval_index) / config.batch_points)
     local_node = run.phase("local", total=batches, done=len(store.done))
-    for index in range(batches):
-        if index in store.done:
-            continue
-        part = eval_index[index * config.batch_points : (index + 1) * config.batch_points]
-        chunk = run.scaled(min(chunk_base, config.batch_points))
-        chunk = min(chunk, math.ceil(len(part) / config.workers))
-        result = evaluate_parallel(
-            obs, obs.coords[part], bandwidth, config.max_neighbours, chunk, config.workers
-        )
-        store.record(index, result_table(xy[part], result, run.columns, config.components))
-        local_node.advance()
-        run.boundary()
+
+    def todo() -> Iterator[tuple[int, np.ndarray, int]]:
+        """(batch, its evaluation points, sub-chunk size), the size read as each batch starts."""
+        for index in range(batches):
+            if index in store.done:
+                continue
+            part = eval_index[index * config.batch_points : (index + 1) * config.batch_points]
+            chunk = run.scaled(min(chunk_base, config.batch_points))
+            yield index, obs.coords[part], min(chunk, math.ceil(len(part) / config.workers))
+
+    fits = LocalFits(obs, bandwidth, config.max_neighbours, config.workers)
+    # Locally each batch is computed when its turn comes (its sub-chunks on gwpca.workers
+    # threads); on a cluster the batches are tasks, the tree shipped to each worker once.
+    results = ordered(run.ctx.executor, local_fits, fits, todo(), ahead=0)
+    with contextlib.closing(results):
+        for (index, _, _), result in results:
+            part = eval_index[index * config.batch_points : (index + 1) * config.batch_points]
+            store.record(index, result_table(xy[part], result, run.columns, config.components))
+            local_node.advance()
+            run.boundary()
     run.phase_done(local_node)
     outputs = _finalize(run, store, batches, bandwidth, stats, obs, stride, eval_index)
     store.remove()

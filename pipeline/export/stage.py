@@ -119,7 +119,7 @@ def run_merge_export(
     try:
         # closing(): on a stop or an error the read-ahead thread is shut down here,
         # not whenever the traceback holding the generator is released.
-        with contextlib.closing(stream.chunks(ctx.governor)) as chunks:
+        with contextlib.closing(stream.chunks(ctx.governor, executor=ctx.executor)) as chunks:
             for chunk in chunks:
                 for exporter in exporters:
                     exporter.write_chunk(chunk)

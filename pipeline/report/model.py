@@ -17,7 +17,6 @@ import socket
 from dataclasses import dataclass
 from pathlib import Path
 
-import pyarrow.parquet as pq
 import rasterio
 from rasterio.crs import CRS
 from rasterio.warp import transform_bounds
@@ -61,6 +60,10 @@ class Mark:
 
     time: float
     what: str
+
+
+#: ``MemoryPoint.origin`` prefix of a Dask worker's samples (followed by its address).
+DASK_ORIGIN = "Dask worker "
 
 
 @dataclass
@@ -204,6 +207,8 @@ def valid_counts(parquet: Path) -> dict[str, int]:
     """Non-null cells per column of the merged table, from the Parquet footer alone."""
     if not parquet.is_file():
         return {}
+    import pyarrow.parquet as pq  # only when the run exported a table
+
     metadata = pq.ParquetFile(parquet).metadata
     counts: dict[str, int] = {}
     for group in range(metadata.num_row_groups):
@@ -290,9 +295,13 @@ def build_report(
     states = [e for e in events if isinstance(e, StateEvent)]
     final_state = state or (states[-1].state if states else "unknown")
     memory_events = [e for e in events if isinstance(e, MemoryEvent)]
-    memory = [MemoryPoint(e.time, e.rss, e.window_size, "worker") for e in memory_events]
+    memory = [
+        MemoryPoint(e.time, e.rss, e.window_size, DASK_ORIGIN + e.worker if e.worker else "worker")
+        for e in memory_events
+    ]
     memory += daemon_memory or []
-    last_memory = next((e for e in reversed(memory_events) if e.budget), None)
+    # The budget lines are the run's own; a Dask worker's sample carries its own limit.
+    last_memory = next((e for e in reversed(memory_events) if e.budget and not e.worker), None)
     problems = [
         (e.time, e.level, e.message)
         for e in events

@@ -9,10 +9,9 @@ import click
 
 from supervisor.cli import render
 from supervisor.cli.connection import connect, fail, socket_option
-from supervisor.cli.main import EXIT_FAILED, cli
-from supervisor.run_map import RunMap, legend
+from supervisor.cli.main import cli
+from supervisor.run_map import from_reply, legend
 from supervisor.run_map import render as draw
-from supervisor.runs import EVENTS_NAME, read_events
 
 #: Rows a map may take when stdout is not a terminal (its width decides otherwise).
 FALLBACK_ROWS = 20
@@ -24,16 +23,15 @@ FALLBACK_ROWS = 20
 @click.option("--width", type=int, default=None, help="Columns (default: the terminal's).")
 @socket_option
 def map_command(run: str, dataset: str | None, width: int | None, socket_path: Path | None) -> None:
-    """Draw RUN's resample windows as a map: done, running, pending, recomputed."""
+    """Draw RUN's resample windows as a map: done, running, pending, recomputed.
+
+    The daemon builds the map from the run's whole history (``runs.map``), as it
+    does for the dashboard's Map panel: the same picture in both.
+    """
+    from supervisor.client import Calls
+
     with connect(socket_path) as client:
-        summary = client.run(run)
-    if summary.run_dir is None:
-        fail(f"run {run}: the daemon reports no run directory")
-    history = Path(summary.run_dir) / EVENTS_NAME
-    try:
-        run_map = RunMap().feed(read_events(history))
-    except OSError as exc:
-        fail(f"{history}: cannot read the run's events ({exc.strerror})", EXIT_FAILED)
+        run_map = from_reply(client.request(Calls.run_map(run)))
     names = [dataset] if dataset else list(run_map.datasets)
     if dataset and dataset not in run_map.datasets:
         known = ", ".join(run_map.datasets) or "none yet"

@@ -209,6 +209,7 @@ TABLES: dict[str, TableSpec] = {
                 Column("budget", "bigint"),
                 Column("warning", "double precision"),
                 Column("critical", "double precision"),
+                Column("worker", "text"),
                 Column("run_key", "uuid"),
             ),
             _APPEND_ONLY,
@@ -393,6 +394,7 @@ class Batch:
                     event.budget,
                     event.warning,
                     event.critical,
+                    event.worker,
                 ),
             )
         elif isinstance(event, CheckpointEvent):

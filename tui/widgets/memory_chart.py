@@ -41,15 +41,23 @@ HEADROOM = 1.15
 SIZE_TICKS = 4
 #: Spans up to this long label their ticks with seconds.
 SECONDS_LABELS_UP_TO = 15 * _MINUTE
-#: One ANSI colour per series, all distinct (plotext names; downsampled safely over SSH).
-COLORS: dict[str, str] = {
-    "RSS": "green",
-    "avail": "blue",
-    "budget": "white",
-    "warning": "yellow",
-    "critical": "red",
-    "window px": "cyan",
+#: One ANSI colour per series, all distinct, as the 16 standard colour numbers: plotext
+#: and Rich read a number the same way, while their colour names differ (plotext has
+#: no "yellow", and silently paints an unknown name in its next default colour).
+COLORS: dict[str, int] = {
+    "RSS": 2,  # green
+    "avail": 4,  # blue
+    "budget": 15,  # bright white
+    "warning": 3,  # yellow
+    "critical": 1,  # red
+    "window px": 6,  # cyan
 }
+#: The standard colour numbers as Textual markup names (the legend in the border).
+_ANSI_NAMES = tuple(
+    f"ansi_{bright}{name}"
+    for bright in ("", "bright_")
+    for name in ("black", "red", "green", "yellow", "blue", "magenta", "cyan", "white")
+)
 
 
 class MemoryChart(PlotextPlot):
@@ -120,6 +128,9 @@ class MemoryChart(PlotextPlot):
         if windows:
             sizes = [float(s.window_size or 0) for s in windows]
             line([ago(s.time) for s in windows], sizes, "window px", yside="right")
+            # The governor's sizes are few and whole: tick exactly those, not fractions.
+            steps = sorted(set(sizes))
+            plt.yticks(steps, [f"{step:.0f}" for step in steps], yside="right")
         span = [xs[0], 0.0] if xs[0] < 0 else [-_MINUTE, 0.0]
         plt.xlim(*span)
         plt.xticks(*time_ticks(span[0], now))
@@ -133,7 +144,7 @@ class MemoryChart(PlotextPlot):
         self.border_title = readout(rss[-1].rss, peak, levels.budget)
         # The legend and the axis names live in the border: at 80×24 every row counts,
         # and a legend inside the plot would cover the budget lines.
-        legend = " ".join(f"[{COLORS[name]}]━[/] {name}" for name in drawn)
+        legend = " ".join(f"[{_ANSI_NAMES[COLORS[name]]}]━[/] {name}" for name in drawn)
         free = f" · avail {size(available[-1].system_available)}" if available else ""
         self.border_subtitle = f"{legend}{free} · {levels.level} · {self.span_label}"
         self.refresh()

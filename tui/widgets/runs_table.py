@@ -9,6 +9,14 @@ Runs still going (queued, running, paused, stopping) are pinned above finished
 ones whatever the sort column, so a long history never hides the live run; the
 sort column's header carries ▲ or ▼. A queued run says WHY it waits (a slot,
 its ``--after`` runs, what the daemon reports), a scheduled one when it starts.
+
+``:`` filters the rows (:class:`~tui.run_filter.RunFilter`: ``:running`` by
+state, ``:/demo`` by name); the border title says so and how many runs it
+hides, and escape shows every run again.
+
+The table never scrolls sideways: when its columns do not fit the terminal the
+least needed ones are left out (:data:`DROP_ORDER`: peak RSS first, then the
+stage, which the tree shows anyway), and come back when there is room.
 """
 
 from __future__ import annotations
@@ -17,12 +25,14 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from rich.text import Text
+from textual import events
 from textual.message import Message
 from textual.widgets import DataTable
 
 from supervisor import formatting
 from supervisor.protocol import FINAL_STATES, RunSummary
 from tui.bindings import RUNS_TABLE_BINDINGS
+from tui.run_filter import RunFilter
 from tui.state import DashboardState
 
 #: (column key, header, sort key of a run). Order is the on-screen order.
@@ -45,6 +55,21 @@ SORT_UP, SORT_DOWN = "▲", "▼"
 SORT_COLUMNS: tuple[str, ...] = tuple(key for key, _ in _COLUMNS)
 #: Width of the stage cell; longer stage ids keep their tail (the most specific part).
 _STAGE_WIDTH = 18
+#: Longest run name and wait reason shown; longer ones end in "…".
+_NAME_WIDTH = 16
+_WHY_WIDTH = 28
+#: Columns left out, in this order, while the table is wider than its panel. An empty
+#: WHY column (nothing queued) goes before any of them; Run, State and Done always stay.
+DROP_ORDER: tuple[str, ...] = (
+    "peak",
+    "priority",
+    "stage",
+    "rss",
+    "elapsed",
+    "eta",
+    "name",
+    "why",
+)
 
 
 class RunsTable(DataTable[Any]):
@@ -64,13 +89,21 @@ class RunsTable(DataTable[Any]):
         self.sort_reverse = False
         self.border_title = "Runs"
         # What each cell shows now: only cells whose text changes are rewritten
-        # (a rewritten cell re-renders its row).
+        # (a rewritten cell re-renders its row). Kept for hidden columns too: their
+        # widths decide whether they fit again.
         self._shown: dict[str, dict[str, str]] = {}
+        #: Columns on screen, in on-screen order (see DROP_ORDER).
+        self.shown_columns: tuple[str, ...] = SORT_COLUMNS
+        #: Which runs have a row (all, until ``:`` sets a filter).
+        self.run_filter = RunFilter()
 
     def on_mount(self) -> None:
-        for key, label in _COLUMNS:
-            self.add_column(label, key=key)
+        for key in self.shown_columns:
+            self.add_column(_LABELS[key], key=key)
         self._mark_sort_column()
+
+    def on_resize(self, event: events.Resize) -> None:
+        self._fit()
 
     @property
     def selected_run(self) -> str | None:
@@ -86,7 +119,7 @@ class RunsTable(DataTable[Any]):
         for run_id in sorted(changed):
             view = self._state.runs.get(run_id)
             exists = run_id in self.rows
-            if view is None:
+            if view is None or not self.run_filter.matches(view.summary):
                 if exists:
                     self.remove_row(run_id)
                     self._shown.pop(run_id, None)
@@ -94,16 +127,35 @@ class RunsTable(DataTable[Any]):
             cells = self._cells(view.summary)
             plain = {column: _plain(value) for column, value in cells.items()}
             if not exists:
-                self.add_row(*cells.values(), key=run_id)
+                self.add_row(*(cells[column] for column in self.shown_columns), key=run_id)
                 self._shown[run_id] = plain
                 added = True
                 continue
             shown = self._shown[run_id]
-            for column, value in cells.items():
+            for column in self.shown_columns:
                 if shown.get(column) != plain[column]:
-                    self.update_cell(run_id, column, value, update_width=True)
+                    self.update_cell(run_id, column, cells[column], update_width=True)
             self._shown[run_id] = plain
         self._resort(selected, post=added and selected is None)
+        self._fit()
+        self._show_filter()
+
+    def set_filter(self, run_filter: RunFilter) -> None:
+        """Keep only the runs ``run_filter`` matches (an empty filter keeps all)."""
+        self.run_filter = run_filter
+        self.sync(set(self._state.runs) | set(self._shown))
+
+    def action_clear_filter(self) -> None:
+        if self.run_filter:
+            self.set_filter(RunFilter())
+
+    def _show_filter(self) -> None:
+        """The border title says a filter is on, which, and how many runs it leaves."""
+        if not self.run_filter:
+            self.border_title = "Runs"
+            return
+        total = len(self._state.runs)
+        self.border_title = f"Runs · {self.run_filter} ({self.row_count} of {total}) · esc clears"
 
     def tick(self) -> None:
         """Once a second: running time of runs going, and a queued run's countdown."""
@@ -115,12 +167,14 @@ class RunsTable(DataTable[Any]):
                 continue
             ticking = {
                 "elapsed": formatting.duration(self._state.elapsed(summary)),
-                "why": self._why(summary, now),
+                "why": _clip(self._why(summary, now), _WHY_WIDTH),
             }
             for column, value in ticking.items():
                 if shown.get(column) != value:
-                    self.update_cell(run_id, column, value, update_width=True)
+                    if column in self.shown_columns:
+                        self.update_cell(run_id, column, value, update_width=True)
                     shown[column] = value
+        self._fit()
 
     def cycle_sort(self, column: str | None = None) -> None:
         """Sort by ``column`` (a click on its header; again = reversed), or the next column."""
@@ -134,6 +188,7 @@ class RunsTable(DataTable[Any]):
             self.sort_column, self.sort_reverse = column, False
         self._mark_sort_column()
         self._resort(self.selected_run, post=False)
+        self._fit()  # the mark makes its header wider
 
     def _mark_sort_column(self) -> None:
         """▲/▼ after the sort column's header, nothing after the others."""
@@ -169,6 +224,38 @@ class RunsTable(DataTable[Any]):
             self.post_message(self.RunChosen(event.row_key.value))
 
     # -- internals ------------------------------------------------------------------
+
+    def _fit(self) -> None:
+        """Show the columns that fit the panel's width; rebuild the table if that set changed."""
+        width = self.size.width
+        if not width or not self.is_mounted:
+            return
+        visible = fit_columns(width, self._column_widths(), self.cell_padding)
+        if visible == self.shown_columns:
+            return
+        selected = self.selected_run
+        self.shown_columns = visible
+        self.clear(columns=True)
+        for key in visible:
+            self.add_column(_LABELS[key], key=key)
+        for run_id in self._shown:
+            view = self._state.runs.get(run_id)
+            if view is not None:
+                cells = self._cells(view.summary)
+                self.add_row(*(cells[column] for column in visible), key=run_id)
+        self._mark_sort_column()
+        self._resort(selected, post=False)
+
+    def _column_widths(self) -> dict[str, int]:
+        """Each column's widest text (its header with a sort mark, or a cell), every run."""
+        mark = len(f" {SORT_UP}")
+        widths = {
+            key: len(label) + (mark if key == self.sort_column else 0) for key, label in _COLUMNS
+        }
+        for cells in self._shown.values():
+            for key, text in cells.items():
+                widths[key] = max(widths[key], Text(text).cell_len)
+        return widths
 
     def _resort(self, selected: str | None, *, post: bool) -> None:
         sort_key = _SORT_KEYS[self.sort_column]
@@ -209,7 +296,7 @@ class RunsTable(DataTable[Any]):
         now = self._state.clock()
         return {
             "id": run.id,
-            "name": run.name,
+            "name": _clip(run.name, _NAME_WIDTH),
             "state": formatting.state_text(run.state, paused_hard=run.paused_hard),
             "priority": Text(str(run.priority), justify="right"),
             "progress": Text(f"{run.progress * 100:5.1f}%", justify="right"),
@@ -220,7 +307,7 @@ class RunsTable(DataTable[Any]):
             "stage": stage if not final else "",
             "rss": Text(formatting.size(None if final else run.rss), justify="right"),
             "peak": Text(formatting.size(run.peak_rss), justify="right"),
-            "why": self._why(run, now),
+            "why": _clip(self._why(run, now), _WHY_WIDTH),
         }
 
     def _why(self, run: RunSummary, now: float) -> str:
@@ -247,6 +334,29 @@ class RunsTable(DataTable[Any]):
 
 def _plain(value: Any) -> str:
     return value.plain if isinstance(value, Text) else str(value)
+
+
+def _clip(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def fit_columns(width: int, widths: dict[str, int], padding: int) -> tuple[str, ...]:
+    """The columns (on-screen order) whose cells, padded, fit ``width``: DROP_ORDER decides
+    which go first, after an empty WHY (only its header is that wide)."""
+    visible = list(SORT_COLUMNS)
+    order = list(DROP_ORDER)
+    if widths.get("why", 0) <= len(f"{_LABELS['why']} {SORT_UP}"):
+        order.remove("why")
+        order.insert(0, "why")
+
+    def total() -> int:
+        return sum(widths[key] + 2 * padding for key in visible)
+
+    for key in order:
+        if total() <= width:
+            break
+        visible.remove(key)
+    return tuple(visible)
 
 
 _SortKey = Callable[[RunSummary, DashboardState], Any]

@@ -1,0 +1,140 @@
+"""Where a run's parallel work units run: this process's threads, or a Dask cluster.
+
+Stages never branch on the executor. They hand it a module-level function, one
+*shared* object (a resampling job, a merge reader, the GWPCA observations and
+their KD-tree) and items (windows, merge parts, batches of points); the
+executor returns futures, and the stage consumes the results **in item order on
+its own thread**, where it writes, checkpoints and reports progress exactly as
+before. So the layer store, its completion manifest, the export files and the
+analysis part files are written by the run's worker alone, whichever executor
+computed the values, and a run can switch executors between attempts.
+
+``executor: local`` (the default) never imports Dask; ``executor: dask``
+connects to ``dask.scheduler_address`` or starts a LocalCluster
+(:mod:`pipeline.executor.dask`). The shared object is sent to a cluster once
+(scattered to every worker), the items with each task; both must pickle, so
+they carry paths and GDAL names, never open datasets.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from typing import TYPE_CHECKING, Protocol, TypeVar
+
+if TYPE_CHECKING:
+    from pipeline.config import PipelineConfig
+    from pipeline.context import RunContext
+    from pipeline.events import EventSink
+
+R = TypeVar("R")
+R_co = TypeVar("R_co", covariant=True)
+S = TypeVar("S")
+I = TypeVar("I")  # noqa: E741 - the item type, read as "item"
+
+
+class ExecutorError(RuntimeError):
+    """The cluster cannot be reached or used; already one line for the user."""
+
+
+class TaskFuture(Protocol[R_co]):
+    """What a submitted task gives back (a ``concurrent.futures`` or Dask future)."""
+
+    def result(self) -> R_co: ...
+
+    def done(self) -> bool: ...
+
+
+class TaskPool(Protocol[I, R]):
+    """Submits ``fn(shared, item)`` tasks of one job; closing it cancels unfinished ones."""
+
+    def submit(self, item: I) -> TaskFuture[R]: ...
+
+    def __enter__(self) -> TaskPool[I, R]: ...
+
+    def __exit__(self, *exc: object) -> None: ...
+
+
+class Executor(Protocol):
+    """A run's executor: opened once by the worker, closed when the run ends."""
+
+    name: str
+
+    def parallelism(self, local_threads: int) -> int:
+        """Tasks that compute at once: ``local_threads`` here, the cluster's threads on Dask."""
+        ...
+
+    def pool(
+        self,
+        fn: Callable[[S, I], R],
+        shared: S,
+        threads: int,
+        cleanup: Callable[[], None] | None = None,
+    ) -> AbstractContextManager[TaskPool[I, R]]:
+        """A pool computing ``fn(shared, item)``; ``threads`` is the local pool's size
+        (0: compute inline on submit). ``cleanup`` runs wherever tasks ran, on close."""
+        ...
+
+    def settle(self) -> None:
+        """Block until none of this run's tasks is computing (before a pause is acknowledged)."""
+        ...
+
+    def pressure(self) -> tuple[float, str] | None:
+        """The busiest remote worker's memory as a fraction of its limit, and its name;
+        None when tasks share this process's memory (the governor reads that itself)."""
+        ...
+
+    def close(self) -> None:
+        """Cancel what is left and release the cluster (a LocalCluster is shut down)."""
+        ...
+
+
+def ordered(
+    executor: Executor,
+    fn: Callable[[S, I], R],
+    shared: S,
+    items: Iterable[I],
+    ahead: int,
+) -> Iterator[tuple[I, R]]:
+    """``(item, fn(shared, item))`` in item order, computed ahead of the consumer.
+
+    Locally ``ahead`` items are computed on helper threads while the consumer
+    handles the current one (0: inline); on a cluster as many as it has threads.
+    Closing the iterator early (a stop) cancels what is still queued.
+    """
+    depth = executor.parallelism(ahead)
+    with executor.pool(fn, shared, ahead) as pool:
+        queue: deque[tuple[I, TaskFuture[R]]] = deque()
+        for item in items:
+            queue.append((item, pool.submit(item)))
+            while len(queue) > depth:
+                done, future = queue.popleft()
+                yield done, future.result()
+        while queue:
+            done, future = queue.popleft()
+            yield done, future.result()
+
+
+def open_executor(config: PipelineConfig, events: EventSink) -> Executor:
+    """The run's executor; Dask is imported only for ``executor: dask``."""
+    if config.executor == "dask":
+        from pipeline.executor.dask import DaskExecutor
+
+        return DaskExecutor.connect(config, events)
+    from pipeline.executor.local import LocalExecutor
+
+    return LocalExecutor()
+
+
+@contextmanager
+def run_executor(ctx: RunContext) -> Iterator[Executor]:
+    """The run's executor wired into ``ctx`` (stages, pause, governor), closed on the way out."""
+    executor = open_executor(ctx.config, ctx.events)
+    ctx.executor = executor
+    ctx.control.settle = executor.settle
+    ctx.governor.external = executor.pressure
+    try:
+        yield executor
+    finally:
+        executor.close()

@@ -1,0 +1,376 @@
+"""The Dask executor: work units as tasks on a Dask distributed cluster, steered by the run.
+
+The run's worker process is the Dask *client*. It connects to
+``dask.scheduler_address`` (an existing ``dask scheduler`` with its ``dask
+worker``\\ s) or starts a LocalCluster of ``dask.local_cluster`` worker processes
+(children of the run's worker, in its process group, closed with the run). Each
+job's shared object is scattered to every worker once; each item is one task.
+Results come back to the run's worker, which writes, checkpoints and reports
+them in order (:mod:`pipeline.executor`), so the daemon steers a Dask run with
+the same signals as a local one:
+
+* pause: the stage stops taking results at the next boundary, so nothing new is
+  submitted; :meth:`DaskExecutor.settle` waits until none of the run's tasks is
+  computing, and only then is the pause acknowledged;
+* stop (kill): the pools cancel their futures; :meth:`DaskExecutor.close`
+  closes the client and shuts the LocalCluster down (no worker process is left);
+* a lost Dask worker: the scheduler reruns its tasks elsewhere (up to
+  ``distributed.scheduler.allowed-failures``); a task that *raised* is
+  resubmitted ``dask.retries`` times. The departure is a warning log record.
+
+The memory governor on a cluster: the busiest worker's memory as a fraction of
+its Dask memory limit counts as the run's pressure (:meth:`DaskExecutor.pressure`),
+so a worker near its limit shrinks the windows, merge parts and GWPCA chunks as
+the run's own RSS near its budget would.
+
+Telemetry: every ``telemetry.memory_interval`` the scheduler's view of each
+worker (process memory, memory limit, status) becomes a
+:class:`~pipeline.events.MemoryEvent` labelled with the worker's address; a
+worker Dask paused for memory is a warning log record. Log records of the
+``geod`` loggers inside tasks are forwarded to the run's worker
+(``Client.forward_logging``) and become LogEvents whose ``extra.worker`` is the
+Dask worker's address.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+import threading
+import uuid
+import weakref
+from collections.abc import Callable, Iterator
+from typing import Any, Generic, TypeVar
+
+import dask
+import psutil
+from distributed import Client, Future, LocalCluster, wait
+from distributed.diagnostics.plugin import WorkerPlugin
+
+from pipeline.config import DaskConfig, PipelineConfig
+from pipeline.events import EventSink, MemoryEvent
+from pipeline.executor import ExecutorError
+from pipeline.memory import format_bytes
+
+log = logging.getLogger("geod.dask")
+
+R = TypeVar("R")
+S = TypeVar("S")
+I = TypeVar("I")  # noqa: E741 - the item type
+
+#: Logger hierarchy forwarded from tasks to the run's worker.
+FORWARDED_LOGGER = "geod"
+#: ``MemoryEvent.operation`` of the per-Dask-worker samples.
+DASK_WORKER_SAMPLE = "dask-worker"
+#: Dask's status of a worker that stopped starting tasks for memory.
+PAUSED_STATUS = "paused"
+
+
+class _LogLevel(WorkerPlugin):
+    """Lets INFO records of the ``geod`` loggers reach the forwarding handler on every worker.
+
+    A worker's loggers default to WARNING; a plugin (rather than a one-off
+    ``Client.run``) also reaches workers that join or restart later.
+    """
+
+    name = "geod-log-level"
+
+    def setup(self, worker: Any) -> None:
+        logging.getLogger(FORWARDED_LOGGER).setLevel(logging.INFO)
+
+
+class _Futures:
+    """Futures still referenced by a stage (held weakly: a consumed one drops out by itself)."""
+
+    def __init__(self) -> None:
+        self._futures: weakref.WeakSet[Future] = weakref.WeakSet()
+        self._lock = threading.Lock()
+
+    def add(self, future: Future) -> None:
+        with self._lock:
+            self._futures.add(future)
+
+    def unfinished(self) -> list[Future]:
+        with self._lock:
+            return [future for future in self._futures if not future.done()]
+
+
+class DaskPool(Generic[S, I, R]):
+    """Tasks ``fn(shared, item)`` of one job; ``shared`` is scattered to every worker once."""
+
+    def __init__(
+        self,
+        executor: DaskExecutor,
+        fn: Callable[[S, I], R],
+        shared: S,
+        cleanup: Callable[[], None] | None,
+    ) -> None:
+        self._executor, self._fn, self._cleanup = executor, fn, cleanup
+        self._client = executor.client
+        self._shared = self._client.scatter(shared, broadcast=True, hash=False)
+        self._live = _Futures()
+
+    def __enter__(self) -> DaskPool[S, I, R]:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def submit(self, item: I) -> Future:
+        future = self._client.submit(
+            self._fn,
+            self._shared,
+            item,
+            key=f"geod-{self._fn.__name__}-{uuid.uuid4().hex}",
+            pure=False,
+            retries=self._executor.retries,
+        )
+        self._live.add(future)
+        self._executor.live.add(future)
+        return future
+
+    def close(self) -> None:
+        """Cancel unfinished tasks, drop the scattered object, run the cleanup on every worker."""
+        with contextlib.suppress(Exception):  # a closing or lost cluster has nothing to cancel
+            self._client.cancel(self._live.unfinished(), force=True)
+        self._shared.release()
+        if self._cleanup is not None:
+            with contextlib.suppress(Exception):
+                self._client.run(self._cleanup, on_error="ignore")
+
+
+class DaskExecutor:
+    """A connected Dask client (and the LocalCluster it started, if any)."""
+
+    name = "dask"
+
+    def __init__(
+        self,
+        client: Client,
+        cluster: LocalCluster | None,
+        config: PipelineConfig,
+        events: EventSink,
+    ) -> None:
+        self.client, self._cluster, self._events = client, cluster, events
+        dask_config = _dask_config(config)
+        self.retries = dask_config.retries
+        self.live = _Futures()
+        self._levels = dask_config.worker_memory.fractions(config.memory) if cluster else None
+        self._interval = config.telemetry.memory_interval
+        self._known: dict[str, str] = {}
+        #: Each worker's memory / memory limit at the last reading (for the governor).
+        self._pressure: dict[str, float] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._monitor = threading.Thread(target=self._watch, name="geod-dask-monitor", daemon=True)
+        client.register_plugin(_LogLevel())
+        client.forward_logging(FORWARDED_LOGGER, level=logging.INFO)
+        self._poll()
+        self._monitor.start()
+
+    @classmethod
+    def connect(cls, config: PipelineConfig, events: EventSink) -> DaskExecutor:
+        """Connect to the configured scheduler or start the LocalCluster; one-line errors."""
+        dask_config = _dask_config(config)
+        timeout = dask_config.connect_timeout
+        # Dask's own INFO chatter (nannies, comms) would drown the run's log; problems still show.
+        logging.getLogger("distributed").setLevel(logging.WARNING)
+        if dask_config.scheduler_address is not None:
+            address = dask_config.scheduler_address
+            try:
+                client = Client(address, timeout=timeout, set_as_default=False)
+            except (OSError, TimeoutError) as exc:
+                raise ExecutorError(
+                    f"dask.scheduler_address: no Dask scheduler answered at {address} within "
+                    f"{timeout:g} s (dask.connect_timeout): {str(exc).splitlines()[0]}"
+                ) from None
+            try:
+                client.wait_for_workers(1, timeout=timeout)
+            except (OSError, TimeoutError):
+                client.close()
+                raise ExecutorError(
+                    f"dask.scheduler_address: the scheduler at {address} has no worker "
+                    f"(none joined within {timeout:g} s)"
+                ) from None
+            log.info("executor dask: connected to %s", address)
+            return cls._wired(client, None, config, events)
+        cluster = _start_local_cluster(config, dask_config)
+        try:
+            client = Client(cluster, timeout=timeout, set_as_default=False)
+        except BaseException:
+            cluster.close()
+            raise
+        return cls._wired(client, cluster, config, events)
+
+    @classmethod
+    def _wired(
+        cls, client: Client, cluster: LocalCluster | None, config: PipelineConfig, events: EventSink
+    ) -> DaskExecutor:
+        """The executor, or nothing left running if setting it up fails."""
+        try:
+            return cls(client, cluster, config, events)
+        except BaseException:
+            client.close()
+            if cluster is not None:
+                cluster.close()
+            raise
+
+    # -- the Executor protocol ----------------------------------------------------------
+
+    def parallelism(self, local_threads: int) -> int:
+        """Threads of the cluster's live workers (at least one)."""
+        workers = self.client.scheduler_info(n_workers=-1)["workers"]
+        return max(1, sum(int(w.get("nthreads", 1)) for w in workers.values()))
+
+    def pool(
+        self,
+        fn: Callable[[S, I], R],
+        shared: S,
+        threads: int,
+        cleanup: Callable[[], None] | None = None,
+    ) -> DaskPool[S, I, R]:
+        return DaskPool(self, fn, shared, cleanup)
+
+    def settle(self) -> None:
+        """Wait for every task of this run that is still computing (results are kept)."""
+        pending = self.live.unfinished()
+        if pending:
+            log.info("pausing: waiting for %d Dask task(s) in flight", len(pending))
+            with self.client.as_current():  # wait() finds its client there (none is global)
+                wait(pending)
+
+    def pressure(self) -> tuple[float, str] | None:
+        """The busiest worker at the last reading: memory / memory limit, and its address."""
+        with self._lock:
+            readings = dict(self._pressure)
+        if not readings:
+            return None
+        address = max(readings, key=readings.__getitem__)
+        return readings[address], f"Dask worker {address}"
+
+    def close(self) -> None:
+        """Stop the monitor, cancel what is left, close the client and any LocalCluster."""
+        self._stop.set()
+        if self._monitor.is_alive():
+            self._monitor.join()
+        with contextlib.suppress(Exception):
+            self.client.cancel(self.live.unfinished(), force=True)
+        with contextlib.suppress(Exception):
+            self.client.close()
+        if self._cluster is not None:
+            with contextlib.suppress(Exception):
+                self._cluster.close()
+
+    # -- telemetry --------------------------------------------------------------------
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self._interval):
+            try:
+                self._poll()
+            except Exception as exc:  # a closing client: the next poll or close() settles it
+                log.debug("could not read the Dask scheduler: %s", exc)
+
+    def _poll(self) -> None:
+        """One reading of every worker: memory samples, joins, departures and pauses."""
+        workers = self.client.scheduler_info(n_workers=-1)["workers"]
+        with self._lock:
+            self._pressure = {
+                address: int(info["metrics"]["memory"]) / int(info["memory_limit"])
+                for address, info in workers.items()
+                if info.get("memory_limit")
+            }
+        for address in set(self._known) - set(workers):
+            log.warning(
+                "Dask worker %s left the cluster; the scheduler reruns its tasks on the others",
+                address,
+                extra={"worker": address},
+            )
+            del self._known[address]
+        for address, info in workers.items():
+            status = str(info.get("status", ""))
+            previous = self._known.get(address)
+            if previous is None:
+                log.info(
+                    "Dask worker %s: %s thread(s), memory limit %s",
+                    address,
+                    info.get("nthreads"),
+                    format_bytes(int(info.get("memory_limit") or 0)),
+                    extra={"worker": address},
+                )
+            if status == PAUSED_STATUS and previous != PAUSED_STATUS:
+                log.warning(
+                    "Dask worker %s paused for memory (%s of %s): it starts no task until "
+                    "it is below distributed.worker.memory.pause",
+                    address,
+                    format_bytes(int(info["metrics"]["memory"])),
+                    format_bytes(int(info.get("memory_limit") or 0)),
+                    extra={"worker": address},
+                )
+            self._known[address] = status
+            limit = info.get("memory_limit") or None
+            self._events.emit(
+                MemoryEvent(
+                    rss=int(info["metrics"]["memory"]),
+                    budget=int(limit) if limit else None,
+                    warning=self._levels["spill"] if self._levels else None,
+                    critical=self._levels["pause"] if self._levels else None,
+                    operation=DASK_WORKER_SAMPLE,
+                    worker=address,
+                )
+            )
+
+
+def _dask_config(config: PipelineConfig) -> DaskConfig:
+    if config.dask is None:  # the config's own check makes this unreachable
+        raise ExecutorError("executor: dask needs a dask: section")
+    return config.dask
+
+
+@contextlib.contextmanager
+def _sigint_ignored_by_children() -> Iterator[None]:
+    """Worker processes started in here ignore SIGINT (an ignored signal survives exec).
+
+    Ctrl-C in a terminal signals the whole foreground process group: the run's
+    worker stops at a checkpoint and closes the cluster, while Dask workers that
+    took SIGINT themselves would die mid-task with a traceback each. Only from
+    the main thread (where signal handlers live); the run's handler is restored.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _start_local_cluster(config: PipelineConfig, dask_config: DaskConfig) -> LocalCluster:
+    """Worker processes with the geod-derived memory fractions (see DaskWorkerMemory)."""
+    local = dask_config.local_cluster
+    assert local is not None
+    limit = local.memory_limit
+    if limit is None:
+        limit = config.memory.budget_bytes() // local.n_workers
+    elif isinstance(limit, float) and limit <= 1.0:
+        limit = int(limit * psutil.virtual_memory().total)
+    fractions = dask_config.worker_memory.fractions(config.memory)
+    settings = {f"distributed.worker.memory.{key}": value for key, value in fractions.items()}
+    with dask.config.set(settings), _sigint_ignored_by_children():
+        cluster = LocalCluster(
+            n_workers=local.n_workers,
+            threads_per_worker=local.threads_per_worker,
+            processes=True,
+            memory_limit=int(limit),
+            dashboard_address=None,
+        )
+    log.info(
+        "executor dask: LocalCluster of %d worker(s) × %d thread(s), %s each "
+        "(memory target/spill/pause/terminate %s)",
+        local.n_workers,
+        local.threads_per_worker,
+        format_bytes(int(limit)),
+        "/".join(f"{value:.2f}" for value in fractions.values()),
+    )
+    return cluster
