@@ -37,6 +37,13 @@ Stages that do not work in square windows (merge row chunks) scale their own
 base size with :meth:`MemoryGovernor.chunk_rows`, which applies the same
 pressure ratio (current window / initial window).
 
+The daemon may also ask for smaller windows when the *host* runs short of memory
+(other processes, other runs): ``shrink_requested`` (the controller's flag, set
+by :data:`pipeline.control.SHRINK_SIGNAL`) halves the window at the next reading
+whatever this worker's own RSS says, down to ``min_window``; calm readings grow
+it back as usual. A worker retried after an OOM kill starts at ``start_window``
+(half its last size) and may grow back to the configured size from there.
+
 RSS only: USS would be the better measure but costs a full ``/proc/PID/smaps``
 walk, too slow between every window; the daemon samples USS for the whole
 process tree on its own schedule.
@@ -112,17 +119,21 @@ class MemoryGovernor:
         events: EventSink,
         initial_window: int,
         rss_reader: Callable[[], int] | None = None,
+        shrink_requested: Callable[[], bool] | None = None,
+        start_window: int | None = None,
     ) -> None:
-        if initial_window <= 0 or initial_window % config.min_window:
-            raise ValueError(
-                f"initial window {initial_window} is not a positive multiple of "
-                f"memory.min_window ({config.min_window})"
-            )
+        for what, size in (("initial", initial_window), ("start", start_window)):
+            if size is not None and (size <= 0 or size % config.min_window):
+                raise ValueError(
+                    f"{what} window {size} is not a positive multiple of "
+                    f"memory.min_window ({config.min_window})"
+                )
         self._config = config
         self._events = events
         self._read_rss = rss_reader or own_rss
+        self._shrink_requested = shrink_requested or (lambda: False)
         self.initial_window = initial_window
-        self.window_size = initial_window
+        self.window_size = min(start_window or initial_window, initial_window)
         self._ceiling = initial_window
         self.budget = config.budget_bytes()
         self._calm = 0
@@ -256,6 +267,10 @@ class MemoryGovernor:
         """
         config = self._config
         budget = format_bytes(self.budget)
+        if self._shrink_requested():
+            self._calm = 0
+            halved = self.window_size // 2 // config.min_window * config.min_window
+            return max(halved, config.min_window), "the daemon asked: host memory pressure"
         if level == "critical":
             self._calm = 0
             gc.collect()

@@ -66,6 +66,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--work-dir", type=Path, help="overrides paths.work_dir")
     parser.add_argument("--stages", help=f"comma list of {', '.join(STAGES)} (default: all)")
     parser.add_argument("--formats", help="comma list of export formats (default: config's)")
+    parser.add_argument(
+        "--start-window",
+        type=int,
+        help="window size to start with (the daemon halves it after an OOM kill)",
+    )
     return parser
 
 
@@ -127,7 +132,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         history = EventRecorder(config.paths.work_dir / HISTORY_NAME)
     control = Controller(events)
     control.install_signal_handlers()
-    governor = MemoryGovernor(config.memory, events, config.resampling.window_size)
+    try:
+        governor = MemoryGovernor(
+            config.memory,
+            events,
+            config.resampling.window_size,
+            shrink_requested=control.take_shrink,
+            start_window=args.start_window,
+        )
+    except ValueError as exc:
+        return _fail(events, f"--start-window: {exc}", WORKER_EXIT_INPUT)
     ctx = RunContext(config, events, control, governor)
     events.emit(StateEvent(state="running"))
     try:

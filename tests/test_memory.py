@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 from rasterio.windows import Window
 
 from pipeline.config import MemoryConfig
+from pipeline.control import Controller
 from pipeline.events import EVENTS_FD_ENV, Event, EventSink, GovernorEvent, MemoryEvent, decode
 from pipeline.memory import MemoryGovernor
 from pipeline.runner import STORE_NAME
@@ -170,6 +171,31 @@ def test_initial_window_at_the_reduced_floor_only_moves_on_critical() -> None:
         (512, 256),
         (256, 512),
     ]
+
+
+def test_a_shrink_request_halves_a_calm_window_and_calm_grows_it_back() -> None:
+    """The daemon's host-pressure request acts whatever the worker's own RSS says."""
+    control = Controller(EventSink())
+    recorder = Recorder()
+    governor = MemoryGovernor(
+        MemoryConfig(budget=BUDGET),
+        EventSink(callback=recorder),
+        2048,
+        lambda: int(0.3 * BUDGET),
+        shrink_requested=control.take_shrink,
+        start_window=1024,
+    )
+    assert governor.window_size == 1024  # an OOM retry: half the configured window
+    control.request_shrink()
+    sizes = run(governor, 1)
+    control.request_shrink()
+    sizes += run(governor, 1)
+    sizes += run(governor, 8)
+    assert sizes == [512, 256, 256, 256, 256, 512, 512, 512, 512, 1024]
+    changes = recorder.of(GovernorEvent)
+    assert [(e.old_size, e.new_size) for e in changes[:2]] == [(1024, 512), (512, 256)]
+    assert changes[0].reason == "the daemon asked: host memory pressure"
+    assert governor.window_size <= governor.initial_window == 2048
 
 
 def test_chunk_rows_and_gdal_cache_follow_the_window_and_budget() -> None:
