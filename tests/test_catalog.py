@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import math
 import os
 import shutil
@@ -31,7 +32,6 @@ import yaml
 from rasterio.crs import CRS
 from rasterio.transform import from_origin
 
-from pipeline import catalog
 from pipeline.catalog import PARENT_SIGNALS, CatalogError, inspect, inspect_all
 from pipeline.config import CatalogConfig, DatasetConfig, PipelineConfig
 from pipeline.events import EVENTS_FD_ENV
@@ -350,34 +350,54 @@ def test_a_real_tiff_shipped_with_python_is_read_but_has_no_crs() -> None:
     assert str(caught.value).startswith(f"python ({path}): has no CRS")
 
 
+_FORKED_INSPECT_ALL = (
+    "import json, sys\n"
+    "from pipeline import catalog\n"
+    "from pipeline.config import PipelineConfig\n"
+    "catalog.prefork()  # as the worker does, in a process that has started no thread\n"
+    "assert catalog._spare is not None, 'nothing forked'\n"
+    "try:\n"
+    "    catalog.inspect_all(PipelineConfig(**json.loads(sys.argv[1])))\n"
+    "except catalog.CatalogError as exc:\n"
+    "    print(json.dumps([[p.dataset, p.reason, str(p)] for p in exc.problems] + [str(exc)]))\n"
+)
+
+
 @pytest.mark.parametrize("forked", [False, True], ids=["spawned", "forked"])
 def test_inspect_all_reports_every_bad_dataset_and_survives_a_hang(
     tmp_path: Path, forked: bool
 ) -> None:
-    """Also with the first child forked by ``prefork`` (as the worker does): killed alike."""
-    if forked:
-        catalog.prefork()
-        assert catalog._spare is not None, "this test process runs threads: nothing forked"
+    """Also with the first child forked by ``prefork`` as the worker does (in a fresh
+    interpreter: this one may run threads by now): killed on the timeout alike."""
     good = write_tif(tmp_path / "good.tif", noise((32, 32)))
     (tmp_path / "hang").mkdir()
     hang, _ = vrt_over_a_fifo(tmp_path / "hang")
-    config = PipelineConfig(
-        datasets=[
-            {"name": "hangs", "path": hang},
-            {"name": "good", "path": good},
-            {"name": "gone", "path": tmp_path / "gone.tif"},
+    settings = {
+        "datasets": [
+            {"name": "hangs", "path": str(hang)},
+            {"name": "good", "path": str(good)},
+            {"name": "gone", "path": str(tmp_path / "gone.tif")},
         ],
-        catalog={"timeout": TIMEOUT},
-    )
+        "catalog": {"timeout": TIMEOUT},
+    }
 
-    with pytest.raises(CatalogError) as caught:
-        inspect_all(config)
+    if forked:
+        result = subprocess.run(
+            [sys.executable, "-c", _FORKED_INSPECT_ALL, json.dumps(settings)],
+            capture_output=True, text=True, timeout=120, check=True,
+            cwd=Path(__file__).parent.parent,
+        )  # fmt: skip
+        *found, message = json.loads(result.stdout.strip().splitlines()[-1])
+    else:
+        with pytest.raises(CatalogError) as caught:
+            inspect_all(PipelineConfig(**settings))
+        found = [[p.dataset, p.reason, str(p)] for p in caught.value.problems]
+        message = str(caught.value)
 
-    problems = caught.value.problems
-    assert [p.dataset for p in problems] == ["hangs", "gone"]
-    assert "timed out" in problems[0].reason
-    assert problems[1].reason == "file does not exist"  # answered by a fresh child
-    assert str(caught.value) == "; ".join(str(p) for p in problems)
+    assert [dataset for dataset, _, _ in found] == ["hangs", "gone"]
+    assert "timed out" in found[0][1]
+    assert found[1][1] == "file does not exist"  # answered by a fresh child
+    assert message == "; ".join(text for _, _, text in found)
 
 
 def test_inspect_all_returns_every_source_in_config_order(tmp_path: Path) -> None:
