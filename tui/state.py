@@ -158,10 +158,10 @@ class RunView:
     map_held: list[CheckpointEvent] | None = None
 
     def fraction(self, stage_id: str) -> float:
-        """Done share of a stage in windows, as the daemon counts the run's progress.
+        """Done share of a stage in windows by their cells, as the daemon counts progress.
 
         The run node and stages like ``resample`` only group work, so their bar
-        counts the windows of what they contain (see :func:`stage_fraction`).
+        counts the windows (by cells) of what they contain (see :func:`stage_fraction`).
         """
         return stage_fraction(stage_id, lambda sid: self.stages[sid].node, self.children)
 
