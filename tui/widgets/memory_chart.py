@@ -17,7 +17,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from textual_plotext import PlotextPlot
+from textual_plotext import Plot, PlotextPlot
 
 from supervisor.formatting import size
 from tui.state import DashboardState, MemorySample
@@ -117,7 +117,7 @@ class MemoryChart(PlotextPlot):
         # drawn only once it comes down into that range, and stated in the border.
         top = max([*rss_mib, (levels.budget or 0) / _MIB]) * HEADROOM
         plt.ylim(0, top)
-        plt.yticks(*size_ticks(top))
+        set_yticks(plt, *size_ticks(top))
         line(xs, rss_mib, "RSS")
         available = [s for s in rss if s.system_available is not None]
         low = [s for s in available if (s.system_available or 0) / _MIB < top]
@@ -130,10 +130,10 @@ class MemoryChart(PlotextPlot):
             line([ago(s.time) for s in windows], sizes, "window px", yside="right")
             # The governor's sizes are few and whole: tick exactly those, not fractions.
             steps = sorted(set(sizes))
-            plt.yticks(steps, [f"{step:.0f}" for step in steps], yside="right")
+            set_yticks(plt, steps, [f"{step:.0f}" for step in steps], "right")
         span = [xs[0], 0.0] if xs[0] < 0 else [-_MINUTE, 0.0]
         plt.xlim(*span)
-        plt.xticks(*time_ticks(span[0], now))
+        set_xticks(plt, *time_ticks(span[0], now))
         if levels.budget:
             budget = levels.budget / _MIB
             line(span, [budget, budget], "budget")
@@ -158,6 +158,27 @@ class MemoryChart(PlotextPlot):
             step = len(samples) / MAX_POINTS
             samples = [samples[int(i * step)] for i in range(MAX_POINTS - 1)] + [samples[-1]]
         return samples
+
+
+# plotext stores ticks after de-duplicating (tick, label) pairs through a set, which hands
+# them back in an order that follows the labels' string hashes, and those change from one
+# process to the next. Labels are placed in that order, and where two are close the first
+# placed pushes the other aside: the same chart would read differently in two dashboards.
+# These two put the ticks back in the order given (they are distinct already).
+
+
+def set_xticks(plt: Plot, ticks: list[float], labels: list[str]) -> None:
+    """Ticks on the bottom x axis, placed left to right whatever the process's hash seed."""
+    plt.xticks(ticks, labels)
+    pos = plt.monitor.xside_to_pos(None)
+    plt.monitor.xticks[pos], plt.monitor.xlabels[pos] = list(ticks), list(labels)
+
+
+def set_yticks(plt: Plot, ticks: list[float], labels: list[str], side: str | None = None) -> None:
+    """Ticks on a y axis, placed bottom to top whatever the process's hash seed."""
+    plt.yticks(ticks, labels, yside=side)
+    pos = plt.monitor.yside_to_pos(side)
+    plt.monitor.yticks[pos], plt.monitor.ylabels[pos] = list(ticks), list(labels)
 
 
 def readout(rss: int, peak: int, budget: int | None) -> str:
