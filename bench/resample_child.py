@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -74,6 +75,11 @@ wall = time.perf_counter() - start
 os.write(2, f"MEASURE {wall} {usage.ru_maxrss} {usage.ru_utime + usage.ru_stime}\\n".encode())
 sys.exit(os.waitstatus_to_exitcode(status))
 """
+
+
+def load_average(when: str) -> str:
+    """``load average WHEN: 1 5 15`` — every ratio on a shared machine is read with it."""
+    return "load average {}: {:.2f} {:.2f} {:.2f}".format(when, *os.getloadavg())
 
 
 @dataclass

@@ -24,12 +24,11 @@ the CPU-time ratio is steadier than the wall-time one.
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import tempfile
 from pathlib import Path
 
-from resample_child import gdalwarp, generate_source, geod, parity
+from resample_child import gdalwarp, generate_source, geod, load_average, parity
 
 SIZES = {"large": (21600, 10800), "small": (10800, 5400)}
 #: Stage time / gdalwarp time targets by thread count, and for the whole process.
@@ -59,7 +58,7 @@ def main() -> None:
     print(f"input {source} ({width}×{height} float32), grid 5' global, window {WINDOW}, "
           f"budget {BUDGET}")  # fmt: skip
     print("time: wall seconds (CPU seconds); geod's stage time, then its whole process")
-    print("load average before: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
+    print(load_average("before"))
     try:
         for method in args.methods.split(","):
             for threads in (int(t) for t in args.threads.split(",")):
@@ -92,7 +91,7 @@ def main() -> None:
                 )
                 reference.unlink()
                 shutil.rmtree(store)
-        print("load average after: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
+        print(load_average("after"))
     finally:
         if args.dir is None:
             shutil.rmtree(work, ignore_errors=True)

@@ -4,15 +4,26 @@ A source in the grid's CRS whose pixel edges fall on the grid's cell edges,
 ``k`` source pixels to a cell (30″ into 5′: k = 10), needs no warp for the
 footprint methods: each cell is exactly a k × k block of source pixels, and
 GDAL's footprint kernels give every such pixel weight one. The block's
-average, sum, minimum or maximum over its valid pixels is computed with numpy
-in float64 (as GDAL accumulates) and cast to the output dtype, which skips
-GDAL's per-pixel coordinate transforms and weight computation.
+average, sum, minimum, maximum or mode over its valid pixels is computed with
+numpy in float64 (as GDAL accumulates) and cast to the output dtype, which
+skips GDAL's per-pixel coordinate transforms and weight computation.
+
+``mode`` breaks ties as GDAL's kernel does: it scans the block's pixels row by
+row, counting each value, and keeps the value whose count first exceeds the
+best so far, so of equally frequent values the one that reached that count
+first wins (not the smallest, nor the first seen: measured against the
+gdalwarp 3.6 binary and GDAL 3.10's warp on blocks of four classes with ties
+in a fifth of the cells, each of those rules differs on 1,700–2,800 of 15,000
+cells, this one on none). It is exact for every dtype float64 holds, but
+counting is quadratic in the block's pixels, and GDAL's own kernel is quick
+except on 16-bit integers (measured CPU, block / warp, 2000 × 1000 cells: uint8
+4.1 at 3 × 3 and 7.8 at 5 × 5; float32 2.1 and 1.9; int16 0.11 and 0.48, uint16
+0.46 at 5 × 5, int16 1.31 at 8 × 8). So ``mode`` is reduced by blocks only for
+:data:`MODE_DTYPES` up to :data:`MODE_MAX_PIXELS` per cell; elsewhere it is warped.
 
 Only where it is exact: windows wholly inside the source (:func:`is_exact`);
 tests/test_blockreduce.py compares each method, with
 nodata, against the whole-source warp and the gdalwarp binary on every cell.
-``mode`` is not reduced here (GDAL's tie-breaking between equally frequent
-values is an implementation detail) and goes through the warp.
 """
 
 from __future__ import annotations
@@ -36,7 +47,14 @@ MAX_FACTOR = 256
 #: Working bytes per source pixel: the read (up to 8), its float64 copy (8), masks and sums.
 WORKING_BYTES_PER_PIXEL = 24
 #: Footprint methods whose block reduction equals GDAL's kernel.
-REDUCIBLE = frozenset({Resampling.average, Resampling.sum, Resampling.min, Resampling.max})
+REDUCIBLE = frozenset(
+    {Resampling.average, Resampling.sum, Resampling.min, Resampling.max, Resampling.mode}
+)
+#: Most source pixels per cell ``mode`` is reduced for: its counting is quadratic in
+#: them and past 5 × 5 GDAL's warp is as quick (see the module docstring).
+MODE_MAX_PIXELS = 25
+#: Source dtypes ``mode`` is reduced for: where GDAL's mode kernel is slow.
+MODE_DTYPES = frozenset({"int16", "uint16"})
 
 
 @dataclass(frozen=True)
@@ -71,6 +89,10 @@ def alignment(source: SourceInfo, grid: TargetGrid, method: Resampling) -> Align
         return None
     if factor_x == factor_y == 1:
         return None  # on the grid: pipeline.grid.place copies it
+    if method is Resampling.mode and (
+        factor_x * factor_y > MODE_MAX_PIXELS or source.dtype not in MODE_DTYPES
+    ):
+        return None
     return Alignment(factor_x, factor_y, col0, row0)
 
 
@@ -131,6 +153,8 @@ def reduce_window(
 
 def _reduce(cells: np.ndarray, count: np.ndarray, method: Resampling) -> np.ndarray:
     """Per-cell reduction over the block axes (1, 3), ignoring NaN (invalid) pixels."""
+    if method is Resampling.mode:
+        return _mode(cells)
     if method is Resampling.min:
         return np.fmin.reduce(cells, axis=(1, 3))
     if method is Resampling.max:
@@ -139,3 +163,20 @@ def _reduce(cells: np.ndarray, count: np.ndarray, method: Resampling) -> np.ndar
     if method is Resampling.sum:
         return total
     return total / np.maximum(count, 1)
+
+
+def _mode(cells: np.ndarray) -> np.ndarray:
+    """Most frequent valid value per cell; of tied values, the one to reach the count first.
+
+    ``counts[..., p]`` is how often pixel ``p``'s value occurs among pixels
+    ``0..p`` of the block in row-major order (0 for NaN: NaN equals nothing),
+    so the first pixel whose running count equals the block's largest holds
+    the value GDAL's scan settles on.
+    """
+    rows, fy, width, fx = cells.shape
+    values = cells.transpose(0, 2, 1, 3).reshape(rows, width, fy * fx)
+    counts = np.zeros(values.shape, np.int32)
+    for p in range(fy * fx):
+        counts[..., p] = (values[..., : p + 1] == values[..., p : p + 1]).sum(axis=-1)
+    first = (counts == counts.max(axis=-1, keepdims=True)).argmax(axis=-1)
+    return np.take_along_axis(values, first[..., None], axis=-1)[..., 0]

@@ -21,6 +21,15 @@ if TYPE_CHECKING:
     from pipeline.memory import MemoryGovernor
 
 
+class RunError(RuntimeError):
+    """A failure a stage phrases for the user itself: one line naming what and where.
+
+    The worker reports these without a traceback and exits 1 (freeing space and
+    retrying can help). The stages' own errors derive from it so the worker can
+    catch them without importing the stages (and their libraries) it does not run.
+    """
+
+
 @dataclass
 class StageNode:
     """One node of the stage tree; emits a StageEvent on every change."""

@@ -1,7 +1,9 @@
 """Cooperative pause/resume/stop for a worker, driven by POSIX signals.
 
-SIGUSR1 asks for a pause, SIGUSR2 for a resume, SIGTERM/SIGINT for a stop. The
-handlers only set flags; the pipeline acts on them at window boundaries
+SIGUSR1 asks for a pause, SIGUSR2 for a resume, SIGTERM/SIGINT for a stop, and
+:data:`SHRINK_SIGNAL` for smaller windows (the daemon's answer to host memory
+pressure, taken by the memory governor at its next window). The handlers only
+set flags; the pipeline acts on them at window boundaries
 (:meth:`Controller.checkpoint`), after the window's chunks are durable, so a
 pause or stop never leaves a half-written chunk behind. The acknowledgement is
 a :class:`~pipeline.events.StateEvent`, which the daemon waits for before it
@@ -22,6 +24,10 @@ class StopRequested(Exception):
     """Raised at a window boundary once a stop was asked for; the run is checkpointed."""
 
 
+#: The daemon asks a worker to halve its window size with this signal (host memory
+#: pressure). A real-time signal: unused by Python, GDAL and the C library.
+SHRINK_SIGNAL = signal.SIGRTMIN
+
 #: While paused, how often the worker looks at its flags again: bounds resume latency.
 PAUSE_POLL_SECONDS = 0.05
 
@@ -40,6 +46,7 @@ class Controller:
         self._events = events
         self._pause = False
         self._stop = False
+        self._shrink = False
         #: Called before a pause is acknowledged: the run's executor waits there until
         #: none of its tasks is computing (a no-op for the local executor).
         self.settle: Callable[[], None] = lambda: None
@@ -55,6 +62,14 @@ class Controller:
     def request_stop(self) -> None:
         self._stop = True
 
+    def request_shrink(self) -> None:
+        self._shrink = True
+
+    def take_shrink(self) -> bool:
+        """Was a shrink asked for since the last call? (The governor consumes it.)"""
+        asked, self._shrink = self._shrink, False
+        return asked
+
     @property
     def stop_requested(self) -> bool:
         return self._stop
@@ -64,17 +79,21 @@ class Controller:
         return self._pause
 
     def install_signal_handlers(self) -> None:
-        """SIGUSR1 pause, SIGUSR2 resume, SIGTERM/SIGINT stop (main thread only)."""
+        """SIGUSR1 pause, SIGUSR2 resume, SIGTERM/SIGINT stop, SHRINK_SIGNAL shrink (main
+        thread only)."""
 
         def on_signal(signum: int, _frame: FrameType | None) -> None:
             if signum == signal.SIGUSR1:
                 self.request_pause()
             elif signum == signal.SIGUSR2:
                 self.request_resume()
+            elif signum == SHRINK_SIGNAL:
+                self.request_shrink()
             else:
                 self.request_stop()
 
-        for signum in (signal.SIGUSR1, signal.SIGUSR2, signal.SIGTERM, signal.SIGINT):
+        signals = (signal.SIGUSR1, signal.SIGUSR2, signal.SIGTERM, signal.SIGINT, SHRINK_SIGNAL)
+        for signum in signals:
             signal.signal(signum, on_signal)
 
     # -- the boundary -------------------------------------------------------------

@@ -28,6 +28,18 @@ from pipeline.source import SourceInfo
 DENSIFY_POINTS = 21
 
 
+def valid_mask(data: np.ndarray, nodata: float | None) -> np.ndarray:
+    """True where a cell holds data: not the nodata value and, for floats, not NaN."""
+    if data.dtype.kind == "f":
+        valid = ~np.isnan(data)
+        if nodata is not None and not math.isnan(nodata):
+            valid &= data != data.dtype.type(nodata)
+        return valid
+    if nodata is None:
+        return np.ones(data.shape, dtype=bool)
+    return data != nodata
+
+
 @dataclass(frozen=True)
 class Footprint:
     """Grid rows ``row0:row1`` and columns ``col0:col1`` whose cell centres lie on the source."""

@@ -18,9 +18,13 @@ with the budget (``memory.budget``):
   changes with growth allowed right below 80 %, 2 with the 70 % calm level).
 
 Every size is a multiple of ``min_window`` so windows always cover whole store
-chunks. The governor acts between windows, so a run's first window runs at the
-configured size: the budget must leave room for one such window above the
-worker's baseline (about 190 MiB of imported libraries).
+chunks. Readings come after windows, so they cannot stop a window that is too
+big from the start (the first window of a dataset whose source is far finer
+than the last one's). Before each dataset the resample stage calls
+:meth:`MemoryGovernor.fit` with its estimate of the bytes a window holds per
+output cell: the largest size whose estimate fits below the warning level over
+the current RSS becomes the ceiling for that dataset (the window shrinks to it
+at once; calm readings grow it back no further).
 
 Each reading is a :class:`~pipeline.events.MemoryEvent`; each change is a
 :class:`~pipeline.events.GovernorEvent` plus one log record on the
@@ -33,6 +37,13 @@ Stages that do not work in square windows (merge row chunks) scale their own
 base size with :meth:`MemoryGovernor.chunk_rows`, which applies the same
 pressure ratio (current window / initial window).
 
+The daemon may also ask for smaller windows when the *host* runs short of memory
+(other processes, other runs): ``shrink_requested`` (the controller's flag, set
+by :data:`pipeline.control.SHRINK_SIGNAL`) halves the window at the next reading
+whatever this worker's own RSS says, down to ``min_window``; calm readings grow
+it back as usual. A worker retried after an OOM kill starts at ``start_window``
+(half its last size) and may grow back to the configured size from there.
+
 RSS only: USS would be the better measure but costs a full ``/proc/PID/smaps``
 walk, too slow between every window; the daemon samples USS for the whole
 process tree on its own schedule.
@@ -40,6 +51,8 @@ process tree on its own schedule.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import gc
 import logging
 import threading
@@ -66,10 +79,27 @@ def format_bytes(value: int) -> str:
     return f"{value / _MIB:.0f} MiB"
 
 
-def _own_rss() -> int:
+def own_rss() -> int:
+    """This process's resident set size, in bytes."""
     # A fresh Process each time: one cached at import would keep the parent's
     # pid in a forked child.
     return psutil.Process().memory_info().rss
+
+
+def release_freed_memory() -> None:
+    """Collect garbage and hand the C heap's free pages back to the OS (glibc only).
+
+    After a stage, glibc keeps the pages of freed windows (measured: 40 of a
+    resample's 160 MiB RSS); RSS then overstates what the process holds, and
+    whatever is sized from the room left in the budget next (the report's maps)
+    would be sized too small. Elsewhere than glibc this only collects garbage.
+    """
+    gc.collect()
+    name = ctypes.util.find_library("c")
+    libc = ctypes.CDLL(name) if name else None
+    trim = getattr(libc, "malloc_trim", None)
+    if trim is not None:
+        trim(0)
 
 
 def _system_available() -> int:
@@ -89,17 +119,22 @@ class MemoryGovernor:
         events: EventSink,
         initial_window: int,
         rss_reader: Callable[[], int] | None = None,
+        shrink_requested: Callable[[], bool] | None = None,
+        start_window: int | None = None,
     ) -> None:
-        if initial_window <= 0 or initial_window % config.min_window:
-            raise ValueError(
-                f"initial window {initial_window} is not a positive multiple of "
-                f"memory.min_window ({config.min_window})"
-            )
+        for what, size in (("initial", initial_window), ("start", start_window)):
+            if size is not None and (size <= 0 or size % config.min_window):
+                raise ValueError(
+                    f"{what} window {size} is not a positive multiple of "
+                    f"memory.min_window ({config.min_window})"
+                )
         self._config = config
         self._events = events
-        self._read_rss = rss_reader or _own_rss
+        self._read_rss = rss_reader or own_rss
+        self._shrink_requested = shrink_requested or (lambda: False)
         self.initial_window = initial_window
-        self.window_size = initial_window
+        self.window_size = min(start_window or initial_window, initial_window)
+        self._ceiling = initial_window
         self.budget = config.budget_bytes()
         self._calm = 0
         self._lock = threading.Lock()
@@ -182,6 +217,49 @@ class MemoryGovernor:
             log.log(log_level, "window %d → %d: %s", old, new, reason)
         return new
 
+    def fit(self, bytes_per_cell: float, what: str) -> int:
+        """Cap the window for ``what`` at the largest size whose estimated cost fits; returns it.
+
+        ``bytes_per_cell`` is the stage's estimate of what its windows hold per
+        output cell (source pixels read, warp buffers, windows in flight). The
+        cap holds until the next call: calm readings grow the window up to it,
+        not past it. Never below ``min_window`` (the smallest window always runs).
+        """
+        config = self._config
+        rss = self.rss()
+        room = config.warning * self.budget - rss
+        size = self.initial_window
+        while size > config.min_window and size * size * bytes_per_cell > room:
+            size = max(config.min_window, size // 2 // config.min_window * config.min_window)
+        with self._lock:
+            old = self.window_size
+            self._ceiling = size
+            self.window_size = min(old, size)
+        if self.window_size != old:
+            reason = (
+                f"a {old}-pixel window of {what} would hold about "
+                f"{format_bytes(int(old * old * bytes_per_cell))}; "
+                f"{format_bytes(max(0, int(room)))} left below {_percent(config.warning)} "
+                f"of {format_bytes(self.budget)}"
+            )
+            self._events.emit(
+                GovernorEvent(
+                    old_size=old,
+                    new_size=self.window_size,
+                    rss=rss,
+                    budget=self.budget,
+                    level=self.level(rss),
+                    reason=reason,
+                )
+            )
+            log.warning("window %d → %d: %s", old, self.window_size, reason)
+        return self.window_size
+
+    def clear_ceiling(self) -> None:
+        """Drop the cap :meth:`fit` set (its stage is over): calm readings may grow past it."""
+        with self._lock:
+            self._ceiling = self.initial_window
+
     def _decide(self, rss: int, level: Level, used: str) -> tuple[int, str]:
         """Next window size and the human reason for a change ("" when unchanged).
 
@@ -189,6 +267,10 @@ class MemoryGovernor:
         """
         config = self._config
         budget = format_bytes(self.budget)
+        if self._shrink_requested():
+            self._calm = 0
+            halved = self.window_size // 2 // config.min_window * config.min_window
+            return max(halved, config.min_window), "the daemon asked: host memory pressure"
         if level == "critical":
             self._calm = 0
             gc.collect()
@@ -205,12 +287,12 @@ class MemoryGovernor:
             self._calm = 0
             return self.window_size, ""
         self._calm += 1
-        if self._calm >= config.calm_windows and self.window_size < self.initial_window:
+        if self._calm >= config.calm_windows and self.window_size < self._ceiling:
             self._calm = 0
             reason = (
                 f"{used} < {_percent(config.calm)} of {budget} for {config.calm_windows} windows"
             )
-            return min(self.window_size * 2, self.initial_window), reason
+            return min(self.window_size * 2, self._ceiling), reason
         return self.window_size, ""
 
 

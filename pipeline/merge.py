@@ -42,6 +42,8 @@ import pyarrow as pa
 from rasterio.windows import Window
 
 from pipeline.config import PipelineConfig
+from pipeline.context import RunError
+from pipeline.coverage import valid_mask
 from pipeline.executor import Executor, ordered
 from pipeline.executor.local import LocalExecutor
 from pipeline.grid import TargetGrid
@@ -60,7 +62,7 @@ STAGE = "merge"
 READ_AHEAD = 1
 
 
-class MergeError(ValueError):
+class MergeError(RunError, ValueError):
     """The layers cannot be merged as configured (missing or incomplete layer, empty bounds)."""
 
 
@@ -163,18 +165,6 @@ def plan_merge(grid: TargetGrid, config: PipelineConfig, store_chunk: int) -> Me
     block_cols = min(int(region.width), max(store_chunk, fitting))
     band_rows = max(1, min(band_rows, max_cells // block_cols))
     return MergePlan(region, band_rows, block_cols)
-
-
-def valid_mask(data: np.ndarray, nodata: float | None) -> np.ndarray:
-    """True where a cell holds data: not the nodata value and, for floats, not NaN."""
-    if data.dtype.kind == "f":
-        valid = ~np.isnan(data)
-        if nodata is not None and not math.isnan(nodata):
-            valid &= data != data.dtype.type(nodata)
-        return valid
-    if nodata is None:
-        return np.ones(data.shape, dtype=bool)
-    return data != nodata
 
 
 def layer_specs(store: LayerStore, config: PipelineConfig) -> list[LayerSpec]:

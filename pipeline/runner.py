@@ -119,6 +119,7 @@ def _resample(ctx: RunContext, state: RunState, node: StageNode) -> None:
         resample_dataset(ctx, dataset, source, state.grid, state.store, child)
         child.finish()
         node.advance()
+    ctx.governor.clear_ceiling()  # the datasets' window caps do not bind the merge
     node.finish()
 
 
@@ -136,10 +137,11 @@ def run_pipeline(
     formats: Sequence[ExportFormat] | None = None,
     database_url: str | None = None,
 ) -> list[Path]:
-    """Run ``stages`` in order; returns the output files written."""
-    from pipeline.analysis import run_analysis
-    from pipeline.export import run_merge_export
+    """Run ``stages`` in order; returns the output files written.
 
+    The export and analysis stages import their libraries (pyarrow, h5py,
+    scikit-learn…) when they run: a catalog+resample run's memory holds none of them.
+    """
     config = ctx.config
     grid = TargetGrid.from_config(config.grid)
     state = RunState(config, grid)
@@ -147,6 +149,8 @@ def run_pipeline(
     root.start(total=len(stages))
 
     def export(node: StageNode) -> None:
+        from pipeline.export import run_merge_export
+
         state.outputs += run_merge_export(
             ctx, state.store, grid, node, _export_formats(ctx, formats), database_url
         )
@@ -155,6 +159,8 @@ def run_pipeline(
         if not config.analysis.methods:
             node.finish("skipped")
             return
+        from pipeline.analysis import run_analysis
+
         state.outputs += run_analysis(
             ctx, _parquet_output(ctx), grid, config.paths.output_dir, node
         )

@@ -26,10 +26,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pipeline import logs
-from pipeline.analysis.io import AnalysisError
 from pipeline.catalog import CatalogError
 from pipeline.config import ConfigError, ExportFormat, load_config
-from pipeline.context import RunContext
+from pipeline.context import RunContext, RunError
 from pipeline.contract import (
     DATABASE_URL_ENV,
     EVENTS_FD_ENV,
@@ -40,17 +39,11 @@ from pipeline.contract import (
 from pipeline.control import Controller, StopRequested
 from pipeline.events import Event, EventSink, OutputEvent, StateEvent
 from pipeline.executor import ExecutorError, run_executor
-from pipeline.export.atomic import ExportError
-from pipeline.memory import MemoryGovernor
-from pipeline.merge import MergeError
-from pipeline.report import write_report
+from pipeline.memory import MemoryGovernor, release_freed_memory
 from pipeline.report.history import HISTORY_NAME, EventRecorder, read_history
 from pipeline.runner import STAGES, parse_stages, run_pipeline
 
 log = logging.getLogger("geod.worker")
-
-#: Failures the stages phrase for the user themselves (worth a retry: exit 1).
-RUN_ERRORS = (ExportError, MergeError, AnalysisError, ExecutorError)
 
 
 def _parse_formats(text: str | None) -> list[ExportFormat] | None:
@@ -73,6 +66,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--work-dir", type=Path, help="overrides paths.work_dir")
     parser.add_argument("--stages", help=f"comma list of {', '.join(STAGES)} (default: all)")
     parser.add_argument("--formats", help="comma list of export formats (default: config's)")
+    parser.add_argument(
+        "--start-window",
+        type=int,
+        help="window size to start with (the daemon halves it after an OOM kill)",
+    )
     return parser
 
 
@@ -88,6 +86,9 @@ def _write_report(ctx: RunContext, history: EventRecorder | None, state: str) ->
     """The end-of-run report (``report: true``); a failure to draw it never fails the run."""
     if history is None or not ctx.config.report:
         return
+    from pipeline.report import write_report  # the drawing stack, only when drawing
+
+    release_freed_memory()  # the maps are sized from what is left of the budget
     try:
         path = write_report(
             ctx.config,
@@ -129,7 +130,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         history = EventRecorder(config.paths.work_dir / HISTORY_NAME)
     control = Controller(events)
     control.install_signal_handlers()
-    governor = MemoryGovernor(config.memory, events, config.resampling.window_size)
+    try:
+        governor = MemoryGovernor(
+            config.memory,
+            events,
+            config.resampling.window_size,
+            shrink_requested=control.take_shrink,
+            start_window=args.start_window,
+        )
+    except ValueError as exc:
+        return _fail(events, f"--start-window: {exc}", WORKER_EXIT_INPUT)
     ctx = RunContext(config, events, control, governor)
     events.emit(StateEvent(state="running"))
     try:
@@ -145,7 +155,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (CatalogError, ConfigError) as exc:
         _write_report(ctx, history, "failed")
         return _fail(events, str(exc), WORKER_EXIT_INPUT)
-    except RUN_ERRORS as exc:
+    except (RunError, ExecutorError) as exc:
         # Already one line naming what and where (disk full, a failed spot check…):
         # a traceback would bury it. Exit 1: freeing space and retrying can help.
         log.error("run failed: %s", exc)

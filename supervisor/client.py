@@ -39,6 +39,8 @@ from supervisor.protocol import (
     NOTIFY_EVENT,
     NOTIFY_RUN,
     PROTOCOL_VERSION,
+    CleanedRun,
+    CleanParams,
     DaemonStatus,
     EmptyParams,
     ErrorCode,
@@ -78,6 +80,7 @@ T = TypeVar("T")
 _SUMMARIES: TypeAdapter[list[RunSummary]] = TypeAdapter(list[RunSummary])
 _LOG_PAGE: TypeAdapter[list[LogEvent]] = TypeAdapter(LogPage)
 _SOURCES: TypeAdapter[list[WatchedSource]] = TypeAdapter(list[WatchedSource])
+_CLEANED: TypeAdapter[list[CleanedRun]] = TypeAdapter(list[CleanedRun])
 
 
 @dataclass(frozen=True)
@@ -151,6 +154,10 @@ class Calls:
     def parallel(concurrency: int) -> Call[QueueSettings]:
         params = ParallelParams(concurrency=concurrency)
         return Call("queue.parallel", _params(params), QueueSettings.model_validate)
+
+    @staticmethod
+    def clean(params: CleanParams) -> Call[list[CleanedRun]]:
+        return Call("runs.clean", params.model_dump(), _CLEANED.validate_python)
 
     @staticmethod
     def logs(
@@ -325,6 +332,9 @@ class Client:
     def parallel(self, concurrency: int) -> QueueSettings:
         return self.request(Calls.parallel(concurrency))
 
+    def clean(self, params: CleanParams) -> list[CleanedRun]:
+        return self.request(Calls.clean(params))
+
     def logs(
         self,
         run_id: str,
@@ -494,6 +504,9 @@ class AsyncClient:
 
     async def parallel(self, concurrency: int) -> QueueSettings:
         return await self.request(Calls.parallel(concurrency))
+
+    async def clean(self, params: CleanParams) -> list[CleanedRun]:
+        return await self.request(Calls.clean(params))
 
     async def logs(
         self,

@@ -39,6 +39,7 @@ from pipeline.durable import write_atomic
 from supervisor import sdnotify
 from supervisor.detach import LOG_FILE, PID_FILE
 from supervisor.hooks import HookRunner
+from supervisor.host_guard import HostGuard
 from supervisor.methods import Methods
 from supervisor.protocol import Selection
 from supervisor.recovery import Recovery
@@ -49,6 +50,7 @@ from supervisor.settings_reload import SettingsFileWatch
 from supervisor.sink import TelemetrySink
 from supervisor.socket_server import Server, SocketError
 from supervisor.telemetry import SPOOL_DIR_NAME
+from supervisor.telemetry.peaks import peak_lookup
 from supervisor.watcher import Watcher
 
 __all__ = ["EXIT_LOCKED", "EXIT_OK", "EXIT_START_FAILED", "TelemetrySink", "run_daemon"]
@@ -179,6 +181,7 @@ class Daemon:
         )
         self.server: Server | None = None
         self.hooks = HookRunner(settings.hooks, settings.hook_workers)
+        url = getattr(telemetry, "url", None)  # the writer's database: earlier runs' peaks
         self.scheduler = Scheduler(
             settings,
             self.registry,
@@ -186,7 +189,9 @@ class Daemon:
             telemetry,
             on_change=self._status_changed,
             on_transition=self.hooks.fire,
+            peak_lookup=peak_lookup(url) if isinstance(url, str) else None,
         )
+        self.guard = HostGuard(self.scheduler)
         self.recovery = Recovery(self.scheduler, telemetry)
         record = None if telemetry is None else telemetry.record_event
         self.watcher = Watcher(self.scheduler, settings.state_dir, record)
@@ -215,7 +220,13 @@ class Daemon:
         self._stop = asyncio.Event()
         self.registry.load()
         self.scheduler.seed_states()
-        methods = Methods(self.scheduler, self._stop.set, self.watcher, self._settings_status)
+        methods = Methods(
+            self.scheduler,
+            self._stop.set,
+            self.guard.cleaner,
+            self.watcher,
+            self._settings_status,
+        )
         self.server = Server(methods, self.settings.client_queue_limit, self.settings.socket_group)
         try:
             await self.server.start(self.settings.socket_path, self.settings.socket_group)
@@ -226,6 +237,7 @@ class Daemon:
             return EXIT_START_FAILED
         self.recovery.recover()
         self.scheduler.schedule()
+        self.guard.start()
         self.watcher.configure(self.settings.watch)
         self.settings_watch.start()
         self._install_signals()

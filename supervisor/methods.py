@@ -20,6 +20,7 @@ from pydantic import BaseModel
 from pipeline.contract import LOG_LEVELS
 from pipeline.events import Event
 from supervisor import protocol
+from supervisor.cleanup import Cleaner
 from supervisor.peercred import worker_identity
 from supervisor.protocol import ErrorCode, ProtocolError
 from supervisor.run_map import RunMap, to_reply
@@ -51,11 +52,13 @@ class Methods:
         self,
         scheduler: Scheduler,
         request_stop: Callable[[], None],
+        cleaner: Cleaner,
         watcher: Watcher | None = None,
         settings_status: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
         self.scheduler = scheduler
         self.request_stop = request_stop
+        self.cleaner = cleaner
         self.watcher = watcher
         self.settings_status = settings_status
         self.started = time.time()
@@ -72,6 +75,7 @@ class Methods:
             "runs.retry": self.runs_retry,
             "runs.priority": self.runs_priority,
             "queue.parallel": self.queue_parallel,
+            "runs.clean": self.runs_clean,
             "logs.tail": self.logs_tail,
             "memory.history": self.memory_history,
             "runs.map": self.runs_map,
@@ -115,6 +119,9 @@ class Methods:
             "counts": self.scheduler.counts(),
             "runs": len(self.scheduler.runs()),
             "stopping": self.scheduler.shutting_down,
+            "host_memory": self.scheduler.broker.status(
+                self.scheduler.get(run_id) for run_id in self.scheduler.workers
+            ),
             **(self.settings_status() if self.settings_status is not None else {}),
         }
 
@@ -156,6 +163,10 @@ class Methods:
         self, conn: Connection, params: protocol.ParallelParams
     ) -> dict[str, Any]:
         return self.scheduler.set_concurrency(params.concurrency).model_dump(mode="json")
+
+    async def runs_clean(self, conn: Connection, params: protocol.CleanParams) -> list[Any]:
+        cleaned = await self.cleaner.clean(params)
+        return [item.model_dump(mode="json") for item in cleaned]
 
     async def logs_tail(self, conn: Connection, params: protocol.LogsTailParams) -> list[Any]:
         if params.level is not None and params.level.upper() not in LOG_LEVELS:

@@ -88,6 +88,29 @@ class RunSummary(BaseModel):
         description="Why a queued run does not start or the daemon paused it "
         "('waiting for memory: needs ~3.1 GiB, 1.4 GiB free of the host budget').",
     )
+    predicted_peak: int | None = Field(
+        default=None, description="Bytes the host memory broker reserves for the run."
+    )
+    prediction: str | None = Field(
+        default=None, description="Where predicted_peak comes from (telemetry run or budget)."
+    )
+    config_fingerprint: str | None = Field(
+        default=None, description="Hash of the frozen config: equal for reruns of one config."
+    )
+    data_fingerprint: str | None = Field(
+        default=None, description="Hash of the config's datasets and grid (the same inputs)."
+    )
+    paused_by: str | None = Field(
+        default=None,
+        description="'memory' or 'disk' when the daemon paused the run and resumes it itself.",
+    )
+    oom: bool = Field(default=False, description="The last worker was killed by the OOM killer.")
+    start_window: int | None = Field(
+        default=None, description="Window size the next worker starts with (halved after OOM)."
+    )
+    disk_used: int | None = Field(
+        default=None, description="Bytes under the run directory (layer store, logs, history)."
+    )
 
 
 class ErrorCode(IntEnum):
@@ -166,6 +189,23 @@ class KillParams(Selection):
     force: bool = False
 
 
+class CleanParams(_Params):
+    """``geod clean``: the runs named, or every finished one matching the filters."""
+
+    runs: list[str] = Field(default_factory=list)
+    done: bool = Field(default=False, description="Every run in state done.")
+    older_than: float | None = Field(
+        default=None, gt=0, description="Every finished run that ended this many seconds ago."
+    )
+    dry_run: bool = False
+
+    @model_validator(mode="after")
+    def _something(self) -> CleanParams:
+        if not self.runs and not self.done and self.older_than is None:
+            raise ValueError("give run ids, done=true or older_than")
+        return self
+
+
 class LogsTailParams(_Params):
     run: str
     limit: int = Field(default=200, ge=1, le=100_000)
@@ -220,10 +260,21 @@ class DaemonStatus(BaseModel):
     counts: dict[str, int] = Field(default_factory=dict, description="Runs per state.")
     runs: int = 0
     stopping: bool = False
+    host_memory: dict[str, Any] | None = Field(
+        default=None, description="Host budget, reserved bytes and pressure (memory broker)."
+    )
     settings_file: str | None = None
     settings_loaded: float | None = Field(default=None, description="Unix time of the last load.")
     settings_error: str | None = Field(default=None, description="Why the last reload failed.")
     watching: list[str] = Field(default_factory=list, description="One line per watch rule.")
+
+
+class CleanedRun(BaseModel):
+    """One run ``runs.clean`` removed (or, in a dry run, would remove) the work files of."""
+
+    run: str
+    freed: int = Field(description="Bytes freed (or that would be).")
+    paths: list[str] = Field(default_factory=list)
 
 
 class WatchedSource(BaseModel):
@@ -317,6 +368,7 @@ METHODS: dict[str, type[BaseModel]] = {
     "runs.retry": RunParams,
     "runs.priority": PriorityParams,
     "queue.parallel": ParallelParams,
+    "runs.clean": CleanParams,
     "logs.tail": LogsTailParams,
     "memory.history": MemoryHistoryParams,
     "runs.map": RunParams,

@@ -51,9 +51,13 @@ from pipeline.contract import (
     WAITING_STATES,
     WORKER_EXIT_INPUT,
 )
+from pipeline.control import SHRINK_SIGNAL
 from pipeline.events import Event, LogEvent, RunStateEvent, StateEvent, decode, encode
 from supervisor import run_queue
 from supervisor.asuser import read_config_as
+from supervisor.cleanup import run_disk_used
+from supervisor.memory_broker import MemoryBroker, PeakLookup
+from supervisor.oom import OomWatch
 from supervisor.peercred import Identity
 from supervisor.process import RotatingLog, WorkerProcess
 from supervisor.progress import running_seconds
@@ -104,8 +108,13 @@ class Scheduler:
         telemetry: TelemetrySink | None = None,
         on_change: Callable[[], None] | None = None,
         on_transition: Transition | None = None,
+        peak_lookup: PeakLookup | None = None,
     ) -> None:
         self.settings = settings
+        #: Shares host_memory among workers by predicted peaks (admission, pressure state).
+        self.broker = MemoryBroker(lambda: self.settings.host_memory_bytes(), peak_lookup)
+        #: Each worker's OOM sources and their kill count when it started (supervisor.oom).
+        self._oom_baseline: dict[str, tuple[OomWatch, int | None]] = {}
         self.registry = registry
         self._notify = notify
         self._telemetry = telemetry
@@ -115,7 +124,7 @@ class Scheduler:
         self._published_state: dict[str, str] = {}
         self.queue_state = run_queue.QueueState(settings.state_dir)
         #: Further reasons a queued run may not start yet, asked when a slot is free.
-        self.admission_checks: list[run_queue.AdmissionCheck] = []
+        self.admission_checks: list[run_queue.AdmissionCheck] = [self._memory_admission]
         self.workers: dict[str, WorkerProcess] = {}
         #: Runs between "chosen to start" and "worker spawned" (count against concurrency).
         self._starting: set[str] = set()
@@ -180,8 +189,7 @@ class Scheduler:
 
     def publish(self, run: Run, save: bool = True) -> None:
         """A summary changed: persist it, tell subscribers, telemetry, systemd, hooks."""
-        if run.summary.state != "queued":
-            run.summary.wait_reason = None  # only a queued run waits for something
+        _tidy_reasons(run)
         if run.summary.state != run.announced_state:
             self._announce(run)
         if save:
@@ -300,6 +308,7 @@ class Scheduler:
         summary.state = run_queue.waiting_state(summary, time.time())
         if owner is not None:
             self._hand_over(run, owner)
+        await self.broker.predict(run)
         log.info("run %s submitted from %s", run.id, config_path)
         self.publish(run)
         self.schedule()
@@ -386,6 +395,13 @@ class Scheduler:
             delay = max(0.0, wake - time.time())
             self._wake_timer = asyncio.get_running_loop().call_later(delay, self.schedule)
 
+    def _memory_admission(self, run: Run) -> str | None:
+        """The host memory broker's admission check: does the run's predicted peak fit?"""
+        order = run_queue.start_order(self.runs())
+        earlier = order[: order.index(run)] if run in order else []
+        started = [self.get(run_id) for run_id in (*self.workers, *self._starting)]
+        return self.broker.admit(run, started, earlier)
+
     def _hand_over(self, run: Run, owner: Identity) -> None:
         """Give the run directory to the submitting user, whose uid the worker runs as."""
         os.chmod(self.registry.root, TRAVERSE_ONLY_DIR)  # the user reaches, not lists, runs/
@@ -427,6 +443,7 @@ class Scheduler:
         summary.retry_at = None
         summary.paused_hard = False
         summary.eta = None
+        summary.wait_reason = None
         run.worker_state = None
         run.worker_reason = None
         argv = [
@@ -435,6 +452,10 @@ class Scheduler:
             "--work-dir",
             str(run.work_dir),
         ]
+        if summary.start_window is not None:
+            argv += ["--start-window", str(summary.start_window)]
+        oom = OomWatch(self.settings.oom)  # (the settings of now: SIGHUP may change them)
+        self._oom_baseline[run.id] = (oom, oom.baseline())
         log_file: RotatingLog | None = None
         try:
             log_file = RotatingLog(
@@ -553,6 +574,8 @@ class Scheduler:
         summary.finished = time.time()
         summary.exit_code = code
         summary.eta = None
+        summary.oom = False
+        oom_watch = self._oom_baseline.pop(run.id, None)
         reason = run.worker_reason
         if not run.run_dir.is_dir():
             self._vanished(run)
@@ -574,12 +597,46 @@ class Scheduler:
         elif code == WORKER_EXIT_INPUT:
             summary.state = "failed"
             summary.error = reason or "invalid config or input (worker exit 2)"
+        elif code == -signal.SIGKILL and (oom := self._oom_evidence(run, worker, oom_watch)):
+            self._failed(run, code, oom)
         else:
             self._failed(run, code, reason)
         log.info("run %s: worker %d exited %d → %s", run.id, worker.pid, code, summary.state)
         self.publish(run)
+        self.spawn_task(self._measure_disk(run))
         run.close()  # the history file reopens on the next event; idle runs hold no fd
         self.schedule()
+
+    def _oom_evidence(
+        self, run: Run, worker: WorkerProcess, watch: tuple[OomWatch, int | None] | None
+    ) -> str | None:
+        """If the OOM killer ended the worker: mark the run ``oom``, halve its next window."""
+        evidence = None if watch is None else watch[0].evidence(worker.pid, watch[1])
+        if evidence is None:
+            return None
+        last = next(
+            (e.window_size for e in reversed(run.memory) if e.window_size is not None),
+            run.summary.start_window,
+        )
+        config = run.config
+        if config is not None:
+            step = config.memory.min_window
+            last = last or config.resampling.window_size
+            run.summary.start_window = max(step, last // 2 // step * step)
+        run.summary.oom = True
+        window = run.summary.start_window
+        return f"oom: killed by the kernel's OOM killer ({evidence}); next window {window}"
+
+    def shrink(self, run: Run) -> None:
+        """Ask a running worker to halve its window (once its signal handlers exist)."""
+        worker = self.workers.get(run.id)
+        if worker is not None and run.worker_state is not None:
+            worker.signal(SHRINK_SIGNAL)
+
+    async def _measure_disk(self, run: Run) -> None:
+        """Bytes the run directory holds now that its worker wrote its last."""
+        run.summary.disk_used = await asyncio.to_thread(run_disk_used, run)
+        self.publish(run)
 
     def _failed(self, run: Run, code: int, reason: str | None) -> None:
         summary = run.summary
@@ -654,6 +711,7 @@ class Scheduler:
         changed = []
         for run in self._select(selection, frozenset({"paused", "running"})):
             summary = run.summary
+            summary.paused_by = None  # resumed (by the user or the host guard): no longer held
             worker = self.workers.get(run.id)
             pause_pending = (run.id, "pause") in self._timers or run.id in self._pending
             if summary.state == "paused" and worker is not None:
@@ -802,3 +860,12 @@ class Scheduler:
         for run in self.runs():
             counts[run.summary.state] = counts.get(run.summary.state, 0) + 1
         return counts
+
+
+def _tidy_reasons(run: Run) -> None:
+    """A wait reason belongs to a waiting run only; a pause mark to an unfinished one."""
+    summary = run.summary
+    if summary.state in FINAL_STATES or summary.state in ("interrupted", "stopping"):
+        summary.paused_by = None
+    if summary.state != "queued" and summary.paused_by is None:
+        summary.wait_reason = None

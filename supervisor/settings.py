@@ -26,13 +26,23 @@ from __future__ import annotations
 import difflib
 import grp
 import os
+import re
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+import psutil
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    model_validator,
+)
 
-from pipeline.config import read_yaml
+from pipeline.config import Size, read_yaml
 from pipeline.contract import DATABASE_URL_ENV, SOCKET_ENV, STATE_DIR_ENV, LogLevel
 from supervisor.hooks import HookConfig
 from supervisor.watch_rules import WatchSettings
@@ -83,6 +93,98 @@ def default_settings_file(system: bool = False) -> Path:
     if system:
         return SYSTEM_SETTINGS_FILE
     return _xdg("XDG_CONFIG_HOME", ".config") / "geod" / "geod.yml"
+
+
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+_DURATION = re.compile(r"([0-9]*\.?[0-9]+)\s*([smhdw]?)")
+
+
+def parse_duration(value: Any) -> float:
+    """``30m``, ``12h``, ``7d``, ``1w`` or plain seconds → seconds (a positive float)."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration such as 30m, 12h or 7d")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    else:
+        match = _DURATION.fullmatch(str(value).strip().lower())
+        if match is None:
+            raise ValueError(f"{str(value)[:40]!r} is not a duration such as 30m, 12h or 7d")
+        seconds = float(match.group(1)) * _DURATION_UNITS[match.group(2) or "s"]
+    if seconds <= 0:
+        raise ValueError("a duration must be positive")
+    return seconds
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+
+
+def size_bytes(size: int | float, total: int) -> int:
+    """A parsed :data:`~pipeline.config.Size` in bytes: a fraction (≤ 1) is taken of ``total``."""
+    if isinstance(size, float) and size <= 1.0:
+        return int(total * size)
+    return int(size)
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class PressureSettings(_Section):
+    """When the host counts as under memory pressure, and where that is read."""
+
+    available_below: Size = Field(
+        default=0.05,
+        description="Pressure when MemAvailable falls below this (bytes, '2GiB' or '5%' of RAM).",
+    )
+    psi_some_above: float = Field(
+        default=20.0,
+        ge=0,
+        le=100,
+        description="Pressure when PSI 'some avg10' (percent of time stalled) exceeds this.",
+    )
+    interval: float = Field(default=2.0, gt=0, description="Seconds between pressure readings.")
+    calm_checks: int = Field(
+        default=3,
+        ge=1,
+        description="Readings in a row without pressure before a paused run is resumed.",
+    )
+    psi_file: Path = Field(
+        default=Path("/proc/pressure/memory"),
+        description="PSI file (absent on kernels without PSI: then MemAvailable alone counts).",
+    )
+    meminfo_file: Path = Field(
+        default=Path("/proc/meminfo"), description="Where MemAvailable is read from."
+    )
+
+
+class OomSettings(_Section):
+    """Where the kernel's OOM kills are read, to tell an OOM kill from any other SIGKILL."""
+
+    memory_events: Path | None = Field(
+        default=None,
+        description="cgroup file with an 'oom_kill N' line (v2 memory.events or v1 "
+        "memory.oom_control); None = the daemon's own cgroup's, found in /proc/self/cgroup.",
+    )
+    kmsg: Path = Field(
+        default=Path("/dev/kmsg"),
+        description="Kernel log searched for the OOM record naming the worker's pid.",
+    )
+
+
+class DiskSettings(_Section):
+    """Free space a run needs in its work and output directories to keep running."""
+
+    min_free: Size = Field(
+        default=1024**3,
+        description="A run pauses when its work or output directory has less free space "
+        "(bytes, '5GiB' or '2%' of the filesystem); it resumes when space returns. 0: never.",
+    )
+    interval: float = Field(default=10.0, gt=0, description="Seconds between free-space checks.")
+    probe_file: Path | None = Field(
+        default=None,
+        description="For tests and drills: a file holding a size ('300MiB') that stands in "
+        "for the free space of every watched directory while it exists.",
+    )
 
 
 def _default_worker_command() -> list[str]:
@@ -163,6 +265,22 @@ class Settings(WatchSettings):
         min_length=1,
         description="argv prefix of a worker; the daemon appends CONFIG --work-dir DIR.",
     )
+    host_memory: Size = Field(
+        default=0.8,
+        description="Memory the running workers may share, by their predicted peaks "
+        "(bytes, '16GiB', or '80%' of RAM): a queued run starts only if its peak fits.",
+    )
+    pressure: PressureSettings = Field(default_factory=PressureSettings)
+    oom: OomSettings = Field(default_factory=OomSettings)
+    disk: DiskSettings = Field(default_factory=DiskSettings)
+    retention: Duration | None = Field(
+        default=None,
+        description="Clean finished runs (layer stores, work files) this long after they "
+        "ended ('7d'); None keeps them until `geod clean`.",
+    )
+    retention_interval: Duration = Field(
+        default=86400.0, description="Seconds between retention passes (daily)."
+    )
 
     hooks: list[HookConfig] = Field(
         default_factory=list,
@@ -191,6 +309,10 @@ class Settings(WatchSettings):
             except KeyError:
                 raise ValueError(f"socket_group: no group named {self.socket_group!r}") from None
         return self
+
+    def host_memory_bytes(self) -> int:
+        """The host budget in bytes (a percentage is of total physical memory)."""
+        return size_bytes(self.host_memory, psutil.virtual_memory().total)
 
     def reload(self) -> Settings:
         """Read the same file and environment again (the daemon's SIGHUP)."""

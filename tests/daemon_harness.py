@@ -68,6 +68,9 @@ class DaemonHarness:
             "pause_grace": 5.0,
             "kill_grace": 5.0,
             "worker_command": FAKE_WORKER,
+            # Fake workers use a few MiB, but their configs' default memory.budget (50 % of
+            # RAM) is what the memory broker reserves: room for every test's runs at once.
+            "host_memory": "1TiB",
         }
         values.update(settings)
         self.write_settings(**values)

@@ -14,6 +14,10 @@ one daemon can host well-behaved and misbehaving runs side by side:
   alwaysfail    exits 1 at step 1 on every attempt
   badinput      exits 2 at once, like an invalid input
   chatty        prints plain lines on stdout and stderr
+  bulkN         writes N KiB to work/bulk.bin first (a stand-in layer store)
+
+It logs ``start window N`` when started with ``--start-window`` (a retry after an
+OOM kill) and ``shrink requested`` at the step after the daemon's shrink signal.
 
 Progress is checkpointed to ``work/done`` after every step, so a resumed run
 continues where it stopped, like the real pipeline's chunk manifest.
@@ -44,6 +48,7 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("config", type=Path)
     parser.add_argument("--work-dir", type=Path, required=True)
+    parser.add_argument("--start-window", type=int)
     args = parser.parse_args()
     name = yaml.safe_load(args.config.read_text())["name"]
     tokens = name.split("-")
@@ -74,12 +79,17 @@ def main() -> int:
         child = subprocess.Popen(["sleep", GRANDCHILD_SLEEP])
         (work / "grandchild.pid").write_text(str(child.pid))
 
+    if bulk := number("bulk", 0):
+        (work / "bulk.bin").write_bytes(b"\0" * 1024 * bulk)
     steps = number("steps", DEFAULT_STEPS)
     step_seconds = number("slow", int(STEP_SECONDS * 1000)) / 1000
     fail_at = number("fail", 0)
     done_file = work / "done"
     done = int(done_file.read_text()) if done_file.exists() else 0
     events.emit(StateEvent(state="running"))
+    if args.start_window is not None:
+        message = f"start window {args.start_window}"
+        events.emit(LogEvent(level="INFO", logger="fake", message=message))
     root = StageNode(events, "run", None, "run", name, unit="stages")
     root.start(total=1)
     stage = StageNode(events, "steps", "run", "stage", "steps", unit="steps")
@@ -97,6 +107,8 @@ def main() -> int:
             if "alwaysfail" in flags or (fail_at and done == fail_at and attempt == 1):
                 events.emit(StateEvent(state="failed", reason=f"fake failure at step {done}"))
                 return 1
+            if control.take_shrink():
+                events.emit(LogEvent(level="WARNING", logger="fake", message="shrink requested"))
             control.checkpoint()
     except StopRequested:
         events.emit(StateEvent(state="stopped", reason="stop requested"))

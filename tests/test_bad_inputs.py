@@ -81,7 +81,9 @@ def test_nan_only_layer_completes_with_an_all_null_column(tmp_path: Path, demo_d
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonHarness]:
     tmp = tmp_path_factory.mktemp("bad-daemon")
-    with_workers = DaemonHarness(tmp, worker_command=WORKER, concurrency=2)
+    # disk.min_free 0: the "disk full" case is the worker meeting ENOSPC mid-write (what
+    # happens when space runs out between two checks), not the daemon's low-disk pause.
+    with_workers = DaemonHarness(tmp, worker_command=WORKER, concurrency=2, disk={"min_free": 0})
     try:
         yield with_workers.start()
     finally:

@@ -8,11 +8,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
+from rasterio.enums import Resampling as RioResampling
 from rasterio.transform import from_origin
+from rasterio.warp import reproject
 from rasterio.windows import Window
 
-from pipeline.blockreduce import alignment, is_exact, reduce_window
-from pipeline.config import DatasetConfig, Resampling
+from pipeline.blockreduce import MODE_MAX_PIXELS, alignment, is_exact, reduce_window
+from pipeline.config import DatasetConfig, GridConfig, Resampling
+from pipeline.grid import TargetGrid
 from pipeline.resample import output_dtype, output_nodata
 from tests.test_resample import (
     GLOBAL_1DEG,
@@ -96,9 +99,14 @@ def test_only_windows_inside_the_source_are_reduced(tmp_path: Path) -> None:
     assert not is_exact(align, source, Window(64, 128, 64, 52)), "past the south edge"
 
 
-def test_misaligned_or_mode_sources_are_warped(tmp_path: Path) -> None:
+def test_misaligned_sources_and_large_mode_blocks_are_warped(tmp_path: Path) -> None:
     aligned = source_of(_aligned(tmp_path, -180, 90, 3600, 1800, "float32"))
-    assert alignment(aligned, GLOBAL_1DEG, Resampling.mode) is None
+    assert alignment(aligned, GLOBAL_1DEG, Resampling.mode) is None, "float32: GDAL is quicker"
+    classes = source_of(_classes(tmp_path, "uint8", 255))
+    assert alignment(classes, MODE_GRID, Resampling.mode) is None, "uint8: GDAL is quicker"
+    large = source_of(_classes(tmp_path, "int16", -32768))
+    coarse = TargetGrid.from_config(GridConfig(resolution=0.6, bounds=(-60, -30, 60, 30)))
+    assert alignment(large, coarse, Resampling.mode) is None, "6 × 6 > MODE_MAX_PIXELS"
     assert alignment(aligned, GLOBAL_1DEG, Resampling.bilinear) is None
     half_pixel = make_raster(tmp_path / "offset.tif", "EPSG:4326",
                              from_origin(-179.95, 90, STEP, STEP), 3000, 1800)  # fmt: skip
@@ -121,3 +129,57 @@ def test_reduction_in_bands_equals_one_block(tmp_path: Path, method: str) -> Non
         one_row = reduce_window(*args, working_bytes=1)
     np.testing.assert_array_equal(one_row, whole)
     assert not np.isnan(whole).all()
+
+
+#: A 0.3° grid over 3 × 3 blocks of 0.1° classes.
+MODE_GRID = TargetGrid.from_config(GridConfig(resolution=0.3, bounds=(-60, -30, 60, 30)))
+
+
+def _classes(folder: Path, dtype: str, nodata: float) -> Path:
+    """Four classes at random, a sixth of the pixels nodata: ties in about a fifth of the cells."""
+    rng = np.random.default_rng(7)
+    height, width = 600, 1200
+    data = rng.integers(0, 4, (height, width)).astype(dtype)
+    data[rng.random((height, width)) < 1 / 6] = nodata
+    path = folder / f"classes_{dtype}.tif"
+    with rasterio.open(
+        path, "w", driver="GTiff", width=width, height=height, count=1, dtype=dtype,
+        crs="EPSG:4326", transform=from_origin(-60, 30, STEP, STEP), nodata=nodata,
+    ) as dst:  # fmt: skip
+        dst.write(data, 1)
+    return path
+
+
+@pytest.mark.parametrize(("dtype", "nodata"), [("int16", -32768), ("uint16", 65535)])
+def test_mode_equals_the_binary_and_the_whole_source_warp_on_every_cell(
+    tmp_path: Path, gdalwarp: str, dtype: str, nodata: float
+) -> None:
+    """GDAL's tie-breaking included: equal cell for cell, not within a bound."""
+    path = _classes(tmp_path, dtype, nodata)
+    source = source_of(path)
+    align = alignment(source, MODE_GRID, Resampling.mode)
+    assert align is not None and align.factor_x * align.factor_y <= MODE_MAX_PIXELS
+    config = make_config(
+        tmp_path, [{"name": "layer", "path": str(path), "resampling": "mode"}],
+        {"resolution": 0.3, "bounds": [-60, -30, 60, 30]}, window=64, threads=2,
+    )  # fmt: skip
+    ctx, _ = make_context(config)
+    ours = read_layer(run_dataset(ctx, tmp_path / "layers.zarr", MODE_GRID, "layer"), "layer")
+    assert ours.dtype == np.dtype(dtype)
+    binary = gdalwarp_reference(gdalwarp, path, MODE_GRID, "mode", dtype, nodata,
+                                tmp_path / "ref.tif")  # fmt: skip
+    whole = np.full(ours.shape, nodata, dtype)
+    with rasterio.open(path) as src:
+        reproject(
+            src.read(1), whole, src_transform=src.transform, src_crs=src.crs,
+            src_nodata=nodata, dst_transform=MODE_GRID.transform, dst_crs=MODE_GRID.crs,
+            dst_nodata=nodata, resampling=RioResampling.mode,
+        )  # fmt: skip
+    blocks = np.asarray(rasterio.open(path).read(1)).reshape(200, 3, 400, 3)
+    tied = sum(
+        (blocks == value).sum(axis=(1, 3)) == (blocks == ours[:, None, :, None]).sum(axis=(1, 3))
+        for value in range(4)
+    )
+    assert (tied > 1).mean() > 0.1, "ties in many cells, so tie-breaking is compared"
+    np.testing.assert_array_equal(ours, binary)
+    np.testing.assert_array_equal(ours, whole)

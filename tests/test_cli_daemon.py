@@ -48,6 +48,8 @@ RUN_TIMEOUT = 180.0
 POLL = 0.1
 #: Enough slots that no test's run waits in the queue behind an earlier test's.
 CONCURRENCY = 4
+#: Room for CONCURRENCY runs of the demo config's memory budget beside each other.
+HOST_MEMORY = "1TiB"
 REQUIRED_RUN_KEYS = {"id", "name", "state", "progress", "started", "finished", "peak_rss"}
 
 
@@ -109,7 +111,8 @@ def daemon(demo_dir: Path, module_database: str) -> Iterator[Daemon]:
     env.pop("NOTIFY_SOCKET", None)
     settings = root / "xdg" / "geod" / "geod.yml"
     settings.parent.mkdir(parents=True)
-    settings.write_text(f"concurrency: {CONCURRENCY}\n")
+    # A host budget for CONCURRENCY demo runs at once (each predicts its memory.budget).
+    settings.write_text(f"concurrency: {CONCURRENCY}\nhost_memory: {HOST_MEMORY}\n")
     quick = root / "quick"
     quick.mkdir()
     handle = Daemon(

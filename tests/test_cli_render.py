@@ -180,4 +180,34 @@ def test_daemon_summary_shows_settings_load_and_watch_rules() -> None:
 def test_finished_run_shows_no_current_rss() -> None:
     run = _run(state="done", rss=0, peak_rss=1024**2, started=NOW - 5, finished=NOW)
     row = text(render.runs_table([run], now=NOW)).splitlines()[1]
-    assert row.split()[-3:] == ["-", "1.0", "MiB"]
+    assert row.split()[-4:] == ["-", "1.0", "MiB", "-"]  # RSS, PEAK, DISK
+
+
+def test_runs_table_says_why_a_run_waits_or_was_paused_its_disk_and_an_oom() -> None:
+    reason = "waiting for memory: needs ~3.1 GiB, 1.4 GiB free of the host budget"
+    waiting = _run(id="r0002", state="queued", wait_reason=reason, disk_used=3 * 1024**2)
+    oom = _run(id="r0003", state="failed", oom=True, started=NOW - 5, finished=NOW)
+    out = text(render.runs_table([waiting, oom], now=NOW))
+    rows = {line.split()[0]: line for line in out.splitlines()[1:]}
+    assert rows["r0002"].split()[-2:] == ["3.0", "MiB"]  # DISK
+    assert "waiting for memory" in rows["r0002"]  # WAITS (folded on a narrow terminal)
+    assert render.queue_text(waiting, NOW) == reason
+    assert "failed (oom)" in rows["r0003"]
+    pressed = _run(state="paused", paused_by="memory", wait_reason="paused for disk space")
+    assert render.queue_text(pressed, NOW) == "paused for disk space"
+
+
+def test_run_detail_shows_the_memory_prediction_disk_and_why_it_waits() -> None:
+    run = _run(
+        state="queued",
+        predicted_peak=3 * 1024**3,
+        prediction="peak of run r0001",
+        disk_used=5 * 1024**2,
+        wait_reason="waiting for memory: needs ~3.0 GiB, 1.4 GiB free of the host budget",
+        start_window=512,
+    )
+    out = " ".join(text(render.run_detail(run, now=NOW)).split())
+    assert "predicted peak 3.0 GiB (peak of run r0001)" in out
+    assert "disk used 5.0 MiB" in out
+    assert "waits waiting for memory: needs ~3.0 GiB, 1.4 GiB free of the host budget" in out
+    assert "start window 512" in out

@@ -51,7 +51,13 @@ EDGE_COLUMN_TOLERANCE = 0.005
 MIN_COMPARED = 10_000
 #: gdalwarp's default -wm, and geod's resampling.warp_memory default.
 WARP_MEMORY = 64 * 1024**2
-GDAL_TYPES = {"float32": "Float32", "float64": "Float64", "int16": "Int16", "uint8": "Byte"}
+GDAL_TYPES = {
+    "float32": "Float32",
+    "float64": "Float64",
+    "int16": "Int16",
+    "uint16": "UInt16",
+    "uint8": "Byte",
+}
 
 GLOBAL_1DEG = TargetGrid.from_config(GridConfig(resolution=1.0))
 MIDLAT_1DEG = TargetGrid.from_config(GridConfig(resolution=1.0, bounds=(-180, -80, 180, 80)))

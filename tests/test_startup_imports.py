@@ -67,3 +67,27 @@ def test_local_executor_imports_no_dask() -> None:
     )
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report == {"executor": "local", "loaded": []}, result.stderr
+
+
+#: Libraries only the export, analysis and report stages need.
+LATER_STAGES = ("matplotlib", "pyarrow", "h5py", "h5netcdf", "psycopg2", "sklearn", "scipy")
+
+_WORKER_PROBE = """
+import json, sys
+import pipeline.worker
+from pipeline.runner import run_pipeline
+print(json.dumps(sorted(m for m in sys.modules if m in LATER_STAGES)))
+"""
+
+
+def test_worker_imports_no_later_stage_before_it_runs() -> None:
+    """A catalog+resample run's memory carries none of the export/analysis/report stack.
+
+    Measured with ``python -X importtime`` and RSS: those imports were ~110 MiB of
+    a worker's ~190 MiB before the first window, and the memory budget pays for them.
+    """
+    script = f"LATER_STAGES = {LATER_STAGES!r}\n{_WORKER_PROBE}"
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == []

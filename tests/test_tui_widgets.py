@@ -129,6 +129,11 @@ async def test_runs_table_pins_active_runs_and_explains_queued_ones() -> None:
         assert order() == [rec.RUN, "r4", "r0", "r3", rec.OTHER]
         # The queued run says why it waits; a finished run shows no current RSS.
         assert _cell(table, "r4", "why") == "slot 1/1 busy"
+        # The daemon's own reason wins: the memory broker holds it back.
+        reason = "waiting for memory: needs ~3.1 GiB, 1.4 GiB free of the host budget"
+        state.apply_run(RunSummary(id="r4", name="waiting", state="queued", wait_reason=reason))
+        # (cut to the column's width with "…": the whole reason is in the run's detail)
+        await until(pilot, lambda: _cell(table, "r4", "why").startswith("waiting for memory: "))
         assert _cell(table, "r0", "rss").strip() == "-"
         assert _cell(table, "r0", "peak").strip() == "900.0 MiB"
         # End and Home go to the last and first run.

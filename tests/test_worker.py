@@ -11,7 +11,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.events import OutputEvent, StageEvent, StateEvent
+from pipeline.control import SHRINK_SIGNAL
+from pipeline.events import GovernorEvent, MemoryEvent, OutputEvent, StageEvent, StateEvent
 from tests.conftest import write_demo_config
 from tests.workerproc import WorkerProcess
 
@@ -19,6 +20,8 @@ from tests.workerproc import WorkerProcess
 SMALL_WINDOWS = {"window_size": 256, "threads": 1}
 #: A coarse quarter-degree grid (18 windows per dataset) keeps three full runs quick.
 COARSE_GRID = {"crs": "EPSG:4326", "resolution": 0.25, "bounds": [-180, -90, 180, 90]}
+#: Half a degree (720 × 360): a whole run in seconds.
+QUICK_GRID = {"crs": "EPSG:4326", "resolution": 0.5, "bounds": [-180, -90, 180, 90]}
 
 
 def _window_progress(event: object) -> bool:
@@ -97,16 +100,19 @@ def test_sigkill_mid_run_then_resume_gives_identical_outputs(
     skipped = [e for e in resumed.of_type(StageEvent) if e.kind == "dataset"]
     assert skipped, "the resumed run reports dataset progress"
 
-    expected, actual = _store_arrays(reference_dir / "work"), _store_arrays(crashed_dir / "work")
+    _assert_same_results(reference_dir, crashed_dir, resumed)
+
+
+def _assert_same_results(reference_dir: Path, run_dir: Path, worker: WorkerProcess) -> None:
+    """The layer store and the Parquet outputs ``worker`` wrote equal the reference run's."""
+    expected, actual = _store_arrays(reference_dir / "work"), _store_arrays(run_dir / "work")
     assert expected.keys() == actual.keys()
     for name in expected:
         np.testing.assert_array_equal(actual[name], expected[name], err_msg=name)
-
-    outputs = [Path(e.path) for e in resumed.of_type(OutputEvent) if e.path.endswith(".parquet")]
+    outputs = [Path(e.path) for e in worker.of_type(OutputEvent) if e.path.endswith(".parquet")]
     assert outputs
     for path in outputs:
-        twin = reference_dir / "out" / path.name
-        assert pq.read_table(path).equals(pq.read_table(twin))
+        assert pq.read_table(path).equals(pq.read_table(reference_dir / "out" / path.name))
 
 
 def test_bad_config_exits_2_with_one_line(tmp_path: Path) -> None:
@@ -124,3 +130,46 @@ def test_catalog_only_writes_nothing(tmp_path: Path, demo_dir: Path) -> None:
     assert worker.finish() == 0
     assert not (tmp_path / "work").exists()
     worker.wait_for(_state("done"))
+
+
+def test_shrink_pause_resume_and_a_halved_start_window_keep_outputs_identical(
+    tmp_path: Path, demo_dir: Path, spawn: Callable[..., WorkerProcess]
+) -> None:
+    """What the daemon does under host memory pressure and after an OOM kill, on a real run."""
+    sections = {
+        "resampling": {"window_size": 512, "threads": 1},
+        "memory": {"budget": "2GiB", "min_window": 128},
+        "grid": QUICK_GRID,
+        "export": {"formats": ["parquet"], "name": "demo"},
+        "analysis": {"methods": []},
+        "report": False,
+    }
+    reference_dir = tmp_path / "reference"
+    reference_dir.mkdir()
+    reference = spawn(write_demo_config(reference_dir, demo_dir, **sections))
+    assert reference.finish() == 0, reference.process.stderr.read()
+
+    pressed_dir = tmp_path / "pressed"
+    pressed_dir.mkdir()
+    worker = spawn(write_demo_config(pressed_dir, demo_dir, **sections), "--start-window", "256")
+    first = worker.wait_for(lambda e: isinstance(e, MemoryEvent) and e.window_size is not None)
+    assert first.window_size == 256  # an OOM retry starts at half the configured 512
+    worker.process.send_signal(SHRINK_SIGNAL)
+    shrunk = worker.wait_for(lambda e: isinstance(e, GovernorEvent))
+    assert (shrunk.old_size, shrunk.new_size) == (256, 128)
+    assert shrunk.reason == "the daemon asked: host memory pressure"
+    worker.process.send_signal(signal.SIGUSR1)
+    worker.wait_for(_state("paused"), timeout=30)
+    worker.process.send_signal(signal.SIGUSR2)
+    worker.wait_for(_state("resumed"), timeout=5)
+    assert worker.finish() == 0, worker.process.stderr.read()
+    _assert_same_results(reference_dir, pressed_dir, worker)
+
+
+def test_a_start_window_off_the_chunk_grid_is_bad_input(tmp_path: Path, demo_dir: Path) -> None:
+    worker = WorkerProcess(write_demo_config(tmp_path, demo_dir), "--start-window", "300")
+    assert worker.finish() == 2
+    (failed,) = [e for e in worker.of_type(StateEvent) if e.state == "failed"]
+    assert failed.reason == (
+        "--start-window: start window 300 is not a positive multiple of memory.min_window (256)"
+    )

@@ -36,6 +36,7 @@ import rasterio.shutil
 from affine import Affine
 from rasterio.windows import Window
 
+from pipeline.context import RunError
 from pipeline.export.atomic import (
     PARTIAL_MARKER,
     clean_partials,
@@ -56,7 +57,7 @@ RASTER_WINDOW_VALUES = 4 * 1024 * 1024
 MANIFEST_VERSION = 1
 
 
-class AnalysisError(RuntimeError):
+class AnalysisError(RunError):
     """Bad analysis input or state, phrased as one line naming the file and the reason."""
 
 

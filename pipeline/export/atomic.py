@@ -19,6 +19,7 @@ import secrets
 import shutil
 from pathlib import Path
 
+from pipeline.context import RunError
 from pipeline.durable import fsync_path
 
 #: Separator between the final name and the random token of a temporary file.
@@ -27,7 +28,7 @@ PARTIAL_MARKER = ".partial-"
 _TOKEN_BYTES = 4
 
 
-class ExportError(RuntimeError):
+class ExportError(RunError):
     """An export failed; the message is one line naming the file and the reason."""
 
 

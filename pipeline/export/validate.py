@@ -27,10 +27,11 @@ import rasterio
 from rasterio.windows import Window
 
 from pipeline.catalog import CatalogError, grid_wraps_at_antimeridian, inspect
+from pipeline.coverage import valid_mask
 from pipeline.export.atomic import ExportError
 from pipeline.export.base import Exporter, locate
 from pipeline.grid import Placement, TargetGrid, place
-from pipeline.merge import MergeStream, valid_mask
+from pipeline.merge import MergeStream
 from pipeline.source import SourceInfo
 from pipeline.source_names import local_file
 

@@ -35,6 +35,7 @@ import zarr
 from zarr.storage import LocalStore
 
 from pipeline.config import ExportFormat
+from pipeline.coverage import valid_mask
 from pipeline.export.atomic import (
     commit,
     commit_tree,
@@ -43,7 +44,7 @@ from pipeline.export.atomic import (
 )
 from pipeline.export.base import PathExporter
 from pipeline.grid import TargetGrid
-from pipeline.merge import MergedChunk, MergeStream, valid_mask
+from pipeline.merge import MergedChunk, MergeStream
 from pipeline.stack import GRID_MAPPING, StackLayout, stack_layout
 
 #: NetCDF deflate level: 4 gets nearly all of level 9's size on raster layers at

@@ -12,12 +12,14 @@ telemetry when the database answers, else from the run's own files.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from pipeline.config import PipelineConfig
 from pipeline.durable import write_atomic
-from pipeline.events import Event
-from pipeline.report.model import MemoryPoint, build_report
-from pipeline.report.render import render_html
+
+if TYPE_CHECKING:
+    from pipeline.config import PipelineConfig
+    from pipeline.events import Event
+    from pipeline.report.model import MemoryPoint
 
 #: File name of the report written into ``paths.output_dir``.
 REPORT_NAME = "report.html"
@@ -35,7 +37,15 @@ def write_report(
     daemon_memory: list[MemoryPoint] | None = None,
     times: dict[str, float | None] | None = None,
 ) -> Path:
-    """Render the report and publish it atomically; returns its path."""
+    """Render the report and publish it atomically; returns its path.
+
+    matplotlib and the readers are imported here, not with the package: the
+    worker imports :mod:`pipeline.report.history` for every run, and a run's
+    memory should not carry the drawing stack until the report is drawn.
+    """
+    from pipeline.report.model import build_report
+    from pipeline.report.render import render_html
+
     target = output or config.paths.output_dir / REPORT_NAME
     data = build_report(
         config,

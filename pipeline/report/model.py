@@ -17,7 +17,6 @@ import socket
 from dataclasses import dataclass
 from pathlib import Path
 
-import pyarrow.parquet as pq
 import rasterio
 from rasterio.crs import CRS
 from rasterio.warp import transform_bounds
@@ -208,6 +207,8 @@ def valid_counts(parquet: Path) -> dict[str, int]:
     """Non-null cells per column of the merged table, from the Parquet footer alone."""
     if not parquet.is_file():
         return {}
+    import pyarrow.parquet as pq  # only when the run exported a table
+
     metadata = pq.ParquetFile(parquet).metadata
     counts: dict[str, int] = {}
     for group in range(metadata.num_row_groups):

@@ -4,6 +4,11 @@ Opened from a mail attachment, an archive or a machine with no network it looks
 the same: nothing is fetched (the tests load it in a headless browser and check
 that no ``http(s)`` reference appears). Every map is a ``<figure class="map">``
 with a ``data-layer`` attribute, one per resampled layer and per analysis map.
+
+Maps are drawn one at a time, each read at a stride that fits what is left of
+``memory.budget`` in this process when it is drawn (the worker draws the report
+at the end of a run, under the run's budget); a map that no longer fits is a
+caption saying so instead of an image.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import zarr
 
 from pipeline.config import PipelineConfig
 from pipeline.grid import TargetGrid
+from pipeline.memory import format_bytes, own_rss
 from pipeline.report import plots
 from pipeline.report.model import ReportData
 from pipeline.runner import STORE_NAME
@@ -72,8 +78,29 @@ def _figure(png: bytes, caption: str, layer: str | None = None) -> str:
     )
 
 
-def layer_maps(config: PipelineConfig, work_dir: Path) -> list[str]:
-    """A quick-look figure per resampled layer present in the store."""
+def room(budget: int) -> int:
+    """Bytes of ``budget`` left for the next figure (the drawing stack counts until loaded)."""
+    stack = 0 if plots.loaded() else plots.DRAWING_STACK_BYTES
+    return budget - own_rss() - stack
+
+
+def _not_drawn(what: str, budget: int, layer: str | None = None) -> str:
+    """The place of a figure the memory budget leaves no room for."""
+    log.warning(
+        "report: %s not drawn: %s left of memory.budget %s",
+        what, format_bytes(max(0, budget - own_rss())), format_bytes(budget),
+    )  # fmt: skip
+    text = f"{html.escape(what)}: not drawn, too little of memory.budget left"
+    if layer is None:
+        return f"<p>{text}.</p>"
+    return (
+        f'<figure class="map" data-layer="{html.escape(layer)}">'
+        f"<figcaption>{text}</figcaption></figure>"
+    )
+
+
+def layer_maps(config: PipelineConfig, work_dir: Path, budget: int) -> list[str]:
+    """A quick-look figure per resampled layer present in the store, within ``budget``."""
     grid = TargetGrid.from_config(config.grid)
     root = work_dir / STORE_NAME
     west, south, east, north = grid.bounds
@@ -83,8 +110,12 @@ def layer_maps(config: PipelineConfig, work_dir: Path) -> list[str]:
             continue
         attrs = zarr.open_array(store=str(root / dataset.name), mode="r").attrs
         nodata = attrs.get(NODATA_ATTR)
+        cells = plots.quicklook_cells(room(budget))
+        if not cells:
+            figures.append(_not_drawn(f"map of {dataset.name}", budget, dataset.name))
+            continue
         values, step = plots.decimated_store_layer(
-            root, dataset.name, None if nodata is None else float(nodata)
+            root, dataset.name, None if nodata is None else float(nodata), cells
         )
         caption = f"{dataset.name} ({dataset.resampling.value}); every {step}th cell shown"
         png = plots.quicklook(
@@ -94,21 +125,26 @@ def layer_maps(config: PipelineConfig, work_dir: Path) -> list[str]:
     return figures
 
 
-def analysis_maps(data: ReportData) -> list[str]:
-    """A quick-look figure per analysis map (GeoTIFF) the run published."""
+def analysis_maps(data: ReportData, budget: int) -> list[str]:
+    """A quick-look figure per analysis map (GeoTIFF) the run published, within ``budget``."""
     figures = []
     for output in data.outputs:
         path = Path(output.path)
         if path.suffix.lower() not in MAP_SUFFIXES or not path.is_file():
             continue
-        values, extent = plots.decimated_geotiff(path)
+        cells = plots.quicklook_cells(room(budget))
+        if not cells:
+            figures.append(_not_drawn(f"map of {path.name}", budget, path.stem))
+            continue
+        values, extent = plots.decimated_geotiff(path, cells)
         png = plots.quicklook(values, extent, path.stem, output.kind)
         figures.append(_figure(png, f"{path.name} ({output.kind})", path.stem))
     return figures
 
 
 def render_html(data: ReportData, config: PipelineConfig, work_dir: Path) -> str:
-    """The whole report page."""
+    """The whole report page, its maps drawn within the config's ``memory.budget``."""
+    budget = config.memory.budget_bytes()
     state = data.summary.get("State", "")
     summary = _table(
         ["", ""],
@@ -122,7 +158,9 @@ def render_html(data: ReportData, config: PipelineConfig, work_dir: Path) -> str
         summary,
         "<h2>Stage timeline</h2>",
     ]
-    if data.bars:
+    if data.bars and room(budget) < plots.CHART_BYTES:
+        sections.append(_not_drawn("stage timeline", budget))
+    elif data.bars:
         sections.append(
             _figure(
                 plots.timeline(data.bars, data.marks, data.start),
@@ -134,7 +172,9 @@ def render_html(data: ReportData, config: PipelineConfig, work_dir: Path) -> str
     sections.append("<h2>Memory</h2>")
     if data.memory:
         sections.append(
-            _figure(
+            _not_drawn("memory chart", budget)
+            if room(budget) < plots.CHART_BYTES
+            else _figure(
                 plots.memory_chart(data),
                 "worker RSS against the budget and the governor's warning/critical levels; "
                 "purple: window size and its changes",
@@ -200,10 +240,10 @@ def render_html(data: ReportData, config: PipelineConfig, work_dir: Path) -> str
         if spot
         else "<p>Validation: no output validated yet.</p>"
     )
-    maps = layer_maps(config, work_dir)
+    maps = layer_maps(config, work_dir, budget)
     sections.append("<h2>Resampled layers</h2>")
     sections.append(f'<div class="maps">{"".join(maps)}</div>' if maps else "<p>None yet.</p>")
-    analysis = analysis_maps(data)
+    analysis = analysis_maps(data, budget)
     if analysis:
         sections.append("<h2>Analysis maps</h2>")
         sections.append(f'<div class="maps">{"".join(analysis)}</div>')

@@ -1,5 +1,6 @@
 """``geod`` entry point: importing the verb modules registers their commands."""
 
+from supervisor.cli import clean_cmd as clean_cmd  # registers clean
 from supervisor.cli import daemon_cmds as daemon_cmds  # registers serve/start/stop
 from supervisor.cli import db_cmd as db_cmd  # registers db migrate/url/psql
 from supervisor.cli import export_cmd as export_cmd  # registers export

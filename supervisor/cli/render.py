@@ -70,7 +70,10 @@ def progress_text(progress: float) -> Text:
 
 def state_text(run: RunSummary) -> Text:
     """The run's state as a plain word (no glyph: the tables are parsed by scripts)."""
-    return formatting.state_text(run.state, paused_hard=run.paused_hard, glyph=False)
+    text = formatting.state_text(run.state, paused_hard=run.paused_hard, glyph=False)
+    if run.oom:
+        text.append(" (oom)")
+    return text
 
 
 def elapsed(run: RunSummary, now: float | None = None) -> float | None:
@@ -87,7 +90,10 @@ def eta(run: RunSummary, now: float | None = None, *, compact: bool = False) -> 
 
 
 def queue_text(run: RunSummary, now: float | None = None) -> str:
-    """What a waiting run waits for: its start time, its dependencies, a slot; else '-'."""
+    """What a waiting run waits for: its start time, its dependencies, a slot, memory;
+    or why the daemon paused it (host memory pressure, low disk); else '-'."""
+    if run.state == "paused" and run.wait_reason:
+        return run.wait_reason
     if run.state == "scheduled":
         return f"starts {human_time(run.start_at, now)}"
     if run.state != "queued":
@@ -107,6 +113,7 @@ def runs_table(runs: Iterable[RunSummary], now: float | None = None) -> Table:
         table.add_column(column, no_wrap=column not in ("STAGE", "WAITS"), overflow="fold")
     table.add_column("RSS", justify="right", no_wrap=True)
     table.add_column("PEAK", justify="right", no_wrap=True)
+    table.add_column("DISK", justify="right", no_wrap=True)
     for run in runs:
         table.add_row(
             run.id,
@@ -121,6 +128,7 @@ def runs_table(runs: Iterable[RunSummary], now: float | None = None) -> Table:
             queue_text(run, now),
             formatting.size(None if run.state in FINAL_STATES else run.rss),
             formatting.size(run.peak_rss),
+            formatting.size(run.disk_used),
         )
     return table
 
@@ -181,6 +189,8 @@ def run_detail(run: RunSummary, now: float | None = None) -> RenderableType:
         ("eta", eta(run, now)),
         ("rss", formatting.size(None if run.state in FINAL_STATES else run.rss)),
         ("peak rss", formatting.size(run.peak_rss)),
+        ("predicted peak", _prediction(run)),
+        ("disk used", formatting.size(run.disk_used)),
         ("retries", str(run.retries)),
         ("priority", str(run.priority)),
     ]
@@ -188,10 +198,12 @@ def run_detail(run: RunSummary, now: float | None = None) -> RenderableType:
         rows.append(("after", ", ".join(run.after)))
     if run.start_at is not None:
         rows.append(("start at", human_time(run.start_at, now)))
-    if run.state in ("scheduled", "queued"):
+    if run.state in ("scheduled", "queued") or run.wait_reason:
         rows.append(("waits", queue_text(run, now)))
     if run.labels:
         rows.append(("labels", " ".join(f"{k}={v}" for k, v in sorted(run.labels.items()))))
+    if run.start_window is not None:
+        rows.append(("start window", str(run.start_window)))
     if run.exit_code is not None:
         rows.append(("exit code", str(run.exit_code)))
     if run.error:
@@ -214,6 +226,13 @@ def run_detail(run: RunSummary, now: float | None = None) -> RenderableType:
     return Group(*parts)
 
 
+def _prediction(run: RunSummary) -> str:
+    """'1.2 GiB (peak of run r0003)': what the memory broker reserves for the run, and why."""
+    if run.predicted_peak is None:
+        return formatting.MISSING
+    return f"{formatting.size(run.predicted_peak)} ({run.prediction or 'unknown source'})"
+
+
 def daemon_summary(status: DaemonStatus, now: float | None = None) -> Table:
     """The ``status`` method's facts, readable: times as clock and duration, counts as words.
 
@@ -232,6 +251,13 @@ def daemon_summary(status: DaemonStatus, now: float | None = None) -> Table:
         elif key == "counts" and isinstance(value, Mapping):
             shown["runs by state"] = (
                 ", ".join(f"{count} {state}" for state, count in value.items() if count) or "none"
+            )
+        elif key == "host_memory" and isinstance(value, Mapping):
+            pressure = value.get("pressure")
+            shown["host memory"] = (
+                f"{formatting.size(value.get('reserved'))} reserved of "
+                f"{formatting.size(value.get('budget'))}"
+                + (f"; under pressure: {pressure}" if pressure else "")
             )
         elif key == "stopping":
             if value:

@@ -332,7 +332,10 @@ class RunsTable(DataTable[Any]):
         }
 
     def _why(self, run: RunSummary, now: float) -> str:
-        """Why a waiting run waits: its start time, retry backoff, dependencies, a slot."""
+        """Why a waiting run waits: its start time, retry backoff, dependencies, a slot,
+        memory; or why the daemon paused it (host memory pressure, low disk)."""
+        if run.state == "paused" and run.wait_reason:
+            return run.wait_reason
         if run.state == "scheduled" and run.start_at is not None:
             return f"starts in {formatting.duration(run.start_at - now)}"
         if run.state != "queued":
