@@ -43,6 +43,10 @@ class StageNode:
     unit: str = "windows"
     done: int = 0
     status: StageStatus = "pending"
+    #: Grid cells of all the windows and of the done ones, for nodes whose windows differ
+    #: in size (None: every unit counts the same).
+    cells_total: int | None = None
+    cells_done: int = 0
 
     def _emit(self, error: str | None = None) -> None:
         self.events.emit(
@@ -56,6 +60,8 @@ class StageNode:
                 total=self.total,
                 unit=self.unit,
                 error=error,
+                cells_done=None if self.cells_total is None else self.cells_done,
+                cells_total=self.cells_total,
             )
         )
 
@@ -71,15 +77,27 @@ class StageNode:
         node._emit()
         return node
 
-    def start(self, total: int | None = None, done: int = 0) -> None:
+    def start(
+        self,
+        total: int | None = None,
+        done: int = 0,
+        cells_total: int | None = None,
+        cells_done: int = 0,
+    ) -> None:
+        """Running, with ``done`` of ``total`` units (and their cells, when units differ)."""
         if total is not None:
             self.total = total
         self.done = done
+        if cells_total is not None:
+            self.cells_total = cells_total
+        self.cells_done = cells_done
         self.status = "running"
         self._emit()
 
-    def advance(self, count: int = 1) -> None:
+    def advance(self, count: int = 1, cells: int = 0) -> None:
+        """``count`` more units done, holding ``cells`` grid cells."""
         self.done += count
+        self.cells_done += cells
         self._emit()
 
     def set_total(self, total: int) -> None:
@@ -89,6 +107,8 @@ class StageNode:
     def finish(self, status: StageStatus = "done") -> None:
         if status == "done" and self.total:
             self.done = self.total
+        if status == "done" and self.cells_total is not None:
+            self.cells_done = self.cells_total
         self.status = status
         self._emit()
 

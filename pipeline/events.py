@@ -45,6 +45,12 @@ class StageEvent(_Event):
     total: int = 0
     unit: str = "windows"
     error: str | None = None
+    cells_done: int | None = Field(
+        default=None,
+        description="Grid cells of the done windows: edge windows are smaller, so progress "
+        "weighs each window by its cells (None in histories written before it existed).",
+    )
+    cells_total: int | None = Field(default=None, description="Grid cells of all the windows.")
 
 
 class LogEvent(_Event):

@@ -505,15 +505,24 @@ def release_job(token: str) -> None:
         _close_opened(key)
 
 
+#: A queued piece to finish, or the marker closing a window: that window's cell count.
+_Queued = tuple[Window, TaskFuture[np.ndarray] | None] | int
+
+
+def _cells(window: Window) -> int:
+    """Grid cells of a window (edge windows hold fewer than the others)."""
+    return int(window.height) * int(window.width)
+
+
 def _drain_one(
-    queue: deque[tuple[Window, TaskFuture[np.ndarray] | None] | None],
+    queue: deque[_Queued],
     finish: Callable[[Window, np.ndarray | None], None],
     node: StageNode,
 ) -> None:
-    """Finish the oldest queued entry (a window marker advances the progress node)."""
+    """Finish the oldest queued entry (a window marker advances the progress node by its cells)."""
     entry = queue.popleft()
-    if entry is None:
-        node.advance()
+    if isinstance(entry, int):
+        node.advance(cells=entry)
         return
     piece, future = entry
     finish(piece, None if future is None else future.result())
@@ -578,7 +587,12 @@ def resample_dataset(
 
     windows = grid.windows(config.window_size)
     todo = [w for w in windows if not store.is_complete(name, w)]
-    node.start(total=len(windows), done=len(windows) - len(todo))
+    node.start(
+        total=len(windows),
+        done=len(windows) - len(todo),
+        cells_total=sum(_cells(w) for w in windows),
+        cells_done=sum(_cells(w) for w in windows) - sum(_cells(w) for w in todo),
+    )
     aligned = None if placement.passthrough else alignment(source, grid, dataset.resampling)
     chunks = [] if placement.passthrough else warp_plan(source, dataset, grid, config.warp_memory)
     extra = {"stage": "resample", "dataset": name}
@@ -627,15 +641,15 @@ def resample_dataset(
         nodata=nodata,
     )
 
-    def work() -> Iterator[tuple[Window, bool] | None]:
-        """Pieces in checkpoint order (True: to compute); None closes a window."""
+    def work() -> Iterator[tuple[Window, bool] | int]:
+        """Pieces in checkpoint order (True: to compute); a window's cell count closes it."""
         for window in windows:
             if (int(window.row_off), int(window.col_off)) not in pending:
                 yield window, False
             else:
                 for piece in _subwindows(window, min(ctx.governor.window_size, config.window_size)):
                     yield piece, not store.is_complete(name, piece)
-            yield None
+            yield _cells(window)
 
     def finish(piece: Window, data: np.ndarray | None) -> None:
         """In order, on this thread: write, checkpoint (pause/kill happen here), adapt."""
@@ -667,14 +681,14 @@ def resample_dataset(
         rasterio.Env(**gdal_env),
         ctx.executor.pool(compute_window, job, config.threads, release) as pool,
     ):
-        queue: deque[tuple[Window, TaskFuture[np.ndarray] | None] | None] = deque()
+        queue: deque[_Queued] = deque()
         for item in work():
-            if item is None:
-                queue.append(None)
+            if isinstance(item, int):
+                queue.append(item)
                 continue
             piece, needed = item
             queue.append((piece, pool.submit(piece) if needed else None))
-            while sum(1 for entry in queue if entry and entry[1]) > depth:
+            while sum(1 for entry in queue if not isinstance(entry, int) and entry[1]) > depth:
                 _drain_one(queue, finish, node)
         while queue:
             _drain_one(queue, finish, node)

@@ -7,6 +7,7 @@ values (summaries as dicts) so the server only frames them.
 from __future__ import annotations
 
 import asyncio
+import heapq
 import os
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -181,7 +182,8 @@ class Methods:
     ) -> dict[str, Any]:
         run = self.scheduler.get(params.run)
         since = params.since
-        samples = [s for s in run.memory if since is None or s.time >= since]
+        held = heapq.merge(run.memory, run.worker_memory, key=lambda sample: sample.time)
+        samples = [s for s in held if since is None or s.time >= since]
         return {"run": run.id, "samples": _events(samples)}  # a protocol.MemoryHistory
 
     async def runs_map(self, conn: Connection, params: protocol.RunParams) -> dict[str, Any]:

@@ -2,8 +2,9 @@
 
 A user watching a six-hour run must be able to trust three numbers:
 
-* **progress** counts windows (every window of a stage's datasets, so a stage
-  moves window by window, not in whole-dataset steps) and never goes back: a
+* **progress** counts windows weighted by their grid cells (every window of a
+  stage's datasets, so a stage moves window by window, not in whole-dataset
+  steps, and a small edge window moves it less than a full one) and never goes back: a
   pause, a retry or a resume that re-announces its stages cannot lower it, and
   it reads 100 % only when the run's root node says the run is done;
 * **running time** counts only the seconds the run was running: pauses, the
@@ -62,26 +63,35 @@ def running_seconds(summary: RunSummary, now: float) -> float | None:
 def stage_fraction(
     node_id: str, node: Callable[[str], StageEvent], children: Mapping[str, Sequence[str]]
 ) -> float:
-    """Done share of a node, counted in windows.
+    """Done share of a node, counted in grid cells where the node says them, else in windows.
 
     A node with children that count work (``resample`` → one node per dataset)
-    is the sum of their done windows over the sum of their windows, so it moves
+    is the sum of their done work over the sum of their work, so it moves
     with every window instead of once per dataset. A node without such children
-    is its own ``done/total``; a finished one is 1.
+    is its own ``cells_done/cells_total`` (``done/total`` in a history written
+    before nodes carried cells); a finished one is 1. Children are weighed by
+    cells only when every child with work says its cells, so cells and windows
+    are never added together.
     """
     event = node(node_id)
     if event.status in _FINISHED:
         return 1.0
+    kids = [node(kid) for kid in children.get(node_id, ())]
+    by_cells = bool(kids) and all(kid.cells_total for kid in kids if kid.total)
     done = total = 0.0
-    for kid in children.get(node_id, ()):
-        kid_event = node(kid)
-        weight = float(kid_event.total or _leaf_total(kid, node, children))
+    for kid_id, kid_event in zip(children.get(node_id, ()), kids, strict=True):
+        if by_cells:
+            weight = float(kid_event.cells_total or 0)
+        else:
+            weight = float(kid_event.total or _leaf_total(kid_id, node, children))
         if weight <= 0:
             continue
         total += weight
-        done += weight * stage_fraction(kid, node, children)
+        done += weight * stage_fraction(kid_id, node, children)
     if total > 0:
         return min(1.0, done / total)
+    if event.cells_total and event.cells_done is not None:
+        return min(1.0, event.cells_done / event.cells_total)
     return min(1.0, event.done / event.total) if event.total else 0.0
 
 

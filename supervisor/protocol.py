@@ -306,7 +306,8 @@ class QueueSettings(BaseModel):
 
 
 class MemoryHistory(BaseModel):
-    """``memory.history``: a run's memory events (daemon samples and worker readings)."""
+    """``memory.history``: a run's memory events (daemon samples, worker readings and,
+    on a Dask executor, each Dask worker's samples with ``worker`` set), oldest first."""
 
     run: str
     samples: list[MemoryEvent] = Field(default_factory=list)

@@ -77,6 +77,9 @@ class Run:
     event_history: int
     stages: dict[str, StageEvent] = field(default_factory=dict)
     memory: deque[MemoryEvent] = field(init=False)
+    #: The Dask workers' samples (``MemoryEvent.worker``), kept apart so that however
+    #: many workers there are, they never push the run's own samples out.
+    worker_memory: deque[MemoryEvent] = field(init=False)
     recent_logs: deque[LogEvent] = field(init=False)
     #: Last lifecycle state the current worker reported (StateEvent.state) and its reason.
     worker_state: str | None = None
@@ -92,6 +95,7 @@ class Run:
 
     def __post_init__(self) -> None:
         self.memory = deque(maxlen=self.memory_history)
+        self.worker_memory = deque(maxlen=self.memory_history)
         self.recent_logs = deque(maxlen=self.event_history)
 
     @property
@@ -152,9 +156,11 @@ class Run:
             self._update_progress(event.time)
         elif isinstance(event, LogEvent):
             self.recent_logs.append(event)
-        elif isinstance(event, MemoryEvent) and event.worker is None:
-            # A Dask worker's sample (worker set) is that worker's, not the run's process
-            # tree: telemetry keeps it, the run's RSS and peak do not count it.
+        elif isinstance(event, MemoryEvent) and event.worker is not None:
+            # A Dask worker's sample is that worker's, not the run's process tree: the
+            # run's RSS and peak do not count it; the dashboard can show it on its own.
+            self.worker_memory.append(event)
+        elif isinstance(event, MemoryEvent):
             self.memory.append(event)
             if event.operation == "sample":
                 self.summary.rss = event.rss

@@ -79,6 +79,11 @@ def test_pause_resume_kill_a_dask_run_from_the_cli(
     still = daemon.run(run_id)
     assert (still["state"], still["progress"]) == ("paused", paused["progress"])
     assert all(w.cpu_percent(interval=0.5) < 50 for w in workers), "no task computes"
+    # Each Dask worker's samples come back with the run's memory history (the dashboard's
+    # memory panel can show any one of them), apart from the run's own samples.
+    history = daemon.call("memory.history", run=run_id)["samples"]
+    assert len({s["worker"] for s in history if s.get("worker")}) == len(workers)
+    assert any(s.get("worker") is None for s in history)
 
     assert geod(daemon, "resume", run_id).returncode == 0
     daemon.wait(run_id, lambda run: run["progress"] > paused["progress"])

@@ -337,6 +337,13 @@ def test_resample_dataset_fills_the_store_like_gdalwarp(
     windows = len(GLOBAL_1DEG.windows(128))
     progress = [e for e in events if isinstance(e, StageEvent) and e.id == "resample/ease"]
     assert progress[-1].status == "done" and progress[-1].done == windows
+    # Each window adds its own cells: the edge windows of the 360×180 grid are smaller.
+    cells = [w.height * w.width for w in GLOBAL_1DEG.windows(128)]
+    running = [e for e in progress if e.status == "running"]
+    assert [e.cells_done for e in running] == [sum(cells[: e.done]) for e in running]
+    started = [e for e in progress if e.status != "pending"]
+    assert {e.cells_total for e in started} == {GLOBAL_1DEG.height * GLOBAL_1DEG.width}
+    assert len(set(cells)) > 1 and progress[-1].cells_done == progress[-1].cells_total
     assert len([e for e in events if isinstance(e, CheckpointEvent)]) == windows
     assert len([e for e in events if isinstance(e, MemoryEvent)]) == windows
 
@@ -444,6 +451,7 @@ def test_stopped_run_resumes_to_a_bit_identical_store(
     resumed = run_dataset(resumed_ctx, tmp_path / "b.zarr", GLOBAL_1DEG, "geo")
     start = next(e for e in events if isinstance(e, StageEvent) and e.status == "running")
     assert start.done == 3, "the three finished windows are skipped"
+    assert start.cells_done == sum(w.height * w.width for w in GLOBAL_1DEG.windows(128)[:3])
     checkpoints = [e for e in events if isinstance(e, CheckpointEvent)]
     assert len(checkpoints) == len(GLOBAL_1DEG.windows(128)) - 3
     assert resumed.completed("geo") == reference.completed("geo")

@@ -1,9 +1,9 @@
 """What a run's summary says about progress, running time and time left, live and rebuilt.
 
-Progress counts windows and never goes back (a retry re-announces its stages);
-the running clock stops while paused; the time left is a smoothed estimate with a
-range, and a finished run has none — not while the daemon that ran it lives, and
-not after a new daemon rebuilds it from ``events.ndjson``.
+Progress counts windows weighted by their cells and never goes back (a retry
+re-announces its stages); the running clock stops while paused; the time left is a
+smoothed estimate with a range, and a finished run has none — not while the daemon
+that ran it lives, and not after a new daemon rebuilds it from ``events.ndjson``.
 """
 
 from __future__ import annotations
@@ -30,7 +30,16 @@ def _record(run: Run, event: Event) -> None:
     run.apply(stamped)
 
 
-def _stage(run: Run, at: float, sid: str, status: str, done: int = 0, total: int = 0) -> None:
+def _stage(
+    run: Run,
+    at: float,
+    sid: str,
+    status: str,
+    done: int = 0,
+    total: int = 0,
+    cells: tuple[int, int] | None = None,
+) -> None:
+    """One stage node; ``cells`` is (cells done, cells total) for nodes that say them."""
     parent = None if sid == "run" else sid.rpartition("/")[0] or "run"
     kind = "run" if sid == "run" else ("dataset" if "/" in sid else "stage")
     _record(
@@ -44,6 +53,8 @@ def _stage(run: Run, at: float, sid: str, status: str, done: int = 0, total: int
             status=status,
             done=done,
             total=total,
+            cells_done=None if cells is None else cells[0],
+            cells_total=None if cells is None else cells[1],
         ),
     )
 
@@ -79,6 +90,34 @@ def test_progress_moves_with_every_window_not_per_dataset(tmp_path: Path) -> Non
         seen.append(run.summary.progress)
     # One window of 100 in the first of two stages: 1/200 of the run each.
     assert seen == pytest.approx([d / (2 * 2 * WINDOWS) for d in range(1, 6)])
+
+
+def test_small_edge_windows_move_progress_by_their_cells(tmp_path: Path) -> None:
+    """Progress is cells done over all cells: an edge window of a fifth the cells moves it less."""
+    start = time.time() - 1000
+    registry = Registry(tmp_path, HISTORY, HISTORY)
+    registry.load()
+    run = registry.create("name: demo\n", "demo", str(tmp_path / "config.yml"))
+    run.summary.state = "running"
+    run.note_state(start)
+    window_cells = [10_000, 10_000, 2_000]  # two full windows and a narrow one at the edge
+    total = sum(window_cells)
+    _stage(run, start, "run", "running", total=2)
+    _stage(run, start, "resample", "running", total=2)
+    _stage(run, start, "resample/a", "running", total=3, cells=(0, total))
+    _stage(run, start, "resample/b", "pending", total=3, cells=(0, total))
+    seen = []
+    done_cells = 0
+    for done, cells in enumerate(window_cells, start=1):
+        done_cells += cells
+        _stage(run, start + done, "resample/a", "running", done, 3, (done_cells, total))
+        seen.append(run.summary.progress)
+    # The resample stage is half the run; dataset a is half of resample's cells.
+    assert seen == pytest.approx([c / (2 * 2 * total) for c in (10_000, 20_000, 22_000)])
+    assert seen[2] - seen[1] < (seen[1] - seen[0]) / 4, "the edge window is a fifth of a full one"
+    # A retry re-announces dataset a from a resumed point: progress holds.
+    _stage(run, start + 10, "resample/a", "running", 1, 3, (10_000, total))
+    assert run.summary.progress == seen[-1]
 
 
 def test_steady_run_has_a_steady_eta_with_a_clock_time(tmp_path: Path) -> None:

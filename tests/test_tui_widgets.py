@@ -7,13 +7,17 @@ filter keeps, which node is open, what a search hits.
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 from rich.text import Text
 from textual.widgets._footer import FooterKey
+from textual_plotext import Plot
 
 from pipeline.events import GovernorEvent, LogEvent, StageEvent
 from supervisor.protocol import RunSummary
@@ -27,7 +31,14 @@ from tui.screens.confirm_kill import ConfirmKill, kill_question
 from tui.screens.help import HelpScreen
 from tui.widgets.banner import ConnectionBanner
 from tui.widgets.log_view import LogView
-from tui.widgets.memory_chart import COLORS, MemoryChart, readout, size_ticks, time_ticks
+from tui.widgets.memory_chart import (
+    COLORS,
+    MemoryChart,
+    readout,
+    set_xticks,
+    size_ticks,
+    time_ticks,
+)
 from tui.widgets.runs_table import SORT_COLUMNS, RunsTable
 from tui.widgets.stage_tree import StageTree
 
@@ -135,6 +146,7 @@ async def test_runs_table_pins_active_runs_and_explains_queued_ones() -> None:
 
 @pilot_test
 async def test_runs_table_fits_80_columns_without_scrolling_sideways() -> None:
+    """80×24: no sideways scrolling, and a long wait reason never costs Elapsed and RSS."""
     app = replay_app()
     async with app.run_test(size=(80, 24)) as pilot:
         table = app.runs_table
@@ -146,19 +158,19 @@ async def test_runs_table_fits_80_columns_without_scrolling_sideways() -> None:
         assert "peak" not in table.shown_columns and "stage" not in table.shown_columns
         assert {"id", "state", "progress", "eta", "rss"} <= set(table.shown_columns)
         assert _cell(table, rec.RUN, "rss").strip() == "610.0 MiB"
-        # A queued run: its WHY matters more than the columns after it in DROP_ORDER.
-        app.state.apply_run(
-            RunSummary(
-                id="r4", name="waiting", state="queued", wait_reason="waiting for memory: 1.2 GiB"
-            )
-        )
+        # A queued run: its WHY is shown, cut to the room left beside Elapsed and RSS.
+        reason = "waiting for a free slot (concurrency 2)"
+        app.state.apply_run(RunSummary(id="r4", name="waiting", state="queued", wait_reason=reason))
         await until(pilot, lambda: "why" in table.shown_columns and table.row_count == 3)
         await until(pilot, fits)
-        assert _cell(table, "r4", "why") == "waiting for memory: 1.2 GiB"
-        # Room again: every column comes back.
+        assert {"elapsed", "rss"} <= set(table.shown_columns)
+        why = _cell(table, "r4", "why")
+        assert why.endswith("…") and reason.startswith(why[:-1])
+        # Room again: every column comes back, the reason cut only at the longest WHY.
         await pilot.resize_terminal(220, 60)
         await until(pilot, lambda: len(table.shown_columns) == len(SORT_COLUMNS))
         assert _cell(table, rec.RUN, "stage") == "resample/landcover"
+        assert _cell(table, "r4", "why") == reason[:27] + "…"
 
 
 @pilot_test
@@ -576,6 +588,42 @@ def test_memory_chart_ticks_read_as_clock_times_and_sizes() -> None:
     assert readout(174 * 1024**2, 732 * 1024**2, 1024**3) == (
         "RSS 174.0 MiB · peak 732.0 MiB · budget 1.0 GiB (17 %)"
     )
+
+
+#: Draws the recorded chart's x axis (close labels at the right end) and prints it.
+_AXIS_SCRIPT = """
+from textual_plotext import Plot
+from tui.widgets.memory_chart import set_xticks
+plt = Plot()
+plt.plot([-24.0, 0.0], [1.0, 2.0])
+plt.xlim(-24.0, 0.0)
+ticks = [-24.0, -18.0, -12.0, -6.0, 0.0]
+set_xticks(plt, ticks, ["00:00:01", "00:00:07", "00:00:13", "00:00:19", "00:00:25"])
+plt.plotsize(64, 12)
+print(plt.build().splitlines()[-1])
+"""
+
+
+def test_memory_chart_axis_is_the_same_in_every_process() -> None:
+    """plotext keeps ticks in string-hash order, which a new process changes; ours keeps them."""
+    axes = {
+        subprocess.run(
+            [sys.executable, "-c", _AXIS_SCRIPT],
+            env={**os.environ, "PYTHONHASHSEED": str(seed)},
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        for seed in range(6)
+    }
+    assert len(axes) == 1, axes
+
+
+def test_set_xticks_keeps_the_order_given() -> None:
+    plt = Plot()
+    labels = ["a", "b", "c", "d", "e", "f"]
+    set_xticks(plt, [1.0, 2.0, 3.0, 4.0, 5.0, 6.0], labels)
+    assert plt.monitor.xlabels[plt.monitor.xside_to_pos(None)] == labels
 
 
 @pilot_test

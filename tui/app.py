@@ -410,6 +410,12 @@ class GeodApp(App[None]):
         span = self.memory_chart.cycle_span()
         self.notify(f"memory: {span}", timeout=1.5)
 
+    def action_memory_series(self) -> None:
+        if len(self.memory_chart.series_names()) == 1:
+            self.notify("memory: this run has no Dask workers", timeout=1.5)
+            return
+        self.notify(f"memory: {self.memory_chart.cycle_series()}", timeout=1.5)
+
     def action_sort(self) -> None:
         self.runs_table.cycle_sort()
 

@@ -60,6 +60,13 @@ COMMANDS: tuple[Command, ...] = (
     ),
     Command("w", "map", "Map", "Show or hide the map of the run's windows"),
     Command("m", "memory_span", "Span", "Memory chart span: 5 min / 1 h / whole run"),
+    Command(
+        "M",
+        "memory_series",
+        "Memory of",
+        "Memory chart: the run's own, or one of its Dask workers (cycles)",
+        show=False,
+    ),
     Command("o", "sort", "Sort", "Cycle the runs table's sort column", show=False),
     Command(
         "colon",

@@ -108,6 +108,15 @@ class MemoryLevels:
 
 
 @dataclass(slots=True)
+class WorkerSeries:
+    """One Dask worker's memory, as the run's executor sampled it: its own series and limits."""
+
+    samples: deque[MemorySample] = field(default_factory=lambda: deque(maxlen=MEMORY_SAMPLES))
+    #: The worker's memory limit as the budget, Dask's spill and pause fractions as levels.
+    levels: MemoryLevels = field(default_factory=MemoryLevels)
+
+
+@dataclass(slots=True)
 class StageProgress:
     """A stage-tree node as last reported (the event schema's own :class:`StageEvent`) plus
     the recent progress samples its rate comes from (the run's ETA is the daemon's)."""
@@ -150,6 +159,9 @@ class RunView:
     #: The worker's own readings between windows, thinned: RSS and the governor's window.
     worker_memory: deque[MemorySample] = field(default_factory=lambda: deque(maxlen=MEMORY_SAMPLES))
     levels: MemoryLevels = field(default_factory=MemoryLevels)
+    #: Each Dask worker's samples (``MemoryEvent.worker``), by address: the memory panel
+    #: can show one of them instead of the run's own process tree.
+    workers: dict[str, WorkerSeries] = field(default_factory=dict)
     #: The run's windows as a map of the grid, per dataset: the daemon's ``runs.map``
     #: (its whole history) plus the window checkpoints that arrive live.
     map: RunMap = field(default_factory=RunMap)
@@ -158,10 +170,10 @@ class RunView:
     map_held: list[CheckpointEvent] | None = None
 
     def fraction(self, stage_id: str) -> float:
-        """Done share of a stage in windows, as the daemon counts the run's progress.
+        """Done share of a stage in windows by their cells, as the daemon counts progress.
 
         The run node and stages like ``resample`` only group work, so their bar
-        counts the windows of what they contain (see :func:`stage_fraction`).
+        counts the windows (by cells) of what they contain (see :func:`stage_fraction`).
         """
         return stage_fraction(stage_id, lambda sid: self.stages[sid].node, self.children)
 
@@ -320,8 +332,7 @@ class DashboardState:
                 view.map_held.append(event)
             if view.map.apply(event):
                 self._changes.maps.add(run_id)
-        elif isinstance(event, MemoryEvent) and event.worker is None:
-            # Dask workers' samples stay in telemetry and the report; the panel shows the run.
+        elif isinstance(event, MemoryEvent):
             self._memory(view, event)
         elif isinstance(event, GovernorEvent):
             view.levels.budget = event.budget
@@ -369,11 +380,13 @@ class DashboardState:
         worker = {sample.time: sample for sample in view.worker_memory}
         for event in samples:
             sample = MemorySample(event.time, event.rss, event.system_available, event.window_size)
-            if event.operation == TREE_SAMPLE:
+            if event.worker is not None:
+                self._worker_sample(view, event, sample)
+            elif event.operation == TREE_SAMPLE:
                 tree.setdefault(sample.time, sample)
             else:
                 worker.setdefault(sample.time, sample)
-                self._levels(view, event)
+                self._levels(view.levels, event)
         view.memory = deque((tree[t] for t in sorted(tree)), maxlen=MEMORY_SAMPLES)
         view.worker_memory = deque((worker[t] for t in sorted(worker)), maxlen=MEMORY_SAMPLES)
         self._changes.memory.add(run_id)
@@ -430,10 +443,12 @@ class DashboardState:
 
     def _memory(self, view: RunView, event: MemoryEvent) -> None:
         sample = MemorySample(event.time, event.rss, event.system_available, event.window_size)
-        if event.operation == TREE_SAMPLE:
+        if event.worker is not None:
+            self._worker_sample(view, event, sample)
+        elif event.operation == TREE_SAMPLE:
             view.memory.append(sample)
         else:
-            self._levels(view, event)
+            self._levels(view.levels, event)
             readings = view.worker_memory
             last = readings[-1] if readings else None
             # Keep a reading per WORKER_READING_S, but never lose a window-size change.
@@ -449,9 +464,22 @@ class DashboardState:
                 readings.append(sample)
         self._changes.memory.add(view.summary.id)
 
+    def _worker_sample(self, view: RunView, event: MemoryEvent, sample: MemorySample) -> None:
+        """A Dask worker's sample joins that worker's series, never the run's own."""
+        series = view.workers.setdefault(str(event.worker), WorkerSeries())
+        samples = series.samples
+        if samples and sample.time <= samples[-1].time:
+            if any(held.time == sample.time for held in samples):
+                return  # a resync's history repeats what arrived live
+            samples.append(sample)
+            series.samples = deque(sorted(samples, key=lambda held: held.time), MEMORY_SAMPLES)
+        else:
+            samples.append(sample)
+        self._levels(series.levels, event)
+
     @staticmethod
-    def _levels(view: RunView, event: MemoryEvent) -> None:
-        levels = view.levels
+    def _levels(levels: MemoryLevels, event: MemoryEvent) -> None:
+        """The budget and thresholds a sample states (a sample without them keeps the last)."""
         levels.budget = event.budget or levels.budget
         levels.warning = event.warning or levels.warning
         levels.critical = event.critical or levels.critical

@@ -7,7 +7,10 @@ read ``15:42:10``, local time, as the log's timestamps do). Each series has its
 own ANSI colour, and the legend sits in the panel's bottom border, never over
 the lines. The top border is a readout a user can quote:
 ``RSS 174.0 MiB · peak 732.0 MiB · budget 1.0 GiB (17 %)``. The span cycles
-between the last 5 minutes, the last hour and the whole run. Drawing is cheap
+between the last 5 minutes, the last hour and the whole run. A run on Dask workers
+can show one worker instead (its samples against its memory limit, Dask's spill and
+pause fractions as warning and critical), named in the title: ``worker
+127.0.0.1:39001 · RSS …``. Drawing is cheap
 but not free, so the app redraws it only when a new sample arrived, at most a
 few times a second.
 """
@@ -17,7 +20,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from textual_plotext import PlotextPlot
+from textual_plotext import Plot, PlotextPlot
 
 from supervisor.formatting import size
 from tui.state import DashboardState, MemorySample
@@ -68,6 +71,8 @@ class MemoryChart(PlotextPlot):
         self._state = state
         self.run_id: str | None = None
         self.span_index = 0
+        #: The Dask worker shown (its address), or None for the run's own memory.
+        self.series: str | None = None
         self.can_focus = True
         self.border_title = "Memory"
 
@@ -76,6 +81,8 @@ class MemoryChart(PlotextPlot):
         return SPANS[self.span_index][0]
 
     def show_run(self, run_id: str | None) -> None:
+        if run_id != self.run_id:
+            self.series = None  # another run's workers are other workers
         self.run_id = run_id
         self.redraw()
 
@@ -84,17 +91,39 @@ class MemoryChart(PlotextPlot):
         self.redraw()
         return self.span_label
 
+    def series_names(self) -> list[str | None]:
+        """What the panel can show for its run: the run's own memory (None), then each
+        Dask worker by address."""
+        view = self._state.runs.get(self.run_id) if self.run_id else None
+        return [None, *sorted(view.workers if view else ())]
+
+    def cycle_series(self) -> str:
+        """Show the next series (the run's own after the last worker); returns its name."""
+        names = self.series_names()
+        position = names.index(self.series) if self.series in names else 0
+        self.series = names[(position + 1) % len(names)]
+        self.redraw()
+        return series_title(self.series)
+
     def redraw(self) -> None:
         plt = self.plt
         plt.clear_data()
         view = self._state.runs.get(self.run_id) if self.run_id else None
-        # RSS from the daemon's samples of the whole worker tree when there are any
-        # (children included); a replay of worker events only has the worker's own.
-        tree = list(view.memory) if view else []
-        readings = list(view.worker_memory) if view else []
+        worker = view.workers.get(self.series) if view and self.series else None
+        if worker is not None:
+            # A Dask worker: its samples against its own limit; it has no window size.
+            tree, readings, levels = list(worker.samples), [], worker.levels
+        else:
+            # RSS from the daemon's samples of the whole worker tree when there are any
+            # (children included); a replay of worker events only has the worker's own.
+            tree = list(view.memory) if view else []
+            readings = list(view.worker_memory) if view else []
+            levels = view.levels if view else None
         rss = self._window(tree or readings)
-        if view is None or not rss:
-            self.border_title = "Memory"
+        # The series is named once the run has Dask workers to choose from.
+        named = f"{series_title(self.series)} · " if view and view.workers else ""
+        if view is None or levels is None or not rss:
+            self.border_title = f"{named}Memory"
             self.border_subtitle = f"no samples · {self.span_label}"
             self.refresh()
             return
@@ -111,13 +140,12 @@ class MemoryChart(PlotextPlot):
 
         xs = [ago(s.time) for s in rss]
         rss_mib = [s.rss / _MIB for s in rss]
-        levels = view.levels
         # The y range is the worker's world (its RSS and budget): the machine's free
         # memory is usually far above it and would flatten everything else, so it is
         # drawn only once it comes down into that range, and stated in the border.
         top = max([*rss_mib, (levels.budget or 0) / _MIB]) * HEADROOM
         plt.ylim(0, top)
-        plt.yticks(*size_ticks(top))
+        set_yticks(plt, *size_ticks(top))
         line(xs, rss_mib, "RSS")
         available = [s for s in rss if s.system_available is not None]
         low = [s for s in available if (s.system_available or 0) / _MIB < top]
@@ -130,18 +158,20 @@ class MemoryChart(PlotextPlot):
             line([ago(s.time) for s in windows], sizes, "window px", yside="right")
             # The governor's sizes are few and whole: tick exactly those, not fractions.
             steps = sorted(set(sizes))
-            plt.yticks(steps, [f"{step:.0f}" for step in steps], yside="right")
+            set_yticks(plt, steps, [f"{step:.0f}" for step in steps], "right")
         span = [xs[0], 0.0] if xs[0] < 0 else [-_MINUTE, 0.0]
         plt.xlim(*span)
-        plt.xticks(*time_ticks(span[0], now))
+        set_xticks(plt, *time_ticks(span[0], now))
         if levels.budget:
             budget = levels.budget / _MIB
             line(span, [budget, budget], "budget")
             for fraction, name in ((levels.warning, "warning"), (levels.critical, "critical")):
                 if fraction:
                     line(span, [budget * fraction, budget * fraction], name)
-        peak = max(view.summary.peak_rss or 0, max(sample.rss for sample in rss))
-        self.border_title = readout(rss[-1].rss, peak, levels.budget)
+        peak = max(sample.rss for sample in rss)
+        if worker is None:
+            peak = max(view.summary.peak_rss or 0, peak)
+        self.border_title = named + readout(rss[-1].rss, peak, levels.budget)
         # The legend and the axis names live in the border: at 80×24 every row counts,
         # and a legend inside the plot would cover the budget lines.
         legend = " ".join(f"[{_ANSI_NAMES[COLORS[name]]}]━[/] {name}" for name in drawn)
@@ -158,6 +188,34 @@ class MemoryChart(PlotextPlot):
             step = len(samples) / MAX_POINTS
             samples = [samples[int(i * step)] for i in range(MAX_POINTS - 1)] + [samples[-1]]
         return samples
+
+
+# plotext stores ticks after de-duplicating (tick, label) pairs through a set, which hands
+# them back in an order that follows the labels' string hashes, and those change from one
+# process to the next. Labels are placed in that order, and where two are close the first
+# placed pushes the other aside: the same chart would read differently in two dashboards.
+# These two put the ticks back in the order given (they are distinct already).
+
+
+def set_xticks(plt: Plot, ticks: list[float], labels: list[str]) -> None:
+    """Ticks on the bottom x axis, placed left to right whatever the process's hash seed."""
+    plt.xticks(ticks, labels)
+    pos = plt.monitor.xside_to_pos(None)
+    plt.monitor.xticks[pos], plt.monitor.xlabels[pos] = list(ticks), list(labels)
+
+
+def set_yticks(plt: Plot, ticks: list[float], labels: list[str], side: str | None = None) -> None:
+    """Ticks on a y axis, placed bottom to top whatever the process's hash seed."""
+    plt.yticks(ticks, labels, yside=side)
+    pos = plt.monitor.yside_to_pos(side)
+    plt.monitor.yticks[pos], plt.monitor.ylabels[pos] = list(ticks), list(labels)
+
+
+def series_title(series: str | None) -> str:
+    """``run`` or ``worker 127.0.0.1:39001``: the series as the panel's title names it."""
+    if series is None:
+        return "run"
+    return f"worker {series.removeprefix('tcp://')}"
 
 
 def readout(rss: int, peak: int, budget: int | None) -> str:

@@ -58,6 +58,9 @@ _STAGE_WIDTH = 18
 #: Longest run name and wait reason shown; longer ones end in "…".
 _NAME_WIDTH = 16
 _WHY_WIDTH = 28
+#: Narrowest WHY: on a narrow panel a wait reason is cut, down to this, before the
+#: columns of WAITING_DROP_ORDER after "stage" are left out for it.
+_WHY_MIN_WIDTH = 12
 #: Columns left out, in this order, while the table is wider than its panel. An empty
 #: WHY column (nothing queued) goes before any of them; Run, State and Done always stay.
 DROP_ORDER: tuple[str, ...] = (
@@ -67,6 +70,18 @@ DROP_ORDER: tuple[str, ...] = (
     "rss",
     "elapsed",
     "eta",
+    "name",
+    "why",
+)
+#: The same while a run waits (its WHY is shown): ETA goes before RSS and Elapsed, which a
+#: narrow panel keeps beside the wait reason (the selected run's ETA is in its stage tree).
+WAITING_DROP_ORDER: tuple[str, ...] = (
+    "peak",
+    "priority",
+    "stage",
+    "eta",
+    "rss",
+    "elapsed",
     "name",
     "why",
 )
@@ -94,6 +109,8 @@ class RunsTable(DataTable[Any]):
         self._shown: dict[str, dict[str, str]] = {}
         #: Columns on screen, in on-screen order (see DROP_ORDER).
         self.shown_columns: tuple[str, ...] = SORT_COLUMNS
+        #: Width the WHY cells are cut to now (narrower on a narrow panel, see fit_columns).
+        self.why_width = _WHY_WIDTH
         #: Which runs have a row (all, until ``:`` sets a filter).
         self.run_filter = RunFilter()
 
@@ -126,6 +143,7 @@ class RunsTable(DataTable[Any]):
                 continue
             cells = self._cells(view.summary)
             plain = {column: _plain(value) for column, value in cells.items()}
+            cells["why"] = _clip(cells["why"], self.why_width)
             if not exists:
                 self.add_row(*(cells[column] for column in self.shown_columns), key=run_id)
                 self._shown[run_id] = plain
@@ -172,7 +190,8 @@ class RunsTable(DataTable[Any]):
             for column, value in ticking.items():
                 if shown.get(column) != value:
                     if column in self.shown_columns:
-                        self.update_cell(run_id, column, value, update_width=True)
+                        cell = _clip(value, self.why_width) if column == "why" else value
+                        self.update_cell(run_id, column, cell, update_width=True)
                     shown[column] = value
         self._fit()
 
@@ -230,11 +249,11 @@ class RunsTable(DataTable[Any]):
         width = self.size.width
         if not width or not self.is_mounted:
             return
-        visible = fit_columns(width, self._column_widths(), self.cell_padding)
-        if visible == self.shown_columns:
+        visible, why_width = fit_columns(width, self._column_widths(), self.cell_padding)
+        if (visible, why_width) == (self.shown_columns, self.why_width):
             return
         selected = self.selected_run
-        self.shown_columns = visible
+        self.shown_columns, self.why_width = visible, why_width
         self.clear(columns=True)
         for key in visible:
             self.add_column(_LABELS[key], key=key)
@@ -242,12 +261,14 @@ class RunsTable(DataTable[Any]):
             view = self._state.runs.get(run_id)
             if view is not None:
                 cells = self._cells(view.summary)
+                cells["why"] = _clip(cells["why"], why_width)
                 self.add_row(*(cells[column] for column in visible), key=run_id)
         self._mark_sort_column()
         self._resort(selected, post=False)
 
     def _column_widths(self) -> dict[str, int]:
-        """Each column's widest text (its header with a sort mark, or a cell), every run."""
+        """Each column's widest text (its header with a sort mark, or a cell), every run;
+        WHY as wide as its uncut text up to _WHY_WIDTH, however narrow it is shown now."""
         mark = len(f" {SORT_UP}")
         widths = {
             key: len(label) + (mark if key == self.sort_column else 0) for key, label in _COLUMNS
@@ -340,12 +361,20 @@ def _clip(text: str, width: int) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
-def fit_columns(width: int, widths: dict[str, int], padding: int) -> tuple[str, ...]:
-    """The columns (on-screen order) whose cells, padded, fit ``width``: DROP_ORDER decides
-    which go first, after an empty WHY (only its header is that wide)."""
+def fit_columns(width: int, widths: dict[str, int], padding: int) -> tuple[tuple[str, ...], int]:
+    """The columns (on-screen order) whose cells, padded, fit ``width``, and the width WHY
+    is cut to. An empty WHY (only its header is that wide) goes first, then DROP_ORDER.
+    While a run waits, its WHY counts as _WHY_MIN_WIDTH wide and WAITING_DROP_ORDER
+    decides; it then gets whatever room is left, up to its whole text, so a long wait
+    reason never costs Elapsed and RSS."""
+    widths = dict(widths)
     visible = list(SORT_COLUMNS)
-    order = list(DROP_ORDER)
-    if widths.get("why", 0) <= len(f"{_LABELS['why']} {SORT_UP}"):
+    whole_why = widths.get("why", 0)
+    waiting = whole_why > len(f"{_LABELS['why']} {SORT_UP}")
+    order = list(WAITING_DROP_ORDER if waiting else DROP_ORDER)
+    if waiting:
+        widths["why"] = min(whole_why, _WHY_MIN_WIDTH)
+    else:
         order.remove("why")
         order.insert(0, "why")
 
@@ -356,7 +385,10 @@ def fit_columns(width: int, widths: dict[str, int], padding: int) -> tuple[str, 
         if total() <= width:
             break
         visible.remove(key)
-    return tuple(visible)
+    room = widths["why"] + width - total()
+    if not waiting or "why" not in visible or room >= whole_why:
+        return tuple(visible), _WHY_WIDTH
+    return tuple(visible), room
 
 
 _SortKey = Callable[[RunSummary, DashboardState], Any]
