@@ -314,7 +314,14 @@ def plan_chunks(
 
 def pieces(window: Window, chunks: list[WarpChunk]) -> list[WarpChunk]:
     """The parts of ``window`` covered by chunks, each with its chunk's scale (window-relative
-    offsets stay grid offsets)."""
+    offsets stay grid offsets).
+
+    A window whose chunks all use one scale and together cover it is one piece:
+    the kernel then depends on the scale alone, not on where GDAL cut its chunks,
+    and every extra piece is another source read (on a 64 MiB warp memory a
+    1024-cell window often straddles two or three chunks of equal scale, which
+    doubled the resample stage's time).
+    """
     col0, row0 = int(window.col_off), int(window.row_off)
     col1, row1 = col0 + int(window.width), row0 + int(window.height)
     out = []
@@ -325,4 +332,7 @@ def pieces(window: Window, chunks: list[WarpChunk]) -> list[WarpChunk]:
         r1 = min(row1, int(chunk.window.row_off) + int(chunk.window.height))
         if c0 < c1 and r0 < r1:
             out.append(WarpChunk(Window(c0, r0, c1 - c0, r1 - r0), chunk.scale))
+    covered = sum(int(piece.window.width) * int(piece.window.height) for piece in out)
+    if len({piece.scale for piece in out}) == 1 and covered == (col1 - col0) * (row1 - row0):
+        return [WarpChunk(window, out[0].scale)]
     return out
