@@ -152,7 +152,7 @@ def parity(store: Path, reference: Path) -> tuple[bool, float]:
 
 def _child(argv: list[str]) -> None:
     import pipeline
-    from pipeline.catalog import inspect
+    from pipeline.catalog import inspect, prefork
     from pipeline.resample import resample_dataset
     from pipeline.store import LayerStore
 
@@ -165,6 +165,7 @@ def _child(argv: list[str]) -> None:
     parser.add_argument("--budget", default="1GiB")
     parser.add_argument("--resolution", type=float, required=True)
     args = parser.parse_args(argv)
+    prefork()  # as the worker does before its threads start: the catalog child is forked
     config = pipeline.parse_config(
         {
             "datasets": [{"name": "layer", "path": str(args.source), "resampling": args.method}],

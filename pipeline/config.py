@@ -267,6 +267,14 @@ class ResamplingConfig(StrictModel):
         description="Windows warped at once per worker, each on its own thread, while the "
         "previous window is written (1: one warp thread overlapping the writes).",
     )
+    read_threads: int = Field(
+        default=1,
+        ge=0,
+        le=64,
+        description="Threads reading and decoding source windows ahead of the warp threads, "
+        "so decompression overlaps warping (0: each warp thread reads its own window). Local "
+        "executor only: a Dask task reads and warps on its worker.",
+    )
     queue_fraction: float = Field(
         default=0.125,
         gt=0,

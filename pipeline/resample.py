@@ -6,6 +6,14 @@ GDAL computes the source window that window needs (plus the kernel radius and
 capped from the memory budget. Windows are written to the
 :class:`~pipeline.store.LayerStore` and checkpointed one by one.
 
+Three steps overlap: ``resampling.read_threads`` read and decode the next
+windows' source pixels (:func:`read_window_source`), ``resampling.threads``
+warp windows from those decoded crops (:func:`warp_window`, through a virtual
+raster with the source's own size and georeferencing, so every coordinate is
+computed as from the file), and the stage's own thread writes and checkpoints.
+Decompression is about half of a warp's time on deflate GeoTIFFs, so even one
+warp thread keeps both cores busy.
+
 Parity with a whole-raster warp, on every cell. A warp kernel's footprint on
 the source depends on the scale (target pixels per source pixel), and GDAL's
 own whole-raster warp uses a different scale in each of the chunks it splits
@@ -75,6 +83,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import rasterio
+from rasterio.enums import MaskFlags
 from rasterio.enums import Resampling as RioResampling
 from rasterio.vrt import WarpedVRT
 from rasterio.warp import reproject, transform_bounds
@@ -86,10 +95,11 @@ from pipeline.config import DatasetConfig, Resampling
 from pipeline.context import RunContext, StageNode
 from pipeline.coverage import DENSIFY_POINTS, CoverageCounter, footprint, valid_mask
 from pipeline.events import CheckpointEvent
-from pipeline.executor import TaskFuture
+from pipeline.executor import Staged, TaskFuture
 from pipeline.grid import Placement, TargetGrid, place
 from pipeline.source import SourceInfo
 from pipeline.source_names import local_file
+from pipeline.sourcevrt import array_vrt
 from pipeline.store import LayerStore
 from pipeline.warpplan import (
     FILTER_RADIUS,
@@ -125,6 +135,15 @@ ALGORITHM_VERSION = 4
 _MIB = 1024**2
 #: Copies of a window's output alive while it is warped and written (GDAL's buffer, ours).
 OUTPUT_COPIES = 2
+#: Source pixels decoded around a window's own source-window estimate when it is read
+#: ahead of its warp: GDAL's warper rounds its source window outwards and adds the
+#: kernel radius itself, and a pixel it asks for outside the decoded crop would read as
+#: nodata. Parity tests pass with none; this is headroom, and costs a few rows of blocks
+#: that the reader's block cache mostly holds for the neighbouring window anyway.
+CROP_PAD = 8
+#: How a source band's validity is known when it can be warped from a decoded crop:
+#: by its nodata value or not at all (an internal mask or alpha band is not in the crop).
+PLAIN_MASKS = frozenset({MaskFlags.all_valid, MaskFlags.nodata})
 
 
 def output_dtype(method: Resampling, source_dtype: str) -> str:
@@ -198,10 +217,17 @@ def _source_window(
     method: Resampling,
     scale: tuple[float, float],
     margin: int,
+    whole: bool = False,
 ) -> Window | None:
-    """The source pixels a target window needs (kernel radius and margin included)."""
+    """The source pixels a target window needs (kernel radius and margin included).
+
+    ``whole``: None unless every sample point of the window maps onto the source
+    plane (where some do not, GDAL may widen its own source window in ways this
+    estimate does not follow).
+    """
     px, py = _to_source_pixels(source, grid, *_window_samples(window))
-    if np.isnan(px).all():
+    missing = np.isnan(px) | np.isnan(py)
+    if missing.all() or (whole and missing.any()):
         return None
     radius = FILTER_RADIUS.get(method, 0)
     pad_x = math.ceil(radius / min(scale[0], 1.0)) + margin + 1
@@ -230,6 +256,14 @@ def warp_plan(
         cost,
         warp_memory,
     )
+
+
+@dataclass(frozen=True)
+class SourceCrop:
+    """Source pixels of one window, decoded on a reader thread ahead of the window's warp."""
+
+    window: Window
+    data: np.ndarray
 
 
 class ChunkWarper:
@@ -274,26 +308,29 @@ class ChunkWarper:
             vrt.close()
         self._vrts.clear()
 
+    def _warped(self, src: rasterio.io.DatasetReader, scale: tuple[float, float]) -> WarpedVRT:
+        """``src`` warped onto the whole grid with a pinned kernel scale."""
+        grid = self._grid
+        return WarpedVRT(
+            src,
+            crs=grid.crs,
+            transform=grid.transform,
+            width=grid.width,
+            height=grid.height,
+            src_nodata=source_nodata(self._dataset, self._source),
+            nodata=self._nodata,
+            dtype=self._dtype,
+            resampling=RioResampling[self._dataset.resampling.value],
+            XSCALE=repr(scale[0]),
+            YSCALE=repr(scale[1]),
+            SOURCE_EXTRA=self._margin,
+            NUM_THREADS=self._threads,
+        )
+
     def _vrt(self, scale: tuple[float, float]) -> WarpedVRT:
         vrt = self._vrts.get(scale)
         if vrt is None:
-            grid = self._grid
-            vrt = WarpedVRT(
-                self._src,
-                crs=grid.crs,
-                transform=grid.transform,
-                width=grid.width,
-                height=grid.height,
-                src_nodata=source_nodata(self._dataset, self._source),
-                nodata=self._nodata,
-                dtype=self._dtype,
-                resampling=RioResampling[self._dataset.resampling.value],
-                XSCALE=repr(scale[0]),
-                YSCALE=repr(scale[1]),
-                SOURCE_EXTRA=self._margin,
-                NUM_THREADS=self._threads,
-            )
-            self._vrts[scale] = vrt
+            vrt = self._vrts[scale] = self._warped(self._src, scale)
         return vrt
 
     def warp(self, piece: WarpChunk) -> np.ndarray:
@@ -332,18 +369,45 @@ class ChunkWarper:
         )
         return out
 
-    def window(self, window: Window, chunks: list[WarpChunk]) -> np.ndarray:
+    def window(
+        self, window: Window, chunks: list[WarpChunk], crop: SourceCrop | None = None
+    ) -> np.ndarray:
         """One output window, piece by piece along GDAL's chunks.
 
         Cells outside every chunk are ones GDAL's whole-raster warp leaves empty too.
+        With ``crop`` (the window's source pixels, decoded ahead on another thread) the
+        pieces are warped from it, through a virtual raster with the source's own size
+        and georeferencing, so GDAL computes every coordinate as it does from the file.
         """
         out = np.full((int(window.height), int(window.width)), self._nodata, dtype=self._dtype)
         row0, col0 = int(window.row_off), int(window.col_off)
-        for piece in pieces(window, chunks):
-            part = self.warp(piece)
+        parts = pieces(window, chunks)
+        if crop is None:
+            warped = (self.warp(piece) for piece in parts)
+        else:
+            warped = self._from_crop(parts, crop)
+        for piece, part in zip(parts, warped, strict=True):
             r, c = int(piece.window.row_off) - row0, int(piece.window.col_off) - col0
             out[r : r + part.shape[0], c : c + part.shape[1]] = part
         return out
+
+    def _from_crop(self, parts: list[WarpChunk], crop: SourceCrop) -> Iterator[np.ndarray]:
+        """Each piece warped from the decoded crop (see :meth:`window`)."""
+        source, window = self._source, crop.window
+        document = array_vrt(
+            crop.data,
+            int(window.col_off),
+            int(window.row_off),
+            source.width,
+            source.height,
+            self._src.transform,
+            self._src.crs.to_wkt(),
+            self._src.nodatavals[source.band - 1],
+        )
+        with rasterio.Env(GDAL_MEM_ENABLE_OPEN="YES"), rasterio.open(document) as placed:
+            for piece in parts:
+                with self._warped(placed, piece.scale) as vrt:
+                    yield vrt.read(1, window=piece.window)
 
 
 def copy_window(
@@ -405,10 +469,10 @@ def window_cell_bytes(source: SourceInfo, dtype: str, grid: TargetGrid, depth: i
 
 
 def in_flight(threads: int, queue_bytes: float, window_bytes: int) -> int:
-    """How many windows may be warped ahead of the one being written.
+    """How many windows may be read or warped ahead of the one being written.
 
-    One per warp thread plus one waiting to be written keeps every core and the
-    writer busy; fewer when that many windows would not fit the queue's share of
+    One per reader and warp thread plus one waiting to be written keeps every
+    core and the writer busy; fewer when that many windows would not fit the queue's share of
     the memory budget (never fewer than one, which is the serial loop).
     """
     return max(1, min(threads + 1, int(queue_bytes // max(1, window_bytes))))
@@ -437,10 +501,40 @@ class WindowJob:
     dtype: str
     nodata: float
 
+    def warps(self, piece: Window) -> bool:
+        """Is ``piece`` computed by GDAL's warp (not copied, nor reduced by blocks)?"""
+        aligned = self.aligned
+        return not self.placement.passthrough and not (
+            aligned and is_exact(aligned, self.source, piece)
+        )
+
+    def crop(self, piece: Window, src: rasterio.io.DatasetReader) -> SourceCrop | None:
+        """The source pixels ``piece``'s warp reads, decoded now; None where the warp must
+        read the file itself (a window reaching round the antimeridian, one the source
+        plane does not hold whole, a source whose validity is a mask band, not nodata)."""
+        source, grid, method = self.source, self.grid, self.dataset.resampling
+        parts = pieces(piece, list(self.chunks))
+        if not parts or not set(src.mask_flag_enums[source.band - 1]) <= PLAIN_MASKS:
+            return None
+        if _wraps_antimeridian(source, grid, piece):
+            return None
+        scale = (min(p.scale[0] for p in parts), min(p.scale[1] for p in parts))
+        window = _source_window(
+            source, grid, piece, method, scale, self.margin + CROP_PAD, whole=True
+        )
+        if window is None:
+            return None
+        return SourceCrop(window, src.read(source.band, window=window))
+
     def compute(
-        self, piece: Window, warper: ChunkWarper, src: rasterio.io.DatasetReader
+        self,
+        piece: Window,
+        warper: ChunkWarper,
+        src: rasterio.io.DatasetReader,
+        crop: SourceCrop | None = None,
     ) -> np.ndarray:
-        """One window (or piece of one) from an open source: copied, reduced or warped."""
+        """One window (or piece of one) from an open source: copied, reduced or warped
+        (from ``crop`` when it was decoded ahead)."""
         dataset, source, aligned = self.dataset, self.source, self.aligned
         if self.placement.passthrough:
             return copy_window(source, dataset, self.placement, piece, src)
@@ -449,7 +543,7 @@ class WindowJob:
                 source, aligned, dataset.resampling, piece,
                 source_nodata(dataset, source), self.dtype, self.nodata, src, self.warp_memory,
             )  # fmt: skip
-        return warper.window(piece, list(self.chunks))
+        return warper.window(piece, list(self.chunks), crop)
 
 
 #: Per thread: the token of the job whose source it holds open, and that source and warper.
@@ -467,34 +561,56 @@ def _close_opened(key: int) -> None:
         entry[1].close()
 
 
-def compute_window(job: WindowJob, piece: Window) -> np.ndarray:
-    """Compute one piece of ``job`` on this thread (a pool thread or a Dask worker's).
+def _thread_source(job: WindowJob) -> tuple[rasterio.io.DatasetReader, ChunkWarper]:
+    """This thread's open source and :class:`ChunkWarper` for ``job`` (opened on first use).
 
     A GDAL dataset is not thread-safe: each thread opens its own source and
-    :class:`ChunkWarper` (single threaded; the pool is the parallelism) on first
-    use and keeps it for the job's next pieces; a thread moving on to another job
-    closes the previous one's. :func:`release_job` closes them when a job ends.
+    warper (single threaded; the pool is the parallelism) and keeps it for the
+    job's next pieces; a thread moving on to another job closes the previous
+    one's. :func:`release_job` closes them when a job ends. Call within
+    ``rasterio.Env(**job.gdal_env)``.
     """
+    held = getattr(_opened, "entry", None)
+    if held is None or held[0] != job.token or id(held) not in _all_opened:
+        if held is not None:
+            _close_opened(id(held))
+        src = rasterio.open(job.source.name)
+        warper = ChunkWarper(job.source, job.dataset, job.grid, 1, job.margin, src)
+        # On a cluster this line says which Dask worker reads which source
+        # (forwarded with its address); locally, once per thread and dataset.
+        log.info(
+            "%s: opened %s on thread %s",
+            job.dataset.name,
+            job.source.name,
+            threading.current_thread().name,
+            extra={"stage": "resample", "dataset": job.dataset.name},
+        )
+        held = _opened.entry = (job.token, src, warper)
+        with _opened_lock:
+            _all_opened[id(held)] = held
+    return held[1], held[2]
+
+
+def read_window_source(job: WindowJob, piece: Window) -> SourceCrop | None:
+    """Decode the source pixels a warped piece needs (on a reader thread, ahead of its warp)."""
+    if not job.warps(piece):
+        return None
     with rasterio.Env(**job.gdal_env):
-        held = getattr(_opened, "entry", None)
-        if held is None or held[0] != job.token or id(held) not in _all_opened:
-            if held is not None:
-                _close_opened(id(held))
-            src = rasterio.open(job.source.name)
-            warper = ChunkWarper(job.source, job.dataset, job.grid, 1, job.margin, src)
-            # On a cluster this line says which Dask worker reads which source
-            # (forwarded with its address); locally, once per thread and dataset.
-            log.info(
-                "%s: opened %s on thread %s",
-                job.dataset.name,
-                job.source.name,
-                threading.current_thread().name,
-                extra={"stage": "resample", "dataset": job.dataset.name},
-            )
-            held = _opened.entry = (job.token, src, warper)
-            with _opened_lock:
-                _all_opened[id(held)] = held
-        return job.compute(piece, held[2], held[1])
+        src, _ = _thread_source(job)
+        return job.crop(piece, src)
+
+
+def warp_window(job: WindowJob, piece: Window, crop: SourceCrop | None) -> np.ndarray:
+    """Compute one piece of ``job`` on this thread (a pool thread or a Dask worker's),
+    from its decoded ``crop`` when there is one, else reading the source itself."""
+    with rasterio.Env(**job.gdal_env):
+        src, warper = _thread_source(job)
+        return job.compute(piece, warper, src, crop)
+
+
+#: One piece of a job: read ahead on a reader thread, then warped on a compute thread
+#: (locally); read and warped in one task on a Dask worker.
+compute_window = Staged(read_window_source, warp_window)
 
 
 def release_job(token: str) -> None:
@@ -622,7 +738,7 @@ def resample_dataset(
         "GDAL_HTTP_TIMEOUT": math.ceil(ctx.config.catalog.timeout),
     }
     window_bytes = config.window_size**2 * np.dtype(dtype).itemsize
-    slots = ctx.executor.parallelism(config.threads)
+    slots = ctx.executor.parallelism(config.threads) + config.read_threads
     depth = in_flight(slots, ctx.governor.budget * config.queue_fraction, window_bytes)
     ctx.governor.fit(window_cell_bytes(source, dtype, grid, depth), name)
 
@@ -679,7 +795,9 @@ def resample_dataset(
     release = functools.partial(release_job, job.token)
     with (
         rasterio.Env(**gdal_env),
-        ctx.executor.pool(compute_window, job, config.threads, release) as pool,
+        ctx.executor.pool(
+            compute_window, job, config.threads, release, config.read_threads
+        ) as pool,
     ):
         queue: deque[_Queued] = deque()
         for item in work():

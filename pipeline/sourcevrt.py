@@ -95,12 +95,13 @@ def _source(
     dst_rect: tuple[int, int, int, int],
     nodata: float | None,
     unpacking: Unpacking | None,
+    kind: str = "ComplexSource",
 ) -> str:
     def rect(tag: str, r: tuple[int, int, int, int]) -> str:
         return f'<{tag} xOff="{r[0]}" yOff="{r[1]}" xSize="{r[2]}" ySize="{r[3]}"/>'
 
     parts = [
-        "<ComplexSource>",
+        f"<{kind}>",
         f'<SourceFilename relativeToVRT="0">{escape(name)}</SourceFilename>',
         f"<SourceBand>{band}</SourceBand>",
         rect("SrcRect", src_rect),
@@ -111,7 +112,7 @@ def _source(
     if unpacking is not None:
         parts.append(f"<ScaleOffset>{unpacking.offset!r}</ScaleOffset>")
         parts.append(f"<ScaleRatio>{unpacking.scale!r}</ScaleRatio>")
-    parts.append("</ComplexSource>")
+    parts.append(f"</{kind}>")
     return "".join(parts)
 
 
@@ -161,13 +162,54 @@ def build_vrt(
             )
         west = transform.c + wrap.split * transform.a - FULL_TURN
         geotransform = Affine(transform.a, 0.0, west, 0.0, transform.e, transform.f)
-    gt = ", ".join(repr(v) for v in geotransform.to_gdal())
-    nodata_xml = "" if out_nodata is None else f"<NoDataValue>{_number(out_nodata)}</NoDataValue>"
+    return _document(out_width, height, out_dtype, geotransform, crs_wkt, out_nodata, sources)
+
+
+def _document(
+    width: int,
+    height: int,
+    dtype: str,
+    transform: Affine,
+    crs_wkt: str,
+    nodata: float | None,
+    sources: list[str],
+) -> str:
+    """A one-band VRT document (``repr`` keeps every geotransform double exact)."""
+    gt = ", ".join(repr(v) for v in transform.to_gdal())
+    nodata_xml = "" if nodata is None else f"<NoDataValue>{_number(nodata)}</NoDataValue>"
     return (
-        f'<VRTDataset rasterXSize="{out_width}" rasterYSize="{height}">'
+        f'<VRTDataset rasterXSize="{width}" rasterYSize="{height}">'
         f"<SRS>{escape(crs_wkt)}</SRS>"
         f"<GeoTransform>{gt}</GeoTransform>"
-        f'<VRTRasterBand dataType={quoteattr(_GDAL_TYPES[out_dtype])} band="1">'
+        f'<VRTRasterBand dataType={quoteattr(_GDAL_TYPES[dtype])} band="1">'
         f"{nodata_xml}{''.join(sources)}"
         "</VRTRasterBand></VRTDataset>"
     )
+
+
+def array_vrt(
+    array: np.ndarray,
+    col_off: int,
+    row_off: int,
+    width: int,
+    height: int,
+    transform: Affine,
+    crs_wkt: str,
+    nodata: float | None,
+) -> str:
+    """A ``width`` × ``height`` raster with ``transform`` whose only pixels are ``array``,
+    placed at (``col_off``, ``row_off``): a window of a source, already decoded, that GDAL
+    warps with the source's own georeferencing (so its coordinates are computed as for
+    the whole source). The array is read in place through GDAL's MEM driver (which needs
+    ``GDAL_MEM_ENABLE_OPEN=YES``); it must be C-contiguous and outlive every dataset
+    opened on the document.
+    """
+    if not array.flags.c_contiguous:
+        raise ValueError("array_vrt needs a C-contiguous array")
+    rows, cols = array.shape
+    gdal_type = _GDAL_TYPES[array.dtype.name]
+    name = f"MEM:::DATAPOINTER={array.ctypes.data},PIXELS={cols},LINES={rows},DATATYPE={gdal_type}"
+    placed = _source(
+        name, 1, (0, 0, cols, rows), (col_off, row_off, cols, rows), None, None, "SimpleSource"
+    )
+    return _document(width, height, array.dtype.name, transform, crs_wkt, nodata, [placed])

@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager
-from typing import TYPE_CHECKING, Protocol, TypeVar
+from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
 
 if TYPE_CHECKING:
     from pipeline.config import PipelineConfig
@@ -32,6 +32,25 @@ R = TypeVar("R")
 R_co = TypeVar("R_co", covariant=True)
 S = TypeVar("S")
 I = TypeVar("I")  # noqa: E741 - the item type, read as "item"
+P = TypeVar("P")
+
+
+class Staged(Generic[S, I, P, R]):
+    """A task in two steps: ``read`` (I/O: fetch and decode its input) then ``compute``.
+
+    Called as one function it does both, which is what a cluster task and an
+    inline pool do. A local pool opened with ``readers`` runs the reads on reader
+    threads ahead of the compute threads, so decoding the next item's input
+    overlaps computing this one's even with one compute thread. Module-level
+    functions only, so it pickles by reference.
+    """
+
+    def __init__(self, read: Callable[[S, I], P], compute: Callable[[S, I, P], R]) -> None:
+        self.read, self.compute = read, compute
+        self.__name__ = compute.__name__
+
+    def __call__(self, shared: S, item: I) -> R:
+        return self.compute(shared, item, self.read(shared, item))
 
 
 class ExecutorError(RuntimeError):
@@ -71,9 +90,11 @@ class Executor(Protocol):
         shared: S,
         threads: int,
         cleanup: Callable[[], None] | None = None,
+        readers: int = 0,
     ) -> AbstractContextManager[TaskPool[I, R]]:
         """A pool computing ``fn(shared, item)``; ``threads`` is the local pool's size
-        (0: compute inline on submit). ``cleanup`` runs wherever tasks ran, on close."""
+        (0: compute inline on submit). ``cleanup`` runs wherever tasks ran, on close.
+        ``readers``: threads running a :class:`Staged` task's reads ahead (local only)."""
         ...
 
     def settle(self) -> None:

@@ -229,7 +229,9 @@ class DaskExecutor:
         shared: S,
         threads: int,
         cleanup: Callable[[], None] | None = None,
+        readers: int = 0,
     ) -> DaskPool[S, I, R]:
+        """A task reads and computes in one go on its worker (``readers`` is local only)."""
         return DaskPool(self, fn, shared, cleanup)
 
     def settle(self) -> None:
