@@ -734,7 +734,7 @@ def resample_dataset(
     cache_mb = max(1, ctx.governor.gdal_cache_bytes() // _MIB)
     gdal_env = {
         "GDAL_CACHEMAX": cache_mb,
-        "GDAL_NUM_THREADS": config.threads,
+        "GDAL_NUM_THREADS": config.threads + config.read_threads,
         "GDAL_HTTP_TIMEOUT": math.ceil(ctx.config.catalog.timeout),
     }
     window_bytes = config.window_size**2 * np.dtype(dtype).itemsize
