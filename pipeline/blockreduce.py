@@ -141,25 +141,54 @@ def reduce_window(
         rows = min(band, height - row)
         row_start = align.row0 + (int(window.row_off) + row) * fy
         data = src.read(source.band, window=Window(col_start, row_start, width * fx, rows * fy))
-        block = data.astype("float64")
+        valid = data == data  # NaN is never valid
         if src_nodata is not None and not math.isnan(src_nodata):
-            block[data == src_nodata] = np.nan
-        cells = block.reshape(rows, fy, width, fx)
-        count = (~np.isnan(cells)).sum(axis=(1, 3))
-        valid = count > 0
-        out[row : row + rows][valid] = _reduce(cells, count, method)[valid].astype(dtype)
+            valid &= data != src_nodata
+        blocks = _Blocks(rows, fy, width, fx)
+        count = blocks.reduce(valid, np.add, np.int64)
+        has_data = count > 0
+        out[row : row + rows][has_data] = _reduce(data, valid, count, blocks, method)[
+            has_data
+        ].astype(dtype)
     return out
 
 
-def _reduce(cells: np.ndarray, count: np.ndarray, method: Resampling) -> np.ndarray:
-    """Per-cell reduction over the block axes (1, 3), ignoring NaN (invalid) pixels."""
+@dataclass(frozen=True)
+class _Blocks:
+    """A band of ``rows`` × ``width`` cells, each ``fy`` × ``fx`` source pixels."""
+
+    rows: int
+    fy: int
+    width: int
+    fx: int
+
+    def reduce(self, pixels: np.ndarray, ufunc: np.ufunc, dtype: type) -> np.ndarray:
+        """``ufunc`` over each cell's pixels: first down the ``fy`` rows of a block (whole
+        contiguous rows at once), then across the ``fx`` columns, ~4× quicker than one
+        reduction over both block axes of a 4-D view."""
+        down = ufunc.reduce(
+            pixels.reshape(self.rows, self.fy, self.width * self.fx), axis=1, dtype=dtype
+        )
+        return ufunc.reduce(down.reshape(self.rows, self.width, self.fx), axis=2)
+
+
+def _reduce(
+    data: np.ndarray, valid: np.ndarray, count: np.ndarray, blocks: _Blocks, method: Resampling
+) -> np.ndarray:
+    """Per-cell reduction of the valid pixels (cells without any are overwritten by nodata).
+
+    Sums run in float64, as GDAL accumulates, so the order of the additions (rows
+    first, then columns) changes a cell only at float64 rounding, far below the
+    parity tolerance.
+    """
     if method is Resampling.mode:
-        return _mode(cells)
-    if method is Resampling.min:
-        return np.fmin.reduce(cells, axis=(1, 3))
-    if method is Resampling.max:
-        return np.fmax.reduce(cells, axis=(1, 3))
-    total = np.nansum(cells, axis=(1, 3))
+        cells = data.astype("float64")
+        cells[~valid] = np.nan
+        return _mode(cells.reshape(blocks.rows, blocks.fy, blocks.width, blocks.fx))
+    if method in (Resampling.min, Resampling.max):
+        ufunc, neutral = (np.minimum, np.inf) if method is Resampling.min else (np.maximum, -np.inf)
+        return blocks.reduce(np.where(valid, data, neutral), ufunc, np.float64)
+    total = blocks.reduce(np.where(valid, data, 0), np.add, np.float64)
     if method is Resampling.sum:
         return total
     return total / np.maximum(count, 1)
