@@ -46,6 +46,9 @@ by window without any resampling, converting dtype and nodata by the same rule.
 Datasets aligned with the grid at an integer factor (30″ into 5′) are reduced
 block by block for average, sum, min and max, and for mode where that is quicker
 than GDAL's kernel (16-bit integers, small blocks; :mod:`pipeline.blockreduce`).
+Other ``average`` and ``bilinear`` windows of a source in the grid's CRS are
+computed from their decoded crop as two sparse products of per-axis weights,
+GDAL's kernel weights without its per-pixel transforms (:mod:`pipeline.separable`).
 
 Known differences from the reference gdalwarp 3.6 (rasterio bundles GDAL 3.10;
 tests/test_resample.py pins each one down). The first two also show in a
@@ -79,6 +82,7 @@ import os
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass
 
 import numpy as np
@@ -97,6 +101,7 @@ from pipeline.coverage import DENSIFY_POINTS, CoverageCounter, footprint, valid_
 from pipeline.events import CheckpointEvent
 from pipeline.executor import Staged, TaskFuture
 from pipeline.grid import Placement, TargetGrid, place
+from pipeline.separable import SeparableKernel, applies, pixel_masks
 from pipeline.source import SourceInfo
 from pipeline.source_names import local_file
 from pipeline.sourcevrt import array_vrt
@@ -131,7 +136,7 @@ VALUE_PICKING = frozenset(
 #: antimeridian by GDAL (see :func:`_wraps_antimeridian`).
 WRAP_SPAN_DEGREES = 180.0
 #: Bumped whenever the output of the same inputs would change (invalidates stores).
-ALGORITHM_VERSION = 4
+ALGORITHM_VERSION = 5
 _MIB = 1024**2
 #: Copies of a window's output alive while it is warped and written (GDAL's buffer, ours).
 OUTPUT_COPIES = 2
@@ -266,6 +271,10 @@ class SourceCrop:
     data: np.ndarray
 
 
+#: A piece's cells computed by separable weights, and which of them (True: all).
+SeparablePiece = tuple[np.ndarray, np.ndarray | bool]
+
+
 class ChunkWarper:
     """Warps pieces of windows, each with the kernel scale of the GDAL chunk it lies in.
 
@@ -296,6 +305,12 @@ class ChunkWarper:
         self._dtype = output_dtype(dataset.resampling, source.dtype)
         self._nodata = output_nodata(self._dtype, source_nodata(dataset, source))
         self._vrts: dict[tuple[float, float], WarpedVRT] = {}
+        #: ``average``/``bilinear`` within one CRS: computed from a decoded crop by sparse
+        #: products where they can be (:mod:`pipeline.separable`).
+        self.separable = applies(
+            dataset.resampling, src_dataset.crs, grid.crs, src_dataset.transform,
+            grid.transform, self._dtype,
+        )  # fmt: skip
 
     def __enter__(self) -> ChunkWarper:
         return self
@@ -377,7 +392,9 @@ class ChunkWarper:
         Cells outside every chunk are ones GDAL's whole-raster warp leaves empty too.
         With ``crop`` (the window's source pixels, decoded ahead on another thread) the
         pieces are warped from it, through a virtual raster with the source's own size
-        and georeferencing, so GDAL computes every coordinate as it does from the file.
+        and georeferencing, so GDAL computes every coordinate as it does from the file;
+        or, for ``average`` and ``bilinear`` within one CRS, computed from it by separable
+        weights (:mod:`pipeline.separable`).
         """
         out = np.full((int(window.height), int(window.width)), self._nodata, dtype=self._dtype)
         row0, col0 = int(window.row_off), int(window.col_off)
@@ -391,10 +408,46 @@ class ChunkWarper:
             out[r : r + part.shape[0], c : c + part.shape[1]] = part
         return out
 
+    def _separable(self, piece: WarpChunk, crop: SourceCrop) -> SeparablePiece | None:
+        """A piece computed from the crop by separable weights (None: GDAL must warp it)."""
+        src, at, crop_at = self._src, piece.window, crop.window
+        kernel = SeparableKernel.over(
+            self._dataset.resampling, src.transform, (src.height, src.width),
+            (int(crop_at.row_off), int(crop_at.col_off), *crop.data.shape),
+            self._grid.transform,
+            (int(at.row_off), int(at.col_off), int(at.height), int(at.width)), piece.scale,
+        )  # fmt: skip
+        if kernel is None:
+            return None
+        computed = kernel.computed()
+        if computed is not True and not computed.any():
+            return None
+        valid, tainted = pixel_masks(
+            crop.data, source_nodata(self._dataset, self._source), self._dataset.resampling
+        )
+        return kernel.apply(crop.data, valid, self._dtype, self._nodata, tainted), computed
+
     def _from_crop(self, parts: list[WarpChunk], crop: SourceCrop) -> Iterator[np.ndarray]:
-        """Each piece warped from the decoded crop (see :meth:`window`)."""
+        """Each piece from the decoded crop: by separable weights, else GDAL's warp of it
+        (see :meth:`window`; the crop's virtual raster is opened only for the latter)."""
+        with ExitStack() as stack:
+            placed: rasterio.io.DatasetReader | None = None
+            for piece in parts:
+                separable = self._separable(piece, crop) if self.separable else None
+                if separable is not None and separable[1] is True:
+                    yield separable[0]
+                    continue
+                if placed is None:
+                    stack.enter_context(rasterio.Env(GDAL_MEM_ENABLE_OPEN="YES"))
+                    placed = stack.enter_context(rasterio.open(self._crop_vrt(crop)))
+                with self._warped(placed, piece.scale) as vrt:
+                    warped = vrt.read(1, window=piece.window)
+                yield warped if separable is None else np.where(separable[1], separable[0], warped)
+
+    def _crop_vrt(self, crop: SourceCrop) -> str:
+        """A virtual raster of the crop with the source's own size and georeferencing."""
         source, window = self._source, crop.window
-        document = array_vrt(
+        return array_vrt(
             crop.data,
             int(window.col_off),
             int(window.row_off),
@@ -404,10 +457,6 @@ class ChunkWarper:
             self._src.crs.to_wkt(),
             self._src.nodatavals[source.band - 1],
         )
-        with rasterio.Env(GDAL_MEM_ENABLE_OPEN="YES"), rasterio.open(document) as placed:
-            for piece in parts:
-                with self._warped(placed, piece.scale) as vrt:
-                    yield vrt.read(1, window=piece.window)
 
 
 def copy_window(
@@ -543,6 +592,8 @@ class WindowJob:
                 source, aligned, dataset.resampling, piece,
                 source_nodata(dataset, source), self.dtype, self.nodata, src, self.warp_memory,
             )  # fmt: skip
+        if crop is None and warper.separable:  # not read ahead: the sparse products need it
+            crop = self.crop(piece, src)
         return warper.window(piece, list(self.chunks), crop)
 
 

@@ -1,0 +1,277 @@
+"""``average`` and ``bilinear`` onto a grid in the source's own CRS, as two sparse products.
+
+Where the source and the grid share a CRS and neither is rotated, GDAL's
+weight for a source pixel in a cell is a product ``wx · wy`` of one weight per
+axis, and the cell's value is
+
+    Σ wy wx v m / Σ wy wx m      (m: the pixel is valid)
+
+which is ``Wy · (v m) · Wxᵀ`` over ``Wy · m · Wxᵀ``, with two sparse matrices of a
+few non-zeros per row. That is the sum GDAL forms pixel by pixel, in float64
+as GDAL accumulates, so the result differs from GDAL's only at float rounding;
+it skips GDAL's per-pixel coordinate transforms and weight computations
+(measured on a window of 2.5 source pixels a cell: ~0.1 s against GDAL's 0.27 s).
+
+The per-axis weights follow GDAL's kernels:
+
+* ``average`` (``GWKAverageOrMode``): a cell's span ``[lo, hi]`` in source pixel
+  coordinates covers pixels ``floor(lo + ε)`` up to ``ceil(hi - ε)`` (at least one,
+  none past the source's edges), the first weighted ``1 - (lo - first)``, the last
+  ``1 - (last + 1 - hi)``, those between 1. A cell whose edges lie more than
+  GDAL's margin (set by the chunk's scale) outside the source, or that does not
+  reach it, is left empty.
+* ``bilinear`` (``GWKResample``): the triangle ``max(0, 1 - |d · s|)`` over the
+  pixels within ``ceil(1 / s)`` of the cell's centre, ``s`` the chunk's scale
+  (destination pixels per source pixel, at most 1, snapped as GDAL does by
+  :func:`gdal_kernel_scale`); a cell is empty where the
+  source pixel under its centre is invalid, and GDAL divides by the weights'
+  sum only when it is off 1 by more than 1e-5. Only cells whose kernel lies
+  inside the source are computed this way (at the source's edges GDAL's result
+  depends on the source window of its chunk); GDAL computes the others, so each
+  cell's path depends on the cell alone, not on the window it was computed in.
+
+tests/test_separable.py compares every cell with the whole-source warp and with
+the gdalwarp binary, with nodata, partial sources and flipped rows.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse
+from affine import Affine
+
+from pipeline.config import Resampling
+
+#: GDAL's nudge before rounding a source coordinate to a whole pixel (its kernels' 1e-10),
+#: so an edge a rounding error past a pixel boundary does not take in a zero-weight pixel.
+GDAL_ROUND_EPSILON = 1e-10
+#: GDAL skips an ``average`` cell whose corners lie further outside the source than this
+#: many times ``max(1, ceil(1 / scale))`` pixels, ``scale`` its chunk's.
+GDAL_MARGIN_CELLS = 2
+#: ``bilinear``: GDAL leaves the sum as it is when the weights add up to 1 within this.
+GDAL_UNIT_WEIGHT = 1e-5
+#: GDAL takes a downsampling scale as ``1 / n`` when ``1 / scale`` is this close to ``n``.
+GDAL_SCALE_SNAP = 0.05
+#: Methods computed here.
+SEPARABLE = frozenset({Resampling.average, Resampling.bilinear})
+
+#: One axis' weights: (cell, source pixel, weight) triplets.
+Triplets = tuple[np.ndarray, np.ndarray, np.ndarray]
+
+
+def applies(
+    method: Resampling, source_crs: object, grid_crs: object, src: Affine, dst: Affine, dtype: str
+) -> bool:
+    """Is the method's GDAL kernel separable here: same CRS, no rotation, float output?
+
+    Integer outputs are left to GDAL, whose rounding to an integer this module
+    does not copy.
+    """
+    return (
+        method in SEPARABLE
+        and source_crs == grid_crs
+        and src.b == src.d == dst.b == dst.d == 0
+        and np.dtype(dtype).kind == "f"
+    )
+
+
+def _source_coordinates(
+    dst_start: float, dst_step: float, positions: np.ndarray, src_start: float, src_step: float
+) -> np.ndarray:
+    """Grid positions (in cells along one axis) in source pixel coordinates."""
+    return (dst_start + positions * dst_step - src_start) / src_step
+
+
+def average_weights(
+    dst_start: float,
+    dst_step: float,
+    cells: int,
+    src_start: float,
+    src_step: float,
+    pixels: int,
+    scale: float,
+) -> Triplets:
+    """Per cell along one axis: its source pixels and area weights, as GDAL's kernel has them.
+
+    Coordinates are world units along the axis; ``pixels`` is the source's whole
+    size on it, ``scale`` the chunk's (it sets GDAL's margin). The first and last
+    weights keep GDAL's formula with the span unclipped by the source's edges.
+    """
+    edges = _source_coordinates(dst_start, dst_step, np.arange(cells + 1), src_start, src_step)
+    lo = np.minimum(edges[:-1], edges[1:])
+    hi = np.maximum(edges[:-1], edges[1:])
+    margin = GDAL_MARGIN_CELLS * max(1, math.ceil(1 / gdal_kernel_scale(scale)))
+    kept = (
+        (lo >= -margin)
+        & (hi - pixels <= margin)
+        & (hi > -GDAL_ROUND_EPSILON)
+        & (lo < pixels + GDAL_ROUND_EPSILON)
+    )
+    first = np.maximum(np.floor(lo + GDAL_ROUND_EPSILON), 0).astype(np.int64)
+    past = np.minimum(np.ceil(hi - GDAL_ROUND_EPSILON), pixels).astype(np.int64)
+    past += (first == past) & (past < pixels)
+    past = np.where(kept, past, first)
+    width = int((past - first).max(initial=0))
+    offsets = np.arange(width)[None, :]
+    pixel = first[:, None] + offsets
+    inside = pixel < past[:, None]
+    single = (first + 1 == past)[:, None]
+    weight = np.ones(pixel.shape)
+    weight = np.where((offsets == 0) & ~single, 1 - (lo - first)[:, None], weight)
+    weight = np.where(
+        (pixel + 1 == past[:, None]) & (offsets > 0), 1 - (past - hi)[:, None], weight
+    )
+    inside &= weight > 0
+    cell = np.broadcast_to(np.arange(cells)[:, None], pixel.shape)
+    return cell[inside], pixel[inside], weight[inside]
+
+
+def gdal_kernel_scale(scale: float) -> float:
+    """The scale GDAL's kernels use: at most 1, and ``1 / n`` when ``1 / scale`` is within
+    :data:`GDAL_SCALE_SNAP` of a whole ``n`` (GDAL's ``PerformWarp``)."""
+    if scale >= 1:
+        return 1.0
+    whole = math.floor(1 / scale + 0.5)
+    return 1 / whole if abs(1 / scale - whole) < GDAL_SCALE_SNAP else scale
+
+
+def bilinear_weights(
+    dst_start: float,
+    dst_step: float,
+    cells: int,
+    src_start: float,
+    src_step: float,
+    pixels: int,
+    scale: float,
+) -> tuple[Triplets, np.ndarray, np.ndarray]:
+    """Per cell along one axis: GDAL's bilinear taps, the source pixel under its centre,
+    and whether its kernel lies inside the source (cells whose kernel does not get no
+    taps here: GDAL computes them; see the module docstring)."""
+    centres = _source_coordinates(dst_start, dst_step, np.arange(cells) + 0.5, src_start, src_step)
+    scale = gdal_kernel_scale(scale)
+    radius = math.ceil(1 / scale)
+    base = np.floor(centres - 0.5).astype(np.int64)
+    offsets = np.arange(1 - radius, radius + 1)[None, :]
+    pixel = base[:, None] + offsets
+    inner = (base + 1 - radius >= 0) & (base + radius < pixels)
+    weight = np.maximum(0.0, 1 - np.abs((offsets - (centres - 0.5 - base)[:, None]) * scale))
+    used = (weight > 0) & inner[:, None]
+    cell = np.broadcast_to(np.arange(cells)[:, None], pixel.shape)
+    under = np.where(inner, np.floor(centres + GDAL_ROUND_EPSILON), 0).astype(np.int64)
+    return (cell[used], pixel[used], weight[used]), under, inner
+
+
+@dataclass(frozen=True)
+class SeparableKernel:
+    """The two weight matrices of one output window over one decoded source crop."""
+
+    method: Resampling
+    rows: scipy.sparse.csr_matrix  # window rows × crop rows
+    columns: scipy.sparse.csr_matrix  # crop columns × window columns
+    #: bilinear: the crop row and column under each cell's centre.
+    centres: tuple[np.ndarray, np.ndarray] | None = None
+    #: bilinear: the rows and columns whose kernel lies inside the source (the cells of
+    #: both are computed here, the others by GDAL).
+    inner: tuple[np.ndarray, np.ndarray] | None = None
+
+    def computed(self) -> np.ndarray | bool:
+        """Which cells :meth:`apply` computes (True: all of them)."""
+        if self.inner is None or (self.inner[0].all() and self.inner[1].all()):
+            return True
+        return np.outer(self.inner[0], self.inner[1])
+
+    @classmethod
+    def over(
+        cls,
+        method: Resampling,
+        src: Affine,
+        src_size: tuple[int, int],
+        crop: tuple[int, int, int, int],
+        dst: Affine,
+        window: tuple[int, int, int, int],
+        scale: tuple[float, float],
+    ) -> SeparableKernel | None:
+        """The kernel of a window over a crop (each ``row, col, height, width``) of the
+        source (``src``, whole size rows × cols) at the chunk's ``scale`` (x, y); None if
+        the window needs pixels the crop does not hold."""
+        row0, col0, height, width = window
+        crop_row, crop_col, crop_h, crop_w = crop
+        x0, y0 = dst * (col0, row0)
+        if method is Resampling.average:
+            rows = average_weights(y0, dst.e, height, src.f, src.e, src_size[0], scale[1])
+            cols = average_weights(x0, dst.a, width, src.c, src.a, src_size[1], scale[0])
+            centres = inner = None
+        else:
+            rows, under_rows, inner_rows = bilinear_weights(
+                y0, dst.e, height, src.f, src.e, src_size[0], scale[1]
+            )
+            cols, under_cols, inner_cols = bilinear_weights(
+                x0, dst.a, width, src.c, src.a, src_size[1], scale[0]
+            )
+            centres = (
+                np.clip(under_rows - crop_row, 0, crop_h - 1),
+                np.clip(under_cols - crop_col, 0, crop_w - 1),
+            )
+            inner = (inner_rows, inner_cols)
+        row_pixels, col_pixels = rows[1] - crop_row, cols[1] - crop_col
+        if not (_within(row_pixels, crop_h) and _within(col_pixels, crop_w)):
+            return None
+        return cls(
+            method,
+            scipy.sparse.csr_matrix((rows[2], (rows[0], row_pixels)), shape=(height, crop_h)),
+            scipy.sparse.csr_matrix((cols[2], (col_pixels, cols[0])), shape=(crop_w, width)),
+            centres,
+            inner,
+        )
+
+    def apply(
+        self,
+        data: np.ndarray,
+        valid: np.ndarray,
+        dtype: str,
+        nodata: float,
+        tainted: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """The window's cells from the crop's pixels; ``nodata`` where GDAL leaves a cell
+        empty, or where the kernel weighs a ``tainted`` pixel (see :func:`pixel_masks`)."""
+        if valid.all():
+            total = (self.rows @ data.astype(np.float64, copy=False)) @ self.columns
+            weight = np.outer(self.rows.sum(axis=1), self.columns.sum(axis=0))
+        else:
+            total = (self.rows @ np.where(valid, data, 0).astype(np.float64)) @ self.columns
+            weight = (self.rows @ valid.astype(np.float64)) @ self.columns
+        has_data = weight > 0
+        with np.errstate(invalid="ignore", divide="ignore"):
+            value = total / weight
+        if self.centres is not None:
+            rows, cols = self.centres
+            has_data &= valid[np.ix_(rows, cols)]
+            value = np.where(np.abs(weight - 1) <= GDAL_UNIT_WEIGHT, total, value)
+        if tainted is not None:
+            has_data &= (self.rows @ tainted.astype(np.float64)) @ self.columns == 0
+        return np.where(has_data, value, nodata).astype(dtype)
+
+
+def _within(pixels: np.ndarray, size: int) -> bool:
+    return not pixels.size or (pixels.min() >= 0 and pixels.max() < size)
+
+
+def pixel_masks(
+    data: np.ndarray, nodata: float | None, method: Resampling
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Pixels GDAL's kernel counts (not nodata, not NaN), and those that taint a cell.
+
+    ``average`` skips NaN pixels; ``bilinear`` counts a NaN that is not the nodata
+    value as a value, so a cell whose kernel weighs one becomes NaN (empty).
+    """
+    valid = data == data if data.dtype.kind == "f" else np.ones(data.shape, bool)
+    nan_is_nodata = nodata is not None and math.isnan(nodata)
+    if nodata is not None and not nan_is_nodata:
+        valid &= data != nodata
+    tainted = None
+    if method is Resampling.bilinear and data.dtype.kind == "f" and not nan_is_nodata:
+        tainted = np.isnan(data)
+    return valid, tainted if tainted is not None and tainted.any() else None
