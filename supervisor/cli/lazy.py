@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import click
-from click.utils import make_default_short_help
 
 #: Columns click reserves around a command's name in the listing (``Group.format_commands``).
 _NAME_GAP = 6
@@ -32,6 +31,11 @@ class LazyCommand:
 
     target: str
     help: str
+
+    def short_help(self, limit: int) -> str:
+        """``help`` cut to ``limit`` columns the way click cuts a docstring's first line."""
+        # A bare Command runs click's own shortening; its helper function is deprecated.
+        return click.Command(None, help=self.help).get_short_help_str(limit)
 
 
 class LazyGroup(click.Group):
@@ -73,6 +77,6 @@ class LazyGroup(click.Group):
                     continue
                 rows.append((name, command.get_short_help_str(limit)))
             else:
-                rows.append((name, make_default_short_help(self.lazy_commands[name].help, limit)))
+                rows.append((name, self.lazy_commands[name].short_help(limit)))
         with formatter.section("Commands"):
             formatter.write_dl(rows)
