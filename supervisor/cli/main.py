@@ -28,7 +28,8 @@ EXIT_INTERRUPTED = 130
 _CLI = "supervisor.cli."
 
 #: Every verb: where it lives and its short help. ``geod --help`` lists these
-#: without importing a module; a verb's module loads only when it runs.
+#: without importing a module; a verb's module loads only when it runs. A new verb is
+#: decorated with ``@click.command()`` in its module and listed here.
 COMMANDS: dict[str, LazyCommand] = {
     "attach": LazyCommand(
         _CLI + "run_cmds:attach",
