@@ -25,6 +25,7 @@ EXIT_TIMEOUT = 124
 EXIT_INTERRUPTED = 130
 
 
+#: Package of the verb modules named in ``COMMANDS``.
 _CLI = "supervisor.cli."
 
 #: Every verb: where it lives and its short help. ``geod --help`` lists these
