@@ -207,10 +207,16 @@ def test_help_imports_no_verb(no_daemon: dict[str, str]) -> None:
 def test_daemon_verbs_import_none_of_the_data_path(
     args: tuple[str, ...], no_daemon: dict[str, str]
 ) -> None:
-    """The verbs that only talk to the daemon fail cleanly (exit 3) without the data stack."""
+    """The verbs that only talk to the daemon fail cleanly (exit 3) without the data stack.
+
+    ``$GEOD_SOCKET`` names the socket, so the settings (yaml, psutil) are not read either,
+    except by ``stop``, which also waits the daemon's configured kill grace.
+    """
     code, _, stderr = _geod(*args, env=no_daemon)
     assert code == 3, stderr
-    assert _roots(_imported(stderr)) & set(DATA_STACK) == set()
+    imported = _imported(stderr)
+    assert _roots(imported) & set(DATA_STACK) == set()
+    assert ("supervisor.settings" in imported) == (args[0] == "stop")
 
 
 def test_start_validates_its_config_without_the_data_path(
