@@ -12,6 +12,7 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rasterio.transform import array_bounds
 
@@ -21,9 +22,10 @@ from pipeline.context import RunContext, StageNode
 from pipeline.control import StopRequested
 from pipeline.events import SourceEvent
 from pipeline.grid import TargetGrid, place
-from pipeline.resample import resample_dataset
 from pipeline.source import SourceInfo
-from pipeline.store import LayerStore
+
+if TYPE_CHECKING:
+    from pipeline.store import LayerStore
 
 log = logging.getLogger("geod.runner")
 
@@ -69,6 +71,9 @@ class RunState:
     def store(self) -> LayerStore:
         """Opened on first use, so a catalog-only run (``geod check``) writes nothing."""
         if self._store is None:
+            # zarr (~0.2 s to import) loads with the first store a stage opens.
+            from pipeline.store import LayerStore
+
             work_dir = self.config.paths.work_dir
             work_dir.mkdir(parents=True, exist_ok=True)
             self._store = LayerStore(
@@ -111,6 +116,10 @@ def _catalog(ctx: RunContext, state: RunState, node: StageNode) -> None:
 
 
 def _resample(ctx: RunContext, state: RunState, node: StageNode) -> None:
+    # The warp stack (and through the store, zarr) loads when this stage runs, not with
+    # the worker: a catalog-only run (`geod check`) or an invalid config never needs it.
+    from pipeline.resample import resample_dataset
+
     if not state.sources:
         _inspect(ctx, state)
     node.start(total=len(state.sources))
@@ -139,8 +148,9 @@ def run_pipeline(
 ) -> list[Path]:
     """Run ``stages`` in order; returns the output files written.
 
-    The export and analysis stages import their libraries (pyarrow, h5py,
-    scikit-learn…) when they run: a catalog+resample run's memory holds none of them.
+    Each stage after catalog imports its modules when it runs: resample brings the
+    warp stack and zarr, export and analysis their libraries (pyarrow, h5py,
+    scikit-learn…), so a catalog+resample run's memory holds none of the latter.
     """
     config = ctx.config
     grid = TargetGrid.from_config(config.grid)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import shutil
 import socket
@@ -134,6 +135,10 @@ def test_socket_of_another_user_is_permission_denied(short_dir: Path) -> None:
     """
     from supervisor.cli import cli
 
+    # `geod` imports a verb's module when it runs, and ``nobody`` may not read the
+    # interpreter's libraries (under /root here): import what `runs` needs beforehand.
+    for module in ("supervisor.cli.run_cmds", "supervisor.client"):
+        importlib.import_module(module)
     path = short_dir / "geod.sock"
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(str(path))

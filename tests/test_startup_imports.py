@@ -1,4 +1,4 @@
-"""`geod status` starts without the data path's heavy libraries.
+"""`geod` verbs and the worker start without libraries they do not use.
 
 A status query runs often (scripts, prompts, watch loops); importing rasterio,
 zarr or scipy would cost it most of a second on every call. The check runs in
@@ -12,7 +12,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import click
+import pytest
+
 from pipeline.contract import SOCKET_ENV
+from supervisor.cli.main import COMMANDS, cli
+from tests.conftest import write_demo_config
+
+#: Help widths the command table's short help is checked at (narrow to wide terminals).
+SHORT_HELP_LIMITS = (20, 45, 60, 80, 120, 200)
 
 #: Libraries only the data path needs.
 HEAVY = ("rasterio", "zarr", "scipy", "xarray", "numcodecs")
@@ -116,3 +124,168 @@ def test_geod_run_cli_leaves_the_data_stack_to_its_worker() -> None:
         [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
     )
     assert json.loads(result.stdout.strip().splitlines()[-1]) == []
+
+
+#: What no client-side verb needs: the data path, its columnar/array stack and Dask.
+DATA_STACK = (*HEAVY, "pyarrow", "dask", "distributed", "numpy", "minisom", "matplotlib")
+
+
+def _imported(stderr: str) -> set[str]:
+    """Every module a ``python -X importtime`` run imported, from its ``import time:`` lines."""
+    names = set()
+    for line in stderr.splitlines():
+        if line.startswith("import time:") and "|" in line:
+            name = line.rsplit("|", 1)[1].strip()
+            if name != "imported package":  # the header line
+                names.add(name)
+    return names
+
+
+def _geod(*args: str, env: dict[str, str], columns: int | None = None) -> tuple[int, str, str]:
+    """``geod ARGS`` in a fresh interpreter under ``-X importtime``: (exit code, stdout, stderr)."""
+    if columns is not None:
+        env = {**env, "COLUMNS": str(columns)}
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-X",
+            "importtime",
+            "-c",
+            "from supervisor.cli import main; main()",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    return result.returncode, result.stdout, result.stderr
+
+
+def _roots(modules: set[str]) -> set[str]:
+    return {name.split(".")[0] for name in modules}
+
+
+@pytest.fixture
+def no_daemon(tmp_path: Path) -> dict[str, str]:
+    """An environment whose socket has no daemon behind it (``geod`` exits 3)."""
+    return {
+        SOCKET_ENV: str(tmp_path / "absent.sock"),
+        "PATH": "/usr/bin:/bin",
+        "HOME": str(tmp_path),
+    }
+
+
+def test_help_imports_no_verb(no_daemon: dict[str, str]) -> None:
+    """``geod --help`` lists the verbs from the table: no verb module, pydantic or rich loads."""
+    code, _, stderr = _geod("--help", env=no_daemon)
+    assert code == 0, stderr
+    imported = _imported(stderr)
+    assert _roots(imported) & {*DATA_STACK, "pydantic", "rich", "psycopg2", "yaml"} == set()
+    assert {name for name in imported if name.startswith("pipeline")} == set()
+    assert {name for name in imported if name.startswith("supervisor.cli.")} == {
+        "supervisor.cli.main",
+        "supervisor.cli.lazy",
+    }
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("status",),
+        ("status", "some-run"),
+        ("runs",),
+        ("pause", "some-run"),
+        ("resume", "--all"),
+        ("kill", "some-run"),
+        ("logs", "some-run"),
+        ("logs", "-f", "some-run"),
+        ("stop",),
+    ],
+    ids=" ".join,
+)
+def test_daemon_verbs_import_none_of_the_data_path(
+    args: tuple[str, ...], no_daemon: dict[str, str]
+) -> None:
+    """The verbs that only talk to the daemon fail cleanly (exit 3) without the data stack.
+
+    ``$GEOD_SOCKET`` names the socket, so the settings (yaml, psutil) are not read either,
+    except by ``stop``, which also waits the daemon's configured kill grace.
+    """
+    code, _, stderr = _geod(*args, env=no_daemon)
+    assert code == 3, stderr
+    imported = _imported(stderr)
+    assert _roots(imported) & set(DATA_STACK) == set()
+    assert ("supervisor.settings" in imported) == (args[0] == "stop")
+
+
+def test_start_validates_its_config_without_the_data_path(
+    tmp_path: Path, no_daemon: dict[str, str]
+) -> None:
+    """``geod start`` checks the config client-side (pydantic) before any daemon; no rasterio."""
+    config = tmp_path / "bad.yml"
+    config.write_text("datasets: []\nno_such_section: 1\n")
+    code, _, stderr = _geod("start", str(config), env=no_daemon)
+    assert code == 2, stderr
+    imported = _imported(stderr)
+    assert "pipeline.config" in imported  # it did validate
+    assert _roots(imported) & set(DATA_STACK) == set()
+
+
+def test_help_lists_every_verb_with_its_help(no_daemon: dict[str, str]) -> None:
+    """The lazy listing still shows each verb with its one-line help, as click would.
+
+    click caps help at 80 columns, so a long line ends in "..." after a prefix of it.
+    """
+    code, stdout, stderr = _geod("--help", env=no_daemon)
+    assert code == 0, stderr
+    listing = stdout.split("Commands:", 1)[1]
+    rows = dict(line.strip().split(None, 1) for line in listing.strip().splitlines())
+    assert sorted(rows) == sorted(COMMANDS)
+    for name, shown in rows.items():
+        full = COMMANDS[name].help
+        assert shown == full or (shown.endswith("...") and full.startswith(shown[:-3])), name
+
+
+@pytest.mark.parametrize("name", sorted(COMMANDS))
+def test_command_table_matches_each_verb(name: str) -> None:
+    """Each table entry loads the verb of that name, and its help is the verb's short help.
+
+    ``geod --help`` prints the table's help without importing the verb, so a docstring
+    edit that is not copied into ``COMMANDS`` would otherwise go unnoticed.
+    """
+    command = cli.get_command(click.Context(cli), name)
+    assert command is not None and command.name == name
+    for limit in SHORT_HELP_LIMITS:
+        assert COMMANDS[name].short_help(limit) == command.get_short_help_str(limit)
+
+
+_STAGE_PROBE = """
+import json, sys
+from pipeline.worker import main
+code = main([CONFIG, "--stages", STAGES])
+print(json.dumps({"code": code, "loaded": sorted({m.split(".")[0] for m in sys.modules})}))
+"""
+
+
+@pytest.mark.parametrize(
+    ("stages", "absent"),
+    [
+        ("catalog", ("zarr", "pyarrow", "scipy", "minisom", "matplotlib", "h5py")),
+        ("catalog,resample", ("pyarrow", "scipy", "minisom", "matplotlib", "h5py")),
+    ],
+)
+def test_worker_imports_a_stage_when_it_runs(
+    stages: str, absent: tuple[str, ...], tmp_path: Path, demo_dir: Path
+) -> None:
+    """A worker run imports only the stages it runs: catalog alone loads no zarr, and
+    catalog+resample none of export's (pyarrow, h5py) or analysis's (scipy, minisom)."""
+    # No end-of-run report: it draws with matplotlib whatever stages ran.
+    config = write_demo_config(tmp_path, demo_dir, report=False)
+    script = f"CONFIG = {str(config)!r}\nSTAGES = {stages!r}\n{_STAGE_PROBE}"
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=240
+    )
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["code"] == 0, result.stderr
+    assert set(report["loaded"]) & set(absent) == set()

@@ -15,7 +15,7 @@ import click
 from supervisor import formatting
 from supervisor.cli import render
 from supervisor.cli.connection import connect, fail, json_option, socket_option
-from supervisor.cli.main import EXIT_USAGE, cli
+from supervisor.cli.main import EXIT_USAGE
 from supervisor.protocol import CleanParams
 from supervisor.settings import parse_duration
 
@@ -29,7 +29,7 @@ def _duration(_ctx: click.Context, _param: click.Parameter, value: str | None) -
         raise click.BadParameter(str(exc)) from None
 
 
-@cli.command()
+@click.command()
 @click.argument("runs", nargs=-1, metavar="[RUN]...")
 @click.option("--done", is_flag=True, help="Every run that ended done.")
 @click.option(

@@ -22,7 +22,7 @@ from supervisor.cli.connection import (
     socket_option,
 )
 from supervisor.cli.follow import wait_for_final_state
-from supervisor.cli.main import EXIT_FAILED, EXIT_NO_DAEMON, EXIT_OK, EXIT_USAGE, cli
+from supervisor.cli.main import EXIT_FAILED, EXIT_NO_DAEMON, EXIT_OK, EXIT_USAGE
 from supervisor.cli.timespec import Moment, Span
 from supervisor.protocol import LABEL_KEY, SubmitParams
 from supervisor.settings import SYSTEM_SOCKET, Settings, SettingsError, load_settings
@@ -56,7 +56,7 @@ def _load_settings(settings_path: Path | None, system: bool) -> Settings:
         fail(str(exc), EXIT_USAGE)
 
 
-@cli.command()
+@click.command()
 @_settings_option
 @_system_option
 def serve(settings_path: Path | None, system: bool) -> None:
@@ -70,7 +70,7 @@ def serve(settings_path: Path | None, system: bool) -> None:
     sys.exit(serve_foreground(_load_settings(settings_path, system)))
 
 
-@cli.command()
+@click.command()
 @click.argument("config", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--name", help="Run name shown by status (default: from the config).")
 @click.option(
@@ -199,7 +199,7 @@ def _ensure_daemon(settings: Settings, timeout: float) -> None:
     click.echo(f"geod: daemon started (log: {log_path(settings)})", err=True)
 
 
-@cli.command()
+@click.command()
 @click.option(
     "--timeout",
     type=click.FloatRange(min=0),

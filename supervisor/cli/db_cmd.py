@@ -19,7 +19,7 @@ import psycopg2
 from psycopg2.extensions import make_dsn, parse_dsn
 
 from supervisor.cli.connection import fail
-from supervisor.cli.main import EXIT_FAILED, EXIT_USAGE, cli
+from supervisor.cli.main import EXIT_FAILED, EXIT_USAGE
 from supervisor.database import Database, configured_url, open_database
 from supervisor.embedded import EmbeddedError, EmbeddedPostgres, psql_path
 from supervisor.settings import Settings, SettingsError, load_settings
@@ -57,7 +57,7 @@ def _open(settings: Settings, keep_running: bool = False) -> Database:
         fail(str(exc), EXIT_FAILED)
 
 
-@cli.group("db")
+@click.group("db")
 @click.option(
     "--config",
     "settings_path",

@@ -16,7 +16,7 @@ import click
 
 from pipeline.config import ConfigError, ExportFormat, load_config
 from pipeline.contract import DATABASE_URL_ENV
-from supervisor.cli.main import EXIT_USAGE, cli
+from supervisor.cli.main import EXIT_USAGE
 from supervisor.cli.pipeline_cmds import run_in_foreground
 from supervisor.runs import CONFIG_NAME, WORK_NAME
 
@@ -37,7 +37,7 @@ def parse_formats(values: tuple[str, ...]) -> list[str]:
     return formats
 
 
-@cli.command("export")
+@click.command("export")
 @click.argument("run_dir", type=click.Path(path_type=Path, file_okay=False))
 @click.option(
     "--format",

@@ -9,13 +9,12 @@ import click
 
 from supervisor.cli import render
 from supervisor.cli.connection import connect, fail, socket_option
-from supervisor.cli.main import cli
 
 #: Rows a map may take when stdout is not a terminal (its width decides otherwise).
 FALLBACK_ROWS = 20
 
 
-@cli.command(name="map")
+@click.command(name="map")
 @click.argument("run")
 @click.option("--dataset", help="Only this dataset (default: every one, in order).")
 @click.option("--width", type=int, default=None, help="Columns (default: the terminal's).")

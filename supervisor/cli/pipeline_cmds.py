@@ -19,7 +19,7 @@ import click
 from pipeline.config import ConfigError, PipelineConfig, load_config
 from pipeline.contract import EVENTS_FD_ENV, PROBLEM_LEVELS, WORKER_EXIT_INPUT
 from pipeline.events import Event, LogEvent, SourceEvent, StateEvent, decode
-from supervisor.cli.main import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, cli
+from supervisor.cli.main import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
 from supervisor.cli.progress_view import ProgressView
 
 #: Where ``geod demo-data`` writes when no directory is given: what config.yml uses.
@@ -93,7 +93,7 @@ def run_worker(
     return code, last_state
 
 
-@cli.command()
+@click.command()
 @click.argument("config_path", metavar="CONFIG", type=click.Path(path_type=Path))
 @click.option("--work-dir", type=click.Path(path_type=Path), help="Override paths.work_dir.")
 @click.option(
@@ -130,7 +130,7 @@ def run_in_foreground(
         click.echo(f"wrote {output}")
 
 
-@cli.command()
+@click.command()
 @click.argument("config_path", metavar="CONFIG", type=click.Path(path_type=Path))
 def check(config_path: Path) -> None:
     """Validate CONFIG and inspect every input's header; runs nothing."""
@@ -168,7 +168,7 @@ class _CheckView(ProgressView):
             click.echo(f"  {event.dataset}: {event.width}×{event.height} {event.dtype} {event.crs}")
 
 
-@cli.command("demo-data")
+@click.command("demo-data")
 @click.argument(
     "directory", required=False, default=DEFAULT_DEMO_DIR, type=click.Path(path_type=Path)
 )

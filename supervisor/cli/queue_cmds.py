@@ -16,11 +16,11 @@ import click
 from supervisor.cli import render
 from supervisor.cli.connection import connect, json_option, resolve_socket, socket_option
 from supervisor.cli.follow import wait_for_runs
-from supervisor.cli.main import EXIT_FAILED, EXIT_OK, EXIT_TIMEOUT, cli
+from supervisor.cli.main import EXIT_FAILED, EXIT_OK, EXIT_TIMEOUT
 from supervisor.protocol import FINAL_STATES, QueueSettings, RunSummary
 
 
-@cli.command(context_settings={"ignore_unknown_options": True})
+@click.command(context_settings={"ignore_unknown_options": True})
 @click.argument("run")
 @click.argument("priority", type=int)
 @socket_option
@@ -31,7 +31,7 @@ def priority(run: str, priority: int, socket_path: Path | None) -> None:
     click.echo(f"{summary.id}\tpriority {summary.priority}\t{render.state_text(summary).plain}")
 
 
-@cli.command()
+@click.command()
 @click.argument("concurrency", type=click.IntRange(min=1), required=False)
 @json_option
 @socket_option
@@ -58,7 +58,7 @@ def parallel(concurrency: int | None, as_json: bool, socket_path: Path | None) -
         )
 
 
-@cli.command()
+@click.command()
 @click.argument("runs", nargs=-1)
 @click.option("--all", "all_runs", is_flag=True, help="Every run not yet done, failed or killed.")
 @click.option(

@@ -24,7 +24,7 @@ from pathlib import Path
 import click
 import psycopg2
 
-from supervisor.cli.main import EXIT_UNKNOWN_RUN, EXIT_USAGE, cli
+from supervisor.cli.main import EXIT_UNKNOWN_RUN, EXIT_USAGE
 from supervisor.database import configured_url, open_database
 from supervisor.embedded import EmbeddedPostgres
 from supervisor.runs import CONFIG_NAME, EVENTS_NAME, RUN_ID_PATTERN, WORK_NAME
@@ -149,7 +149,7 @@ def report_arguments(location: RunLocation) -> Iterator[list[str]]:
         yield args + (extra or [])
 
 
-@cli.command("report")
+@click.command("report")
 @click.argument("run")
 @click.option(
     "-o", "--output", type=click.Path(path_type=Path), help="Default: OUTPUT_DIR/report.html."
@@ -163,7 +163,7 @@ def report(run: str, output: Path | None) -> None:
         sys.exit(subprocess.call([sys.executable, "-m", "pipeline.report", *args]))
 
 
-@cli.command("open")
+@click.command("open")
 @click.argument("run")
 def open_stack(run: str) -> None:
     """Show RUN's merged stack as xarray sees it (pipeline.stack.open_stack in Python)."""

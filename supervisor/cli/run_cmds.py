@@ -29,7 +29,7 @@ from supervisor.cli.connection import (
     socket_option,
 )
 from supervisor.cli.follow import follow_logs
-from supervisor.cli.main import EXIT_FAILED, cli
+from supervisor.cli.main import EXIT_FAILED
 from supervisor.protocol import RunSummary, Selection
 
 if TYPE_CHECKING:
@@ -41,7 +41,7 @@ DEFAULT_LOG_LINES = 50
 TUI_COMMAND = "geo-tui"
 
 
-@cli.command()
+@click.command()
 @click.argument("run", required=False)
 @json_option
 @socket_option
@@ -85,7 +85,7 @@ def _run_with_stages(socket_path: Path | None, run: str) -> RunSummary:
     return summary.model_copy(update={"stages": stages})
 
 
-@cli.command()
+@click.command()
 @json_option
 @socket_option
 def runs(as_json: bool, socket_path: Path | None) -> None:
@@ -116,7 +116,7 @@ def _control(
         click.echo(f"{summary.id}\t{verb} requested\t{render.state_text(summary).plain}")
 
 
-@cli.command()
+@click.command()
 @run_selection()
 @socket_option
 def pause(selection: Selection, socket_path: Path | None) -> None:
@@ -128,7 +128,7 @@ def pause(selection: Selection, socket_path: Path | None) -> None:
     _control("pause", socket_path, lambda client: client.pause(selection))
 
 
-@cli.command()
+@click.command()
 @run_selection()
 @socket_option
 def resume(selection: Selection, socket_path: Path | None) -> None:
@@ -136,7 +136,7 @@ def resume(selection: Selection, socket_path: Path | None) -> None:
     _control("resume", socket_path, lambda client: client.resume(selection))
 
 
-@cli.command()
+@click.command()
 @run_selection()
 @click.option("--force", is_flag=True, help="SIGKILL the whole process group now, no checkpoint.")
 @socket_option
@@ -145,7 +145,7 @@ def kill(selection: Selection, force: bool, socket_path: Path | None) -> None:
     _control("kill", socket_path, lambda client: client.kill(selection, force))
 
 
-@cli.command()
+@click.command()
 @run_selection(allow_all=False)
 @socket_option
 def retry(selection: Selection, socket_path: Path | None) -> None:
@@ -155,7 +155,7 @@ def retry(selection: Selection, socket_path: Path | None) -> None:
     _control("retry", socket_path, lambda client: [client.retry(run_id)])
 
 
-@cli.command()
+@click.command()
 @click.argument("run")
 @click.option("-f", "--follow", is_flag=True, help="Keep printing new records as they arrive.")
 @click.option(
@@ -204,7 +204,7 @@ def _print_record(console: Any, record: LogEvent, as_json: bool) -> None:
         console.print(render.log_line(record))
 
 
-@cli.command()
+@click.command()
 @click.argument("run", required=False)
 @socket_option
 def attach(run: str | None, socket_path: Path | None) -> None:

@@ -10,7 +10,6 @@ from rich.table import Table
 from supervisor import formatting
 from supervisor.cli import render
 from supervisor.cli.connection import connect, json_option, socket_option
-from supervisor.cli.main import cli
 from supervisor.protocol import WatchedSource
 
 
@@ -39,7 +38,7 @@ def sources_table(sources: list[WatchedSource]) -> Table:
     return table
 
 
-@cli.command()
+@click.command()
 @click.option("--rule", help="Only this watch rule's files.")
 @json_option
 @socket_option
