@@ -78,32 +78,36 @@ def applies(
     )
 
 
-def _source_coordinates(
-    dst_start: float, dst_step: float, positions: np.ndarray, src_start: float, src_step: float
-) -> np.ndarray:
-    """Grid positions (in cells along one axis) in source pixel coordinates."""
-    return (dst_start + positions * dst_step - src_start) / src_step
+@dataclass(frozen=True)
+class Axis:
+    """One axis of a window over the source: where its cells and the source's pixels
+    start and how far apart they are (world units), how many of each, and the chunk's
+    kernel scale on it (destination pixels per source pixel)."""
+
+    dst_start: float
+    dst_step: float
+    cells: int
+    src_start: float
+    src_step: float
+    pixels: int
+    scale: float
+
+    def to_source(self, positions: np.ndarray) -> np.ndarray:
+        """Positions along the window (in cells) in source pixel coordinates."""
+        return (self.dst_start + positions * self.dst_step - self.src_start) / self.src_step
 
 
-def average_weights(
-    dst_start: float,
-    dst_step: float,
-    cells: int,
-    src_start: float,
-    src_step: float,
-    pixels: int,
-    scale: float,
-) -> Triplets:
+def average_weights(axis: Axis) -> Triplets:
     """Per cell along one axis: its source pixels and area weights, as GDAL's kernel has them.
 
-    Coordinates are world units along the axis; ``pixels`` is the source's whole
-    size on it, ``scale`` the chunk's (it sets GDAL's margin). The first and last
+    The chunk's scale sets GDAL's margin. The first and last
     weights keep GDAL's formula with the span unclipped by the source's edges.
     """
-    edges = _source_coordinates(dst_start, dst_step, np.arange(cells + 1), src_start, src_step)
+    cells, pixels = axis.cells, axis.pixels
+    edges = axis.to_source(np.arange(cells + 1))
     lo = np.minimum(edges[:-1], edges[1:])
     hi = np.maximum(edges[:-1], edges[1:])
-    margin = GDAL_MARGIN_CELLS * max(1, math.ceil(1 / gdal_kernel_scale(scale)))
+    margin = GDAL_MARGIN_CELLS * max(1, math.ceil(1 / gdal_kernel_scale(axis.scale)))
     kept = (
         (lo >= -margin)
         & (hi - pixels <= margin)
@@ -138,20 +142,13 @@ def gdal_kernel_scale(scale: float) -> float:
     return 1 / whole if abs(1 / scale - whole) < GDAL_SCALE_SNAP else scale
 
 
-def bilinear_weights(
-    dst_start: float,
-    dst_step: float,
-    cells: int,
-    src_start: float,
-    src_step: float,
-    pixels: int,
-    scale: float,
-) -> tuple[Triplets, np.ndarray, np.ndarray]:
+def bilinear_weights(axis: Axis) -> tuple[Triplets, np.ndarray, np.ndarray]:
     """Per cell along one axis: GDAL's bilinear taps, the source pixel under its centre,
     and whether its kernel lies inside the source (cells whose kernel does not get no
     taps here: GDAL computes them; see the module docstring)."""
-    centres = _source_coordinates(dst_start, dst_step, np.arange(cells) + 0.5, src_start, src_step)
-    scale = gdal_kernel_scale(scale)
+    cells, pixels = axis.cells, axis.pixels
+    centres = axis.to_source(np.arange(cells) + 0.5)
+    scale = gdal_kernel_scale(axis.scale)
     radius = math.ceil(1 / scale)
     base = np.floor(centres - 0.5).astype(np.int64)
     offsets = np.arange(1 - radius, radius + 1)[None, :]
@@ -199,18 +196,15 @@ class SeparableKernel:
         the window needs pixels the crop does not hold."""
         row0, col0, height, width = window
         crop_row, crop_col, crop_h, crop_w = crop
-        x0, y0 = dst * (col0, row0)
+        x0, y0 = dst @ (col0, row0)
+        along_rows = Axis(y0, dst.e, height, src.f, src.e, src_size[0], scale[1])
+        along_cols = Axis(x0, dst.a, width, src.c, src.a, src_size[1], scale[0])
         if method is Resampling.average:
-            rows = average_weights(y0, dst.e, height, src.f, src.e, src_size[0], scale[1])
-            cols = average_weights(x0, dst.a, width, src.c, src.a, src_size[1], scale[0])
+            rows, cols = average_weights(along_rows), average_weights(along_cols)
             centres = inner = None
         else:
-            rows, under_rows, inner_rows = bilinear_weights(
-                y0, dst.e, height, src.f, src.e, src_size[0], scale[1]
-            )
-            cols, under_cols, inner_cols = bilinear_weights(
-                x0, dst.a, width, src.c, src.a, src_size[1], scale[0]
-            )
+            rows, under_rows, inner_rows = bilinear_weights(along_rows)
+            cols, under_cols, inner_cols = bilinear_weights(along_cols)
             centres = (
                 np.clip(under_rows - crop_row, 0, crop_h - 1),
                 np.clip(under_cols - crop_col, 0, crop_w - 1),

@@ -170,7 +170,7 @@ def test_applies_to_average_and_bilinear_within_one_crs_to_float_outputs() -> No
     assert not applies(Resampling.average, crs, crs, t, t, "int16")
     equal_area = rasterio.crs.CRS.from_epsg(6933)
     assert not applies(Resampling.average, equal_area, crs, t, t, "float32")
-    rotated = t * Affine.rotation(1.0)
+    rotated = t @ Affine.rotation(1.0)
     assert not applies(Resampling.average, crs, crs, rotated, t, "float32")
 
 
