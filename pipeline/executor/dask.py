@@ -28,10 +28,10 @@ the run's own RSS near its budget would.
 Telemetry: every ``telemetry.memory_interval`` the scheduler's view of each
 worker (process memory, memory limit, status) becomes a
 :class:`~pipeline.events.MemoryEvent` labelled with the worker's address; a
-worker Dask paused for memory is a warning log record. Log records of the
-``geod`` loggers inside tasks are forwarded to the run's worker
-(``Client.forward_logging``) and become LogEvents whose ``extra.worker`` is the
-Dask worker's address.
+worker Dask paused for memory is a warning log record (its unpausing an info
+one). Log records of the ``geod`` loggers inside tasks are forwarded to the
+run's worker (``Client.forward_logging``) and become LogEvents whose
+``extra.worker`` is the Dask worker's address.
 """
 
 from __future__ import annotations
@@ -485,6 +485,15 @@ class DaskExecutor:
                     "Dask worker %s paused for memory (%s of %s): it starts no task until "
                     "it is below distributed.worker.memory.pause",
                     address,
+                    format_bytes(int(info["metrics"]["memory"])),
+                    format_bytes(int(info.get("memory_limit") or 0)),
+                    extra={"worker": address},
+                )
+            if previous == PAUSED_STATUS and status != PAUSED_STATUS:
+                log.info(
+                    "Dask worker %s is %s again (%s of %s): it starts tasks",
+                    address,
+                    status,
                     format_bytes(int(info["metrics"]["memory"])),
                     format_bytes(int(info.get("memory_limit") or 0)),
                     extra={"worker": address},
