@@ -69,6 +69,8 @@ I = TypeVar("I")  # noqa: E741 - the item type
 FORWARDED_LOGGER = "geod"
 #: ``MemoryEvent.operation`` of the per-Dask-worker samples.
 DASK_WORKER_SAMPLE = "dask-worker"
+#: Milliseconds per second, for the pool's summary line.
+MS = 1000.0
 #: Dask's status of a worker that stopped starting tasks for memory.
 PAUSED_STATUS = "paused"
 
@@ -289,7 +291,27 @@ class DaskPool(Generic[S, I, R]):
         self._executor.live.add(dask_future)
 
     def close(self) -> None:
-        """Cancel unfinished tasks and waiting items, drop the shared object, run the cleanup."""
+        """Cancel unfinished tasks and waiting items, drop the shared object, run the cleanup.
+
+        Logs how the items were batched (``extra``: items, tasks, batch,
+        per_item_ms), so a run's log shows what the per-task cost was spread over.
+        """
+        if self._measured_items:
+            per_item_ms = MS * self._measured_seconds / self._measured_items
+            log.info(
+                "%s: %d item(s) in %d Dask task(s), batch %d, %.2f ms per item on the workers",
+                self._name,
+                self._measured_items,
+                self.tasks,
+                self.batch,
+                per_item_ms,
+                extra={
+                    "items": self._measured_items,
+                    "tasks": self.tasks,
+                    "batch": self.batch,
+                    "per_item_ms": round(per_item_ms, 3),
+                },
+            )
         with self._lock:
             for _, future in self._waiting:
                 future.cancelled = True
