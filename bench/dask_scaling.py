@@ -1,22 +1,27 @@
 """Resampling the demo layers with the local executor and on a LocalCluster of 1 and 2 workers.
 
-    .venv/bin/python bench/dask_scaling.py [--size small|medium|large] [--window 256] [--dir DIR]
+    .venv/bin/python bench/dask_scaling.py [--size small|medium|large] [--window 256]
+        [--task-items N] [--repeat N] [--dir DIR]
 
 The same multi-layer job (the four demo layers onto the demo's 5 arc-minute
-grid, ``--stages resample``, ``--window``-pixel windows: one task per window)
-runs as ``python -m pipeline.worker`` four times: ``executor: local`` with 1 and
-2 threads, and ``executor: dask`` with a LocalCluster of 1 and 2 worker
-processes of one thread each. Times are the resample stage's, from its stage
-events in the run's ``events.ndjson`` (starting and stopping the cluster is not
-counted; it is printed apart).
+grid, ``--stages resample``, ``--window``-pixel windows) runs as ``python -m
+pipeline.worker`` four times per round: ``executor: local`` with 1 and 2
+threads, and ``executor: dask`` with a LocalCluster of 1 and 2 worker processes
+of one thread each, batching up to ``--task-items`` windows per Dask task
+(``dask.task_items``; 1 is one task per window). ``--repeat`` rounds alternate
+the four setups; the fastest stage time of each counts. Times are the resample
+stage's, from its stage events the worker writes to its events descriptor; starting the
+cluster is not counted in them and is printed apart (Dask run's time from its
+first event to the stage start, minus the local run's).
 
-Printed: each stage time; the speed-up of 2 Dask workers over 1 (target ≥ 1.7 on
-a 2-core machine); Dask against local at equal cores (target ≤ 1.2); and the
-overhead per task, (Dask 1 worker − local 1 thread) / tasks: scheduling,
-pickling the window to the worker and its result back. The CPU seconds of each
-whole run (worker, scheduler and Dask workers) are steadier than wall times on
-a shared machine. The load average is printed before and after: the wall
-figures mean something on a quiet machine only.
+Printed: the load average (``uptime``) before and after; per setup the stage
+time, ms per window, Dask tasks and ms per task (stage time / tasks), the
+workers' own ms per window (from the pool's summary record), the whole run's
+wall and CPU seconds (worker, scheduler and Dask workers; steadier than wall
+times on a shared machine); the speed-up of 2 Dask workers over 1 (target ≥ 1.7
+on a 2-core machine); Dask against local at equal cores (target ≤ 1.2); and the
+overhead per task, (Dask 1 worker − local 1 thread) / tasks. The wall figures
+mean something on a quiet machine only.
 """
 
 from __future__ import annotations
@@ -29,13 +34,17 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline.contract import EVENTS_FD_ENV
 from pipeline.demo import SIZES, generate, write_demo_config
-from pipeline.events import StageEvent
-from pipeline.report.history import HISTORY_NAME, read_history
+from pipeline.events import LogEvent, StageEvent
+from pipeline.report.history import read_history
 
 REPO = Path(__file__).resolve().parent.parent
+#: Where a run's events (log records included) are written, in its directory.
+EVENTS_FILE = "worker-events.ndjson"
 #: (label, config sections) of the four runs, in the order they are printed.
 RUNS: tuple[tuple[str, dict[str, object]], ...] = (
     ("local, 1 thread", {"executor": "local", "threads": 1}),
@@ -45,7 +54,9 @@ RUNS: tuple[tuple[str, dict[str, object]], ...] = (
 )
 
 
-def _config(directory: Path, demo: Path, window: int, setup: dict[str, object]) -> Path:
+def _config(
+    directory: Path, demo: Path, window: int, task_items: int, setup: dict[str, object]
+) -> Path:
     sections: dict[str, object] = {
         "resampling": {"window_size": window, "threads": setup.get("threads", 1)},
         "memory": {"budget": "2GiB", "min_window": min(window, 256), "reduced_window": window},
@@ -53,13 +64,27 @@ def _config(directory: Path, demo: Path, window: int, setup: dict[str, object]) 
     }
     if setup["executor"] == "dask":
         workers = {"n_workers": setup["workers"], "threads_per_worker": 1}
-        sections |= {"executor": "dask", "dask": {"local_cluster": workers}}
+        dask = {"local_cluster": workers, "task_items": task_items}
+        sections |= {"executor": "dask", "dask": dask}
     return write_demo_config(REPO / "config.yml", directory, demo, **sections)
 
 
-def _stage_seconds(work_dir: Path) -> tuple[float, int, float]:
-    """(resample stage seconds, windows, seconds from the first event to the stage start)."""
-    events = read_history(work_dir / HISTORY_NAME)
+@dataclass(frozen=True)
+class Measured:
+    """One run of one setup."""
+
+    seconds: float  # the resample stage
+    windows: int
+    startup: float  # first event to the stage start (catalog, cluster start-up)
+    tasks: int  # Dask tasks (0: local)
+    worker_ms: float | None  # the Dask workers' own ms per window
+    total: float  # the whole worker process, wall
+    cpu: float  # the whole worker process and its children, CPU
+
+
+def _measure(path: Path, total: float, cpu: float) -> Measured:
+    """The stage's seconds and windows, and the Dask pools' summary records, from the events."""
+    events = read_history(path)
     stage = [e for e in events if isinstance(e, StageEvent) and e.id == "resample"]
     start = next(e.time for e in stage if e.status == "running")
     end = next(e.time for e in stage if e.status == "done")
@@ -68,23 +93,43 @@ def _stage_seconds(work_dir: Path) -> tuple[float, int, float]:
         for e in events
         if isinstance(e, StageEvent) and e.kind == "dataset" and e.status == "done"
     )
-    return end - start, windows, start - events[0].time
+    pools = [
+        e.extra
+        for e in events
+        if isinstance(e, LogEvent) and e.logger == "geod.dask" and "tasks" in e.extra
+    ]
+    items = sum(int(p["items"]) for p in pools)
+    worker_ms = sum(p["per_item_ms"] * p["items"] for p in pools) / items if items else None
+    tasks = sum(int(p["tasks"]) for p in pools)
+    return Measured(end - start, windows, start - events[0].time, tasks, worker_ms, total, cpu)
 
 
-def _run(directory: Path, demo: Path, window: int, setup: dict[str, object]) -> tuple:
+def _run(
+    directory: Path, demo: Path, window: int, task_items: int, setup: dict[str, object]
+) -> Measured:
     shutil.rmtree(directory, ignore_errors=True)
     directory.mkdir(parents=True)
-    config = _config(directory, demo, window, setup)
+    config = _config(directory, demo, window, task_items, setup)
+    # The worker's events on a file descriptor, as the daemon reads them: log records
+    # (the Dask pools' summaries) go there, not to the work directory's history.
+    events = directory / EVENTS_FILE
     started, cpu = time.monotonic(), _children_cpu()
-    subprocess.run(
-        [sys.executable, "-m", "pipeline.worker", str(config), "--stages", "resample"],
-        check=True,
-        cwd=REPO,
-        capture_output=True,
-    )
+    with open(events, "wb") as sink:
+        subprocess.run(
+            [sys.executable, "-m", "pipeline.worker", str(config), "--stages", "resample"],
+            check=True,
+            cwd=REPO,
+            capture_output=True,
+            env=dict(os.environ, **{EVENTS_FD_ENV: str(sink.fileno())}),
+            pass_fds=(sink.fileno(),),
+        )
     total, cpu = time.monotonic() - started, _children_cpu() - cpu
-    seconds, windows, before = _stage_seconds(directory / "work")
-    return seconds, windows, before, total, cpu
+    return _measure(events, total, cpu)
+
+
+def _uptime() -> str:
+    """``uptime``'s line (load averages over 1, 5 and 15 minutes)."""
+    return subprocess.run(["uptime"], capture_output=True, text=True, check=True).stdout.strip()
 
 
 def _children_cpu() -> float:
@@ -96,7 +141,13 @@ def _children_cpu() -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", choices=SIZES, default="small", help="demo layer size")
-    parser.add_argument("--window", type=int, default=256, help="window edge: one task each")
+    parser.add_argument("--window", type=int, default=256, help="window edge in pixels")
+    parser.add_argument(
+        "--task-items", type=int, default=16, help="dask.task_items: most windows per Dask task"
+    )
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="rounds of the four setups; the fastest counts"
+    )
     parser.add_argument("--dir", type=Path, default=None, help="keep the demo layers here")
     args = parser.parse_args()
     root = args.dir or Path(tempfile.mkdtemp(prefix="geod-dask-bench-"))
@@ -104,24 +155,45 @@ def main() -> None:
     try:
         if not demo.exists():
             generate(demo, args.size)
-        print(f"load average before: {os.getloadavg()}", flush=True)
-        times: dict[str, float] = {}
-        tasks = 0
-        for label, setup in RUNS:
-            seconds, tasks, before, total, cpu = _run(root / "run", demo, args.window, setup)
-            times[label] = seconds
-            print(
-                f"{label:17s} resample {seconds:6.2f} s for {tasks} windows "
-                f"(start-up {before:.1f} s, whole worker {total:.1f} s, CPU {cpu:.1f} s)",
-                flush=True,
+        print(f"before: {_uptime()}", flush=True)
+        print(f"cores: {os.cpu_count()}, dask.task_items {args.task_items}", flush=True)
+        best: dict[str, Measured] = {}
+        for round_ in range(args.repeat):
+            for label, setup in RUNS:
+                got = _run(root / "run", demo, args.window, args.task_items, setup)
+                if label not in best or got.seconds < best[label].seconds:
+                    best[label] = got
+                tasks = f", {got.tasks} tasks" if got.tasks else ""
+                print(
+                    f"[{round_ + 1}] {label:17s} resample {got.seconds:6.2f} s{tasks}",
+                    flush=True,
+                )
+        print(f"after: {_uptime()}")
+        print(f"fastest of {args.repeat}:")
+        for label, _ in RUNS:
+            got = best[label]
+            per_task = (
+                f", {got.tasks} tasks, {1000 * got.seconds / got.tasks:.1f} ms/task"
+                f", workers {got.worker_ms:.2f} ms/window"
+                if got.tasks and got.worker_ms is not None
+                else ""
             )
-        one, two = times["dask, 1 worker"], times["dask, 2 workers"]
-        print(f"speed-up dask 2 workers / 1 worker: {one / two:.2f} (target ≥ 1.7)")
-        for cores, local, dask in ((1, "local, 1 thread", one), (2, "local, 2 threads", two)):
-            print(f"dask / local at {cores} core(s): {dask / times[local]:.2f} (target ≤ 1.2)")
-        overhead = (one - times["local, 1 thread"]) / max(1, tasks)
+            print(
+                f"  {label:17s} {got.seconds:6.2f} s, {got.windows} windows, "
+                f"{1000 * got.seconds / max(1, got.windows):.2f} ms/window{per_task}; "
+                f"start-up {got.startup:.1f} s, whole run {got.total:.1f} s, CPU {got.cpu:.1f} s"
+            )
+        local1, local2 = best["local, 1 thread"], best["local, 2 threads"]
+        one, two = best["dask, 1 worker"], best["dask, 2 workers"]
+        for label, dask, local in (("1 worker", one, local1), ("2 workers", two, local1)):
+            print(f"cluster start-up ({label}): {dask.startup - local.startup:.1f} s")
+        print(f"speed-up dask 2 workers / 1 worker: {one.seconds / two.seconds:.2f} (target ≥ 1.7)")
+        print(f"speed-up local 2 threads / 1 thread: {local1.seconds / local2.seconds:.2f}")
+        for cores, local, dask in ((1, local1, one), (2, local2, two)):
+            ratio = dask.seconds / local.seconds
+            print(f"dask / local at {cores} core(s): {ratio:.2f} (target ≤ 1.2)")
+        overhead = (one.seconds - local1.seconds) / max(1, one.tasks)
         print(f"overhead per task (dask 1 worker − local 1 thread): {overhead * 1000:.1f} ms")
-        print(f"load average after: {os.getloadavg()}")
     finally:
         if args.dir is None:
             shutil.rmtree(root, ignore_errors=True)

@@ -579,6 +579,24 @@ class DaskConfig(StrictModel):
         description="Times a task that raised is resubmitted (a task lost with its worker is "
         "retried by the scheduler regardless, up to distributed.scheduler.allowed-failures).",
     )
+    task_items: int = Field(
+        default=16,
+        ge=1,
+        le=1024,
+        description="Most items (windows, merge parts, GWPCA batches) one Dask task computes. "
+        "Consecutive items are batched so the scheduler's per-task cost (~10 ms: scheduling, "
+        "pickling both ways) is paid once per batch, not once per ~1 ms window; 1 is one "
+        "task per item. Also sizes how many items a stage hands the cluster ahead: each "
+        "worker thread's batch (dask.task_items × the cluster's threads).",
+    )
+    task_seconds: float = Field(
+        default=0.2,
+        gt=0,
+        description="Work one batched task aims at, in seconds on its worker: the batch size "
+        "is this over the per-item time measured from finished tasks (starting at 1 item, at "
+        "most task_items). Long enough to bury the per-task cost, short enough that a pause "
+        "or a lost worker costs little and results arrive steadily for the writer.",
+    )
 
     @field_validator("scheduler_address")
     @classmethod

@@ -2,7 +2,7 @@
 
 Every run is a real worker process on the demo layers (quarter-degree grid,
 resample → Parquet export → GWPCA). The local run is the reference: a Dask run,
-a Dask run that loses a worker process to SIGKILL, and a run that stops under the
+a Dask run that loses a worker process (or all of them) to SIGKILL, and a run that stops under the
 local executor and is finished by Dask, and a run on an existing cluster
 (``dask scheduler`` and ``dask worker`` processes, reached by
 ``dask.scheduler_address``) must all leave the same layer store (values and
@@ -87,6 +87,28 @@ def test_sigkilled_dask_worker_costs_nothing(
     assert any(
         log.level == "WARNING" and "left the cluster" in log.message for log in run.logs()
     ), "the lost worker is reported as a log record"
+
+
+def test_every_dask_worker_sigkilled_mid_stage_costs_nothing(
+    demo_dir: Path, reference: dict[str, Any], tmp_path: Path
+) -> None:
+    """No copy of the job's shared object survives: its task is rerun on the restarted workers."""
+    killed: list[int] = []
+    seen: list[int] = []
+
+    def kill_all(event: Event, process: subprocess.Popen[bytes]) -> None:
+        if isinstance(event, CheckpointEvent) and event.stage == "resample":
+            seen.append(1)
+            if len(seen) == EARLY and not killed:
+                for victim in dask_worker_processes(process.pid):
+                    killed.append(victim.pid)
+                    victim.send_signal(signal.SIGKILL)
+
+    run = run_worker(quick_config(tmp_path, demo_dir, **DASK), kill_all)
+    assert len(killed) == 2, "both Dask workers were killed mid-stage"
+    assert run.code == WORKER_EXIT_OK, run.stderr
+    assert_same_outputs(outputs(tmp_path), reference)
+    assert "lose scattered data" not in run.stderr
 
 
 def test_stopped_local_run_finished_by_dask(

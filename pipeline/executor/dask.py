@@ -4,10 +4,12 @@ The run's worker process is the Dask *client*. It connects to
 ``dask.scheduler_address`` (an existing ``dask scheduler`` with its ``dask
 worker``\\ s) or starts a LocalCluster of ``dask.local_cluster`` worker processes
 (children of the run's worker, in its process group, closed with the run). Each
-job's shared object is scattered to every worker once; each item is one task.
-Results come back to the run's worker, which writes, checkpoints and reports
-them in order (:mod:`pipeline.executor`), so the daemon steers a Dask run with
-the same signals as a local one:
+job's shared object is the result of one task that every item task depends on
+(recomputed if the workers holding it die); consecutive items are batched into
+tasks of about ``dask.task_seconds`` of work (:class:`DaskPool`). Results come
+back to the run's worker, which writes, checkpoints and reports them in order
+(:mod:`pipeline.executor`), so the daemon steers a Dask run with the same
+signals as a local one:
 
 * pause: the stage stops taking results at the next boundary, so nothing new is
   submitted; :meth:`DaskExecutor.settle` waits until none of the run's tasks is
@@ -26,21 +28,25 @@ the run's own RSS near its budget would.
 Telemetry: every ``telemetry.memory_interval`` the scheduler's view of each
 worker (process memory, memory limit, status) becomes a
 :class:`~pipeline.events.MemoryEvent` labelled with the worker's address; a
-worker Dask paused for memory is a warning log record. Log records of the
-``geod`` loggers inside tasks are forwarded to the run's worker
-(``Client.forward_logging``) and become LogEvents whose ``extra.worker`` is the
-Dask worker's address.
+worker Dask paused for memory is a warning log record (its unpausing an info
+one). Log records of the ``geod`` loggers inside tasks are forwarded to the
+run's worker (``Client.forward_logging``) and become LogEvents whose
+``extra.worker`` is the Dask worker's address.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import logging
 import signal
 import threading
+import time
 import uuid
 import weakref
+from collections import deque
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 import dask
@@ -63,6 +69,8 @@ I = TypeVar("I")  # noqa: E741 - the item type
 FORWARDED_LOGGER = "geod"
 #: ``MemoryEvent.operation`` of the per-Dask-worker samples.
 DASK_WORKER_SAMPLE = "dask-worker"
+#: Milliseconds per second, for the pool's summary line.
+MS = 1000.0
 #: Dask's status of a worker that stopped starting tasks for memory.
 PAUSED_STATUS = "paused"
 
@@ -96,8 +104,83 @@ class _Futures:
             return [future for future in self._futures if not future.done()]
 
 
+@dataclass(frozen=True)
+class _Items(Generic[S, I, R]):
+    """One task's function and items, in an object Dask does not look inside.
+
+    Dask scans a task's list and tuple arguments for keys and futures; the items
+    (windows, ``(index, part, …)`` tuples) are plain data, so they travel wrapped.
+    """
+
+    fn: Callable[[S, I], R]
+    items: tuple[I, ...]
+
+
+def _shared_value(shared: S) -> S:
+    """A job's shared object as the result of a task (see :class:`DaskPool`)."""
+    return shared
+
+
+def _run_batch(shared: S, batch: _Items[S, I, R]) -> tuple[list[R], float]:
+    """``fn(shared, item)`` for each item in order, and the seconds they took on the worker."""
+    started = time.perf_counter()
+    results = [batch.fn(shared, item) for item in batch.items]
+    return results, time.perf_counter() - started
+
+
+class _Batch(Generic[R]):
+    """A submitted task of several items; it holds its slot until each item's result is taken."""
+
+    def __init__(self, future: Future, size: int) -> None:
+        self.future, self.size = future, size
+        self.taken = 0
+        self.outcome: tuple[list[R], float] | None = None
+
+
+class ItemFuture(Generic[R]):
+    """One item's result inside a batched task: what :meth:`DaskPool.submit` returns.
+
+    Until its batch is submitted the item waits in the pool; asking for its
+    result submits it at once (with the items waiting before it), so a caller
+    that drains in order never waits on a batch that is still filling.
+    """
+
+    def __init__(self, pool: DaskPool[Any, Any, R]) -> None:
+        self._pool = pool
+        self.batch: _Batch[R] | None = None
+        self.index = 0
+        self.cancelled = False
+        #: Its result was taken (counted towards freeing its batch's slot once).
+        self.taken = False
+
+    def done(self) -> bool:
+        return self.batch is not None and self.batch.future.done()
+
+    def result(self) -> R:
+        return self._pool.result(self)
+
+
 class DaskPool(Generic[S, I, R]):
-    """Tasks ``fn(shared, item)`` of one job; ``shared`` is scattered to every worker once."""
+    """Tasks of ``fn(shared, item)`` over batches of consecutive items of one job.
+
+    Batching: a task computes up to ``batch`` consecutive items, ``batch``
+    adapting to ``dask.task_seconds`` of measured work (from 1 up to
+    ``dask.task_items``), because scheduling a task costs ~10 ms and a window
+    ~1 ms. Each item keeps its own future (:class:`ItemFuture`) and results
+    are taken in item order, as with the local executor.
+
+    Bounded: at most ``threads + 1`` tasks per worker hold a slot (a slot is freed
+    when every result of its task has been taken), so the run's worker holds at
+    most that many batches of results; submitted items beyond that wait here
+    (as plain items) until a slot frees, or until the caller asks for one of
+    them. Waiting items are submitted in full batches, on a freed slot, or when
+    the caller waits for one; never on a timer, so a paused run (its stage
+    blocked at a checkpoint) starts no task.
+
+    The shared object is the result of a task of its own, not scattered data:
+    the scheduler keeps the task and recomputes the object on another worker
+    when the workers holding it die (scattered data would be lost with them).
+    """
 
     def __init__(
         self,
@@ -108,8 +191,26 @@ class DaskPool(Generic[S, I, R]):
     ) -> None:
         self._executor, self._fn, self._cleanup = executor, fn, cleanup
         self._client = executor.client
-        self._shared = self._client.scatter(shared, broadcast=True, hash=False)
+        self._name = getattr(fn, "__name__", "task")
+        self._shared = self._client.submit(
+            _shared_value,
+            shared,
+            key=f"geod-shared-{self._name}-{uuid.uuid4().hex}",
+            pure=False,
+        )
         self._live = _Futures()
+        self._lock = threading.Lock()
+        self._waiting: deque[tuple[I, ItemFuture[R]]] = deque()
+        self._open: deque[_Batch[R]] = deque()
+        self._slots = executor.task_slots()
+        self._max_items = executor.task_items
+        self._target = executor.task_seconds
+        #: Items finished and their seconds on workers, for the per-item time.
+        self._measured_items = 0
+        self._measured_seconds = 0.0
+        self.batch = 1
+        #: Tasks submitted (for tests and the benchmark).
+        self.tasks = 0
 
     def __enter__(self) -> DaskPool[S, I, R]:
         return self
@@ -117,24 +218,109 @@ class DaskPool(Generic[S, I, R]):
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def submit(self, item: I) -> Future:
-        future = self._client.submit(
-            self._fn,
+    def submit(self, item: I) -> ItemFuture[R]:
+        """Queue ``item``; a full batch is submitted when a slot is free."""
+        future: ItemFuture[R] = ItemFuture(self)
+        with self._lock:
+            self._waiting.append((item, future))
+            self._dispatch(force_upto=None)
+        return future
+
+    def result(self, future: ItemFuture[R]) -> R:
+        """The item's result; submits its batch first if it is still waiting."""
+        with self._lock:
+            if future.cancelled:
+                raise concurrent.futures.CancelledError("its pool closed before it was submitted")
+            if future.batch is None:
+                self._dispatch(force_upto=future)
+        batch = future.batch
+        assert batch is not None
+        try:
+            if batch.outcome is None:
+                outcome = batch.future.result()
+                with self._lock:
+                    if batch.outcome is None:
+                        batch.outcome = outcome
+                        self._measure(batch.size, outcome[1])
+            results = batch.outcome[0]  # type: ignore[index]
+            return results[future.index]
+        finally:
+            with self._lock:
+                if not future.taken:
+                    future.taken = True
+                    batch.taken += 1
+                if batch.taken >= batch.size and batch in self._open:
+                    self._open.remove(batch)
+                self._dispatch(force_upto=None)
+
+    def _measure(self, items: int, seconds: float) -> None:
+        """Grow or shrink the batch to ``task_seconds`` of the per-item time measured so far."""
+        self._measured_items += items
+        self._measured_seconds += seconds
+        per_item = self._measured_seconds / self._measured_items
+        wanted = round(self._target / per_item) if per_item > 0 else self._max_items
+        self.batch = max(1, min(self._max_items, wanted))
+
+    def _dispatch(self, force_upto: ItemFuture[R] | None) -> None:
+        """Submit waiting items: full batches into free slots; all up to ``force_upto`` at once."""
+        while self._waiting:
+            forced = force_upto is not None and force_upto.batch is None
+            full = len(self._waiting) >= self.batch and len(self._open) < self._slots
+            if not (forced or full):
+                return
+            size = min(self.batch, len(self._waiting))
+            taken = [self._waiting.popleft() for _ in range(size)]
+            self._submit_batch(taken)
+
+    def _submit_batch(self, taken: list[tuple[I, ItemFuture[R]]]) -> None:
+        items = tuple(item for item, _ in taken)
+        dask_future = self._client.submit(
+            _run_batch,
             self._shared,
-            item,
-            key=f"geod-{self._fn.__name__}-{uuid.uuid4().hex}",
+            _Items(self._fn, items),
+            key=f"geod-{self._name}-{uuid.uuid4().hex}",
             pure=False,
             retries=self._executor.retries,
         )
-        self._live.add(future)
-        self._executor.live.add(future)
-        return future
+        batch: _Batch[R] = _Batch(dask_future, len(taken))
+        for index, (_, future) in enumerate(taken):
+            future.batch, future.index = batch, index
+        self._open.append(batch)
+        self.tasks += 1
+        self._live.add(dask_future)
+        self._executor.live.add(dask_future)
 
     def close(self) -> None:
-        """Cancel unfinished tasks, drop the scattered object, run the cleanup on every worker."""
+        """Cancel unfinished tasks and waiting items, drop the shared object, run the cleanup.
+
+        Logs how the items were batched (``extra``: items, tasks, batch,
+        per_item_ms), so a run's log shows what the per-task cost was spread over.
+        """
+        if self._measured_items:
+            per_item_ms = MS * self._measured_seconds / self._measured_items
+            log.info(
+                "%s: %d item(s) in %d Dask task(s), batch %d, %.2f ms per item on the workers",
+                self._name,
+                self._measured_items,
+                self.tasks,
+                self.batch,
+                per_item_ms,
+                extra={
+                    "items": self._measured_items,
+                    "tasks": self.tasks,
+                    "batch": self.batch,
+                    "per_item_ms": round(per_item_ms, 3),
+                },
+            )
+        with self._lock:
+            for _, future in self._waiting:
+                future.cancelled = True
+            self._waiting.clear()
+            self._open.clear()
         with contextlib.suppress(Exception):  # a closing or lost cluster has nothing to cancel
             self._client.cancel(self._live.unfinished(), force=True)
-        self._shared.release()
+        with contextlib.suppress(Exception):
+            self._shared.release()
         if self._cleanup is not None:
             with contextlib.suppress(Exception):
                 self._client.run(self._cleanup, on_error="ignore")
@@ -155,6 +341,8 @@ class DaskExecutor:
         self.client, self._cluster, self._events = client, cluster, events
         dask_config = _dask_config(config)
         self.retries = dask_config.retries
+        self.task_items = dask_config.task_items
+        self.task_seconds = dask_config.task_seconds
         self.live = _Futures()
         self._levels = dask_config.worker_memory.fractions(config.memory) if cluster else None
         self._interval = config.telemetry.memory_interval
@@ -219,9 +407,23 @@ class DaskExecutor:
     # -- the Executor protocol ----------------------------------------------------------
 
     def parallelism(self, local_threads: int) -> int:
-        """Threads of the cluster's live workers (at least one)."""
+        """Items a stage may hand the cluster ahead: a full batch per live worker thread.
+
+        Stages size their queue of submitted items by this; the pool batches them
+        (``dask.task_items`` each at most) and keeps no more than
+        :meth:`task_slots` tasks' results, so memory stays bounded by the pool,
+        not by this number.
+        """
+        return max(1, self._threads()) * self.task_items
+
+    def task_slots(self) -> int:
+        """Tasks a pool keeps at once: one per worker thread plus one queued per worker."""
         workers = self.client.scheduler_info(n_workers=-1)["workers"]
-        return max(1, sum(int(w.get("nthreads", 1)) for w in workers.values()))
+        return max(1, sum(int(w.get("nthreads", 1)) + 1 for w in workers.values()))
+
+    def _threads(self) -> int:
+        workers = self.client.scheduler_info(n_workers=-1)["workers"]
+        return sum(int(w.get("nthreads", 1)) for w in workers.values())
 
     def pool(
         self,
@@ -305,6 +507,15 @@ class DaskExecutor:
                     "Dask worker %s paused for memory (%s of %s): it starts no task until "
                     "it is below distributed.worker.memory.pause",
                     address,
+                    format_bytes(int(info["metrics"]["memory"])),
+                    format_bytes(int(info.get("memory_limit") or 0)),
+                    extra={"worker": address},
+                )
+            if previous == PAUSED_STATUS and status != PAUSED_STATUS:
+                log.info(
+                    "Dask worker %s is %s again (%s of %s): it starts tasks",
+                    address,
+                    status,
                     format_bytes(int(info["metrics"]["memory"])),
                     format_bytes(int(info.get("memory_limit") or 0)),
                     extra={"worker": address},

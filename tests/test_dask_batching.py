@@ -1,0 +1,145 @@
+"""The Dask pool batches items into tasks, bounds what is in flight, and survives lost workers.
+
+A real LocalCluster of two worker processes (one thread each), driven in this
+process through :class:`~pipeline.executor.dask.DaskExecutor` the way stages
+drive it: submit items, take each item's result in order. The task functions
+live in this module (spawned workers import it by the parent's ``sys.path``).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import signal
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from pipeline.config import PipelineConfig
+from pipeline.events import EventSink
+from pipeline.executor.dask import DaskExecutor, DaskPool, ItemFuture
+
+#: The tests' cluster: two worker processes of one thread each.
+WORKERS = 2
+#: Per-item sleep of the slow task: 4 of them fill TASK_SECONDS.
+SLOW_ITEM = 0.05
+TASK_SECONDS = 0.2
+TASK_ITEMS = 16
+#: Bound for anything that must not hang (a forced flush, a recomputed shared object).
+PATIENCE = 60.0
+
+
+def _plus_square(shared: dict[str, int], item: int) -> int:
+    """A quick item (microseconds), like a small window on a fast machine."""
+    return shared["offset"] + item * item
+
+
+def _slow(shared: dict[str, int], item: int) -> int:
+    """An item of SLOW_ITEM seconds."""
+    time.sleep(SLOW_ITEM)
+    return shared["offset"] + item
+
+
+def _config(**dask: Any) -> PipelineConfig:
+    local = {"n_workers": WORKERS, "threads_per_worker": 1, "memory_limit": "1GiB"}
+    section = {"local_cluster": local, "task_seconds": TASK_SECONDS, "task_items": TASK_ITEMS}
+    return PipelineConfig.model_validate(
+        {
+            "datasets": [{"name": "unused", "path": "/nonexistent.tif"}],
+            "executor": "dask",
+            "dask": section | dask,
+        }
+    )
+
+
+@pytest.fixture(scope="module")
+def executor() -> Iterator[DaskExecutor]:
+    opened = DaskExecutor.connect(_config(), EventSink())
+    try:
+        yield opened
+    finally:
+        opened.close()
+
+
+def _drain(pool: DaskPool[Any, int, int], items: list[int], depth: int) -> list[int]:
+    """What the stages do: keep ``depth`` items submitted, take results in order."""
+    queue: deque[ItemFuture[int]] = deque()
+    results = []
+    for item in items:
+        queue.append(pool.submit(item))
+        assert len(pool._open) <= pool._slots
+        while len(queue) > depth:
+            results.append(queue.popleft().result())
+    while queue:
+        results.append(queue.popleft().result())
+    return results
+
+
+def test_quick_items_are_batched_up_to_task_items(executor: DaskExecutor) -> None:
+    items = list(range(400))
+    depth = executor.parallelism(1)
+    assert depth == WORKERS * TASK_ITEMS, "a full batch per worker thread is handed over"
+    with executor.pool(_plus_square, {"offset": 7}, 1) as pool:
+        assert _drain(pool, items, depth) == [7 + i * i for i in items]
+        assert pool.batch == TASK_ITEMS, "microsecond items grow the batch to its cap"
+        assert pool.tasks <= len(items) // 8, f"{pool.tasks} tasks for {len(items)} items"
+
+
+def test_batch_shrinks_to_task_seconds_and_slots_bound_tasks(executor: DaskExecutor) -> None:
+    items = list(range(40))
+    with executor.pool(_slow, {"offset": 1}, 1) as pool:
+        slots = pool._slots
+        assert slots == WORKERS * 2, "one task per worker thread plus one queued per worker"
+        futures = [pool.submit(item) for item in items]
+        # Everything submitted at once: only `slots` tasks go out, the rest waits here.
+        assert pool.tasks == slots and len(pool._waiting) == len(items) - slots
+        assert [future.result() for future in futures] == [1 + i for i in items]
+        assert pool.batch == round(TASK_SECONDS / SLOW_ITEM), "batch = task_seconds / per item"
+
+
+def test_waiting_on_an_unbatched_item_submits_its_batch(executor: DaskExecutor) -> None:
+    with executor.pool(_plus_square, {"offset": 0}, 1) as pool:
+        pool.batch = TASK_ITEMS  # as after quick items: three items do not fill a batch
+        futures = [pool.submit(item) for item in (2, 3, 4)]
+        assert pool.tasks == 0 and not futures[1].done()
+        got: list[int] = []
+        waiter = threading.Thread(target=lambda: got.append(futures[1].result()), daemon=True)
+        waiter.start()
+        waiter.join(PATIENCE)
+        assert got == [9], "the waited item's batch was submitted, not left to fill"
+        assert pool.tasks == 1, "the items waiting before it went in the same task"
+        assert [f.result() for f in futures] == [4, 9, 16]
+
+
+def test_closing_cancels_waiting_items(executor: DaskExecutor) -> None:
+    with executor.pool(_slow, {"offset": 0}, 1) as pool:
+        futures = [pool.submit(item) for item in range(20)]
+    waiting = futures[-1]
+    assert waiting.batch is None
+    with pytest.raises(concurrent.futures.CancelledError):
+        waiting.result()
+
+
+def test_shared_object_is_recomputed_when_every_worker_is_killed() -> None:
+    """Scattered data dies with its workers; the shared object's task is rerun instead."""
+    executor = DaskExecutor.connect(_config(), EventSink())
+    try:
+        items = list(range(200))
+        with executor.pool(_plus_square, {"offset": 3}, 1) as pool:
+            assert _drain(pool, items[:20], executor.parallelism(1)) == [
+                3 + i * i for i in items[:20]
+            ]
+            victims = executor.client.run(os.getpid)  # {worker address: its process id}
+            assert len(victims) == WORKERS
+            for pid in victims.values():
+                os.kill(pid, signal.SIGKILL)
+            started = time.monotonic()
+            rest = _drain(pool, items[20:], executor.parallelism(1))
+            assert rest == [3 + i * i for i in items[20:]]
+            assert time.monotonic() - started < PATIENCE
+    finally:
+        executor.close()

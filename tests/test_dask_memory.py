@@ -1,0 +1,83 @@
+"""A Dask worker paused by Dask for memory is a warning log record naming the worker;
+its unpausing an info record.
+
+A real LocalCluster whose ``dask.worker_memory.pause`` fraction is below what an
+idle worker process already uses: Dask's memory monitor pauses each worker
+within moments (a paused worker starts no task), and geod's poll of the
+scheduler turns the pause into a ``geod.dask`` warning with the worker's
+address in the message and in ``extra.worker``, and into the governor's pressure.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import pytest
+
+from pipeline.config import PipelineConfig
+from pipeline.events import EventSink, MemoryEvent
+from pipeline.executor.dask import DASK_WORKER_SAMPLE, DaskExecutor
+
+#: Every worker's memory limit; an idle worker process uses ~100 MiB, far above PAUSE of it.
+LIMIT = "1GiB"
+#: Fractions of LIMIT: an idle worker is over ``pause`` and far under ``terminate``.
+TARGET, SPILL, PAUSE = 0.02, 0.03, 0.04
+#: Seconds between geod's readings of the scheduler.
+INTERVAL = 0.2
+#: Bound for Dask's memory monitor and geod's poll to see the pause.
+PATIENCE = 30.0
+#: A pause fraction no idle worker reaches (below the terminate default 0.95).
+UNPAUSE = 0.9
+
+
+def _raise_pause_fraction(dask_worker: Any) -> None:
+    """On the worker: pause only at UNPAUSE of its limit, so Dask's monitor unpauses it."""
+    dask_worker.memory_manager.memory_pause_fraction = UNPAUSE
+
+
+def test_a_worker_paused_for_memory_is_a_warning_naming_it(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    config = PipelineConfig.model_validate(
+        {
+            "datasets": [{"name": "unused", "path": "/nonexistent.tif"}],
+            "telemetry": {"memory_interval": INTERVAL},
+            "executor": "dask",
+            "dask": {
+                "local_cluster": {"n_workers": 1, "threads_per_worker": 1, "memory_limit": LIMIT},
+                "worker_memory": {"target": TARGET, "spill": SPILL, "pause": PAUSE},
+            },
+        }
+    )
+    samples: list[MemoryEvent] = []
+    sink = EventSink(callback=lambda e: samples.append(e) if isinstance(e, MemoryEvent) else None)
+    caplog.set_level(logging.INFO, logger="geod.dask")
+    executor = DaskExecutor.connect(config, sink)
+    try:
+        (address,) = executor.client.scheduler_info(n_workers=-1)["workers"]
+        deadline = time.monotonic() + PATIENCE
+        paused: list[logging.LogRecord] = []
+        while not paused and time.monotonic() < deadline:
+            time.sleep(INTERVAL)
+            paused = [r for r in caplog.records if "paused for memory" in r.getMessage()]
+        assert paused, "no warning while the worker is paused for memory"
+        (record,) = paused
+        assert record.levelno == logging.WARNING
+        assert address in record.getMessage() and record.__dict__["worker"] == address
+        pressure = executor.pressure()
+        assert pressure is not None and pressure[0] > PAUSE and address in pressure[1]
+        mine = [s for s in samples if s.worker == address]
+        assert mine and all(s.operation == DASK_WORKER_SAMPLE for s in mine)
+        assert mine[-1].critical == PAUSE, "the sample carries the pause level as critical"
+        # Above the worker's memory again: Dask unpauses it, and the log says so.
+        executor.client.run(_raise_pause_fraction)
+        deadline = time.monotonic() + PATIENCE
+        resumed: list[logging.LogRecord] = []
+        while not resumed and time.monotonic() < deadline:
+            time.sleep(INTERVAL)
+            resumed = [r for r in caplog.records if "running again" in r.getMessage()]
+        assert resumed and resumed[0].__dict__["worker"] == address
+    finally:
+        executor.close()
