@@ -12,7 +12,8 @@ computed the values, and a run can switch executors between attempts.
 ``executor: local`` (the default) never imports Dask; ``executor: dask``
 connects to ``dask.scheduler_address`` or starts a LocalCluster
 (:mod:`pipeline.executor.dask`). The shared object is sent to a cluster once
-(scattered to every worker), the items with each task; both must pickle, so
+(as a task of its own, so the scheduler can recompute it when the workers
+holding it die), the items in batches with each task; both must pickle, so
 they carry paths and GDAL names, never open datasets.
 """
 
