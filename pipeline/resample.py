@@ -12,7 +12,9 @@ warp windows from those decoded crops (:func:`warp_window`, through a virtual
 raster with the source's own size and georeferencing, so every coordinate is
 computed as from the file), and the stage's own thread writes and checkpoints.
 Decompression is about half of a warp's time on deflate GeoTIFFs, so even one
-warp thread keeps both cores busy.
+warp thread keeps both cores busy. The stage runs all its datasets through one
+ordered queue of windows (:func:`resample_datasets`) on threads opened once: a
+dataset's first windows read and warp while the previous one's last ones finish.
 
 Parity with a whole-raster warp, on every cell. A warp kernel's footprint on
 the source depends on the scale (target pixels per source pixel), and GDAL's
@@ -695,6 +697,8 @@ class _Layer:
     counter: CoverageCounter
     #: What one in-flight piece of this layer counts against the queue's memory share.
     window_bytes: int
+    #: Estimated bytes per output cell of one window in flight (source read, outputs).
+    cell_cost: float
     pool: AbstractContextManager[TaskPool[Window, np.ndarray]]
     submit: Callable[[Window], TaskFuture[np.ndarray]]
     #: Arguments of its ``node.start`` (emitted when its first entry reaches the front).
@@ -715,6 +719,8 @@ class _Piece:
     layer: _Layer
     window: Window
     future: TaskFuture[np.ndarray] | None
+    #: Estimated bytes it holds while in flight (:func:`window_cell_bytes` of its cells).
+    cost: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -771,6 +777,8 @@ class _WindowQueue:
         self._entries: deque[_Entry] = deque()
         self._count = 0
         self._held = 0
+        #: Estimated bytes of the pieces in flight, for the next dataset's window fit.
+        self.reserved = 0.0
         #: Layers whose pools are open (closed as each one's last entry is finished).
         self.open: list[_Layer] = []
 
@@ -780,6 +788,7 @@ class _WindowQueue:
         if isinstance(entry, _Piece) and entry.future is not None:
             self._count += 1
             self._held += entry.layer.window_bytes
+            self.reserved += entry.cost
         while queue_full(self._count, self._held, self._threads, self._queue_bytes):
             self.finish_one()
 
@@ -814,6 +823,7 @@ class _WindowQueue:
         else:
             self._count -= 1
             self._held -= layer.window_bytes
+            self.reserved -= entry.cost
             self._write(layer, entry.window, entry.future.result())
 
     def _write(self, layer: _Layer, piece: Window, data: np.ndarray) -> None:
@@ -851,8 +861,13 @@ def _open_layer(
     gdal_env: dict[str, object],
     threads: int,
     queue_bytes: float,
+    reserved: float,
 ) -> _Layer:
-    """Prepare one dataset for the queue: its layer in the store, its job and its pool."""
+    """Prepare one dataset for the queue: its layer in the store, its job and its pool.
+
+    ``reserved``: estimated bytes of the previous datasets' pieces still in flight,
+    which this dataset's window size must leave room for.
+    """
     config = ctx.config.resampling
     name = dataset.name
     placement = place(grid, source)
@@ -891,9 +906,9 @@ def _open_layer(
     )
     window_bytes = config.window_size**2 * np.dtype(dtype).itemsize
     # The queue's bound holds across datasets; this dataset's windows are sized as if
-    # the whole depth were its own.
+    # the whole depth were its own, next to what the previous ones still hold.
     depth = in_flight(threads, queue_bytes, window_bytes)
-    ctx.governor.fit(window_cell_bytes(source, dtype, grid, depth), name)
+    ctx.governor.fit(window_cell_bytes(source, dtype, grid, depth), name, reserved)
     job = WindowJob(
         # The name too: two datasets of one file and settings have equal fingerprints, and
         # one's release must not close the sources the other's threads are reading.
@@ -919,6 +934,7 @@ def _open_layer(
         pending={(int(w.row_off), int(w.col_off)) for w in todo},
         counter=CoverageCounter(grid, footprint(grid, source)),
         window_bytes=window_bytes,
+        cell_cost=window_cell_bytes(source, dtype, grid, 1),
         pool=pool,
         submit=pool.__enter__().submit,
         progress=progress,
@@ -941,7 +957,10 @@ def _layer_entries(ctx: RunContext, store: LayerStore, layer: _Layer) -> Iterato
         size = min(ctx.governor.window_size, config.window_size)
         for piece in _subwindows(window, size):
             needed = not store.is_complete(name, piece)
-            yield _Piece(layer, piece, layer.submit(piece) if needed else None)
+            if needed:
+                yield _Piece(layer, piece, layer.submit(piece), layer.cell_cost * _cells(piece))
+            else:
+                yield _Piece(layer, piece, None)
         yield _WindowDone(layer, _cells(window))
     yield _LayerDone(layer)
 
@@ -981,7 +1000,7 @@ def resample_datasets(
                 try:
                     layer = _open_layer(
                         ctx, dataset, source, grid, store, node, pools, gdal_env, threads,
-                        queue_bytes,
+                        queue_bytes, queue.reserved,
                     )  # fmt: skip
                 except Exception:
                     queue.drain()
