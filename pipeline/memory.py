@@ -217,17 +217,19 @@ class MemoryGovernor:
             log.log(log_level, "window %d → %d: %s", old, new, reason)
         return new
 
-    def fit(self, bytes_per_cell: float, what: str) -> int:
+    def fit(self, bytes_per_cell: float, what: str, reserved: float = 0.0) -> int:
         """Cap the window for ``what`` at the largest size whose estimated cost fits; returns it.
 
         ``bytes_per_cell`` is the stage's estimate of what its windows hold per
-        output cell (source pixels read, warp buffers, windows in flight). The
-        cap holds until the next call: calm readings grow the window up to it,
-        not past it. Never below ``min_window`` (the smallest window always runs).
+        output cell (source pixels read, warp buffers, windows in flight).
+        ``reserved``: bytes of work already in flight that the RSS may not show
+        yet (the previous dataset's last windows, still being read and warped).
+        The cap holds until the next call: calm readings grow the window up to
+        it, not past it. Never below ``min_window`` (the smallest window always runs).
         """
         config = self._config
         rss = self.rss()
-        room = config.warning * self.budget - rss
+        room = config.warning * self.budget - rss - reserved
         size = self.initial_window
         while size > config.min_window and size * size * bytes_per_cell > room:
             size = max(config.min_window, size // 2 // config.min_window * config.min_window)

@@ -12,7 +12,9 @@ warp windows from those decoded crops (:func:`warp_window`, through a virtual
 raster with the source's own size and georeferencing, so every coordinate is
 computed as from the file), and the stage's own thread writes and checkpoints.
 Decompression is about half of a warp's time on deflate GeoTIFFs, so even one
-warp thread keeps both cores busy.
+warp thread keeps both cores busy. The stage runs all its datasets through one
+ordered queue of windows (:func:`resample_datasets`) on threads opened once: a
+dataset's first windows read and warp while the previous one's last ones finish.
 
 Parity with a whole-raster warp, on every cell. A warp kernel's footprint on
 the source depends on the scale (target pixels per source pixel), and GDAL's
@@ -81,8 +83,8 @@ import math
 import os
 import threading
 from collections import deque
-from collections.abc import Callable, Iterator
-from contextlib import ExitStack
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass
 
 import numpy as np
@@ -99,7 +101,7 @@ from pipeline.config import DatasetConfig, Resampling
 from pipeline.context import RunContext, StageNode
 from pipeline.coverage import DENSIFY_POINTS, CoverageCounter, footprint, valid_mask
 from pipeline.events import CheckpointEvent
-from pipeline.executor import Staged, TaskFuture
+from pipeline.executor import JobPools, Staged, TaskFuture, TaskPool, job_pools
 from pipeline.grid import Placement, TargetGrid, place
 from pipeline.separable import SeparableKernel, applies, pixel_masks
 from pipeline.source import SourceInfo
@@ -672,27 +674,9 @@ def release_job(token: str) -> None:
         _close_opened(key)
 
 
-#: A queued piece to finish, or the marker closing a window: that window's cell count.
-_Queued = tuple[Window, TaskFuture[np.ndarray] | None] | int
-
-
 def _cells(window: Window) -> int:
     """Grid cells of a window (edge windows hold fewer than the others)."""
     return int(window.height) * int(window.width)
-
-
-def _drain_one(
-    queue: deque[_Queued],
-    finish: Callable[[Window, np.ndarray | None], None],
-    node: StageNode,
-) -> None:
-    """Finish the oldest queued entry (a window marker advances the progress node by its cells)."""
-    entry = queue.popleft()
-    if isinstance(entry, int):
-        node.advance(cells=entry)
-        return
-    piece, future = entry
-    finish(piece, None if future is None else future.result())
 
 
 def _subwindows(window: Window, size: int) -> list[Window]:
@@ -735,96 +719,168 @@ def fingerprint(dataset: DatasetConfig, source: SourceInfo, grid: TargetGrid, ch
     return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()
 
 
-def resample_dataset(
-    ctx: RunContext,
-    dataset: DatasetConfig,
-    source: SourceInfo,
-    grid: TargetGrid,
-    store: LayerStore,
-    node: StageNode,
-) -> None:
-    """Resample (or copy) one dataset into the store, window by window, resumably."""
-    config = ctx.config.resampling
-    name = dataset.name
-    placement = place(grid, source)
-    dtype = output_dtype(dataset.resampling, source.dtype)
-    nodata = output_nodata(dtype, source_nodata(dataset, source))
-    layer_print = fingerprint(dataset, source, grid, store.chunk)
-    store.ensure_layer(name, dtype, nodata, layer_print)
+def _gdal_env(ctx: RunContext) -> dict[str, object]:
+    """GDAL settings of the stage's thread and of every window's task.
 
-    windows = grid.windows(config.window_size)
-    todo = [w for w in windows if not store.is_complete(name, w)]
-    node.start(
-        total=len(windows),
-        done=len(windows) - len(todo),
-        cells_total=sum(_cells(w) for w in windows),
-        cells_done=sum(_cells(w) for w in windows) - sum(_cells(w) for w in todo),
-    )
-    aligned = None if placement.passthrough else alignment(source, grid, dataset.resampling)
-    chunks = [] if placement.passthrough else warp_plan(source, dataset, grid, config.warp_memory)
-    extra = {"stage": "resample", "dataset": name}
-    log.info(
-        "%s: %s %d×%d %s → grid %d×%d; %d of %d windows to do",
-        name,
-        "copying (on the grid)"
-        if placement.passthrough
-        else f"reducing {aligned.factor_x}×{aligned.factor_y} blocks ({dataset.resampling.value})"
-        if aligned
-        else f"resampling ({dataset.resampling.value}, {len(chunks)} GDAL warp chunks)",
-        source.width,
-        source.height,
-        source.crs.to_string(),
-        grid.width,
-        grid.height,
-        len(todo),
-        len(windows),
-        extra=extra,
-    )
-    counter = CoverageCounter(grid, footprint(grid, source))
-    pending = {(int(w.row_off), int(w.col_off)) for w in todo}
+    One set for the whole stage, not one per dataset: the block cache is the
+    budget's share for everything in flight, and the windows of several
+    datasets are in flight at once (:func:`resample_datasets`).
+    """
+    config = ctx.config.resampling
     cache_mb = max(1, ctx.governor.gdal_cache_bytes() // _MIB)
-    gdal_env = {
+    return {
         "GDAL_CACHEMAX": cache_mb,
         "GDAL_NUM_THREADS": config.threads + config.read_threads,
         "GDAL_HTTP_TIMEOUT": math.ceil(ctx.config.catalog.timeout),
     }
-    window_bytes = config.window_size**2 * np.dtype(dtype).itemsize
-    slots = ctx.executor.parallelism(config.threads) + config.read_threads
-    depth = in_flight(slots, ctx.governor.budget * config.queue_fraction, window_bytes)
-    ctx.governor.fit(window_cell_bytes(source, dtype, grid, depth), name)
 
-    job = WindowJob(
-        token=f"{layer_print}:{config.margin}:{config.warp_memory}",
-        source=source,
-        dataset=dataset,
-        grid=grid,
-        margin=config.margin,
-        warp_memory=config.warp_memory,
-        gdal_env=gdal_env,
-        placement=placement,
-        aligned=aligned,
-        chunks=tuple(chunks),
-        dtype=dtype,
-        nodata=nodata,
-    )
 
-    def work() -> Iterator[tuple[Window, bool] | int]:
-        """Pieces in checkpoint order (True: to compute); a window's cell count closes it."""
-        for window in windows:
-            if (int(window.row_off), int(window.col_off)) not in pending:
-                yield window, False
-            else:
-                for piece in _subwindows(window, min(ctx.governor.window_size, config.window_size)):
-                    yield piece, not store.is_complete(name, piece)
-            yield _cells(window)
+@dataclass
+class _Layer:
+    """One dataset in the stage's queue: its job, its pool, its progress and its coverage."""
 
-    def finish(piece: Window, data: np.ndarray | None) -> None:
-        """In order, on this thread: write, checkpoint (pause/kill happen here), adapt."""
-        if data is None:
-            counter.add(piece, valid_mask(store.read_window(name, piece), nodata))
-            return
+    dataset: DatasetConfig
+    node: StageNode
+    job: WindowJob
+    windows: list[Window]
+    pending: set[tuple[int, int]]
+    counter: CoverageCounter
+    #: What one in-flight piece of this layer counts against the queue's memory share.
+    window_bytes: int
+    #: Estimated bytes per output cell of one window in flight (source read, outputs).
+    cell_cost: float
+    pool: AbstractContextManager[TaskPool[Window, np.ndarray]]
+    submit: Callable[[Window], TaskFuture[np.ndarray]]
+    #: Arguments of its ``node.start`` (emitted when its first entry reaches the front).
+    progress: dict[str, int]
+
+
+@dataclass(frozen=True)
+class _Started:
+    """The layer's first entry: its progress node starts when the layers before it are done."""
+
+    layer: _Layer
+
+
+@dataclass(frozen=True)
+class _Piece:
+    """A piece to finish in order: computed by ``future``, or (None) complete in the store."""
+
+    layer: _Layer
+    window: Window
+    future: TaskFuture[np.ndarray] | None
+    #: Estimated bytes it holds while in flight (:func:`window_cell_bytes` of its cells).
+    cost: float = 0.0
+
+
+@dataclass(frozen=True)
+class _WindowDone:
+    """Closes a window: advances the layer's progress node by its cells."""
+
+    layer: _Layer
+    cells: int
+
+
+@dataclass(frozen=True)
+class _LayerDone:
+    """The layer's last entry: close its pool, report its coverage, hand it to ``done``."""
+
+    layer: _Layer
+
+
+_Entry = _Started | _Piece | _WindowDone | _LayerDone
+
+
+def queue_full(count: int, held: float, threads: int, queue_bytes: float) -> bool:
+    """Must the oldest entry be finished before another piece is submitted?
+
+    :func:`in_flight` over a queue whose windows come from several datasets and
+    so differ in bytes: at most ``threads + 1`` pieces read or warped ahead of
+    the one being written, holding no more than ``queue_bytes`` between them,
+    and never fewer than one (the serial loop). With windows of one size it is
+    ``count > in_flight(threads, queue_bytes, window_bytes)``.
+    """
+    return count > 1 and (count > threads + 1 or held > queue_bytes)
+
+
+class _WindowQueue:
+    """The stage's one ordered queue of pieces, across datasets, finished on its own thread.
+
+    Entries are finished strictly in the order they were put: a dataset's
+    pieces in checkpoint order, and one dataset's after the previous one's, so
+    writes, checkpoints (where a pause or kill lands), governor readings and
+    progress come exactly as when datasets ran one by one; only the computing
+    runs ahead, up to the in-flight bound across the whole queue.
+    """
+
+    def __init__(
+        self,
+        ctx: RunContext,
+        grid: TargetGrid,
+        store: LayerStore,
+        done: Callable[[DatasetConfig, StageNode], None] | None,
+        threads: int,
+        queue_bytes: float,
+    ) -> None:
+        self._ctx, self._grid, self._store, self._done = ctx, grid, store, done
+        self._threads, self._queue_bytes = threads, queue_bytes
+        self._entries: deque[_Entry] = deque()
+        self._count = 0
+        self._held = 0
+        #: Estimated bytes of the pieces in flight, for the next dataset's window fit.
+        self.reserved = 0.0
+        #: Layers whose pools are open (closed as each one's last entry is finished).
+        self.open: list[_Layer] = []
+
+    def put(self, entry: _Entry) -> None:
+        """Queue an entry, then finish old ones until the in-flight bound holds again."""
+        self._entries.append(entry)
+        if isinstance(entry, _Piece) and entry.future is not None:
+            self._count += 1
+            self._held += entry.layer.window_bytes
+            self.reserved += entry.cost
+        while queue_full(self._count, self._held, self._threads, self._queue_bytes):
+            self.finish_one()
+
+    def drain(self) -> None:
+        while self._entries:
+            self.finish_one()
+
+    def close(self) -> None:
+        """Close the pools of layers not finished (an error, a stop): cancels their tasks."""
+        while self.open:
+            self.open.pop(0).pool.__exit__(None, None, None)
+
+    def finish_one(self) -> None:
+        """Finish the oldest entry, on this (the stage's) thread."""
+        entry = self._entries.popleft()
+        layer = entry.layer
+        if isinstance(entry, _Started):
+            layer.node.start(**layer.progress)
+        elif isinstance(entry, _WindowDone):
+            layer.node.advance(cells=entry.cells)
+        elif isinstance(entry, _LayerDone):
+            self.open.remove(layer)
+            layer.pool.__exit__(None, None, None)
+            config = self._ctx.config.resampling
+            _report_coverage(layer.dataset.name, layer.counter, config.coverage_warning)
+            if self._done is not None:
+                self._done(layer.dataset, layer.node)
+        elif entry.future is None:
+            name, piece = layer.dataset.name, entry.window
+            data = self._store.read_window(name, piece)
+            layer.counter.add(piece, valid_mask(data, layer.job.nodata))
+        else:
+            self._count -= 1
+            self._held -= layer.window_bytes
+            self.reserved -= entry.cost
+            self._write(layer, entry.window, entry.future.result())
+
+    def _write(self, layer: _Layer, piece: Window, data: np.ndarray) -> None:
+        """Write, checkpoint (pause/kill happen here), adapt the window size."""
+        ctx, grid, store, name = self._ctx, self._grid, self._store, layer.dataset.name
         store.write_window(name, piece, data)
-        counter.add(piece, valid_mask(data, nodata))
+        layer.counter.add(piece, valid_mask(data, layer.job.nodata))
         ctx.events.emit(
             CheckpointEvent(
                 stage="resample",
@@ -843,25 +899,183 @@ def resample_dataset(
         ctx.control.checkpoint()
         ctx.governor.after_window(f"resample/{name}")
 
-    release = functools.partial(release_job, job.token)
+
+def _open_layer(
+    ctx: RunContext,
+    dataset: DatasetConfig,
+    source: SourceInfo,
+    grid: TargetGrid,
+    store: LayerStore,
+    node: StageNode,
+    pools: JobPools,
+    gdal_env: dict[str, object],
+    threads: int,
+    queue_bytes: float,
+    reserved: float,
+) -> _Layer:
+    """Prepare one dataset for the queue: its layer in the store, its job and its pool.
+
+    ``reserved``: estimated bytes of the previous datasets' pieces still in flight,
+    which this dataset's window size must leave room for.
+    """
+    config = ctx.config.resampling
+    name = dataset.name
+    placement = place(grid, source)
+    dtype = output_dtype(dataset.resampling, source.dtype)
+    nodata = output_nodata(dtype, source_nodata(dataset, source))
+    layer_print = fingerprint(dataset, source, grid, store.chunk)
+    store.ensure_layer(name, dtype, nodata, layer_print)
+
+    windows = grid.windows(config.window_size)
+    todo = [w for w in windows if not store.is_complete(name, w)]
+    cells_total = sum(_cells(w) for w in windows)
+    progress = {
+        "total": len(windows),
+        "done": len(windows) - len(todo),
+        "cells_total": cells_total,
+        "cells_done": cells_total - sum(_cells(w) for w in todo),
+    }
+    aligned = None if placement.passthrough else alignment(source, grid, dataset.resampling)
+    chunks = [] if placement.passthrough else warp_plan(source, dataset, grid, config.warp_memory)
+    log.info(
+        "%s: %s %d×%d %s → grid %d×%d; %d of %d windows to do",
+        name,
+        "copying (on the grid)"
+        if placement.passthrough
+        else f"reducing {aligned.factor_x}×{aligned.factor_y} blocks ({dataset.resampling.value})"
+        if aligned
+        else f"resampling ({dataset.resampling.value}, {len(chunks)} GDAL warp chunks)",
+        source.width,
+        source.height,
+        source.crs.to_string(),
+        grid.width,
+        grid.height,
+        len(todo),
+        len(windows),
+        extra={"stage": "resample", "dataset": name},
+    )
+    window_bytes = config.window_size**2 * np.dtype(dtype).itemsize
+    # The queue's bound holds across datasets; this dataset's windows are sized as if
+    # the whole depth were its own, next to what the previous ones still hold.
+    depth = in_flight(threads, queue_bytes, window_bytes)
+    ctx.governor.fit(window_cell_bytes(source, dtype, grid, depth), name, reserved)
+    job = WindowJob(
+        # The name too: two datasets of one file and settings have equal fingerprints, and
+        # one's release must not close the sources the other's threads are reading.
+        token=f"{name}:{layer_print}:{config.margin}:{config.warp_memory}",
+        source=source,
+        dataset=dataset,
+        grid=grid,
+        margin=config.margin,
+        warp_memory=config.warp_memory,
+        gdal_env=gdal_env,
+        placement=placement,
+        aligned=aligned,
+        chunks=tuple(chunks),
+        dtype=dtype,
+        nodata=nodata,
+    )
+    pool = pools.pool(compute_window, job, functools.partial(release_job, job.token))
+    return _Layer(
+        dataset=dataset,
+        node=node,
+        job=job,
+        windows=windows,
+        pending={(int(w.row_off), int(w.col_off)) for w in todo},
+        counter=CoverageCounter(grid, footprint(grid, source)),
+        window_bytes=window_bytes,
+        cell_cost=window_cell_bytes(source, dtype, grid, 1),
+        pool=pool,
+        submit=pool.__enter__().submit,
+        progress=progress,
+    )
+
+
+def _layer_entries(ctx: RunContext, store: LayerStore, layer: _Layer) -> Iterator[_Entry]:
+    """A layer's entries in checkpoint order, each piece submitted as it is pulled.
+
+    Pulled one at a time after the queue has made room, so a window is cut at
+    the governor's window size of that moment (as when datasets ran one by one).
+    """
+    config, name = ctx.config.resampling, layer.dataset.name
+    yield _Started(layer)
+    for window in layer.windows:
+        if (int(window.row_off), int(window.col_off)) not in layer.pending:
+            # Complete before this run: counted in the node's start, not advanced again.
+            yield _Piece(layer, window, None)
+            continue
+        size = min(ctx.governor.window_size, config.window_size)
+        for piece in _subwindows(window, size):
+            needed = not store.is_complete(name, piece)
+            if needed:
+                yield _Piece(layer, piece, layer.submit(piece), layer.cell_cost * _cells(piece))
+            else:
+                yield _Piece(layer, piece, None)
+        yield _WindowDone(layer, _cells(window))
+    yield _LayerDone(layer)
+
+
+def resample_datasets(
+    ctx: RunContext,
+    datasets: Iterable[tuple[DatasetConfig, SourceInfo, StageNode]],
+    grid: TargetGrid,
+    store: LayerStore,
+    done: Callable[[DatasetConfig, StageNode], None] | None = None,
+) -> None:
+    """Resample (or copy) every dataset into the store through one ordered queue of windows.
+
+    One dataset after another, each window by window and resumably, as before;
+    but the next dataset's first windows are read and warped while the previous
+    one's last ones finish, on threads opened once for the stage
+    (:func:`~pipeline.executor.job_pools`). Run one by one, each dataset's pool
+    started up and then idled at its tail waiting for its last windows, which
+    dominated a stage of many small datasets. ``datasets`` is pulled lazily
+    (a dataset when the one before it is all queued); each yields its progress
+    node, started when its first window reaches the front of the queue.
+    ``done(dataset, node)`` runs in order as each one's last window is written
+    and its coverage reported. An error in one dataset's preparation surfaces
+    after the datasets before it are finished, as when they ran one by one.
+    """
+    config = ctx.config.resampling
+    gdal_env = _gdal_env(ctx)
+    threads = ctx.executor.parallelism(config.threads) + config.read_threads
+    queue_bytes = ctx.governor.budget * config.queue_fraction
+    queue = _WindowQueue(ctx, grid, store, done, threads, queue_bytes)
     with (
         rasterio.Env(**gdal_env),
-        ctx.executor.pool(
-            compute_window, job, config.threads, release, config.read_threads
-        ) as pool,
+        job_pools(ctx.executor, compute_window, config.threads, config.read_threads) as pools,
     ):
-        queue: deque[_Queued] = deque()
-        for item in work():
-            if isinstance(item, int):
-                queue.append(item)
-                continue
-            piece, needed = item
-            queue.append((piece, pool.submit(piece) if needed else None))
-            while sum(1 for entry in queue if not isinstance(entry, int) and entry[1]) > depth:
-                _drain_one(queue, finish, node)
-        while queue:
-            _drain_one(queue, finish, node)
-    _report_coverage(name, counter, config.coverage_warning)
+        try:
+            for dataset, source, node in datasets:
+                try:
+                    layer = _open_layer(
+                        ctx, dataset, source, grid, store, node, pools, gdal_env, threads,
+                        queue_bytes, queue.reserved,
+                    )  # fmt: skip
+                except Exception:
+                    queue.drain()
+                    raise
+                queue.open.append(layer)
+                for entry in _layer_entries(ctx, store, layer):
+                    queue.put(entry)
+            queue.drain()
+        finally:
+            queue.close()
+
+
+def resample_dataset(
+    ctx: RunContext,
+    dataset: DatasetConfig,
+    source: SourceInfo,
+    grid: TargetGrid,
+    store: LayerStore,
+    node: StageNode,
+) -> None:
+    """Resample (or copy) one dataset into the store, window by window, resumably.
+
+    The stage's queue with this dataset alone (benches and tests time and check one).
+    """
+    resample_datasets(ctx, [(dataset, source, node)], grid, store)
 
 
 def _report_coverage(name: str, counter: CoverageCounter, threshold: float) -> None:

@@ -9,7 +9,7 @@ the same config simply walks the stages again and skips what is done.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from rasterio.transform import array_bounds
 
 from pipeline.catalog import inspect_all
-from pipeline.config import ExportFormat, PipelineConfig
+from pipeline.config import DatasetConfig, ExportFormat, PipelineConfig
 from pipeline.context import RunContext, StageNode
 from pipeline.control import StopRequested
 from pipeline.events import SourceEvent
@@ -118,16 +118,22 @@ def _catalog(ctx: RunContext, state: RunState, node: StageNode) -> None:
 def _resample(ctx: RunContext, state: RunState, node: StageNode) -> None:
     # The warp stack (and through the store, zarr) loads when this stage runs, not with
     # the worker: a catalog-only run (`geod check`) or an invalid config never needs it.
-    from pipeline.resample import resample_dataset
+    from pipeline.resample import resample_datasets
 
     if not state.sources:
         _inspect(ctx, state)
     node.start(total=len(state.sources))
-    for dataset, source in zip(ctx.config.datasets, state.sources, strict=True):
-        child = node.child(dataset.name, "dataset")
-        resample_dataset(ctx, dataset, source, state.grid, state.store, child)
+
+    def layers() -> Iterator[tuple[DatasetConfig, SourceInfo, StageNode]]:
+        """Each dataset's node appears as the stage's queue reaches it (pulled lazily)."""
+        for dataset, source in zip(ctx.config.datasets, state.sources, strict=True):
+            yield dataset, source, node.child(dataset.name, "dataset")
+
+    def finished(dataset: DatasetConfig, child: StageNode) -> None:
         child.finish()
         node.advance()
+
+    resample_datasets(ctx, layers(), state.grid, state.store, finished)
     ctx.governor.clear_ceiling()  # the datasets' window caps do not bind the merge
     node.finish()
 

@@ -138,6 +138,48 @@ def ordered(
             yield done, future.result()
 
 
+class JobPools(Protocol):
+    """Opens the pools of jobs of one function that run back to back (:func:`job_pools`)."""
+
+    def pool(
+        self, fn: Callable[[S, I], R], shared: S, cleanup: Callable[[], None] | None = None
+    ) -> AbstractContextManager[TaskPool[I, R]]: ...
+
+
+class _PoolPerJob:
+    """Each job gets the executor's own pool (a cluster's workers are shared anyway)."""
+
+    def __init__(self, executor: Executor, threads: int, readers: int) -> None:
+        self._executor, self._threads, self._readers = executor, threads, readers
+
+    def pool(
+        self, fn: Callable[[S, I], R], shared: S, cleanup: Callable[[], None] | None = None
+    ) -> AbstractContextManager[TaskPool[I, R]]:
+        return self._executor.pool(fn, shared, self._threads, cleanup, self._readers)
+
+
+@contextmanager
+def job_pools(
+    executor: Executor, fn: Callable[..., object], threads: int, readers: int = 0
+) -> Iterator[JobPools]:
+    """Pools for jobs of ``fn`` whose tasks overlap, on threads they share where they can.
+
+    A stage running one job after another (a dataset each) keeps the next job's
+    first tasks queued behind the previous job's last ones; with threads of
+    their own each job's pool would idle at its tail and pay its start-up. An
+    executor with ``lanes`` (the local one) opens its threads once for all the
+    jobs; any other gets a pool per job from :meth:`Executor.pool` as before
+    (a Dask cluster's workers are shared by its pools already). Each job's pool
+    is still closed on its own, cancelling only that job's tasks.
+    """
+    lanes = getattr(executor, "lanes", None)
+    if lanes is None:
+        yield _PoolPerJob(executor, threads, readers)
+        return
+    with lanes(fn, threads, readers) as shared:
+        yield shared
+
+
 def open_executor(config: PipelineConfig, events: EventSink) -> Executor:
     """The run's executor; Dask is imported only for ``executor: dask``."""
     if config.executor == "dask":
