@@ -55,6 +55,8 @@ GDAL_MARGIN_CELLS = 2
 GDAL_UNIT_WEIGHT = 1e-5
 #: GDAL takes a downsampling scale as ``1 / n`` when ``1 / scale`` is this close to ``n``.
 GDAL_SCALE_SNAP = 0.05
+#: Source rows converted to float64 at a time (a band of a 10800-pixel-wide crop: 21 MiB).
+BAND_ROWS = 256
 #: Methods computed here.
 SEPARABLE = frozenset({Resampling.average, Resampling.bilinear})
 
@@ -166,10 +168,12 @@ class SeparableKernel:
     """The two weight matrices of one output window over one decoded source crop."""
 
     method: Resampling
-    rows: scipy.sparse.csr_matrix  # window rows × crop rows
+    rows: scipy.sparse.csc_matrix  # window rows × crop rows (cut into bands by column)
     columns: scipy.sparse.csr_matrix  # crop columns × window columns
     #: bilinear: the crop row and column under each cell's centre.
     centres: tuple[np.ndarray, np.ndarray] | None = None
+    #: The source row of the crop's first row (bands are cut in source rows).
+    crop_row: int = 0
     #: bilinear: the rows and columns whose kernel lies inside the source (the cells of
     #: both are computed here, the others by GDAL).
     inner: tuple[np.ndarray, np.ndarray] | None = None
@@ -215,9 +219,10 @@ class SeparableKernel:
             return None
         return cls(
             method,
-            scipy.sparse.csr_matrix((rows[2], (rows[0], row_pixels)), shape=(height, crop_h)),
+            scipy.sparse.csc_matrix((rows[2], (rows[0], row_pixels)), shape=(height, crop_h)),
             scipy.sparse.csr_matrix((cols[2], (col_pixels, cols[0])), shape=(crop_w, width)),
             centres,
+            crop_row,
             inner,
         )
 
@@ -230,13 +235,26 @@ class SeparableKernel:
         tainted: np.ndarray | None = None,
     ) -> np.ndarray:
         """The window's cells from the crop's pixels; ``nodata`` where GDAL leaves a cell
-        empty, or where the kernel weighs a ``tainted`` pixel (see :func:`pixel_masks`)."""
-        if valid.all():
-            total = (self.rows @ data.astype(np.float64, copy=False)) @ self.columns
-            weight = np.outer(self.rows.sum(axis=1), self.columns.sum(axis=0))
-        else:
-            total = (self.rows @ np.where(valid, data, 0).astype(np.float64)) @ self.columns
-            weight = (self.rows @ valid.astype(np.float64)) @ self.columns
+        empty, or where the kernel weighs a ``tainted`` pixel (see :func:`pixel_masks`).
+
+        The row products run over bands of :data:`BAND_ROWS` source rows, so only a band
+        is ever held in float64 (not the whole crop, four times over); bands start at
+        whole multiples of it in source rows, so a cell's partial sums, and with them its
+        rounding, are the same whatever window or crop it was computed in.
+        """
+        height, width = self.rows.shape[0], data.shape[1]
+        total, weight = np.zeros((height, width)), np.zeros((height, width))
+        for band in self._bands(data.shape[0]):
+            part = self.rows[:, band]
+            if not part.nnz:
+                continue
+            cells = slice(int(part.indices.min()), int(part.indices.max()) + 1)
+            part = part[cells].tocsr()  # the window rows this band reaches
+            values = data[band].astype(np.float64)
+            values[~valid[band]] = 0
+            total[cells] += part @ values
+            weight[cells] += part @ valid[band].astype(np.float64)
+        total, weight = total @ self.columns, weight @ self.columns
         has_data = weight > 0
         with np.errstate(invalid="ignore", divide="ignore"):
             value = total / weight
@@ -247,6 +265,15 @@ class SeparableKernel:
         if tainted is not None:
             has_data &= (self.rows @ tainted.astype(np.float64)) @ self.columns == 0
         return np.where(has_data, value, nodata).astype(dtype)
+
+    def _bands(self, crop_rows: int) -> list[slice]:
+        """The crop's rows cut at whole multiples of :data:`BAND_ROWS` source rows."""
+        first = self.crop_row - self.crop_row % BAND_ROWS
+        edges = [
+            max(0, start - self.crop_row)
+            for start in range(first, self.crop_row + crop_rows, BAND_ROWS)
+        ]
+        return [slice(a, b) for a, b in zip(edges, [*edges[1:], crop_rows], strict=True)]
 
 
 def _within(pixels: np.ndarray, size: int) -> bool:
