@@ -237,12 +237,12 @@ class SeparableKernel:
         """The window's cells from the crop's pixels; ``nodata`` where GDAL leaves a cell
         empty, or where the kernel weighs a ``tainted`` pixel (see :func:`pixel_masks`).
 
-        The row products run over bands of :data:`BAND_ROWS` source rows, so only a band
-        is ever held in float64 (not the whole crop, four times over); bands start at
+        The products run over bands of :data:`BAND_ROWS` source rows, so only a band is
+        ever held in float64 (not the whole crop, four times over); bands start at
         whole multiples of it in source rows, so a cell's partial sums, and with them its
         rounding, are the same whatever window or crop it was computed in.
         """
-        height, width = self.rows.shape[0], data.shape[1]
+        height, width = self.rows.shape[0], self.columns.shape[1]
         total, weight = np.zeros((height, width)), np.zeros((height, width))
         for band in self._bands(data.shape[0]):
             part = self.rows[:, band]
@@ -252,9 +252,8 @@ class SeparableKernel:
             part = part[cells].tocsr()  # the window rows this band reaches
             values = data[band].astype(np.float64)
             values[~valid[band]] = 0
-            total[cells] += part @ values
-            weight[cells] += part @ valid[band].astype(np.float64)
-        total, weight = total @ self.columns, weight @ self.columns
+            total[cells] += (part @ values) @ self.columns
+            weight[cells] += (part @ valid[band].astype(np.float64)) @ self.columns
         has_data = weight > 0
         with np.errstate(invalid="ignore", divide="ignore"):
             value = total / weight
