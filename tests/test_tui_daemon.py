@@ -288,7 +288,13 @@ async def test_two_dashboards_see_the_same_actions(daemon) -> None:
         await until(pilot_b, lambda: _state(second, run_id) == "▶ running")
         await pilot_b.press("p")
         await until(pilot_a, lambda: _state(first, run_id).startswith("‖ paused"))
-        # ... and both show the same lines for what happened since: resumed, paused.
+
+        # ... and both show the same lines for what happened since: resumed, paused (the
+        # state column can show the pause before the events pane has its two lines).
+        def since(app: object) -> bool:
+            return len(mine(app)) > 3 and mine(app)[-2].endswith("resumed")
+
+        await until(pilot_a, lambda: since(first) and since(second))
         await until(pilot_a, lambda: mine(first)[-2:] == mine(second)[-2:])
         assert mine(first)[-2].endswith("resumed") and " paused" in mine(first)[-1]
         assert lines(first) == lines(second)
