@@ -44,6 +44,7 @@ import scipy.sparse
 from affine import Affine
 
 from pipeline.config import Resampling
+from pipeline.warpplan import snap_scale
 
 #: GDAL's nudge before rounding a source coordinate to a whole pixel (its kernels' 1e-10),
 #: so an edge a rounding error past a pixel boundary does not take in a zero-weight pixel.
@@ -53,8 +54,6 @@ GDAL_ROUND_EPSILON = 1e-10
 GDAL_MARGIN_CELLS = 2
 #: ``bilinear``: GDAL leaves the sum as it is when the weights add up to 1 within this.
 GDAL_UNIT_WEIGHT = 1e-5
-#: GDAL takes a downsampling scale as ``1 / n`` when ``1 / scale`` is this close to ``n``.
-GDAL_SCALE_SNAP = 0.05
 #: Source rows converted to float64 at a time (a band of a 10800-pixel-wide crop: 21 MiB).
 BAND_ROWS = 256
 #: Methods computed here.
@@ -136,12 +135,9 @@ def average_weights(axis: Axis) -> Triplets:
 
 
 def gdal_kernel_scale(scale: float) -> float:
-    """The scale GDAL's kernels use: at most 1, and ``1 / n`` when ``1 / scale`` is within
-    :data:`GDAL_SCALE_SNAP` of a whole ``n`` (GDAL's ``PerformWarp``)."""
-    if scale >= 1:
-        return 1.0
-    whole = math.floor(1 / scale + 0.5)
-    return 1 / whole if abs(1 / scale - whole) < GDAL_SCALE_SNAP else scale
+    """The scale GDAL's kernels use: at most 1, and snapped to ``1 / n`` as a chunk's
+    computed scale is (:func:`pipeline.warpplan.snap_scale`)."""
+    return 1.0 if scale >= 1 else snap_scale(scale)
 
 
 def bilinear_weights(axis: Axis) -> tuple[Triplets, np.ndarray, np.ndarray]:

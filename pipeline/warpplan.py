@@ -19,6 +19,17 @@ empty. :func:`plan_chunks` replays GDAL's chunking from headers alone
 memory estimate and both split rules) and the resampler warps each window
 piecewise, one piece per chunk it overlaps, with that chunk's scale.
 
+GDAL also wraps longitudes round a geographic source: it gives the source
+a CENTER_LONG (the middle of its corners' longitudes, unless they span more
+than a full turn) and its coordinate transformation moves every longitude it
+returns into the half-turn either side of it — even when source and grid
+share a CRS. A grid longitude east of that range lands west of the source, so
+a chunk reaching past it gets a source window starting at column 0 and a
+different scale (a 259°-wide source from 150.3°W: the grid east of 159.2°E is
+sampled at 200.8°W…180°W, the chunk over 90°E…180°E reads the whole source
+width at scale 1.76, not 0.37). :func:`center_longitude` and the ``wrap``
+option of :func:`to_source_pixels` replay that.
+
 What is not replayed: GDAL samples through its approximate transformer (max
 error 0.125 px) while this uses exact PROJ transforms, so for reprojected
 sources the chunk scales can differ in the last digits; and
@@ -33,6 +44,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from rasterio._err import CPLE_BaseError
+from rasterio.crs import CRS
 from rasterio.warp import transform
 from rasterio.windows import Window
 
@@ -64,6 +76,16 @@ MIN_GOOD_SAMPLES = 5
 #: (PROJ's defaults: 0.1° geographic, 10 km projected).
 INVERT_CHECK_DEGREES = 0.1
 INVERT_CHECK_METRES = 10_000.0
+#: GDAL's special points: the poles, a hair short of ±90° (PROJ round-trips that).
+POLE_LATITUDE = 89.9999
+#: The geographic CRS the poles are given in.
+LONLAT = CRS.from_epsg(4326)
+#: GDAL takes a computed downsampling scale as ``1 / n`` when ``1 / scale`` is this close
+#: to a whole ``n`` (a pinned XSCALE/YSCALE is used as given).
+SCALE_SNAP = 0.05
+#: Degrees in a turn: a geographic source spanning more gets no CENTER_LONG,
+#: and GDAL wraps longitudes to within half of it from the centre.
+FULL_TURN_DEGREES = 360.0
 
 
 @dataclass(frozen=True)
@@ -139,11 +161,14 @@ def to_source_pixels(
     cols: np.ndarray,
     rows: np.ndarray,
     check_inverse: bool = False,
+    wrap: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Grid pixel coordinates → source pixel coordinates (NaN where not transformable).
 
     With ``check_inverse`` a point also fails when transforming it back misses
-    it by more than PROJ's CHECK_WITH_INVERT_PROJ tolerance.
+    it by more than PROJ's CHECK_WITH_INVERT_PROJ tolerance. With ``wrap``
+    source longitudes are wrapped round the source's :func:`center_longitude`
+    as GDAL's transformer does (after the round-trip check, as OGR does).
     """
     xs, ys = grid_transform @ (cols, rows)  # type: ignore[operator]
     xs, ys = np.asarray(xs, float), np.asarray(ys, float)
@@ -157,6 +182,9 @@ def to_source_pixels(
                 far = ~(np.abs(bx - xs) <= tolerance) | ~(np.abs(by - ys) <= tolerance)
             sx[far] = np.nan
         xs, ys = sx, sy
+    center = center_longitude(source) if wrap else None
+    if center is not None:
+        xs = wrap_longitudes(xs, center)
     px, py = ~source.transform @ (xs, ys)
     px, py = np.asarray(px, float), np.asarray(py, float)
     bad = ~(np.isfinite(px) & np.isfinite(py))
@@ -165,22 +193,146 @@ def to_source_pixels(
     return px, py
 
 
+def center_longitude(source: SourceInfo) -> float | None:
+    """The CENTER_LONG GDAL's transformer gives a geographic source (``InsertCenterLong``).
+
+    The middle of the four corners' longitudes, printed with ``%g`` (six
+    significant digits) as GDAL does before parsing it back; None for a
+    projected source or one spanning more than a full turn.
+    """
+    if not getattr(source.crs, "is_geographic", False):
+        return None
+    t = source.transform
+    corners = [
+        t.c + col * t.a + row * t.b for col in (0, source.width) for row in (0, source.height)
+    ]
+    west, east = min(corners), max(corners)
+    if east - west > FULL_TURN_DEGREES:
+        return None
+    return float(f"{(west + east) / 2.0:g}")
+
+
+def wrap_longitudes(longitudes: np.ndarray, center: float) -> np.ndarray:
+    """OGR's target wrap: one turn added west of ``center - 180``, or taken east of ``+ 180``."""
+    half = FULL_TURN_DEGREES / 2.0
+    with np.errstate(invalid="ignore"):
+        west = longitudes < center - half
+        east = ~west & (longitudes > center + half)
+    return longitudes + FULL_TURN_DEGREES * west - FULL_TURN_DEGREES * east
+
+
+def snap_scale(scale: float) -> float:
+    """A chunk's kernel scale as GDAL uses it: below 1, ``1 / n`` when ``1 / scale`` is within
+    :data:`SCALE_SNAP` of a whole ``n``.
+
+    GDAL snaps the scale it computes for a chunk, but takes a pinned XSCALE or
+    YSCALE as given; so the plan pins the snapped value (a 356°-wide source on
+    a 1° grid: 360/712 px gives 0.5056, GDAL warps with 0.5, and bilinear and
+    cubic moved by up to 0.7 % of the range on most cells with the raw value).
+    """
+    if scale >= 1:
+        return scale
+    whole = math.floor(1 / scale + 0.5)
+    return 1 / whole if abs(1 / scale - whole) < SCALE_SNAP else scale
+
+
 def _snap(value: float) -> float:
     rounded = round(value)
     return float(rounded) if abs(rounded - value) < GDAL_ROUND_EPSILON else value
 
 
+@dataclass(frozen=True)
+class SourceProbe:
+    """What GDAL's warp operation fixes once per warp, before it computes any source window.
+
+    ``grid_sampling``: a pole lands on the destination raster (GDAL's
+    ``aDstXYSpecialPoints``: lon 0°, lat ±89.9999°), so every region is sampled
+    on a grid instead of along its edges. ``forward``: GDAL's 23 × 23 grid of
+    source pixels transformed onto the destination (source col, row, then
+    destination col, row; NaN where PROJ fails); a grid-sampled window is
+    widened to every one of them that lands in its region
+    (``ComputeSourceWindowStartingFromSource``). Where a global grid holds the
+    poles this is what makes a source ending a pixel short of the antimeridian
+    keep its full width, although its wrapped edge samples land west of it.
+    """
+
+    grid_sampling: bool
+    forward: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+
+    @classmethod
+    def of(
+        cls,
+        source: SourceInfo,
+        grid_crs: object,
+        grid_transform: object,
+        grid_size: tuple[int, int],
+    ) -> SourceProbe:
+        poles_x, poles_y = np.zeros(2), np.asarray([-POLE_LATITUDE, POLE_LATITUDE])
+        if not getattr(grid_crs, "is_geographic", False):
+            poles_x, poles_y = _transform_points(LONLAT, grid_crs, poles_x, poles_y)
+        cols, rows = ~grid_transform @ (poles_x, poles_y)  # type: ignore[operator]
+        cols, rows = np.asarray(cols, float), np.asarray(rows, float)
+        with np.errstate(invalid="ignore"):
+            inside = (cols >= 0) & (cols <= grid_size[0]) & (rows >= 0) & (rows <= grid_size[1])
+        width, height = source.width, source.height
+        ratio_x, ratio_y = _source_ratios(width), _source_ratios(height)
+        src_cols, src_rows = np.meshgrid(ratio_x * width, ratio_y * height)
+        src_cols, src_rows = src_cols.ravel(), src_rows.ravel()
+        xs, ys = source.transform @ (src_cols, src_rows)
+        xs, ys = np.asarray(xs, float), np.asarray(ys, float)
+        if source.crs != grid_crs:
+            xs, ys = _transform_points(source.crs, grid_crs, xs, ys)
+        dst_cols, dst_rows = ~grid_transform @ (xs, ys)  # type: ignore[operator]
+        forward = (src_cols, src_rows, np.asarray(dst_cols, float), np.asarray(dst_rows, float))
+        return cls(bool(inside.any()), forward)
+
+    def widen(
+        self, bounds: tuple[float, float, float, float], region: Window
+    ) -> tuple[float, float, float, float]:
+        """``bounds`` grown to the forward samples that land in ``region`` (edges included)."""
+        src_cols, src_rows, dst_cols, dst_rows = self.forward
+        col0, row0 = int(region.col_off), int(region.row_off)
+        with np.errstate(invalid="ignore"):
+            hit = (
+                (dst_cols >= col0)
+                & (dst_cols <= col0 + int(region.width))
+                & (dst_rows >= row0)
+                & (dst_rows <= row0 + int(region.height))
+            )
+        if not hit.any():
+            return bounds
+        return (
+            min(bounds[0], float(src_cols[hit].min())),
+            min(bounds[1], float(src_rows[hit].min())),
+            max(bounds[2], float(src_cols[hit].max())),
+            max(bounds[3], float(src_rows[hit].max())),
+        )
+
+
+def _source_ratios(size: int) -> np.ndarray:
+    """GDAL's ratios of the source grid: half a pixel in from each edge, and 21 steps."""
+    step = 1.0 / (GDAL_SAMPLE_STEPS - 1)
+    inner = [i * step for i in range(GDAL_SAMPLE_STEPS)]
+    return np.asarray([0.5 / size, *inner, 1 - 0.5 / size])
+
+
 def _sample_bounds(
-    source: SourceInfo, grid_crs: object, grid_transform: object, region: Window
+    source: SourceInfo,
+    grid_crs: object,
+    grid_transform: object,
+    region: Window,
+    probe: SourceProbe | None,
 ) -> tuple[float, float, float, float] | None:
     """min/max source x and y of GDAL's samples of ``region``; None if it gives up."""
     col0, row0 = int(region.col_off), int(region.row_off)
     width, height = int(region.width), int(region.height)
+    grid_first = probe is not None and probe.grid_sampling
+    samplers = (_grid_samples,) if grid_first else (_edge_samples, _grid_samples)
     for check_inverse in (False, True):
-        for sampler in (_edge_samples, _grid_samples):
+        for sampler in samplers:
             cols, rows = sampler(width, height)
             px, py = to_source_pixels(
-                source, grid_crs, grid_transform, cols + col0, rows + row0, check_inverse
+                source, grid_crs, grid_transform, cols + col0, rows + row0, check_inverse, wrap=True
             )
             failed = int(np.isnan(px).sum())
             if failed and sampler is _edge_samples:
@@ -201,6 +353,8 @@ def _sample_bounds(
             )
             if bogus and not check_inverse:
                 break  # retry everything with CHECK_WITH_INVERT_PROJ
+            if sampler is _grid_samples and probe is not None:
+                bounds = probe.widen(bounds, region)
             return bounds
     return None
 
@@ -212,9 +366,14 @@ def compute_source_window(
     region: Window,
     method: Resampling,
     source_extra: int = 0,
+    probe: SourceProbe | None = None,
 ) -> SourceWindow | None:
-    """``GDALWarpOperation::ComputeSourceWindow`` for a destination region; None if empty."""
-    bounds = _sample_bounds(source, grid_crs, grid_transform, region)
+    """``GDALWarpOperation::ComputeSourceWindow`` for a destination region; None if empty.
+
+    ``probe`` holds what GDAL fixes per warp (:class:`SourceProbe`); without it
+    regions are sampled along their edges and grid samples are not widened.
+    """
+    bounds = _sample_bounds(source, grid_crs, grid_transform, region, probe)
     if bounds is None:
         return None
     min_x, min_y, max_x, max_y = (_snap(v) for v in bounds)
@@ -245,7 +404,7 @@ def compute_source_window(
             length = max(0, min(raster - off, high_clamped - off + rad))
         offsets.append(off)
         lengths.append(length)
-        scales.append(size / raw if raw > 0 else 1.0)
+        scales.append(snap_scale(size / raw) if raw > 0 else 1.0)
     fill = (lengths[0] * lengths[1]) / max(
         1.0, (max_x - min_x + 2 * radii[0]) * (max_y - min_y + 2 * radii[1])
     )
@@ -284,9 +443,10 @@ def plan_chunks(
     """
     chunks: list[WarpChunk] = []
     pending = [Window(0, 0, grid_size[0], grid_size[1])]
+    probe = SourceProbe.of(source, grid_crs, grid_transform, grid_size)
     while pending:
         region = pending.pop()
-        facts = compute_source_window(source, grid_crs, grid_transform, region, method)
+        facts = compute_source_window(source, grid_crs, grid_transform, region, method, probe=probe)
         if facts is None or facts.width == 0 or facts.height == 0:
             continue
         width, height = int(region.width), int(region.height)
