@@ -110,10 +110,12 @@ from pipeline.sourcevrt import array_vrt
 from pipeline.store import LayerStore
 from pipeline.warpplan import (
     FILTER_RADIUS,
+    FULL_TURN_DEGREES,
     GDAL_ROUND_EPSILON,
     GDAL_SAMPLE_STEPS,
     PixelCost,
     WarpChunk,
+    center_longitude,
     pieces,
     plan_chunks,
     to_source_pixels,
@@ -134,9 +136,6 @@ VALUE_PICKING = frozenset(
     }
 )
 
-#: Geographic sources wider than this (degrees) may be wrapped round the
-#: antimeridian by GDAL (see :func:`_wraps_antimeridian`).
-WRAP_SPAN_DEGREES = 180.0
 #: Bumped whenever the output of the same inputs would change (invalidates stores).
 ALGORITHM_VERSION = 5
 _MIB = 1024**2
@@ -194,26 +193,31 @@ def _to_source_pixels(
 
 
 def _wraps_antimeridian(source: SourceInfo, grid: TargetGrid, window: Window) -> bool:
-    """Would GDAL treat this window as reaching round the antimeridian of the source?
+    """Would GDAL 3.10 wrap this window's footprints round the antimeridian of the source?
 
-    GDAL 3.10 treats a geographic source spanning about the whole globe as
-    wrapping in longitude. For a target pixel that reaches past the source's
-    east edge (a source ending just short of 180°E, even by float noise), its
-    footprint methods then average the whole latitude band instead of the
-    covered part (the EGM96 geoid's last column at 1°: -0.78 m instead of
-    21.5 m). Such windows are warped from a cropped copy of the source, which
-    GDAL does not consider global.
+    GDAL wraps the longitudes of a geographic source into the half-turn either
+    side of its centre (:func:`pipeline.warpplan.center_longitude`). Where a
+    source spans about the whole globe, that wrap line lies within a cell of
+    its edge, and GDAL 3.10's footprint methods then average the whole latitude
+    band into a cell reaching past it instead of the covered part (the EGM96
+    geoid, ending at 179.875°E, got -0.78 m instead of 21.5 m in its last 1°
+    column). Such windows are warped from a cropped copy of the source, which
+    GDAL does not consider global. Where the wrap line is more than a cell away
+    from the source no cell touching the source crosses it, and the whole-source
+    warp is exact as it is.
     """
-    if not source.crs.is_geographic:
-        return False
-    west, _, east, _ = source.bounds
-    if east - west < WRAP_SPAN_DEGREES:
+    center = center_longitude(source)
+    if center is None:
         return False
     px, _ = _to_source_pixels(source, grid, *_window_samples(window))
     if np.isnan(px).all():
         return False
-    return bool(
-        np.nanmin(px) < -GDAL_ROUND_EPSILON or np.nanmax(px) > source.width + GDAL_ROUND_EPSILON
+    west, _, east, _ = source.bounds
+    gap = (FULL_TURN_DEGREES - (east - west)) / 2.0 / abs(source.transform.a)
+    low, high = float(np.nanmin(px)), float(np.nanmax(px))
+    cell = (high - low) / max(1, int(window.width))
+    return gap < cell and (
+        low < -gap - GDAL_ROUND_EPSILON or high > source.width + gap + GDAL_ROUND_EPSILON
     )
 
 
@@ -507,16 +511,22 @@ def source_cells_per_cell(source: SourceInfo, grid: TargetGrid) -> float:
     return source.width / cols * source.height / rows
 
 
-def window_cell_bytes(source: SourceInfo, dtype: str, grid: TargetGrid, depth: int) -> float:
+def window_cell_bytes(
+    source: SourceInfo, dtype: str, grid: TargetGrid, depth: int, warping: int
+) -> float:
     """What the pipeline holds per output cell of a window size, for :meth:`MemoryGovernor.fit`.
 
-    Per window in flight: the source pixels it reads (GDAL's warp buffer) and
-    the output twice (GDAL's destination buffer and the array handed to the
-    writer). Measured on a 30″ float32 source warped onto a 1′ grid: RSS rose by
-    16–22 bytes per cell of a 2048-pixel window, against 24 estimated here.
+    Per window in flight: the source pixels it reads (its decoded crop) and the
+    output twice (the warp's destination buffer and the array handed to the
+    writer). Per window GDAL is warping (``warping``: the compute threads, when
+    neither block reduction nor the separable kernels compute this dataset):
+    GDAL's own copy of those source pixels in its warp buffer. Measured on a 30″
+    float32 source warped onto a 1′ grid: RSS rose by 16–22 bytes per cell of a
+    2048-pixel window, against 24 estimated here without the warp buffer; a 30″
+    float64 cubic layer overran a budget fitted without it by 3 %.
     """
     read = source_cells_per_cell(source, grid) * np.dtype(source.dtype).itemsize
-    return depth * (read + OUTPUT_COPIES * np.dtype(dtype).itemsize)
+    return depth * (read + OUTPUT_COPIES * np.dtype(dtype).itemsize) + warping * read
 
 
 def in_flight(threads: int, queue_bytes: float, window_bytes: int) -> int:
@@ -900,6 +910,22 @@ class _WindowQueue:
         ctx.governor.after_window(f"resample/{name}")
 
 
+def _gdal_warps(
+    dataset: DatasetConfig,
+    source: SourceInfo,
+    grid: TargetGrid,
+    placement: Placement,
+    aligned: Alignment | None,
+    dtype: str,
+) -> bool:
+    """Does GDAL's warp compute this dataset's windows (with its own source buffer)?"""
+    if placement.passthrough or aligned is not None:
+        return False
+    return not applies(
+        dataset.resampling, source.crs, grid.crs, source.transform, grid.transform, dtype
+    )
+
+
 def _open_layer(
     ctx: RunContext,
     dataset: DatasetConfig,
@@ -958,7 +984,8 @@ def _open_layer(
     # The queue's bound holds across datasets; this dataset's windows are sized as if
     # the whole depth were its own, next to what the previous ones still hold.
     depth = in_flight(threads, queue_bytes, window_bytes)
-    ctx.governor.fit(window_cell_bytes(source, dtype, grid, depth), name, reserved)
+    warping = threads if _gdal_warps(dataset, source, grid, placement, aligned, dtype) else 0
+    ctx.governor.fit(window_cell_bytes(source, dtype, grid, depth, warping), name, reserved)
     job = WindowJob(
         # The name too: two datasets of one file and settings have equal fingerprints, and
         # one's release must not close the sources the other's threads are reading.
@@ -984,7 +1011,7 @@ def _open_layer(
         pending={(int(w.row_off), int(w.col_off)) for w in todo},
         counter=CoverageCounter(grid, footprint(grid, source)),
         window_bytes=window_bytes,
-        cell_cost=window_cell_bytes(source, dtype, grid, 1),
+        cell_cost=window_cell_bytes(source, dtype, grid, 1, 0),
         pool=pool,
         submit=pool.__enter__().submit,
         progress=progress,
