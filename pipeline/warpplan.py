@@ -78,8 +78,9 @@ INVERT_CHECK_DEGREES = 0.1
 INVERT_CHECK_METRES = 10_000.0
 #: GDAL's special points: the poles, a hair short of ±90° (PROJ round-trips that).
 POLE_LATITUDE = 89.9999
-#: The geographic CRS the poles are given in.
-LONLAT = CRS.from_epsg(4326)
+#: The geographic CRS the poles are given in (made when needed: a CRS made at import
+#: opens PROJ's database before the worker forks its catalog child, which then hangs).
+LONLAT_EPSG = 4326
 #: GDAL takes a computed downsampling scale as ``1 / n`` when ``1 / scale`` is this close
 #: to a whole ``n`` (a pinned XSCALE/YSCALE is used as given).
 SCALE_SNAP = 0.05
@@ -269,7 +270,8 @@ class SourceProbe:
     ) -> SourceProbe:
         poles_x, poles_y = np.zeros(2), np.asarray([-POLE_LATITUDE, POLE_LATITUDE])
         if not getattr(grid_crs, "is_geographic", False):
-            poles_x, poles_y = _transform_points(LONLAT, grid_crs, poles_x, poles_y)
+            lonlat = CRS.from_epsg(LONLAT_EPSG)
+            poles_x, poles_y = _transform_points(lonlat, grid_crs, poles_x, poles_y)
         cols, rows = ~grid_transform @ (poles_x, poles_y)  # type: ignore[operator]
         cols, rows = np.asarray(cols, float), np.asarray(rows, float)
         with np.errstate(invalid="ignore"):
