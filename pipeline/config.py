@@ -276,11 +276,12 @@ class ResamplingConfig(StrictModel):
         "executor only: a Dask task reads and warps on its worker.",
     )
     queue_fraction: float = Field(
-        default=0.125,
+        default=0.0625,
         gt=0,
         le=1,
-        description="Share of memory.budget the windows warped ahead of the writer may hold; "
-        "bounds the pipeline to fewer windows in flight than threads + 1 when windows are large.",
+        description="Share of memory.budget the windows read and warped ahead of the writer may "
+        "hold (their decoded source pixels and outputs): windows are made smaller until "
+        "threads + 1 of them fit, so peak RSS stays flat as inputs get finer.",
     )
     margin: int = Field(
         default=2, ge=0, le=64, description="Extra source pixels read around each window."

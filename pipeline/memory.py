@@ -55,6 +55,7 @@ import ctypes
 import ctypes.util
 import gc
 import logging
+import math
 import threading
 from collections.abc import Callable
 from typing import Literal
@@ -217,33 +218,55 @@ class MemoryGovernor:
             log.log(log_level, "window %d → %d: %s", old, new, reason)
         return new
 
-    def fit(self, bytes_per_cell: float, what: str, reserved: float = 0.0) -> int:
+    def fit(
+        self,
+        bytes_per_cell: float,
+        what: str,
+        reserved: float = 0.0,
+        queue: tuple[float, float] | None = None,
+    ) -> int:
         """Cap the window for ``what`` at the largest size whose estimated cost fits; returns it.
 
         ``bytes_per_cell`` is the stage's estimate of what its windows hold per
         output cell (source pixels read, warp buffers, windows in flight).
         ``reserved``: bytes of work already in flight that the RSS may not show
         yet (the previous dataset's last windows, still being read and warped).
-        The cap holds until the next call: calm readings grow the window up to
-        it, not past it. Never below ``min_window`` (the smallest window always runs).
+        ``queue``: (bytes per cell of the windows queued ahead of the writer, the
+        bytes they may hold): those must fit their share of the budget too, so a
+        source with more pixels per cell gets smaller windows, not a deeper
+        footprint (peak RSS stays flat as inputs grow). The cap holds until the
+        next call: calm readings grow the window up to it, not past it. Never
+        below ``min_window`` (the smallest window always runs).
         """
         config = self._config
         rss = self.rss()
         room = config.warning * self.budget - rss - reserved
+        queued, share = queue if queue is not None else (0.0, math.inf)
         size = self.initial_window
-        while size > config.min_window and size * size * bytes_per_cell > room:
+        while size > config.min_window and (
+            size * size * bytes_per_cell > room or size * size * queued > share
+        ):
             size = max(config.min_window, size // 2 // config.min_window * config.min_window)
         with self._lock:
             old = self.window_size
             self._ceiling = size
             self.window_size = min(old, size)
         if self.window_size != old:
-            reason = (
-                f"a {old}-pixel window of {what} would hold about "
-                f"{format_bytes(int(old * old * bytes_per_cell))}; "
-                f"{format_bytes(max(0, int(room)))} left below {_percent(config.warning)} "
-                f"of {format_bytes(self.budget)}"
-            )
+            reasons = []
+            if old * old * bytes_per_cell > room:
+                reasons.append(
+                    f"a {old}-pixel window of {what} would hold about "
+                    f"{format_bytes(int(old * old * bytes_per_cell))}; "
+                    f"{format_bytes(max(0, int(room)))} left below {_percent(config.warning)} "
+                    f"of {format_bytes(self.budget)}"
+                )
+            if old * old * queued > share:
+                reasons.append(
+                    f"{format_bytes(int(old * old * queued))} of {what}'s {old}-pixel windows "
+                    f"would be queued ahead of the writer; their share is "
+                    f"{format_bytes(int(share))}"
+                )
+            reason = "; and ".join(reasons)
             self._events.emit(
                 GovernorEvent(
                     old_size=old,

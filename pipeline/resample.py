@@ -529,16 +529,6 @@ def window_cell_bytes(
     return depth * (read + OUTPUT_COPIES * np.dtype(dtype).itemsize) + warping * read
 
 
-def in_flight(threads: int, queue_bytes: float, window_bytes: int) -> int:
-    """How many windows may be read or warped ahead of the one being written.
-
-    One per reader and warp thread plus one waiting to be written keeps every
-    core and the writer busy; fewer when that many windows would not fit the queue's share of
-    the memory budget (never fewer than one, which is the serial loop).
-    """
-    return max(1, min(threads + 1, int(queue_bytes // max(1, window_bytes))))
-
-
 @dataclass(frozen=True)
 class WindowJob:
     """Everything one dataset's windows need, by value, so any thread or process computes them.
@@ -755,9 +745,8 @@ class _Layer:
     windows: list[Window]
     pending: set[tuple[int, int]]
     counter: CoverageCounter
-    #: What one in-flight piece of this layer counts against the queue's memory share.
-    window_bytes: int
-    #: Estimated bytes per output cell of one window in flight (source read, outputs).
+    #: Estimated bytes per output cell of one window in flight (source read, outputs): a
+    #: piece counts its cells' worth against the queue's memory share.
     cell_cost: float
     pool: AbstractContextManager[TaskPool[Window, np.ndarray]]
     submit: Callable[[Window], TaskFuture[np.ndarray]]
@@ -804,11 +793,12 @@ _Entry = _Started | _Piece | _WindowDone | _LayerDone
 def queue_full(count: int, held: float, threads: int, queue_bytes: float) -> bool:
     """Must the oldest entry be finished before another piece is submitted?
 
-    :func:`in_flight` over a queue whose windows come from several datasets and
-    so differ in bytes: at most ``threads + 1`` pieces read or warped ahead of
-    the one being written, holding no more than ``queue_bytes`` between them,
-    and never fewer than one (the serial loop). With windows of one size it is
-    ``count > in_flight(threads, queue_bytes, window_bytes)``.
+    One piece per reader and compute thread plus one waiting to be written
+    keeps every core and the writer busy: at most ``threads + 1`` pieces read or
+    warped ahead of the one being written, holding no more than ``queue_bytes``
+    (their estimated source crops and outputs) between them, and never fewer
+    than one (the serial loop). Pieces of several datasets differ in bytes, so
+    the bound is on bytes, not on a count of windows.
     """
     return count > 1 and (count > threads + 1 or held > queue_bytes)
 
@@ -836,19 +826,21 @@ class _WindowQueue:
         self._threads, self._queue_bytes = threads, queue_bytes
         self._entries: deque[_Entry] = deque()
         self._count = 0
-        self._held = 0
-        #: Estimated bytes of the pieces in flight, for the next dataset's window fit.
-        self.reserved = 0.0
+        self._held = 0.0
         #: Layers whose pools are open (closed as each one's last entry is finished).
         self.open: list[_Layer] = []
+
+    @property
+    def reserved(self) -> float:
+        """Estimated bytes of the pieces in flight, for the next dataset's window fit."""
+        return self._held
 
     def put(self, entry: _Entry) -> None:
         """Queue an entry, then finish old ones until the in-flight bound holds again."""
         self._entries.append(entry)
         if isinstance(entry, _Piece) and entry.future is not None:
             self._count += 1
-            self._held += entry.layer.window_bytes
-            self.reserved += entry.cost
+            self._held += entry.cost
         while queue_full(self._count, self._held, self._threads, self._queue_bytes):
             self.finish_one()
 
@@ -882,8 +874,7 @@ class _WindowQueue:
             layer.counter.add(piece, valid_mask(data, layer.job.nodata))
         else:
             self._count -= 1
-            self._held -= layer.window_bytes
-            self.reserved -= entry.cost
+            self._held -= entry.cost
             self._write(layer, entry.window, entry.future.result())
 
     def _write(self, layer: _Layer, piece: Window, data: np.ndarray) -> None:
@@ -980,12 +971,18 @@ def _open_layer(
         len(windows),
         extra={"stage": "resample", "dataset": name},
     )
-    window_bytes = config.window_size**2 * np.dtype(dtype).itemsize
     # The queue's bound holds across datasets; this dataset's windows are sized as if
-    # the whole depth were its own, next to what the previous ones still hold.
-    depth = in_flight(threads, queue_bytes, window_bytes)
+    # the whole depth were its own, next to what the previous ones still hold, and so
+    # that a full queue of them fits its share of the budget.
+    depth = threads + 1
     warping = threads if _gdal_warps(dataset, source, grid, placement, aligned, dtype) else 0
-    ctx.governor.fit(window_cell_bytes(source, dtype, grid, depth, warping), name, reserved)
+    cell_cost = window_cell_bytes(source, dtype, grid, 1, 0)
+    ctx.governor.fit(
+        window_cell_bytes(source, dtype, grid, depth, warping),
+        name,
+        reserved,
+        queue=(depth * cell_cost, queue_bytes),
+    )
     job = WindowJob(
         # The name too: two datasets of one file and settings have equal fingerprints, and
         # one's release must not close the sources the other's threads are reading.
@@ -1010,8 +1007,7 @@ def _open_layer(
         windows=windows,
         pending={(int(w.row_off), int(w.col_off)) for w in todo},
         counter=CoverageCounter(grid, footprint(grid, source)),
-        window_bytes=window_bytes,
-        cell_cost=window_cell_bytes(source, dtype, grid, 1, 0),
+        cell_cost=cell_cost,
         pool=pool,
         submit=pool.__enter__().submit,
         progress=progress,

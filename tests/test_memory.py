@@ -25,8 +25,17 @@ from rasterio.windows import Window
 
 from pipeline.config import MemoryConfig
 from pipeline.control import Controller
-from pipeline.events import EVENTS_FD_ENV, Event, EventSink, GovernorEvent, MemoryEvent, decode
+from pipeline.events import (
+    EVENTS_FD_ENV,
+    CheckpointEvent,
+    Event,
+    EventSink,
+    GovernorEvent,
+    MemoryEvent,
+    decode,
+)
 from pipeline.memory import MemoryGovernor
+from pipeline.report.plots import QUICKLOOK_CELLS, quicklook_cells
 from pipeline.runner import STORE_NAME
 from tests.test_resample import assert_parity
 
@@ -231,6 +240,21 @@ def test_fit_caps_the_window_by_estimated_cost_until_cleared() -> None:
     assert run(governor, 2) == [2048, 2048]
 
 
+def test_fit_keeps_a_full_queue_of_windows_within_its_share() -> None:
+    """Room for both, but 2048² × 30 B = 120 MiB queued is over a 64 MiB share: 1024."""
+    governor, recorder, _ = scripted([0.5] * 4)
+    share = 64 * 1024**2
+    assert governor.fit(40, "coarse", queue=(7.0, share)) == 2048  # 28 MiB queued
+    assert not recorder.of(GovernorEvent)
+    assert governor.fit(40, "fine", queue=(30.0, share)) == 1024  # 30 MiB queued
+    change = recorder.of(GovernorEvent)[-1]
+    assert (change.old_size, change.new_size) == (2048, 1024)
+    assert change.reason == (
+        "120 MiB of fine's 2048-pixel windows would be queued ahead of the writer; "
+        "their share is 64 MiB"
+    )
+
+
 @pytest.mark.parametrize("initial", [0, 300, -256])
 def test_initial_window_must_be_a_multiple_of_the_minimum(initial: int) -> None:
     with pytest.raises(ValueError, match=r"multiple of memory\.min_window"):
@@ -410,12 +434,14 @@ def test_run_under_a_tight_budget_fits_windows_and_report_and_matches(tmp_path: 
     """
     write_source(tmp_path / "coarse.tif", 0.1, "float32")
     write_source(tmp_path / "fine.tif", 1 / 120, "float64")
-    loose = run_worker(tmp_path, "loose", 4 * GIB)
+    # Loose: a full queue of the fine layer's 2048-pixel windows fits the queue's
+    # share of it (3 × 48 B × 2048² = 576 MiB of 1 GiB).
+    loose = run_worker(tmp_path, "loose", 16 * GIB)
     assert loose.returncode == 0 and not loose.of(GovernorEvent)
     # The fine layer's windows are in flight from the stage's start (one queue of
     # windows across datasets): readings between the coarse layer's windows see
     # them too. What the worker holds without them comes from a run without it.
-    without_fine = run_worker(tmp_path, "coarse-only", 4 * GIB, ("coarse",))
+    without_fine = run_worker(tmp_path, "coarse-only", 16 * GIB, ("coarse",))
     assert without_fine.returncode == 0
     before = max(e.rss for e in without_fine.readings("coarse"))
     default_windows = max(e.rss for e in loose.readings("fine"))
@@ -436,19 +462,38 @@ def test_run_under_a_tight_budget_fits_windows_and_report_and_matches(tmp_path: 
     tight = run_worker(tmp_path, "tight", budget)
 
     assert tight.returncode == 0
-    # Fitted before the fine layer's first window, not after it overran.
-    first_change = tight.of(GovernorEvent)[0]
-    assert first_change.old_size == 2048 and first_change.new_size <= 1024
-    assert "window of fine would hold" in first_change.reason
+    # Fitted before the fine layer's first window, not after it overran (the coarse
+    # layer's windows may have been fitted to the queue's share before it).
+    fits = [e for e in tight.of(GovernorEvent) if "window of fine would hold" in e.reason
+            or "of fine's" in e.reason]  # fmt: skip
+    assert fits and fits[0].new_size <= 1024
+    first_fine = next(
+        i for i, e in enumerate(tight.events)
+        if isinstance(e, CheckpointEvent) and e.dataset == "fine"
+    )  # fmt: skip
+    assert tight.events.index(fits[0]) < first_fine
     assert all(e.window_size <= 1024 for e in tight.readings("fine"))
     assert tight.peak < budget
-    # The report was drawn within the budget: maps at a coarser stride, not left out.
+    # The report was drawn within the budget: maps never finer than the loose run's,
+    # not left out. (Fitted to the queue's share, the windows leave the report about
+    # the headroom of the loose run; how the stride follows the headroom is pinned
+    # down by test_quick_look_side_follows_the_headroom_left.)
     strides, loose_strides = map_strides(tight), map_strides(loose)
     assert len(strides) == len(loose_strides) == 2
-    assert all(s > ls for s, ls in zip(strides, loose_strides, strict=True))
+    assert all(s >= ls for s, ls in zip(strides, loose_strides, strict=True))
     for name in ("coarse", "fine"):
         expected = zarr.open_array(loose.work / STORE_NAME / name, mode="r")[:]
         actual = zarr.open_array(tight.work / STORE_NAME / name, mode="r")[:]
         # Other windows, other float64 summation order of `average` at GDAL chunk
         # edges (measured: 2e-13 of a 1073 range): the parity bound, not bits.
         assert_parity(actual, expected, math.nan)
+
+
+def test_quick_look_side_follows_the_headroom_left() -> None:
+    """The report reads its maps at the largest side the budget's headroom pays for."""
+    mib = 1024**2
+    assert quicklook_cells(200 * mib) == QUICKLOOK_CELLS  # capped
+    assert quicklook_cells(100 * mib) == math.isqrt(84 * mib // 256)  # 16 MiB fixed + 256 B/cell
+    assert quicklook_cells(100 * mib) < QUICKLOOK_CELLS
+    assert quicklook_cells(16 * mib + 63 * 63 * 256) == 0, "too small a map is left out"
+    assert quicklook_cells(0) == 0

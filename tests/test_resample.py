@@ -26,7 +26,6 @@ from pipeline.grid import TargetGrid, place
 from pipeline.memory import MemoryGovernor
 from pipeline.resample import (
     ChunkWarper,
-    in_flight,
     output_dtype,
     output_nodata,
     resample_dataset,
@@ -485,14 +484,6 @@ def test_pipelined_threads_write_the_same_store_in_the_same_order(
         == order(serial_events)
         == [(int(w.row_off), int(w.col_off)) for w in GLOBAL_1DEG.windows(WINDOW)]
     )
-
-
-def test_in_flight_is_threads_plus_one_within_the_queue_share() -> None:
-    window_bytes = 1024 * 1024 * 4
-    assert in_flight(1, 100 * window_bytes, window_bytes) == 2
-    assert in_flight(2, 100 * window_bytes, window_bytes) == 3
-    assert in_flight(2, 2.5 * window_bytes, window_bytes) == 2
-    assert in_flight(4, 0.5 * window_bytes, window_bytes) == 1, "never below the serial loop"
 
 
 def _fingerprint_of(store: LayerStore, name: str) -> str:

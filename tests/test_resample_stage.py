@@ -28,7 +28,7 @@ from pipeline.config import PipelineConfig, parse_config
 from pipeline.context import RunContext, StageNode
 from pipeline.control import StopRequested
 from pipeline.events import CheckpointEvent, Event, StageEvent
-from pipeline.resample import in_flight, queue_full, resample_dataset, resample_datasets
+from pipeline.resample import queue_full, resample_dataset, resample_datasets
 from pipeline.store import LayerStore
 from tests.test_resample import (
     EASE_X,
@@ -381,12 +381,12 @@ def test_a_bad_second_source_fails_as_alone_after_the_first_is_finished(
 
 
 def test_the_in_flight_bound_holds_across_datasets_of_different_window_bytes() -> None:
-    """As :func:`in_flight` for one window size; bytes, not counts, across sizes."""
+    """threads + 1 pieces within the share; bytes, not counts, across sizes."""
     window = 1000
-    for threads, share in ((1, 100 * window), (2, 2.5 * window), (4, 0.5 * window)):
-        depth = in_flight(threads, share, window)
+    for threads, share, depth in ((1, 100 * window, 2), (2, 100 * window, 3), (2, 2.5 * window, 2),
+                                  (4, 0.5 * window, 1)):  # fmt: skip
         assert not queue_full(depth, depth * window, threads, share)
-        assert queue_full(depth + 1, (depth + 1) * window, threads, share) or depth + 1 == 1
+        assert queue_full(depth + 1, (depth + 1) * window, threads, share)
     # A share of three float32 windows holds a float64 and a float32 one, not one more.
     float32, float64 = 4 * window, 8 * window
     share = 3 * float32
