@@ -55,9 +55,9 @@ import ctypes
 import ctypes.util
 import gc
 import logging
-import math
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Literal
 
 import psutil
@@ -105,6 +105,22 @@ def release_freed_memory() -> None:
 
 def _system_available() -> int:
     return psutil.virtual_memory().available
+
+
+@dataclass(frozen=True)
+class WindowLimit:
+    """Bytes that some windows of a dataset may hold somewhere, for :meth:`MemoryGovernor.fit`.
+
+    ``per_cell``: what those windows hold per output cell of the window size (a
+    full queue of them, or a Dask worker's); ``where`` and ``allowance`` name
+    them in the log line (``… of fine's 2048-pixel windows would be queued ahead
+    of the writer; their share is 64 MiB``).
+    """
+
+    per_cell: float
+    limit: float
+    where: str
+    allowance: str
 
 
 class MemoryGovernor:
@@ -223,7 +239,7 @@ class MemoryGovernor:
         bytes_per_cell: float,
         what: str,
         reserved: float = 0.0,
-        queue: tuple[float, float] | None = None,
+        limits: Sequence[WindowLimit] = (),
     ) -> int:
         """Cap the window for ``what`` at the largest size whose estimated cost fits; returns it.
 
@@ -231,21 +247,22 @@ class MemoryGovernor:
         output cell (source pixels read, warp buffers, windows in flight).
         ``reserved``: bytes of work already in flight that the RSS may not show
         yet (the previous dataset's last windows, still being read and warped).
-        ``queue``: (bytes per cell of the windows queued ahead of the writer, the
-        bytes they may hold): those must fit their share of the budget too, so a
-        source with more pixels per cell gets smaller windows, not a deeper
-        footprint (peak RSS stays flat as inputs grow). The cap holds until the
-        next call: calm readings grow the window up to it, not past it. Never
-        below ``min_window`` (the smallest window always runs).
+        ``limits``: shares the windows must fit as well (the queue ahead of the
+        writer, a Dask worker's memory), so a source with more pixels per cell
+        gets smaller windows, not a deeper footprint: peak RSS stays flat as
+        inputs grow. The cap holds until the next call: calm readings grow the
+        window up to it, not past it. Never below ``min_window`` (the smallest
+        window always runs).
         """
         config = self._config
         rss = self.rss()
         room = config.warning * self.budget - rss - reserved
-        queued, share = queue if queue is not None else (0.0, math.inf)
+
+        def over(size: int) -> list[WindowLimit]:
+            return [limit for limit in limits if size * size * limit.per_cell > limit.limit]
+
         size = self.initial_window
-        while size > config.min_window and (
-            size * size * bytes_per_cell > room or size * size * queued > share
-        ):
+        while size > config.min_window and (size * size * bytes_per_cell > room or over(size)):
             size = max(config.min_window, size // 2 // config.min_window * config.min_window)
         with self._lock:
             old = self.window_size
@@ -260,12 +277,12 @@ class MemoryGovernor:
                     f"{format_bytes(max(0, int(room)))} left below {_percent(config.warning)} "
                     f"of {format_bytes(self.budget)}"
                 )
-            if old * old * queued > share:
-                reasons.append(
-                    f"{format_bytes(int(old * old * queued))} of {what}'s {old}-pixel windows "
-                    f"would be queued ahead of the writer; their share is "
-                    f"{format_bytes(int(share))}"
-                )
+            reasons.extend(
+                f"{format_bytes(int(old * old * limit.per_cell))} of {what}'s {old}-pixel "
+                f"windows would be {limit.where}; {limit.allowance} is "
+                f"{format_bytes(int(limit.limit))}"
+                for limit in over(old)
+            )
             reason = "; and ".join(reasons)
             self._events.emit(
                 GovernorEvent(

@@ -103,6 +103,7 @@ from pipeline.coverage import DENSIFY_POINTS, CoverageCounter, footprint, valid_
 from pipeline.events import CheckpointEvent
 from pipeline.executor import JobPools, Staged, TaskFuture, TaskPool, job_pools
 from pipeline.grid import Placement, TargetGrid, place
+from pipeline.memory import WindowLimit
 from pipeline.separable import SeparableKernel, applies, pixel_masks
 from pipeline.source import SourceInfo
 from pipeline.source_names import local_file
@@ -977,12 +978,18 @@ def _open_layer(
     depth = threads + 1
     warping = threads if _gdal_warps(dataset, source, grid, placement, aligned, dtype) else 0
     cell_cost = window_cell_bytes(source, dtype, grid, 1, 0)
-    ctx.governor.fit(
-        window_cell_bytes(source, dtype, grid, depth, warping),
-        name,
-        reserved,
-        queue=(depth * cell_cost, queue_bytes),
-    )
+    limits = [
+        WindowLimit(depth * cell_cost, queue_bytes, "queued ahead of the writer", "their share")
+    ]
+    worker = ctx.executor.window_room()
+    if worker is not None:
+        # On a cluster a window's task also decodes and warps it on a worker.
+        room, name_of_worker = worker
+        per_task = window_cell_bytes(source, dtype, grid, 1, 1 if warping else 0)
+        limits.append(
+            WindowLimit(per_task, room, f"on {name_of_worker} at once", "one task's share")
+        )
+    ctx.governor.fit(window_cell_bytes(source, dtype, grid, depth, warping), name, reserved, limits)
     job = WindowJob(
         # The name too: two datasets of one file and settings have equal fingerprints, and
         # one's release must not close the sources the other's threads are reading.

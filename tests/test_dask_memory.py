@@ -11,14 +11,18 @@ address in the message and in ``extra.worker``, and into the governor's pressure
 from __future__ import annotations
 
 import logging
+import re
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from pipeline import load_config, open_store
 from pipeline.config import PipelineConfig
-from pipeline.events import EventSink, MemoryEvent
+from pipeline.events import EventSink, GovernorEvent, MemoryEvent
 from pipeline.executor.dask import DASK_WORKER_SAMPLE, DaskExecutor
+from tests.dask_support import DASK, LAYERS, quick_config, run_worker
 
 #: Every worker's memory limit; an idle worker process uses ~100 MiB, far above PAUSE of it.
 LIMIT = "1GiB"
@@ -81,3 +85,42 @@ def test_a_worker_paused_for_memory_is_a_warning_naming_it(
         assert resumed and resumed[0].__dict__["worker"] == address
     finally:
         executor.close()
+
+
+def test_windows_are_fitted_to_the_dask_workers_memory(demo_dir: Path, tmp_path: Path) -> None:
+    """A worker's share of its limit below Dask's target holds a 1024-pixel window of no
+    layer: the windows are cut to fit it before the first one runs, and the run is whole.
+
+    1 GiB × target 0.01 over a thread and a waiting result: ~5 MiB per task, while a
+    1024-pixel window of the demo layers holds ~9 MiB (its float32 outputs twice).
+    """
+    config = quick_config(
+        tmp_path,
+        demo_dir,
+        **{
+            **DASK,
+            "dask": {
+                "local_cluster": {"n_workers": 2, "threads_per_worker": 1, "memory_limit": "1GiB"},
+                "worker_memory": {"target": 0.01},
+            },
+            "resampling": {"window_size": 1024, "threads": 1},
+            "analysis": {"methods": []},
+        },
+    )
+    run = run_worker(config)
+    assert run.code == 0, run.stderr[-2000:]
+    fits = [e for e in run.events if isinstance(e, GovernorEvent)]
+    assert fits, "the windows were never fitted to the workers"
+    first = fits[0]
+    assert first.old_size == 1024 and first.new_size <= 512
+    assert re.search(
+        r"would be on Dask worker tcp://[\d.]+:\d+ at once; one task's share is \d+ MiB",
+        first.reason,
+    ), first.reason
+    checkpoints = run.checkpoints()
+    assert {c.dataset for c in checkpoints} >= set(LAYERS)
+    assert all(c.width <= 512 and c.height <= 512 for c in checkpoints)
+    assert run.events.index(first) < run.events.index(checkpoints[0])
+    store = open_store(load_config(config))
+    for layer in LAYERS:
+        assert store.verify(layer) == store.total_chunks()

@@ -34,7 +34,7 @@ from pipeline.events import (
     MemoryEvent,
     decode,
 )
-from pipeline.memory import MemoryGovernor
+from pipeline.memory import MemoryGovernor, WindowLimit
 from pipeline.report.plots import QUICKLOOK_CELLS, quicklook_cells
 from pipeline.runner import STORE_NAME
 from tests.test_resample import assert_parity
@@ -243,10 +243,13 @@ def test_fit_caps_the_window_by_estimated_cost_until_cleared() -> None:
 def test_fit_keeps_a_full_queue_of_windows_within_its_share() -> None:
     """Room for both, but 2048² × 30 B = 120 MiB queued is over a 64 MiB share: 1024."""
     governor, recorder, _ = scripted([0.5] * 4)
-    share = 64 * 1024**2
-    assert governor.fit(40, "coarse", queue=(7.0, share)) == 2048  # 28 MiB queued
+
+    def queue(per_cell: float) -> list[WindowLimit]:
+        return [WindowLimit(per_cell, 64 * 1024**2, "queued ahead of the writer", "their share")]
+
+    assert governor.fit(40, "coarse", limits=queue(7.0)) == 2048  # 28 MiB queued
     assert not recorder.of(GovernorEvent)
-    assert governor.fit(40, "fine", queue=(30.0, share)) == 1024  # 30 MiB queued
+    assert governor.fit(40, "fine", limits=queue(30.0)) == 1024  # 30 MiB queued
     change = recorder.of(GovernorEvent)[-1]
     assert (change.old_size, change.new_size) == (2048, 1024)
     assert change.reason == (

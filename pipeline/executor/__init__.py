@@ -107,6 +107,11 @@ class Executor(Protocol):
         None when tasks share this process's memory (the governor reads that itself)."""
         ...
 
+    def window_room(self) -> tuple[float, str] | None:
+        """Bytes one window's task may hold on the tightest remote worker, and its name;
+        None when tasks run in this process (the run's own budget sizes them)."""
+        ...
+
     def close(self) -> None:
         """Cancel what is left and release the cluster (a LocalCluster is shut down)."""
         ...

@@ -73,6 +73,9 @@ DASK_WORKER_SAMPLE = "dask-worker"
 MS = 1000.0
 #: Dask's status of a worker that stopped starting tasks for memory.
 PAUSED_STATUS = "paused"
+#: Dask's own ``distributed.worker.memory.target`` default: the fraction of its limit
+#: a worker of an existing cluster starts spilling at (a LocalCluster gets geod's).
+DASK_DEFAULT_TARGET = 0.6
 
 
 class _LogLevel(WorkerPlugin):
@@ -452,6 +455,26 @@ class DaskExecutor:
             return None
         address = max(readings, key=readings.__getitem__)
         return readings[address], f"Dask worker {address}"
+
+    def window_room(self) -> tuple[float, str] | None:
+        """Bytes one window's task may hold on the tightest worker, and its address.
+
+        A worker holds a window per thread while computing and about one more
+        whose result waits to be fetched (a task batches only as many windows
+        as take ``dask.task_seconds``, so big windows go one per task); they
+        share its memory limit below Dask's ``target`` fraction, where it would
+        start spilling. Workers without a limit do not count.
+        """
+        target = self._levels["target"] if self._levels else DASK_DEFAULT_TARGET
+        rooms = {
+            address: int(info["memory_limit"]) * target / (int(info.get("nthreads", 1)) + 1)
+            for address, info in self.client.scheduler_info(n_workers=-1)["workers"].items()
+            if info.get("memory_limit")
+        }
+        if not rooms:
+            return None
+        address = min(rooms, key=rooms.__getitem__)
+        return rooms[address], f"Dask worker {address}"
 
     def close(self) -> None:
         """Stop the monitor, cancel what is left, close the client and any LocalCluster."""

@@ -219,6 +219,10 @@ class LocalExecutor:
         """Tasks run in this process: its RSS is the whole story."""
         return None
 
+    def window_room(self) -> tuple[float, str] | None:
+        """Tasks run in this process: the run's budget sizes their windows."""
+        return None
+
     def close(self) -> None:
         """Pools are closed by the stages that opened them."""
 
