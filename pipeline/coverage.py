@@ -75,6 +75,11 @@ def footprint(grid: TargetGrid, source: SourceInfo) -> Footprint:
     return Footprint(row0, row1, col0, col1)
 
 
+def mask_counts(valid: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
+    """A window's valid cells, and which of its rows and columns hold any."""
+    return int(valid.sum()), valid.any(axis=1), valid.any(axis=0)
+
+
 @dataclass
 class CoverageCounter:
     """Valid cells of a layer, and which footprint rows and columns hold any, window by window."""
@@ -91,10 +96,14 @@ class CoverageCounter:
 
     def add(self, window: Window, valid: np.ndarray) -> None:
         """Count one window's valid-cell mask."""
-        self.valid_cells += int(valid.sum())
+        self.add_counts(window, *mask_counts(valid))
+
+    def add_counts(self, window: Window, cells: int, rows: np.ndarray, cols: np.ndarray) -> None:
+        """Count one window from :func:`mask_counts` of its mask (taken where it was computed)."""
+        self.valid_cells += cells
         row0, col0 = int(window.row_off), int(window.col_off)
-        self.rows[row0 : row0 + valid.shape[0]] |= valid.any(axis=1)
-        self.cols[col0 : col0 + valid.shape[1]] |= valid.any(axis=0)
+        self.rows[row0 : row0 + rows.shape[0]] |= rows
+        self.cols[col0 : col0 + cols.shape[0]] |= cols
 
     def numbers(self) -> dict[str, float | int]:
         """What the log (and telemetry) records for the layer."""

@@ -99,7 +99,13 @@ from rasterio.windows import transform as window_transform
 from pipeline.blockreduce import Alignment, alignment, is_exact, reduce_window
 from pipeline.config import DatasetConfig, Resampling
 from pipeline.context import RunContext, StageNode
-from pipeline.coverage import DENSIFY_POINTS, CoverageCounter, footprint, valid_mask
+from pipeline.coverage import (
+    DENSIFY_POINTS,
+    CoverageCounter,
+    footprint,
+    mask_counts,
+    valid_mask,
+)
 from pipeline.events import CheckpointEvent
 from pipeline.executor import JobPools, Staged, TaskFuture, TaskPool, job_pools
 from pipeline.grid import Placement, TargetGrid, place
@@ -108,7 +114,7 @@ from pipeline.separable import SeparableKernel, applies, pixel_masks
 from pipeline.source import SourceInfo
 from pipeline.source_names import local_file
 from pipeline.sourcevrt import array_vrt
-from pipeline.store import LayerStore
+from pipeline.store import ChunkLines, ChunkWriter, LayerStore
 from pipeline.warpplan import (
     FILTER_RADIUS,
     FULL_TURN_DEGREES,
@@ -552,6 +558,8 @@ class WindowJob:
     chunks: tuple[WarpChunk, ...]
     dtype: str
     nodata: float
+    #: On a cluster: the store's writer, so each task writes its own window.
+    writer: ChunkWriter | None = None
 
     def warps(self, piece: Window) -> bool:
         """Is ``piece`` computed by GDAL's warp (not copied, nor reduced by blocks)?"""
@@ -654,12 +662,29 @@ def read_window_source(job: WindowJob, piece: Window) -> SourceCrop | None:
         return job.crop(piece, src)
 
 
-def warp_window(job: WindowJob, piece: Window, crop: SourceCrop | None) -> np.ndarray:
+@dataclass(frozen=True)
+class WrittenWindow:
+    """A window a task wrote to the store itself: what the run's worker records of it."""
+
+    lines: ChunkLines
+    #: :func:`pipeline.coverage.mask_counts` of its valid cells.
+    counts: tuple[int, np.ndarray, np.ndarray]
+
+
+def warp_window(
+    job: WindowJob, piece: Window, crop: SourceCrop | None
+) -> np.ndarray | WrittenWindow:
     """Compute one piece of ``job`` on this thread (a pool thread or a Dask worker's),
-    from its decoded ``crop`` when there is one, else reading the source itself."""
+    from its decoded ``crop`` when there is one, else reading the source itself. A job
+    with a writer (a Dask run) writes the piece's chunks here and returns their checksums
+    and coverage, so the run's worker is not the one writer of the whole cluster."""
     with rasterio.Env(**job.gdal_env):
         src, warper = _thread_source(job)
-        return job.compute(piece, warper, src, crop)
+        data = job.compute(piece, warper, src, crop)
+    if job.writer is None:
+        return data
+    lines = job.writer.write(job.dataset.name, piece, data)
+    return WrittenWindow(lines, mask_counts(valid_mask(data, job.nodata)))
 
 
 #: One piece of a job: read ahead on a reader thread, then warped on a compute thread
@@ -749,8 +774,8 @@ class _Layer:
     #: Estimated bytes per output cell of one window in flight (source read, outputs): a
     #: piece counts its cells' worth against the queue's memory share.
     cell_cost: float
-    pool: AbstractContextManager[TaskPool[Window, np.ndarray]]
-    submit: Callable[[Window], TaskFuture[np.ndarray]]
+    pool: AbstractContextManager[TaskPool[Window, np.ndarray | WrittenWindow]]
+    submit: Callable[[Window], TaskFuture[np.ndarray | WrittenWindow]]
     #: Arguments of its ``node.start`` (emitted when its first entry reaches the front).
     progress: dict[str, int]
 
@@ -768,7 +793,7 @@ class _Piece:
 
     layer: _Layer
     window: Window
-    future: TaskFuture[np.ndarray] | None
+    future: TaskFuture[np.ndarray | WrittenWindow] | None
     #: Estimated bytes it holds while in flight (:func:`window_cell_bytes` of its cells).
     cost: float = 0.0
 
@@ -878,11 +903,16 @@ class _WindowQueue:
             self._held -= entry.cost
             self._write(layer, entry.window, entry.future.result())
 
-    def _write(self, layer: _Layer, piece: Window, data: np.ndarray) -> None:
-        """Write, checkpoint (pause/kill happen here), adapt the window size."""
+    def _write(self, layer: _Layer, piece: Window, result: np.ndarray | WrittenWindow) -> None:
+        """Write (or record what a task wrote), checkpoint (pause/kill happen here), adapt
+        the window size."""
         ctx, grid, store, name = self._ctx, self._grid, self._store, layer.dataset.name
-        store.write_window(name, piece, data)
-        layer.counter.add(piece, valid_mask(data, layer.job.nodata))
+        if isinstance(result, WrittenWindow):
+            store.record(name, result.lines)
+            layer.counter.add_counts(piece, *result.counts)
+        else:
+            store.write_window(name, piece, result)
+            layer.counter.add(piece, valid_mask(result, layer.job.nodata))
         ctx.events.emit(
             CheckpointEvent(
                 stage="resample",
@@ -1005,6 +1035,7 @@ def _open_layer(
         chunks=tuple(chunks),
         dtype=dtype,
         nodata=nodata,
+        writer=store.writer if ctx.executor.remote else None,
     )
     pool = pools.pool(compute_window, job, functools.partial(release_job, job.token))
     return _Layer(

@@ -31,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -83,6 +84,80 @@ def _durable_checksum(path: Path) -> str:
     return checksum
 
 
+#: A window's chunks as written: (chunk row, chunk column) and the checksum of its bytes.
+ChunkLines = list[tuple[tuple[int, int], str]]
+
+_fsync_lock = threading.Lock()
+_fsync_threads: ThreadPoolExecutor | None = None
+
+
+def _fsync_pool() -> ThreadPoolExecutor:
+    """This process's threads that fsync chunk files, started on the first write and kept
+    (a pool per window started and joined 8 threads each time: ~0.1 s of CPU in 24)."""
+    global _fsync_threads
+    with _fsync_lock:
+        if _fsync_threads is None:
+            _fsync_threads = ThreadPoolExecutor(FSYNC_THREADS, thread_name_prefix="geod-fsync")
+        return _fsync_threads
+
+
+def chunks_of(window: Window, chunk: int) -> list[tuple[int, int]]:
+    """Keys of the store chunks a window covers."""
+    row0, col0 = int(window.row_off), int(window.col_off)
+    row1, col1 = row0 + int(window.height), col0 + int(window.width)
+    return [
+        (r, k)
+        for r in range(row0 // chunk, -(-row1 // chunk))
+        for k in range(col0 // chunk, -(-col1 // chunk))
+    ]
+
+
+def chunk_path(root: Path, name: str, key: tuple[int, int]) -> Path:
+    """Where zarr keeps a layer's chunk."""
+    return root / name / "c" / str(key[0]) / str(key[1])
+
+
+class ChunkWriter:
+    """Writes a window into its layer's chunk files, durably, and returns their checksums.
+
+    The write half of :meth:`LayerStore.write_window`, apart so it can run where
+    the window was computed: a Dask task writes its window's chunks itself (the
+    store's directory on a filesystem the workers share) and hands the run's
+    worker only the checksums, which it records in grid order, so one writer
+    no longer bounds a cluster. Chunks written but not yet recorded are
+    rewritten on resume, like any chunk the manifest does not list. Pickles as
+    its path and chunk size; the store is opened on first use in each process.
+    """
+
+    def __init__(self, root: Path, chunk: int, group: zarr.Group | None = None) -> None:
+        self.root, self.chunk = Path(root), chunk
+        self._group = group
+
+    def __getstate__(self) -> dict[str, object]:
+        return {"root": self.root, "chunk": self.chunk}
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        self.root, self.chunk = Path(str(state["root"])), int(str(state["chunk"]))
+        self._group = None
+
+    def write(self, name: str, window: Window, data: np.ndarray) -> ChunkLines:
+        """Write the window's values and fsync its chunk files and their directories."""
+        shape = (int(window.height), int(window.width))
+        if data.shape != shape:
+            raise ValueError(f"data of shape {data.shape} does not fit window {window}")
+        if self._group is None:
+            self._group = zarr.open_group(store=LocalStore(self.root), mode="r+")
+        row0, col0 = int(window.row_off), int(window.col_off)
+        self._group[name][row0 : row0 + shape[0], col0 : col0 + shape[1]] = data  # type: ignore[index]
+        keys = chunks_of(window, self.chunk)
+        paths = [chunk_path(self.root, name, key) for key in keys]
+        pool = _fsync_pool()
+        lines = list(zip(keys, pool.map(_durable_checksum, paths), strict=True))
+        directories = {self.root / name, self.root / name / "c"} | {p.parent for p in paths}
+        list(pool.map(fsync_path, [d for d in directories if d.exists()]))
+        return lines
+
+
 class LayerStore:
     """Chunked layers on a :class:`TargetGrid`; ``chunk`` is ``memory.min_window``."""
 
@@ -93,7 +168,7 @@ class LayerStore:
         self.root.mkdir(parents=True, exist_ok=True)
         self._group = zarr.open_group(store=LocalStore(self.root), mode="a", zarr_format=3)
         self._done: dict[str, dict[tuple[int, int], str]] = {}
-        self._pool: ThreadPoolExecutor | None = None
+        self.writer = ChunkWriter(self.root, chunk, self._group)
         self._ensure_grid()
 
     # -- grid metadata --------------------------------------------------------------
@@ -194,12 +269,7 @@ class LayerStore:
     # -- chunks ---------------------------------------------------------------------
 
     def _chunks_of(self, window: Window) -> list[tuple[int, int]]:
-        c = self.chunk
-        row0, col0 = int(window.row_off), int(window.col_off)
-        row1, col1 = row0 + int(window.height), col0 + int(window.width)
-        return [
-            (r, k) for r in range(row0 // c, -(-row1 // c)) for k in range(col0 // c, -(-col1 // c))
-        ]
+        return chunks_of(window, self.chunk)
 
     def _check_window(self, window: Window) -> None:
         """Windows written must cover whole chunks (clipped only at the grid edge)."""
@@ -218,7 +288,7 @@ class LayerStore:
             raise ValueError(f"window {window} is not aligned to {c}-pixel store chunks")
 
     def _chunk_path(self, name: str, key: tuple[int, int]) -> Path:
-        return self.root / name / "c" / str(key[0]) / str(key[1])
+        return chunk_path(self.root, name, key)
 
     def _entries(self, name: str) -> dict[tuple[int, int], str]:
         """The layer's completed chunks, reading its manifest on first use.
@@ -237,30 +307,15 @@ class LayerStore:
     def write_window(self, name: str, window: Window, data: np.ndarray) -> None:
         """Write a window, make its chunks durable, then mark them complete."""
         self._check_window(window)
-        shape = (int(window.height), int(window.width))
-        if data.shape != shape:
-            raise ValueError(f"data of shape {data.shape} does not fit window {window}")
-        row0, col0 = int(window.row_off), int(window.col_off)
-        self._array(name)[row0 : row0 + shape[0], col0 : col0 + shape[1]] = data
-        keys = self._chunks_of(window)
-        paths = [self._chunk_path(name, key) for key in keys]
-        pool = self._fsync_pool()
-        lines = list(zip(keys, pool.map(_durable_checksum, paths), strict=True))
-        directories = {self.root / name, self.root / name / "c"} | {p.parent for p in paths}
-        list(pool.map(fsync_path, [d for d in directories if d.exists()]))
+        self.record(name, self.writer.write(name, window, data))
+
+    def record(self, name: str, lines: ChunkLines) -> None:
+        """Mark a window's durable chunks complete (written here, or by a Dask task)."""
         with open(self._manifest(name), "a") as handle:
             handle.write("".join(f"{r} {k} {checksum}\n" for (r, k), checksum in lines))
             handle.flush()
             os.fsync(handle.fileno())
         self._entries(name).update(lines)
-
-    def _fsync_pool(self) -> ThreadPoolExecutor:
-        """Threads that fsync chunk files, started on the first write and kept for the next
-        windows: a pool per window started and joined 8 threads each time (~0.1 s of CPU
-        in 24 windows)."""
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(FSYNC_THREADS, thread_name_prefix="geod-fsync")
-        return self._pool
 
     def read_window(self, name: str, window: Window) -> np.ndarray:
         """The window's values (nodata where never written); reads only its chunks."""

@@ -80,6 +80,9 @@ class Executor(Protocol):
     """A run's executor: opened once by the worker, closed when the run ends."""
 
     name: str
+    #: Tasks run in other processes, maybe on other hosts (sharing the run's work
+    #: directory): they write their own results to the store where a stage allows.
+    remote: bool
 
     def parallelism(self, local_threads: int) -> int:
         """Tasks that compute at once: ``local_threads`` here, the cluster's threads on Dask."""

@@ -333,6 +333,7 @@ class DaskExecutor:
     """A connected Dask client (and the LocalCluster it started, if any)."""
 
     name = "dask"
+    remote = True
 
     def __init__(
         self,

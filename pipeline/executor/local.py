@@ -193,6 +193,7 @@ class LocalExecutor:
     """Threads in this process; nothing to connect to or shut down."""
 
     name = "local"
+    remote = False
 
     def parallelism(self, local_threads: int) -> int:
         return local_threads
