@@ -771,8 +771,9 @@ class _Layer:
     windows: list[Window]
     pending: set[tuple[int, int]]
     counter: CoverageCounter
-    #: Estimated bytes per output cell of one window in flight (source read, outputs): a
-    #: piece counts its cells' worth against the queue's memory share.
+    #: Estimated bytes per output cell the run's worker holds for one window in flight
+    #: (source read, outputs; nothing when a cluster's task writes it): a piece counts
+    #: its cells' worth against the queue's memory share.
     cell_cost: float
     pool: AbstractContextManager[TaskPool[Window, np.ndarray | WrittenWindow]]
     submit: Callable[[Window], TaskFuture[np.ndarray | WrittenWindow]]
@@ -1007,19 +1008,24 @@ def _open_layer(
     # that a full queue of them fits its share of the budget.
     depth = threads + 1
     warping = threads if _gdal_warps(dataset, source, grid, placement, aligned, dtype) else 0
-    cell_cost = window_cell_bytes(source, dtype, grid, 1, 0)
-    limits = [
-        WindowLimit(depth * cell_cost, queue_bytes, "queued ahead of the writer", "their share")
-    ]
+    if ctx.executor.remote:
+        # Tasks decode, warp and write on the cluster's workers and return only checksums
+        # and counts: the run's worker holds nothing per window; the workers size them.
+        local, held, limits = 0.0, 0.0, []
+    else:
+        local = window_cell_bytes(source, dtype, grid, depth, warping)
+        held = window_cell_bytes(source, dtype, grid, 1, 0)
+        limits = [
+            WindowLimit(depth * held, queue_bytes, "queued ahead of the writer", "their share")
+        ]
     worker = ctx.executor.window_room()
     if worker is not None:
-        # On a cluster a window's task also decodes and warps it on a worker.
         room, name_of_worker = worker
         per_task = window_cell_bytes(source, dtype, grid, 1, 1 if warping else 0)
         limits.append(
             WindowLimit(per_task, room, f"on {name_of_worker} at once", "one task's share")
         )
-    ctx.governor.fit(window_cell_bytes(source, dtype, grid, depth, warping), name, reserved, limits)
+    ctx.governor.fit(local, name, reserved, limits)
     job = WindowJob(
         # The name too: two datasets of one file and settings have equal fingerprints, and
         # one's release must not close the sources the other's threads are reading.
@@ -1045,7 +1051,7 @@ def _open_layer(
         windows=windows,
         pending={(int(w.row_off), int(w.col_off)) for w in todo},
         counter=CoverageCounter(grid, footprint(grid, source)),
-        cell_cost=cell_cost,
+        cell_cost=held,
         pool=pool,
         submit=pool.__enter__().submit,
         progress=progress,
