@@ -97,3 +97,24 @@ def write_demo_config(directory: Path, demo: Path, **sections: object) -> Path:
     from pipeline.demo import write_demo_config as write
 
     return write(REPO / "config.yml", directory, demo, **sections)
+
+
+@pytest.fixture(scope="session")
+def fault_reference(
+    demo_dir: Path, tmp_path_factory: pytest.TempPathFactory, server_url: str
+) -> dict:
+    """An uninterrupted run of tests/faults.py's config under a daemon (telemetry off: not
+    compared), finished: the run both fault modules compare their killed, resumed and
+    damaged runs with. Tests only read its outputs and layer store."""
+    from tests.faults import FaultDaemon, fault_config
+
+    tmp = tmp_path_factory.mktemp("fault-reference")
+    daemon = FaultDaemon(tmp, server_url, telemetry=False)
+    try:
+        daemon.start()
+        run_id = daemon.submit(fault_config(tmp / "run", demo_dir))
+        run = daemon.wait(run_id, lambda r: r["state"] in ("done", "failed", "killed"), 180)
+        assert run["state"] == "done", run
+        return run
+    finally:
+        daemon.cleanup()

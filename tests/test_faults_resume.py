@@ -19,7 +19,7 @@ under pytest with ``--junitxml``, reads them back for its summary table.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -46,20 +46,10 @@ POINTS = chosen_points(
 
 
 @pytest.fixture(scope="module")
-def reference(
-    demo_dir: Path, tmp_path_factory: pytest.TempPathFactory, server_url: str
-) -> Iterator[dict[str, Any]]:
-    """An uninterrupted run of the same config under a daemon (telemetry off: not compared)."""
-    tmp = tmp_path_factory.mktemp("reference")
-    daemon = FaultDaemon(tmp, server_url, telemetry=False)
-    try:
-        daemon.start()
-        run_id = daemon.submit(fault_config(tmp / "run", demo_dir))
-        run = daemon.wait(run_id, lambda r: r["state"] in ("done", "failed"), 180)
-        assert run["state"] == "done", run
-        yield run
-    finally:
-        daemon.cleanup()
+def reference(fault_reference: dict[str, Any]) -> dict[str, Any]:
+    """An uninterrupted run of the same config under a daemon (telemetry off: not compared);
+    the session's one, which tests/test_faults_state.py compares with too."""
+    return fault_reference
 
 
 @pytest.mark.parametrize("point", POINTS, ids=[p.name for p in POINTS])

@@ -16,7 +16,6 @@ import asyncio
 import os
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -59,16 +58,10 @@ def resampling(run: dict[str, Any]) -> bool:
 
 
 @pytest.fixture(scope="module")
-def reference(demo_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
-    tmp = tmp_path_factory.mktemp("state-reference")
-    daemon = DaemonHarness(tmp, worker_command=WORKER)
-    try:
-        daemon.start()
-        run = daemon.wait(daemon.submit(fault_config(tmp / "run", demo_dir)), finished, 180)
-        assert run["state"] == "done", run
-        yield run
-    finally:
-        daemon.cleanup()
+def reference(fault_reference: dict) -> dict:
+    """An uninterrupted run of the same config under a daemon: the session's one, which
+    tests/test_faults_resume.py compares with too."""
+    return fault_reference
 
 
 def test_paused_and_queued_runs_survive_a_daemon_sigkill(
