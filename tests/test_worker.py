@@ -80,12 +80,13 @@ def _store_arrays(work: Path) -> dict[str, np.ndarray]:
 def test_sigkill_mid_run_then_resume_gives_identical_outputs(
     tmp_path: Path, demo_dir: Path, spawn: Callable[..., WorkerProcess]
 ) -> None:
+    # The uninterrupted reference runs beside the crash and the resume (its own
+    # directories, nothing shared but the read-only demo layers): two cores, two runs.
     reference_dir = tmp_path / "reference"
     reference_dir.mkdir()
     reference = spawn(
         write_demo_config(reference_dir, demo_dir, resampling=SMALL_WINDOWS, grid=COARSE_GRID)
     )
-    assert reference.finish() == 0, reference.process.stderr.read()
 
     crashed_dir = tmp_path / "crashed"
     crashed_dir.mkdir()
@@ -96,6 +97,7 @@ def test_sigkill_mid_run_then_resume_gives_identical_outputs(
     victim.finish()
 
     resumed = spawn(config)
+    assert reference.finish() == 0, reference.process.stderr.read()
     assert resumed.finish() == 0, resumed.process.stderr.read()
     skipped = [e for e in resumed.of_type(StageEvent) if e.kind == "dataset"]
     assert skipped, "the resumed run reports dataset progress"
@@ -144,10 +146,10 @@ def test_shrink_pause_resume_and_a_halved_start_window_keep_outputs_identical(
         "analysis": {"methods": []},
         "report": False,
     }
+    # The reference runs beside the pressed run (own directories, read-only inputs).
     reference_dir = tmp_path / "reference"
     reference_dir.mkdir()
     reference = spawn(write_demo_config(reference_dir, demo_dir, **sections))
-    assert reference.finish() == 0, reference.process.stderr.read()
 
     pressed_dir = tmp_path / "pressed"
     pressed_dir.mkdir()
@@ -163,6 +165,7 @@ def test_shrink_pause_resume_and_a_halved_start_window_keep_outputs_identical(
     worker.process.send_signal(signal.SIGUSR2)
     worker.wait_for(_state("resumed"), timeout=5)
     assert worker.finish() == 0, worker.process.stderr.read()
+    assert reference.finish() == 0, reference.process.stderr.read()
     _assert_same_results(reference_dir, pressed_dir, worker)
 
 
