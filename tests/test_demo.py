@@ -24,8 +24,23 @@ CONFIG = load_config(REPO / "config.yml", check_files=False)
 
 
 @pytest.fixture(scope="module")
-def small(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
-    return generate(tmp_path_factory.mktemp("demo"), "small", seed=0)
+def small(demo_dir: Path) -> list[Path]:
+    """The session's demo layers: ``generate(directory, "small", seed=0)``, as its return
+    value lists them (tests only read them)."""
+    return [demo_dir / spec.filename for spec in layer_specs("small")]
+
+
+@pytest.fixture(scope="module")
+def cli_small(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess]:
+    """``python -m pipeline.demo DIR --size small`` (the default seed, 0), run once: its
+    output directory and the finished process."""
+    directory = tmp_path_factory.mktemp("cli") / "d"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    done = subprocess.run(
+        [sys.executable, "-m", "pipeline.demo", str(directory), "--size", "small"],
+        capture_output=True, text=True, env=env, timeout=120,
+    )  # fmt: skip
+    return directory, done
 
 
 def read_valid(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -121,22 +136,26 @@ def test_layers_share_one_land_mask(small: list[Path]) -> None:
     assert agreement > 0.97
 
 
-def test_same_seed_same_bytes_other_seed_other_world(small: list[Path], tmp_path: Path) -> None:
-    again = generate(tmp_path / "again", "small", seed=0)
+def test_same_seed_same_bytes_other_seed_other_world(
+    small: list[Path], cli_small: tuple[Path, subprocess.CompletedProcess], tmp_path: Path
+) -> None:
+    # Seed 0 generated again, by the command line's run of generate().
+    directory, done = cli_small
+    assert done.returncode == 0, done.stderr
+    again = [directory / p.name for p in small]
     assert [p.read_bytes() for p in again] == [p.read_bytes() for p in small]
     other = generate(tmp_path / "other", "small", seed=1)
     assert not np.array_equal(read_valid(other[0])[1], read_valid(small[0])[1])
 
 
-def test_cli_writes_the_set_and_reports_bad_directories(tmp_path: Path) -> None:
+def test_cli_writes_the_set_and_reports_bad_directories(
+    cli_small: tuple[Path, subprocess.CompletedProcess], tmp_path: Path
+) -> None:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    done = subprocess.run(
-        [sys.executable, "-m", "pipeline.demo", str(tmp_path / "d"), "--size", "small"],
-        capture_output=True, text=True, env=env, timeout=120,
-    )  # fmt: skip
+    directory, done = cli_small
     assert done.returncode == 0, done.stderr
     assert len(done.stdout.splitlines()) == 4
-    assert sorted(p.name for p in (tmp_path / "d").iterdir()) == sorted(
+    assert sorted(p.name for p in directory.iterdir()) == sorted(
         d.path.name for d in CONFIG.datasets
     )
 
