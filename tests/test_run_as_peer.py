@@ -82,6 +82,9 @@ def _config(path: Path, raster: Path) -> Path:
             "work_dir": str(path.parent / "work"),
             "output_dir": str(path.parent / "out"),
         },
+        # The failing run still goes through its default retries (each a worker run as
+        # the member); a short first delay spares the 2 + 4 + 8 s of the default backoff.
+        "restart": {"backoff": 0.1},
     }
     path.write_text(yaml.safe_dump(data))
     return path
