@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +44,22 @@ def _aligned(folder: Path, west: float, north: float, width: int, height: int, d
     )  # fmt: skip
 
 
+@pytest.fixture(scope="module")
+def aligned(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
+    """``_aligned`` with the module's arguments, each raster written once (about a second
+    for a global one): tests only read sources, their stores and references go to their
+    own ``tmp_path``."""
+    made: dict[tuple[float, float, int, int, str], Path] = {}
+
+    def get(west: float, north: float, width: int, height: int, dtype: str) -> Path:
+        key = (west, north, width, height, dtype)
+        if key not in made:  # a folder each: the file name does not say where it lies
+            made[key] = _aligned(tmp_path_factory.mktemp("aligned"), *key)
+        return made[key]
+
+    return get
+
+
 def _run(tmp_path: Path, path: Path, method: str) -> np.ndarray:
     config = make_config(
         tmp_path, [{"name": "layer", "path": str(path), "resampling": method}],
@@ -55,9 +72,9 @@ def _run(tmp_path: Path, path: Path, method: str) -> np.ndarray:
 @pytest.mark.parametrize("method", ["average", "min", "max"])
 @pytest.mark.parametrize("dtype", ["float32", "int16"])
 def test_global_aligned_source_equals_the_gdalwarp_binary(
-    tmp_path: Path, gdalwarp: str, method: str, dtype: str
+    tmp_path: Path, gdalwarp: str, method: str, dtype: str, aligned: Callable[..., Path]
 ) -> None:
-    path = _aligned(tmp_path, -180, 90, 3600, 1800, dtype)
+    path = aligned(-180, 90, 3600, 1800, dtype)
     source = source_of(path)
     assert alignment(source, GLOBAL_1DEG, Resampling(method)) is not None
     ours = _run(tmp_path, path, method)
@@ -71,14 +88,14 @@ def test_global_aligned_source_equals_the_gdalwarp_binary(
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("west", [None, -150.0, -150.3])
 def test_aligned_source_equals_the_whole_source_warp(
-    tmp_path: Path, method: str, west: float | None
+    tmp_path: Path, method: str, west: float | None, aligned: Callable[..., Path]
 ) -> None:
     """Global (sum too: gdalwarp 3.6's sum differs from GDAL 3.10's whatever the path), and
     partial with edges inside the grid, on and off cell edges, partly covered cells."""
     path = (
-        _aligned(tmp_path, -180.0, 90.0, 3600, 1800, "float32")
+        aligned(-180, 90, 3600, 1800, "float32")
         if west is None
-        else _aligned(tmp_path, west, 70.0, 2955, 1283, "float32")
+        else aligned(west, 70.0, 2955, 1283, "float32")
     )
     source = source_of(path)
     assert alignment(source, GLOBAL_1DEG, Resampling(method)) is not None
@@ -90,8 +107,8 @@ def test_aligned_source_equals_the_whole_source_warp(
     assert identical.mean() > 0.99, "nearly every cell bit for bit"
 
 
-def test_only_windows_inside_the_source_are_reduced(tmp_path: Path) -> None:
-    source = source_of(_aligned(tmp_path, -150.0, 70.0, 2955, 1283, "float32"))
+def test_only_windows_inside_the_source_are_reduced(aligned: Callable[..., Path]) -> None:
+    source = source_of(aligned(-150.0, 70.0, 2955, 1283, "float32"))
     align = alignment(source, GLOBAL_1DEG, Resampling.average)
     assert align is not None and (align.factor_x, align.factor_y) == (10, 10)
     assert is_exact(align, source, Window(64, 64, 64, 64))
@@ -99,15 +116,19 @@ def test_only_windows_inside_the_source_are_reduced(tmp_path: Path) -> None:
     assert not is_exact(align, source, Window(64, 128, 64, 52)), "past the south edge"
 
 
-def test_misaligned_sources_and_large_mode_blocks_are_warped(tmp_path: Path) -> None:
-    aligned = source_of(_aligned(tmp_path, -180, 90, 3600, 1800, "float32"))
-    assert alignment(aligned, GLOBAL_1DEG, Resampling.mode) is None, "float32: GDAL is quicker"
+def test_misaligned_sources_and_large_mode_blocks_are_warped(
+    tmp_path: Path, aligned: Callable[..., Path]
+) -> None:
+    global_source = source_of(aligned(-180, 90, 3600, 1800, "float32"))
+    assert alignment(global_source, GLOBAL_1DEG, Resampling.mode) is None, (
+        "float32: GDAL is quicker"
+    )
     classes = source_of(_classes(tmp_path, "uint8", 255))
     assert alignment(classes, MODE_GRID, Resampling.mode) is None, "uint8: GDAL is quicker"
     large = source_of(_classes(tmp_path, "int16", -32768))
     coarse = TargetGrid.from_config(GridConfig(resolution=0.6, bounds=(-60, -30, 60, 30)))
     assert alignment(large, coarse, Resampling.mode) is None, "6 × 6 > MODE_MAX_PIXELS"
-    assert alignment(aligned, GLOBAL_1DEG, Resampling.bilinear) is None
+    assert alignment(global_source, GLOBAL_1DEG, Resampling.bilinear) is None
     half_pixel = make_raster(tmp_path / "offset.tif", "EPSG:4326",
                              from_origin(-179.95, 90, STEP, STEP), 3000, 1800)  # fmt: skip
     assert alignment(source_of(half_pixel), GLOBAL_1DEG, Resampling.average) is None
@@ -117,9 +138,9 @@ def test_misaligned_sources_and_large_mode_blocks_are_warped(tmp_path: Path) -> 
 
 
 @pytest.mark.parametrize("method", METHODS)
-def test_reduction_in_bands_equals_one_block(tmp_path: Path, method: str) -> None:
+def test_reduction_in_bands_equals_one_block(method: str, aligned: Callable[..., Path]) -> None:
     """The working-memory cap splits a window into cell-row bands without changing a cell."""
-    source = source_of(_aligned(tmp_path, -180, 90, 3600, 1800, "float32"))
+    source = source_of(aligned(-180, 90, 3600, 1800, "float32"))
     align = alignment(source, GLOBAL_1DEG, Resampling(method))
     assert align is not None
     window = Window(0, 0, 360, 180)
