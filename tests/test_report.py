@@ -61,6 +61,14 @@ def report_of(directory: Path) -> Path:
     return directory / "out" / "report.html"
 
 
+@pytest.fixture(scope="module")
+def report_dom(demo_run: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
+    """Headless Chromium's DOM of the demo run's report after load, and the net log of
+    that one visit (the tests that need a browser read both; asked for once it is there)."""
+    net_log = tmp_path_factory.mktemp("report-dom") / "net.json"
+    return browser.dump_dom(report_of(demo_run), net_log), net_log
+
+
 def test_run_leaves_report_next_to_the_table_zarr_and_netcdf(demo_run: Path) -> None:
     out = demo_run / "out"
     for name in ("demo.parquet", "demo.zarr", "demo.nc", "report.html"):
@@ -78,7 +86,9 @@ def test_run_leaves_report_next_to_the_table_zarr_and_netcdf(demo_run: Path) -> 
     assert "sampled cells per output compared with the store" in page
 
 
-def test_report_makes_no_external_request(demo_run: Path, tmp_path: Path) -> None:
+def test_report_makes_no_external_request(
+    demo_run: Path, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
     page = report_of(demo_run).read_text()
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", page, re.IGNORECASE)
     assert not re.search(r"url\(\s*['\"]?(https?:)?//", page, re.IGNORECASE)
@@ -87,8 +97,8 @@ def test_report_makes_no_external_request(demo_run: Path, tmp_path: Path) -> Non
     assert sources and all(s.startswith("data:image/png;base64,") for s in sources)
     if browser.chromium() is None:
         pytest.skip("chromium not installed (apt-get install chromium)")
-    browser.dump_dom(report_of(demo_run), tmp_path / "net.json")
-    assert browser.page_requests(tmp_path / "net.json") == []
+    _, net_log = request.getfixturevalue("report_dom")
+    assert browser.page_requests(net_log) == []
     # The check sees a page's request when there is one.
     control = tmp_path / "control.html"
     control.write_text('<html><body><img src="http://example.invalid/x.png"></body></html>')
@@ -96,11 +106,13 @@ def test_report_makes_no_external_request(demo_run: Path, tmp_path: Path) -> Non
     assert browser.page_requests(tmp_path / "control.json") == ["http://example.invalid/x.png"]
 
 
-def test_headless_chromium_draws_one_map_per_layer(demo_run: Path, tmp_path: Path) -> None:
+def test_headless_chromium_draws_one_map_per_layer(
+    demo_run: Path, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
     if browser.chromium() is None:
         pytest.skip("chromium not installed (apt-get install chromium)")
     page = report_of(demo_run)
-    dom = browser.dump_dom(page, tmp_path / "net.json")
+    dom, _ = request.getfixturevalue("report_dom")
     layers = re.findall(r'<figure class="map" data-layer="([^"]+)"', dom)
     assert layers == ["richness", "endemism", "landcover", "threat", "som_bmu"]
     shot = tmp_path / "report.png"
