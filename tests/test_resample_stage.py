@@ -144,15 +144,24 @@ def read_layer(store: LayerStore, name: str) -> np.ndarray:
     return store.read_window(name, Window(0, 0, GLOBAL_1DEG.width, GLOBAL_1DEG.height))
 
 
+@pytest.fixture(scope="module")
+def stage_root(rasters: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The whole stage of ``stage_config``'s datasets, uninterrupted, run once: the store
+    the tests below compare with (they only read it)."""
+    tmp = tmp_path_factory.mktemp("stage")
+    run_stage(make_context(stage_config(tmp, rasters))[0], tmp / "stage.zarr")
+    return tmp / "stage.zarr"
+
+
 def _equal(a: np.ndarray, b: np.ndarray) -> bool:
     return a.dtype == b.dtype and np.array_equal(a, b, equal_nan=a.dtype.kind == "f")
 
 
 def test_every_cell_equals_each_dataset_resampled_alone(
-    rasters: dict[str, Path], tmp_path: Path
+    rasters: dict[str, Path], tmp_path: Path, stage_root: Path
 ) -> None:
     config = stage_config(tmp_path, rasters)
-    stage = run_stage(make_context(config)[0], tmp_path / "stage.zarr")
+    stage = LayerStore(stage_root, GLOBAL_1DEG, WINDOW)
     alone_ctx, _ = make_context(config)
     for dataset in config.datasets:
         store = LayerStore(tmp_path / f"{dataset.name}.zarr", GLOBAL_1DEG, WINDOW)
@@ -168,11 +177,10 @@ def test_every_cell_equals_each_dataset_resampled_alone(
 
 
 def test_a_stage_layer_equals_a_whole_raster_reproject(
-    rasters: dict[str, Path], tmp_path: Path
+    rasters: dict[str, Path], stage_root: Path
 ) -> None:
     """Windows of several datasets in flight together still warp each one as a whole."""
-    config = stage_config(tmp_path, rasters)
-    stage = run_stage(make_context(config)[0], tmp_path / "stage.zarr")
+    stage = LayerStore(stage_root, GLOBAL_1DEG, WINDOW)
     for name in ("geo", "twin"):
         with rasterio.open(rasters["geographic"]) as src:
             whole = np.full((GLOBAL_1DEG.height, GLOBAL_1DEG.width), np.nan, "float32")
@@ -226,10 +234,9 @@ def test_progress_is_per_dataset_in_order_while_windows_run_ahead(
 
 
 def test_a_stopped_stage_resumes_in_the_second_dataset(
-    rasters: dict[str, Path], tmp_path: Path
+    rasters: dict[str, Path], tmp_path: Path, stage_root: Path
 ) -> None:
-    reference = run_stage(make_context(stage_config(tmp_path / "a", rasters))[0],
-                          tmp_path / "a.zarr")  # fmt: skip
+    reference = LayerStore(stage_root, GLOBAL_1DEG, WINDOW)
     config = stage_config(tmp_path / "b", rasters)
     stopper: list[RunContext] = []
     written: list[str] = []
@@ -263,7 +270,7 @@ def test_a_stopped_stage_resumes_in_the_second_dataset(
     assert "geo" not in checkpoints and checkpoints.count("ease") == WINDOWS - 5
     for name, _, _ in STAGE:
         assert resumed.completed(name) == reference.completed(name)
-    assert _chunk_files(tmp_path / "b.zarr") == _chunk_files(tmp_path / "a.zarr")
+    assert _chunk_files(tmp_path / "b.zarr") == _chunk_files(stage_root)
 
 
 #: The stage in its own process, so the test can SIGKILL it mid-write.
