@@ -308,13 +308,11 @@ def test_real_process_rss_drives_the_window_down_and_back_up() -> None:
 
     assert governor.after_window() == 1024
 
-    first = np.ones(int(0.85 * budget - baseline), dtype=np.uint8)  # ones: pages touched
+    held = hold_rss_at(governor, (config.warning + config.critical) / 2)
     assert governor.after_window() == 512
-    # Past critical from wherever the RSS stands now (the rest of the process may have
-    # returned pages since the baseline was read).
-    second = np.ones(max(0, int((config.critical + 0.03) * budget) - governor.rss()), np.uint8)
+    held += hold_rss_at(governor, config.critical + 0.05)
     assert governor.after_window() == 256
-    del first, second
+    del held
 
     assert [governor.after_window() for _ in range(2)] == [256, 512]
     assert [governor.after_window() for _ in range(2)] == [512, 1024]
@@ -322,6 +320,19 @@ def test_real_process_rss_drives_the_window_down_and_back_up() -> None:
     assert levels == ["warning", "critical", "normal", "normal"]
     peak = max(e.rss for e in recorder.of(MemoryEvent))
     assert peak >= config.critical * budget
+
+
+def hold_rss_at(governor: MemoryGovernor, fraction: float) -> list[np.ndarray]:
+    """Touch fresh pages until the governor reads at least ``fraction`` of its budget.
+
+    Topped up in steps rather than computed once: other threads of the test process
+    (pools left by earlier tests) may return pages between the reading and the check.
+    """
+    held = []
+    step = int(0.02 * governor.budget)
+    while (missing := int(fraction * governor.budget) - governor.rss()) > 0:
+        held.append(np.ones(max(missing, step), dtype=np.uint8))  # ones: pages touched
+    return held
 
 
 # --------------------------------------------------------------------------- a real worker run
