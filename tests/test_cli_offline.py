@@ -14,6 +14,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 
 from supervisor.cli.main import EXIT_FAILED, EXIT_NO_DAEMON, EXIT_USAGE
@@ -99,6 +100,28 @@ def test_start_rejects_a_bad_config_before_starting_a_daemon(short_dir: Path) ->
     assert "datasetz" in result.stderr and "Traceback" not in result.stderr
     assert result.stdout == ""
     assert not (state / "geod.log").exists()  # no daemon was started for nothing
+
+
+def test_run_rejects_a_bad_config_and_leaves_no_worker(short_dir: Path) -> None:
+    """`geod run` starts its worker while it validates the config (the two overlap):
+    a bad config is still one line and exit 2, and the worker is gone with it."""
+    config = short_dir / "config.yml"
+    config.write_text(f"datasets: 3\npaths: {{work_dir: {short_dir / 'work'}}}\n")
+    stderr = short_dir / "stderr"
+    # Output to a file, not a pipe: a pipe would wait for the worker too, which shares it.
+    with stderr.open("w") as err:
+        code = subprocess.call([GEOD, "run", str(config)], stderr=err, timeout=60)
+        workers = [
+            proc.pid
+            for proc in psutil.process_iter(["cmdline"])
+            if str(config) in (proc.info["cmdline"] or [])
+        ]
+    assert code == EXIT_USAGE
+    assert stderr.read_text().strip().splitlines() == [
+        f"geod: {config}: datasets: Input should be a valid list"
+    ]
+    assert workers == []
+    assert not (short_dir / "work").exists()
 
 
 @pytest.mark.parametrize("verb", ["check", "run", "start"])

@@ -11,22 +11,35 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 import click
 
-from pipeline.config import ConfigError, PipelineConfig, load_config
 from pipeline.contract import EVENTS_FD_ENV, PROBLEM_LEVELS, WORKER_EXIT_INPUT
 from pipeline.events import Event, LogEvent, SourceEvent, StateEvent, decode
 from supervisor.cli.main import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
 from supervisor.cli.progress_view import ProgressView
 
+if TYPE_CHECKING:
+    from pipeline.config import PipelineConfig
+
 #: Where ``geod demo-data`` writes when no directory is given: what config.yml uses.
 DEFAULT_DEMO_DIR = Path("demo")
+#: Printed on the first Ctrl-C of a foreground run.
+STOPPING_MESSAGE = "\nstopping after the current window (Ctrl-C again to kill)…\n"
 
 
 def _validate(config_path: Path) -> PipelineConfig:
+    """The config, or its one-line error and exit 2.
+
+    Imported here, not at the top: pydantic and the config's models take ~0.25 s,
+    which ``geod run`` spends while its worker is already starting.
+    """
+    from pipeline.config import ConfigError, load_config
+
     try:
         return load_config(config_path)
     except ConfigError as exc:
@@ -48,49 +61,62 @@ def analysed_summary(config: PipelineConfig) -> str:
     return text
 
 
-def run_worker(
-    args: list[str], view: ProgressView | None, env: dict[str, str] | None = None
-) -> tuple[int, str | None]:
-    """Run ``python -m pipeline.worker ARGS``, feeding its events to ``view``.
+class WorkerProcess:
+    """``python -m pipeline.worker ARGS`` started now, its events followed later.
 
+    Apart from following, so the caller can do its own work (validate the config)
+    while the worker imports on another core, and :meth:`abort` it if that fails.
     ``env`` adds to the worker's environment (never to this process's own).
-
-    Returns the worker's exit code and its last lifecycle state. The first
-    Ctrl-C asks the worker to stop at the next checkpoint (it gets SIGINT from
-    the terminal as well); a second one kills it.
     """
-    read_fd, write_fd = os.pipe()
-    env = dict(os.environ, **(env or {}), **{EVENTS_FD_ENV: str(write_fd)})
-    process = subprocess.Popen(
-        [sys.executable, "-m", "pipeline.worker", *args], env=env, pass_fds=(write_fd,)
-    )
-    os.close(write_fd)
-    interrupts = 0
 
-    def on_interrupt(_signum: int, _frame: FrameType | None) -> None:
-        nonlocal interrupts
-        interrupts += 1
-        if interrupts == 1:
-            # os.write, not click.echo: a handler must not re-enter a buffered stream.
-            os.write(2, "\nstopping after the current window (Ctrl-C again to kill)…\n".encode())
-            process.send_signal(signal.SIGINT)
-        else:
-            process.kill()
+    def __init__(self, args: list[str], env: dict[str, str] | None = None) -> None:
+        self._read_fd, write_fd = os.pipe()
+        env = dict(os.environ, **(env or {}), **{EVENTS_FD_ENV: str(write_fd)})
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "pipeline.worker", *args], env=env, pass_fds=(write_fd,)
+        )
+        os.close(write_fd)
 
-    previous = signal.signal(signal.SIGINT, on_interrupt)
-    last_state: str | None = None
-    try:
-        with os.fdopen(read_fd, "rb") as stream:
-            for line in stream:
-                event = decode(line)
-                if isinstance(event, StateEvent):
-                    last_state = event.state
-                if view is not None:
-                    view.handle(event)
-        code = process.wait()
-    finally:
-        signal.signal(signal.SIGINT, previous)
-    return code, last_state
+    def abort(self) -> None:
+        """Kill the worker before it has been followed, and reap it."""
+        self.process.kill()
+        self.process.wait()
+        os.close(self._read_fd)
+
+    def follow(self, view: ProgressView | None) -> tuple[int, str | None]:
+        """Feed the worker's events to ``view`` until it exits.
+
+        Returns its exit code and its last lifecycle state. The first Ctrl-C asks
+        the worker to stop at the next checkpoint (it gets SIGINT from the
+        terminal as well); a second one kills it.
+        """
+        process = self.process
+        interrupts = 0
+
+        def on_interrupt(_signum: int, _frame: FrameType | None) -> None:
+            nonlocal interrupts
+            interrupts += 1
+            if interrupts == 1:
+                # os.write, not click.echo: a handler must not re-enter a buffered stream.
+                os.write(2, STOPPING_MESSAGE.encode())
+                process.send_signal(signal.SIGINT)
+            else:
+                process.kill()
+
+        previous = signal.signal(signal.SIGINT, on_interrupt)
+        last_state: str | None = None
+        try:
+            with os.fdopen(self._read_fd, "rb") as stream:
+                for line in stream:
+                    event = decode(line)
+                    if isinstance(event, StateEvent):
+                        last_state = event.state
+                    if view is not None:
+                        view.handle(event)
+            code = process.wait()
+        finally:
+            signal.signal(signal.SIGINT, previous)
+        return code, last_state
 
 
 @click.command()
@@ -103,7 +129,6 @@ def run_worker(
 @click.option("--formats", help="Comma list of export formats (default: the config's).")
 def run(config_path: Path, work_dir: Path | None, stages: str | None, formats: str | None) -> None:
     """Run CONFIG in the foreground with live progress; rerun to resume."""
-    _validate(config_path)
     args = [str(config_path)]
     if work_dir is not None:
         args += ["--work-dir", str(work_dir)]
@@ -111,15 +136,33 @@ def run(config_path: Path, work_dir: Path | None, stages: str | None, formats: s
         args += ["--stages", stages]
     if formats:
         args += ["--formats", formats]
-    run_in_foreground(args, "run", "run the same command again to resume")
+    run_in_foreground(
+        args, "run", "run the same command again to resume", precheck=lambda: _validate(config_path)
+    )
 
 
 def run_in_foreground(
-    args: list[str], what: str, resume_hint: str, env: dict[str, str] | None = None
+    args: list[str],
+    what: str,
+    resume_hint: str,
+    env: dict[str, str] | None = None,
+    precheck: Callable[[], object] | None = None,
 ) -> None:
-    """Run the worker with progress bars; exit as the outcome says, listing outputs."""
+    """Run the worker with progress bars; exit as the outcome says, listing outputs.
+
+    ``precheck`` runs once the worker has started, before the bars do, so its
+    work overlaps the worker's imports; if it exits or raises, the worker is
+    killed before it has read anything.
+    """
+    worker = WorkerProcess(args, env)
+    if precheck is not None:
+        try:
+            precheck()
+        except BaseException:
+            worker.abort()
+            raise
     with ProgressView() as view:
-        code, state = run_worker(args, view, env)
+        code, state = worker.follow(view)
     if state == "stopped":
         click.echo(f"geod: {what} stopped at a checkpoint; {resume_hint}", err=True)
         sys.exit(EXIT_INTERRUPTED)
@@ -143,7 +186,7 @@ def check(config_path: Path) -> None:
         )
         for name, path in expansion.datasets:
             click.echo(f"    {name} ← {path}")
-    code, _state = run_worker([str(config_path), "--stages", "catalog"], view=_CheckView())
+    code, _state = WorkerProcess([str(config_path), "--stages", "catalog"]).follow(_CheckView())
     if code != EXIT_OK:
         sys.exit(EXIT_USAGE if code == WORKER_EXIT_INPUT else EXIT_FAILED)
     if config.analysis.methods:
