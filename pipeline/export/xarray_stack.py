@@ -107,23 +107,39 @@ class GridExporter(PathExporter):
         self.write(chunk.batch)
 
     def read_back(self, keys: np.ndarray, grid: TargetGrid) -> dict[int, dict[str, Any]]:
+        """The sampled cells as written, one block per layer and store chunk they fall in.
+
+        Cell by cell, every read decoded a whole chunk of the file: 200 samples of
+        4 layers took ~2 s from the NetCDF file; a chunk's samples now share one read.
+        """
         ys, xs = self._read_coordinates()
         merge = self.stream.config.merge
-        found: dict[int, dict[str, Any]] = {}
+        chunk = self.stream.store.chunk
+        groups: dict[tuple[int, int], list[tuple[int, int, int]]] = {}
         for key in np.unique(keys).tolist():
             row, col = divmod(int(key), grid.width)
             r, c = row - self._row0, col - self._col0
-            if not (0 <= r < len(ys) and 0 <= c < len(xs)):
-                continue
-            record: dict[str, Any] = {"x": float(xs[c]), "y": float(ys[r])}
-            for spec in self.stream.specs:
-                cell = self._read_region(spec.name, slice(r, r + 1), slice(c, c + 1))
-                valid = bool(valid_mask(cell, spec.nodata)[0, 0])
-                record[spec.name] = cell[0, 0].item() if valid else None
-            values = [record[spec.name] for spec in self.stream.specs]
-            kept = any(v is not None for v in values) if merge.skip_all_nodata else True
-            if kept and all(record[name] is not None for name in merge.require):
-                found[int(key)] = record
+            if 0 <= r < len(ys) and 0 <= c < len(xs):
+                groups.setdefault((r // chunk, c // chunk), []).append((int(key), r, c))
+        found: dict[int, dict[str, Any]] = {}
+        for (chunk_row, chunk_col), members in groups.items():
+            row0, col0 = chunk_row * chunk, chunk_col * chunk
+            rows = slice(row0, min(row0 + chunk, len(ys)))
+            cols = slice(col0, min(col0 + chunk, len(xs)))
+            blocks = [self._read_region(spec.name, rows, cols) for spec in self.stream.specs]
+            valids = [
+                valid_mask(block, spec.nodata)
+                for block, spec in zip(blocks, self.stream.specs, strict=True)
+            ]
+            for key, r, c in members:
+                record: dict[str, Any] = {"x": float(xs[c]), "y": float(ys[r])}
+                for spec, block, valid in zip(self.stream.specs, blocks, valids, strict=True):
+                    cell = (r - row0, c - col0)
+                    record[spec.name] = block[cell].item() if valid[cell] else None
+                values = [record[spec.name] for spec in self.stream.specs]
+                kept = any(v is not None for v in values) if merge.skip_all_nodata else True
+                if kept and all(record[name] is not None for name in merge.require):
+                    found[key] = record
         return found
 
     def abort(self) -> None:
