@@ -40,15 +40,24 @@ SCREENSHOT_ENV = "GEOD_UPDATE_REPORT_SCREENSHOT"
 #: Distinct colours a drawn report has at least (text, tables, maps, charts); a blank
 #: or unstyled page has a handful.
 MIN_COLOURS = 500
+#: The demo run's grid: the demo's 5′ cells over a region every demo layer overlaps.
+FIVE_MINUTES = 1 / 12
+REGION = (-30, -45, 70, 45)
 
 
 @pytest.fixture(scope="module")
 def demo_run(demo_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A finished foreground demo run with every grid format and a SOM map."""
+    """A finished foreground demo run with every grid format and a SOM map.
+
+    The demo's 5′ grid (so endemism stays a passthrough) over a region holding
+    every layer: still wider than a quick-look (read with a stride), a seventh of
+    the global grid's cells to resample and export.
+    """
     directory = tmp_path_factory.mktemp("report")
     config = write_demo_config(
         directory,
         demo_dir,
+        grid={"crs": "EPSG:4326", "resolution": FIVE_MINUTES, "bounds": list(REGION)},
         export={"formats": ["parquet", "zarr", "netcdf"], "name": "demo"},
         analysis={"methods": ["som"], "som": {"rows": 3, "cols": 3, "iterations": 200}},
     )

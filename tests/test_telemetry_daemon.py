@@ -26,8 +26,9 @@ import pytest
 
 from supervisor.sampler import SAMPLE_OPERATION
 from tests import daemon_harness
-from tests.conftest import temporary_database, write_demo_config
+from tests.conftest import temporary_database
 from tests.daemon_harness import DaemonHarness
+from tests.faults import fault_config
 
 #: Seconds between the daemon's memory samples of the worker tree in this test.
 MEMORY_INTERVAL = 0.5
@@ -56,7 +57,8 @@ def module_database(server_url: str) -> Iterator[str]:
 def two_daemons(
     module_database: str, demo_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[dict[str, DaemonRun]]:
-    """Alice and bob, one database, both run the demo as r0001 to done, then stop."""
+    """Alice and bob, one database, both run the demo pipeline (every stage, on the
+    fault tests' half-degree grid) as r0001 to done, then stop."""
     database_url = module_database
     tmp = tmp_path_factory.mktemp("telemetry-daemons")
     sections = {
@@ -77,7 +79,7 @@ def two_daemons(
         try:
             for name, harness in harnesses.items():
                 (harness.tmp / "run").mkdir()
-                config = write_demo_config(harness.tmp / "run", demo_dir, **sections[name])
+                config = fault_config(harness.tmp / "run", demo_dir, **sections[name])
                 harness.start()
                 assert harness.submit(config) == "r0001"
             runs = {}
