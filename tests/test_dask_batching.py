@@ -18,10 +18,17 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from distributed import Future
 
 from pipeline.config import PipelineConfig
 from pipeline.events import EventSink
-from pipeline.executor.dask import DaskExecutor, DaskPool, ItemFuture
+from pipeline.executor.dask import (
+    HELD_SLOTS,
+    INLINE_SHARED_BYTES,
+    DaskExecutor,
+    DaskPool,
+    ItemFuture,
+)
 
 #: The tests' cluster: two worker processes of one thread each.
 WORKERS = 2
@@ -29,11 +36,13 @@ WORKERS = 2
 SLOW_ITEM = 0.05
 TASK_SECONDS = 0.2
 TASK_ITEMS = 16
+#: Seconds between a gated task's looks at its gate file.
+GATE_POLL = 0.01
 #: Bound for anything that must not hang (a forced flush, a recomputed shared object).
 PATIENCE = 60.0
 
 
-def _plus_square(shared: dict[str, int], item: int) -> int:
+def _plus_square(shared: dict[str, Any], item: int) -> int:
     """A quick item (microseconds), like a small window on a fast machine."""
     return shared["offset"] + item * item
 
@@ -42,6 +51,21 @@ def _slow(shared: dict[str, int], item: int) -> int:
     """An item of SLOW_ITEM seconds."""
     time.sleep(SLOW_ITEM)
     return shared["offset"] + item
+
+
+def _gated(shared: dict[str, str], item: int) -> int:
+    """An item that finishes only once the test creates its gate file (``<gate>/<item>``)."""
+    gate = os.path.join(shared["gate"], str(item))
+    deadline = time.monotonic() + PATIENCE
+    while not os.path.exists(gate) and time.monotonic() < deadline:
+        time.sleep(GATE_POLL)
+    return item
+
+
+def _open_gates(directory: str, items: range | list[int]) -> None:
+    for item in items:
+        with open(os.path.join(directory, str(item)), "w"):
+            pass
 
 
 def _config(**dask: Any) -> PipelineConfig:
@@ -71,7 +95,8 @@ def _drain(pool: DaskPool[Any, int, int], items: list[int], depth: int) -> list[
     results = []
     for item in items:
         queue.append(pool.submit(item))
-        assert len(pool._open) <= pool._slots
+        running = sum(not batch.future.done() for batch in pool._open)
+        assert running <= pool._slots and len(pool._open) <= HELD_SLOTS * pool._slots
         while len(queue) > depth:
             results.append(queue.popleft().result())
     while queue:
@@ -82,23 +107,56 @@ def _drain(pool: DaskPool[Any, int, int], items: list[int], depth: int) -> list[
 def test_quick_items_are_batched_up_to_task_items(executor: DaskExecutor) -> None:
     items = list(range(400))
     depth = executor.parallelism(1)
-    assert depth == WORKERS * TASK_ITEMS, "a full batch per worker thread is handed over"
+    slots = WORKERS * 2
+    assert depth == HELD_SLOTS * slots * TASK_ITEMS, "full batches for every held slot"
     with executor.pool(_plus_square, {"offset": 7}, 1) as pool:
+        assert not isinstance(pool._shared, Future), "a small shared object rides in each task"
         assert _drain(pool, items, depth) == [7 + i * i for i in items]
         assert pool.batch == TASK_ITEMS, "microsecond items grow the batch to its cap"
         assert pool.tasks <= len(items) // 8, f"{pool.tasks} tasks for {len(items)} items"
 
 
-def test_batch_shrinks_to_task_seconds_and_slots_bound_tasks(executor: DaskExecutor) -> None:
+def test_batch_shrinks_to_task_seconds(executor: DaskExecutor) -> None:
     items = list(range(40))
     with executor.pool(_slow, {"offset": 1}, 1) as pool:
-        slots = pool._slots
-        assert slots == WORKERS * 2, "one task per worker thread plus one queued per worker"
         futures = [pool.submit(item) for item in items]
-        # Everything submitted at once: only `slots` tasks go out, the rest waits here.
-        assert pool.tasks == slots and len(pool._waiting) == len(items) - slots
         assert [future.result() for future in futures] == [1 + i for i in items]
         assert pool.batch == round(TASK_SECONDS / SLOW_ITEM), "batch = task_seconds / per item"
+    with executor.pool(_slow, {"offset": 2}, 1) as pool:
+        assert pool.batch == round(TASK_SECONDS / SLOW_ITEM), "the next pool starts measured"
+
+
+def test_slots_bound_tasks_and_free_when_their_task_is_done(
+    executor: DaskExecutor, tmp_path: Any
+) -> None:
+    gates = str(tmp_path)
+    with executor.pool(_gated, {"gate": gates}, 1) as pool:
+        slots = pool._slots
+        assert slots == WORKERS * 2, "one task per worker thread plus one queued per worker"
+        items = list(range(3 * slots))
+        futures = [pool.submit(item) for item in items]
+        # Everything submitted at once, nothing done: `slots` tasks go out, the rest waits.
+        assert pool.tasks == slots and len(pool._waiting) == len(items) - slots
+        # The first item stays blocked; the other tasks finish. Waiting for the first,
+        # the caller refills the slots they freed instead of idling behind it.
+        got: list[int] = []
+        waiter = threading.Thread(target=lambda: got.append(futures[0].result()), daemon=True)
+        waiter.start()
+        _open_gates(gates, range(1, slots))
+        deadline = time.monotonic() + PATIENCE
+        while pool.tasks == slots and time.monotonic() < deadline:
+            time.sleep(GATE_POLL)
+        # Which tasks can finish depends on where Dask put them (one may queue behind the
+        # blocked one); at least one does, and its slot takes the next item.
+        assert pool.tasks > slots, "a finished task's slot took the next item"
+        assert got == [], "the first item's result is still awaited"
+        with pool._lock:
+            running = sum(not batch.future.done() for batch in pool._open)
+            assert running <= slots and len(pool._open) <= HELD_SLOTS * slots
+        _open_gates(gates, items)
+        waiter.join(PATIENCE)
+        assert got == [0]
+        assert [future.result() for future in futures] == items
 
 
 def test_waiting_on_an_unbatched_item_submits_its_batch(executor: DaskExecutor) -> None:
@@ -129,7 +187,9 @@ def test_shared_object_is_recomputed_when_every_worker_is_killed() -> None:
     executor = DaskExecutor.connect(_config(), EventSink())
     try:
         items = list(range(200))
-        with executor.pool(_plus_square, {"offset": 3}, 1) as pool:
+        large = b"x" * (INLINE_SHARED_BYTES + 1)
+        with executor.pool(_plus_square, {"offset": 3, "ballast": large}, 1) as pool:
+            assert isinstance(pool._shared, Future), "a large shared object is a task"
             assert _drain(pool, items[:20], executor.parallelism(1)) == [
                 3 + i * i for i in items[:20]
             ]

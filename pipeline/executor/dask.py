@@ -4,9 +4,10 @@ The run's worker process is the Dask *client*. It connects to
 ``dask.scheduler_address`` (an existing ``dask scheduler`` with its ``dask
 worker``\\ s) or starts a LocalCluster of ``dask.local_cluster`` worker processes
 (children of the run's worker, in its process group, closed with the run). Each
-job's shared object is the result of one task that every item task depends on
-(recomputed if the workers holding it die); consecutive items are batched into
-tasks of about ``dask.task_seconds`` of work (:class:`DaskPool`). Results come
+job's shared object travels inside its tasks, or, when large, is the result of
+one task that every item task depends on (recomputed if the workers holding it
+die); consecutive items are batched into tasks of about ``dask.task_seconds`` of
+work (:class:`DaskPool`). Results come
 back to the run's worker, which writes, checkpoints and reports them in order
 (:mod:`pipeline.executor`), so the daemon steers a Dask run with the same
 signals as a local one:
@@ -39,6 +40,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import logging
+import pickle
 import signal
 import threading
 import time
@@ -71,6 +73,15 @@ FORWARDED_LOGGER = "geod"
 DASK_WORKER_SAMPLE = "dask-worker"
 #: Milliseconds per second, for the pool's summary line.
 MS = 1000.0
+#: Seconds between looks at a batch's task while waiting for it, should the callback that
+#: reports its completion never come (a client closing under it).
+DONE_POLL_SECONDS = 1.0
+#: Batches a pool keeps, running or done with results not yet taken, per task slot: a
+#: slot whose task is done takes the next batch, and results wait for the caller.
+HELD_SLOTS = 2
+#: Pickled size up to which a pool's shared object travels inside each task rather than
+#: as a task of its own (see DaskPool): a dataset's job is ~3 KiB, GWPCA's tree ~30 MiB.
+INLINE_SHARED_BYTES = 1 << 20
 #: Dask's status of a worker that stopped starting tasks for memory.
 PAUSED_STATUS = "paused"
 #: Dask's own ``distributed.worker.memory.target`` default: the fraction of its limit
@@ -172,17 +183,24 @@ class DaskPool(Generic[S, I, R]):
     ~1 ms. Each item keeps its own future (:class:`ItemFuture`) and results
     are taken in item order, as with the local executor.
 
-    Bounded: at most ``threads + 1`` tasks per worker hold a slot (a slot is freed
-    when every result of its task has been taken), so the run's worker holds at
-    most that many batches of results; submitted items beyond that wait here
-    (as plain items) until a slot frees, or until the caller asks for one of
-    them. Waiting items are submitted in full batches, on a freed slot, or when
-    the caller waits for one; never on a timer, so a paused run (its stage
-    blocked at a checkpoint) starts no task.
+    Bounded: at most ``threads + 1`` tasks per worker compute or wait on the
+    cluster (a slot is freed when its task is done, whatever the order), and
+    at most :data:`HELD_SLOTS` times that many batches are kept until their
+    results are taken, so the run's worker holds a bounded number of batches
+    of results; submitted items beyond that wait here (as plain items) until
+    room frees, or until the caller asks for one of them. Waiting items are
+    submitted in full batches when room frees while the caller takes or waits
+    for a result, or when it waits for one of them; never on a timer, so a
+    paused run (its stage blocked at a checkpoint) starts no task.
 
-    The shared object is the result of a task of its own, not scattered data:
-    the scheduler keeps the task and recomputes the object on another worker
-    when the workers holding it die (scattered data would be lost with them).
+    A small shared object (a dataset's job, a merge reader: a few KiB pickled)
+    travels inside each task. A large one (GWPCA's observations and KD-tree) is
+    the result of a task of its own, not scattered data: the scheduler keeps
+    the task and recomputes the object on another worker when the workers
+    holding it die (scattered data would be lost with them). Small ones are not
+    made a dependency because Dask runs a task where its dependencies are: every
+    batch of a new job would queue on the one worker holding its object until
+    work stealing moved it (the other worker idle ~0.3 s at each dataset).
     """
 
     def __init__(
@@ -195,14 +213,18 @@ class DaskPool(Generic[S, I, R]):
         self._executor, self._fn, self._cleanup = executor, fn, cleanup
         self._client = executor.client
         self._name = getattr(fn, "__name__", "task")
-        self._shared = self._client.submit(
-            _shared_value,
-            shared,
-            key=f"geod-shared-{self._name}-{uuid.uuid4().hex}",
-            pure=False,
-        )
+        #: What each task gets as its first argument: the object, or the task computing it.
+        self._shared: S | Future = shared
+        if len(pickle.dumps(shared, protocol=pickle.HIGHEST_PROTOCOL)) > INLINE_SHARED_BYTES:
+            self._shared = self._client.submit(
+                _shared_value,
+                shared,
+                key=f"geod-shared-{self._name}-{uuid.uuid4().hex}",
+                pure=False,
+            )
         self._live = _Futures()
         self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
         self._waiting: deque[tuple[I, ItemFuture[R]]] = deque()
         self._open: deque[_Batch[R]] = deque()
         self._slots = executor.task_slots()
@@ -211,7 +233,7 @@ class DaskPool(Generic[S, I, R]):
         #: Items finished and their seconds on workers, for the per-item time.
         self._measured_items = 0
         self._measured_seconds = 0.0
-        self.batch = 1
+        self.batch = executor.batch_hint(self._name)
         #: Tasks submitted (for tests and the benchmark).
         self.tasks = 0
 
@@ -240,6 +262,7 @@ class DaskPool(Generic[S, I, R]):
         assert batch is not None
         try:
             if batch.outcome is None:
+                self._await(batch)
                 outcome = batch.future.result()
                 with self._lock:
                     if batch.outcome is None:
@@ -256,6 +279,23 @@ class DaskPool(Generic[S, I, R]):
                     self._open.remove(batch)
                 self._dispatch(force_upto=None)
 
+    def _await(self, batch: _Batch[R]) -> None:
+        """Block until ``batch``'s task is done, refilling the slots other tasks free meanwhile.
+
+        Results are taken in item order, but tasks finish in any order: a worker
+        that finished a later batch gets the next one now, instead of idling until
+        the caller has worked through the slower batch before it.
+        """
+        with self._changed:
+            while not batch.future.done():
+                self._dispatch(force_upto=None)
+                self._changed.wait(DONE_POLL_SECONDS)
+
+    def _task_done(self, _future: Future) -> None:
+        """Wakes :meth:`_await` (on Dask's callback thread): a slot may be free."""
+        with self._changed:
+            self._changed.notify_all()
+
     def _measure(self, items: int, seconds: float) -> None:
         """Grow or shrink the batch to ``task_seconds`` of the per-item time measured so far."""
         self._measured_items += items
@@ -263,12 +303,15 @@ class DaskPool(Generic[S, I, R]):
         per_item = self._measured_seconds / self._measured_items
         wanted = round(self._target / per_item) if per_item > 0 else self._max_items
         self.batch = max(1, min(self._max_items, wanted))
+        self._executor.batch_hints[self._name] = self.batch
 
     def _dispatch(self, force_upto: ItemFuture[R] | None) -> None:
         """Submit waiting items: full batches into free slots; all up to ``force_upto`` at once."""
         while self._waiting:
             forced = force_upto is not None and force_upto.batch is None
-            full = len(self._waiting) >= self.batch and len(self._open) < self._slots
+            running = sum(not batch.future.done() for batch in self._open)
+            free = running < self._slots and len(self._open) < HELD_SLOTS * self._slots
+            full = len(self._waiting) >= self.batch and free
             if not (forced or full):
                 return
             size = min(self.batch, len(self._waiting))
@@ -285,6 +328,7 @@ class DaskPool(Generic[S, I, R]):
             pure=False,
             retries=self._executor.retries,
         )
+        dask_future.add_done_callback(self._task_done)
         batch: _Batch[R] = _Batch(dask_future, len(taken))
         for index, (_, future) in enumerate(taken):
             future.batch, future.index = batch, index
@@ -322,8 +366,9 @@ class DaskPool(Generic[S, I, R]):
             self._open.clear()
         with contextlib.suppress(Exception):  # a closing or lost cluster has nothing to cancel
             self._client.cancel(self._live.unfinished(), force=True)
-        with contextlib.suppress(Exception):
-            self._shared.release()
+        if isinstance(self._shared, Future):
+            with contextlib.suppress(Exception):
+                self._shared.release()
         if self._cleanup is not None:
             with contextlib.suppress(Exception):
                 self._client.run(self._cleanup, on_error="ignore")
@@ -348,6 +393,8 @@ class DaskExecutor:
         self.task_items = dask_config.task_items
         self.task_seconds = dask_config.task_seconds
         self.live = _Futures()
+        #: The batch size each task function's pools last settled on (see batch_hint).
+        self.batch_hints: dict[str, int] = {}
         self._levels = dask_config.worker_memory.fractions(config.memory) if cluster else None
         self._interval = config.telemetry.memory_interval
         self._known: dict[str, str] = {}
@@ -411,23 +458,30 @@ class DaskExecutor:
     # -- the Executor protocol ----------------------------------------------------------
 
     def parallelism(self, local_threads: int) -> int:
-        """Items a stage may hand the cluster ahead: a full batch per live worker thread.
+        """Items a stage may hand the cluster ahead: enough full batches for every pool slot.
 
-        Stages size their queue of submitted items by this; the pool batches them
-        (``dask.task_items`` each at most) and keeps no more than
-        :meth:`task_slots` tasks' results, so memory stays bounded by the pool,
-        not by this number.
+        Stages size their queue of submitted items by this. A pool computes
+        :meth:`task_slots` batches at once and keeps :data:`HELD_SLOTS` times as
+        many until their results are taken in order, so a worker that finished
+        early finds another batch while the caller still waits for a slow one
+        before it. Memory stays bounded by the pool's batches, not by this number:
+        items beyond them wait in the pool as plain items.
         """
-        return max(1, self._threads()) * self.task_items
+        return HELD_SLOTS * self.task_slots() * self.task_items
 
     def task_slots(self) -> int:
-        """Tasks a pool keeps at once: one per worker thread plus one queued per worker."""
+        """Tasks a pool computes at once: one per worker thread plus one queued per worker."""
         workers = self.client.scheduler_info(n_workers=-1)["workers"]
         return max(1, sum(int(w.get("nthreads", 1)) + 1 for w in workers.values()))
 
-    def _threads(self) -> int:
-        workers = self.client.scheduler_info(n_workers=-1)["workers"]
-        return sum(int(w.get("nthreads", 1)) for w in workers.values())
+    def batch_hint(self, name: str) -> int:
+        """The batch a new pool of ``name`` starts with: what the last one measured.
+
+        A stage opens a pool per dataset, the next before the previous one's last
+        tasks are done; a pool starting from one item per task would send a few
+        tiny tasks and then wait to measure them while the workers run dry.
+        """
+        return self.batch_hints.get(name, 1)
 
     def pool(
         self,
