@@ -751,12 +751,17 @@ def _gdal_env(ctx: RunContext) -> dict[str, object]:
     One set for the whole stage, not one per dataset: the block cache is the
     budget's share for everything in flight, and the windows of several
     datasets are in flight at once (:func:`resample_datasets`).
+
+    On a cluster GDAL gets one thread per task, Dask's convention (its nanny sets
+    ``OMP_NUM_THREADS=1`` for the same reason): a worker already runs one task
+    per core, and GDAL's own threads would only contend with the other tasks.
     """
     config = ctx.config.resampling
     cache_mb = max(1, ctx.governor.gdal_cache_bytes() // _MIB)
+    gdal_threads = 1 if ctx.executor.remote else config.threads + config.read_threads
     return {
         "GDAL_CACHEMAX": cache_mb,
-        "GDAL_NUM_THREADS": config.threads + config.read_threads,
+        "GDAL_NUM_THREADS": gdal_threads,
         "GDAL_HTTP_TIMEOUT": math.ceil(ctx.config.catalog.timeout),
     }
 
