@@ -1,7 +1,7 @@
 """Resampling the demo layers with the local executor and on a LocalCluster of 1 and 2 workers.
 
     .venv/bin/python bench/dask_scaling.py [--size small|medium|large] [--window 256]
-        [--task-items N] [--repeat N] [--dir DIR]
+        [--task-items N] [--repeat N] [--no-pin] [--dir DIR]
 
 The same multi-layer job (the four demo layers onto the demo's 5 arc-minute
 grid, ``--stages resample``, ``--window``-pixel windows) runs as ``python -m
@@ -13,6 +13,14 @@ the four setups; the fastest stage time of each counts. Times are the resample
 stage's, from its stage events the worker writes to its events descriptor; starting the
 cluster is not counted in them and is printed apart (Dask run's time from its
 first event to the stage start, minus the local run's).
+
+Equal cores: each run and all its processes (the run's worker, the Dask
+scheduler and workers) are pinned to as many cores as it has threads or Dask
+workers (``sched_setaffinity``, inherited by every child). Unpinned, the
+"1 thread" local run still decodes and writes on helper threads and uses about
+1.5 cores, and a 1-worker Dask run's scheduler and client use the second core
+beside the worker: neither is a one-core figure. ``--no-pin`` runs them as a
+user would, on every core.
 
 Printed: the load average (``uptime``) before and after; per setup the stage
 time, ms per window, Dask tasks and ms per task (stage time / tasks), the
@@ -47,10 +55,10 @@ REPO = Path(__file__).resolve().parent.parent
 EVENTS_FILE = "worker-events.ndjson"
 #: (label, config sections) of the four runs, in the order they are printed.
 RUNS: tuple[tuple[str, dict[str, object]], ...] = (
-    ("local, 1 thread", {"executor": "local", "threads": 1}),
-    ("local, 2 threads", {"executor": "local", "threads": 2}),
-    ("dask, 1 worker", {"executor": "dask", "workers": 1}),
-    ("dask, 2 workers", {"executor": "dask", "workers": 2}),
+    ("local, 1 thread", {"executor": "local", "threads": 1, "cores": 1}),
+    ("local, 2 threads", {"executor": "local", "threads": 2, "cores": 2}),
+    ("dask, 1 worker", {"executor": "dask", "workers": 1, "cores": 1}),
+    ("dask, 2 workers", {"executor": "dask", "workers": 2, "cores": 2}),
 )
 
 
@@ -105,7 +113,12 @@ def _measure(path: Path, total: float, cpu: float) -> Measured:
 
 
 def _run(
-    directory: Path, demo: Path, window: int, task_items: int, setup: dict[str, object]
+    directory: Path,
+    demo: Path,
+    window: int,
+    task_items: int,
+    setup: dict[str, object],
+    pin: bool,
 ) -> Measured:
     shutil.rmtree(directory, ignore_errors=True)
     directory.mkdir(parents=True)
@@ -113,6 +126,7 @@ def _run(
     # The worker's events on a file descriptor, as the daemon reads them: log records
     # (the Dask pools' summaries) go there, not to the work directory's history.
     events = directory / EVENTS_FILE
+    cores = _cores(int(str(setup["cores"]))) if pin else None
     started, cpu = time.monotonic(), _children_cpu()
     with open(events, "wb") as sink:
         subprocess.run(
@@ -122,9 +136,18 @@ def _run(
             capture_output=True,
             env=dict(os.environ, **{EVENTS_FD_ENV: str(sink.fileno())}),
             pass_fds=(sink.fileno(),),
+            preexec_fn=None if cores is None else lambda: os.sched_setaffinity(0, cores),
         )
     total, cpu = time.monotonic() - started, _children_cpu() - cpu
     return _measure(events, total, cpu)
+
+
+def _cores(count: int) -> set[int]:
+    """The first ``count`` cores this process may run on."""
+    allowed = sorted(os.sched_getaffinity(0))
+    if count > len(allowed):
+        raise SystemExit(f"--pin: a setup needs {count} cores, this process has {len(allowed)}")
+    return set(allowed[:count])
 
 
 def _uptime() -> str:
@@ -148,6 +171,12 @@ def main() -> None:
     parser.add_argument(
         "--repeat", type=int, default=1, help="rounds of the four setups; the fastest counts"
     )
+    parser.add_argument(
+        "--no-pin",
+        dest="pin",
+        action="store_false",
+        help="run every setup on all cores instead of as many as its threads or workers",
+    )
     parser.add_argument("--dir", type=Path, default=None, help="keep the demo layers here")
     args = parser.parse_args()
     root = args.dir or Path(tempfile.mkdtemp(prefix="geod-dask-bench-"))
@@ -156,11 +185,12 @@ def main() -> None:
         if not demo.exists():
             generate(demo, args.size)
         print(f"before: {_uptime()}", flush=True)
-        print(f"cores: {os.cpu_count()}, dask.task_items {args.task_items}", flush=True)
+        pinned = "each run pinned to its threads' or workers' cores" if args.pin else "unpinned"
+        print(f"cores: {os.cpu_count()} ({pinned}), dask.task_items {args.task_items}", flush=True)
         best: dict[str, Measured] = {}
         for round_ in range(args.repeat):
             for label, setup in RUNS:
-                got = _run(root / "run", demo, args.window, args.task_items, setup)
+                got = _run(root / "run", demo, args.window, args.task_items, setup, args.pin)
                 if label not in best or got.seconds < best[label].seconds:
                     best[label] = got
                 tasks = f", {got.tasks} tasks" if got.tasks else ""
