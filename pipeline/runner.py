@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from rasterio.transform import array_bounds
 
 from pipeline.catalog import inspect_all
-from pipeline.config import DatasetConfig, ExportFormat, PipelineConfig
+from pipeline.config import AnalysisMethod, DatasetConfig, ExportFormat, PipelineConfig
 from pipeline.context import RunContext, StageNode
 from pipeline.control import StopRequested
 from pipeline.events import SourceEvent
@@ -40,6 +40,11 @@ STAGE_UNITS = {
     "export": "chunks",
     "analysis": "methods",
 }
+#: The module holding each stage's task functions, which the executor imports where
+#: tasks run before the first task needs it (Executor.preload).
+TASK_MODULES = {"resample": "pipeline.resample", "export": "pipeline.merge"}
+#: The analysis stage's task functions: GWPCA's local fits (also run by ``combined``).
+GWPCA_MODULE = "pipeline.analysis.gwpca"
 #: Name of the layer store inside the work directory.
 STORE_NAME = "layers.zarr"
 
@@ -146,6 +151,15 @@ def _parquet_output(ctx: RunContext) -> Path:
     return ctx.config.paths.output_dir / f"{ctx.config.export.name}.parquet"
 
 
+def _task_modules(config: PipelineConfig, stages: Sequence[str]) -> list[str]:
+    """The modules whose functions this run's stages hand to the executor as tasks."""
+    modules = [TASK_MODULES[stage] for stage in stages if stage in TASK_MODULES]
+    fits = {AnalysisMethod.gwpca, AnalysisMethod.combined} & set(config.analysis.methods)
+    if "analysis" in stages and fits:
+        modules.append(GWPCA_MODULE)
+    return modules
+
+
 def run_pipeline(
     ctx: RunContext,
     stages: Sequence[str] = STAGES,
@@ -159,6 +173,7 @@ def run_pipeline(
     scikit-learn…), so a catalog+resample run's memory holds none of the latter.
     """
     config = ctx.config
+    ctx.executor.preload(_task_modules(config, stages))
     grid = TargetGrid.from_config(config.grid)
     state = RunState(config, grid)
     root = ctx.root()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import concurrent.futures
 import os
 import signal
+import sys
 import threading
 import time
 from collections import deque
@@ -66,6 +67,20 @@ def _open_gates(directory: str, items: range | list[int]) -> None:
     for item in items:
         with open(os.path.join(directory, str(item)), "w"):
             pass
+
+
+def _imported(module: str) -> bool:
+    return module in sys.modules
+
+
+def _all_imported(executor: DaskExecutor, module: str) -> bool:
+    """Whether every worker has imported ``module`` (waiting ``PATIENCE`` at most)."""
+    deadline = time.monotonic() + PATIENCE
+    while time.monotonic() < deadline:
+        if all(executor.client.run(_imported, module).values()):
+            return True
+        time.sleep(GATE_POLL)
+    return False
 
 
 def _config(**dask: Any) -> PipelineConfig:
@@ -201,5 +216,20 @@ def test_shared_object_is_recomputed_when_every_worker_is_killed() -> None:
             rest = _drain(pool, items[20:], executor.parallelism(1))
             assert rest == [3 + i * i for i in items[20:]]
             assert time.monotonic() - started < PATIENCE
+    finally:
+        executor.close()
+
+
+def test_preload_imports_task_modules_on_every_worker_and_on_joining_ones() -> None:
+    module = "pipeline.analysis.gwpca"  # nothing these tests run on a worker imports it
+    executor = DaskExecutor.connect(_config(), EventSink())
+    try:
+        assert not any(executor.client.run(_imported, module).values())
+        executor.preload([module])
+        assert _all_imported(executor, module), "each worker imported it, with no task run"
+        assert executor._cluster is not None
+        executor._cluster.scale(WORKERS + 1)
+        executor.client.wait_for_workers(WORKERS + 1, timeout=PATIENCE)
+        assert _all_imported(executor, module), "a worker that joined later imported it too"
     finally:
         executor.close()

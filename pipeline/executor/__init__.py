@@ -20,7 +20,7 @@ they carry paths and GDAL names, never open datasets.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
 
@@ -99,6 +99,11 @@ class Executor(Protocol):
         """A pool computing ``fn(shared, item)``; ``threads`` is the local pool's size
         (0: compute inline on submit). ``cleanup`` runs wherever tasks ran, on close.
         ``readers``: threads running a :class:`Staged` task's reads ahead (local only)."""
+        ...
+
+    def preload(self, modules: Sequence[str]) -> None:
+        """Import ``modules`` (the run's task functions) where tasks run, before the first
+        task needs them, without waiting for it."""
         ...
 
     def settle(self) -> None:

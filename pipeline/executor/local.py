@@ -18,7 +18,7 @@ closed launches no compute.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import Any, Generic, TypeVar
 
@@ -212,6 +212,9 @@ class LocalExecutor:
     def lanes(self, fn: Callable[..., object], threads: int, readers: int = 0) -> ThreadLanes:
         """Threads shared by the pools of several jobs of ``fn`` (see the module docstring)."""
         return ThreadLanes(threads, readers if isinstance(fn, Staged) else 0, _prefix(fn))
+
+    def preload(self, modules: Sequence[str]) -> None:
+        """Nothing to do: tasks run in this process, and each stage imports its own modules."""
 
     def settle(self) -> None:
         """Nothing to wait for: pool threads finish their window and then idle in the pause."""
