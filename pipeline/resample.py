@@ -84,6 +84,7 @@ import os
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future
 from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass
 
@@ -107,7 +108,7 @@ from pipeline.coverage import (
     valid_mask,
 )
 from pipeline.events import CheckpointEvent
-from pipeline.executor import JobPools, Staged, TaskFuture, TaskPool, job_pools
+from pipeline.executor import JobPools, Staged, TaskFuture, TaskPool, hand_off, job_pools
 from pipeline.grid import Placement, TargetGrid, place
 from pipeline.memory import WindowLimit
 from pipeline.separable import SeparableKernel, applies, pixel_masks
@@ -673,16 +674,24 @@ class WrittenWindow:
 
 def warp_window(
     job: WindowJob, piece: Window, crop: SourceCrop | None
-) -> np.ndarray | WrittenWindow:
+) -> np.ndarray | Future[WrittenWindow]:
     """Compute one piece of ``job`` on this thread (a pool thread or a Dask worker's),
     from its decoded ``crop`` when there is one, else reading the source itself. A job
-    with a writer (a Dask run) writes the piece's chunks here and returns their checksums
-    and coverage, so the run's worker is not the one writer of the whole cluster."""
+    with a writer (a Dask run) writes the piece's chunks too, so the run's worker is
+    not the one writer of the whole cluster, and returns their checksums and coverage;
+    the write is handed off (:func:`~pipeline.executor.hand_off`), so the task's next
+    piece decodes and warps while this one's chunks are encoded and fsynced."""
     with rasterio.Env(**job.gdal_env):
         src, warper = _thread_source(job)
         data = job.compute(piece, warper, src, crop)
     if job.writer is None:
         return data
+    return hand_off(_write_piece, job, piece, data)
+
+
+def _write_piece(job: WindowJob, piece: Window, data: np.ndarray) -> WrittenWindow:
+    """Write a piece's chunks with the job's writer: what the run's worker records of it."""
+    assert job.writer is not None
     lines = job.writer.write(job.dataset.name, piece, data)
     return WrittenWindow(lines, mask_counts(valid_mask(data, job.nodata)))
 

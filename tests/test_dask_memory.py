@@ -91,7 +91,7 @@ def test_windows_are_fitted_to_the_dask_workers_memory(demo_dir: Path, tmp_path:
     """A worker's share of its limit below Dask's target holds a 1024-pixel window of no
     layer: the windows are cut to fit it before the first one runs, and the run is whole.
 
-    1 GiB × target 0.01 over a thread and a waiting result: ~5 MiB per task, while a
+    1 GiB × target 0.01 over a window computing and one written behind: ~5 MiB per task, while a
     1024-pixel window of the demo layers holds ~9 MiB (its float32 outputs twice).
     """
     config = quick_config(

@@ -11,14 +11,16 @@ computed the values, and a run can switch executors between attempts.
 
 ``executor: local`` (the default) never imports Dask; ``executor: dask``
 connects to ``dask.scheduler_address`` or starts a LocalCluster
-(:mod:`pipeline.executor.dask`). The shared object is sent to a cluster once
-(as a task of its own, so the scheduler can recompute it when the workers
-holding it die), the items in batches with each task; both must pickle, so
-they carry paths and GDAL names, never open datasets.
+(:mod:`pipeline.executor.dask`). The shared object travels to a cluster with
+each task (a large one as a task of its own, so the scheduler can recompute it
+when the workers holding it die), the items in batches with each task; both
+must pickle, so they carry paths and GDAL names, never open datasets.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
+import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
@@ -52,6 +54,38 @@ class Staged(Generic[S, I, P, R]):
 
     def __call__(self, shared: S, item: I) -> R:
         return self.compute(shared, item, self.read(shared, item))
+
+
+#: Per thread: its hand-off thread and the hand-off it still runs (see hand_off).
+_handoff = threading.local()
+
+
+def hand_off(fn: Callable[..., R], *args: object) -> concurrent.futures.Future[R]:
+    """Run ``fn(*args)`` on this thread's own helper thread, once its previous hand-off ends.
+
+    For a task's last step that mostly waits (a window's chunk writes and
+    fsyncs on a Dask worker): the task's thread goes on with its batch's next
+    item meanwhile, as a local run's writer thread lets its compute threads go
+    on. One hand-off in flight per thread bounds what the thread holds to one
+    more item. A task function returns the future as its result; the Dask pool
+    resolves it before its task returns (:func:`resolved`), so a task is done
+    only once its hand-offs are, and a failed one fails the task.
+    """
+    helper = getattr(_handoff, "helper", None)
+    if helper is None:
+        name = f"geod-hand-off-{threading.current_thread().name}"
+        helper = _handoff.helper = concurrent.futures.ThreadPoolExecutor(1, name)
+    previous = getattr(_handoff, "pending", None)
+    if previous is not None:  # its error belongs to the task it was returned by
+        concurrent.futures.wait([previous])
+    pending: concurrent.futures.Future[R] = helper.submit(fn, *args)
+    _handoff.pending = pending
+    return pending
+
+
+def resolved(result: R | concurrent.futures.Future[R]) -> R:
+    """A task function's result, waiting for it if the function handed it off."""
+    return result.result() if isinstance(result, concurrent.futures.Future) else result
 
 
 class ExecutorError(RuntimeError):

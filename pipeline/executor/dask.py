@@ -59,7 +59,7 @@ from distributed.diagnostics.plugin import WorkerPlugin
 
 from pipeline.config import DaskConfig, PipelineConfig
 from pipeline.events import EventSink, MemoryEvent
-from pipeline.executor import ExecutorError
+from pipeline.executor import ExecutorError, resolved
 from pipeline.memory import format_bytes
 
 log = logging.getLogger("geod.dask")
@@ -83,6 +83,8 @@ HELD_SLOTS = 2
 #: Pickled size up to which a pool's shared object travels inside each task rather than
 #: as a task of its own (see DaskPool): a dataset's job is ~3 KiB, GWPCA's tree ~30 MiB.
 INLINE_SHARED_BYTES = 1 << 20
+#: Windows a Dask worker's thread holds at once: one computing, one written behind it.
+WINDOWS_PER_THREAD = 2
 #: Dask's status of a worker that stopped starting tasks for memory.
 PAUSED_STATUS = "paused"
 #: Dask's own ``distributed.worker.memory.target`` default: the fraction of its limit
@@ -169,10 +171,14 @@ def _shared_value(shared: S) -> S:
 
 
 def _run_batch(shared: S, batch: _Items[S, I, R]) -> tuple[list[R], float]:
-    """``fn(shared, item)`` for each item in order, and the seconds they took on the worker."""
+    """``fn(shared, item)`` for each item in order, and the seconds they took on the worker.
+
+    An item's result may be a :func:`~pipeline.executor.hand_off` future: the next
+    item computes while it finishes, and the task returns once all have.
+    """
     started = time.perf_counter()
     results = [batch.fn(shared, item) for item in batch.items]
-    return results, time.perf_counter() - started
+    return [resolved(result) for result in results], time.perf_counter() - started
 
 
 class _Batch(Generic[R]):
@@ -551,15 +557,19 @@ class DaskExecutor:
     def window_room(self) -> tuple[float, str] | None:
         """Bytes one window's task may hold on the tightest worker, and its address.
 
-        A worker holds a window per thread while computing and about one more
-        whose result waits to be fetched (a task batches only as many windows
-        as take ``dask.task_seconds``, so big windows go one per task); they
-        share its memory limit below Dask's ``target`` fraction, where it would
-        start spilling. Workers without a limit do not count.
+        A worker holds two windows per thread: the one it computes and the one
+        its task still writes behind it (:func:`~pipeline.executor.hand_off`;
+        the results fetched are checksums and counts, and a task batches only
+        as many windows as take ``dask.task_seconds``, so big windows go one
+        per task); they share its memory limit below Dask's ``target``
+        fraction, where it would start spilling. Workers without a limit do
+        not count.
         """
         target = self._levels["target"] if self._levels else DASK_DEFAULT_TARGET
         rooms = {
-            address: int(info["memory_limit"]) * target / (int(info.get("nthreads", 1)) + 1)
+            address: int(info["memory_limit"])
+            * target
+            / (WINDOWS_PER_THREAD * int(info.get("nthreads", 1)))
             for address, info in self.client.scheduler_info(n_workers=-1)["workers"].items()
             if info.get("memory_limit")
         }
