@@ -26,6 +26,7 @@ from pipeline.events import EventSink
 from pipeline.executor.dask import (
     HELD_SLOTS,
     INLINE_SHARED_BYTES,
+    WORKER_MALLOC_ENVIRON,
     DaskExecutor,
     DaskPool,
     ItemFuture,
@@ -233,3 +234,14 @@ def test_preload_imports_task_modules_on_every_worker_and_on_joining_ones() -> N
         assert _all_imported(executor, module), "a worker that joined later imported it too"
     finally:
         executor.close()
+
+
+def _malloc_environ() -> dict[str, str | None]:
+    return {name: os.environ.get(name) for name in WORKER_MALLOC_ENVIRON}
+
+
+def test_local_cluster_workers_keep_freed_windows_on_the_heap(executor: DaskExecutor) -> None:
+    """The workers' processes start with geod's malloc thresholds, not the nanny's 64 KiB trim."""
+    expected = {name: str(value) for name, value in WORKER_MALLOC_ENVIRON.items()}
+    seen = executor.client.run(_malloc_environ)
+    assert len(seen) == WORKERS and all(env == expected for env in seen.values()), seen

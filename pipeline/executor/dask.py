@@ -85,6 +85,14 @@ HELD_SLOTS = 2
 INLINE_SHARED_BYTES = 1 << 20
 #: Windows a Dask worker's thread holds at once: one computing, one written behind it.
 WINDOWS_PER_THREAD = 2
+#: glibc's malloc settings for a LocalCluster's workers, over the nanny's
+#: ``MALLOC_TRIM_THRESHOLD_=65536``. Setting any threshold turns glibc's adaptive mmap
+#: threshold off, so with Dask's alone every array over 128 KiB (a 256-pixel float32
+#: window is 256 KiB) was a fresh mmap whose pages were faulted in and zeroed, then
+#: unmapped: ~20 % more CPU per window (A/B, 1 worker: 6.61 -> 5.36 s). Now arrays up to
+#: 32 MiB come from the heap and up to 64 MiB freed at its top is kept for the next
+#: window; a worker's peak RSS on the demo stayed within 5 MiB of Dask's setting.
+WORKER_MALLOC_ENVIRON = {"MALLOC_MMAP_THRESHOLD_": 32 << 20, "MALLOC_TRIM_THRESHOLD_": 64 << 20}
 #: Dask's status of a worker that stopped starting tasks for memory.
 PAUSED_STATUS = "paused"
 #: Dask's own ``distributed.worker.memory.target`` default: the fraction of its limit
@@ -694,7 +702,11 @@ def _start_local_cluster(config: PipelineConfig, dask_config: DaskConfig) -> Loc
     elif isinstance(limit, float) and limit <= 1.0:
         limit = int(limit * psutil.virtual_memory().total)
     fractions = dask_config.worker_memory.fractions(config.memory)
-    settings = {f"distributed.worker.memory.{key}": value for key, value in fractions.items()}
+    settings: dict[str, object] = {
+        f"distributed.worker.memory.{key}": value for key, value in fractions.items()
+    }
+    spawn_environ = dask.config.get("distributed.nanny.pre-spawn-environ")
+    settings["distributed.nanny.pre-spawn-environ"] = spawn_environ | WORKER_MALLOC_ENVIRON
     with dask.config.set(settings), _sigint_ignored_by_children():
         cluster = LocalCluster(
             n_workers=local.n_workers,
